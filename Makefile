@@ -1,0 +1,103 @@
+# NanoInfer build. Plain make: objects under build/, header deps via -MMD -MP.
+#   make              build/nanoinfer (CUDA backend when nvcc is found, USE_CUDA=auto)
+#   make USE_CUDA=0   CPU only
+#   make test         deps + model + every test (the one test command)
+#   make asan         build + tests under AddressSanitizer/UBSan (build/asan/)
+#   make run          deps + model + build, then `nanoinfer serve` on the default model
+#   make bench        offline benchmark on the default model
+#   make format       clang-format every C/C++/CUDA source
+
+USE_CUDA ?= auto
+BUILD    ?= build
+MODEL    ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+NVCC     ?= nvcc
+CUDA_ARCH ?= -arch=sm_90
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+
+CC      ?= cc
+CXX     ?= c++
+OPT     ?= -O2 -march=x86-64-v3 -mtune=native
+CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -MMD -MP -D_GNU_SOURCE
+CXXFLAGS += -std=c++17 $(OPT) -g -Wall -Wextra -Werror -MMD -MP
+LDLIBS  += -lsentencepiece -lpcre2-8 -ljansson -lopenblas -lgomp -lpthread -lm -lstdc++
+
+ifeq ($(USE_CUDA),auto)
+  ifneq ($(CUDA_HOME),)
+    USE_CUDA := 1
+  else
+    USE_CUDA := 0
+  endif
+endif
+
+LIB_C   := $(wildcard engine/*.c tokenizer/*.c)
+LIB_CXX := $(wildcard tokenizer/*.cc)
+LIB_CU  :=
+ifeq ($(USE_CUDA),1)
+  LIB_CU := $(wildcard cuda/*.cu)
+  CFLAGS += -DNI_USE_CUDA=1 -I$(CUDA_HOME)/include
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+endif
+NVCCFLAGS ?= -O2 -g $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP -std=c++17
+
+LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.o)
+SRV_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/*.c))
+TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(wildcard test/test_*.c))
+
+.PHONY: all test asan run bench format deps model clean check-tests
+all: $(BUILD)/nanoinfer
+
+$(BUILD)/libnanoinfer.a: $(LIB_OBJ)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(BUILD)/nanoinfer: $(SRV_OBJ) $(BUILD)/libnanoinfer.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+$(BUILD)/test/%: test/%.c $(BUILD)/libnanoinfer.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libnanoinfer.a $(LDFLAGS) $(LDLIBS) -lcmocka
+
+# Tests run from the repository root; NI_MODEL points at the default model.
+check-tests: $(TESTS) $(BUILD)/nanoinfer
+	@NI_MODEL=$(MODEL) BUILD=$(BUILD) bash test/run-tests.sh $(TESTS)
+
+test: deps model
+	@$(MAKE) --no-print-directory check-tests
+
+asan:
+	@$(MAKE) --no-print-directory check-tests BUILD=build/asan USE_CUDA=0 \
+	  OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	  LDFLAGS="-fsanitize=address,undefined"
+
+run: deps model $(BUILD)/nanoinfer
+	$(BUILD)/nanoinfer serve --model $(MODEL) --host 127.0.0.1 --port 8000
+
+bench: model $(BUILD)/nanoinfer
+	$(BUILD)/nanoinfer bench --model $(MODEL)
+
+deps:
+	@bash scripts/install-deps.sh
+
+model: $(MODEL)
+$(MODEL):
+	@bash scripts/fetch-model.sh $(MODEL)
+
+format:
+	clang-format -i $(wildcard engine/*.[ch] tokenizer/*.[ch] tokenizer/*.cc server/*.[ch] cuda/*.cu cuda/*.h test/*.c)
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,66 @@
+/*
+ * backend.h - the one interface between the engine and a compute backend.
+ *
+ * Design: the engine never knows which backend runs. It picks a function
+ * table once (eng_backend_cpu, later eng_backend_cuda) and calls it with a
+ * batch of sequences; the backend owns the model weights in its own format and
+ * the paged KV pool (one allocation, made at init). The engine owns the block
+ * tables (which physical KV block holds which 16-token span of a sequence).
+ *
+ * KV pool layout (per backend, logical): for each layer, K and V blocks of
+ * [block_size][n_kv_heads*head_dim]. Physical block b of a sequence's table
+ * holds positions [i*block_size, (i+1)*block_size) for table index i.
+ *
+ * Contract of forward(): for every sequence s in the batch, its n tokens
+ * (tokens[seq_start[s] .. seq_start[s+1])) sit at positions pos0[s] .. pos0[s]+n-1;
+ * positions < pos0[s] are already in the KV cache (written by earlier calls)
+ * through the same block table. The call writes K/V for the new positions into
+ * the blocks named by the table (which must already cover them) and, for
+ * every sequence with want_logits[s] != 0, the logits of its last token into
+ * logits[s * vocab_size ...]. Rows of sequences without want_logits are left
+ * untouched (a chunked prefill that has not reached the prompt's end).
+ */
+#ifndef NI_BACKEND_H
+#define NI_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+typedef struct eng_batch {
+    int n_seqs;
+    int n_tokens;                 /* sum of every sequence's new tokens */
+    const int32_t *tokens;        /* [n_tokens] concatenated by sequence */
+    const int32_t *seq_start;     /* [n_seqs+1] offsets into tokens */
+    const int32_t *pos0;          /* [n_seqs] position of each sequence's first new token */
+    const int32_t *block_tables;  /* [n_seqs][max_blocks] physical block ids */
+    int max_blocks;               /* row stride of block_tables */
+    const uint8_t *want_logits;   /* [n_seqs] */
+} eng_batch;
+
+typedef struct eng_backend_config {
+    int n_blocks;                 /* KV pool size in blocks */
+    int block_size;               /* tokens per block (default 16) */
+    int max_batch_tokens;         /* upper bound of n_tokens per forward call */
+    int max_seqs;                 /* upper bound of n_seqs per forward call */
+    int n_threads;                /* CPU threads (0 = all cores) */
+} eng_backend_config;
+
+typedef struct eng_backend {
+    const char *name;
+    /* Creates the backend state for model m (which must outlive it).
+     * Returns 0 or a negative NI_E* code with a message in err. */
+    int (*init)(void **ctx, const mdl_model *m, const eng_backend_config *c,
+                char *err, size_t errlen);
+    /* See the contract above. Returns 0 or a negative NI_E* code. */
+    int (*forward)(void *ctx, const eng_batch *b, float *logits);
+    /* Copies KV block src to dst in every layer (copy-on-write of a shared
+     * partial block). */
+    int (*copy_block)(void *ctx, int src, int dst);
+    void (*free)(void *ctx);
+} eng_backend;
+
+extern const eng_backend eng_backend_cpu;
+
+#endif

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages NanoInfer builds against, only those missing.
+# Idempotent; uses sudo when not root. Used by `make deps` and .ci/run.
+set -euo pipefail
+pkgs=(build-essential pkg-config libmicrohttpd-dev libuv1-dev libjansson-dev libpcre2-dev
+      libsentencepiece-dev libcmocka-dev libopenblas-dev curl unzip python3 python3-pip)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"

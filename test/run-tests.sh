@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test binary given as arguments from the repository root, then the
+# end-to-end shell tests (test/e2e_*.sh). Prints a summary; exits non-zero if
+# any test failed. Tests that cannot run here (no GPU, no shared vocab) skip
+# with a message saying why; they never pass silently.
+set -u
+fail=0; n=0; failed=()
+for t in "$@"; do
+  n=$((n+1))
+  echo "=== $t"
+  if ! "$t"; then fail=$((fail+1)); failed+=("$t"); fi
+done
+for s in test/e2e_*.sh; do
+  [ -e "$s" ] || continue
+  n=$((n+1))
+  echo "=== $s"
+  if ! bash "$s"; then fail=$((fail+1)); failed+=("$s"); fi
+done
+echo
+echo "test programs: $n, failed: $fail ${failed[*]:-}"
+[ "$fail" -eq 0 ]
