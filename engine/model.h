@@ -66,6 +66,11 @@ typedef struct mdl_weights {
     float *tok_embd;        /* [vocab_size][dim] */
     float *out_norm;        /* [dim] */
     float *lm_head;         /* [vocab_size][dim]; == tok_embd when tied */
+    float *rope_freqs;      /* [head_dim/2] divisors of the base inverse frequencies, or NULL.
+                             * Set when RoPE scaling applies (llama3): from the GGUF's
+                             * rope_freqs.weight, or computed from the HF rope_scaling
+                             * parameters, so every backend rotates by
+                             * pos * theta^(-2i/head_dim) / rope_freqs[i]. */
     mdl_layer *layers;      /* [n_layers] */
     float *arena;           /* one allocation holding every tensor above */
     size_t arena_floats;

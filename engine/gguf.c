@@ -1,0 +1,322 @@
+/*
+ * gguf.c - GGUF reader (see gguf.h).
+ *
+ * Parsing walks a cursor over the mapping; every read goes through cur_need(),
+ * which fails the parse if fewer bytes remain than requested, so no field can
+ * point outside the file. Counts are checked against the bytes that remain
+ * before arrays are allocated (an element takes at least one byte on disk), so
+ * an absurd count cannot trigger a huge allocation. Tensor extents are checked
+ * with overflow-safe arithmetic against the data section.
+ */
+#include "gguf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "quant.h"
+#include "util.h"
+
+#define GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
+#define GGUF_MAX_DIMS 4
+
+typedef struct cursor {
+    const uint8_t *base;
+    uint64_t size;
+    uint64_t off;
+} cursor;
+
+static int cur_need(const cursor *c, uint64_t n) { return n <= c->size - c->off; }
+
+static int cur_read(cursor *c, void *dst, uint64_t n) {
+    if (!cur_need(c, n)) return 0;
+    memcpy(dst, c->base + c->off, n);
+    c->off += n;
+    return 1;
+}
+
+static int cur_str(cursor *c, gguf_str *s) {
+    uint64_t len;
+    if (!cur_read(c, &len, 8) || !cur_need(c, len)) return 0;
+    s->len = len;
+    s->ptr = (const char *)c->base + c->off;
+    c->off += len;
+    return 1;
+}
+
+static uint64_t vtype_size(uint32_t t) {
+    switch (t) {
+    case GGUF_VT_UINT8: case GGUF_VT_INT8: case GGUF_VT_BOOL: return 1;
+    case GGUF_VT_UINT16: case GGUF_VT_INT16: return 2;
+    case GGUF_VT_UINT32: case GGUF_VT_INT32: case GGUF_VT_FLOAT32: return 4;
+    case GGUF_VT_UINT64: case GGUF_VT_INT64: case GGUF_VT_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+/* Reads one scalar of type t into kv->v. */
+static int read_scalar(cursor *c, uint32_t t, gguf_kv *kv) {
+    union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32;
+            float f32; uint64_t u64; int64_t i64; double f64; } x;
+    if (t == GGUF_VT_STRING) return cur_str(c, &kv->v.str);
+    uint64_t n = vtype_size(t);
+    if (!n || !cur_read(c, &x, n)) return 0;
+    switch (t) {
+    case GGUF_VT_UINT8: case GGUF_VT_BOOL: kv->v.u64 = x.u8; break;
+    case GGUF_VT_INT8: kv->v.i64 = x.i8; break;
+    case GGUF_VT_UINT16: kv->v.u64 = x.u16; break;
+    case GGUF_VT_INT16: kv->v.i64 = x.i16; break;
+    case GGUF_VT_UINT32: kv->v.u64 = x.u32; break;
+    case GGUF_VT_INT32: kv->v.i64 = x.i32; break;
+    case GGUF_VT_FLOAT32: kv->v.f64 = x.f32; break;
+    case GGUF_VT_UINT64: kv->v.u64 = x.u64; break;
+    case GGUF_VT_INT64: kv->v.i64 = x.i64; break;
+    case GGUF_VT_FLOAT64: kv->v.f64 = x.f64; break;
+    }
+    return 1;
+}
+
+static int is_signed(uint32_t t) {
+    return t == GGUF_VT_INT8 || t == GGUF_VT_INT16 || t == GGUF_VT_INT32 || t == GGUF_VT_INT64;
+}
+static int is_unsigned(uint32_t t) {
+    return t == GGUF_VT_UINT8 || t == GGUF_VT_UINT16 || t == GGUF_VT_UINT32 ||
+           t == GGUF_VT_UINT64 || t == GGUF_VT_BOOL;
+}
+
+static int parse(gguf_ctx *g, char *err, size_t errlen) {
+    const char *p = g->path;
+    cursor c = {g->map, g->size, 0};
+    uint32_t magic;
+    if (!cur_read(&c, &magic, 4))
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: file too small to be GGUF", p);
+    if (magic != GGUF_MAGIC)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: not a GGUF file (bad magic)", p);
+    if (!cur_read(&c, &g->version, 4))
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated header", p);
+    if (g->version != 2 && g->version != 3)
+        return ni_fail(err, errlen, NI_EUNSUPPORTED, "%s: unsupported GGUF version %u", p,
+                       g->version);
+    uint64_t n_tensors, n_kv;
+    if (!cur_read(&c, &n_tensors, 8) || !cur_read(&c, &n_kv, 8))
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated header", p);
+    /* Every kv takes >= 12 bytes, every tensor info >= 24: reject absurd counts early. */
+    if (n_kv > (c.size - c.off) / 12 || n_tensors > (c.size - c.off) / 24)
+        return ni_fail(err, errlen, NI_EFORMAT,
+                       "%s: absurd counts (%llu tensors, %llu metadata keys) for a %zu-byte file",
+                       p, (unsigned long long)n_tensors, (unsigned long long)n_kv, g->size);
+    g->kv = calloc(n_kv ? n_kv : 1, sizeof(gguf_kv));
+    g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof(gguf_tensor));
+    if (!g->kv || !g->tensors) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
+
+    for (uint64_t i = 0; i < n_kv; i++) {
+        gguf_kv *kv = &g->kv[i];
+        if (!cur_str(&c, &kv->key) || !cur_read(&c, &kv->type, 4))
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated metadata (key %llu)", p,
+                           (unsigned long long)i);
+        g->n_kv = i + 1; /* so gguf_close frees arr_strs of parsed entries */
+        if (kv->type == GGUF_VT_ARRAY) {
+            if (!cur_read(&c, &kv->arr_type, 4) || !cur_read(&c, &kv->arr_n, 8))
+                return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated array '%.*s'", p,
+                               (int)kv->key.len, kv->key.ptr);
+            if (kv->arr_type == GGUF_VT_STRING) {
+                if (kv->arr_n > (c.size - c.off) / 8)
+                    return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file",
+                                   p, (int)kv->key.len, kv->key.ptr);
+                kv->arr_strs = malloc((kv->arr_n ? kv->arr_n : 1) * sizeof(gguf_str));
+                if (!kv->arr_strs) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
+                for (uint64_t j = 0; j < kv->arr_n; j++)
+                    if (!cur_str(&c, &kv->arr_strs[j]))
+                        return ni_fail(err, errlen, NI_EFORMAT,
+                                       "%s: truncated string array '%.*s'", p, (int)kv->key.len,
+                                       kv->key.ptr);
+            } else {
+                uint64_t es = vtype_size(kv->arr_type);
+                if (!es)
+                    return ni_fail(err, errlen, NI_EFORMAT,
+                                   "%s: array '%.*s' has invalid element type %u", p,
+                                   (int)kv->key.len, kv->key.ptr, kv->arr_type);
+                if (kv->arr_n > (c.size - c.off) / es)
+                    return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file",
+                                   p, (int)kv->key.len, kv->key.ptr);
+                kv->arr_data = c.base + c.off;
+                c.off += kv->arr_n * es;
+            }
+        } else if (!read_scalar(&c, kv->type, kv)) {
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: bad or truncated value for key '%.*s'",
+                           p, (int)kv->key.len, kv->key.ptr);
+        }
+    }
+
+    g->alignment = 32;
+    const gguf_kv *al = gguf_find(g, "general.alignment");
+    if (al) {
+        if (!is_unsigned(al->type) || al->v.u64 == 0 || (al->v.u64 & (al->v.u64 - 1)) ||
+            al->v.u64 > 65536)
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: invalid general.alignment", p);
+        g->alignment = al->v.u64;
+    }
+
+    for (uint64_t i = 0; i < n_tensors; i++) {
+        gguf_tensor *t = &g->tensors[i];
+        if (!cur_str(&c, &t->name) || !cur_read(&c, &t->n_dims, 4))
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated tensor info %llu", p,
+                           (unsigned long long)i);
+        if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has %u dims", p,
+                           (int)t->name.len, t->name.ptr, t->n_dims);
+        for (int d = 0; d < GGUF_MAX_DIMS; d++) t->ne[d] = 1;
+        if (!cur_read(&c, t->ne, 8ull * t->n_dims) || !cur_read(&c, &t->type, 4) ||
+            !cur_read(&c, &t->offset, 8))
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated tensor info '%.*s'", p,
+                           (int)t->name.len, t->name.ptr);
+        uint64_t n = 1;
+        for (uint32_t d = 0; d < t->n_dims; d++) {
+            if (t->ne[d] == 0 || t->ne[d] > (1ull << 40) || n > UINT64_MAX / t->ne[d])
+                return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has absurd shape", p,
+                               (int)t->name.len, t->name.ptr);
+            n *= t->ne[d];
+        }
+        t->n_elements = n;
+        if (!qnt_block_elems(t->type))
+            return ni_fail(err, errlen, NI_EUNSUPPORTED,
+                           "%s: tensor '%.*s' has unsupported type %u", p, (int)t->name.len,
+                           t->name.ptr, t->type);
+        if (t->ne[0] % (uint64_t)qnt_block_elems(t->type))
+            return ni_fail(err, errlen, NI_EFORMAT,
+                           "%s: tensor '%.*s' row length %llu is not a multiple of the %s block",
+                           p, (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[0],
+                           gguf_type_name(t->type));
+        if (qnt_nbytes(t->type, n, &t->nbytes) != 0)
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' is too large", p,
+                           (int)t->name.len, t->name.ptr);
+        for (uint64_t j = 0; j < i; j++)
+            if (g->tensors[j].name.len == t->name.len &&
+                !memcmp(g->tensors[j].name.ptr, t->name.ptr, t->name.len))
+                return ni_fail(err, errlen, NI_EFORMAT, "%s: duplicate tensor '%.*s'", p,
+                               (int)t->name.len, t->name.ptr);
+        g->n_tensors = i + 1;
+    }
+
+    uint64_t data = (c.off + g->alignment - 1) / g->alignment * g->alignment;
+    if (n_tensors > 0 && data > g->size)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated before tensor data", p);
+    g->data_offset = data;
+    for (uint64_t i = 0; i < n_tensors; i++) {
+        gguf_tensor *t = &g->tensors[i];
+        uint64_t avail = g->size - data;
+        if (t->offset % g->alignment)
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' is misaligned", p,
+                           (int)t->name.len, t->name.ptr);
+        if (t->offset > avail || t->nbytes > avail - t->offset)
+            return ni_fail(err, errlen, NI_EFORMAT,
+                           "%s: tensor '%.*s' extends past the end of the file (truncated?)", p,
+                           (int)t->name.len, t->name.ptr);
+        t->data = (const uint8_t *)g->map + data + t->offset;
+    }
+    return 0;
+}
+
+int gguf_open(gguf_ctx *g, const char *path, char *err, size_t errlen) {
+    memset(g, 0, sizeof(*g));
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return ni_fail(err, errlen, NI_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ni_fail(err, errlen, NI_EIO, "%s: not a regular file", path);
+    }
+    if (st.st_size < 24) {
+        close(fd);
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: file too small to be GGUF (%lld bytes)",
+                       path, (long long)st.st_size);
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return ni_fail(err, errlen, NI_EIO, "%s: mmap failed", path);
+    g->map = map;
+    g->size = (size_t)st.st_size;
+    g->path = strdup(path);
+    if (!g->path) {
+        gguf_close(g);
+        return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", path);
+    }
+    int rc = parse(g, err, errlen);
+    if (rc) gguf_close(g);
+    return rc;
+}
+
+void gguf_close(gguf_ctx *g) {
+    if (g->kv)
+        for (uint64_t i = 0; i < g->n_kv; i++) free(g->kv[i].arr_strs);
+    free(g->kv);
+    free(g->tensors);
+    if (g->map) munmap(g->map, g->size);
+    free(g->path);
+    memset(g, 0, sizeof(*g));
+}
+
+int gguf_str_eq(gguf_str s, const char *c) {
+    size_t n = strlen(c);
+    return s.len == n && !memcmp(s.ptr, c, n);
+}
+
+const gguf_kv *gguf_find(const gguf_ctx *g, const char *key) {
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        if (gguf_str_eq(g->kv[i].key, key)) return &g->kv[i];
+    return NULL;
+}
+
+int gguf_get_int(const gguf_ctx *g, const char *key, int64_t *out) {
+    const gguf_kv *kv = gguf_find(g, key);
+    if (!kv) return NI_ENOTFOUND;
+    if (is_signed(kv->type)) *out = kv->v.i64;
+    else if (is_unsigned(kv->type) && kv->v.u64 <= (uint64_t)INT64_MAX) *out = (int64_t)kv->v.u64;
+    else return NI_EFORMAT;
+    return 0;
+}
+
+int gguf_get_float(const gguf_ctx *g, const char *key, double *out) {
+    const gguf_kv *kv = gguf_find(g, key);
+    if (!kv) return NI_ENOTFOUND;
+    if (kv->type == GGUF_VT_FLOAT32 || kv->type == GGUF_VT_FLOAT64) *out = kv->v.f64;
+    else if (is_signed(kv->type)) *out = (double)kv->v.i64;
+    else if (is_unsigned(kv->type)) *out = (double)kv->v.u64;
+    else return NI_EFORMAT;
+    return 0;
+}
+
+int gguf_get_str(const gguf_ctx *g, const char *key, gguf_str *out) {
+    const gguf_kv *kv = gguf_find(g, key);
+    if (!kv) return NI_ENOTFOUND;
+    if (kv->type != GGUF_VT_STRING) return NI_EFORMAT;
+    *out = kv->v.str;
+    return 0;
+}
+
+const gguf_kv *gguf_get_arr(const gguf_ctx *g, const char *key, uint32_t elem_type) {
+    const gguf_kv *kv = gguf_find(g, key);
+    if (!kv || kv->type != GGUF_VT_ARRAY || kv->arr_type != elem_type) return NULL;
+    return kv;
+}
+
+const gguf_tensor *gguf_find_tensor(const gguf_ctx *g, const char *name) {
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        if (gguf_str_eq(g->tensors[i].name, name)) return &g->tensors[i];
+    return NULL;
+}
+
+const char *gguf_type_name(uint32_t type) {
+    switch (type) {
+    case GGUF_T_F32: return "F32";
+    case GGUF_T_F16: return "F16";
+    case GGUF_T_Q4_0: return "Q4_0";
+    case GGUF_T_Q4_1: return "Q4_1";
+    case GGUF_T_Q8_0: return "Q8_0";
+    case GGUF_T_BF16: return "BF16";
+    default: return "unknown";
+    }
+}
