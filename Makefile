@@ -73,7 +73,10 @@ $(BUILD)/test/%: test/%.c $(BUILD)/libnanoinfer.a
 check-tests: $(TESTS) $(BUILD)/nanoinfer
 	@NI_MODEL=$(MODEL) BUILD=$(BUILD) bash test/run-tests.sh $(TESTS)
 
-test: deps model
+# deps, then model, then tests: in this order even under make -j.
+test:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory model
 	@$(MAKE) --no-print-directory check-tests
 
 asan:
@@ -81,7 +84,9 @@ asan:
 	  OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined"
 
-run: deps model $(BUILD)/nanoinfer
+run:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory model $(BUILD)/nanoinfer
 	$(BUILD)/nanoinfer serve --model $(MODEL) --host 127.0.0.1 --port 8000
 
 bench: model $(BUILD)/nanoinfer
