@@ -6,12 +6,14 @@
  * point outside the file. Counts are checked against the bytes that remain
  * before arrays are allocated (an element takes at least one byte on disk), so
  * an absurd count cannot trigger a huge allocation. Tensor extents are checked
- * with overflow-safe arithmetic against the data section.
+ * with overflow-safe arithmetic against the data section. Duplicate keys and
+ * duplicate tensor names are rejected (sort-based, O(n log n)).
  */
 #include "gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -22,6 +24,10 @@
 
 #define GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
 #define GGUF_MAX_DIMS 4
+
+/* printf arguments for a gguf_str under "%.*s": at most 200 bytes, so a huge
+ * (>= 2 GiB) name can neither turn the precision negative nor flood err. */
+#define NAME(s) (int)NI_MIN((s).len, 200), (s).ptr
 
 typedef struct cursor {
     const uint8_t *base;
@@ -87,6 +93,35 @@ static int is_unsigned(uint32_t t) {
            t == GGUF_VT_UINT64 || t == GGUF_VT_BOOL;
 }
 
+/* qsort order on gguf_str pointers: by length, then bytes. */
+static int str_ptr_cmp(const void *a, const void *b) {
+    const gguf_str *x = *(const gguf_str *const *)a, *y = *(const gguf_str *const *)b;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return x->len ? memcmp(x->ptr, y->ptr, x->len) : 0;
+}
+
+/* Looks for two equal strings among n records of `stride` bytes, each holding
+ * a gguf_str at byte offset `off`. Sorting keeps this O(n log n): a file with
+ * many names cannot make opening quadratic. Returns 1 with *dup set, 0 when
+ * all differ, or -1 when out of memory. */
+static int find_duplicate(const void *recs, uint64_t n, size_t stride, size_t off,
+                          const gguf_str **dup) {
+    if (n < 2) return 0;
+    const gguf_str **v = malloc(n * sizeof(*v));
+    if (!v) return -1;
+    for (uint64_t i = 0; i < n; i++)
+        v[i] = (const gguf_str *)((const uint8_t *)recs + i * stride + off);
+    qsort(v, n, sizeof(*v), str_ptr_cmp);
+    int found = 0;
+    for (uint64_t i = 1; i < n && !found; i++)
+        if (!str_ptr_cmp(&v[i - 1], &v[i])) {
+            *dup = v[i];
+            found = 1;
+        }
+    free(v);
+    return found;
+}
+
 static int parse(gguf_ctx *g, char *err, size_t errlen) {
     const char *p = g->path;
     cursor c = {g->map, g->size, 0};
@@ -103,8 +138,10 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
     uint64_t n_tensors, n_kv;
     if (!cur_read(&c, &n_tensors, 8) || !cur_read(&c, &n_kv, 8))
         return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated header", p);
-    /* Every kv takes >= 12 bytes, every tensor info >= 24: reject absurd counts early. */
-    if (n_kv > (c.size - c.off) / 12 || n_tensors > (c.size - c.off) / 24)
+    /* Every kv takes >= 12 bytes, every tensor info >= 24: reject absurd counts early
+     * (together they must fit the rest of the file). */
+    uint64_t rest = c.size - c.off;
+    if (n_kv > rest / 12 || n_tensors > (rest - n_kv * 12) / 24)
         return ni_fail(err, errlen, NI_EFORMAT,
                        "%s: absurd counts (%llu tensors, %llu metadata keys) for a %zu-byte file",
                        p, (unsigned long long)n_tensors, (unsigned long long)n_kv, g->size);
@@ -121,11 +158,11 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
         if (kv->type == GGUF_VT_ARRAY) {
             if (!cur_read(&c, &kv->arr_type, 4) || !cur_read(&c, &kv->arr_n, 8))
                 return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated array '%.*s'", p,
-                               (int)kv->key.len, kv->key.ptr);
+                               NAME(kv->key));
             if (kv->arr_type == GGUF_VT_STRING) {
                 if (kv->arr_n > (c.size - c.off) / 8)
                     return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file",
-                                   p, (int)kv->key.len, kv->key.ptr);
+                                   p, NAME(kv->key));
                 kv->arr_strs = malloc((kv->arr_n ? kv->arr_n : 1) * sizeof(gguf_str));
                 if (!kv->arr_strs) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
                 for (uint64_t j = 0; j < kv->arr_n; j++)
@@ -138,18 +175,24 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
                 if (!es)
                     return ni_fail(err, errlen, NI_EFORMAT,
                                    "%s: array '%.*s' has invalid element type %u", p,
-                                   (int)kv->key.len, kv->key.ptr, kv->arr_type);
+                                   NAME(kv->key), kv->arr_type);
                 if (kv->arr_n > (c.size - c.off) / es)
                     return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file",
-                                   p, (int)kv->key.len, kv->key.ptr);
+                                   p, NAME(kv->key));
                 kv->arr_data = c.base + c.off;
                 c.off += kv->arr_n * es;
             }
         } else if (!read_scalar(&c, kv->type, kv)) {
             return ni_fail(err, errlen, NI_EFORMAT, "%s: bad or truncated value for key '%.*s'",
-                           p, (int)kv->key.len, kv->key.ptr);
+                           p, NAME(kv->key));
         }
     }
+
+    const gguf_str *dup;
+    int rc = find_duplicate(g->kv, n_kv, sizeof(gguf_kv), offsetof(gguf_kv, key), &dup);
+    if (rc < 0) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
+    if (rc)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: duplicate metadata key '%.*s'", p, NAME(*dup));
 
     g->alignment = 32;
     const gguf_kv *al = gguf_find(g, "general.alignment");
@@ -167,17 +210,17 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
                            (unsigned long long)i);
         if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
             return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has %u dims", p,
-                           (int)t->name.len, t->name.ptr, t->n_dims);
+                           NAME(t->name), t->n_dims);
         for (int d = 0; d < GGUF_MAX_DIMS; d++) t->ne[d] = 1;
         if (!cur_read(&c, t->ne, 8ull * t->n_dims) || !cur_read(&c, &t->type, 4) ||
             !cur_read(&c, &t->offset, 8))
             return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated tensor info '%.*s'", p,
-                           (int)t->name.len, t->name.ptr);
+                           NAME(t->name));
         uint64_t n = 1;
         for (uint32_t d = 0; d < t->n_dims; d++) {
             if (t->ne[d] == 0 || t->ne[d] > (1ull << 40) || n > UINT64_MAX / t->ne[d])
                 return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has absurd shape", p,
-                               (int)t->name.len, t->name.ptr);
+                               NAME(t->name));
             n *= t->ne[d];
         }
         t->n_elements = n;
@@ -188,18 +231,17 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
         if (t->ne[0] % (uint64_t)qnt_block_elems(t->type))
             return ni_fail(err, errlen, NI_EFORMAT,
                            "%s: tensor '%.*s' row length %llu is not a multiple of the %s block",
-                           p, (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[0],
+                           p, NAME(t->name), (unsigned long long)t->ne[0],
                            gguf_type_name(t->type));
         if (qnt_nbytes(t->type, n, &t->nbytes) != 0)
             return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' is too large", p,
-                           (int)t->name.len, t->name.ptr);
-        for (uint64_t j = 0; j < i; j++)
-            if (g->tensors[j].name.len == t->name.len &&
-                !memcmp(g->tensors[j].name.ptr, t->name.ptr, t->name.len))
-                return ni_fail(err, errlen, NI_EFORMAT, "%s: duplicate tensor '%.*s'", p,
-                               (int)t->name.len, t->name.ptr);
+                           NAME(t->name));
         g->n_tensors = i + 1;
     }
+    rc = find_duplicate(g->tensors, n_tensors, sizeof(gguf_tensor), offsetof(gguf_tensor, name),
+                        &dup);
+    if (rc < 0) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
+    if (rc) return ni_fail(err, errlen, NI_EFORMAT, "%s: duplicate tensor '%.*s'", p, NAME(*dup));
 
     uint64_t data = (c.off + g->alignment - 1) / g->alignment * g->alignment;
     if (n_tensors > 0 && data > g->size)
@@ -210,11 +252,11 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
         uint64_t avail = g->size - data;
         if (t->offset % g->alignment)
             return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' is misaligned", p,
-                           (int)t->name.len, t->name.ptr);
+                           NAME(t->name));
         if (t->offset > avail || t->nbytes > avail - t->offset)
             return ni_fail(err, errlen, NI_EFORMAT,
                            "%s: tensor '%.*s' extends past the end of the file (truncated?)", p,
-                           (int)t->name.len, t->name.ptr);
+                           NAME(t->name));
         t->data = (const uint8_t *)g->map + data + t->offset;
     }
     return 0;
