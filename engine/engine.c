@@ -1,0 +1,695 @@
+/*
+ * engine.c - scheduler, sequences and stop handling (see engine.h).
+ *
+ * Data layout: every live request owns 1..n sequences (eng_seq). A sequence
+ * is in exactly one of two intrusive lists, `waiting` (FCFS, preempted ones
+ * re-enter at the front) or `running` (admission order, so the tail is the
+ * most recently admitted and the first to be preempted), until it finishes
+ * and is freed. A sequence's token array holds prompt + generated tokens;
+ * kv.n_computed says how many have KV in the cache, so "prefill", "decode"
+ * and "recompute after preemption" are the same operation: feed
+ * tokens[n_computed .. n_tokens) in chunks and sample when the last one is fed.
+ *
+ * Memory: the batch arrays, logits, table rows and sampler scratch are sized
+ * from the config at eng_init; a step allocates nothing. Per request
+ * allocations (token array, hold buffer, sampler table) happen when the
+ * request is queued or forked, not per token.
+ */
+#include "engine.h"
+
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "../tokenizer/tok.h"
+#include "util.h"
+
+enum { SEQ_WAITING = 0, SEQ_RUNNING = 1 };
+
+typedef struct eng_req eng_req;
+
+typedef struct eng_seq {
+    eng_req *req;
+    int index;                 /* sample index within the request */
+    int state;                 /* SEQ_WAITING / SEQ_RUNNING */
+    kv_seq kv;                 /* block table + n_computed */
+    int32_t *tokens;           /* [cap] prompt then generated */
+    int n_tokens, cap;
+    int n_gen;
+    smp_state smp;
+    tok_stream ts;
+    char *hold;                /* [hold_cap] decoded text not yet released */
+    int hold_len, hold_cap;
+    struct eng_seq *prev, *next;
+} eng_seq;
+
+struct eng_req {
+    uint64_t id;
+    void *user;
+    smp_params sp;
+    smp_logit_bias *bias;      /* [sp.n_logit_bias] owned copy */
+    int max_tokens, n, ignore_eos;
+    int32_t stop_ids[ENG_MAX_STOP_IDS];
+    int n_stop_ids;
+    char *stop[ENG_MAX_STOP];  /* owned copies */
+    int stop_len[ENG_MAX_STOP];
+    int n_stop;
+    uint64_t fallback_seed;
+    int32_t *prompt;           /* [n_prompt] owned */
+    int n_prompt;
+    int n_cached;
+    int forked;                /* n > 1: children created */
+    int n_live;                /* sequences not finished */
+    eng_seq *seqs[ENG_MAX_N];
+    struct eng_req *next_live, *prev_live;
+    struct eng_req *next_inbox;
+};
+
+typedef struct seq_list {
+    eng_seq *head, *tail;
+    int n;
+} seq_list;
+
+struct eng_engine {
+    eng_config cfg;
+    const mdl_model *m;
+    const eng_backend *be;
+    void *bctx;
+    kv_mgr *kv;
+    eng_event_fn fn;
+    void *ud;
+    int vocab, max_seq_len, max_blocks;
+
+    /* inbox (shared with other threads, under mu) */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    eng_req *inbox_head, *inbox_tail;
+    uint64_t *aborts;          /* [abort_cap] */
+    int n_aborts, abort_cap;
+
+    /* engine-thread state */
+    eng_req *live;             /* live requests (doubly linked) */
+    int n_live;
+    seq_list waiting, running;
+    eng_stats st;
+
+    /* step buffers, sized at init */
+    int32_t *b_tokens;         /* [max_batched_tokens] */
+    int32_t *b_start;          /* [max_num_seqs+1] */
+    int32_t *b_pos0;           /* [max_num_seqs] */
+    int32_t *b_tables;         /* [max_num_seqs][max_blocks] */
+    uint8_t *b_want;           /* [max_num_seqs] */
+    eng_seq **b_seq;           /* [max_num_seqs] sequences of the current batch; an
+                                  entry is NULLed when its request ends mid-step */
+    int b_n;                   /* entries of b_seq in use */
+    int32_t *b_new;            /* [max_num_seqs] tokens fed per sequence */
+    float *logits;             /* [max_num_seqs][vocab] */
+    float *logits_tmp;         /* [vocab] per-sample copy for n > 1 */
+    void *smp_scratch;         /* [smp_scratch_bytes(vocab)] */
+    size_t smp_scratch_bytes;
+};
+
+void eng_config_default(eng_config *c) {
+    memset(c, 0, sizeof(*c));
+    c->max_num_seqs = 256;
+    c->max_batched_tokens = 2048;
+    c->prefill_chunk = 512;
+    c->block_size = KV_DEFAULT_BLOCK_SIZE;
+    c->prefix_cache = 1;
+}
+
+/* ---- lists ---- */
+
+static void list_remove(seq_list *l, eng_seq *s) {
+    if (s->prev) s->prev->next = s->next;
+    else l->head = s->next;
+    if (s->next) s->next->prev = s->prev;
+    else l->tail = s->prev;
+    s->prev = s->next = NULL;
+    l->n--;
+}
+
+static void list_push_back(seq_list *l, eng_seq *s) {
+    s->next = NULL;
+    s->prev = l->tail;
+    if (l->tail) l->tail->next = s;
+    else l->head = s;
+    l->tail = s;
+    l->n++;
+}
+
+static void list_push_front(seq_list *l, eng_seq *s) {
+    s->prev = NULL;
+    s->next = l->head;
+    if (l->head) l->head->prev = s;
+    else l->tail = s;
+    l->head = s;
+    l->n++;
+}
+
+/* ---- request / sequence lifetime ---- */
+
+static void req_free(eng_req *r) {
+    if (!r) return;
+    free(r->bias);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->prompt);
+    free(r);
+}
+
+static void seq_free(eng_engine *e, eng_seq *s) {
+    if (!s) return;
+    kv_seq_destroy(e->kv, &s->kv);
+    smp_state_free(&s->smp);
+    free(s->tokens);
+    free(s->hold);
+    free(s);
+}
+
+/* Creates a sequence with a copy of tokens[0..n); not linked anywhere. */
+static eng_seq *seq_new(eng_engine *e, eng_req *r, int index, const int32_t *tokens, int n) {
+    eng_seq *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->req = r;
+    s->index = index;
+    s->cap = r->n_prompt + r->max_tokens;
+    s->tokens = malloc((size_t)s->cap * sizeof(int32_t));
+    s->hold_cap = ENG_MAX_STOP_LEN + 2048;
+    s->hold = malloc((size_t)s->hold_cap);
+    if (!s->tokens || !s->hold || kv_seq_init(e->kv, &s->kv) != 0) {
+        free(s->tokens);
+        free(s->hold);
+        free(s);
+        return NULL;
+    }
+    memcpy(s->tokens, tokens, (size_t)n * sizeof(int32_t));
+    s->n_tokens = n;
+    if (smp_state_init(&s->smp, &r->sp, e->vocab, r->prompt, r->n_prompt, r->fallback_seed,
+                       (uint32_t)index) != 0) {
+        seq_free(e, s);
+        return NULL;
+    }
+    tok_stream_init(&s->ts, e->m->tok);
+    r->seqs[index] = s;
+    r->n_live++;
+    return s;
+}
+
+static void emit(eng_engine *e, eng_seq *s, int32_t tok, const char *text, int len,
+                 const smp_result *lp, int finish) {
+    eng_req *r = s->req;
+    eng_event ev = {.id = r->id, .user = r->user, .index = s->index, .token = tok,
+                    .text = text, .text_len = len, .lp = lp, .finish = finish,
+                    .n_prompt = r->n_prompt, .n_generated = s->n_gen, .n_cached = r->n_cached};
+    if (e->fn) e->fn(e->ud, &ev);
+}
+
+/* Removes s from its list and frees it; frees the request after its last sequence. */
+static void seq_finish(eng_engine *e, eng_seq *s) {
+    eng_req *r = s->req;
+    list_remove(s->state == SEQ_RUNNING ? &e->running : &e->waiting, s);
+    r->seqs[s->index] = NULL;
+    seq_free(e, s);
+    if (--r->n_live == 0) {
+        if (r->prev_live) r->prev_live->next_live = r->next_live;
+        else e->live = r->next_live;
+        if (r->next_live) r->next_live->prev_live = r->prev_live;
+        e->n_live--;
+        req_free(r);
+    }
+}
+
+/* Ends every sequence of r with `finish` (abort or error). */
+static void req_finish_all(eng_engine *e, eng_req *r, int finish) {
+    for (int i = 0; i < e->b_n; i++)
+        if (e->b_seq[i] && e->b_seq[i]->req == r) e->b_seq[i] = NULL;
+    int n = r->n; /* r may be freed by the last seq_finish */
+    for (int i = 0; i < n; i++) {
+        eng_seq *s = r->seqs[i];
+        if (!s) continue;
+        int last = r->n_live == 1;
+        emit(e, s, -1, "", 0, NULL, finish);
+        seq_finish(e, s);
+        if (last) break;
+    }
+}
+
+/* ---- init / add / abort ---- */
+
+int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const eng_config *c,
+             eng_event_fn fn, void *ud, char *err, size_t errlen) {
+    *out = NULL;
+    eng_config cfg = *c;
+    if (cfg.max_num_seqs < 1 || cfg.max_batched_tokens < 1 || cfg.prefill_chunk < 1 ||
+        cfg.block_size < 1 || cfg.block_size > 1024 || cfg.n_blocks < 0 || cfg.max_seq_len < 0)
+        return ni_fail(err, errlen, NI_EINVAL, "engine: invalid configuration");
+    if (cfg.max_seq_len == 0 || cfg.max_seq_len > m->cfg.max_seq_len)
+        cfg.max_seq_len = m->cfg.max_seq_len;
+    const mdl_config *mc = &m->cfg;
+    size_t block_bytes = 2ull * mc->n_layers * cfg.block_size * mc->n_kv_heads * mc->head_dim * 4;
+    if (cfg.n_blocks == 0) { /* default: 1 GiB of KV, at least one full context */
+        size_t nb = ((size_t)1 << 30) / block_bytes;
+        size_t one = (size_t)(cfg.max_seq_len + cfg.block_size - 1) / cfg.block_size;
+        cfg.n_blocks = (int)NI_MIN(NI_MAX(nb, one), (size_t)1 << 20);
+    }
+    eng_engine *e = calloc(1, sizeof(*e));
+    if (!e) return ni_fail(err, errlen, NI_ENOMEM, "engine: out of memory");
+    e->cfg = cfg;
+    e->m = m;
+    e->be = be;
+    e->fn = fn;
+    e->ud = ud;
+    e->vocab = mc->vocab_size;
+    e->max_seq_len = cfg.max_seq_len;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    kv_config kc = {.n_blocks = cfg.n_blocks, .block_size = cfg.block_size,
+                    .max_seq_len = cfg.max_seq_len, .enable_prefix_cache = cfg.prefix_cache};
+    int rc = kv_init(&e->kv, &kc);
+    if (rc) {
+        eng_free(e);
+        return ni_fail(err, errlen, rc, "engine: KV block manager: %s", ni_strerror(rc));
+    }
+    e->max_blocks = kv_max_blocks_per_seq(e->kv);
+    int S = cfg.max_num_seqs;
+    e->b_tokens = malloc((size_t)cfg.max_batched_tokens * sizeof(int32_t));
+    e->b_start = malloc((size_t)(S + 1) * sizeof(int32_t));
+    e->b_pos0 = malloc((size_t)S * sizeof(int32_t));
+    e->b_tables = malloc((size_t)S * (size_t)e->max_blocks * sizeof(int32_t));
+    e->b_want = malloc((size_t)S);
+    e->b_seq = malloc((size_t)S * sizeof(eng_seq *));
+    e->b_new = malloc((size_t)S * sizeof(int32_t));
+    e->logits = malloc((size_t)S * (size_t)e->vocab * sizeof(float));
+    e->logits_tmp = malloc((size_t)e->vocab * sizeof(float));
+    e->smp_scratch_bytes = smp_scratch_bytes(e->vocab);
+    e->smp_scratch = malloc(e->smp_scratch_bytes);
+    if (!e->b_tokens || !e->b_start || !e->b_pos0 || !e->b_tables || !e->b_want || !e->b_seq ||
+        !e->b_new || !e->logits || !e->logits_tmp || !e->smp_scratch) {
+        eng_free(e);
+        return ni_fail(err, errlen, NI_ENOMEM, "engine: out of memory for step buffers");
+    }
+    eng_backend_config bc = {.n_blocks = cfg.n_blocks, .block_size = cfg.block_size,
+                             .max_batch_tokens = cfg.max_batched_tokens, .max_seqs = S,
+                             .n_threads = cfg.n_threads};
+    if ((rc = be->init(&e->bctx, m, &bc, err, errlen))) {
+        eng_free(e);
+        return rc;
+    }
+    *out = e;
+    return 0;
+}
+
+void eng_free(eng_engine *e) {
+    if (!e) return;
+    e->fn = NULL; /* dropped without events */
+    while (e->live) req_finish_all(e, e->live, ENG_FINISH_ABORT);
+    eng_req *r = e->inbox_head;
+    while (r) {
+        eng_req *nx = r->next_inbox;
+        req_free(r);
+        r = nx;
+    }
+    if (e->bctx) e->be->free(e->bctx);
+    kv_free(e->kv);
+    free(e->b_tokens); free(e->b_start); free(e->b_pos0); free(e->b_tables);
+    free(e->b_want); free(e->b_seq); free(e->b_new); free(e->logits);
+    free(e->logits_tmp); free(e->smp_scratch); free(e->aborts);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+int eng_add(eng_engine *e, const eng_request *q, char *err, size_t errlen) {
+    if (q->n_prompt < 1) return ni_fail(err, errlen, NI_EINVAL, "prompt: must not be empty");
+    for (int i = 0; i < q->n_prompt; i++)
+        if (q->prompt[i] < 0 || q->prompt[i] >= e->vocab)
+            return ni_fail(err, errlen, NI_EINVAL, "prompt: token id %d out of range [0, %d)",
+                           q->prompt[i], e->vocab);
+    if (q->max_tokens < 1) return ni_fail(err, errlen, NI_EINVAL, "max_tokens: must be >= 1");
+    if (q->n < 1 || q->n > ENG_MAX_N)
+        return ni_fail(err, errlen, NI_EINVAL, "n: must be in [1, %d]", ENG_MAX_N);
+    if (q->n > e->cfg.max_num_seqs)
+        return ni_fail(err, errlen, NI_EINVAL, "n: larger than --max-num-seqs (%d)",
+                       e->cfg.max_num_seqs);
+    if (q->n_stop < 0 || q->n_stop > ENG_MAX_STOP)
+        return ni_fail(err, errlen, NI_EINVAL, "stop: at most %d stop strings", ENG_MAX_STOP);
+    for (int i = 0; i < q->n_stop; i++) {
+        size_t l = q->stop[i] ? strlen(q->stop[i]) : 0;
+        if (l < 1 || l > ENG_MAX_STOP_LEN)
+            return ni_fail(err, errlen, NI_EINVAL, "stop: each string must have 1..%d bytes",
+                           ENG_MAX_STOP_LEN);
+    }
+    if (q->n_stop_ids < 0 || q->n_stop_ids > ENG_MAX_STOP_IDS)
+        return ni_fail(err, errlen, NI_EINVAL, "stop_token_ids: at most %d", ENG_MAX_STOP_IDS);
+    for (int i = 0; i < q->n_stop_ids; i++)
+        if (q->stop_ids[i] < 0 || q->stop_ids[i] >= e->vocab)
+            return ni_fail(err, errlen, NI_EINVAL, "stop_token_ids: id out of range");
+    const char *bad = NULL;
+    if (smp_params_validate(&q->sp, e->vocab, &bad))
+        return ni_fail(err, errlen, NI_EINVAL, "%s: out of range", bad ? bad : "sampling");
+    long need = (long)q->n_prompt + q->max_tokens;
+    if (need > e->max_seq_len)
+        return ni_fail(err, errlen, NI_ERANGE,
+                       "prompt (%d tokens) + max_tokens (%d) exceeds the context length (%d)",
+                       q->n_prompt, q->max_tokens, e->max_seq_len);
+    long blocks = (need + e->cfg.block_size - 1) / e->cfg.block_size;
+    if (blocks > e->cfg.n_blocks)
+        return ni_fail(err, errlen, NI_ERANGE,
+                       "prompt + max_tokens (%ld tokens) can never fit the KV pool (%d tokens)",
+                       need, e->cfg.n_blocks * e->cfg.block_size);
+
+    eng_req *r = calloc(1, sizeof(*r));
+    if (!r) return ni_fail(err, errlen, NI_ENOMEM, "out of memory");
+    r->id = q->id;
+    r->user = q->user;
+    r->sp = q->sp;
+    r->max_tokens = q->max_tokens;
+    r->n = q->n;
+    r->ignore_eos = q->ignore_eos;
+    r->n_stop_ids = q->n_stop_ids;
+    memcpy(r->stop_ids, q->stop_ids, sizeof r->stop_ids);
+    r->fallback_seed = q->fallback_seed;
+    r->n_prompt = q->n_prompt;
+    r->prompt = malloc((size_t)q->n_prompt * sizeof(int32_t));
+    int ok = r->prompt != NULL;
+    if (ok) memcpy(r->prompt, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
+    if (ok && q->sp.n_logit_bias > 0) {
+        r->bias = malloc((size_t)q->sp.n_logit_bias * sizeof(smp_logit_bias));
+        ok = r->bias != NULL;
+        if (ok) memcpy(r->bias, q->sp.logit_bias, (size_t)q->sp.n_logit_bias * sizeof(*r->bias));
+        r->sp.logit_bias = r->bias;
+    }
+    for (int i = 0; ok && i < q->n_stop; i++) {
+        r->stop[i] = strdup(q->stop[i]);
+        ok = r->stop[i] != NULL;
+        r->n_stop = i + 1;
+        if (ok) r->stop_len[i] = (int)strlen(r->stop[i]);
+    }
+    if (!ok) {
+        req_free(r);
+        return ni_fail(err, errlen, NI_ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&e->mu);
+    if (e->inbox_tail) e->inbox_tail->next_inbox = r;
+    else e->inbox_head = r;
+    e->inbox_tail = r;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+void eng_abort(eng_engine *e, uint64_t id) {
+    pthread_mutex_lock(&e->mu);
+    if (e->n_aborts == e->abort_cap) {
+        int nc = e->abort_cap ? 2 * e->abort_cap : 64;
+        uint64_t *p = realloc(e->aborts, (size_t)nc * sizeof(uint64_t));
+        if (p) {
+            e->aborts = p;
+            e->abort_cap = nc;
+        }
+    }
+    if (e->n_aborts < e->abort_cap) e->aborts[e->n_aborts++] = id;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void eng_wait_work(eng_engine *e, int timeout_ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (!e->inbox_head && !e->n_aborts) pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- inbox drain ---- */
+
+static void drain_inbox(eng_engine *e) {
+    pthread_mutex_lock(&e->mu);
+    eng_req *r = e->inbox_head;
+    e->inbox_head = e->inbox_tail = NULL;
+    int na = e->n_aborts;
+    uint64_t ids[256];
+    int take = NI_MIN(na, 256);
+    memcpy(ids, e->aborts, (size_t)take * sizeof(uint64_t));
+    memmove(e->aborts, e->aborts + take, (size_t)(na - take) * sizeof(uint64_t));
+    e->n_aborts = na - take;
+    pthread_mutex_unlock(&e->mu);
+
+    while (r) {
+        eng_req *nx = r->next_inbox;
+        r->next_inbox = NULL;
+        r->next_live = e->live;
+        r->prev_live = NULL;
+        if (e->live) e->live->prev_live = r;
+        e->live = r;
+        e->n_live++;
+        eng_seq *s = seq_new(e, r, 0, r->prompt, r->n_prompt);
+        if (!s) {
+            /* Out of memory for this request: report it as an error. */
+            eng_seq tmp = {.req = r, .index = 0};
+            emit(e, &tmp, -1, "", 0, NULL, ENG_FINISH_ERROR);
+            if (r->prev_live) r->prev_live->next_live = r->next_live;
+            else e->live = r->next_live;
+            if (r->next_live) r->next_live->prev_live = r->prev_live;
+            e->n_live--;
+            req_free(r);
+        } else {
+            s->state = SEQ_WAITING;
+            list_push_back(&e->waiting, s);
+        }
+        r = nx;
+    }
+    for (int i = 0; i < take; i++)
+        for (eng_req *q = e->live; q; q = q->next_live)
+            if (q->id == ids[i]) {
+                req_finish_all(e, q, ENG_FINISH_ABORT);
+                break;
+            }
+}
+
+/* ---- stop handling and text release ---- */
+
+/* Length of the longest suffix of buf[0..n) that is a proper prefix of a stop string. */
+static int stop_prefix_suffix(const eng_req *r, const char *buf, int n) {
+    int best = 0;
+    for (int i = 0; i < r->n_stop; i++) {
+        int L = r->stop_len[i];
+        for (int k = NI_MIN(L - 1, n); k > best; k--)
+            if (!memcmp(buf + n - k, r->stop[i], (size_t)k)) {
+                best = k;
+                break;
+            }
+    }
+    return best;
+}
+
+/* Finds the earliest stop string in buf[0..n); returns its offset or -1. */
+static int stop_find(const eng_req *r, const char *buf, int n) {
+    int best = -1;
+    for (int i = 0; i < r->n_stop; i++) {
+        const char *p = memmem(buf, (size_t)n, r->stop[i], (size_t)r->stop_len[i]);
+        if (p && (best < 0 || p - buf < best)) best = (int)(p - buf);
+    }
+    return best;
+}
+
+/* Appends the sampled token to s, decides whether s finishes, and emits the
+ * event. Returns 1 when s finished (it has been freed). */
+static int seq_accept_token(eng_engine *e, eng_seq *s, const smp_result *res) {
+    eng_req *r = s->req;
+    int32_t tok = res->token;
+    const smp_result *lp = r->sp.logprobs >= 0 ? res : NULL;
+    NI_ASSERT(s->n_tokens < s->cap);
+    s->tokens[s->n_tokens++] = tok;
+    s->n_gen++;
+    e->st.generated_tokens++;
+    smp_accept(&s->smp, tok);
+
+    int finish = ENG_FINISH_NONE, hide = 0;
+    if (!r->ignore_eos && tok_is_eog(e->m->tok, tok)) finish = ENG_FINISH_STOP, hide = 1;
+    for (int i = 0; i < r->n_stop_ids; i++)
+        if (tok == r->stop_ids[i]) finish = ENG_FINISH_STOP, hide = 1;
+
+    if (!hide) {
+        int room = s->hold_cap - s->hold_len;
+        int k = tok_stream_push(&s->ts, tok, s->hold + s->hold_len, (size_t)room);
+        if (k > 0) s->hold_len += k;
+    }
+    if (finish == ENG_FINISH_NONE &&
+        (s->n_gen >= r->max_tokens || s->n_tokens >= e->max_seq_len))
+        finish = ENG_FINISH_LENGTH;
+    if (finish != ENG_FINISH_NONE && !(finish == ENG_FINISH_STOP && hide && r->n_stop == 0)) {
+        int room = s->hold_cap - s->hold_len;
+        int k = tok_stream_flush(&s->ts, s->hold + s->hold_len, (size_t)room);
+        if (k > 0) s->hold_len += k;
+    }
+    int release = s->hold_len;
+    if (r->n_stop) {
+        int at = stop_find(r, s->hold, s->hold_len);
+        if (at >= 0) {
+            release = at;
+            finish = ENG_FINISH_STOP;
+        } else if (finish == ENG_FINISH_NONE) {
+            release = s->hold_len - stop_prefix_suffix(r, s->hold, s->hold_len);
+        }
+    }
+    emit(e, s, tok, s->hold, release, lp, finish);
+    memmove(s->hold, s->hold + release, (size_t)(s->hold_len - release));
+    s->hold_len -= release;
+    if (finish != ENG_FINISH_NONE) {
+        seq_finish(e, s);
+        return 1;
+    }
+    return 0;
+}
+
+/* Samples the next token(s) of s from logits (one row, modified). Forks the
+ * n-1 siblings first when s is the unforked first sequence of an n > 1 request. */
+static int sample_seq(eng_engine *e, eng_seq *s, float *logits) {
+    eng_req *r = s->req;
+    smp_result res;
+    if (r->n > 1 && !r->forked) {
+        r->forked = 1;
+        for (int i = 1; i < r->n; i++) {
+            eng_seq *c = seq_new(e, r, i, s->tokens, s->n_tokens);
+            if (!c || kv_seq_fork(e->kv, &s->kv, &c->kv) != 0) {
+                if (c) { r->seqs[i] = NULL; r->n_live--; seq_free(e, c); }
+                req_finish_all(e, r, ENG_FINISH_ERROR);
+                return NI_ENOMEM;
+            }
+            c->state = SEQ_RUNNING;
+            list_push_back(&e->running, c);
+        }
+        for (int i = 1; i < r->n; i++) {
+            eng_seq *c = r->seqs[i];
+            memcpy(e->logits_tmp, logits, (size_t)e->vocab * sizeof(float));
+            if (smp_sample(&c->smp, &r->sp, e->logits_tmp, e->vocab, e->smp_scratch,
+                           e->smp_scratch_bytes, &res) != 0) {
+                req_finish_all(e, r, ENG_FINISH_ERROR);
+                return NI_ERANGE;
+            }
+            seq_accept_token(e, c, &res);
+        }
+    }
+    if (smp_sample(&s->smp, &r->sp, logits, e->vocab, e->smp_scratch, e->smp_scratch_bytes,
+                   &res) != 0) {
+        req_finish_all(e, r, ENG_FINISH_ERROR);
+        return NI_ERANGE;
+    }
+    seq_accept_token(e, s, &res);
+    return 0;
+}
+
+/* ---- scheduling ---- */
+
+static void preempt(eng_engine *e, eng_seq *s) {
+    list_remove(&e->running, s);
+    kv_seq_reset(e->kv, &s->kv);
+    s->state = SEQ_WAITING;
+    list_push_front(&e->waiting, s);
+    e->st.n_preemptions++;
+}
+
+static void batch_add(eng_engine *e, int *nb, int *nt, eng_seq *s, int n_new) {
+    int i = (*nb)++;
+    int c0 = s->kv.n_computed;
+    e->b_seq[i] = s;
+    e->b_new[i] = n_new;
+    e->b_pos0[i] = c0;
+    e->b_start[i] = *nt;
+    memcpy(e->b_tokens + *nt, s->tokens + c0, (size_t)n_new * sizeof(int32_t));
+    *nt += n_new;
+    e->b_start[i + 1] = *nt;
+    memcpy(e->b_tables + (size_t)i * e->max_blocks, s->kv.table,
+           (size_t)s->kv.n_blocks * sizeof(int32_t));
+    e->b_want[i] = (uint8_t)(c0 + n_new == s->n_tokens);
+}
+
+int eng_step(eng_engine *e) {
+    drain_inbox(e);
+    const eng_config *c = &e->cfg;
+    int budget = c->max_batched_tokens, nb = 0, nt = 0;
+
+    /* 1. running sequences, oldest first */
+    for (eng_seq *s = e->running.head; s && budget > 0 && nb < c->max_num_seqs;) {
+        int n_new = NI_MIN(NI_MIN(s->n_tokens - s->kv.n_computed, c->prefill_chunk), budget);
+        int target = s->kv.n_computed + n_new, self_preempted = 0;
+        while (!kv_can_reserve(e->kv, &s->kv, target)) {
+            eng_seq *victim = e->running.tail;
+            if (victim == s) {
+                preempt(e, s);
+                self_preempted = 1;
+                break;
+            }
+            preempt(e, victim);
+        }
+        if (self_preempted) break; /* s was the newest: nothing after it */
+        kv_copy cow;
+        if (kv_seq_reserve(e->kv, &s->kv, target, &cow) != 0) break;
+        if (cow.src >= 0) e->be->copy_block(e->bctx, cow.src, cow.dst);
+        batch_add(e, &nb, &nt, s, n_new);
+        budget -= n_new;
+        s = s->next;
+    }
+
+    /* 2. admit waiting sequences, FCFS */
+    while (e->waiting.head && budget > 0 && nb < c->max_num_seqs &&
+           e->running.n < c->max_num_seqs) {
+        eng_seq *w = e->waiting.head;
+        if (w->req->n > 1 && !w->req->forked && e->running.n + w->req->n > c->max_num_seqs &&
+            e->running.n > 0)
+            break; /* keep room for its siblings */
+        if (!kv_can_alloc_prompt(e->kv, w->tokens, w->n_tokens)) break;
+        int n_cached = 0;
+        if (kv_seq_alloc_prompt(e->kv, &w->kv, w->tokens, w->n_tokens, &n_cached) != 0) break;
+        if (w->index == 0 && w->n_gen == 0) w->req->n_cached = n_cached;
+        list_remove(&e->waiting, w);
+        w->state = SEQ_RUNNING;
+        list_push_back(&e->running, w);
+        int n_new = NI_MIN(NI_MIN(w->n_tokens - n_cached, c->prefill_chunk), budget);
+        batch_add(e, &nb, &nt, w, n_new);
+        budget -= n_new;
+    }
+    e->b_n = nb;
+    if (nb == 0) return e->n_live;
+
+    eng_batch b = {.n_seqs = nb, .n_tokens = nt, .tokens = e->b_tokens,
+                   .seq_start = e->b_start, .pos0 = e->b_pos0, .block_tables = e->b_tables,
+                   .max_blocks = e->max_blocks, .want_logits = e->b_want};
+    int rc = e->be->forward(e->bctx, &b, e->logits);
+    e->st.steps++;
+    if (rc) {
+        for (int i = 0; i < nb; i++)
+            if (e->b_seq[i]) req_finish_all(e, e->b_seq[i]->req, ENG_FINISH_ERROR);
+        e->b_n = 0;
+        return rc;
+    }
+    /* Commit KV first for the whole batch (so forks see committed state), then sample. */
+    for (int i = 0; i < nb; i++) {
+        eng_seq *s = e->b_seq[i];
+        int n = s->kv.n_computed + e->b_new[i];
+        if (s->n_gen == 0) e->st.prompt_tokens += (uint64_t)e->b_new[i];
+        kv_seq_commit(e->kv, &s->kv, s->tokens, n);
+    }
+    for (int i = 0; i < nb; i++)
+        if (e->b_want[i] && e->b_seq[i])
+            sample_seq(e, e->b_seq[i], e->logits + (size_t)i * e->vocab);
+    e->b_n = 0;
+    return e->n_live;
+}
+
+void eng_get_stats(eng_engine *e, eng_stats *st) {
+    *st = e->st;
+    kv_get_stats(e->kv, &st->kv);
+    st->n_running = e->running.n;
+    st->n_waiting = e->waiting.n;
+}
+
+const mdl_model *eng_model(const eng_engine *e) { return e->m; }
+int eng_max_seq_len(const eng_engine *e) { return e->max_seq_len; }

@@ -1,0 +1,143 @@
+/*
+ * engine.h - the inference engine: continuous batching over a paged KV cache,
+ * chunked prefill, prefix caching, preemption by recompute, per-request
+ * sampling with stop conditions.
+ *
+ * Threads: eng_add() and eng_abort() may be called from any thread (they
+ * push onto a mutex-protected inbox); everything else - eng_step(), the
+ * scheduler state, the KV block manager, the backend - belongs to the one
+ * thread that drives the engine (the engine thread in the server, the caller
+ * in offline tools). Events are delivered through the callback on the
+ * driving thread; the callback must not block for long (the server copies the
+ * event into its own queue and signals the loop with uv_async_send).
+ *
+ * Scheduling (one eng_step): drain the inbox (aborts free every block of the
+ * request within this step); running sequences in admission order get their
+ * next chunk (1 token when decoding, up to --prefill-chunk when prefilling),
+ * within --max-batched-tokens; when the pool cannot supply a block, the most
+ * recently admitted running sequence is preempted (blocks released, requeued
+ * at the front of the waiting queue with its generated tokens kept, so it is
+ * recomputed later); then waiting sequences are admitted FCFS while
+ * --max-num-seqs, the token budget and the pool allow. One backend forward
+ * runs the whole mixed batch; every sequence that reached its last token is
+ * sampled. A request that can never fit (prompt + max_tokens beyond the
+ * model's context or the pool) is rejected by eng_add.
+ *
+ * n > 1: the prompt is prefilled once; when its logits arrive the sequence is
+ * forked into n sequences sharing the prompt's KV blocks (copy-on-write of the
+ * last partial block), each with its own RNG stream.
+ */
+#ifndef NI_ENGINE_H
+#define NI_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "kv.h"
+#include "model.h"
+#include "sampler.h"
+
+#define ENG_MAX_STOP 8          /* stop strings per request */
+#define ENG_MAX_STOP_LEN 256    /* bytes per stop string */
+#define ENG_MAX_STOP_IDS 16     /* stop token ids per request */
+#define ENG_MAX_N 16            /* parallel samples per request */
+
+typedef struct eng_config {
+    int max_num_seqs;        /* running sequences at once (default 256) */
+    int max_batched_tokens;  /* tokens per forward (default 2048) */
+    int prefill_chunk;       /* prompt tokens per sequence per step (default 512) */
+    int block_size;          /* KV block tokens (default 16) */
+    int n_blocks;            /* KV pool blocks (0: enough for max_num_seqs full contexts, capped) */
+    int prefix_cache;        /* 1 (default) or 0 */
+    int n_threads;           /* CPU threads (0 = all) */
+    int max_seq_len;         /* 0 = the model's context length */
+} eng_config;
+
+/* Fills c with the documented defaults. */
+void eng_config_default(eng_config *c);
+
+enum eng_finish {
+    ENG_FINISH_NONE = 0,     /* more tokens follow */
+    ENG_FINISH_STOP = 1,     /* EOS / stop token / stop string */
+    ENG_FINISH_LENGTH = 2,   /* max_tokens or context reached */
+    ENG_FINISH_ABORT = 3,    /* eng_abort() */
+    ENG_FINISH_ERROR = 4,    /* backend or sampler failure */
+};
+
+typedef struct eng_request {
+    uint64_t id;             /* caller-chosen, unique among live requests */
+    void *user;              /* passed back in events */
+    const int32_t *prompt;   /* [n_prompt] copied by eng_add */
+    int n_prompt;
+    smp_params sp;           /* logit_bias is copied by eng_add */
+    int max_tokens;          /* >= 1 */
+    int n;                   /* parallel samples, 1..ENG_MAX_N */
+    int ignore_eos;
+    int32_t stop_ids[ENG_MAX_STOP_IDS];
+    int n_stop_ids;
+    const char *stop[ENG_MAX_STOP];  /* copied by eng_add */
+    int n_stop;
+    uint64_t fallback_seed;  /* RNG seed when sp.has_seed == 0 */
+} eng_request;
+
+typedef struct eng_event {
+    uint64_t id;
+    void *user;
+    int index;               /* which of the n samples */
+    int32_t token;           /* generated token, -1 on finish-only events */
+    const char *text;        /* newly releasable text (may be empty; never a partial
+                                UTF-8 sequence nor a possible stop-string prefix) */
+    int text_len;
+    const smp_result *lp;    /* logprobs when requested, else NULL */
+    int finish;              /* enum eng_finish */
+    int n_prompt;            /* usage */
+    int n_generated;
+    int n_cached;            /* prompt tokens served by the prefix cache */
+} eng_event;
+
+typedef void (*eng_event_fn)(void *ud, const eng_event *ev);
+
+typedef struct eng_stats {
+    kv_stats kv;
+    int n_running;
+    int n_waiting;
+    uint64_t n_preemptions;
+    uint64_t prompt_tokens;      /* prompt tokens computed (not cached) */
+    uint64_t generated_tokens;
+    uint64_t steps;
+} eng_stats;
+
+typedef struct eng_engine eng_engine;
+
+/* Creates an engine over model m (which must outlive it) and backend be.
+ * Sizes and allocates the KV pool, logits and scratch buffers once.
+ * Returns 0 or a negative NI_E* code with a message. */
+int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const eng_config *c,
+             eng_event_fn fn, void *ud, char *err, size_t errlen);
+
+/* Frees the engine; outstanding requests are dropped without events. */
+void eng_free(eng_engine *e);
+
+/* Queues a request (any thread). Validates it first: returns NI_EINVAL with a
+ * message naming the parameter, or NI_ERANGE when it can never fit (prompt +
+ * max_tokens over the context or the KV pool). Returns 0 when queued. */
+int eng_add(eng_engine *e, const eng_request *r, char *err, size_t errlen);
+
+/* Requests an abort (any thread); the request finishes with ENG_FINISH_ABORT
+ * and its blocks are freed within the next eng_step. Unknown ids are ignored. */
+void eng_abort(eng_engine *e, uint64_t id);
+
+/* Runs one scheduling iteration on the driving thread (forward + sampling).
+ * Returns the number of live requests after the step (0 = idle), or a
+ * negative code on a backend failure (affected requests get ERROR events). */
+int eng_step(eng_engine *e);
+
+/* Blocks (up to timeout_ms) until the inbox is non-empty; for an idle engine thread. */
+void eng_wait_work(eng_engine *e, int timeout_ms);
+
+void eng_get_stats(eng_engine *e, eng_stats *st);
+const mdl_model *eng_model(const eng_engine *e);
+int eng_max_seq_len(const eng_engine *e);
+
+#endif

@@ -1,0 +1,433 @@
+/*
+ * test_engine.c - the scheduler end to end on the CPU backend with the
+ * committed tiny llama2-style model (test/models/tiny-llama2): chunked
+ * prefill, preemption, prefix caching, batch invariance, aborts, stop
+ * strings, n > 1, and block accounting (no leaks) after every scenario.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../engine/engine.h"
+#include "../engine/util.h"
+#include "../tokenizer/tok.h"
+
+#define MODEL_DIR "test/models/tiny-llama2"
+#define MAXR 64
+#define MAXN 4
+#define MAXT 512
+
+typedef struct out_seq {
+    int32_t toks[MAXT];
+    int n;
+    char text[8192];
+    int text_len;
+    int finish;
+    int n_cached;
+    int n_events_lp;
+} out_seq;
+
+typedef struct collector {
+    out_seq o[MAXR][MAXN];
+} collector;
+
+static mdl_model g_model;
+
+static void on_event(void *ud, const eng_event *ev) {
+    collector *c = ud;
+    assert_true(ev->id < MAXR && ev->index < MAXN);
+    out_seq *o = &c->o[ev->id][ev->index];
+    assert_int_equal(o->finish, 0); /* nothing after a finish */
+    if (ev->token >= 0) {
+        assert_true(o->n < MAXT);
+        o->toks[o->n++] = ev->token;
+    }
+    assert_true(o->text_len + ev->text_len < (int)sizeof o->text);
+    memcpy(o->text + o->text_len, ev->text, (size_t)ev->text_len);
+    o->text_len += ev->text_len;
+    o->text[o->text_len] = 0;
+    if (ev->lp) o->n_events_lp++;
+    o->finish = ev->finish;
+    o->n_cached = ev->n_cached;
+}
+
+static int setup(void **state) {
+    (void)state;
+    char err[512];
+    if (mdl_load(&g_model, MODEL_DIR, err, sizeof err)) {
+        fprintf(stderr, "cannot load %s: %s\n", MODEL_DIR, err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    mdl_free(&g_model);
+    return 0;
+}
+
+static eng_engine *make_engine(collector *c, int n_blocks, int chunk, int max_seqs,
+                               int max_batched, int prefix) {
+    eng_config cfg;
+    eng_config_default(&cfg);
+    cfg.n_blocks = n_blocks;
+    cfg.prefill_chunk = chunk;
+    cfg.max_num_seqs = max_seqs;
+    cfg.max_batched_tokens = max_batched;
+    cfg.prefix_cache = prefix;
+    cfg.n_threads = 1;
+    eng_engine *e = NULL;
+    char err[256];
+    int rc = eng_init(&e, &g_model, &eng_backend_cpu, &cfg, on_event, c, err, sizeof err);
+    if (rc) fprintf(stderr, "eng_init: %s\n", err);
+    assert_int_equal(rc, 0);
+    return e;
+}
+
+static void make_prompt(int32_t *p, int n, uint32_t seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        p[i] = 3 + (int32_t)((seed >> 8) % (uint32_t)(g_model.cfg.vocab_size - 3));
+    }
+}
+
+static eng_request req_greedy(uint64_t id, const int32_t *p, int n, int max_tokens) {
+    eng_request r = {0};
+    r.id = id;
+    r.prompt = p;
+    r.n_prompt = n;
+    r.sp = smp_params_default();
+    r.sp.temperature = 0;
+    r.max_tokens = max_tokens;
+    r.n = 1;
+    r.ignore_eos = 1;
+    return r;
+}
+
+static void run_all(eng_engine *e) {
+    int guard = 0;
+    while (eng_step(e) > 0) assert_true(++guard < 100000);
+    eng_stats st;
+    eng_get_stats(e, &st);
+    assert_int_equal(st.kv.blocks_used, 0); /* no leak: every block released */
+    assert_int_equal(st.n_running + st.n_waiting, 0);
+}
+
+static void add_ok(eng_engine *e, const eng_request *r) {
+    char err[256];
+    int rc = eng_add(e, r, err, sizeof err);
+    if (rc) fprintf(stderr, "eng_add: %s\n", err);
+    assert_int_equal(rc, 0);
+}
+
+/* Chunked prefill (chunks of 5, small token budget) gives the tokens of one-shot prefill. */
+static void test_chunked_prefill(void **state) {
+    (void)state;
+    static collector a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    int32_t p[4][100];
+    int lens[4] = {100, 37, 16, 1};
+    for (int i = 0; i < 4; i++) make_prompt(p[i], lens[i], 100 + (uint32_t)i);
+    eng_engine *e1 = make_engine(&a, 256, 512, 8, 2048, 0);
+    eng_engine *e2 = make_engine(&b, 256, 5, 8, 12, 0);
+    for (int i = 0; i < 4; i++) {
+        eng_request r = req_greedy((uint64_t)i, p[i], lens[i], 24);
+        add_ok(e1, &r);
+        add_ok(e2, &r);
+    }
+    run_all(e1);
+    run_all(e2);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(a.o[i][0].n, 24);
+        assert_int_equal(a.o[i][0].finish, ENG_FINISH_LENGTH);
+        assert_memory_equal(a.o[i][0].toks, b.o[i][0].toks, 24 * sizeof(int32_t));
+    }
+    eng_free(e1);
+    eng_free(e2);
+}
+
+/* A pool too small for all requests at once forces preemption; the greedy
+ * outputs equal those of a large pool. */
+static void test_preemption(void **state) {
+    (void)state;
+    static collector a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    enum { R = 8, L = 40, G = 40 };
+    int32_t p[R][L];
+    eng_engine *big = make_engine(&a, 512, 512, 16, 2048, 1);
+    eng_engine *tiny = make_engine(&b, 12, 16, 16, 64, 1); /* 192 tokens for 8 x 80 */
+    for (int i = 0; i < R; i++) {
+        make_prompt(p[i], L, 7 + (uint32_t)i);
+        eng_request r = req_greedy((uint64_t)i, p[i], L, G);
+        add_ok(big, &r);
+        add_ok(tiny, &r);
+    }
+    run_all(big);
+    run_all(tiny);
+    eng_stats st;
+    eng_get_stats(tiny, &st);
+    printf("preemptions with a 12-block pool: %llu\n", (unsigned long long)st.n_preemptions);
+    assert_true(st.n_preemptions > 0);
+    for (int i = 0; i < R; i++) {
+        assert_int_equal(b.o[i][0].n, G);
+        assert_memory_equal(a.o[i][0].toks, b.o[i][0].toks, G * sizeof(int32_t));
+    }
+    eng_free(big);
+    eng_free(tiny);
+}
+
+/* A request that can never fit is rejected at admission, naming the reason. */
+static void test_reject_too_large(void **state) {
+    (void)state;
+    static collector a;
+    memset(&a, 0, sizeof a);
+    eng_engine *e = make_engine(&a, 4, 512, 8, 2048, 1);
+    int32_t p[60];
+    make_prompt(p, 60, 1);
+    eng_request r = req_greedy(0, p, 60, 10); /* 70 tokens > 64 in the pool */
+    char err[256] = {0};
+    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_ERANGE);
+    assert_non_null(strstr(err, "KV pool"));
+    r = req_greedy(0, p, 60, 1000); /* over the 512-token context */
+    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_ERANGE);
+    assert_non_null(strstr(err, "context"));
+    r = req_greedy(0, p, 0, 4);
+    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_EINVAL);
+    r = req_greedy(0, p, 4, 4);
+    r.sp.top_p = 0;
+    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_EINVAL);
+    assert_non_null(strstr(err, "top_p"));
+    eng_free(e);
+}
+
+/* Seeded sampling and greedy give identical outputs alone and among 31 others. */
+static void test_batch_invariance(void **state) {
+    (void)state;
+    static collector a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    int32_t p[32][30];
+    for (int i = 0; i < 32; i++) make_prompt(p[i], 10 + i % 20, 1000 + (uint32_t)i);
+    eng_request r0 = req_greedy(0, p[0], 10, 48);
+    r0.sp.temperature = 0.9f;
+    r0.sp.top_p = 0.95f;
+    r0.sp.has_seed = 1;
+    r0.sp.seed = 1234;
+    eng_request r1 = req_greedy(1, p[1], 11, 48);
+    eng_engine *alone = make_engine(&a, 512, 512, 64, 2048, 0);
+    add_ok(alone, &r0);
+    add_ok(alone, &r1);
+    run_all(alone);
+    eng_engine *crowd = make_engine(&b, 512, 512, 64, 2048, 0);
+    for (int i = 31; i >= 2; i--) { /* others first, so the pair is scheduled among them */
+        eng_request r = req_greedy((uint64_t)i, p[i], 10 + i % 20, 16 + i);
+        r.sp.temperature = 1.0f;
+        r.sp.has_seed = 1;
+        r.sp.seed = (uint64_t)i;
+        add_ok(crowd, &r);
+    }
+    eng_step(crowd);
+    add_ok(crowd, &r0);
+    add_ok(crowd, &r1);
+    run_all(crowd);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(a.o[i][0].n, 48);
+        assert_memory_equal(a.o[i][0].toks, b.o[i][0].toks, 48 * sizeof(int32_t));
+    }
+    eng_free(alone);
+    eng_free(crowd);
+}
+
+/* The second of two identical prompts is served from the prefix cache and
+ * produces the same tokens; with the cache off nothing hits. */
+static void test_prefix_cache(void **state) {
+    (void)state;
+    static collector a;
+    memset(&a, 0, sizeof a);
+    int32_t p[70];
+    make_prompt(p, 70, 99);
+    eng_engine *e = make_engine(&a, 256, 512, 8, 2048, 1);
+    eng_request r = req_greedy(0, p, 70, 8);
+    add_ok(e, &r);
+    run_all(e);
+    r.id = 1;
+    add_ok(e, &r);
+    run_all(e);
+    assert_int_equal(a.o[0][0].n_cached, 0);
+    assert_int_equal(a.o[1][0].n_cached, 64); /* 4 full blocks before the last token */
+    assert_memory_equal(a.o[0][0].toks, a.o[1][0].toks, 8 * sizeof(int32_t));
+    eng_stats st;
+    eng_get_stats(e, &st);
+    assert_int_equal(st.kv.hit_tokens, 64);
+    eng_free(e);
+
+    memset(&a, 0, sizeof a);
+    e = make_engine(&a, 256, 512, 8, 2048, 0);
+    r.id = 0;
+    add_ok(e, &r);
+    run_all(e);
+    r.id = 1;
+    add_ok(e, &r);
+    run_all(e);
+    assert_int_equal(a.o[1][0].n_cached, 0);
+    eng_free(e);
+}
+
+/* Abort from the "other thread" API frees the request's blocks within a step. */
+static void test_abort(void **state) {
+    (void)state;
+    static collector a;
+    memset(&a, 0, sizeof a);
+    int32_t p[3][20];
+    eng_engine *e = make_engine(&a, 256, 512, 8, 2048, 0);
+    for (int i = 0; i < 3; i++) {
+        make_prompt(p[i], 20, 5 + (uint32_t)i);
+        eng_request r = req_greedy((uint64_t)i, p[i], 20, 200);
+        add_ok(e, &r);
+    }
+    for (int i = 0; i < 3; i++) eng_step(e);
+    eng_stats st;
+    eng_get_stats(e, &st);
+    assert_true(st.kv.blocks_used >= 3 * 2);
+    eng_abort(e, 1);
+    eng_abort(e, 77); /* unknown: ignored */
+    eng_step(e);
+    assert_int_equal(a.o[1][0].finish, ENG_FINISH_ABORT);
+    assert_int_equal(a.o[0][0].finish, 0);
+    eng_abort(e, 0);
+    eng_abort(e, 2);
+    eng_step(e);
+    eng_get_stats(e, &st);
+    assert_int_equal(st.kv.blocks_used, 0);
+    assert_int_equal(a.o[0][0].finish, ENG_FINISH_ABORT);
+    assert_int_equal(a.o[2][0].finish, ENG_FINISH_ABORT);
+    eng_free(e);
+}
+
+/* Stop strings: pick a substring of a greedy output that spans a token
+ * boundary; rerunning with it as stop gives exactly the text before it. */
+static void test_stop_string(void **state) {
+    (void)state;
+    static collector a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    int32_t p[12];
+    make_prompt(p, 12, 4242);
+    eng_engine *e = make_engine(&a, 256, 512, 8, 2048, 0);
+    eng_request r = req_greedy(0, p, 12, 60);
+    add_ok(e, &r);
+    run_all(e);
+    eng_free(e);
+    out_seq *full = &a.o[0][0];
+    assert_true(full->text_len > 20);
+    /* find the byte offsets where each token's text starts */
+    int bounds[MAXT], nb = 0, off = 0;
+    char piece[256];
+    tok_stream ts;
+    tok_stream_init(&ts, g_model.tok);
+    for (int i = 0; i < full->n; i++) {
+        int k = tok_stream_push(&ts, full->toks[i], piece, sizeof piece);
+        if (k > 0) {
+            bounds[nb++] = off;
+            off += k;
+        }
+    }
+    assert_true(nb > 6);
+    int cut = bounds[nb / 2]; /* a stop string straddling this token boundary */
+    int st = cut - 2 > 0 ? cut - 2 : 0;
+    char stop[8];
+    memcpy(stop, full->text + st, 5);
+    stop[5] = 0;
+    if (strlen(stop) < 5) skip();
+    char *first = strstr(full->text, stop);
+    int expect = (int)(first - full->text);
+    eng_engine *e2 = make_engine(&b, 256, 512, 8, 2048, 0);
+    r.stop[0] = stop;
+    r.n_stop = 1;
+    add_ok(e2, &r);
+    run_all(e2);
+    eng_free(e2);
+    assert_int_equal(b.o[0][0].finish, ENG_FINISH_STOP);
+    assert_int_equal(b.o[0][0].text_len, expect);
+    assert_memory_equal(b.o[0][0].text, full->text, (size_t)expect);
+    assert_null(strstr(b.o[0][0].text, stop));
+}
+
+/* Stop token ids and max_tokens finish with the right reasons. */
+static void test_stop_ids_and_length(void **state) {
+    (void)state;
+    static collector a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    int32_t p[10];
+    make_prompt(p, 10, 31337);
+    eng_engine *e = make_engine(&a, 256, 512, 8, 2048, 0);
+    eng_request r = req_greedy(0, p, 10, 30);
+    add_ok(e, &r);
+    run_all(e);
+    eng_free(e);
+    assert_int_equal(a.o[0][0].finish, ENG_FINISH_LENGTH);
+    assert_int_equal(a.o[0][0].n, 30);
+    int32_t stop_tok = a.o[0][0].toks[10];
+    int first = 0;
+    while (a.o[0][0].toks[first] != stop_tok) first++;
+    e = make_engine(&b, 256, 512, 8, 2048, 0);
+    r.stop_ids[0] = stop_tok;
+    r.n_stop_ids = 1;
+    add_ok(e, &r);
+    run_all(e);
+    eng_free(e);
+    assert_int_equal(b.o[0][0].finish, ENG_FINISH_STOP);
+    assert_int_equal(b.o[0][0].n, first + 1);
+}
+
+/* n = 3 seeded samples share the prompt's blocks, differ from each other, and
+ * are reproducible; logprobs arrive with every token when asked. */
+static void test_parallel_samples(void **state) {
+    (void)state;
+    static collector a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    int32_t p[21]; /* 21 tokens: a partial last block forces copy-on-write */
+    make_prompt(p, 21, 777);
+    eng_request r = req_greedy(0, p, 21, 20);
+    r.n = 3;
+    r.sp.temperature = 1.0f;
+    r.sp.has_seed = 1;
+    r.sp.seed = 42;
+    r.sp.logprobs = 2;
+    for (int pass = 0; pass < 2; pass++) {
+        collector *c = pass ? &b : &a;
+        eng_engine *e = make_engine(c, 64, 512, 8, 2048, 1);
+        add_ok(e, &r);
+        run_all(e);
+        eng_free(e);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(a.o[0][i].n, 20);
+        assert_int_equal(a.o[0][i].n_events_lp, 20);
+        assert_memory_equal(a.o[0][i].toks, b.o[0][i].toks, 20 * sizeof(int32_t));
+    }
+    assert_true(memcmp(a.o[0][0].toks, a.o[0][1].toks, 20 * sizeof(int32_t)) ||
+                memcmp(a.o[0][0].toks, a.o[0][2].toks, 20 * sizeof(int32_t)));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chunked_prefill),  cmocka_unit_test(test_preemption),
+        cmocka_unit_test(test_reject_too_large), cmocka_unit_test(test_batch_invariance),
+        cmocka_unit_test(test_prefix_cache),     cmocka_unit_test(test_abort),
+        cmocka_unit_test(test_stop_string),      cmocka_unit_test(test_stop_ids_and_length),
+        cmocka_unit_test(test_parallel_samples),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
