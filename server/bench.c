@@ -1,0 +1,379 @@
+/*
+ * bench.c - `nanoinfer bench`: offline throughput of the engine on synthetic
+ * requests (no HTTP), and the four prefix-caching experiments (--prefix).
+ *
+ * Throughput workload (nano-vllm / vLLM benchmark shape): N requests of
+ * random token ids, prompt and output lengths uniform in the given ranges,
+ * ignore_eos so every request produces exactly its output length; all are
+ * submitted at t=0 and the engine is stepped until idle. Latency = finish
+ * time - submit time; TTFT = first token time - submit time.
+ *
+ * Prefix experiments: requests arrive one per engine step (so earlier
+ * prompts' blocks are computed and registered before later ones look them
+ * up), each run on a fresh engine with the cache on and off.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../engine/engine.h"
+#include "../engine/util.h"
+#include "cli.h"
+
+typedef struct bench_req {
+    double t_submit, t_first, t_done;
+    int n_out;
+    int32_t *out;      /* [cap_out] generated tokens (multi-turn experiment) */
+    int cap_out;
+} bench_req;
+
+typedef struct bench_ctx {
+    bench_req *r;
+    int n_done;
+    int n_req;
+    long out_tokens;
+    int progress;
+    double t0;
+} bench_ctx;
+
+static void on_event(void *ud, const eng_event *ev) {
+    bench_ctx *b = ud;
+    bench_req *q = &b->r[ev->id];
+    double now = ni_now();
+    if (ev->token >= 0) {
+        if (q->n_out == 0) q->t_first = now;
+        if (q->out && q->n_out < q->cap_out) q->out[q->n_out] = ev->token;
+        q->n_out++;
+        b->out_tokens++;
+    }
+    if (ev->finish) {
+        q->t_done = now;
+        b->n_done++;
+        if (b->progress) {
+            int w = 30, k = (int)((long)w * b->n_done / b->n_req);
+            fprintf(stderr, "\r[%.*s%*s] %d/%d requests, %.1f output tok/s ", k,
+                    "==============================", w - k, "", b->n_done, b->n_req,
+                    b->out_tokens / (now - b->t0));
+            if (b->n_done == b->n_req) fprintf(stderr, "\n");
+        }
+    }
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(double *v, int n, double p) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    int i = (int)(p * (n - 1) + 0.5);
+    return v[NI_MIN(NI_MAX(i, 0), n - 1)];
+}
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int rand_in(uint64_t *s, int lo, int hi) {
+    return lo + (int)(rng_next(s) % (uint64_t)(hi - lo + 1));
+}
+
+static int parse_range(const char *s, int *lo, int *hi) {
+    char *end;
+    long a = strtol(s, &end, 10), b = a;
+    if (*end == ':') b = strtol(end + 1, &end, 10);
+    if (*end || a < 1 || b < a || b > 1 << 20) return -1;
+    *lo = (int)a;
+    *hi = (int)b;
+    return 0;
+}
+
+typedef struct bench_opts {
+    const char *model;
+    int n_req, in_lo, in_hi, out_lo, out_hi, json, prefix, prefix_n;
+    uint64_t seed;
+    smp_params sp;
+    eng_config cfg;
+} bench_opts;
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: nanoinfer bench --model M [options]\n"
+            "  --num-requests N       requests (default 256)\n"
+            "  --input-len A:B        prompt length uniform in [A, B] (default 100:1024)\n"
+            "  --output-len A:B       output length uniform in [A, B] (default 100:1024)\n"
+            "  --seed S               workload seed (default 0)\n"
+            "  --max-num-seqs N       running sequences (default 256)\n"
+            "  --max-batched-tokens N tokens per step (default 2048)\n"
+            "  --prefill-chunk N      prompt tokens per sequence per step (default 512)\n"
+            "  --kv-blocks N          KV pool blocks (default: 1 GiB of KV)\n"
+            "  --threads N            CPU threads (default: all cores)\n"
+            "  --no-prefix-cache      disable prefix caching\n"
+            "  --temperature T ...    sampling flags as in generate (default greedy)\n"
+            "  --json                 print results as one JSON object\n"
+            "  --prefix               run the four prefix-caching experiments instead\n"
+            "  --prefix-requests N    requests per prefix experiment (default 16)\n");
+}
+
+/* Runs one engine over the given prompts; arrival: all at once (stagger = 0)
+ * or one per step. Fills b->r timings. Returns elapsed seconds or < 0. */
+static double run_engine(const mdl_model *m, const bench_opts *o, int prefix_cache,
+                         int32_t **prompts, const int *n_prompt, const int *n_out, int n,
+                         int stagger, bench_ctx *b, eng_stats *st_out) {
+    eng_config cfg = o->cfg;
+    cfg.prefix_cache = prefix_cache;
+    eng_engine *e = NULL;
+    char err[512];
+    if (eng_init(&e, m, &eng_backend_cpu, &cfg, on_event, b, err, sizeof err)) {
+        fprintf(stderr, "error: %s\n", err);
+        return -1;
+    }
+    b->n_done = 0;
+    b->out_tokens = 0;
+    b->n_req = n;
+    b->t0 = ni_now();
+    int next = 0;
+    do {
+        while (next < n) {
+            eng_request rq = {.id = (uint64_t)next, .prompt = prompts[next],
+                              .n_prompt = n_prompt[next], .sp = o->sp, .max_tokens = n_out[next],
+                              .n = 1, .ignore_eos = 1, .fallback_seed = o->seed + (uint64_t)next};
+            b->r[next].t_submit = ni_now();
+            b->r[next].n_out = 0;
+            if (eng_add(e, &rq, err, sizeof err)) {
+                fprintf(stderr, "error: request %d: %s\n", next, err);
+                eng_free(e);
+                return -1;
+            }
+            next++;
+            if (stagger) break;
+        }
+        int live = eng_step(e);
+        if (live < 0) {
+            fprintf(stderr, "error: engine step failed: %s\n", ni_strerror(live));
+            eng_free(e);
+            return -1;
+        }
+        if (live == 0 && next == n) break;
+    } while (1);
+    double el = ni_now() - b->t0;
+    if (st_out) eng_get_stats(e, st_out);
+    eng_free(e);
+    return el;
+}
+
+static int throughput(const mdl_model *m, bench_opts *o) {
+    int n = o->n_req;
+    int32_t **prompts = calloc((size_t)n, sizeof(int32_t *));
+    int *np = calloc((size_t)n, sizeof(int)), *no = calloc((size_t)n, sizeof(int));
+    bench_ctx b = {.r = calloc((size_t)n, sizeof(bench_req)), .progress = isatty(2) && !o->json};
+    double *lat = calloc((size_t)n, sizeof(double)), *ttft = calloc((size_t)n, sizeof(double));
+    if (!prompts || !np || !no || !b.r || !lat || !ttft) return 1;
+    uint64_t s = o->seed;
+    long in_total = 0, out_total = 0;
+    int max_ctx = o->cfg.max_seq_len ? o->cfg.max_seq_len : m->cfg.max_seq_len;
+    for (int i = 0; i < n; i++) {
+        np[i] = rand_in(&s, o->in_lo, o->in_hi);
+        no[i] = rand_in(&s, o->out_lo, o->out_hi);
+        if (np[i] + no[i] > max_ctx) no[i] = NI_MAX(1, max_ctx - np[i]);
+        prompts[i] = malloc((size_t)np[i] * sizeof(int32_t));
+        if (!prompts[i]) return 1;
+        for (int k = 0; k < np[i]; k++) prompts[i][k] = rand_in(&s, 0, m->cfg.vocab_size - 1);
+        in_total += np[i];
+        out_total += no[i];
+    }
+    eng_stats st;
+    double el = run_engine(m, o, o->cfg.prefix_cache, prompts, np, no, n, 0, &b, &st);
+    if (el < 0) return 1;
+    long got = 0;
+    for (int i = 0; i < n; i++) {
+        lat[i] = b.r[i].t_done - b.r[i].t_submit;
+        ttft[i] = b.r[i].t_first - b.r[i].t_submit;
+        got += b.r[i].n_out;
+    }
+    double mean = 0, mttft = 0;
+    for (int i = 0; i < n; i++) mean += lat[i] / n, mttft += ttft[i] / n;
+    double p50 = pct(lat, n, 0.5), p99 = pct(lat, n, 0.99), t50 = pct(ttft, n, 0.5),
+           t99 = pct(ttft, n, 0.99);
+    if (got != out_total) fprintf(stderr, "warning: %ld output tokens, expected %ld\n", got, out_total);
+    if (o->json) {
+        printf("{\"model\":\"%s\",\"requests\":%d,\"input_tokens\":%ld,\"output_tokens\":%ld,"
+               "\"elapsed_s\":%.3f,\"requests_per_s\":%.4f,\"output_tokens_per_s\":%.2f,"
+               "\"total_tokens_per_s\":%.2f,\"latency_mean_s\":%.3f,\"latency_p50_s\":%.3f,"
+               "\"latency_p99_s\":%.3f,\"ttft_mean_s\":%.3f,\"ttft_p50_s\":%.3f,"
+               "\"ttft_p99_s\":%.3f,\"preemptions\":%llu,\"steps\":%llu,\"max_num_seqs\":%d,"
+               "\"kv_blocks\":%d}\n",
+               m->name, n, in_total, got, el, n / el, got / el, (in_total + got) / el, mean, p50,
+               p99, mttft, t50, t99, (unsigned long long)st.n_preemptions,
+               (unsigned long long)st.steps, o->cfg.max_num_seqs, st.kv.blocks_total);
+    } else {
+        printf("model %s, %d requests, %ld prompt + %ld output tokens, %.2f s\n", m->name, n,
+               in_total, got, el);
+        printf("throughput: %.3f requests/s, %.1f output tokens/s, %.1f total tokens/s\n", n / el,
+               got / el, (in_total + got) / el);
+        printf("latency: mean %.2f s, p50 %.2f s, p99 %.2f s; TTFT mean %.2f s, p50 %.2f s, "
+               "p99 %.2f s\n", mean, p50, p99, mttft, t50, t99);
+        printf("engine: %llu steps, %llu preemptions, %d KV blocks\n",
+               (unsigned long long)st.steps, (unsigned long long)st.n_preemptions,
+               st.kv.blocks_total);
+    }
+    for (int i = 0; i < n; i++) free(prompts[i]);
+    free(prompts); free(np); free(no); free(b.r); free(lat); free(ttft);
+    return 0;
+}
+
+/* The four prefix-caching experiments. */
+static int prefix_experiments(const mdl_model *m, bench_opts *o) {
+    const int n = o->prefix_n, P = 512, OUT = 16, TURN = 64, SYS = 384;
+    const char *names[4] = {"identical prompt", "shared system prompt", "no shared prefix",
+                            "growing multi-turn"};
+    int32_t **prompts = calloc((size_t)n, sizeof(int32_t *));
+    int *np = calloc((size_t)n, sizeof(int)), *no = calloc((size_t)n, sizeof(int));
+    bench_ctx b = {.r = calloc((size_t)n, sizeof(bench_req))};
+    int cap = P + n * (TURN + OUT) + 16;
+    for (int i = 0; i < n; i++) {
+        prompts[i] = malloc((size_t)cap * sizeof(int32_t));
+        b.r[i].out = malloc(OUT * sizeof(int32_t));
+        b.r[i].cap_out = OUT;
+        if (!prompts[i] || !b.r[i].out) return 1;
+        no[i] = OUT;
+    }
+    if (o->json) printf("[");
+    for (int ex = 0; ex < 4; ex++) {
+        double t[2] = {0, 0}, hit = 0;
+        for (int on = 1; on >= 0; on--) {
+            uint64_t s = o->seed + 17 * (uint64_t)ex;
+            int32_t base[1024];
+            for (int k = 0; k < P; k++) base[k] = rand_in(&s, 0, m->cfg.vocab_size - 1);
+            eng_stats st;
+            double el = 0;
+            if (ex < 3) {
+                for (int i = 0; i < n; i++) {
+                    np[i] = P;
+                    for (int k = 0; k < P; k++) {
+                        int shared = ex == 0 || (ex == 1 && k < SYS);
+                        prompts[i][k] = shared ? base[k] : rand_in(&s, 0, m->cfg.vocab_size - 1);
+                    }
+                }
+                el = run_engine(m, o, on, prompts, np, no, n, 1, &b, &st);
+                if (el < 0) return 1;
+            } else {
+                /* Turn i = turn i-1's prompt + its actual reply + TURN new user
+                 * tokens, run one after another on one engine. */
+                eng_config cfg = o->cfg;
+                cfg.prefix_cache = on;
+                eng_engine *e = NULL;
+                char err[512];
+                if (eng_init(&e, m, &eng_backend_cpu, &cfg, on_event, &b, err, sizeof err)) {
+                    fprintf(stderr, "error: %s\n", err);
+                    return 1;
+                }
+                double t0 = ni_now();
+                b.n_req = n;
+                for (int i = 0; i < n; i++) {
+                    if (i == 0) {
+                        np[0] = 128;
+                        memcpy(prompts[0], base, 128 * sizeof(int32_t));
+                    } else {
+                        int len = np[i - 1];
+                        memcpy(prompts[i], prompts[i - 1], (size_t)len * sizeof(int32_t));
+                        memcpy(prompts[i] + len, b.r[i - 1].out, OUT * sizeof(int32_t));
+                        len += OUT;
+                        for (int k = 0; k < TURN; k++)
+                            prompts[i][len++] = rand_in(&s, 0, m->cfg.vocab_size - 1);
+                        np[i] = len;
+                    }
+                    eng_request rq = {.id = (uint64_t)i, .prompt = prompts[i], .n_prompt = np[i],
+                                      .sp = o->sp, .max_tokens = OUT, .n = 1, .ignore_eos = 1};
+                    b.r[i].n_out = 0;
+                    b.r[i].t_submit = ni_now();
+                    if (eng_add(e, &rq, err, sizeof err)) {
+                        fprintf(stderr, "error: %s\n", err);
+                        eng_free(e);
+                        return 1;
+                    }
+                    while (eng_step(e) > 0) {
+                    }
+                }
+                el = ni_now() - t0;
+                eng_get_stats(e, &st);
+                eng_free(e);
+            }
+            t[on] = el;
+            if (on) hit = st.kv.query_tokens ? (double)st.kv.hit_tokens / st.kv.query_tokens : 0;
+        }
+        if (o->json)
+            printf("%s{\"experiment\":\"%s\",\"hit_rate\":%.4f,\"time_on_s\":%.3f,"
+                   "\"time_off_s\":%.3f,\"speedup\":%.3f}", ex ? "," : "", names[ex], hit, t[1],
+                   t[0], t[0] / t[1]);
+        else
+            printf("%-22s hit rate %5.1f%%  cache on %7.2f s  off %7.2f s  speedup %.2fx\n",
+                   names[ex], 100 * hit, t[1], t[0], t[0] / t[1]);
+        fflush(stdout);
+    }
+    if (o->json) printf("]\n");
+    for (int i = 0; i < n; i++) free(prompts[i]), free(b.r[i].out);
+    free(prompts); free(np); free(no); free(b.r);
+    return 0;
+}
+
+int srv_cmd_bench(int argc, char **argv) {
+    enum { O_NREQ = 256, O_IN, O_OUT, O_SEED, O_MAXSEQS, O_MAXBT, O_CHUNK, O_KVB, O_THREADS,
+           O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING };
+    static struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"num-requests", 1, 0, O_NREQ}, {"input-len", 1, 0, O_IN},
+        {"output-len", 1, 0, O_OUT}, {"seed", 1, 0, O_SEED}, {"max-num-seqs", 1, 0, O_MAXSEQS},
+        {"max-batched-tokens", 1, 0, O_MAXBT}, {"prefill-chunk", 1, 0, O_CHUNK},
+        {"kv-blocks", 1, 0, O_KVB}, {"threads", 1, 0, O_THREADS},
+        {"no-prefix-cache", 0, 0, O_NOPC}, {"json", 0, 0, O_JSON}, {"prefix", 0, 0, O_PREFIX},
+        {"prefix-requests", 1, 0, O_PREFIXN}, {"temperature", 1, 0, O_SAMPLING},
+        {"top-p", 1, 0, O_SAMPLING}, {"top-k", 1, 0, O_SAMPLING}, {"min-p", 1, 0, O_SAMPLING},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    bench_opts o = {.n_req = 256, .in_lo = 100, .in_hi = 1024, .out_lo = 100, .out_hi = 1024,
+                    .prefix_n = 16};
+    o.sp = smp_params_default();
+    o.sp.temperature = 0;
+    eng_config_default(&o.cfg);
+    int c, idx = 0, bad = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, &idx)) != -1) {
+        switch (c) {
+        case 'm': o.model = optarg; break;
+        case O_NREQ: bad |= (o.n_req = atoi(optarg)) < 1; break;
+        case O_IN: bad |= parse_range(optarg, &o.in_lo, &o.in_hi); break;
+        case O_OUT: bad |= parse_range(optarg, &o.out_lo, &o.out_hi); break;
+        case O_SEED: o.seed = strtoull(optarg, NULL, 10); break;
+        case O_MAXSEQS: bad |= (o.cfg.max_num_seqs = atoi(optarg)) < 1; break;
+        case O_MAXBT: bad |= (o.cfg.max_batched_tokens = atoi(optarg)) < 1; break;
+        case O_CHUNK: bad |= (o.cfg.prefill_chunk = atoi(optarg)) < 1; break;
+        case O_KVB: bad |= (o.cfg.n_blocks = atoi(optarg)) < 1; break;
+        case O_THREADS: bad |= (o.cfg.n_threads = atoi(optarg)) < 0; break;
+        case O_NOPC: o.cfg.prefix_cache = 0; break;
+        case O_JSON: o.json = 1; break;
+        case O_PREFIX: o.prefix = 1; break;
+        case O_PREFIXN: bad |= (o.prefix_n = atoi(optarg)) < 2; break;
+        case O_SAMPLING: bad |= srv_parse_sampling_opt(opts[idx].name, optarg, &o.sp) != 1; break;
+        case 'h': usage(); return 0;
+        default: usage(); return 2;
+        }
+    }
+    if (bad || !o.model) {
+        fprintf(stderr, "error: bad or missing option (need --model)\n");
+        usage();
+        return 2;
+    }
+    mdl_model m;
+    char err[512];
+    if (mdl_load(&m, o.model, err, sizeof err)) {
+        fprintf(stderr, "error: %s\n", err);
+        return 1;
+    }
+    int rc = o.prefix ? prefix_experiments(&m, &o) : throughput(&m, &o);
+    mdl_free(&m);
+    return rc;
+}

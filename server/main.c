@@ -1,0 +1,353 @@
+/*
+ * main.c - the nanoinfer command line: one binary, subcommands.
+ *
+ *   nanoinfer generate --model M --prompt P [--max-tokens N] [--temperature 0] [--chat]
+ *   nanoinfer tokenize --model M [--no-special] "text"
+ *   nanoinfer info --model M
+ *
+ * This is the only place that turns errors into exit codes: 0 success,
+ * 1 runtime/model error (one line on stderr), 2 usage error.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../engine/backend.h"
+#include "../engine/engine.h"
+#include "cli.h"
+#include "../engine/chat.h"
+#include "../engine/model.h"
+#include "../engine/util.h"
+#include "../tokenizer/tok.h"
+
+#define NI_VERSION "0.1.0"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "nanoinfer " NI_VERSION " - a small LLM inference server\n\n"
+            "usage: nanoinfer <command> [options]\n\n"
+            "commands:\n"
+            "  generate  --model M --prompt P [--max-tokens N] [--chat] [--system S]\n"
+            "            [--temperature T (default 0: greedy)] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
+            "            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
+            "            [--stop STR]... [--logprobs N] [--ignore-eos] [--threads T] [--ids]\n"
+            "  bench     --model M [--num-requests N] [--input-len A:B] [--output-len A:B]\n"
+            "            [--max-num-seqs N] [--kv-blocks N] [--json] [--prefix] (see bench --help)\n"
+            "  tokenize  --model M [--no-special] [--bos] TEXT\n"
+            "  info      --model M\n\n"
+            "M is a .gguf file or a Hugging Face model directory.\n");
+}
+
+static int load_model(mdl_model *m, const char *path) {
+    char err[512];
+    if (!path) {
+        fprintf(stderr, "error: --model is required\n");
+        return 2;
+    }
+    if (mdl_load(m, path, err, sizeof err)) {
+        fprintf(stderr, "error: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+/* Encodes text into a heap array; returns count or negative. */
+static int encode_alloc(const tok_tokenizer *t, const char *text, int add_bos, int special,
+                        int32_t **out) {
+    size_t len = strlen(text);
+    int cap = (int)NI_MIN(len + 16, (size_t)1 << 28);
+    int32_t *ids = malloc((size_t)cap * sizeof(int32_t));
+    if (!ids) return NI_ENOMEM;
+    int n = tok_encode(t, text, len, add_bos, special, ids, cap);
+    if (n > cap) {
+        int32_t *p = realloc(ids, (size_t)n * sizeof(int32_t));
+        if (!p) { free(ids); return NI_ENOMEM; }
+        ids = p;
+        n = tok_encode(t, text, len, add_bos, special, ids, n);
+    }
+    if (n < 0) { free(ids); return n; }
+    *out = ids;
+    return n;
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    static struct option opts[] = {{"model", 1, 0, 'm'}, {"no-special", 0, 0, 'n'},
+                                   {"bos", 0, 0, 'b'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *model = NULL;
+    int special = 1, bos = 0, c;
+    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'n': special = 0; break;
+        case 'b': bos = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc - 1) { usage(stderr); return 2; }
+    mdl_model m;
+    int rc = load_model(&m, model);
+    if (rc) return rc;
+    int32_t *ids;
+    int n = encode_alloc(m.tok, argv[optind], bos, special, &ids);
+    if (n < 0) {
+        fprintf(stderr, "error: tokenize: %s\n", ni_strerror(n));
+        mdl_free(&m);
+        return 1;
+    }
+    for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
+    printf("\n");
+    free(ids);
+    mdl_free(&m);
+    return 0;
+}
+
+static int cmd_info(int argc, char **argv) {
+    const char *model = NULL;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+    mdl_model m;
+    int rc = load_model(&m, model);
+    if (rc) return rc;
+    const mdl_config *c = &m.cfg;
+    printf("name: %s\narch: %s\nlayers: %d\ndim: %d\nffn: %d\nheads: %d (kv %d, head_dim %d)\n"
+           "vocab: %d\ncontext: %d\nrope: theta %g, %s pairs%s\ntied embeddings: %d\n"
+           "parameters: %zu\nchat template: %s\n",
+           m.name, c->arch == MDL_ARCH_QWEN3 ? "qwen3" : "llama", c->n_layers, c->dim,
+           c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->max_seq_len,
+           c->rope_theta, c->rope_interleaved ? "interleaved" : "half-split",
+           c->rope_scaling == MDL_ROPE_LLAMA3 ? ", llama3 scaling" : "", c->tied_embeddings,
+           m.w.arena_floats, m.chat_template ? chat_style_name(chat_detect(m.chat_template)) : "none");
+    mdl_free(&m);
+    return 0;
+}
+
+/* ---- sampling flags shared by generate and bench ---- */
+
+/* Parses one sampling / engine option into sp or c. Returns 1 if consumed,
+ * 0 if not a sampling option, -1 on a bad value. */
+int srv_parse_sampling_opt(const char *name, const char *val, smp_params *sp) {
+    char *end = NULL;
+    double d = val ? strtod(val, &end) : 0;
+    int ok = val && end && *end == 0;
+    if (!strcmp(name, "temperature")) sp->temperature = (float)d;
+    else if (!strcmp(name, "top-p")) sp->top_p = (float)d;
+    else if (!strcmp(name, "top-k")) sp->top_k = (int32_t)d;
+    else if (!strcmp(name, "min-p")) sp->min_p = (float)d;
+    else if (!strcmp(name, "repetition-penalty")) sp->repetition_penalty = (float)d;
+    else if (!strcmp(name, "presence-penalty")) sp->presence_penalty = (float)d;
+    else if (!strcmp(name, "frequency-penalty")) sp->frequency_penalty = (float)d;
+    else if (!strcmp(name, "seed")) {
+        sp->has_seed = 1;
+        sp->seed = strtoull(val ? val : "", &end, 10);
+        ok = val && *val && end && *end == 0;
+    } else if (!strcmp(name, "logprobs")) sp->logprobs = (int32_t)d;
+    else return 0;
+    return ok ? 1 : -1;
+}
+
+typedef struct gen_state {
+    const tok_tokenizer *tok;
+    int print_ids;
+    int finish;
+    int n_gen;
+    int32_t first_tok;
+    double t_first;
+} gen_state;
+
+static void gen_on_event(void *ud, const eng_event *ev) {
+    gen_state *g = ud;
+    if (ev->token >= 0 && g->n_gen++ == 0) g->t_first = ni_now();
+    if (g->print_ids && ev->token >= 0) fprintf(stderr, "%d ", ev->token);
+    if (ev->text_len) fwrite(ev->text, 1, (size_t)ev->text_len, stdout);
+    if (ev->lp) {
+        fprintf(stderr, "[%d logprob %.4f:", ev->token, ev->lp->logprob);
+        for (int i = 0; i < ev->lp->n_top; i++)
+            fprintf(stderr, " %d=%.4f", ev->lp->top[i].token, ev->lp->top[i].logprob);
+        fprintf(stderr, "]\n");
+    }
+    fflush(stdout);
+    if (ev->finish) g->finish = ev->finish;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    enum { O_CHAT = 256, O_SYSTEM, O_THREADS, O_IGNORE_EOS, O_IDS, O_STOP, O_SAMPLING };
+    static struct option opts[] = {
+        {"model", 1, 0, 'm'},         {"prompt", 1, 0, 'p'},
+        {"max-tokens", 1, 0, 'n'},    {"chat", 0, 0, O_CHAT},
+        {"system", 1, 0, O_SYSTEM},   {"threads", 1, 0, O_THREADS},
+        {"ignore-eos", 0, 0, O_IGNORE_EOS}, {"ids", 0, 0, O_IDS},
+        {"stop", 1, 0, O_STOP},       {"temperature", 1, 0, O_SAMPLING},
+        {"top-p", 1, 0, O_SAMPLING},  {"top-k", 1, 0, O_SAMPLING},
+        {"min-p", 1, 0, O_SAMPLING},  {"repetition-penalty", 1, 0, O_SAMPLING},
+        {"presence-penalty", 1, 0, O_SAMPLING}, {"frequency-penalty", 1, 0, O_SAMPLING},
+        {"seed", 1, 0, O_SAMPLING},   {"logprobs", 1, 0, O_SAMPLING},
+        {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
+    const char *model = NULL, *prompt = NULL, *system = NULL;
+    int max_tokens = 64, chat = 0, threads = 0, c, idx = 0;
+    eng_request rq = {0};
+    rq.sp = smp_params_default();
+    rq.sp.temperature = 0; /* generate is for reproducible one-shot runs: greedy unless asked */
+    rq.n = 1;
+    gen_state g = {0};
+    while ((c = getopt_long(argc, argv, "m:p:n:h", opts, &idx)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n': max_tokens = atoi(optarg); break;
+        case O_CHAT: chat = 1; break;
+        case O_SYSTEM: system = optarg; break;
+        case O_THREADS: threads = atoi(optarg); break;
+        case O_IGNORE_EOS: rq.ignore_eos = 1; break;
+        case O_IDS: g.print_ids = 1; break;
+        case O_STOP:
+            if (rq.n_stop == ENG_MAX_STOP) {
+                fprintf(stderr, "error: at most %d --stop strings\n", ENG_MAX_STOP);
+                return 2;
+            }
+            rq.stop[rq.n_stop++] = optarg;
+            break;
+        case O_SAMPLING:
+            if (srv_parse_sampling_opt(opts[idx].name, optarg, &rq.sp) != 1) {
+                fprintf(stderr, "error: bad value for --%s: '%s'\n", opts[idx].name, optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!prompt || max_tokens < 1 || max_tokens > 1 << 20 || threads < 0) {
+        fprintf(stderr, "error: generate needs --prompt and a positive --max-tokens\n");
+        return 2;
+    }
+    mdl_model m;
+    int rc = load_model(&m, model);
+    if (rc) return rc;
+
+    char *text = NULL;
+    int add_bos = tok_add_bos(m.tok), special = 0;
+    if (chat) {
+        chat_msg msgs[2];
+        int n = 0;
+        if (system) msgs[n++] = (chat_msg){"system", system};
+        msgs[n++] = (chat_msg){"user", prompt};
+        int style = chat_detect(m.chat_template);
+        if ((rc = chat_render(style, msgs, n, 1, &text))) {
+            fprintf(stderr, "error: chat template: %s\n", ni_strerror(rc));
+            mdl_free(&m);
+            return 1;
+        }
+        special = 1;
+        add_bos = add_bos && !chat_has_bos_text(style, text);
+    }
+    int32_t *ids = NULL;
+    int n_prompt = encode_alloc(m.tok, text ? text : prompt, add_bos, special, &ids);
+    free(text);
+    if (n_prompt <= 0) {
+        fprintf(stderr, "error: prompt encodes to no tokens\n");
+        mdl_free(&m);
+        free(ids);
+        return 1;
+    }
+    if (g.print_ids) {
+        fprintf(stderr, "prompt ids:");
+        for (int i = 0; i < n_prompt; i++) fprintf(stderr, " %d", ids[i]);
+        fprintf(stderr, "\n");
+    }
+    eng_config cfg;
+    eng_config_default(&cfg);
+    cfg.n_threads = threads;
+    cfg.max_num_seqs = 1;
+    cfg.max_batched_tokens = NI_MAX(n_prompt, 16);
+    cfg.prefill_chunk = cfg.max_batched_tokens;
+    cfg.max_seq_len = NI_MIN(n_prompt + max_tokens, m.cfg.max_seq_len);
+    cfg.n_blocks = (cfg.max_seq_len + cfg.block_size - 1) / cfg.block_size;
+    cfg.prefix_cache = 0;
+    eng_engine *e = NULL;
+    char err[512];
+    g.tok = m.tok;
+    if ((rc = eng_init(&e, &m, &eng_backend_cpu, &cfg, gen_on_event, &g, err, sizeof err))) {
+        fprintf(stderr, "error: %s\n", err);
+        free(ids);
+        mdl_free(&m);
+        return 1;
+    }
+    rq.prompt = ids;
+    rq.n_prompt = n_prompt;
+    rq.max_tokens = NI_MIN(max_tokens, cfg.max_seq_len - n_prompt);
+    rq.fallback_seed = (uint64_t)(ni_now() * 1e9);
+    if (rq.max_tokens < 1 || (rc = eng_add(e, &rq, err, sizeof err))) {
+        fprintf(stderr, "error: %s\n", rq.max_tokens < 1 ? "prompt fills the context" : err);
+        eng_free(e);
+        free(ids);
+        mdl_free(&m);
+        return 1;
+    }
+    double t0 = ni_now();
+    while ((rc = eng_step(e)) > 0) {
+    }
+    double t1 = ni_now();
+    printf("\n");
+    if (rc < 0) fprintf(stderr, "error: forward failed: %s\n", ni_strerror(rc));
+    fprintf(stderr,
+            "[%d prompt tokens, prefill %.1f ms (%.1f tok/s); %d generated, decode %.2f tok/s]\n",
+            n_prompt, (g.t_first - t0) * 1e3, n_prompt / (g.t_first - t0), g.n_gen,
+            g.n_gen > 1 ? (g.n_gen - 1) / (t1 - g.t_first) : 0.0);
+    eng_free(e);
+    free(ids);
+    mdl_free(&m);
+    return rc < 0 || g.finish == ENG_FINISH_ERROR ? 1 : 0;
+}
+
+/* OpenBLAS picks its kernels and OpenMP its idle policy from the environment
+ * when the libraries load, before main runs. Two defaults hurt badly here:
+ * OpenBLAS 0.3.21 does not recognise recent Xeons and falls back to its
+ * Prescott (SSE3) kernels, and libgomp's spinning idle threads steal the
+ * cores OpenBLAS threads need (measured: 10-40x slower decode). So, unless
+ * the user set them, set both and re-execute once. */
+static void tune_runtime_env(char **argv) {
+    if (getenv("NI_RUNTIME_ENV")) return;
+    setenv("NI_RUNTIME_ENV", "1", 1);
+    int changed = 0;
+    __builtin_cpu_init();
+    if (!getenv("OPENBLAS_CORETYPE")) {
+        const char *ct = __builtin_cpu_supports("avx512bf16") ? "Cooperlake"
+                         : __builtin_cpu_supports("avx512f")  ? "SkylakeX"
+                         : __builtin_cpu_supports("avx2")     ? "Haswell"
+                                                              : NULL;
+        if (ct) changed = !setenv("OPENBLAS_CORETYPE", ct, 1);
+    }
+    if (!getenv("OMP_WAIT_POLICY")) changed |= !setenv("OMP_WAIT_POLICY", "passive", 1);
+    if (changed) execv("/proc/self/exe", argv); /* on failure, run as we are */
+}
+
+int main(int argc, char **argv) {
+    tune_runtime_env(argv);
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+        printf("nanoinfer %s\n", NI_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "bench")) return srv_cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) {
+        fprintf(stderr, "error: '%s' is not part of this build yet (see the project issues)\n", cmd);
+        return 2;
+    }
+    fprintf(stderr, "error: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
