@@ -26,7 +26,8 @@ int tok_load_gguf(tok_tokenizer **out, const gguf_ctx *g, char *err, size_t errl
 
 /* Builds a tokenizer from a Hugging Face directory: tokenizer.json (BPE, or
  * SPM-converted Llama tokenizers) or tokenizer.model (SentencePiece), plus
- * tokenizer_config.json for bos/eos/add_bos when present. */
+ * tokenizer_config.json / special_tokens_map.json for bos/eos/add_bos and
+ * generation_config.json eos ids when present. */
 int tok_load_hf(tok_tokenizer **out, const char *dir, char *err, size_t errlen);
 
 void tok_free(tok_tokenizer *t);
@@ -41,9 +42,23 @@ int tok_is_eog(const tok_tokenizer *t, int32_t id);
 /* Id of an exact token string (e.g. "<|im_end|>"), or -1. */
 int32_t tok_lookup(const tok_tokenizer *t, const char *piece);
 
+/* 1 if id is a special token (control/unknown or an HF added token marked
+ * special): matched in text only with parse_special, dropped by tok_decode. */
+int tok_is_special(const tok_tokenizer *t, int32_t id);
+/* Longest tok_token_bytes() result over the vocabulary. */
+int tok_max_token_bytes(const tok_tokenizer *t);
+/* The raw vocabulary string of id (e.g. "\xc4\xa0the" for byte-level "Ġthe",
+ * "▁the" for SPM), as a view valid until tok_free (not NUL-terminated).
+ * Returns 0 or NI_EINVAL. */
+int tok_token_piece(const tok_tokenizer *t, int32_t id, const char **piece, size_t *len);
+
 /* Encodes text[0..len). add_bos: prepend BOS when the model has one.
  * parse_special: match special/added tokens in the text (chat templates) as
- * single ids; when 0 they are encoded as plain text.
+ * single ids; when 0 they are encoded as plain text (HF
+ * split_special_tokens=True). Non-special added tokens (HF "special": false,
+ * GGUF user-defined) are always matched, as in HF. Bytes that are not valid
+ * UTF-8 are replaced by U+FFFD first. The ids equal HF
+ * encode(text, add_special_tokens=False) (plus BOS when add_bos).
  * Writes up to cap ids; returns the total number of ids (may exceed cap:
  * call again with a bigger buffer) or a negative NI_E* code. */
 int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_bos,
@@ -68,13 +83,19 @@ typedef struct tok_stream {
     int n_seen;             /* tokens pushed so far */
     int pending_len;        /* bytes of an incomplete UTF-8 sequence held back */
     char pending[8];
+    int at_start;           /* SPM: no text byte produced yet (leading-space strip) */
 } tok_stream;
 
 void tok_stream_init(tok_stream *s, const tok_tokenizer *t);
 /* Pushes one id; writes the newly completed text to out (no NUL) and returns
- * its length, or a negative code (NI_ERANGE if cap < 64 + token length). */
+ * its length, or a negative code: NI_EINVAL for an id out of range,
+ * NI_ERANGE if cap < 3 * (token bytes + 8) (invalid bytes may expand to
+ * U+FFFD); cap >= 3 * tok_max_token_bytes(t) + 24 always suffices. Special
+ * tokens produce nothing. For valid UTF-8 the concatenated output equals
+ * tok_decode() of the same ids; held-back bytes stay across special tokens. */
 int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap);
-/* Flushes whatever is held back (invalid bytes become U+FFFD). */
+/* Flushes whatever is held back (an incomplete sequence becomes U+FFFD).
+ * Needs cap >= 24; returns the bytes written or a negative code. */
 int tok_stream_flush(tok_stream *s, char *out, size_t cap);
 
 #endif
