@@ -1,0 +1,137 @@
+/*
+ * cpu_ops.h - FP32 building blocks of the CPU reference forward pass.
+ *
+ * Design: every op works on row-major FP32 buffers owned by the caller and
+ * never allocates, except cpu_rope_init (called once at backend init). Ops
+ * that touch many elements parallelize internally with OpenMP (using the
+ * calling thread's default team size, i.e. omp_set_num_threads()); matmul goes
+ * through OpenBLAS cblas_sgemm / cblas_sgemv, whose thread count is set with
+ * openblas_set_num_threads(). No op may be called from inside an OpenMP
+ * parallel region.
+ *
+ * Conventions:
+ *   - a batch is n rows ("tokens"); a per-token activation is one row;
+ *   - weight matrices are [out][in] (mdl_model layout), so y = x W^T;
+ *   - a head-major row of n_heads heads is [n_heads][head_dim];
+ *   - RoPE pairs: interleaved (x[2i], x[2i+1]) or half-split
+ *     (x[i], x[i + head_dim/2]), both rotated by inv_freq[i] * pos.
+ *
+ * Paged KV cache (one layer): k and v are [n_blocks][block_size][kv_dim],
+ * kv_dim = n_kv_heads * head_dim. Position p of a sequence lives in physical
+ * block table[p / block_size], slot p % block_size. Callers validate block
+ * ids and positions before calling (the ops assert nothing about user input
+ * beyond what is cheap).
+ */
+#ifndef NI_CPU_OPS_H
+#define NI_CPU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+/* ---- elementwise / row ops ------------------------------------------- */
+
+/* out[i][:] = table[tokens[i]][:] for i < n. Token ids must be in range. */
+void cpu_embed(float *out /* [n][dim] */, const float *table /* [vocab][dim] */,
+               const int32_t *tokens /* [n] */, int n, int dim);
+
+/* HF RMSNorm, per row: out = x * rsqrt(mean(x^2) + eps) * w, in FP32.
+ * out may equal x (in place). */
+void cpu_rmsnorm(float *out /* [n][dim] */, const float *x /* [n][dim] */,
+                 const float *w /* [dim] */, int n, int dim, float eps);
+
+/* Qwen3 q/k norm: RMSNorm of every head of every row, in place, with the
+ * shared weight w. Same as cpu_rmsnorm over n*n_heads rows of head_dim. */
+void cpu_head_rmsnorm(float *x /* [n][n_heads][head_dim] */, const float *w /* [head_dim] */,
+                      int n, int n_heads, int head_dim, float eps);
+
+/* out = silu(gate) * up elementwise, silu(g) = g / (1 + exp(-g)).
+ * out may equal gate or up. */
+void cpu_swiglu(float *out /* [n] */, const float *gate /* [n] */, const float *up /* [n] */,
+                size_t n);
+
+/* y += x elementwise (residual add). */
+void cpu_add(float *y /* [n] */, const float *x /* [n] */, size_t n);
+
+/* y = x W^T (+ y when accumulate != 0, which fuses a residual add).
+ * n_split <= 1: one BLAS call (sgemm; sgemv when n == 1) using OpenBLAS's own
+ * threads. n_split > 1: the out columns are cut into n_split slices of whole
+ * 16-column groups, each computed by one thread of an OpenMP team with a
+ * single-threaded BLAS call (set openblas_set_num_threads(1) for this mode).
+ * Small matrices are never split. y must not overlap x or w. */
+void cpu_matmul(float *y /* [n][out] */, const float *x /* [n][in] */,
+                const float *w /* [out][in] */, int n, int in, int out, int accumulate,
+                int n_split);
+
+/* cpu_matmul writing row i of the result at y + i * ldy (ldy >= out): lets a
+ * result land in a column range of a wider matrix. */
+void cpu_matmul_ld(float *y /* [n][ldy] */, int ldy, const float *x /* [n][in] */,
+                   const float *w /* [out][in] */, int n, int in, int out, int accumulate,
+                   int n_split);
+
+/* ---- RoPE --------------------------------------------------------------- */
+
+/* Fills inv_freq[i] = theta^(-2i/head_dim) for i < head_dim/2, then applies
+ * llama3 scaling when c->rope_scaling == MDL_ROPE_LLAMA3 exactly as HF's
+ * _compute_llama3_parameters (wavelen = 2*pi/inv_freq; wavelen < orig/high:
+ * unchanged; wavelen > orig/low: / factor; otherwise smooth interpolation).
+ * Computed in double. */
+void cpu_rope_inv_freq(const mdl_config *c, double *inv_freq /* [head_dim/2] */);
+
+typedef struct cpu_rope {
+    int head_dim;     /* even */
+    int max_pos;      /* positions [0, max_pos) are tabulated */
+    int interleaved;  /* 1: adjacent pairs, 0: half-split */
+    float *cos;       /* [max_pos][head_dim/2] cos(pos * inv_freq[i]) */
+    float *sin;       /* [max_pos][head_dim/2] sin(pos * inv_freq[i]) */
+} cpu_rope;
+
+/* Tabulates cos/sin for positions [0, max_pos) (angles in double).
+ * Returns 0, NI_EINVAL (odd/non-positive head_dim, max_pos <= 0) or
+ * NI_ENOMEM. cpu_rope_free releases the tables (safe on a zeroed struct). */
+int cpu_rope_init(cpu_rope *r, const mdl_config *c, int max_pos);
+void cpu_rope_free(cpu_rope *r);
+
+/* Rotates every head of every row in place at that row's position
+ * pos[i] (0 <= pos[i] < r->max_pos), using r's pair layout. */
+void cpu_rope_apply(const cpu_rope *r, float *x /* [n][n_heads][head_dim] */,
+                    const int32_t *pos /* [n] */, int n, int n_heads);
+
+/* ---- paged KV cache and attention -------------------------------------- */
+
+typedef struct cpu_kv_layer {
+    float *k;         /* [n_blocks][block_size][kv_dim] */
+    float *v;         /* [n_blocks][block_size][kv_dim] */
+    int block_size;
+    int kv_dim;       /* n_kv_heads * head_dim */
+} cpu_kv_layer;
+
+/* Where each batch token lives: its position and the block table row of its
+ * sequence. Tokens of one sequence have consecutive positions. */
+typedef struct cpu_tok_map {
+    int n_tokens;
+    const int32_t *pos;           /* [n_tokens] absolute position of token i */
+    const int32_t *seq;           /* [n_tokens] sequence of token i (row of block_tables) */
+    const int32_t *block_tables;  /* [n_seqs][max_blocks] physical block ids */
+    int max_blocks;               /* row stride of block_tables */
+} cpu_tok_map;
+
+/* Writes k[i], v[i] into the cache slot of token i's position. */
+void cpu_kv_store(const cpu_kv_layer *kv, const cpu_tok_map *m,
+                  const float *k /* [n_tokens][kv_dim] */, const float *v /* [n_tokens][kv_dim] */);
+
+/* Causal GQA attention of every token over its sequence's cached positions
+ * [0, pos[i]] (which must all be stored already, including this call's new
+ * tokens): out[i][h] = sum_j softmax_j(q[i][h] . k[j][h/G] / sqrt(head_dim))
+ * v[j][h/G], G = n_heads / n_kv_heads, softmax in FP32 with max subtraction.
+ * Work is split over (token, kv head) with OpenMP on n_threads threads; each
+ * thread uses scratch + t * scratch_per_thread, which must hold
+ * G * (max_i pos[i] + 1) floats. */
+void cpu_attention(float *out /* [n_tokens][n_heads*head_dim] */,
+                   const float *q /* [n_tokens][n_heads*head_dim] */, const cpu_kv_layer *kv,
+                   const cpu_tok_map *m, int n_heads, int n_kv_heads, int head_dim,
+                   float *scratch /* [n_threads][scratch_per_thread] */,
+                   size_t scratch_per_thread, int n_threads);
+
+#endif
