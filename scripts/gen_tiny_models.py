@@ -403,6 +403,7 @@ def build(spec):
         e = {"name": pname, "n": len(ids), "ids": ids,
              "last_logits": f32list(logits[-1]),
              "greedy_ids": gids, "greedy_margins": margins,
+             "greedy_n_stable": next((i for i, m in enumerate(margins) if m < 1e-2), len(margins)),
              "greedy_text": tok.decode(gids, skip_special_tokens=True)}
         if len(ids) <= 7:
             e["all_logits"] = [f32list(row) for row in logits]
@@ -451,6 +452,15 @@ def build(spec):
                       "bos_id": bos_id, "eos_id": eos_id, "add_bos": bool(add_bos),
                       "cases": tok_cases},
 
+        "notes": [
+            "logits are fp32 from the weights as stored (BF16/F16 upcast exactly to fp32).",
+            "last_logits = logits at the last prompt position (full vocab); all_logits "
+            "(prompts with n <= 7 only) = [n][vocab], one row per position.",
+            "greedy_ids: 16 argmax steps, no EOS stop; greedy_margins[i] = top1 - top2 "
+            "logit at step i; greedy_n_stable = first step with margin < 1e-2.",
+            "greedy_text / tokenizer.cases[].decoded = decode(ids, skip_special_tokens=True).",
+            "tokenizer.cases[].ids = tokenizer(text) with HF defaults (BOS added iff add_bos).",
+        ],
         "n_greedy": N_GREEDY,
         "prompts": out_prompts,
     }
