@@ -25,10 +25,19 @@
  *
  * Invariants: positions are < max_pos = min(cfg.max_seq_len (if > 0),
  * n_blocks * block_size); forward validates every batch field that could make
- * it index out of bounds and returns NI_EINVAL instead. Threads: n_threads
- * (0 = all cores) is applied to OpenBLAS (openblas_set_num_threads, process
- * wide) at init and to OpenMP (omp_set_num_threads, calling thread) at each
- * forward.
+ * it index out of bounds and returns NI_EINVAL instead.
+ *
+ * Threads: one OpenMP team of n_threads (0 = all cores) does everything:
+ * every matmul is cut into n_threads column slices, each a single-threaded
+ * OpenBLAS call (openblas_set_num_threads(1), process wide, at init and at
+ * each forward); attention runs over (query tile, kv head) units;
+ * omp_set_num_threads() is applied to the calling thread at each forward for
+ * the elementwise ops. Keeping OpenBLAS's own pthread pool idle avoids two
+ * spinning thread pools fighting over the cores (measured on 2 cores: decode
+ * 4-8x, prefill ~2x faster than OpenBLAS-threaded sgemm).
+ *
+ * Speed depends a lot on the kernels OpenBLAS picks at load time: see
+ * cpu_blas_core() in cpu_ops.h (OPENBLAS_CORETYPE).
  */
 #include <cblas.h>
 #include <omp.h>
@@ -46,7 +55,7 @@ typedef struct cpu_ctx {
     const mdl_model *m;
     mdl_config c;
     int n_blocks, block_size, max_batch_tokens, max_seqs, n_threads;
-    int mm_split;               /* n_split argument of cpu_matmul */
+    int mm_split;               /* n_split argument of cpu_matmul (= n_threads) */
     int max_pos;                /* positions [0, max_pos) are allowed */
     int q_dim;                  /* n_heads * head_dim */
     int kv_dim;                 /* n_kv_heads * head_dim */
@@ -68,7 +77,7 @@ typedef struct cpu_ctx {
     float *lbuf;                /* [max_seqs][lm_chunk] logits staging for scattered rows */
     int lm_chunk;               /* min(vocab_size, LM_CHUNK) */
     float *scratch;             /* [n_threads][scratch_per_thread] attention scores */
-    size_t scratch_per_thread;  /* G * max_pos */
+    size_t scratch_per_thread;  /* cpu_attention_scratch(..., max_pos) */
     int32_t *tok_pos;           /* [max_batch_tokens] position of each batch token */
     int32_t *tok_seq;           /* [max_batch_tokens] sequence of each batch token */
     int32_t *lm_seq;            /* [max_seqs] sequences wanting logits, ascending */
@@ -176,9 +185,8 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
 
     /* Work buffers: one arena, every piece 64-byte aligned. */
     const size_t T = (size_t)cf->max_batch_tokens, S = (size_t)cf->max_seqs;
-    const size_t G = (size_t)(c->n_heads / c->n_kv_heads);
     x->lm_chunk = NI_MIN(c->vocab_size, LM_CHUNK);
-    x->scratch_per_thread = G * (size_t)x->max_pos;
+    x->scratch_per_thread = cpu_attention_scratch(c->n_heads, c->n_kv_heads, c->head_dim, x->max_pos);
     const size_t sizes[] = {
         T * c->dim, T * c->dim, T * x->q_dim, T * x->kv_dim, T * x->kv_dim, T * x->q_dim,
         T * c->hidden_dim, T * c->hidden_dim, S * c->dim, S * x->lm_chunk,
@@ -203,9 +211,11 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
         off += (sizes[i] + 15) & ~(size_t)15;
     }
 
-    const char *mode = getenv("NI_MATMUL_SPLIT");
-    x->mm_split = (mode && atoi(mode)) ? x->n_threads : 1;
-    openblas_set_num_threads(x->mm_split > 1 ? 1 : x->n_threads);
+    /* Matmuls are split over our OpenMP team, each slice a single-threaded
+     * BLAS call: measured 2-8x faster than OpenBLAS's own (pthread) threads,
+     * whose spinning workers fight the OpenMP team for the cores. */
+    x->mm_split = x->n_threads;
+    openblas_set_num_threads(1);
     *out = x;
     return 0;
 }
@@ -249,6 +259,7 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
     const int n = b->n_tokens, dim = c->dim, hd = c->head_dim, hid = c->hidden_dim;
     const float eps = c->norm_eps;
     omp_set_num_threads(x->n_threads);
+    openblas_set_num_threads(1); /* cheap; guards against a later change elsewhere */
 
     for (int s = 0; s < b->n_seqs; s++)
         for (int i = b->seq_start[s]; i < b->seq_start[s + 1]; i++) {

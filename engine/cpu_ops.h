@@ -5,9 +5,9 @@
  * never allocates, except cpu_rope_init (called once at backend init). Ops
  * that touch many elements parallelize internally with OpenMP (using the
  * calling thread's default team size, i.e. omp_set_num_threads()); matmul goes
- * through OpenBLAS cblas_sgemm / cblas_sgemv, whose thread count is set with
- * openblas_set_num_threads(). No op may be called from inside an OpenMP
- * parallel region.
+ * through OpenBLAS cblas_sgemm / cblas_sgemv, either as one call on OpenBLAS's
+ * own threads or split over an OpenMP team of single-threaded calls (see
+ * cpu_matmul). No op may be called from inside an OpenMP parallel region.
  *
  * Conventions:
  *   - a batch is n rows ("tokens"); a per-token activation is one row;
@@ -70,6 +70,13 @@ void cpu_matmul_ld(float *y /* [n][ldy] */, int ldy, const float *x /* [n][in] *
                    const float *w /* [out][in] */, int n, int in, int out, int accumulate,
                    int n_split);
 
+/* Name of the kernel set OpenBLAS chose at load time ("Haswell", "SkylakeX",
+ * ...). "Prescott" means OpenBLAS 0.3.21 did not recognize the CPU (e.g.
+ * Intel family 6 model 207) and fell back to SSE3 kernels, about 2x slower:
+ * start the process with OPENBLAS_CORETYPE=Haswell (or SkylakeX) in the
+ * environment; it is read only when the library loads. */
+const char *cpu_blas_core(void);
+
 /* ---- RoPE --------------------------------------------------------------- */
 
 /* Fills inv_freq[i] = theta^(-2i/head_dim) for i < head_dim/2, then applies
@@ -108,7 +115,8 @@ typedef struct cpu_kv_layer {
 } cpu_kv_layer;
 
 /* Where each batch token lives: its position and the block table row of its
- * sequence. Tokens of one sequence have consecutive positions. */
+ * sequence. The tokens of one sequence are contiguous in the batch and have
+ * consecutive positions. */
 typedef struct cpu_tok_map {
     int n_tokens;
     const int32_t *pos;           /* [n_tokens] absolute position of token i */
@@ -121,13 +129,23 @@ typedef struct cpu_tok_map {
 void cpu_kv_store(const cpu_kv_layer *kv, const cpu_tok_map *m,
                   const float *k /* [n_tokens][kv_dim] */, const float *v /* [n_tokens][kv_dim] */);
 
+/* Scratch floats per thread that cpu_attention needs for positions
+ * < max_pos: max(G * max_pos, the tiled path's fixed tile buffers). */
+size_t cpu_attention_scratch(int n_heads, int n_kv_heads, int head_dim, int max_pos);
+
 /* Causal GQA attention of every token over its sequence's cached positions
  * [0, pos[i]] (which must all be stored already, including this call's new
  * tokens): out[i][h] = sum_j softmax_j(q[i][h] . k[j][h/G] / sqrt(head_dim))
  * v[j][h/G], G = n_heads / n_kv_heads, softmax in FP32 with max subtraction.
- * Work is split over (token, kv head) with OpenMP on n_threads threads; each
- * thread uses scratch + t * scratch_per_thread, which must hold
- * G * (max_i pos[i] + 1) floats. */
+ * Work is split with OpenMP on n_threads threads over (tile, kv head), a tile
+ * being up to 32 consecutive tokens of one sequence (or over (token, query
+ * head) when there are too few units). Tiles of >= 4 tokens (prefill) run as
+ * flash-style sgemms over 256-key tiles with an online softmax; smaller ones
+ * (decode) as direct dot products. The tiled path calls cblas_sgemm from the
+ * OpenMP threads, so OpenBLAS must be single-threaded
+ * (openblas_set_num_threads(1)) when n_threads > 1. Each thread uses
+ * scratch + t * scratch_per_thread, at least
+ * cpu_attention_scratch(n_heads, n_kv_heads, head_dim, max_i pos[i] + 1). */
 void cpu_attention(float *out /* [n_tokens][n_heads*head_dim] */,
                    const float *q /* [n_tokens][n_heads*head_dim] */, const cpu_kv_layer *kv,
                    const cpu_tok_map *m, int n_heads, int n_kv_heads, int head_dim,

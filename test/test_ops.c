@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
 #include <cmocka.h>
 
 #include "../engine/cpu_ops.h"
@@ -87,6 +88,34 @@ static void test_matmul(void **state) {
     }
 }
 
+/* cpu_matmul_ld writes a column range of a wider matrix and nothing else. */
+static void test_matmul_ld(void **state) {
+    (void)state;
+    const int n = 6, in = 70, out = 300, ld = 517, c0 = 100;
+    float *x = rand_buf((size_t)n * in, -1, 1), *w = rand_buf((size_t)out * in, -1, 1);
+    float *y = rand_buf((size_t)n * ld, -1, 1), *y0 = malloc((size_t)n * ld * sizeof(float));
+    memcpy(y0, y, (size_t)n * ld * sizeof(float));
+    double *ref = malloc((size_t)n * out * sizeof(double));
+    float *got = malloc((size_t)n * out * sizeof(float));
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < out; o++) {
+            double s = 0;
+            for (int k = 0; k < in; k++) s += (double)x[(size_t)i * in + k] * w[(size_t)o * in + k];
+            ref[(size_t)i * out + o] = s;
+        }
+    for (int split = 1; split <= 2; split++) {
+        memcpy(y, y0, (size_t)n * ld * sizeof(float));
+        cpu_matmul_ld(y + c0, ld, x, w, n, in, out, 0, split);
+        for (int i = 0; i < n; i++) {
+            memcpy(got + (size_t)i * out, y + (size_t)i * ld + c0, out * sizeof(float));
+            for (int j = 0; j < ld; j++)
+                if (j < c0 || j >= c0 + out) assert_true(y[(size_t)i * ld + j] == y0[(size_t)i * ld + j]);
+        }
+        check_rel("matmul_ld", got, ref, (size_t)n * out, 1e-5);
+    }
+    free(x); free(w); free(y); free(y0); free(ref); free(got);
+}
+
 /* ---- embed, add, swiglu ---------------------------------------------- */
 
 static void test_embed_add(void **state) {
@@ -111,9 +140,10 @@ static void test_embed_add(void **state) {
 static void test_swiglu(void **state) {
     (void)state;
     const size_t sizes[] = {13, 70001};
+    /* wide gate range: exp clamping in both directions */
     for (size_t t = 0; t < NI_ARRAY_LEN(sizes); t++) {
         const size_t n = sizes[t];
-        float *g = rand_buf(n, -12, 12), *u = rand_buf(n, -3, 3), *o = rand_buf(n, -1, 1);
+        float *g = rand_buf(n, t ? -12 : -100, t ? 12 : 100), *u = rand_buf(n, -3, 3), *o = rand_buf(n, -1, 1);
         double *ref = malloc(n * sizeof(double));
         for (size_t i = 0; i < n; i++) ref[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
         cpu_swiglu(o, g, u, n);
@@ -367,23 +397,28 @@ static void test_rope_layouts_equivalent(void **state) {
 
 static void test_attention_paged(void **state) {
     (void)state;
-    const int nh = 8, nkv = 2, hd = 32, bs = 4, n_blocks = 24, max_blocks = 8;
+    enum { NS = 5, NB = 128, MB = 48 };
+    const int nh = 8, nkv = 2, hd = 32, bs = 8, n_blocks = NB, max_blocks = MB;
     const int G = nh / nkv, qd = nh * hd, kvd = nkv * hd;
-    /* three sequences: (cached prefix length, new tokens) */
-    const int n_seqs = 3, pre[3] = {13, 0, 6}, nnew[3] = {3, 5, 1};
+    /* sequences: (cached prefix length, new tokens). Covers decode (direct
+     * dots), short and long prefill tiles (sgemm path), query tiles crossing
+     * a 32-position boundary, and contexts over one 256-key tile. */
+    const int n_seqs = NS, pre[NS] = {13, 0, 6, 300, 40}, nnew[NS] = {3, 5, 1, 37, 40};
     int n_tok = 0, max_ctx = 0;
     for (int s = 0; s < n_seqs; s++) {
         n_tok += nnew[s];
         max_ctx = NI_MAX(max_ctx, pre[s] + nnew[s]);
     }
     /* scrambled, disjoint block tables */
-    int32_t perm[24], tables[3 * 8];
+    int32_t perm[NB], tables[NS * MB];
     for (int i = 0; i < n_blocks; i++) perm[i] = i;
     for (int i = n_blocks - 1; i > 0; i--) {
         const int j = irand(i + 1);
         const int32_t t = perm[i]; perm[i] = perm[j]; perm[j] = t;
     }
-    for (int i = 0; i < n_seqs * max_blocks; i++) tables[i] = perm[i];
+    for (int s = 0, next = 0; s < n_seqs; s++)
+        for (int j = 0; j < max_blocks; j++)
+            tables[s * max_blocks + j] = j * bs < pre[s] + nnew[s] ? perm[next++] : -1;
 
     /* pool full of random garbage, so reading a wrong slot shows */
     float *kpool = rand_buf((size_t)n_blocks * bs * kvd, -1, 1);
@@ -396,13 +431,13 @@ static void test_attention_paged(void **state) {
     /* store cached prefixes through the op, one sequence at a time */
     for (int s = 0; s < n_seqs; s++) {
         if (!pre[s]) continue;
-        int32_t pos[32], seq[32];
+        int32_t pos[400], seq[400];
         for (int p = 0; p < pre[s]; p++) pos[p] = p, seq[p] = 0;
         const cpu_tok_map m = {pre[s], pos, seq, tables + s * max_blocks, max_blocks};
         cpu_kv_store(&kv, &m, K + (size_t)s * max_ctx * kvd, Vv + (size_t)s * max_ctx * kvd);
     }
     /* the batch of new tokens */
-    int32_t pos[16], seq[16];
+    int32_t pos[128], seq[128];
     float *kn = malloc((size_t)n_tok * kvd * sizeof(float)), *vn = malloc((size_t)n_tok * kvd * sizeof(float));
     for (int s = 0, i = 0; s < n_seqs; s++)
         for (int t = 0; t < nnew[s]; t++, i++) {
@@ -423,7 +458,7 @@ static void test_attention_paged(void **state) {
     for (int i = 0; i < n_tok; i++)
         for (int h = 0; h < nh; h++) {
             const int g = h / G, n_ctx = pos[i] + 1;
-            double sc[64], mx = -1e300, sum = 0;
+            double sc[400], mx = -1e300, sum = 0;
             for (int j = 0; j < n_ctx; j++) {
                 const float *kj = K + ((size_t)seq[i] * max_ctx + j) * kvd + g * hd;
                 double d = 0;
@@ -440,7 +475,8 @@ static void test_attention_paged(void **state) {
             }
         }
     for (int nt = 1; nt <= 2; nt++) {
-        const size_t per = (size_t)G * max_ctx;
+        const size_t per = cpu_attention_scratch(nh, nkv, hd, max_ctx);
+        assert_true(per >= (size_t)G * max_ctx);
         float *scratch = rand_buf(per * nt, -1, 1);
         cpu_attention(out, q, &kv, &m, nh, nkv, hd, scratch, per, nt);
         check_rel(round ? "paged attention, large scores" : "paged attention", out, ref,
@@ -455,9 +491,13 @@ int main(void) {
     const char *env = getenv("NI_TEST_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     g_rng = seed;
-    printf("test_ops: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    printf("test_ops: seed %llu (NI_TEST_SEED to reproduce), OpenBLAS core %s\n",
+           (unsigned long long)seed, cpu_blas_core());
+    /* split matmuls and tiled attention call BLAS from OpenMP threads */
+    openblas_set_num_threads(1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_ld),
         cmocka_unit_test(test_embed_add),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rmsnorm),
