@@ -1,0 +1,235 @@
+/*
+ * cu_internal.h - shared internals of the CUDA sources (C++ / nvcc only; C
+ * code includes cu.h or cu_ops.h instead).
+ *
+ * Error handling: every CUDA runtime call is wrapped in CU_CHECK and every
+ * cuBLAS call in CUBLAS_CHECK; a failure prints "file:line: ..." to stderr and
+ * makes the enclosing function return NI_EIO. Every kernel launch is followed
+ * by CU_LAUNCH_CHECK(): cudaGetLastError() always (a cheap host call that
+ * catches bad launch configurations), plus a stream synchronize when built
+ * with -DNI_DEBUG so an asynchronous fault is reported at its launch site.
+ *
+ * Launchers: each op family (cu_elementwise.cu, cu_norm.cu, cu_rope.cu,
+ * cu_attention.cu, cu_gemm.cu) exports host functions that enqueue its
+ * kernels on a stream over DEVICE pointers and return 0 or NI_EIO; they never
+ * allocate and never synchronize (except under NI_DEBUG). The backend
+ * (cu_backend.cu) and the host-pointer wrappers (cu_ops.cu) are their only
+ * callers. "dtype" arguments are enum cu_dtype and select the element type of
+ * the buffers documented as "T": __nv_bfloat16 for CU_DTYPE_BF16, float for
+ * CU_DTYPE_FP32. Buffers documented as float are FP32 in both modes.
+ */
+#ifndef NI_CU_INTERNAL_H
+#define NI_CU_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+extern "C" {
+#include "../engine/util.h"
+#include "cu.h"
+}
+
+#define CU_CHECK(call)                                                                   \
+    do {                                                                                 \
+        cudaError_t e_ = (call);                                                         \
+        if (e_ != cudaSuccess) {                                                         \
+            fprintf(stderr, "%s:%d: CUDA error in %s: %s\n", __FILE__, __LINE__, #call,  \
+                    cudaGetErrorString(e_));                                             \
+            return NI_EIO;                                                               \
+        }                                                                                \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                               \
+    do {                                                                                 \
+        cublasStatus_t s_ = (call);                                                      \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                               \
+            fprintf(stderr, "%s:%d: cuBLAS error in %s: %s\n", __FILE__, __LINE__, #call, \
+                    cublasGetStatusString(s_));                                          \
+            return NI_EIO;                                                               \
+        }                                                                                \
+    } while (0)
+
+#ifdef NI_DEBUG
+#define CU_LAUNCH_CHECK(stream)                                                          \
+    do {                                                                                 \
+        CU_CHECK(cudaGetLastError());                                                    \
+        CU_CHECK(cudaStreamSynchronize(stream));                                         \
+    } while (0)
+#else
+#define CU_LAUNCH_CHECK(stream)                                                          \
+    do {                                                                                 \
+        (void)(stream);                                                                  \
+        CU_CHECK(cudaGetLastError());                                                    \
+    } while (0)
+#endif
+
+/* Forwards a non-zero return code of a launcher / helper. */
+#define CU_TRY(expr)                                                                     \
+    do {                                                                                 \
+        int rc_ = (expr);                                                                \
+        if (rc_) return rc_;                                                             \
+    } while (0)
+
+typedef __nv_bfloat16 cu_bf16;
+
+/* Bytes of one element of a "T" buffer. */
+static inline size_t cu_dtype_size(int dtype) { return dtype == CU_DTYPE_FP32 ? 4 : 2; }
+
+/* ---- device-side conversions -------------------------------------------- */
+
+__device__ __forceinline__ float cu_tof(float x) { return x; }
+__device__ __forceinline__ float cu_tof(cu_bf16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T cu_fromf(float x);
+template <> __device__ __forceinline__ float cu_fromf<float>(float x) { return x; }
+template <> __device__ __forceinline__ cu_bf16 cu_fromf<cu_bf16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+/* Sum over the 32 lanes of a warp (every lane gets the total). */
+__device__ __forceinline__ float cu_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float cu_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* ---- cu_elementwise.cu --------------------------------------------------- */
+
+/* dst[i] = (T)src[i] for i < n (round to nearest even for BF16). */
+int cu_launch_convert(cudaStream_t st, void *dst /* T [n] */, int dtype,
+                      const float *src /* [n] */, size_t n);
+
+/* dst[i] = (float)src[i] for i < n (the inverse of cu_launch_convert). */
+int cu_launch_to_f32(cudaStream_t st, float *dst /* [n] */, const void *src /* T [n] */, int dtype,
+                     size_t n);
+
+/* out[i][:] = (float)table[tokens[i]][:]. Token ids must be in range. */
+int cu_launch_embed(cudaStream_t st, float *out /* [n][dim] */,
+                    const void *table /* T [vocab][dim] */, int dtype,
+                    const int32_t *tokens /* [n] */, int n, int dim);
+
+/* out[i][j] = (T)(silu(gu[i][j]) * gu[i][hidden + j]), silu(g) = g/(1+exp(-g)).
+ * gu holds the fused gate|up projection of each row. */
+int cu_launch_swiglu(cudaStream_t st, void *out /* T [n][hidden] */, int dtype,
+                     const float *gu /* [n][2*hidden] */, int n, int hidden);
+
+/* KV copy-on-write: for each of n_planes planes of plane_bytes (one per
+ * layer and K/V), copies block src to block dst (block_bytes each; both sizes
+ * multiples of 4). */
+int cu_launch_copy_block(cudaStream_t st, void *pool /* [n_planes][plane_bytes] */, int n_planes,
+                         size_t plane_bytes, size_t block_bytes, int src, int dst);
+
+/* ---- cu_norm.cu ----------------------------------------------------------- */
+
+/* HF RMSNorm of n rows, FP32 math: for row i with source row
+ * s = rows ? rows[i] : i: if add != NULL, x[s] += add[i] (stored back, the
+ * fused residual add); then out[i] = (T)(x[s] * rsqrt(mean(x[s]^2) + eps) * w). */
+int cu_launch_rmsnorm(cudaStream_t st, void *out /* T [n][dim] */, int dtype,
+                      float *x /* [..][dim] */, const float *add /* [n][dim] or NULL */,
+                      const int32_t *rows /* [n] or NULL */, const float *w /* [dim] */, int n,
+                      int dim, float eps);
+
+/* ---- cu_rope.cu ------------------------------------------------------------ */
+
+typedef struct cu_rope_args {
+    float *qkv;            /* [n][ld]: q [n_heads*hd] | k [n_kv*hd] | v [n_kv*hd] per row */
+    int ld;                /* row stride of qkv in floats, >= (n_heads + 2*n_kv) * hd */
+    const int32_t *pos;    /* [n] position of each token */
+    const int32_t *slot;   /* [n] physical cache slot: block * block_size + pos % block_size */
+    const float *cos_tab;  /* [max_pos][hd/2] */
+    const float *sin_tab;  /* [max_pos][hd/2] */
+    const float *q_norm;   /* [hd] or NULL: qwen3 per-head RMSNorm of q (and k_norm of k) */
+    const float *k_norm;   /* [hd] or NULL */
+    void *k_cache;         /* T [n_slots][n_kv*hd] of one layer */
+    void *v_cache;         /* T [n_slots][n_kv*hd] of one layer */
+    int n, n_heads, n_kv, hd, interleaved;
+    float eps;
+} cu_rope_args;
+
+/* Per token: optional per-head RMSNorm of q and k, RoPE of q (in place, FP32)
+ * and k, then k and v written to the cache slot (converted to T). */
+int cu_launch_rope_kv(cudaStream_t st, const cu_rope_args *a, int dtype);
+
+/* ---- cu_attention.cu -------------------------------------------------------- */
+
+/* Query rows per attention work item (query tokens x heads of one kv head),
+ * keys per shared-memory tile, threads per block. */
+#define CU_ATT_ROWS 64
+#define CU_ATT_TILE 32
+#define CU_ATT_THREADS 256
+#define CU_ATT_MAX_HD 128
+#define CU_ATT_MAX_SPLITS 64
+
+/* One work item: n_q consecutive query tokens of one sequence (batch tokens
+ * tok0 .. tok0+n_q-1 at positions pos_first ..), attending over positions
+ * [0, pos_first + n_q) with a causal mask per token. */
+typedef struct cu_att_item {
+    int32_t tok0, n_q, pos_first, seq;
+} cu_att_item;
+
+/* Cuts every sequence of a batch into items of at most CU_ATT_ROWS / G query
+ * tokens (G = n_heads / n_kv). items must hold n_tokens entries. Returns the
+ * item count; *max_ctx gets the longest context of any item. */
+int cu_att_plan(cu_att_item *items, int n_seqs, const int32_t *seq_start, const int32_t *pos0,
+                int G, int *max_ctx);
+
+/* Split-K factor for a call: 1 when n_items * n_kv blocks fill the device,
+ * else enough splits of the key range to give ~2 blocks per SM, bounded by
+ * the tiles of the longest context, CU_ATT_MAX_SPLITS and part_slots /
+ * n_items (the partial-result workspace). */
+int cu_att_choose_splits(int n_items, int n_kv, int max_ctx, int n_sm, int part_slots);
+
+/* Floats of partial-result workspace per slot (one item x one split):
+ * n_kv * CU_ATT_ROWS * (hd + 2). */
+size_t cu_att_part_floats(int n_kv, int hd);
+
+typedef struct cu_att_args {
+    void *out;                 /* T [n_tokens][n_heads*hd] */
+    const float *q;            /* [n_tokens][ldq], head h at h*hd (RoPE applied) */
+    int ldq;
+    const void *k_cache;       /* T [n_slots][n_kv*hd] of one layer */
+    const void *v_cache;       /* T [n_slots][n_kv*hd] */
+    const cu_att_item *items;  /* [n_items] */
+    const int32_t *tables;     /* [n_seqs][tbl_stride] physical block ids */
+    int tbl_stride;
+    int n_items, n_splits;     /* n_splits > 1 needs part */
+    float *part;               /* [n_items*n_splits][cu_att_part_floats] or NULL */
+    int n_heads, n_kv, hd, block_size;
+} cu_att_args;
+
+/* Causal GQA attention over the paged cache with online softmax (never a
+ * score matrix in memory): out[t][h] = softmax(q[t][h] . K / sqrt(hd)) V over
+ * the positions [0, pos(t)] of t's sequence. n_splits > 1 runs split-K
+ * (flash-decoding): each split handles a range of key tiles into part, then a
+ * combine kernel merges them. */
+int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* ---- cu_gemm.cu ------------------------------------------------------------- */
+
+/* y[n][0..out) (row stride ldy) = x W^T + beta * y, where x is T [n][ldx]
+ * and W is T [out][in] (row-major, the mdl_model layout). BF16: cublasGemmEx
+ * with BF16 inputs, FP32 output and FP32 compute (tensor cores). FP32:
+ * cublasSgemm with the handle's default math mode (no TF32). beta is 0 or 1
+ * (1 fuses the residual add). */
+int cu_gemm(cublasHandle_t h, int dtype, float *y, int ldy, const void *x, int ldx, const void *w,
+            int n, int in, int out, float beta);
+
+/* ---- rope tables (cu_rope.cu, host) ------------------------------------------ */
+
+/* Host cos/sin tables [max_pos][hd/2] exactly as cpu_rope_init computes them
+ * (angles in double): inverse frequencies from cpu_rope_inv_freq when the
+ * config's scaling parameters are complete, else theta^(-2i/hd) divided by
+ * rope_freqs[i] when rope_freqs != NULL. Caller frees both with free().
+ * Returns 0, NI_EINVAL or NI_ENOMEM. */
+int cu_rope_tables(const mdl_config *c, const float *rope_freqs, int max_pos, float **cos_out,
+                   float **sin_out);
+
+#endif

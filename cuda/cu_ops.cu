@@ -1,0 +1,258 @@
+/*
+ * cu_ops.cu - host-pointer wrappers around each launcher (see cu_ops.h).
+ *
+ * Design: every wrapper owns its device buffers through dbuf (freed on every
+ * return path), runs on the legacy default stream with synchronous copies,
+ * and converts between the host's FP32 and the kernel's T exactly as the
+ * backend's buffers would hold them. Test-only code: it allocates freely.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cu_internal.h"
+
+extern "C" {
+#include "cu_ops.h"
+}
+
+namespace {
+
+/* A device allocation freed when it goes out of scope. */
+struct dbuf {
+    void *p = nullptr;
+    dbuf() = default;
+    dbuf(const dbuf &) = delete;
+    dbuf &operator=(const dbuf &) = delete;
+    ~dbuf() {
+        if (p) cudaFree(p);
+    }
+    int alloc(size_t bytes) {
+        if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+            cudaGetLastError();
+            p = nullptr;
+            fprintf(stderr, "%s:%d: cudaMalloc(%zu) failed\n", __FILE__, __LINE__, bytes);
+            return NI_ENOMEM;
+        }
+        return 0;
+    }
+    template <typename P> P *as() const { return (P *)p; }
+};
+
+/* d = host FP32 data (n floats) uploaded as FP32. */
+int put_f32(dbuf &d, const float *h, size_t n) {
+    CU_TRY(d.alloc(n * 4));
+    if (n) CU_CHECK(cudaMemcpy(d.p, h, n * 4, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+/* d = host FP32 data (n floats) uploaded and converted to T. */
+int put_t(dbuf &d, const float *h, size_t n, int dtype) {
+    dbuf tmp;
+    CU_TRY(put_f32(tmp, h, n));
+    CU_TRY(d.alloc(n * cu_dtype_size(dtype)));
+    CU_TRY(cu_launch_convert(0, d.p, dtype, tmp.as<float>(), n));
+    CU_CHECK(cudaDeviceSynchronize());
+    return 0;
+}
+
+int put_i32(dbuf &d, const int32_t *h, size_t n) {
+    CU_TRY(d.alloc(n * 4));
+    if (n) CU_CHECK(cudaMemcpy(d.p, h, n * 4, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+/* host FP32 out[n] = (float) of the T buffer d. */
+int get_t(float *h, const dbuf &d, size_t n, int dtype) {
+    dbuf tmp;
+    CU_TRY(tmp.alloc(n * 4));
+    CU_TRY(cu_launch_to_f32(0, tmp.as<float>(), d.p, dtype, n));
+    CU_CHECK(cudaDeviceSynchronize());
+    if (n) CU_CHECK(cudaMemcpy(h, tmp.p, n * 4, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+int get_f32(float *h, const dbuf &d, size_t n) {
+    CU_CHECK(cudaDeviceSynchronize());
+    if (n) CU_CHECK(cudaMemcpy(h, d.p, n * 4, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+int dtype_ok(int dtype) { return dtype == CU_DTYPE_BF16 || dtype == CU_DTYPE_FP32; }
+
+} // namespace
+
+extern "C" int cu_op_embed(float *out, const float *table, int vocab, const int32_t *tokens, int n,
+                           int dim, int dtype) {
+    if (!dtype_ok(dtype) || n < 0 || dim <= 0 || vocab <= 0) return NI_EINVAL;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= vocab) return NI_EINVAL;
+    dbuf dt, dtok, dout;
+    CU_TRY(put_t(dt, table, (size_t)vocab * dim, dtype));
+    CU_TRY(put_i32(dtok, tokens, (size_t)n));
+    CU_TRY(dout.alloc((size_t)n * dim * 4));
+    CU_TRY(cu_launch_embed(0, dout.as<float>(), dt.p, dtype, dtok.as<int32_t>(), n, dim));
+    return get_f32(out, dout, (size_t)n * dim);
+}
+
+extern "C" int cu_op_rmsnorm(float *out, float *x, int n_x, const float *add, const int32_t *rows,
+                             const float *w, int n, int dim, float eps, int dtype) {
+    if (!dtype_ok(dtype) || n < 0 || dim <= 0 || n_x < (rows ? 1 : n)) return NI_EINVAL;
+    for (int i = 0; rows && i < n; i++)
+        if (rows[i] < 0 || rows[i] >= n_x) return NI_EINVAL;
+    dbuf dx, dadd, drows, dw, dout;
+    CU_TRY(put_f32(dx, x, (size_t)n_x * dim));
+    if (add) CU_TRY(put_f32(dadd, add, (size_t)n * dim));
+    if (rows) CU_TRY(put_i32(drows, rows, (size_t)n));
+    CU_TRY(put_f32(dw, w, (size_t)dim));
+    CU_TRY(dout.alloc((size_t)n * dim * cu_dtype_size(dtype)));
+    CU_TRY(cu_launch_rmsnorm(0, dout.p, dtype, dx.as<float>(), dadd.as<float>(),
+                             drows.as<int32_t>(), dw.as<float>(), n, dim, eps));
+    CU_TRY(get_t(out, dout, (size_t)n * dim, dtype));
+    return get_f32(x, dx, (size_t)n_x * dim);
+}
+
+extern "C" int cu_op_swiglu(float *out, const float *gate, const float *up, int n, int hidden,
+                            int dtype) {
+    if (!dtype_ok(dtype) || n < 0 || hidden <= 0) return NI_EINVAL;
+    const size_t H = hidden;
+    float *gu = (float *)malloc((size_t)n * 2 * H * 4 + 4);
+    if (!gu) return NI_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        memcpy(gu + (size_t)i * 2 * H, gate + (size_t)i * H, H * 4);
+        memcpy(gu + (size_t)i * 2 * H + H, up + (size_t)i * H, H * 4);
+    }
+    dbuf dgu, dout;
+    int rc = put_f32(dgu, gu, (size_t)n * 2 * H);
+    free(gu);
+    CU_TRY(rc);
+    CU_TRY(dout.alloc((size_t)n * H * cu_dtype_size(dtype)));
+    CU_TRY(cu_launch_swiglu(0, dout.p, dtype, dgu.as<float>(), n, hidden));
+    return get_t(out, dout, (size_t)n * H, dtype);
+}
+
+extern "C" int cu_op_matmul(float *y, const float *x, const float *w, int n, int in, int out,
+                            int accumulate, int dtype) {
+    if (!dtype_ok(dtype) || n < 0 || in <= 0 || out <= 0) return NI_EINVAL;
+    dbuf dx, dw, dy;
+    CU_TRY(put_t(dx, x, (size_t)n * in, dtype));
+    CU_TRY(put_t(dw, w, (size_t)out * in, dtype));
+    CU_TRY(put_f32(dy, y, (size_t)n * out)); /* accumulate reads it; otherwise poison check */
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    const int rc = cu_gemm(h, dtype, dy.as<float>(), out, dx.p, in, dw.p, n, in, out,
+                           accumulate ? 1.0f : 0.0f);
+    cudaError_t e = cudaDeviceSynchronize();
+    cublasDestroy(h);
+    CU_TRY(rc);
+    CU_CHECK(e);
+    return get_f32(y, dy, (size_t)n * out);
+}
+
+extern "C" int cu_op_rope_kv(float *q, const float *k, const float *v, const float *q_norm,
+                             const float *k_norm, const mdl_config *c, const float *rope_freqs,
+                             const int32_t *pos, const int32_t *slot, int n, float *k_cache,
+                             float *v_cache, int n_slots, int dtype) {
+    if (!dtype_ok(dtype) || n < 0 || !c || c->head_dim <= 0 || c->head_dim % 2 ||
+        c->n_heads <= 0 || c->n_kv_heads <= 0 || n_slots <= 0)
+        return NI_EINVAL;
+    const int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
+    const int ld = qd + 2 * kvd;
+    int max_pos = 1;
+    for (int i = 0; i < n; i++) {
+        if (pos[i] < 0 || slot[i] < 0 || slot[i] >= n_slots) return NI_EINVAL;
+        if (pos[i] + 1 > max_pos) max_pos = pos[i] + 1;
+    }
+    float *qkv = (float *)malloc((size_t)n * ld * 4 + 4);
+    if (!qkv) return NI_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        memcpy(qkv + (size_t)i * ld, q + (size_t)i * qd, (size_t)qd * 4);
+        memcpy(qkv + (size_t)i * ld + qd, k + (size_t)i * kvd, (size_t)kvd * 4);
+        memcpy(qkv + (size_t)i * ld + qd + kvd, v + (size_t)i * kvd, (size_t)kvd * 4);
+    }
+    float *cs = NULL, *sn = NULL;
+    int rc = cu_rope_tables(c, rope_freqs, max_pos, &cs, &sn);
+    dbuf dqkv, dpos, dslot, dcos, dsin, dqn, dkn, dk, dv;
+    if (!rc) rc = put_f32(dqkv, qkv, (size_t)n * ld);
+    if (!rc) rc = put_f32(dcos, cs, (size_t)max_pos * (hd / 2));
+    if (!rc) rc = put_f32(dsin, sn, (size_t)max_pos * (hd / 2));
+    free(qkv);
+    free(cs);
+    free(sn);
+    CU_TRY(rc);
+    CU_TRY(put_i32(dpos, pos, (size_t)n));
+    CU_TRY(put_i32(dslot, slot, (size_t)n));
+    if (q_norm) CU_TRY(put_f32(dqn, q_norm, (size_t)hd));
+    if (k_norm) CU_TRY(put_f32(dkn, k_norm, (size_t)hd));
+    CU_TRY(put_t(dk, k_cache, (size_t)n_slots * kvd, dtype));
+    CU_TRY(put_t(dv, v_cache, (size_t)n_slots * kvd, dtype));
+    const cu_rope_args a = {dqkv.as<float>(), ld, dpos.as<int32_t>(), dslot.as<int32_t>(),
+                            dcos.as<float>(), dsin.as<float>(), dqn.as<float>(), dkn.as<float>(),
+                            dk.p, dv.p, n, c->n_heads, c->n_kv_heads, hd,
+                            c->rope_interleaved != 0, c->norm_eps};
+    CU_TRY(cu_launch_rope_kv(0, &a, dtype));
+    CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, dtype));
+    CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, dtype));
+    float *back = (float *)malloc((size_t)n * ld * 4 + 4);
+    if (!back) return NI_ENOMEM;
+    rc = get_f32(back, dqkv, (size_t)n * ld);
+    for (int i = 0; !rc && i < n; i++)
+        memcpy(q + (size_t)i * qd, back + (size_t)i * ld, (size_t)qd * 4);
+    free(back);
+    return rc;
+}
+
+extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
+                               const float *v_cache, int n_blocks, int block_size, int n_seqs,
+                               const int32_t *seq_start, const int32_t *pos0,
+                               const int32_t *block_tables, int max_blocks, int n_heads, int n_kv,
+                               int hd, int n_splits, int dtype) {
+    if (!dtype_ok(dtype) || n_blocks <= 0 || block_size <= 0 || n_seqs <= 0 || max_blocks <= 0 ||
+        n_heads <= 0 || n_kv <= 0 || n_heads % n_kv || hd <= 0 || hd % 2 || n_splits < 0)
+        return NI_EINVAL;
+    const int n = seq_start[n_seqs], G = n_heads / n_kv;
+    if (seq_start[0] != 0 || n <= 0) return NI_EINVAL;
+    for (int s = 0; s < n_seqs; s++) {
+        const int len = seq_start[s + 1] - seq_start[s];
+        const long end = (long)pos0[s] + len;
+        if (len <= 0 || pos0[s] < 0 || (end - 1) / block_size >= max_blocks) return NI_EINVAL;
+        for (long j = 0; j <= (end - 1) / block_size; j++) {
+            const int32_t bid = block_tables[(size_t)s * max_blocks + j];
+            if (bid < 0 || bid >= n_blocks) return NI_EINVAL;
+        }
+    }
+    cu_att_item *items = (cu_att_item *)malloc((size_t)n * sizeof(cu_att_item));
+    if (!items) return NI_ENOMEM;
+    int max_ctx = 0;
+    const int n_items = cu_att_plan(items, n_seqs, seq_start, pos0, G, &max_ctx);
+    int dev = 0, n_sm = 0;
+    cudaGetDevice(&dev);
+    if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        free(items);
+        CU_CHECK(cudaGetLastError());
+        return NI_EIO;
+    }
+    const int slots = 1 << 16; /* the wrapper sizes its workspace to the call */
+    const int splits =
+        n_splits > 0 ? n_splits : cu_att_choose_splits(n_items, n_kv, max_ctx, n_sm, slots);
+    const size_t n_slots = (size_t)n_blocks * block_size, kvd = (size_t)n_kv * hd;
+    dbuf ditems, dtab, dq, dk, dv, dout, dpart;
+    int rc = ditems.alloc((size_t)n_items * sizeof(cu_att_item));
+    if (!rc && cudaMemcpy(ditems.p, items, (size_t)n_items * sizeof(cu_att_item),
+                          cudaMemcpyHostToDevice) != cudaSuccess)
+        rc = NI_EIO;
+    free(items);
+    CU_TRY(rc);
+    CU_TRY(put_i32(dtab, block_tables, (size_t)n_seqs * max_blocks));
+    CU_TRY(put_f32(dq, q, (size_t)n * n_heads * hd));
+    CU_TRY(put_t(dk, k_cache, n_slots * kvd, dtype));
+    CU_TRY(put_t(dv, v_cache, n_slots * kvd, dtype));
+    CU_TRY(dout.alloc((size_t)n * n_heads * hd * cu_dtype_size(dtype)));
+    CU_CHECK(cudaMemset(dout.p, 0xff, (size_t)n * n_heads * hd * cu_dtype_size(dtype))); /* NaN */
+    if (splits > 1)
+        CU_TRY(dpart.alloc((size_t)n_items * splits * cu_att_part_floats(n_kv, hd) * 4));
+    const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
+                           ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
+                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size};
+    CU_TRY(cu_launch_attention(0, &a, dtype));
+    return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
+}

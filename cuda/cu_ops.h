@@ -1,0 +1,75 @@
+/*
+ * cu_ops.h - host-pointer entry points to each CUDA kernel of the backend, for
+ * tests and tools (C callable, no CUDA types). Each call allocates device
+ * buffers, uploads its inputs, runs the same launcher the backend runs,
+ * downloads the outputs and frees everything: slow, never used by the
+ * backend's forward pass.
+ *
+ * dtype is enum cu_dtype (cu.h). In BF16 mode the inputs the backend keeps in
+ * BF16 (weights, GEMM inputs, the KV cache) are rounded to BF16 on the device
+ * and the BF16 outputs are widened back to FP32, so each wrapper computes
+ * exactly what the backend computes; the CPU twin named in each comment is
+ * the FP32 reference (engine/cpu_ops.h). All return 0, NI_EINVAL on bad
+ * arguments, NI_ENOMEM / NI_EIO on CUDA failures (message on stderr).
+ */
+#ifndef NI_CU_OPS_H
+#define NI_CU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../engine/model.h"
+
+/* out[i] = table[tokens[i]] (table in T). Twin: cpu_embed. */
+int cu_op_embed(float *out /* [n][dim] */, const float *table /* [vocab][dim] */, int vocab,
+                const int32_t *tokens /* [n] */, int n, int dim, int dtype);
+
+/* For i < n, s = rows ? rows[i] : i: if add, x[s] += add[i]; out[i] =
+ * rmsnorm(x[s]) * w (out rounded to T). x is updated in place when add is
+ * given. Twin: cpu_add + cpu_rmsnorm. */
+int cu_op_rmsnorm(float *out /* [n][dim] */, float *x /* [n_x][dim] */, int n_x,
+                  const float *add /* [n][dim] or NULL */, const int32_t *rows /* [n] or NULL */,
+                  const float *w /* [dim] */, int n, int dim, float eps, int dtype);
+
+/* out = silu(gate) * up (rounded to T). Twin: cpu_swiglu. */
+int cu_op_swiglu(float *out /* [n][hidden] */, const float *gate /* [n][hidden] */,
+                 const float *up /* [n][hidden] */, int n, int hidden, int dtype);
+
+/* y = x W^T (+ y when accumulate), x and W in T, y FP32. Twin: cpu_matmul. */
+int cu_op_matmul(float *y /* [n][out] */, const float *x /* [n][in] */,
+                 const float *w /* [out][in] */, int n, int in, int out, int accumulate,
+                 int dtype);
+
+/* Fused qk-norm (when q_norm/k_norm are given) + RoPE (c's layout and
+ * scaling, positions pos) of q (in place) and k, then k and v stored to the
+ * cache rows slot[i] (caches in T, updated in place). Twin: cpu_head_rmsnorm +
+ * cpu_rope_apply + cpu_kv_store. */
+int cu_op_rope_kv(float *q /* [n][n_heads*hd] */, const float *k /* [n][n_kv*hd] */,
+                  const float *v /* [n][n_kv*hd] */, const float *q_norm /* [hd] or NULL */,
+                  const float *k_norm /* [hd] or NULL */, const mdl_config *c,
+                  const float *rope_freqs /* [hd/2] or NULL */, const int32_t *pos /* [n] */,
+                  const int32_t *slot /* [n] */, int n, float *k_cache /* [n_slots][n_kv*hd] */,
+                  float *v_cache /* [n_slots][n_kv*hd] */, int n_slots, int dtype);
+
+/* Paged causal GQA attention of a batch laid out like eng_batch (sequence s
+ * has tokens seq_start[s] .. seq_start[s+1]-1 at positions pos0[s] ..), over
+ * caches of n_blocks blocks of block_size rows (in T). n_splits: 0 picks the
+ * backend's automatic split-K factor, >= 1 forces one. Twin: cpu_attention. */
+int cu_op_attention(float *out /* [n_tokens][n_heads*hd] */,
+                    const float *q /* [n_tokens][n_heads*hd] */,
+                    const float *k_cache /* [n_blocks*block_size][n_kv*hd] */,
+                    const float *v_cache /* [n_blocks*block_size][n_kv*hd] */, int n_blocks,
+                    int block_size, int n_seqs, const int32_t *seq_start /* [n_seqs+1] */,
+                    const int32_t *pos0 /* [n_seqs] */,
+                    const int32_t *block_tables /* [n_seqs][max_blocks] */, int max_blocks,
+                    int n_heads, int n_kv, int hd, int n_splits, int dtype);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,651 @@
+/*
+ * test_cuda_backend.c - eng_backend_cuda end to end against eng_backend_cpu
+ * (the FP32 reference) on the committed tiny models (test/models/tiny-llama2:
+ * MHA, SPM; tiny-llama3: GQA, llama3 RoPE scaling, tied embeddings;
+ * tiny-qwen3: qk-norm, head_dim 32), loaded with mdl_load.
+ *
+ * Checks (per logits row; "max" rel err = max |got - ref| / max |ref|, "L2"
+ * rel err = ||got - ref|| / ||ref||):
+ *   FP32: greedy tokens identical to the CPU backend's (each backend feeding
+ *         its own argmax), max rel err < 1e-4 at every step, short prompts
+ *         in chunks and a 300-token prompt in 128-token chunks;
+ *   BF16: against the CPU backend on the same weights rounded to BF16
+ *         (load_model_bf16: the reference then differs from the GPU only by
+ *         the BF16 activations / KV cache, not by the weight format),
+ *         teacher-forced on the CPU's tokens: mean L2 rel err < 1e-2, every
+ *         step L2 < 2e-2 and max rel err < 3e-2, >= 95% argmax agreement;
+ *   mixed batches (prefill chunks + decode, scrambled block tables, sequences
+ *   reordered between steps, scattered want_logits) == each sequence alone,
+ *   and == the CPU backend on the same batches; rows not wanted untouched;
+ *   interleaved RoPE (cfg flag flipped on both backends); copy_block forks;
+ *   forced split-K attention (NI_CUDA_ATT_SPLITS) == automatic; invalid
+ *   input rejected.
+ * Random tokens are fresh each run (seed printed; NI_TEST_SEED reproduces).
+ * Without a GPU every test skips with "no GPU"; in a CPU-only build with
+ * "built without CUDA".
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "../engine/backend.h"
+#include "../engine/model.h"
+#include "../engine/util.h"
+#ifdef NI_USE_CUDA
+#include "../cuda/cu.h"
+#endif
+
+static int gpu_available(void) {
+#ifndef NI_USE_CUDA
+    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
+    return 0;
+#else
+    if (cu_device_count() == 0) {
+        printf("SKIP: no GPU on this machine\n");
+        return 0;
+    }
+    return 1;
+#endif
+}
+
+#define REQUIRE_GPU()            \
+    do {                         \
+        if (!gpu_available()) {  \
+            skip();              \
+            return;              \
+        }                        \
+    } while (0)
+
+static const int k_model_idx[] = {0, 1, 2};
+
+#ifdef NI_USE_CUDA
+static const char *const k_models[] = {"test/models/tiny-llama2", "test/models/tiny-llama3",
+                                       "test/models/tiny-qwen3"};
+
+static uint64_t g_rng;
+
+static uint64_t rng_next(void) {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
+
+enum { BS = 16, N_BLOCKS = 96, MAX_BLOCKS = 32, MAX_BATCH = 160, MAX_SEQS = 8 };
+
+static void load_model(mdl_model *m, int idx) {
+    char err[512] = "";
+    const int rc = mdl_load(m, k_models[idx], err, sizeof err);
+    if (rc) fail_msg("mdl_load %s: %d %s", k_models[idx], rc, err);
+}
+
+/* Round to nearest even BF16, as __float2bfloat16_rn (finite inputs). */
+static float bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return f;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void round_tensor(float *p, size_t n) {
+    for (size_t i = 0; i < n; i++) p[i] = bf16_round(p[i]);
+}
+
+/* Loads model idx with the tensors the BF16 backend stores in BF16 (embedding,
+ * LM head, every projection) rounded to BF16, so the CPU backend on it is the
+ * exact-weights reference of the BF16 backend: the comparison then measures
+ * the BF16 activations and KV cache, not the weight format. */
+static void load_model_bf16(mdl_model *m, int idx) {
+    load_model(m, idx);
+    const mdl_config *c = &m->cfg;
+    const size_t D = c->dim, V = c->vocab_size, H = c->hidden_dim;
+    const size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    round_tensor(m->w.tok_embd, V * D);
+    if (m->w.lm_head != m->w.tok_embd) round_tensor(m->w.lm_head, V * D);
+    for (int l = 0; l < c->n_layers; l++) {
+        mdl_layer *L = &m->w.layers[l];
+        round_tensor(L->wq, qd * D);
+        round_tensor(L->wk, kvd * D);
+        round_tensor(L->wv, kvd * D);
+        round_tensor(L->wo, D * qd);
+        round_tensor(L->w_gate, H * D);
+        round_tensor(L->w_up, H * D);
+        round_tensor(L->w_down, D * H);
+    }
+}
+
+/* New backend context; dtype applies to the CUDA backend only. */
+static void *be_new(const eng_backend *be, const mdl_model *m, int dtype) {
+    if (be == &eng_backend_cuda) assert_int_equal(cu_backend_set_dtype(dtype), 0);
+    const eng_backend_config cf = {N_BLOCKS, BS, MAX_BATCH, MAX_SEQS, 0};
+    void *ctx = NULL;
+    char err[256] = "";
+    const int rc = be->init(&ctx, m, &cf, err, sizeof err);
+    if (rc) fail_msg("%s init: %d %s", be->name, rc, err);
+    return ctx;
+}
+
+static void shuffled_blocks(int32_t *perm, int n) {
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        const int j = irand(i + 1);
+        const int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+static void rand_tokens(int32_t *t, int n, int vocab) {
+    for (int i = 0; i < n; i++) t[i] = irand(vocab);
+}
+
+static int run_one(const eng_backend *be, void *ctx, const int32_t *tokens, int n, int pos0,
+                   const int32_t *table, float *out) {
+    const int32_t ss[2] = {0, n}, p0[1] = {pos0};
+    const uint8_t want[1] = {1};
+    const eng_batch b = {1, n, tokens, ss, p0, table, MAX_BLOCKS, want};
+    return be->forward(ctx, &b, out);
+}
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* ||got - ref||_2 / ||ref||_2: the BF16 measure (max-based errors of BF16
+ * logits are dominated by one rounding-unlucky element of ~400). */
+static double rel_l2(const float *got, const float *ref, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        const double d = (double)got[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
+static double rel_err(const float *got, const float *ref, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        num = fmax(num, fabs((double)got[i] - ref[i]));
+        den = fmax(den, fabs((double)ref[i]));
+    }
+    return num / den;
+}
+
+/* Prefills prompt in chunks of `chunk`, then n_steps-1 decode steps. Step 0's
+ * logits are the prompt's last; step g > 0 feeds forced[g-1] (teacher
+ * forcing) or, when forced == NULL, its own argmax. toks[g] = argmax of step
+ * g; logits [n_steps][V]. */
+static void drive(const eng_backend *be, void *ctx, int V, const int32_t *prompt, int n_prompt,
+                  int chunk, int n_steps, const int32_t *forced, const int32_t *table,
+                  int32_t *toks, float *logits) {
+    for (int p = 0; p < n_prompt; p += chunk) {
+        const int c = NI_MIN(chunk, n_prompt - p);
+        assert_int_equal(run_one(be, ctx, prompt + p, c, p, table, logits), 0);
+    }
+    toks[0] = argmax(logits, V);
+    for (int g = 1; g < n_steps; g++) {
+        const int32_t in = forced ? forced[g - 1] : toks[g - 1];
+        float *lg = logits + (size_t)g * V;
+        assert_int_equal(run_one(be, ctx, &in, 1, n_prompt + g - 1, table, lg), 0);
+        toks[g] = argmax(lg, V);
+    }
+}
+
+/* CPU run on m, then CUDA FP32 greedy on m (same tokens expected); when mb
+ * (m with BF16-rounded weights) is given, CPU greedy on mb and CUDA BF16
+ * teacher-forced on those tokens. */
+static void compare_with_cpu(const mdl_model *m, const mdl_model *mb, const char *label,
+                             int n_prompt, int chunk, int n_steps) {
+    const int V = m->cfg.vocab_size;
+    int32_t *prompt = malloc(sizeof(int32_t) * n_prompt);
+    rand_tokens(prompt, n_prompt, V);
+    int32_t perm[N_BLOCKS];
+    shuffled_blocks(perm, N_BLOCKS);
+    int32_t *t_cpu = malloc(sizeof(int32_t) * n_steps), *t_gpu = malloc(sizeof(int32_t) * n_steps);
+    float *l_cpu = malloc(sizeof(float) * n_steps * V), *l_gpu = malloc(sizeof(float) * n_steps * V);
+
+    void *c = be_new(&eng_backend_cpu, m, 0);
+    drive(&eng_backend_cpu, c, V, prompt, n_prompt, chunk, n_steps, NULL, perm, t_cpu, l_cpu);
+    eng_backend_cpu.free(c);
+
+    /* FP32: own greedy; identical tokens and close logits */
+    void *g = be_new(&eng_backend_cuda, m, CU_DTYPE_FP32);
+    drive(&eng_backend_cuda, g, V, prompt, n_prompt, chunk, n_steps, NULL, perm + MAX_BLOCKS,
+          t_gpu, l_gpu);
+    eng_backend_cuda.free(g);
+    double worst = 0;
+    int n_same = n_steps;
+    for (int s = 0; s < n_steps; s++) {
+        const double e = rel_err(l_gpu + (size_t)s * V, l_cpu + (size_t)s * V, V);
+        if (e > worst) worst = e;
+        if (!(e < 1e-4)) fail_msg("%s fp32: step %d logits rel err %.3g >= 1e-4", label, s, e);
+        if (t_gpu[s] != t_cpu[s]) {
+            /* only a near tie in the reference itself may flip (then the two
+             * greedy paths part and later steps are not comparable) */
+            const float *lc = l_cpu + (size_t)s * V;
+            double mx = 0;
+            for (int i = 0; i < V; i++) mx = fmax(mx, fabs((double)lc[i]));
+            const double gap = fabs((double)lc[t_cpu[s]] - lc[t_gpu[s]]) / mx;
+            if (!(gap < 1e-5))
+                fail_msg("%s fp32: greedy token %d differs: cuda %d, cpu %d (gap %.3g)", label, s,
+                         t_gpu[s], t_cpu[s], gap);
+            printf("  %-28s fp32: near tie at step %d (gap %.3g): stopping there\n", label, s,
+                   gap);
+            n_same = s + 1;
+            break;
+        }
+    }
+    printf("  %-28s fp32: %d greedy tokens identical, max rel err %.3g\n", label, n_same, worst);
+
+    if (mb) {
+        c = be_new(&eng_backend_cpu, mb, 0);
+        drive(&eng_backend_cpu, c, V, prompt, n_prompt, chunk, n_steps, NULL, perm, t_cpu,
+              l_cpu);
+        eng_backend_cpu.free(c);
+        g = be_new(&eng_backend_cuda, mb, CU_DTYPE_BF16);
+        drive(&eng_backend_cuda, g, V, prompt, n_prompt, chunk, n_steps, t_cpu,
+              perm + MAX_BLOCKS, t_gpu, l_gpu);
+        eng_backend_cuda.free(g);
+        int agree = 0;
+        double worst_l2 = 0, sum_l2 = 0;
+        worst = 0;
+        for (int s = 0; s < n_steps; s++) {
+            const double e = rel_l2(l_gpu + (size_t)s * V, l_cpu + (size_t)s * V, V);
+            const double em = rel_err(l_gpu + (size_t)s * V, l_cpu + (size_t)s * V, V);
+            sum_l2 += e;
+            if (e > worst_l2) worst_l2 = e;
+            if (em > worst) worst = em;
+            agree += t_gpu[s] == t_cpu[s];
+            if (!(e < 2e-2))
+                fail_msg("%s bf16: step %d logits L2 rel err %.3g >= 2e-2", label, s, e);
+            if (!(em < 3e-2))
+                fail_msg("%s bf16: step %d logits max rel err %.3g >= 3e-2", label, s, em);
+        }
+        printf("  %-28s bf16: argmax agreement %d/%d, L2 rel err mean %.3g max %.3g "
+               "(max-based %.3g)\n",
+               label, agree, n_steps, sum_l2 / n_steps, worst_l2, worst);
+        if (!(sum_l2 / n_steps < 1e-2))
+            fail_msg("%s bf16: mean L2 rel err %.3g >= 1e-2", label, sum_l2 / n_steps);
+        if (agree * 100 < 95 * n_steps)
+            fail_msg("%s bf16: argmax agreement %d/%d < 95%%", label, agree, n_steps);
+    }
+    free(prompt); free(t_cpu); free(t_gpu); free(l_cpu); free(l_gpu);
+}
+
+#endif /* NI_USE_CUDA */
+
+/* ---- CPU vs CUDA on the tiny models ------------------------------------------ */
+
+static void test_vs_cpu(void **state) {
+    const int idx = *(const int *)*state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m, mb;
+    load_model(&m, idx);
+    load_model_bf16(&mb, idx);
+    compare_with_cpu(&m, &mb, k_models[idx] + 12, 20, 7, 40);
+    mdl_free(&m);
+    mdl_free(&mb);
+#else
+    (void)idx;
+#endif
+}
+
+static void test_long_context(void **state) {
+    const int idx = *(const int *)*state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m, mb;
+    load_model(&m, idx);
+    load_model_bf16(&mb, idx);
+    char label[64];
+    snprintf(label, sizeof label, "%s 300+30", k_models[idx] + 12);
+    compare_with_cpu(&m, &mb, label, 300, 128, 30);
+    mdl_free(&m);
+    mdl_free(&mb);
+#else
+    (void)idx;
+#endif
+}
+
+static void test_interleaved_rope(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    load_model(&m, 1);
+    m.cfg.rope_interleaved = 1; /* same weights, the other pair layout on both backends */
+    compare_with_cpu(&m, NULL, "tiny-llama3 interleaved", 25, 9, 20);
+    mdl_free(&m);
+#endif
+}
+
+/* ---- mixed batches == one at a time ---------------------------------------------- */
+
+#ifdef NI_USE_CUDA
+enum { N_GSEQ = 4, N_STEPS = 5, MAX_IN_BATCH = 4 };
+
+/* One batch entry: global sequence, its new positions [p0, p0+len), want. */
+typedef struct {
+    int seq, p0, len, want;
+} entry;
+
+static const entry k_sched[N_STEPS][MAX_IN_BATCH] = {
+    {{0, 0, 5, 1}, {1, 0, 23, 1}, {2, 0, 13, 0}, {-1, 0, 0, 0}},
+    {{0, 5, 1, 1}, {1, 23, 1, 0}, {2, 13, 20, 1}, {-1, 0, 0, 0}},
+    {{0, 6, 1, 1}, {1, 24, 1, 1}, {2, 33, 1, 1}, {3, 0, 40, 1}},
+    {{3, 40, 1, 1}, {1, 25, 1, 1}, {-1, 0, 0, 0}, {-1, 0, 0, 0}},
+    {{2, 34, 1, 0}, {0, 7, 1, 1}, {3, 41, 1, 1}, {-1, 0, 0, 0}},
+};
+
+/* Runs the schedule batched; out [N_STEPS][MAX_IN_BATCH][V] (NaN where not
+ * wanted). Checks rows not wanted stay untouched. */
+static void run_batched(const eng_backend *be, void *ctx, int V, int32_t toks[N_GSEQ][64],
+                        const int32_t *tables /* [N_GSEQ][MAX_BLOCKS] */, float *out) {
+    int32_t flat[MAX_BATCH], ss[MAX_IN_BATCH + 1], p0[MAX_IN_BATCH];
+    int32_t bt[MAX_IN_BATCH * MAX_BLOCKS];
+    uint8_t want[MAX_IN_BATCH];
+    float *lg = malloc(sizeof(float) * MAX_IN_BATCH * V);
+    for (int st = 0; st < N_STEPS; st++) {
+        int ns = 0, n = 0;
+        for (int e = 0; e < MAX_IN_BATCH && k_sched[st][e].seq >= 0; e++, ns++) {
+            const entry *en = &k_sched[st][e];
+            ss[ns] = n;
+            p0[ns] = en->p0;
+            want[ns] = (uint8_t)en->want;
+            memcpy(flat + n, toks[en->seq] + en->p0, sizeof(int32_t) * en->len);
+            memcpy(bt + (size_t)ns * MAX_BLOCKS, tables + (size_t)en->seq * MAX_BLOCKS,
+                   sizeof(int32_t) * MAX_BLOCKS);
+            n += en->len;
+        }
+        ss[ns] = n;
+        for (int i = 0; i < MAX_IN_BATCH * V; i++) lg[i] = NAN;
+        const eng_batch b = {ns, n, flat, ss, p0, bt, MAX_BLOCKS, want};
+        assert_int_equal(be->forward(ctx, &b, lg), 0);
+        for (int e = 0; e < MAX_IN_BATCH; e++)
+            for (int i = 0; i < V; i++) {
+                const float v = lg[(size_t)e * V + i];
+                if (e >= ns || !want[e]) assert_true(isnan(v));
+                out[((size_t)st * MAX_IN_BATCH + e) * V + i] = v;
+            }
+    }
+    free(lg);
+}
+
+/* Each global sequence alone, in the schedule's chunks, same tables. */
+static void run_alone(const eng_backend *be, void *ctx, int V, int32_t toks[N_GSEQ][64],
+                      const int32_t *tables, float *out) {
+    float *lg = malloc(sizeof(float) * V);
+    for (int i = 0; i < N_STEPS * MAX_IN_BATCH * V; i++) out[i] = NAN;
+    for (int s = 0; s < N_GSEQ; s++)
+        for (int st = 0; st < N_STEPS; st++)
+            for (int e = 0; e < MAX_IN_BATCH; e++) {
+                const entry *en = &k_sched[st][e];
+                if (en->seq != s) continue;
+                assert_int_equal(run_one(be, ctx, toks[s] + en->p0, en->len, en->p0,
+                                         tables + (size_t)s * MAX_BLOCKS, lg),
+                                 0);
+                if (en->want)
+                    memcpy(out + ((size_t)st * MAX_IN_BATCH + e) * V, lg, sizeof(float) * V);
+            }
+    free(lg);
+}
+
+/* l2: relative L2 error (BF16) instead of the max-based one (FP32). */
+static void compare_runs(const char *what, const float *a, const float *b, int V, double tol,
+                         int l2) {
+    double worst = 0;
+    for (int st = 0; st < N_STEPS; st++)
+        for (int e = 0; e < MAX_IN_BATCH; e++) {
+            const size_t off = ((size_t)st * MAX_IN_BATCH + e) * V;
+            if (isnan(b[off])) continue;
+            const double err = l2 ? rel_l2(a + off, b + off, V) : rel_err(a + off, b + off, V);
+            if (err > worst) worst = err;
+            if (!(err < tol))
+                fail_msg("%s: step %d entry %d rel err %.3g >= %.3g", what, st, e, err, tol);
+        }
+    printf("  %-44s %s rel err %.3g\n", what, l2 ? "L2" : "max", worst);
+}
+#endif
+
+static void test_mixed_batches(void **state) {
+    const int idx = *(const int *)*state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m, mb;
+    load_model(&m, idx);
+    load_model_bf16(&mb, idx);
+    const int V = m.cfg.vocab_size;
+    int32_t toks[N_GSEQ][64];
+    for (int s = 0; s < N_GSEQ; s++) rand_tokens(toks[s], 64, V);
+    /* 4 blocks per sequence (positions < 64) from a scrambled pool; the
+     * unused table entries are -1 and must never be read */
+    int32_t perm[N_BLOCKS], tables[N_GSEQ * MAX_BLOCKS];
+    shuffled_blocks(perm, N_BLOCKS);
+    for (int s = 0; s < N_GSEQ; s++)
+        for (int j = 0; j < MAX_BLOCKS; j++)
+            tables[s * MAX_BLOCKS + j] = j < 4 ? perm[s * 4 + j] : -1;
+    const size_t sz = (size_t)N_STEPS * MAX_IN_BATCH * V;
+    float *cpu = malloc(sizeof(float) * sz), *bat = malloc(sizeof(float) * sz);
+    float *alone = malloc(sizeof(float) * sz);
+    for (int d = 0; d < 2; d++) {
+        const int dt = d ? CU_DTYPE_BF16 : CU_DTYPE_FP32;
+        const mdl_model *mm = d ? &mb : &m; /* BF16: weights rounded for both backends */
+        void *c = be_new(&eng_backend_cpu, mm, 0);
+        run_batched(&eng_backend_cpu, c, V, toks, tables, cpu);
+        eng_backend_cpu.free(c);
+        void *g = be_new(&eng_backend_cuda, mm, dt);
+        run_batched(&eng_backend_cuda, g, V, toks, tables, bat);
+        eng_backend_cuda.free(g);
+        g = be_new(&eng_backend_cuda, mm, dt);
+        run_alone(&eng_backend_cuda, g, V, toks, tables, alone); /* fresh pool */
+        eng_backend_cuda.free(g);
+        char what[96];
+        snprintf(what, sizeof what, "%s %s batched vs alone", k_models[idx] + 12,
+                 cu_dtype_name(dt));
+        compare_runs(what, bat, alone, V, dt == CU_DTYPE_FP32 ? 1e-5 : 1e-2, 0);
+        snprintf(what, sizeof what, "%s %s batched vs cpu", k_models[idx] + 12, cu_dtype_name(dt));
+        compare_runs(what, bat, cpu, V, dt == CU_DTYPE_FP32 ? 1e-4 : 2e-2, dt == CU_DTYPE_BF16);
+    }
+    free(cpu); free(bat); free(alone);
+    mdl_free(&m);
+    mdl_free(&mb);
+#else
+    (void)idx;
+#endif
+}
+
+/* ---- copy_block ------------------------------------------------------------------ */
+
+static void test_copy_block(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m, mb;
+    load_model(&m, 2);
+    load_model_bf16(&mb, 2);
+    const int V = m.cfg.vocab_size, T = 21; /* 1 full block + 5 tokens */
+    int32_t perm[N_BLOCKS], ta[MAX_BLOCKS], tb[MAX_BLOCKS], tok[T + 2];
+    shuffled_blocks(perm, N_BLOCKS);
+    memcpy(ta, perm, sizeof ta);
+    memcpy(tb, perm, sizeof tb);
+    tb[1] = perm[MAX_BLOCKS]; /* B forks A's partial block 1 */
+    tb[2] = perm[MAX_BLOCKS + 1];
+    rand_tokens(tok, T + 2, V);
+    const int32_t nb = (tok[T] + 1) % V;
+    float *ref = malloc(sizeof(float) * 3 * V), *got = malloc(sizeof(float) * 3 * V);
+    /* d: 0 CPU on m, 1 CUDA FP32 on m, 2 CPU on mb, 3 CUDA BF16 on mb */
+    for (int d = 0; d < 4; d++) {
+        const eng_backend *be = d % 2 == 0 ? &eng_backend_cpu : &eng_backend_cuda;
+        float *o = d % 2 == 0 ? ref : got;
+        void *ctx = be_new(be, d < 2 ? &m : &mb, d == 3 ? CU_DTYPE_BF16 : CU_DTYPE_FP32);
+        assert_int_equal(run_one(be, ctx, tok, T, 0, ta, o), 0);
+        assert_int_equal(be->copy_block(ctx, ta[1], tb[1]), 0);
+        assert_int_equal(run_one(be, ctx, &tok[T], 1, T, ta, o), 0);     /* branch A */
+        assert_int_equal(run_one(be, ctx, &nb, 1, T, tb, o + V), 0);     /* branch B */
+        assert_int_equal(run_one(be, ctx, &tok[T + 1], 1, T + 1, ta, o + 2 * V), 0);
+        if (be == &eng_backend_cuda) {
+            assert_int_equal(be->copy_block(ctx, -1, 0), NI_EINVAL);
+            assert_int_equal(be->copy_block(ctx, 0, N_BLOCKS), NI_EINVAL);
+            assert_int_equal(be->copy_block(ctx, 3, 3), 0);
+        }
+        be->free(ctx);
+        if (d % 2 == 0) continue;
+        const double tol = d == 1 ? 1e-4 : 2e-2; /* BF16: the per-step L2 bound */
+        const char *names[3] = {"branch A", "branch B", "branch A step 2"};
+        for (int r = 0; r < 3; r++) {
+            const double e = d == 1 ? rel_err(got + (size_t)r * V, ref + (size_t)r * V, V)
+                                    : rel_l2(got + (size_t)r * V, ref + (size_t)r * V, V);
+            printf("  copy_block %s %s: %s rel err %.3g\n", d == 1 ? "fp32" : "bf16", names[r],
+                   d == 1 ? "max" : "L2", e);
+            if (!(e < tol)) fail_msg("copy_block %s: rel err %.3g >= %.3g", names[r], e, tol);
+        }
+    }
+    free(ref); free(got);
+    mdl_free(&m);
+    mdl_free(&mb);
+#endif
+}
+
+/* ---- forced split-K == automatic ------------------------------------------------- */
+
+static void test_forced_splits(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    load_model(&m, 1);
+    enum { n_prompt = 100, n_steps = 12 };
+    const int V = m.cfg.vocab_size;
+    int32_t prompt[n_prompt], perm[N_BLOCKS], ta[n_steps], tb[n_steps];
+    rand_tokens(prompt, n_prompt, V);
+    shuffled_blocks(perm, N_BLOCKS);
+    float *la = malloc(sizeof(float) * n_steps * V), *lb = malloc(sizeof(float) * n_steps * V);
+    void *g = be_new(&eng_backend_cuda, &m, CU_DTYPE_FP32);
+    drive(&eng_backend_cuda, g, V, prompt, n_prompt, 100, n_steps, NULL, perm, ta, la);
+    eng_backend_cuda.free(g);
+    for (int k = 1; k <= 5; k += 4) {
+        char v[8];
+        snprintf(v, sizeof v, "%d", k);
+        setenv("NI_CUDA_ATT_SPLITS", v, 1);
+        g = be_new(&eng_backend_cuda, &m, CU_DTYPE_FP32);
+        unsetenv("NI_CUDA_ATT_SPLITS");
+        drive(&eng_backend_cuda, g, V, prompt, n_prompt, 100, n_steps, ta, perm + 40, tb, lb);
+        eng_backend_cuda.free(g);
+        double worst = 0;
+        for (int s = 0; s < n_steps; s++) {
+            const double e = rel_err(lb + (size_t)s * V, la + (size_t)s * V, V);
+            if (e > worst) worst = e;
+        }
+        printf("  splits forced to %d vs automatic: max rel err %.3g\n", k, worst);
+        if (!(worst < 1e-5)) fail_msg("forced splits %d: rel err %.3g", k, worst);
+    }
+    free(la); free(lb);
+    mdl_free(&m);
+#endif
+}
+
+/* ---- invalid input ------------------------------------------------------------------ */
+
+static void test_invalid(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    load_model(&m, 0);
+    const int V = m.cfg.vocab_size;
+    void *g = be_new(&eng_backend_cuda, &m, CU_DTYPE_BF16);
+    float *lg = malloc(sizeof(float) * MAX_SEQS * V);
+    int32_t table[2 * MAX_BLOCKS], tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    for (int i = 0; i < 2 * MAX_BLOCKS; i++) table[i] = i;
+    int32_t ss[3] = {0, 4, 7}, p0[2] = {0, 0};
+    uint8_t want[2] = {1, 1};
+    const eng_batch good = {2, 7, tok, ss, p0, table, MAX_BLOCKS, want};
+    eng_batch b = good;
+    assert_int_equal(eng_backend_cuda.forward(g, &b, lg), 0);
+    b.n_seqs = MAX_SEQS + 1;
+    assert_int_equal(eng_backend_cuda.forward(g, &b, lg), NI_EINVAL);
+    b = good;
+    b.n_tokens = 6;
+    assert_int_equal(eng_backend_cuda.forward(g, &b, lg), NI_EINVAL);
+    b = good;
+    tok[2] = V;
+    assert_int_equal(eng_backend_cuda.forward(g, &b, lg), NI_EINVAL);
+    tok[2] = 3;
+    table[0] = N_BLOCKS;
+    assert_int_equal(eng_backend_cuda.forward(g, &b, lg), NI_EINVAL);
+    table[0] = 0;
+    p0[1] = MAX_BLOCKS * BS - 2; /* beyond the table's reach */
+    assert_int_equal(eng_backend_cuda.forward(g, &b, lg), NI_EINVAL);
+    p0[1] = 0;
+    assert_int_equal(eng_backend_cuda.forward(g, &b, NULL), NI_EINVAL);
+    assert_int_equal(eng_backend_cuda.forward(g, NULL, lg), NI_EINVAL);
+    b.n_seqs = 0;
+    b.n_tokens = 0;
+    assert_int_equal(eng_backend_cuda.forward(g, &b, lg), 0);
+    eng_backend_cuda.free(g);
+    eng_backend_cuda.free(NULL);
+
+    assert_int_equal(cu_backend_set_dtype(7), NI_EINVAL);
+    assert_int_equal(cu_backend_set_dtype(-1), 0);
+    setenv("NI_CUDA_DTYPE", "fp8", 1);
+    void *bad = NULL;
+    char err[256] = "";
+    const eng_backend_config cf = {N_BLOCKS, BS, MAX_BATCH, MAX_SEQS, 0};
+    assert_int_equal(eng_backend_cuda.init(&bad, &m, &cf, err, sizeof err), NI_EINVAL);
+    assert_null(bad);
+    printf("  bad NI_CUDA_DTYPE: %s\n", err);
+    setenv("NI_CUDA_DTYPE", "fp32", 1);
+    assert_int_equal(cu_backend_get_dtype(), CU_DTYPE_FP32);
+    unsetenv("NI_CUDA_DTYPE");
+    assert_int_equal(cu_backend_get_dtype(), CU_DTYPE_BF16);
+    const eng_backend_config bad_cf = {N_BLOCKS, 0, MAX_BATCH, MAX_SEQS, 0};
+    assert_int_equal(eng_backend_cuda.init(&bad, &m, &bad_cf, err, sizeof err), NI_EINVAL);
+    free(lg);
+    mdl_free(&m);
+#endif
+}
+
+int main(void) {
+#ifdef NI_USE_CUDA
+    const char *env = getenv("NI_TEST_SEED");
+    const uint64_t seed =
+        env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    g_rng = seed;
+    printf("test_cuda_backend: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    if (cu_device_count() > 0) {
+        char buf[256];
+        if (cu_device_describe(0, buf, sizeof buf) == 0) printf("device 0: %s\n", buf);
+    }
+#endif
+#define PER_MODEL(f, i) cmocka_unit_test_prestate(f, (void *)&k_model_idx[i])
+    const struct CMUnitTest tests[] = {
+        PER_MODEL(test_vs_cpu, 0),         PER_MODEL(test_vs_cpu, 1),
+        PER_MODEL(test_vs_cpu, 2),         PER_MODEL(test_long_context, 1),
+        PER_MODEL(test_long_context, 2),   cmocka_unit_test(test_interleaved_rope),
+        PER_MODEL(test_mixed_batches, 0),  PER_MODEL(test_mixed_batches, 1),
+        PER_MODEL(test_mixed_batches, 2),  cmocka_unit_test(test_copy_block),
+        cmocka_unit_test(test_forced_splits), cmocka_unit_test(test_invalid),
+    };
+#undef PER_MODEL
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,431 @@
+/*
+ * test_cuda_ops.c - every CUDA kernel of the backend (through the host-pointer
+ * wrappers of cuda/cu_ops.h) against its CPU twin in engine/cpu_ops.c, in
+ * both precisions, on fresh random inputs (never zeros; seed printed,
+ * NI_TEST_SEED reproduces). Outputs are poisoned with NaN before each call so
+ * an unwritten element fails. Error measure: NMSE = sum (got - ref)^2 /
+ * sum ref^2 over the whole output; thresholds: FP32 1e-10 (element-wise)
+ * .. 1e-9 (reductions over long rows), BF16 1e-4.
+ *
+ * Without a GPU every test skips with "no GPU"; in a CPU-only build with
+ * "built without CUDA".
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "../engine/cpu_ops.h"
+#include "../engine/util.h"
+#ifdef NI_USE_CUDA
+#include "../cuda/cu.h"
+#include "../cuda/cu_ops.h"
+#endif
+
+#ifdef NI_USE_CUDA
+static uint64_t g_rng;
+
+static uint64_t rng_next(void) {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double urand(double lo, double hi) {
+    return lo + (hi - lo) * ((double)(rng_next() >> 11) * (1.0 / 9007199254740992.0));
+}
+
+static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
+
+static float *rand_buf(size_t n, double lo, double hi) {
+    float *p = malloc(n * sizeof(float) + 4);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) p[i] = (float)urand(lo, hi);
+    return p;
+}
+
+static float *nan_buf(size_t n) {
+    float *p = malloc(n * sizeof(float) + 4);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) p[i] = NAN;
+    return p;
+}
+
+static float *copy_buf(const float *src, size_t n) {
+    float *p = malloc(n * sizeof(float) + 4);
+    assert_non_null(p);
+    memcpy(p, src, n * sizeof(float));
+    return p;
+}
+
+static double nmse(const float *got, const float *ref, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        const double d = (double)got[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
+static const int k_dtypes[2] = {CU_DTYPE_FP32, CU_DTYPE_BF16};
+
+/* Threshold per dtype: fp32 value for FP32, 1e-4 for BF16. */
+static double tol(int dtype, double fp32) { return dtype == CU_DTYPE_FP32 ? fp32 : 1e-4; }
+
+static void check_nmse(const char *what, int dtype, const float *got, const float *ref, size_t n,
+                       double fp32_tol) {
+    const double e = nmse(got, ref, n), t = tol(dtype, fp32_tol);
+    printf("  %-40s %s nmse %.3g\n", what, cu_dtype_name(dtype), e);
+    if (!(e < t)) fail_msg("%s (%s): NMSE %.3g >= %.3g", what, cu_dtype_name(dtype), e, t);
+}
+#endif
+
+/* Skips the calling test unless a GPU is usable. */
+#define REQUIRE_GPU()                                                        \
+    do {                                                                     \
+        if (!gpu_available()) {                                              \
+            skip();                                                          \
+            return;                                                          \
+        }                                                                    \
+    } while (0)
+
+static int gpu_available(void) {
+#ifndef NI_USE_CUDA
+    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
+    return 0;
+#else
+    if (cu_device_count() == 0) {
+        printf("SKIP: no GPU on this machine\n");
+        return 0;
+    }
+    return 1;
+#endif
+}
+
+/* ---- embed ---------------------------------------------------------------- */
+
+static void test_embed(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    const int V = 1000, D = 96, n = 37;
+    float *tab = rand_buf((size_t)V * D, -1, 1);
+    int32_t tok[37];
+    for (int i = 0; i < n; i++) tok[i] = irand(V);
+    float *ref = nan_buf((size_t)n * D);
+    cpu_embed(ref, tab, tok, n, D);
+    for (int t = 0; t < 2; t++) {
+        float *got = nan_buf((size_t)n * D);
+        assert_int_equal(cu_op_embed(got, tab, V, tok, n, D, k_dtypes[t]), 0);
+        check_nmse("embed", k_dtypes[t], got, ref, (size_t)n * D, 1e-12);
+        free(got);
+    }
+    free(tab);
+    free(ref);
+#endif
+}
+
+/* ---- rmsnorm (+ fused add, + gather) ---------------------------------------- */
+
+static void test_rmsnorm(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    const int dims[] = {64, 1000, 4133};
+    for (size_t di = 0; di < NI_ARRAY_LEN(dims); di++) {
+        const int D = dims[di], n_x = 31;
+        for (int variant = 0; variant < 4; variant++) { /* bit 0: add, bit 1: gather */
+            const int use_add = variant & 1, use_rows = variant & 2;
+            const int n = use_rows ? 11 : n_x;
+            float *x0 = rand_buf((size_t)n_x * D, -2, 2), *w = rand_buf(D, 0.5, 1.5);
+            float *add = use_add ? rand_buf((size_t)n * D, -1, 1) : NULL;
+            int32_t rows[31], perm[31];
+            for (int i = 0; i < n_x; i++) perm[i] = i;
+            for (int i = n_x - 1; i > 0; i--) {
+                const int j = irand(i + 1), t = perm[i];
+                perm[i] = perm[j];
+                perm[j] = t;
+            }
+            for (int i = 0; i < n; i++) rows[i] = perm[i]; /* distinct rows */
+            /* CPU twin: gather, add, norm */
+            float *xr = copy_buf(x0, (size_t)n_x * D), *ref = nan_buf((size_t)n * D);
+            float *g = nan_buf((size_t)n * D);
+            for (int i = 0; i < n; i++) {
+                float *src = xr + (size_t)(use_rows ? rows[i] : i) * D;
+                if (add) cpu_add(src, add + (size_t)i * D, (size_t)D);
+                memcpy(g + (size_t)i * D, src, (size_t)D * sizeof(float));
+            }
+            cpu_rmsnorm(ref, g, w, n, D, 1e-5f);
+            for (int t = 0; t < 2; t++) {
+                float *xg = copy_buf(x0, (size_t)n_x * D), *got = nan_buf((size_t)n * D);
+                assert_int_equal(cu_op_rmsnorm(got, xg, n_x, add, use_rows ? rows : NULL, w, n,
+                                               D, 1e-5f, k_dtypes[t]),
+                                 0);
+                char what[64];
+                snprintf(what, sizeof what, "rmsnorm dim %d%s%s", D, use_add ? " +add" : "",
+                         use_rows ? " gather" : "");
+                check_nmse(what, k_dtypes[t], got, ref, (size_t)n * D, 1e-10);
+                /* the residual stream is FP32 in both modes: exact */
+                check_nmse("  residual after fused add", CU_DTYPE_FP32, xg, xr, (size_t)n_x * D,
+                           1e-12);
+                free(xg);
+                free(got);
+            }
+            free(x0); free(w); free(add); free(xr); free(ref); free(g);
+        }
+    }
+#endif
+}
+
+/* ---- swiglu --------------------------------------------------------------- */
+
+static void test_swiglu(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    const int n = 13, H = 1537;
+    float *gate = rand_buf((size_t)n * H, -12, 12), *up = rand_buf((size_t)n * H, -3, 3);
+    float *ref = nan_buf((size_t)n * H);
+    cpu_swiglu(ref, gate, up, (size_t)n * H);
+    for (int t = 0; t < 2; t++) {
+        float *got = nan_buf((size_t)n * H);
+        assert_int_equal(cu_op_swiglu(got, gate, up, n, H, k_dtypes[t]), 0);
+        check_nmse("swiglu", k_dtypes[t], got, ref, (size_t)n * H, 1e-10);
+        free(got);
+    }
+    free(gate); free(up); free(ref);
+#endif
+}
+
+/* ---- matmul (cuBLAS) -------------------------------------------------------- */
+
+static void test_matmul(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    const int shapes[][3] = {{1, 64, 97}, {7, 256, 384}, {64, 576, 1536}, {33, 1000, 77},
+                             {130, 128, 405}};
+    for (size_t s = 0; s < NI_ARRAY_LEN(shapes); s++) {
+        const int n = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+        float *x = rand_buf((size_t)n * in, -1, 1), *w = rand_buf((size_t)out * in, -1, 1);
+        float *y0 = rand_buf((size_t)n * out, -1, 1);
+        for (int acc = 0; acc <= 1; acc++) {
+            float *ref = copy_buf(y0, (size_t)n * out);
+            cpu_matmul(ref, x, w, n, in, out, acc, 1);
+            for (int t = 0; t < 2; t++) {
+                float *got = acc ? copy_buf(y0, (size_t)n * out) : nan_buf((size_t)n * out);
+                assert_int_equal(cu_op_matmul(got, x, w, n, in, out, acc, k_dtypes[t]), 0);
+                char what[64];
+                snprintf(what, sizeof what, "matmul %dx%dx%d%s", n, in, out, acc ? " +acc" : "");
+                check_nmse(what, k_dtypes[t], got, ref, (size_t)n * out, 1e-10);
+                free(got);
+            }
+            free(ref);
+        }
+        free(x); free(w); free(y0);
+    }
+#endif
+}
+
+/* ---- qk-norm + RoPE + KV store ------------------------------------------------ */
+
+#ifdef NI_USE_CUDA
+enum { R_LLAMA, R_INTERLEAVED, R_QWEN3, R_LLAMA3, N_ROPE };
+
+static mdl_config rope_cfg(int v) {
+    mdl_config c;
+    memset(&c, 0, sizeof c);
+    c.n_heads = 8;
+    c.n_kv_heads = 2;
+    c.head_dim = 64;
+    c.rope_theta = 10000.0f;
+    c.norm_eps = 1e-5f;
+    if (v == R_INTERLEAVED) c.rope_interleaved = 1;
+    if (v == R_QWEN3) {
+        c.head_dim = 128;
+        c.n_heads = 16;
+        c.n_kv_heads = 8;
+        c.rope_theta = 1000000.0f;
+        c.has_qk_norm = 1;
+        c.norm_eps = 1e-6f;
+    }
+    if (v == R_LLAMA3) {
+        c.rope_theta = 500000.0f;
+        c.rope_scaling = MDL_ROPE_LLAMA3;
+        c.rope_factor = 8.0f;
+        c.rope_low_freq_factor = 1.0f;
+        c.rope_high_freq_factor = 4.0f;
+        c.rope_orig_max_pos = 64;
+    }
+    return c;
+}
+#endif
+
+static void test_rope_kv(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    for (int v = 0; v < N_ROPE; v++) {
+        const mdl_config c = rope_cfg(v);
+        const int n = 23, hd = c.head_dim, qd = c.n_heads * hd, kvd = c.n_kv_heads * hd;
+        const int bs = 16, n_blocks = 40, n_slots = n_blocks * bs, max_blocks = 200;
+        int32_t pos[23], seq[23], slot[23], perm[40];
+        for (int i = 0; i < n_blocks; i++) perm[i] = i;
+        for (int i = n_blocks - 1; i > 0; i--) {
+            const int j = irand(i + 1), t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        int max_pos = 0;
+        int32_t *tables = calloc((size_t)n * max_blocks, sizeof(int32_t));
+        for (int i = 0; i < n; i++) { /* token i: its own sequence, its own block */
+            pos[i] = i < 3 ? i : irand(3000);
+            seq[i] = i;
+            tables[(size_t)i * max_blocks + pos[i] / bs] = perm[i];
+            slot[i] = perm[i] * bs + pos[i] % bs;
+            if (pos[i] + 1 > max_pos) max_pos = pos[i] + 1;
+        }
+        float *q = rand_buf((size_t)n * qd, -2, 2), *k = rand_buf((size_t)n * kvd, -2, 2);
+        float *vv = rand_buf((size_t)n * kvd, -2, 2);
+        float *qn = c.has_qk_norm ? rand_buf(hd, 0.5, 2) : NULL;
+        float *kn = c.has_qk_norm ? rand_buf(hd, 0.5, 2) : NULL;
+        float *kc0 = rand_buf((size_t)n_slots * kvd, -1, 1);
+        float *vc0 = rand_buf((size_t)n_slots * kvd, -1, 1);
+
+        /* CPU twin */
+        float *qr = copy_buf(q, (size_t)n * qd), *kr = copy_buf(k, (size_t)n * kvd);
+        float *kcr = copy_buf(kc0, (size_t)n_slots * kvd), *vcr = copy_buf(vc0, (size_t)n_slots * kvd);
+        if (qn) {
+            cpu_head_rmsnorm(qr, qn, n, c.n_heads, hd, c.norm_eps);
+            cpu_head_rmsnorm(kr, kn, n, c.n_kv_heads, hd, c.norm_eps);
+        }
+        cpu_rope rope;
+        assert_int_equal(cpu_rope_init(&rope, &c, max_pos), 0);
+        cpu_rope_apply(&rope, qr, pos, n, c.n_heads);
+        cpu_rope_apply(&rope, kr, pos, n, c.n_kv_heads);
+        cpu_rope_free(&rope);
+        const cpu_kv_layer kv = {kcr, vcr, bs, kvd};
+        const cpu_tok_map map = {n, pos, seq, tables, max_blocks};
+        cpu_kv_store(&kv, &map, kr, vv);
+
+        static const char *names[N_ROPE] = {"half-split", "interleaved", "qwen3 qk-norm",
+                                            "llama3 scaling"};
+        for (int t = 0; t < 2; t++) {
+            float *qg = copy_buf(q, (size_t)n * qd);
+            float *kcg = copy_buf(kc0, (size_t)n_slots * kvd);
+            float *vcg = copy_buf(vc0, (size_t)n_slots * kvd);
+            assert_int_equal(cu_op_rope_kv(qg, k, vv, qn, kn, &c, NULL, pos, slot, n, kcg, vcg,
+                                           n_slots, k_dtypes[t]),
+                             0);
+            char what[64];
+            snprintf(what, sizeof what, "rope %s: q", names[v]);
+            check_nmse(what, k_dtypes[t], qg, qr, (size_t)n * qd, 1e-10);
+            snprintf(what, sizeof what, "rope %s: k cache", names[v]);
+            check_nmse(what, k_dtypes[t], kcg, kcr, (size_t)n_slots * kvd, 1e-10);
+            snprintf(what, sizeof what, "rope %s: v cache", names[v]);
+            check_nmse(what, k_dtypes[t], vcg, vcr, (size_t)n_slots * kvd, 1e-12);
+            free(qg); free(kcg); free(vcg);
+        }
+        free(tables); free(q); free(k); free(vv); free(qn); free(kn); free(kc0); free(vc0);
+        free(qr); free(kr); free(kcr); free(vcr);
+    }
+#endif
+}
+
+/* ---- attention over the paged cache --------------------------------------------- */
+
+static void test_attention(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    /* n_heads, n_kv, head_dim: GQA 4, MHA, GQA 8 at hd 128, qwen3-0.6B shape, odd hd */
+    const int shapes[][3] = {{8, 2, 64}, {4, 4, 16}, {16, 2, 128}, {16, 8, 128}, {6, 3, 24}};
+    enum { NS = 5 };
+    /* a mixed batch: long prefill from 0, decode at 300, a chunk at 40, decode at 5,
+     * a 70-token chunk at 131 (several items per sequence) */
+    const int len[NS] = {50, 1, 17, 1, 70}, p0[NS] = {0, 300, 40, 5, 131};
+    const int bs = 16, max_blocks = 20, n_blocks = NS * max_blocks + 7;
+    int32_t ss[NS + 1], pos0[NS], tables[NS * 20], perm[NS * 20 + 7];
+    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++) {
+        const int nh = shapes[si][0], nkv = shapes[si][1], hd = shapes[si][2];
+        const int qd = nh * hd, kvd = nkv * hd;
+        int n = 0;
+        for (int s = 0; s < NS; s++) {
+            ss[s] = n;
+            pos0[s] = p0[s];
+            n += len[s];
+        }
+        ss[NS] = n;
+        for (int i = 0; i < n_blocks; i++) perm[i] = i;
+        for (int i = n_blocks - 1; i > 0; i--) {
+            const int j = irand(i + 1), t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        memcpy(tables, perm, sizeof tables);
+        const size_t n_slots = (size_t)n_blocks * bs;
+        float *q = rand_buf((size_t)n * qd, -3, 3);
+        float *kc = rand_buf(n_slots * kvd, -3, 3), *vc = rand_buf(n_slots * kvd, -2, 2);
+        int32_t *tpos = malloc(sizeof(int32_t) * n), *tseq = malloc(sizeof(int32_t) * n);
+        int max_ctx = 0;
+        for (int s = 0; s < NS; s++)
+            for (int i = ss[s]; i < ss[s + 1]; i++) {
+                tpos[i] = p0[s] + i - ss[s];
+                tseq[i] = s;
+                if (tpos[i] + 1 > max_ctx) max_ctx = tpos[i] + 1;
+            }
+        const size_t scratch_n = cpu_attention_scratch(nh, nkv, hd, max_ctx);
+        float *ref = nan_buf((size_t)n * qd), *scratch = malloc(sizeof(float) * scratch_n);
+        const cpu_kv_layer kv = {kc, vc, bs, kvd};
+        const cpu_tok_map map = {n, tpos, tseq, tables, max_blocks};
+        cpu_attention(ref, q, &kv, &map, nh, nkv, hd, scratch, scratch_n, 1);
+        const int splits[] = {0, 1, 3, 7};
+        for (int t = 0; t < 2; t++)
+            for (size_t sp = 0; sp < NI_ARRAY_LEN(splits); sp++) {
+                float *got = nan_buf((size_t)n * qd);
+                assert_int_equal(cu_op_attention(got, q, kc, vc, n_blocks, bs, NS, ss, pos0,
+                                                 tables, max_blocks, nh, nkv, hd, splits[sp],
+                                                 k_dtypes[t]),
+                                 0);
+                char what[80];
+                snprintf(what, sizeof what, "attention h%d kv%d hd%d splits %d", nh, nkv, hd,
+                         splits[sp]);
+                check_nmse(what, k_dtypes[t], got, ref, (size_t)n * qd, 1e-9);
+                free(got);
+            }
+        free(q); free(kc); free(vc); free(tpos); free(tseq); free(ref); free(scratch);
+    }
+#endif
+}
+
+int main(void) {
+#ifdef NI_USE_CUDA
+    const char *env = getenv("NI_TEST_SEED");
+    const uint64_t seed =
+        env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    g_rng = seed;
+    printf("test_cuda_ops: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    if (cu_device_count() > 0) {
+        char buf[256];
+        if (cu_device_describe(0, buf, sizeof buf) == 0) printf("device 0: %s\n", buf);
+    }
+#endif
+    /* NI_TEST_FILTER=<glob> runs a subset (e.g. under compute-sanitizer) */
+    if (getenv("NI_TEST_FILTER")) cmocka_set_test_filter(getenv("NI_TEST_FILTER"));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_embed),   cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_swiglu),  cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_rope_kv), cmocka_unit_test(test_attention),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
