@@ -63,4 +63,12 @@ typedef struct eng_backend {
 
 extern const eng_backend eng_backend_cpu;
 
+/* Picks the backend once, by name: device "cpu", "cuda" or "auto"/NULL (CUDA
+ * when this build has it and a GPU is visible, else CPU); dtype "bf16",
+ * "fp32" or NULL (the backend's default: bf16 on the GPU, fp32 on the CPU,
+ * which only computes in fp32). Returns the function table, or NULL with a
+ * message naming the parameter when the choice is invalid or unavailable. */
+const eng_backend *eng_backend_select(const char *device, const char *dtype, char *err,
+                                      size_t errlen);
+
 #endif
