@@ -351,6 +351,36 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* Fills x's settings and derived sizes (everything but allocations) from
+ * the model and config; shared by init and the KV-capacity planner. */
+static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *cf, int dtype,
+                       int dev) {
+    const mdl_config *c = &m->cfg;
+    x->c = *c;
+    x->dtype = dtype;
+    x->esz = cu_dtype_size(dtype);
+    x->dev = dev;
+    x->n_blocks = cf->n_blocks;
+    x->block_size = cf->block_size;
+    x->max_batch_tokens = cf->max_batch_tokens;
+    x->max_seqs = cf->max_seqs;
+    int64_t max_pos = (int64_t)cf->n_blocks * cf->block_size;
+    if (c->max_seq_len > 0 && c->max_seq_len < max_pos) max_pos = c->max_seq_len;
+    if (max_pos > INT32_MAX) max_pos = INT32_MAX;
+    x->max_pos = (int)max_pos;
+    x->tbl_cap = (int)((max_pos + cf->block_size - 1) / cf->block_size);
+    x->q_dim = c->n_heads * c->head_dim;
+    x->kv_dim = c->n_kv_heads * c->head_dim;
+    x->qkv_dim = x->q_dim + 2 * x->kv_dim;
+    const size_t slot_bytes = cu_att_part_floats(c->n_kv_heads, c->head_dim) * 4;
+    size_t slots = PART_BUDGET / slot_bytes;
+    x->part_slots = (int)(slots < 1 ? 1 : slots > PART_SLOTS_MAX ? PART_SLOTS_MAX : slots);
+    const char *sp = getenv("NI_CUDA_ATT_SPLITS");
+    x->force_splits = sp ? atoi(sp) : 0;
+    x->meta_cap = 7 * (size_t)cf->max_batch_tokens + (size_t)cf->max_seqs +
+                  (size_t)cf->max_seqs * (size_t)x->tbl_cap;
+}
+
 static int cu_init(void **out, const mdl_model *m, const eng_backend_config *cf, char *err,
                    size_t errlen) {
     if (!out || !m || !cf) return ni_fail(err, errlen, NI_EINVAL, "cuda backend: NULL argument");
@@ -377,30 +407,8 @@ static int cu_init(void **out, const mdl_model *m, const eng_backend_config *cf,
 
     cu_ctx *x = (cu_ctx *)calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");
+    ctx_derive(x, m, cf, dtype, dev);
     const mdl_config *c = &m->cfg;
-    x->c = *c;
-    x->dtype = dtype;
-    x->esz = cu_dtype_size(dtype);
-    x->dev = dev;
-    x->n_blocks = cf->n_blocks;
-    x->block_size = cf->block_size;
-    x->max_batch_tokens = cf->max_batch_tokens;
-    x->max_seqs = cf->max_seqs;
-    int64_t max_pos = (int64_t)cf->n_blocks * cf->block_size;
-    if (c->max_seq_len > 0 && c->max_seq_len < max_pos) max_pos = c->max_seq_len;
-    if (max_pos > INT32_MAX) max_pos = INT32_MAX;
-    x->max_pos = (int)max_pos;
-    x->tbl_cap = (int)((max_pos + cf->block_size - 1) / cf->block_size);
-    x->q_dim = c->n_heads * c->head_dim;
-    x->kv_dim = c->n_kv_heads * c->head_dim;
-    x->qkv_dim = x->q_dim + 2 * x->kv_dim;
-    const size_t slot_bytes = cu_att_part_floats(c->n_kv_heads, c->head_dim) * 4;
-    size_t slots = PART_BUDGET / slot_bytes;
-    x->part_slots = (int)(slots < 1 ? 1 : slots > PART_SLOTS_MAX ? PART_SLOTS_MAX : slots);
-    const char *sp = getenv("NI_CUDA_ATT_SPLITS");
-    x->force_splits = sp ? atoi(sp) : 0;
-    x->meta_cap = 7 * (size_t)cf->max_batch_tokens + (size_t)cf->max_seqs +
-                  (size_t)cf->max_seqs * (size_t)x->tbl_cap;
     x->layers = (cu_layer_w *)calloc((size_t)c->n_layers, sizeof(cu_layer_w));
     if (!x->layers) {
         cu_free(x);
@@ -561,6 +569,46 @@ static int cu_copy_block(void *vctx, int src, int dst) {
                                 dst);
 }
 
+
+/* KV capacity from GPU memory: what is left of util * total memory after the
+ * memory other processes use, our weights, work buffers and a margin for
+ * the CUDA context, cuBLAS and upload staging. */
+static int cu_kv_blocks(const mdl_model *m, const eng_backend_config *cf, double util,
+                        int *n_blocks, char *err, size_t errlen) {
+    const int dtype = cu_backend_get_dtype();
+    const char *dev_env = getenv("NI_CUDA_DEVICE");
+    const int dev = dev_env ? atoi(dev_env) : 0;
+    if (dtype < 0 || dev < 0 || dev >= cu_device_count() || !(util > 0 && util <= 1))
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: bad device, dtype or memory fraction");
+    eng_backend_config big = *cf;
+    big.n_blocks = (m->cfg.max_seq_len + cf->block_size - 1) / cf->block_size; /* max_pos bound */
+    cu_ctx t;
+    memset(&t, 0, sizeof t);
+    ctx_derive(&t, m, &big, dtype, dev);
+    t.layers = (cu_layer_w *)calloc((size_t)m->cfg.n_layers, sizeof(cu_layer_w));
+    if (!t.layers) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");
+    bump b = {NULL, 0};
+    layout_weights(&t, &b, m->w.lm_head == m->w.tok_embd);
+    size_t need = b.off;
+    b = (bump){NULL, 0};
+    layout_work(&t, &b);
+    need += b.off + STAGE_FLOATS * 4 + ((size_t)512 << 20);
+    free(t.layers);
+    size_t free_b = 0, total_b = 0;
+    CU_CHECK(cudaSetDevice(dev));
+    CU_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    double budget = util * (double)total_b - (double)(total_b - free_b) - (double)need;
+    const double block_bytes = 2.0 * m->cfg.n_layers * cf->block_size * t.kv_dim * t.esz;
+    if (budget < block_bytes)
+        return ni_fail(err, errlen, NI_ENOMEM,
+                       "cuda backend: no GPU memory left for the KV cache (%.0f MiB free of "
+                       "%.0f MiB, %.0f MiB needed for weights and buffers)",
+                       free_b / 1048576.0, total_b / 1048576.0, need / 1048576.0);
+    double nb = budget / block_bytes;
+    *n_blocks = nb > (double)(1 << 22) ? (1 << 22) : (int)nb;
+    return 0;
+}
+
 extern "C" const eng_backend eng_backend_cuda = {
-    "cuda", cu_init, cu_forward, cu_copy_block, cu_free,
+    "cuda", cu_init, cu_forward, cu_copy_block, cu_free, cu_kv_blocks,
 };

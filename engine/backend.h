@@ -59,6 +59,12 @@ typedef struct eng_backend {
      * partial block). */
     int (*copy_block)(void *ctx, int src, int dst);
     void (*free)(void *ctx);
+    /* Optional (NULL: the engine sizes the pool itself): how many KV blocks
+     * fit when the backend may use the fraction mem_util of its device's
+     * memory, after weights and work buffers for config c (c->n_blocks is
+     * ignored). Returns 0 with *n_blocks, or a negative code with a message. */
+    int (*kv_blocks_for_memory)(const mdl_model *m, const eng_backend_config *c,
+                                double mem_util, int *n_blocks, char *err, size_t errlen);
 } eng_backend;
 
 extern const eng_backend eng_backend_cpu;

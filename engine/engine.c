@@ -116,6 +116,7 @@ void eng_config_default(eng_config *c) {
     c->prefill_chunk = 512;
     c->block_size = KV_DEFAULT_BLOCK_SIZE;
     c->prefix_cache = 1;
+    c->mem_util = 0.9;
 }
 
 /* ---- lists ---- */
@@ -247,6 +248,14 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
         cfg.max_seq_len = m->cfg.max_seq_len;
     const mdl_config *mc = &m->cfg;
     size_t block_bytes = 2ull * mc->n_layers * cfg.block_size * mc->n_kv_heads * mc->head_dim * 4;
+    if (cfg.n_blocks == 0 && be->kv_blocks_for_memory) { /* device memory decides */
+        eng_backend_config q = {.block_size = cfg.block_size,
+                                .max_batch_tokens = cfg.max_batched_tokens,
+                                .max_seqs = cfg.max_num_seqs, .n_threads = cfg.n_threads};
+        int rc = be->kv_blocks_for_memory(m, &q, cfg.mem_util > 0 ? cfg.mem_util : 0.9,
+                                          &cfg.n_blocks, err, errlen);
+        if (rc) return rc;
+    }
     if (cfg.n_blocks == 0) { /* default: 1 GiB of KV, at least one full context */
         size_t nb = ((size_t)1 << 30) / block_bytes;
         size_t one = (size_t)(cfg.max_seq_len + cfg.block_size - 1) / cfg.block_size;
