@@ -95,6 +95,7 @@ static int parse_range(const char *s, int *lo, int *hi) {
 
 typedef struct bench_opts {
     const char *model;
+    const eng_backend *be;     /* chosen once by --device / --dtype */
     int n_req, in_lo, in_hi, out_lo, out_hi, json, prefix, prefix_n;
     uint64_t seed;
     smp_params sp;
@@ -113,6 +114,9 @@ static void usage(void) {
             "  --prefill-chunk N      prompt tokens per sequence per step (default 512)\n"
             "  --kv-blocks N          KV pool blocks (default: 1 GiB of KV)\n"
             "  --threads N            CPU threads (default: all cores)\n"
+            "  --device D             auto (default: CUDA when a GPU is visible), cpu, cuda\n"
+            "  --dtype T              bf16 (GPU default) or fp32\n"
+            "  --gpu-memory-utilization F  fraction of GPU memory for weights + KV (0.9)\n"
             "  --no-prefix-cache      disable prefix caching\n"
             "  --temperature T ...    sampling flags as in generate (default greedy)\n"
             "  --json                 print results as one JSON object\n"
@@ -129,7 +133,7 @@ static double run_engine(const mdl_model *m, const bench_opts *o, int prefix_cac
     cfg.prefix_cache = prefix_cache;
     eng_engine *e = NULL;
     char err[512];
-    if (eng_init(&e, m, &eng_backend_cpu, &cfg, on_event, b, err, sizeof err)) {
+    if (eng_init(&e, m, o->be, &cfg, on_event, b, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         return -1;
     }
@@ -206,10 +210,10 @@ static int throughput(const mdl_model *m, bench_opts *o) {
                "\"elapsed_s\":%.3f,\"requests_per_s\":%.4f,\"output_tokens_per_s\":%.2f,"
                "\"total_tokens_per_s\":%.2f,\"latency_mean_s\":%.3f,\"latency_p50_s\":%.3f,"
                "\"latency_p99_s\":%.3f,\"ttft_mean_s\":%.3f,\"ttft_p50_s\":%.3f,"
-               "\"ttft_p99_s\":%.3f,\"preemptions\":%llu,\"steps\":%llu,\"max_num_seqs\":%d,"
+               "\"ttft_p99_s\":%.3f,\"backend\":\"%s\",\"preemptions\":%llu,\"steps\":%llu,\"max_num_seqs\":%d,"
                "\"kv_blocks\":%d}\n",
                m->name, n, in_total, got, el, n / el, got / el, (in_total + got) / el, mean, p50,
-               p99, mttft, t50, t99, (unsigned long long)st.n_preemptions,
+               p99, mttft, t50, t99, o->be->name, (unsigned long long)st.n_preemptions,
                (unsigned long long)st.steps, o->cfg.max_num_seqs, st.kv.blocks_total);
     } else {
         printf("model %s, %d requests, %ld prompt + %ld output tokens, %.2f s\n", m->name, n,
@@ -218,8 +222,8 @@ static int throughput(const mdl_model *m, bench_opts *o) {
                got / el, (in_total + got) / el);
         printf("latency: mean %.2f s, p50 %.2f s, p99 %.2f s; TTFT mean %.2f s, p50 %.2f s, "
                "p99 %.2f s\n", mean, p50, p99, mttft, t50, t99);
-        printf("engine: %llu steps, %llu preemptions, %d KV blocks\n",
-               (unsigned long long)st.steps, (unsigned long long)st.n_preemptions,
+        printf("engine: %s backend, %llu steps, %llu preemptions, %d KV blocks\n",
+               o->be->name, (unsigned long long)st.steps, (unsigned long long)st.n_preemptions,
                st.kv.blocks_total);
     }
     for (int i = 0; i < n; i++) free(prompts[i]);
@@ -269,7 +273,7 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
                 cfg.prefix_cache = on;
                 eng_engine *e = NULL;
                 char err[512];
-                if (eng_init(&e, m, &eng_backend_cpu, &cfg, on_event, &b, err, sizeof err)) {
+                if (eng_init(&e, m, o->be, &cfg, on_event, &b, err, sizeof err)) {
                     fprintf(stderr, "error: %s\n", err);
                     return 1;
                 }
@@ -324,7 +328,7 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
 
 int srv_cmd_bench(int argc, char **argv) {
     enum { O_NREQ = 256, O_IN, O_OUT, O_SEED, O_MAXSEQS, O_MAXBT, O_CHUNK, O_KVB, O_THREADS,
-           O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING };
+           O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING, O_DEVICE, O_DTYPE, O_MEMU };
     static struct option opts[] = {
         {"model", 1, 0, 'm'}, {"num-requests", 1, 0, O_NREQ}, {"input-len", 1, 0, O_IN},
         {"output-len", 1, 0, O_OUT}, {"seed", 1, 0, O_SEED}, {"max-num-seqs", 1, 0, O_MAXSEQS},
@@ -333,7 +337,10 @@ int srv_cmd_bench(int argc, char **argv) {
         {"no-prefix-cache", 0, 0, O_NOPC}, {"json", 0, 0, O_JSON}, {"prefix", 0, 0, O_PREFIX},
         {"prefix-requests", 1, 0, O_PREFIXN}, {"temperature", 1, 0, O_SAMPLING},
         {"top-p", 1, 0, O_SAMPLING}, {"top-k", 1, 0, O_SAMPLING}, {"min-p", 1, 0, O_SAMPLING},
+        {"device", 1, 0, O_DEVICE}, {"dtype", 1, 0, O_DTYPE},
+        {"gpu-memory-utilization", 1, 0, O_MEMU},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *device = NULL, *dtype = NULL;
     bench_opts o = {.n_req = 256, .in_lo = 100, .in_hi = 1024, .out_lo = 100, .out_hi = 1024,
                     .prefix_n = 16};
     o.sp = smp_params_default();
@@ -358,9 +365,17 @@ int srv_cmd_bench(int argc, char **argv) {
         case O_PREFIX: o.prefix = 1; break;
         case O_PREFIXN: bad |= (o.prefix_n = atoi(optarg)) < 2; break;
         case O_SAMPLING: bad |= srv_parse_sampling_opt(opts[idx].name, optarg, &o.sp) != 1; break;
+        case O_DEVICE: device = optarg; break;
+        case O_DTYPE: dtype = optarg; break;
+        case O_MEMU: o.cfg.mem_util = atof(optarg); bad |= !(o.cfg.mem_util > 0 && o.cfg.mem_util <= 1); break;
         case 'h': usage(); return 0;
         default: usage(); return 2;
         }
+    }
+    char berr[256];
+    if (!bad && !(o.be = eng_backend_select(device, dtype, berr, sizeof berr))) {
+        fprintf(stderr, "error: %s\n", berr);
+        return 2;
     }
     if (bad || !o.model) {
         fprintf(stderr, "error: bad or missing option (need --model)\n");
