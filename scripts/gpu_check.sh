@@ -20,17 +20,8 @@ T_REF=${STEP_TIMEOUT_REFERENCE:-240}
 T_MEM=${STEP_TIMEOUT_MEMCHECK:-150}
 T_RACE=${STEP_TIMEOUT_RACECHECK:-150}
 
-if [ -f .gpu/unpack.sh ]; then
-  # shellcheck disable=SC1091
-  source .gpu/unpack.sh
-  # Debian's OpenBLAS lives under openblas-pthread/ (the alternatives links
-  # that dpkg -x does not create would point there)
-  ob=$DEPS/usr/lib/x86_64-linux-gnu/openblas-pthread
-  export CPATH=$DEPS/usr/include/x86_64-linux-gnu/openblas-pthread:$DEPS/usr/include/x86_64-linux-gnu:${CPATH:-}
-  export LIBRARY_PATH=$ob:${LIBRARY_PATH:-}
-  export LD_LIBRARY_PATH=$ob:${LD_LIBRARY_PATH:-}
-fi
-export PATH=/usr/local/cuda/bin:$PATH
+# shellcheck disable=SC1091
+source scripts/gpu_env.sh
 
 summary=$OUT/summary.txt
 : > "$summary"
