@@ -19,7 +19,7 @@ CXX     ?= c++
 OPT     ?= -O2 -march=x86-64-v3 -mtune=native
 CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -MMD -MP -D_GNU_SOURCE
 CXXFLAGS += -std=c++17 $(OPT) -g -Wall -Wextra -Werror -MMD -MP
-LDLIBS  += -lsentencepiece -lpcre2-8 -ljansson -lopenblas -lgomp -lpthread -lm -lstdc++
+LDLIBS  += -lsentencepiece -lpcre2-8 -ljansson -lopenblas -lgomp -lpthread -lm -lstdc++ -lmicrohttpd -luv
 
 ifeq ($(USE_CUDA),auto)
   ifneq ($(CUDA_HOME),)

@@ -445,8 +445,10 @@ static void drain_inbox(eng_engine *e) {
     int na = e->n_aborts;
     uint64_t ids[256];
     int take = NI_MIN(na, 256);
-    memcpy(ids, e->aborts, (size_t)take * sizeof(uint64_t));
-    memmove(e->aborts, e->aborts + take, (size_t)(na - take) * sizeof(uint64_t));
+    if (take) { /* e->aborts is NULL until the first abort */
+        memcpy(ids, e->aborts, (size_t)take * sizeof(uint64_t));
+        memmove(e->aborts, e->aborts + take, (size_t)(na - take) * sizeof(uint64_t));
+    }
     e->n_aborts = na - take;
     pthread_mutex_unlock(&e->mu);
 

@@ -3,7 +3,8 @@
 # Idempotent; uses sudo when not root. Used by `make deps` and .ci/run.
 set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libuv1-dev libjansson-dev libpcre2-dev
-      libsentencepiece-dev libcmocka-dev libopenblas-dev curl unzip python3 python3-pip)
+      libsentencepiece-dev libcmocka-dev libopenblas-dev curl unzip python3 python3-pip
+      python3-venv wrk jq)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,12 @@
 /* nanoinfer bench: offline throughput and prefix-cache experiments. */
 int srv_cmd_bench(int argc, char **argv);
 
+/* nanoinfer serve: the OpenAI-compatible HTTP daemon (server/srv_server.c). */
+int srv_cmd_serve(int argc, char **argv);
+
+/* nanoinfer chat: interactive terminal chat against a running server (server/srv_chat.c). */
+int srv_cmd_chat(int argc, char **argv);
+
 /* Parses --NAME VAL for the sampling flags shared by generate/bench/chat
  * (temperature, top-p, top-k, min-p, repetition-penalty, presence-penalty,
  * frequency-penalty, seed, logprobs) into sp. Returns 1 if consumed, 0 if

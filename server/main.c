@@ -2,6 +2,8 @@
  * main.c - the nanoinfer command line: one binary, subcommands.
  *
  *   nanoinfer generate --model M --prompt P [--max-tokens N] [--temperature 0] [--chat]
+ *   nanoinfer serve --model M [--host H] [--port P] [--config FILE]   (srv_server.c)
+ *   nanoinfer chat [--url U]                                          (srv_chat.c)
  *   nanoinfer tokenize --model M [--no-special] "text"
  *   nanoinfer info --model M
  *
@@ -33,8 +35,13 @@ static void usage(FILE *f) {
             "            [--temperature T (default 0: greedy)] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
             "            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
             "            [--stop STR]... [--logprobs N] [--ignore-eos] [--threads T] [--ids]\n"
+            "            [--device auto|cpu|cuda] [--dtype bf16|fp32]\n"
             "  bench     --model M [--num-requests N] [--input-len A:B] [--output-len A:B]\n"
             "            [--max-num-seqs N] [--kv-blocks N] [--json] [--prefix] (see bench --help)\n"
+            "  serve     --model M [--host H] [--port P] [--config FILE] (OpenAI-compatible\n"
+            "            HTTP server; see serve --help)\n"
+            "  chat      [--url http://127.0.0.1:8000] (interactive chat with a running server;\n"
+            "            see chat --help)\n"
             "  tokenize  --model M [--no-special] [--bos] TEXT\n"
             "  info      --model M\n\n"
             "M is a .gguf file or a Hugging Face model directory.\n");
@@ -173,7 +180,8 @@ static void gen_on_event(void *ud, const eng_event *ev) {
 }
 
 static int cmd_generate(int argc, char **argv) {
-    enum { O_CHAT = 256, O_SYSTEM, O_THREADS, O_IGNORE_EOS, O_IDS, O_STOP, O_SAMPLING };
+    enum { O_CHAT = 256, O_SYSTEM, O_THREADS, O_IGNORE_EOS, O_IDS, O_STOP, O_SAMPLING, O_DEVICE,
+           O_DTYPE };
     static struct option opts[] = {
         {"model", 1, 0, 'm'},         {"prompt", 1, 0, 'p'},
         {"max-tokens", 1, 0, 'n'},    {"chat", 0, 0, O_CHAT},
@@ -184,8 +192,9 @@ static int cmd_generate(int argc, char **argv) {
         {"min-p", 1, 0, O_SAMPLING},  {"repetition-penalty", 1, 0, O_SAMPLING},
         {"presence-penalty", 1, 0, O_SAMPLING}, {"frequency-penalty", 1, 0, O_SAMPLING},
         {"seed", 1, 0, O_SAMPLING},   {"logprobs", 1, 0, O_SAMPLING},
+        {"device", 1, 0, O_DEVICE},   {"dtype", 1, 0, O_DTYPE},
         {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
-    const char *model = NULL, *prompt = NULL, *system = NULL;
+    const char *model = NULL, *prompt = NULL, *system = NULL, *device = NULL, *dtype = NULL;
     int max_tokens = 64, chat = 0, threads = 0, c, idx = 0;
     eng_request rq = {0};
     rq.sp = smp_params_default();
@@ -202,6 +211,8 @@ static int cmd_generate(int argc, char **argv) {
         case O_THREADS: threads = atoi(optarg); break;
         case O_IGNORE_EOS: rq.ignore_eos = 1; break;
         case O_IDS: g.print_ids = 1; break;
+        case O_DEVICE: device = optarg; break;
+        case O_DTYPE: dtype = optarg; break;
         case O_STOP:
             if (rq.n_stop == ENG_MAX_STOP) {
                 fprintf(stderr, "error: at most %d --stop strings\n", ENG_MAX_STOP);
@@ -221,6 +232,12 @@ static int cmd_generate(int argc, char **argv) {
     }
     if (!prompt || max_tokens < 1 || max_tokens > 1 << 20 || threads < 0) {
         fprintf(stderr, "error: generate needs --prompt and a positive --max-tokens\n");
+        return 2;
+    }
+    char berr[256];
+    const eng_backend *be = eng_backend_select(device, dtype, berr, sizeof berr);
+    if (!be) {
+        fprintf(stderr, "error: %s\n", berr);
         return 2;
     }
     mdl_model m;
@@ -269,7 +286,7 @@ static int cmd_generate(int argc, char **argv) {
     eng_engine *e = NULL;
     char err[512];
     g.tok = m.tok;
-    if ((rc = eng_init(&e, &m, &eng_backend_cpu, &cfg, gen_on_event, &g, err, sizeof err))) {
+    if ((rc = eng_init(&e, &m, be, &cfg, gen_on_event, &g, err, sizeof err))) {
         fprintf(stderr, "error: %s\n", err);
         free(ids);
         mdl_free(&m);
@@ -343,10 +360,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "bench")) return srv_cmd_bench(argc - 1, argv + 1);
-    if (!strcmp(cmd, "serve")) {
-        fprintf(stderr, "error: '%s' is not part of this build yet (see the project issues)\n", cmd);
-        return 2;
-    }
+    if (!strcmp(cmd, "serve")) return srv_cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "chat")) return srv_cmd_chat(argc - 1, argv + 1);
     fprintf(stderr, "error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -1,0 +1,922 @@
+/*
+ * srv_api.c - see srv_api.h. Structure: small typed getters (each names the
+ * parameter on failure), the prompt / messages readers, srv_api_parse_gen
+ * tying them together, then the response builders.
+ *
+ * Invariant: on any failure path srv_api_parse_gen leaves *out zeroed (it
+ * frees whatever it built), so callers never free a half-built request.
+ */
+#include "srv_api.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/chat.h"
+#include "../engine/util.h"
+
+/* ---- errors ---- */
+
+static const char *type_for_status(int status) {
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable";
+    default: return status >= 500 ? "internal_error" : "invalid_request_error";
+    }
+}
+
+int srv_api_fail(srv_api_error *e, int status, const char *param, const char *fmt, ...) {
+    e->status = status;
+    e->type = type_for_status(status);
+    e->code = NULL;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+json_t *srv_api_error_json(const srv_api_error *e) {
+    json_t *in = json_object();
+    json_t *o = json_object();
+    if (!in || !o) {
+        json_decref(in);
+        json_decref(o);
+        return NULL;
+    }
+    json_object_set_new(in, "message", srv_json_stringn(e->message, strlen(e->message)));
+    json_object_set_new(in, "type", json_string(e->type ? e->type : type_for_status(e->status)));
+    json_object_set_new(in, "param",
+                        e->param[0] ? srv_json_stringn(e->param, strlen(e->param)) : json_null());
+    json_object_set_new(in, "code", e->code ? json_string(e->code) : json_null());
+    json_object_set_new(o, "error", in);
+    return o;
+}
+
+json_t *srv_json_stringn(const char *s, size_t n) {
+    json_t *j = json_stringn(s, n);
+    if (j) return j;
+    srv_buf b = {0};
+    if (srv_utf8_sanitize(&b, s, n)) {
+        srv_buf_free(&b);
+        return NULL;
+    }
+    j = json_stringn(srv_buf_ptr(&b), srv_buf_size(&b));
+    srv_buf_free(&b);
+    return j;
+}
+
+/* ---- typed getters: 0 absent/null, 1 present, -1 error (filled) ---- */
+
+static const char *json_kind(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+static int get_number(const json_t *o, const char *key, double *out, srv_api_error *e) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_number(v))
+        return srv_api_fail(e, 400, key, "'%s' must be a number, got %s", key, json_kind(v));
+    *out = json_number_value(v);
+    return 1;
+}
+
+static int get_int(const json_t *o, const char *key, long long lo, long long hi, long long *out,
+                   srv_api_error *e) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return 0;
+    long long x;
+    if (json_is_integer(v)) {
+        x = json_integer_value(v);
+    } else if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (d != floor(d) || d < -9.2e18 || d > 9.2e18)
+            return srv_api_fail(e, 400, key, "'%s' must be an integer, got %g", key, d);
+        x = (long long)d;
+    } else {
+        return srv_api_fail(e, 400, key, "'%s' must be an integer, got %s", key, json_kind(v));
+    }
+    if (x < lo || x > hi)
+        return srv_api_fail(e, 400, key, "'%s' must be in [%lld, %lld], got %lld", key, lo, hi, x);
+    *out = x;
+    return 1;
+}
+
+static int get_bool(const json_t *o, const char *key, int *out, srv_api_error *e) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v))
+        return srv_api_fail(e, 400, key, "'%s' must be a boolean, got %s", key, json_kind(v));
+    *out = json_is_true(v);
+    return 1;
+}
+
+/* Sets *out to the float parameter when present. */
+static int get_float(const json_t *o, const char *key, float *out, srv_api_error *e) {
+    double d = 0;
+    int rc = get_number(o, key, &d, e);
+    if (rc == 1) *out = (float)d;
+    return rc;
+}
+
+/* ---- tokenization ---- */
+
+static int encode_alloc(const tok_tokenizer *t, const char *text, size_t len, int add_bos, int special,
+                        int32_t **out) {
+    if (len > (size_t)1 << 28) return NI_ERANGE;
+    int cap = (int)NI_MIN(len + 16, (size_t)1 << 28);
+    int32_t *ids = malloc((size_t)cap * sizeof(int32_t));
+    if (!ids) return NI_ENOMEM;
+    int n = tok_encode(t, text, len, add_bos, special, ids, cap);
+    if (n > cap) {
+        int32_t *p = realloc(ids, (size_t)n * sizeof(int32_t));
+        if (!p) {
+            free(ids);
+            return NI_ENOMEM;
+        }
+        ids = p;
+        n = tok_encode(t, text, len, add_bos, special, ids, n);
+    }
+    if (n < 0) {
+        free(ids);
+        return n;
+    }
+    *out = ids;
+    return n;
+}
+
+/* Reads an array of token ids (all integers in [0, vocab)). Returns count or -1. */
+static int read_ids(const srv_api_ctx *ctx, const json_t *a, const char *param, int32_t **out,
+                    srv_api_error *e) {
+    size_t n = json_array_size(a);
+    if (n > (size_t)1 << 24) return srv_api_fail(e, 400, param, "'%s' has too many tokens", param);
+    int32_t *ids = malloc((n ? n : 1) * sizeof(int32_t));
+    if (!ids) return srv_api_fail(e, 500, NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(a, i);
+        if (!json_is_integer(v)) {
+            free(ids);
+            return srv_api_fail(e, 400, param, "'%s' must be a string or an array of token ids", param);
+        }
+        json_int_t x = json_integer_value(v);
+        if (x < 0 || x >= ctx->vocab) {
+            free(ids);
+            return srv_api_fail(e, 400, param, "'%s': token id %lld is out of range [0, %d)", param,
+                                (long long)x, ctx->vocab);
+        }
+        ids[i] = (int32_t)x;
+    }
+    *out = ids;
+    return (int)n;
+}
+
+/* Completions "prompt": string | [ids] | [string] | [[ids]]. Fills r->prompt
+ * (and r->echo_text when echo). Returns 0 or -1. */
+static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r, srv_api_error *e) {
+    json_t *p = json_object_get(body, "prompt");
+    if (!p || json_is_null(p)) return srv_api_fail(e, 400, "prompt", "'prompt' is required");
+    if (json_is_array(p) && json_array_size(p) == 1 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+        p = json_array_get(p, 0); /* a list of one prompt */
+    if (json_is_string(p)) {
+        const char *s = json_string_value(p);
+        size_t len = json_string_length(p);
+        int n = encode_alloc(ctx->tok, s, len, tok_add_bos(ctx->tok), 1, &r->prompt);
+        if (n < 0)
+            return srv_api_fail(e, 400, "prompt", "'prompt' could not be tokenized: %s", ni_strerror(n));
+        r->n_prompt = n;
+        if (r->echo) {
+            r->echo_text = malloc(len + 1);
+            if (!r->echo_text) return srv_api_fail(e, 500, NULL, "out of memory");
+            memcpy(r->echo_text, s, len + 1);
+            r->echo_len = len;
+        }
+    } else if (json_is_array(p)) {
+        size_t na = json_array_size(p);
+        for (size_t i = 0; i < na; i++)
+            if (!json_is_integer(json_array_get(p, i)))
+                return srv_api_fail(
+                    e, 400, "prompt",
+                    json_is_string(json_array_get(p, i)) || json_is_array(json_array_get(p, i))
+                        ? "batched prompts (a list of several prompts) are not supported; "
+                          "send one prompt per request"
+                        : "'prompt' must be a string, an array of token ids, or a list of one of those");
+        int n = read_ids(ctx, p, "prompt", &r->prompt, e);
+        if (n < 0) return -1;
+        r->n_prompt = n;
+        if (r->echo && n > 0) {
+            int need = tok_decode(ctx->tok, r->prompt, n, NULL, 0);
+            if (need < 0) return srv_api_fail(e, 400, "prompt", "'prompt' could not be decoded");
+            r->echo_text = malloc((size_t)need + 1);
+            if (!r->echo_text) return srv_api_fail(e, 500, NULL, "out of memory");
+            tok_decode(ctx->tok, r->prompt, n, r->echo_text, (size_t)need + 1);
+            r->echo_len = (size_t)need;
+        }
+    } else {
+        return srv_api_fail(e, 400, "prompt", "'prompt' must be a string or an array of token ids, got %s",
+                            json_kind(p));
+    }
+    if (r->n_prompt < 1) return srv_api_fail(e, 400, "prompt", "'prompt' is empty (no tokens)");
+    return 0;
+}
+
+/* Chat "messages" -> chat_msg array (contents owned in *bufs). Returns count or -1. */
+static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_out, srv_api_error *e) {
+    json_t *m = json_object_get(body, "messages");
+    if (!m || json_is_null(m)) return srv_api_fail(e, 400, "messages", "'messages' is required");
+    if (!json_is_array(m)) return srv_api_fail(e, 400, "messages", "'messages' must be an array");
+    size_t n = json_array_size(m);
+    if (n == 0) return srv_api_fail(e, 400, "messages", "'messages' must not be empty");
+    if (n > 100000) return srv_api_fail(e, 400, "messages", "'messages' has too many entries");
+    chat_msg *msgs = calloc(n, sizeof *msgs);
+    char **bufs = calloc(n, sizeof *bufs);
+    if (!msgs || !bufs) {
+        free(msgs);
+        free(bufs);
+        return srv_api_fail(e, 500, NULL, "out of memory");
+    }
+    *msgs_out = msgs;
+    *bufs_out = bufs;
+    char param[64];
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_array_get(m, i);
+        snprintf(param, sizeof param, "messages[%zu]", i);
+        if (!json_is_object(it)) return srv_api_fail(e, 400, param, "'%s' must be an object", param);
+        json_t *role = json_object_get(it, "role");
+        if (!json_is_string(role)) return srv_api_fail(e, 400, param, "'%s.role' must be a string", param);
+        const char *rs = json_string_value(role);
+        if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+            return srv_api_fail(e, 400, param,
+                                "'%s.role' must be system, developer, user or assistant (got '%.40s')", param,
+                                rs);
+        msgs[i].role = rs;
+        json_t *c = json_object_get(it, "content");
+        srv_buf text = {0};
+        if (!c || json_is_null(c)) {
+            if (strcmp(rs, "assistant"))
+                return srv_api_fail(e, 400, param, "'%s.content' is required", param);
+        } else if (json_is_string(c)) {
+            if (strlen(json_string_value(c)) != json_string_length(c))
+                return srv_api_fail(e, 400, param, "'%s.content' contains a NUL character", param);
+            if (srv_buf_append(&text, json_string_value(c), json_string_length(c)))
+                return srv_api_fail(e, 500, NULL, "out of memory");
+        } else if (json_is_array(c)) {
+            size_t np = json_array_size(c);
+            for (size_t k = 0; k < np; k++) {
+                json_t *part = json_array_get(c, k);
+                json_t *ty = json_object_get(part, "type"), *tx = json_object_get(part, "text");
+                if (!json_is_object(part) || !json_is_string(ty) || strcmp(json_string_value(ty), "text") ||
+                    !json_is_string(tx)) {
+                    srv_buf_free(&text);
+                    return srv_api_fail(e, 400, param,
+                                        "'%s.content[%zu]': only {\"type\": \"text\", \"text\": ...} parts "
+                                        "are supported",
+                                        param, k);
+                }
+                if (strlen(json_string_value(tx)) != json_string_length(tx)) {
+                    srv_buf_free(&text);
+                    return srv_api_fail(e, 400, param, "'%s.content' contains a NUL character", param);
+                }
+                /* parts are joined with newlines, as vLLM does */
+                if ((k && srv_buf_append(&text, "\n", 1)) ||
+                    srv_buf_append(&text, json_string_value(tx), json_string_length(tx))) {
+                    srv_buf_free(&text);
+                    return srv_api_fail(e, 500, NULL, "out of memory");
+                }
+            }
+        } else {
+            return srv_api_fail(e, 400, param, "'%s.content' must be a string or an array of text parts",
+                                param);
+        }
+        if (json_object_get(it, "tool_calls") && !json_is_null(json_object_get(it, "tool_calls")) &&
+            json_array_size(json_object_get(it, "tool_calls")) > 0) {
+            srv_buf_free(&text);
+            return srv_api_fail(e, 400, param, "tool calls are not supported");
+        }
+        bufs[i] = strdup(srv_buf_cstr(&text));
+        srv_buf_free(&text);
+        if (!bufs[i]) return srv_api_fail(e, 500, NULL, "out of memory");
+        msgs[i].content = bufs[i];
+    }
+    return (int)n;
+}
+
+static void free_messages(chat_msg *msgs, char **bufs, int n) {
+    if (bufs)
+        for (int i = 0; i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(msgs);
+}
+
+/* Renders and tokenizes the conversation. Returns token count or -1. */
+static int chat_tokens(const srv_api_ctx *ctx, const json_t *body, int add_gen, int32_t **ids,
+                       srv_api_error *e) {
+    chat_msg *msgs = NULL;
+    char **bufs = NULL;
+    int n = read_messages(body, &msgs, &bufs, e);
+    int nm = (int)json_array_size(json_object_get(body, "messages"));
+    if (n < 0) {
+        free_messages(msgs, bufs, nm);
+        return -1;
+    }
+    char *text = NULL;
+    int rc = chat_render(ctx->chat_style, msgs, n, add_gen, &text);
+    free_messages(msgs, bufs, nm);
+    if (rc == NI_ENOMEM) return srv_api_fail(e, 500, NULL, "out of memory");
+    if (rc)
+        return srv_api_fail(e, 400, "messages",
+                            "the conversation does not fit the model's chat template (%s): roles must "
+                            "be system/user/assistant%s",
+                            chat_style_name(ctx->chat_style),
+                            ctx->chat_style == CHAT_STYLE_LLAMA2
+                                ? ", alternating user/assistant after an optional first system message"
+                                : "");
+    int add_bos = tok_add_bos(ctx->tok) && !chat_has_bos_text(ctx->chat_style, text);
+    int nt = encode_alloc(ctx->tok, text, strlen(text), add_bos, 1, ids);
+    free(text);
+    if (nt < 0)
+        return srv_api_fail(e, 400, "messages", "messages could not be tokenized: %s", ni_strerror(nt));
+    if (nt == 0) {
+        free(*ids);
+        *ids = NULL;
+        return srv_api_fail(e, 400, "messages", "the rendered conversation is empty");
+    }
+    return nt;
+}
+
+/* ---- the generation request ---- */
+
+static int check_model(const srv_api_ctx *ctx, const json_t *body, srv_api_error *e) {
+    json_t *m = json_object_get(body, "model");
+    if (!m || json_is_null(m)) return 0;
+    if (!json_is_string(m)) return srv_api_fail(e, 400, "model", "'model' must be a string");
+    const char *s = json_string_value(m);
+    if (!*s || !strcmp(s, ctx->model_name) || (ctx->model_path && !strcmp(s, ctx->model_path))) return 0;
+    srv_api_fail(e, 404, "model", "The model `%.200s` does not exist.", s);
+    e->code = "model_not_found";
+    return -1;
+}
+
+static int read_stop(const json_t *body, srv_gen_req *r, srv_api_error *e) {
+    json_t *s = json_object_get(body, "stop");
+    if (!s || json_is_null(s)) return 0;
+    json_t *one = json_is_string(s) ? s : NULL;
+    size_t n = one ? 1 : json_array_size(s);
+    if (!one && !json_is_array(s))
+        return srv_api_fail(e, 400, "stop", "'stop' must be a string or an array of strings");
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = one ? one : json_array_get(s, i);
+        if (!json_is_string(v)) return srv_api_fail(e, 400, "stop", "'stop' must contain only strings");
+        size_t len = json_string_length(v);
+        if (len == 0) continue; /* an empty stop string can never match: ignore it */
+        if (len > ENG_MAX_STOP_LEN)
+            return srv_api_fail(e, 400, "stop", "each 'stop' string must be at most %d bytes",
+                                ENG_MAX_STOP_LEN);
+        if (strlen(json_string_value(v)) != len)
+            return srv_api_fail(e, 400, "stop", "'stop' strings must not contain NUL");
+        if (r->n_stop == ENG_MAX_STOP)
+            return srv_api_fail(e, 400, "stop", "at most %d 'stop' strings", ENG_MAX_STOP);
+        r->stop[r->n_stop] = strdup(json_string_value(v));
+        if (!r->stop[r->n_stop]) return srv_api_fail(e, 500, NULL, "out of memory");
+        r->n_stop++;
+    }
+    return 0;
+}
+
+static int read_logit_bias(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r, srv_api_error *e) {
+    json_t *b = json_object_get(body, "logit_bias");
+    if (!b || json_is_null(b)) return 0;
+    if (!json_is_object(b))
+        return srv_api_fail(e, 400, "logit_bias",
+                            "'logit_bias' must be an object mapping token ids to biases");
+    size_t n = json_object_size(b);
+    if (n == 0) return 0;
+    if (n > SRV_API_MAX_LOGIT_BIAS)
+        return srv_api_fail(e, 400, "logit_bias", "'logit_bias' has more than %d entries",
+                            SRV_API_MAX_LOGIT_BIAS);
+    r->bias = calloc(n, sizeof *r->bias);
+    if (!r->bias) return srv_api_fail(e, 500, NULL, "out of memory");
+    const char *key;
+    json_t *v;
+    int i = 0;
+    json_object_foreach(b, key, v) {
+        char *end;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || id < 0 || id >= ctx->vocab)
+            return srv_api_fail(e, 400, "logit_bias", "'logit_bias' key '%.40s' is not a token id in [0, %d)",
+                                key, ctx->vocab);
+        if (!json_is_number(v))
+            return srv_api_fail(e, 400, "logit_bias", "'logit_bias' values must be numbers");
+        double d = json_number_value(v);
+        if (!(d >= -100 && d <= 100))
+            return srv_api_fail(e, 400, "logit_bias", "'logit_bias' values must be in [-100, 100]");
+        r->bias[i].token = (int32_t)id;
+        r->bias[i].bias = (float)d;
+        i++;
+    }
+    r->sp.logit_bias = r->bias;
+    r->sp.n_logit_bias = i;
+    return 0;
+}
+
+static int reject_unsupported(int kind, const json_t *body, srv_api_error *e) {
+    json_t *v;
+    if (kind == SRV_API_COMPLETION && (v = json_object_get(body, "suffix")) && !json_is_null(v))
+        return srv_api_fail(e, 400, "suffix", "'suffix' (insertion) is not supported by this server");
+    if ((v = json_object_get(body, "tools")) && !json_is_null(v) &&
+        (!json_is_array(v) || json_array_size(v) > 0))
+        return srv_api_fail(e, 400, "tools", "tools / function calling are not supported by this server");
+    if ((v = json_object_get(body, "functions")) && !json_is_null(v))
+        return srv_api_fail(e, 400, "functions", "function calling is not supported by this server");
+    if ((v = json_object_get(body, "response_format")) && !json_is_null(v)) {
+        json_t *t = json_object_get(v, "type");
+        if (!json_is_object(v) || !json_is_string(t) || strcmp(json_string_value(t), "text"))
+            return srv_api_fail(e, 400, "response_format",
+                                "only response_format {\"type\": \"text\"} is supported");
+    }
+    if ((v = json_object_get(body, "min_tokens")) && !json_is_null(v) &&
+        !(json_is_integer(v) && json_integer_value(v) == 0))
+        return srv_api_fail(e, 400, "min_tokens", "'min_tokens' is not supported by this server");
+    if ((v = json_object_get(body, "include_stop_str_in_output")) && json_is_true(v))
+        return srv_api_fail(e, 400, "include_stop_str_in_output",
+                            "'include_stop_str_in_output' is not supported by this server");
+    if ((v = json_object_get(body, "prompt_logprobs")) && !json_is_null(v))
+        return srv_api_fail(e, 400, "prompt_logprobs", "prompt logprobs are not supported by this server");
+    if ((v = json_object_get(body, "use_beam_search")) && json_is_true(v))
+        return srv_api_fail(e, 400, "use_beam_search", "beam search is not supported by this server");
+    return 0;
+}
+
+/* Maps a smp_params_validate field name to the API parameter name. */
+static const char *api_param_name(int kind, const char *smp_name) {
+    if (!strcmp(smp_name, "logprobs")) return kind == SRV_API_CHAT ? "top_logprobs" : "logprobs";
+    return smp_name;
+}
+
+static const char *smp_range(const char *name) {
+    if (!strcmp(name, "temperature")) return "[0, 100]";
+    if (!strcmp(name, "top_k")) return "-1, 0 (off) or >= 1";
+    if (!strcmp(name, "top_p")) return "(0, 1]";
+    if (!strcmp(name, "min_p")) return "[0, 1]";
+    if (!strcmp(name, "repetition_penalty")) return "(0, 2]";
+    if (!strcmp(name, "presence_penalty") || !strcmp(name, "frequency_penalty")) return "[-2, 2]";
+    return "the allowed range";
+}
+
+int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_gen_req *r,
+                      srv_api_error *e) {
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    r->sp = smp_params_default();
+    r->n = 1;
+    r->logprobs = -1;
+    long long x;
+    int rc;
+    if (!json_is_object(body)) {
+        srv_api_fail(e, 400, NULL, "the request body must be a JSON object");
+        goto fail;
+    }
+    if (check_model(ctx, body, e) || reject_unsupported(kind, body, e)) goto fail;
+
+    /* stream / stream_options */
+    if (get_bool(body, "stream", &r->stream, e) < 0) goto fail;
+    json_t *so = json_object_get(body, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!r->stream) {
+            srv_api_fail(e, 400, "stream_options", "'stream_options' is only allowed when 'stream' is true");
+            goto fail;
+        }
+        if (!json_is_object(so)) {
+            srv_api_fail(e, 400, "stream_options", "'stream_options' must be an object");
+            goto fail;
+        }
+        if (get_bool(so, "include_usage", &r->include_usage, e) < 0) {
+            snprintf(e->param, sizeof e->param, "stream_options.include_usage");
+            goto fail;
+        }
+    }
+
+    /* sampling */
+    if (get_float(body, "temperature", &r->sp.temperature, e) < 0) goto fail;
+    if (get_float(body, "top_p", &r->sp.top_p, e) < 0) goto fail;
+    if ((rc = get_int(body, "top_k", -1, INT32_MAX, &x, e)) < 0) goto fail;
+    if (rc) r->sp.top_k = (int32_t)x;
+    if (get_float(body, "min_p", &r->sp.min_p, e) < 0) goto fail;
+    if (get_float(body, "presence_penalty", &r->sp.presence_penalty, e) < 0) goto fail;
+    if (get_float(body, "frequency_penalty", &r->sp.frequency_penalty, e) < 0) goto fail;
+    if (get_float(body, "repetition_penalty", &r->sp.repetition_penalty, e) < 0) goto fail;
+    if ((rc = get_int(body, "seed", INT64_MIN, INT64_MAX, &x, e)) < 0) goto fail;
+    if (rc) {
+        r->sp.has_seed = 1;
+        r->sp.seed = (uint64_t)x;
+    }
+    if (read_logit_bias(ctx, body, r, e)) goto fail;
+    if (read_stop(body, r, e)) goto fail;
+    json_t *sti = json_object_get(body, "stop_token_ids");
+    if (sti && !json_is_null(sti)) {
+        if (!json_is_array(sti)) {
+            srv_api_fail(e, 400, "stop_token_ids", "'stop_token_ids' must be an array of token ids");
+            goto fail;
+        }
+        if (json_array_size(sti) > ENG_MAX_STOP_IDS) {
+            srv_api_fail(e, 400, "stop_token_ids", "at most %d 'stop_token_ids'", ENG_MAX_STOP_IDS);
+            goto fail;
+        }
+        for (size_t i = 0; i < json_array_size(sti); i++) {
+            json_t *v = json_array_get(sti, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= ctx->vocab) {
+                srv_api_fail(e, 400, "stop_token_ids", "'stop_token_ids' must hold token ids in [0, %d)",
+                             ctx->vocab);
+                goto fail;
+            }
+            r->stop_ids[r->n_stop_ids++] = (int32_t)json_integer_value(v);
+        }
+    }
+    if (get_bool(body, "ignore_eos", &r->ignore_eos, e) < 0) goto fail;
+    if ((rc = get_int(body, "n", 1, ctx->max_n, &x, e)) < 0) goto fail;
+    if (rc) r->n = (int)x;
+    if ((rc = get_int(body, "best_of", 1, ctx->max_n, &x, e)) < 0) goto fail;
+    if (rc && x != r->n) {
+        srv_api_fail(e, 400, "best_of", "'best_of' must equal 'n' (best-of sampling is not supported)");
+        goto fail;
+    }
+
+    /* logprobs */
+    if (kind == SRV_API_COMPLETION) {
+        json_t *lp = json_object_get(body, "logprobs");
+        if (lp && json_is_boolean(lp)) {
+            srv_api_fail(e, 400, "logprobs", "'logprobs' must be an integer in [0, %d] for completions",
+                         SRV_API_MAX_LOGPROBS);
+            goto fail;
+        }
+        if ((rc = get_int(body, "logprobs", 0, SRV_API_MAX_LOGPROBS, &x, e)) < 0) goto fail;
+        if (rc) r->logprobs = (int)x;
+        if (get_bool(body, "echo", &r->echo, e) < 0) goto fail;
+        if (r->echo && r->logprobs >= 0) {
+            srv_api_fail(e, 400, "echo",
+                         "'echo' together with 'logprobs' (prompt logprobs) is not supported");
+            goto fail;
+        }
+    } else {
+        int want = 0;
+        if (get_bool(body, "logprobs", &want, e) < 0) goto fail;
+        if ((rc = get_int(body, "top_logprobs", 0, SRV_API_MAX_LOGPROBS, &x, e)) < 0) goto fail;
+        if (rc && !want && x > 0) {
+            srv_api_fail(e, 400, "top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
+            goto fail;
+        }
+        if (want) r->logprobs = rc ? (int)x : 0;
+        if (json_object_get(body, "echo") && json_is_true(json_object_get(body, "echo"))) {
+            srv_api_fail(e, 400, "echo", "'echo' is not supported for chat completions");
+            goto fail;
+        }
+    }
+    r->sp.logprobs = r->logprobs;
+
+    const char *bad = NULL;
+    if (smp_params_validate(&r->sp, ctx->vocab, &bad)) {
+        const char *pn = api_param_name(kind, bad ? bad : "sampling");
+        srv_api_fail(e, 400, pn, "'%s' is out of range: allowed %s", pn, bad ? smp_range(bad) : "");
+        goto fail;
+    }
+
+    /* max_tokens (chat: max_completion_tokens wins) */
+    int have_max = 0;
+    const char *max_name = "max_tokens";
+    if (kind == SRV_API_CHAT) {
+        if ((rc = get_int(body, "max_completion_tokens", 1, INT32_MAX, &x, e)) < 0) goto fail;
+        if (rc) have_max = 1, max_name = "max_completion_tokens";
+    }
+    if (!have_max) {
+        if ((rc = get_int(body, "max_tokens", 1, INT32_MAX, &x, e)) < 0) goto fail;
+        if (rc) have_max = 1;
+    }
+
+    /* the prompt */
+    if (kind == SRV_API_COMPLETION) {
+        if (read_prompt(ctx, body, r, e)) goto fail;
+    } else {
+        int add_gen = 1;
+        if (get_bool(body, "add_generation_prompt", &add_gen, e) < 0) goto fail;
+        int n = chat_tokens(ctx, body, add_gen, &r->prompt, e);
+        if (n < 0) goto fail;
+        r->n_prompt = n;
+    }
+    const char *pparam = kind == SRV_API_CHAT ? "messages" : "prompt";
+    int limit = ctx->max_seq_len;
+    if (ctx->kv_tokens > 0 && ctx->kv_tokens < limit) limit = ctx->kv_tokens;
+    if (r->n_prompt >= limit) {
+        srv_api_fail(e, 400, pparam,
+                     "This model's maximum context length is %d tokens. However, your %s has %d tokens; "
+                     "at least one token must remain for the completion.",
+                     limit, kind == SRV_API_CHAT ? "messages" : "prompt", r->n_prompt);
+        goto fail;
+    }
+    if (have_max) {
+        if ((long long)r->n_prompt + x > limit) {
+            srv_api_fail(e, 400, max_name,
+                         "This model's maximum context length is %d tokens. However, you requested %lld "
+                         "tokens (%d in the %s, %lld in the completion). Please reduce the length of the "
+                         "%s or completion.",
+                         limit, (long long)r->n_prompt + x, r->n_prompt,
+                         kind == SRV_API_CHAT ? "messages" : "prompt", x,
+                         kind == SRV_API_CHAT ? "messages" : "prompt");
+            goto fail;
+        }
+        r->max_tokens = (int)x;
+    } else {
+        r->max_tokens = NI_MIN(limit - r->n_prompt, ctx->max_tokens_default);
+    }
+    return 0;
+fail:
+    srv_gen_req_free(r);
+    return -1;
+}
+
+void srv_gen_req_free(srv_gen_req *r) {
+    free(r->bias);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->prompt);
+    free(r->echo_text);
+    memset(r, 0, sizeof *r);
+}
+
+void srv_gen_req_to_eng(const srv_gen_req *r, uint64_t id, void *user, uint64_t fallback_seed,
+                        eng_request *q) {
+    memset(q, 0, sizeof *q);
+    q->id = id;
+    q->user = user;
+    q->prompt = r->prompt;
+    q->n_prompt = r->n_prompt;
+    q->sp = r->sp;
+    q->max_tokens = r->max_tokens;
+    q->n = r->n;
+    q->ignore_eos = r->ignore_eos;
+    memcpy(q->stop_ids, r->stop_ids, sizeof q->stop_ids);
+    q->n_stop_ids = r->n_stop_ids;
+    for (int i = 0; i < r->n_stop; i++) q->stop[i] = r->stop[i];
+    q->n_stop = r->n_stop;
+    q->fallback_seed = fallback_seed;
+}
+
+/* ---- /tokenize, /detokenize ---- */
+
+json_t *srv_api_tokenize(const srv_api_ctx *ctx, const json_t *body, srv_api_error *e) {
+    if (!json_is_object(body)) {
+        srv_api_fail(e, 400, NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    int32_t *ids = NULL;
+    int n;
+    json_t *p = json_object_get(body, "prompt");
+    if (p && !json_is_null(p)) {
+        if (!json_is_string(p)) {
+            srv_api_fail(e, 400, "prompt", "'prompt' must be a string");
+            return NULL;
+        }
+        int add_special = 1;
+        if (get_bool(body, "add_special_tokens", &add_special, e) < 0) return NULL;
+        n = encode_alloc(ctx->tok, json_string_value(p), json_string_length(p),
+                         add_special && tok_add_bos(ctx->tok), 1, &ids);
+        if (n < 0) {
+            srv_api_fail(e, 400, "prompt", "'prompt' could not be tokenized: %s", ni_strerror(n));
+            return NULL;
+        }
+    } else if (json_object_get(body, "messages")) {
+        int add_gen = 1;
+        if (get_bool(body, "add_generation_prompt", &add_gen, e) < 0) return NULL;
+        n = chat_tokens(ctx, body, add_gen, &ids, e);
+        if (n < 0) return NULL;
+    } else {
+        srv_api_fail(e, 400, "prompt", "'prompt' (a string) or 'messages' is required");
+        return NULL;
+    }
+    json_t *arr = json_array();
+    for (int i = 0; arr && i < n; i++) json_array_append_new(arr, json_integer(ids[i]));
+    free(ids);
+    json_t *o = json_object();
+    if (!o || !arr) {
+        json_decref(o);
+        json_decref(arr);
+        srv_api_fail(e, 500, NULL, "out of memory");
+        return NULL;
+    }
+    json_object_set_new(o, "count", json_integer(n));
+    json_object_set_new(o, "max_model_len", json_integer(ctx->max_seq_len));
+    json_object_set_new(o, "tokens", arr);
+    return o;
+}
+
+json_t *srv_api_detokenize(const srv_api_ctx *ctx, const json_t *body, srv_api_error *e) {
+    if (!json_is_object(body)) {
+        srv_api_fail(e, 400, NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    json_t *t = json_object_get(body, "tokens");
+    if (!json_is_array(t)) {
+        srv_api_fail(e, 400, "tokens", "'tokens' (an array of token ids) is required");
+        return NULL;
+    }
+    int32_t *ids = NULL;
+    int n = read_ids(ctx, t, "tokens", &ids, e);
+    if (n < 0) return NULL;
+    int need = n ? tok_decode(ctx->tok, ids, n, NULL, 0) : 0;
+    char *text = need >= 0 ? malloc((size_t)need + 1) : NULL;
+    if (!text) {
+        free(ids);
+        srv_api_fail(e, need < 0 ? 400 : 500, need < 0 ? "tokens" : NULL,
+                     need < 0 ? "'tokens' could not be decoded" : "out of memory");
+        return NULL;
+    }
+    text[0] = 0;
+    if (n) tok_decode(ctx->tok, ids, n, text, (size_t)need + 1);
+    free(ids);
+    json_t *o = json_object();
+    if (o) json_object_set_new(o, "prompt", srv_json_stringn(text, (size_t)need));
+    free(text);
+    if (!o) srv_api_fail(e, 500, NULL, "out of memory");
+    return o;
+}
+
+/* ---- responses ---- */
+
+const char *srv_api_finish_reason(int finish) {
+    switch (finish) {
+    case ENG_FINISH_STOP: return "stop";
+    case ENG_FINISH_LENGTH: return "length";
+    case ENG_FINISH_ABORT: return "abort";
+    case ENG_FINISH_ERROR: return "error";
+    default: return NULL;
+    }
+}
+
+int srv_api_token_str(const tok_tokenizer *tok, int32_t id, srv_buf *out) {
+    char raw[1024];
+    int n = tok_token_bytes(tok, id, raw, sizeof raw);
+    if (n < 0) n = 0;
+    if (n > (int)sizeof raw) n = (int)sizeof raw;
+    if (srv_utf8_valid(raw, (size_t)n)) return srv_buf_append(out, raw, (size_t)n);
+    int rc = srv_buf_append(out, "bytes:", 6);
+    for (int i = 0; !rc && i < n; i++) rc = srv_buf_printf(out, "\\x%02x", (unsigned char)raw[i]);
+    return rc;
+}
+
+static double finite_lp(float lp) { return isfinite(lp) ? (double)lp : -9999.0; }
+
+/* {"token","logprob","bytes"} for chat entries. */
+static json_t *chat_lp_item(const tok_tokenizer *tok, int32_t id, float lp) {
+    srv_buf s = {0};
+    char raw[1024];
+    int n = tok_token_bytes(tok, id, raw, sizeof raw);
+    if (n < 0) n = 0;
+    if (n > (int)sizeof raw) n = (int)sizeof raw;
+    json_t *o = json_object(), *bytes = json_array();
+    if (!o || !bytes || srv_api_token_str(tok, id, &s)) {
+        json_decref(o);
+        json_decref(bytes);
+        srv_buf_free(&s);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) json_array_append_new(bytes, json_integer((unsigned char)raw[i]));
+    json_object_set_new(o, "token", srv_json_stringn(srv_buf_ptr(&s), srv_buf_size(&s)));
+    json_object_set_new(o, "logprob", json_real(finite_lp(lp)));
+    json_object_set_new(o, "bytes", bytes);
+    srv_buf_free(&s);
+    return o;
+}
+
+int srv_lp_add(srv_lp *l, const tok_tokenizer *tok, const smp_result *r) {
+    if (!l->obj) {
+        l->obj = json_object();
+        if (!l->obj) return NI_ENOMEM;
+        if (l->kind == SRV_API_CHAT) {
+            json_object_set_new(l->obj, "content", json_array());
+            json_object_set_new(l->obj, "refusal", json_null());
+        } else {
+            json_object_set_new(l->obj, "tokens", json_array());
+            json_object_set_new(l->obj, "token_logprobs", json_array());
+            json_object_set_new(l->obj, "top_logprobs", json_array());
+            json_object_set_new(l->obj, "text_offset", json_array());
+        }
+    }
+    if (l->kind == SRV_API_CHAT) {
+        json_t *it = chat_lp_item(tok, r->token, r->logprob), *tops = json_array();
+        if (!it || !tops) {
+            json_decref(it);
+            json_decref(tops);
+            return NI_ENOMEM;
+        }
+        for (int i = 0; i < r->n_top; i++)
+            json_array_append_new(tops, chat_lp_item(tok, r->top[i].token, r->top[i].logprob));
+        json_object_set_new(it, "top_logprobs", tops);
+        json_array_append_new(json_object_get(l->obj, "content"), it);
+        return 0;
+    }
+    srv_buf s = {0};
+    if (srv_api_token_str(tok, r->token, &s)) {
+        srv_buf_free(&s);
+        return NI_ENOMEM;
+    }
+    json_array_append_new(json_object_get(l->obj, "tokens"),
+                          srv_json_stringn(srv_buf_ptr(&s), srv_buf_size(&s)));
+    json_array_append_new(json_object_get(l->obj, "token_logprobs"), json_real(finite_lp(r->logprob)));
+    json_array_append_new(json_object_get(l->obj, "text_offset"), json_integer((json_int_t)l->text_offset));
+    l->text_offset += srv_buf_size(&s);
+    json_t *tops = json_object();
+    for (int i = 0; tops && i < r->n_top; i++) {
+        srv_buf_clear(&s);
+        if (srv_api_token_str(tok, r->top[i].token, &s)) break;
+        json_object_set_new(tops, srv_buf_cstr(&s), json_real(finite_lp(r->top[i].logprob)));
+    }
+    srv_buf_free(&s);
+    json_array_append_new(json_object_get(l->obj, "top_logprobs"), tops ? tops : json_null());
+    return 0;
+}
+
+json_t *srv_lp_take(srv_lp *l) {
+    json_t *o = l->obj;
+    l->obj = NULL;
+    return o;
+}
+
+void srv_lp_free(srv_lp *l) {
+    json_decref(l->obj);
+    l->obj = NULL;
+}
+
+json_t *srv_api_usage(int prompt_tokens, int completion_tokens, int cached_tokens) {
+    json_t *u = json_object(), *d = json_object();
+    if (!u || !d) {
+        json_decref(u);
+        json_decref(d);
+        return NULL;
+    }
+    json_object_set_new(u, "prompt_tokens", json_integer(prompt_tokens));
+    json_object_set_new(u, "completion_tokens", json_integer(completion_tokens));
+    json_object_set_new(u, "total_tokens", json_integer(prompt_tokens + completion_tokens));
+    json_object_set_new(d, "cached_tokens", json_integer(cached_tokens));
+    json_object_set_new(u, "prompt_tokens_details", d);
+    return u;
+}
+
+json_t *srv_api_envelope(int kind, int chunk, const char *id, long long created, const char *model) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    json_object_set_new(o, "id", json_string(id));
+    json_object_set_new(o, "object",
+                        json_string(kind == SRV_API_COMPLETION ? "text_completion"
+                                    : chunk                    ? "chat.completion.chunk"
+                                                               : "chat.completion"));
+    json_object_set_new(o, "created", json_integer(created));
+    json_object_set_new(o, "model", srv_json_stringn(model, strlen(model)));
+    json_object_set_new(o, "system_fingerprint", json_null());
+    return o;
+}
+
+json_t *srv_api_choice(int kind, int chunk, int index, const char *text, size_t len, int with_role,
+                       json_t *logprobs, const char *finish) {
+    json_t *c = json_object();
+    if (!c) {
+        json_decref(logprobs);
+        return NULL;
+    }
+    json_object_set_new(c, "index", json_integer(index));
+    if (kind == SRV_API_COMPLETION) {
+        json_object_set_new(c, "text", srv_json_stringn(text ? text : "", text ? len : 0));
+    } else {
+        json_t *m = json_object();
+        if (!chunk || with_role) json_object_set_new(m, "role", json_string("assistant"));
+        if (!chunk || text)
+            json_object_set_new(m, "content", srv_json_stringn(text ? text : "", text ? len : 0));
+        json_object_set_new(c, chunk ? "delta" : "message", m);
+    }
+    json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
+    return c;
+}
+
+int srv_sse_event(srv_buf *out, const json_t *obj) {
+    char *s = obj ? json_dumps(obj, SRV_JSON_FLAGS) : NULL;
+    if (!s) return NI_ENOMEM;
+    int rc = srv_buf_printf(out, "data: %s\n\n", s); /* all or nothing */
+    free(s);
+    return rc;
+}
+
+int srv_sse_done(srv_buf *out) { return srv_buf_append(out, "data: [DONE]\n\n", 14); }

@@ -1,0 +1,81 @@
+/*
+ * srv_config.h - configuration of `nanoinfer serve`: one table of keys shared
+ * by the config file (`key = value` lines, # comments) and the command line
+ * (`--key value`, `--key=value`, booleans as bare `--key`).
+ *
+ * Precedence: built-in defaults < the file named by --config < flags (in
+ * argv order) < nothing else, except api-key, which falls back to the
+ * NANOINFER_API_KEY environment variable when neither file nor flags set it
+ * (so secrets can stay out of argv and world-readable files).
+ * srv_config_validate() checks every value and cross-field rule once at
+ * start and names the offending key; the server never re-validates.
+ *
+ * Threads: plain data, filled on the main thread before any other starts.
+ */
+#ifndef NI_SRV_CONFIG_H
+#define NI_SRV_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define SRV_CFG_STR 4096
+
+typedef struct srv_config {
+    char model[SRV_CFG_STR];     /* .gguf file or HF directory (required) */
+    char served_model_name[256]; /* "" = the model's name */
+    char host[256];              /* bind address (IPv4/IPv6 literal or name) */
+    int port;                    /* 0 = any free port (logged) */
+    char api_key[512];           /* "" = no authentication */
+    long long max_body;          /* request body bytes */
+    int max_queue;               /* requests waiting beyond max_num_seqs before 429 */
+    int max_num_seqs;
+    int max_batched_tokens;
+    int prefill_chunk;
+    int kv_blocks; /* 0 = engine default */
+    int block_size;
+    int max_model_len; /* 0 = the model's context */
+    int no_prefix_cache;
+    int threads;             /* 0 = all cores */
+    double shutdown_timeout; /* seconds */
+    int log_level;           /* enum srv_log_level */
+    int max_tokens_default;
+    long long max_stream_buffer; /* bytes buffered per connection before a slow reader is cut */
+    int max_connections;
+    double idle_timeout;    /* seconds an idle keep-alive connection stays open */
+    double health_timeout;  /* engine heartbeat age that makes /health fail */
+    char chat_template[32]; /* "auto" or a chat.h style name */
+    char backend[16];       /* "auto", "cpu" or "cuda" */
+    int api_key_from_env;   /* informational: api_key came from the environment */
+} srv_config;
+
+/* Fills c with the documented defaults (see srv_config_usage). */
+void srv_config_default(srv_config *c);
+
+/* Sets one key (without leading dashes; '_' and '-' are equivalent) from its
+ * text value. val may be NULL only for boolean keys (= true). Returns 0, or
+ * NI_ENOTFOUND (unknown key) / NI_EINVAL (value does not parse or is out of
+ * range) with a message naming the key. */
+int srv_config_set(srv_config *c, const char *key, const char *val, char *err, size_t errlen);
+
+/* Applies every `key = value` line of a config file. Blank lines and lines
+ * starting with # are ignored; values may be double-quoted. Returns 0 or a
+ * negative code with "path:line: message" in err. */
+int srv_config_load_file(srv_config *c, const char *path, char *err, size_t errlen);
+
+/* Parses argv[1..argc) of `serve`: --config FILE is applied first (wherever it
+ * appears), then every other flag in order. Sets *help for --help/-h and
+ * *check for --check-config. Returns 0 or a negative code with a message. */
+int srv_config_parse_args(srv_config *c, int argc, char **argv, int *help, int *check, char *err,
+                          size_t errlen);
+
+/* Checks ranges and cross-field rules (model path exists, prefill-chunk <=
+ * max-batched-tokens, ...). Returns 0 or NI_EINVAL with a message. */
+int srv_config_validate(const srv_config *c, char *err, size_t errlen);
+
+/* Prints the option list with defaults (the `serve --help` text). */
+void srv_config_usage(FILE *f);
+
+/* Logs the effective configuration at info level (api-key masked). */
+void srv_config_log(const srv_config *c);
+
+#endif

@@ -1,0 +1,139 @@
+/*
+ * srv_metrics.c - see srv_metrics.h. Bucket layouts follow vLLM's
+ * (vllm/engine/metrics.py), extended downwards for tiny models.
+ */
+#include "srv_metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "../engine/util.h"
+
+static const double g_ttft[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
+                                1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+static const double g_itl[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,  0.3,
+                               0.4,   0.5,    0.75,  1.0,  2.5,   5.0,  7.5,   10.0, 20.0, 40.0, 80.0};
+static const double g_e2e[] = {0.01, 0.05, 0.1,   0.3,   0.5,   0.8,   1.0,    1.5,
+                               2.0,  2.5,  5.0,   10.0,  15.0,  20.0,  30.0,   40.0,
+                               50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+
+static void hist_init(srv_hist *h, const double *b, int n) {
+    memset(h, 0, sizeof *h);
+    NI_ASSERT(n <= SRV_HIST_MAX_BUCKETS);
+    h->bounds = b;
+    h->n_bounds = n;
+}
+
+void srv_metrics_init(srv_metrics *m) {
+    memset(m, 0, sizeof *m);
+    hist_init(&m->ttft, g_ttft, (int)NI_ARRAY_LEN(g_ttft));
+    hist_init(&m->itl, g_itl, (int)NI_ARRAY_LEN(g_itl));
+    hist_init(&m->e2e, g_e2e, (int)NI_ARRAY_LEN(g_e2e));
+}
+
+void srv_hist_observe(srv_hist *h, double v) {
+    if (!(v > 0)) v = 0; /* also NaN */
+    int i = 0;
+    while (i < h->n_bounds && v > h->bounds[i]) i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+void srv_metrics_response(srv_metrics *m, int status) {
+    if (status >= 100 && status < 600) m->responses[status]++;
+}
+
+/* Every writer below is a no-op once *rc is non-zero, so a render is a flat
+ * list of calls and the first srv_buf error is kept. */
+static void head(int *rc, srv_buf *o, const char *name, const char *type, const char *help) {
+    if (!*rc) *rc = srv_buf_printf(o, "# HELP nanoinfer_%s %s\n# TYPE nanoinfer_%s %s\n", name, help, name, type);
+}
+
+static void scalar(int *rc, srv_buf *o, const char *name, const char *type, const char *help, double v) {
+    head(rc, o, name, type, help);
+    if (!*rc) *rc = srv_buf_printf(o, "nanoinfer_%s %.17g\n", name, v);
+}
+
+static void labeled(int *rc, srv_buf *o, const char *name, const char *label, const char *value,
+                    unsigned long long v) {
+    if (!*rc) *rc = srv_buf_printf(o, "nanoinfer_%s{%s=\"%s\"} %llu\n", name, label, value, v);
+}
+
+static void hist(int *rc, srv_buf *o, const char *name, const char *help, const srv_hist *h) {
+    head(rc, o, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int i = 0; !*rc && i < h->n_bounds; i++) {
+        cum += h->counts[i];
+        *rc = srv_buf_printf(o, "nanoinfer_%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i],
+                             (unsigned long long)cum);
+    }
+    cum += h->counts[h->n_bounds];
+    if (!*rc)
+        *rc = srv_buf_printf(o,
+                             "nanoinfer_%s_bucket{le=\"+Inf\"} %llu\nnanoinfer_%s_sum %.17g\n"
+                             "nanoinfer_%s_count %llu\n",
+                             name, (unsigned long long)cum, name, h->sum, name, (unsigned long long)h->count);
+}
+
+int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_loaded, int health,
+                       srv_buf *o) {
+    int rc = 0;
+    char code[8];
+    scalar(&rc, o, "model_loaded", "gauge", "1 once the model is loaded and the engine runs.", model_loaded);
+    scalar(&rc, o, "healthy", "gauge", "1 when /health answers 200.", health);
+    head(&rc, o, "http_requests_total", "counter", "HTTP requests answered, by response status code.");
+    for (int c = 100; c < 600; c++)
+        if (m->responses[c]) {
+            snprintf(code, sizeof code, "%d", c);
+            labeled(&rc, o, "http_requests_total", "code", code, (unsigned long long)m->responses[c]);
+        }
+    head(&rc, o, "generation_requests_total", "counter",
+         "Generation requests accepted (queued to the engine), by endpoint.");
+    labeled(&rc, o, "generation_requests_total", "endpoint", "completions", m->gen_requests[0]);
+    labeled(&rc, o, "generation_requests_total", "endpoint", "chat", m->gen_requests[1]);
+    static const char *const fin[] = {"none", "stop", "length", "abort", "error"};
+    head(&rc, o, "sequences_finished_total", "counter", "Finished sequences, by finish reason.");
+    for (int i = 1; i < 5; i++) labeled(&rc, o, "sequences_finished_total", "reason", fin[i], m->finished[i]);
+    static const char *const ab[] = {"disconnect", "slow_reader", "shutdown"};
+    head(&rc, o, "requests_aborted_total", "counter",
+         "Requests the server aborted, by reason (client gone, client too slow, shutdown).");
+    for (int i = 0; i < SRV_ABORT_N; i++) labeled(&rc, o, "requests_aborted_total", "reason", ab[i], m->aborted[i]);
+    scalar(&rc, o, "requests_in_flight", "gauge", "Accepted generation requests not yet finished.",
+           m->requests_in_flight);
+    scalar(&rc, o, "http_connections", "gauge", "Open HTTP connections.", m->connections);
+    scalar(&rc, o, "prompt_tokens_total", "counter", "Prompt tokens of accepted requests.",
+           (double)m->prompt_tokens);
+    scalar(&rc, o, "generation_tokens_total", "counter", "Generated tokens.", (double)m->generation_tokens);
+    hist(&rc, o, "time_to_first_token_seconds", "Time from request arrival to its first token.", &m->ttft);
+    hist(&rc, o, "inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", &m->itl);
+    hist(&rc, o, "e2e_request_latency_seconds", "Time from request arrival to its last token.", &m->e2e);
+    if (!st) return rc;
+    const kv_stats *kv = &st->kv;
+    scalar(&rc, o, "num_seqs_running", "gauge", "Sequences in the running batch.", st->n_running);
+    scalar(&rc, o, "num_seqs_waiting", "gauge", "Sequences waiting for admission.", st->n_waiting);
+    scalar(&rc, o, "kv_blocks_used", "gauge", "KV cache blocks referenced by live sequences.", kv->blocks_used);
+    scalar(&rc, o, "kv_blocks_total", "gauge", "KV cache blocks in the pool.", kv->blocks_total);
+    scalar(&rc, o, "kv_blocks_free", "gauge", "KV cache blocks free (not cached).", kv->blocks_free);
+    scalar(&rc, o, "kv_blocks_cached", "gauge", "KV cache blocks holding a reusable prefix.", kv->blocks_cached);
+    scalar(&rc, o, "kv_cache_usage_ratio", "gauge", "Fraction of KV blocks in use.",
+           kv->blocks_total ? (double)kv->blocks_used / kv->blocks_total : 0.0);
+    scalar(&rc, o, "prefix_cache_lookups_total", "counter", "Prompt admissions that queried the prefix cache.",
+           (double)kv->prefix_queries);
+    scalar(&rc, o, "prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
+           (double)kv->query_tokens);
+    scalar(&rc, o, "prefix_cache_hits_total", "counter", "Prompt tokens served by the prefix cache.",
+           (double)kv->hit_tokens);
+    scalar(&rc, o, "prefix_cache_evictions_total", "counter", "Cached KV blocks evicted for reuse.",
+           (double)kv->evictions);
+    scalar(&rc, o, "prompt_tokens_computed_total", "counter",
+           "Prompt tokens the engine computed (not served by the cache; recomputation included).",
+           (double)st->prompt_tokens);
+    scalar(&rc, o, "engine_generated_tokens_total", "counter", "Tokens sampled by the engine.",
+           (double)st->generated_tokens);
+    scalar(&rc, o, "preemptions_total", "counter", "Sequences preempted (recomputed later).",
+           (double)st->n_preemptions);
+    scalar(&rc, o, "engine_steps_total", "counter", "Engine scheduling steps with a forward pass.",
+           (double)st->steps);
+    return rc;
+}

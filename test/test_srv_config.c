@@ -1,0 +1,265 @@
+/*
+ * test_srv_config.c - `nanoinfer serve` configuration: documented defaults,
+ * every value type (ints, sizes with suffixes, seconds, booleans, levels,
+ * styles), range errors naming the key, config-file syntax with line numbers,
+ * flag-over-file precedence, the NANOINFER_API_KEY fallback, cross-field
+ * validation, and that the shipped conf/nanoinfer.conf parses.
+ * Server modules are compiled in directly (they are not in libnanoinfer.a).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../server/srv_config.c"
+#include "../server/srv_log.c"
+
+static char g_tmp[256];
+
+static const char *write_tmp(const char *text) {
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/ni_test_conf_%d.conf", (int)getpid());
+    FILE *f = fopen(g_tmp, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return g_tmp;
+}
+
+static void test_defaults(void **state) {
+    (void)state;
+    srv_config c;
+    srv_config_default(&c);
+    assert_string_equal(c.host, "127.0.0.1");
+    assert_int_equal(c.port, 8000);
+    assert_int_equal(c.max_body, 1 << 20);
+    assert_int_equal(c.max_queue, 256);
+    assert_int_equal(c.max_num_seqs, 256);
+    assert_int_equal(c.max_batched_tokens, 2048);
+    assert_int_equal(c.prefill_chunk, 512);
+    assert_int_equal(c.kv_blocks, 0);
+    assert_int_equal(c.block_size, 16);
+    assert_int_equal(c.no_prefix_cache, 0);
+    assert_int_equal(c.threads, 0);
+    assert_float_equal(c.shutdown_timeout, 30, 0);
+    assert_int_equal(c.log_level, SRV_LOG_INFO);
+    assert_int_equal(c.max_tokens_default, 4096);
+    assert_int_equal(c.max_stream_buffer, 4 << 20);
+    assert_string_equal(c.chat_template, "auto");
+    assert_string_equal(c.backend, "auto");
+    assert_string_equal(c.model, "");
+    assert_string_equal(c.api_key, "");
+}
+
+static void test_values(void **state) {
+    (void)state;
+    srv_config c;
+    srv_config_default(&c);
+    char err[256];
+    assert_int_equal(srv_config_set(&c, "max-body", "64KiB", err, sizeof err), 0);
+    assert_int_equal(c.max_body, 65536);
+    assert_int_equal(srv_config_set(&c, "max_body", "2m", err, sizeof err), 0); /* '_' == '-' */
+    assert_int_equal(c.max_body, 2 << 20);
+    assert_int_equal(srv_config_set(&c, "max-body", "1 GiB", err, sizeof err), 0);
+    assert_int_equal(c.max_body, 1 << 30);
+    assert_int_equal(srv_config_set(&c, "max-body", "5000", err, sizeof err), 0);
+    assert_int_equal(c.max_body, 5000);
+    assert_int_equal(srv_config_set(&c, "shutdown-timeout", "2.5", err, sizeof err), 0);
+    assert_float_equal(c.shutdown_timeout, 2.5, 0);
+    assert_int_equal(srv_config_set(&c, "no-prefix-cache", NULL, err, sizeof err), 0);
+    assert_int_equal(c.no_prefix_cache, 1);
+    assert_int_equal(srv_config_set(&c, "no-prefix-cache", "false", err, sizeof err), 0);
+    assert_int_equal(c.no_prefix_cache, 0);
+    assert_int_equal(srv_config_set(&c, "log-level", "DEBUG", err, sizeof err), 0);
+    assert_int_equal(c.log_level, SRV_LOG_DEBUG);
+    assert_int_equal(srv_config_set(&c, "chat-template", "llama3", err, sizeof err), 0);
+    assert_int_equal(srv_config_set(&c, "port", "0", err, sizeof err), 0);
+
+    static const struct {
+        const char *k, *v, *needle;
+    } bad[] = {
+        {"port", "70000", "port"},
+        {"port", "80x", "port"},
+        {"port", "", "port"},
+        {"max-num-seqs", "0", "max-num-seqs"},
+        {"max-body", "10", "max-body"},
+        {"max-body", "1TiB", "max-body"},
+        {"max-body", "12q", "max-body"},
+        {"threads", "1.5", "threads"},
+        {"shutdown-timeout", "-1", "shutdown-timeout"},
+        {"log-level", "loud", "log-level"},
+        {"no-prefix-cache", "maybe", "no-prefix-cache"},
+        {"chat-template", "jinja", "chat-template"},
+        {"backend", "tpu", "backend"},
+        {"nonsense", "1", "nonsense"},
+        {"max-queue", "-1", "max-queue"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        if (srv_config_set(&c, bad[i].k, bad[i].v, err, sizeof err) == 0)
+            fail_msg("%s = '%s' accepted", bad[i].k, bad[i].v);
+        if (!strstr(err, bad[i].needle)) fail_msg("message for %s does not name it: %s", bad[i].k, err);
+    }
+    char longv[600];
+    memset(longv, 'k', sizeof longv - 1);
+    longv[sizeof longv - 1] = 0;
+    assert_int_not_equal(srv_config_set(&c, "api-key", longv, err, sizeof err), 0);
+    assert_int_not_equal(srv_config_set(&c, "port", NULL, err, sizeof err), 0);
+}
+
+static void test_file(void **state) {
+    (void)state;
+    srv_config c;
+    srv_config_default(&c);
+    char err[512];
+    const char *p = write_tmp("# comment\n\n  port = 9001  \nhost=\"0.0.0.0\"\nmax-body = 2MiB\n"
+                              "   # indented comment\nno-prefix-cache = true\nserved-model-name = \n");
+    assert_int_equal(srv_config_load_file(&c, p, err, sizeof err), 0);
+    assert_int_equal(c.port, 9001);
+    assert_string_equal(c.host, "0.0.0.0");
+    assert_int_equal(c.max_body, 2 << 20);
+    assert_int_equal(c.no_prefix_cache, 1);
+    assert_string_equal(c.served_model_name, "");
+
+    p = write_tmp("port = 1\nthis line has no equals\n");
+    assert_int_not_equal(srv_config_load_file(&c, p, err, sizeof err), 0);
+    assert_non_null(strstr(err, ":2:"));
+    p = write_tmp("port = 1\n\nmax-queue = lots\n");
+    assert_int_not_equal(srv_config_load_file(&c, p, err, sizeof err), 0);
+    assert_non_null(strstr(err, ":3: max-queue"));
+    p = write_tmp("bogus-key = 1\n");
+    assert_int_not_equal(srv_config_load_file(&c, p, err, sizeof err), 0);
+    assert_non_null(strstr(err, "bogus-key"));
+    assert_int_not_equal(srv_config_load_file(&c, "/nonexistent/nanoinfer.conf", err, sizeof err), 0);
+    assert_non_null(strstr(err, "/nonexistent/nanoinfer.conf"));
+    unlink(g_tmp);
+}
+
+static void test_args(void **state) {
+    (void)state;
+    srv_config c;
+    char err[512];
+    int help, check;
+    const char *p = write_tmp("port = 9001\nmodel = test/models/tiny-llama2\nthreads = 2\n");
+    /* --config is applied first, wherever it appears; flags override it in order */
+    char *argv[] = {
+        "serve",          "--port", "9002", "--config", (char *)p, "--threads=1", "--no-prefix-cache",
+        "--check-config", NULL};
+    srv_config_default(&c);
+    unsetenv("NANOINFER_API_KEY");
+    assert_int_equal(srv_config_parse_args(&c, 8, argv, &help, &check, err, sizeof err), 0);
+    assert_int_equal(c.port, 9002);
+    assert_int_equal(c.threads, 1);
+    assert_int_equal(c.no_prefix_cache, 1);
+    assert_string_equal(c.model, "test/models/tiny-llama2");
+    assert_int_equal(check, 1);
+    assert_int_equal(help, 0);
+    assert_int_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_string_equal(c.api_key, "");
+
+    /* the environment supplies the API key only when nothing else did */
+    setenv("NANOINFER_API_KEY", "from-env", 1);
+    char *argv2[] = {"serve", "--model", "test/models/tiny-llama2", NULL};
+    srv_config_default(&c);
+    assert_int_equal(srv_config_parse_args(&c, 3, argv2, &help, &check, err, sizeof err), 0);
+    assert_string_equal(c.api_key, "from-env");
+    assert_int_equal(c.api_key_from_env, 1);
+    char *argv3[] = {"serve", "--api-key", "flag", NULL};
+    srv_config_default(&c);
+    assert_int_equal(srv_config_parse_args(&c, 3, argv3, &help, &check, err, sizeof err), 0);
+    assert_string_equal(c.api_key, "flag");
+    unsetenv("NANOINFER_API_KEY");
+
+    char *bad1[] = {"serve", "positional", NULL};
+    char *bad2[] = {"serve", "--port", NULL};
+    char *bad3[] = {"serve", "--frobnicate", "1", NULL};
+    char *bad4[] = {"serve", "--config", "/nonexistent.conf", NULL};
+    char *hlp[] = {"serve", "--help", NULL};
+    srv_config_default(&c);
+    assert_int_not_equal(srv_config_parse_args(&c, 2, bad1, &help, &check, err, sizeof err), 0);
+    assert_int_not_equal(srv_config_parse_args(&c, 2, bad2, &help, &check, err, sizeof err), 0);
+    assert_int_not_equal(srv_config_parse_args(&c, 3, bad3, &help, &check, err, sizeof err), 0);
+    assert_non_null(strstr(err, "frobnicate"));
+    assert_int_not_equal(srv_config_parse_args(&c, 3, bad4, &help, &check, err, sizeof err), 0);
+    assert_int_equal(srv_config_parse_args(&c, 2, hlp, &help, &check, err, sizeof err), 0);
+    assert_int_equal(help, 1);
+    unlink(g_tmp);
+}
+
+static void test_validate(void **state) {
+    (void)state;
+    srv_config c;
+    char err[512];
+    srv_config_default(&c);
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_non_null(strstr(err, "model"));
+    snprintf(c.model, sizeof c.model, "/nonexistent/model.gguf");
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_non_null(strstr(err, "/nonexistent/model.gguf"));
+    snprintf(c.model, sizeof c.model, "test/models/tiny-llama2");
+    assert_int_equal(srv_config_validate(&c, err, sizeof err), 0);
+    c.prefill_chunk = 4096;
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_non_null(strstr(err, "prefill-chunk"));
+    c.prefill_chunk = 512;
+    c.max_num_seqs = 4000;
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_non_null(strstr(err, "max-num-seqs"));
+    c.max_num_seqs = 16;
+    snprintf(c.api_key, sizeof c.api_key, "has space");
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_non_null(strstr(err, "api-key"));
+}
+
+static void test_shipped_conf(void **state) {
+    (void)state;
+    srv_config c;
+    char err[512];
+    srv_config_default(&c);
+    assert_int_equal(srv_config_load_file(&c, "conf/nanoinfer.conf", err, sizeof err), 0);
+    /* the shipped file restates the defaults (plus a deployment model path) */
+    srv_config d;
+    srv_config_default(&d);
+    memcpy(d.model, c.model, sizeof d.model);
+    assert_memory_equal(&c, &d, sizeof c);
+    /* usage mentions every key */
+    FILE *f = tmpfile();
+    srv_config_usage(f);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = calloc(1, (size_t)n + 1);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    for (size_t i = 0; i < NI_ARRAY_LEN(g_keys); i++) {
+        char flag[80];
+        snprintf(flag, sizeof flag, "--%s", g_keys[i].name);
+        if (!strstr(buf, flag)) fail_msg("usage lacks %s", flag);
+    }
+    free(buf);
+}
+
+static void test_log_levels(void **state) {
+    (void)state;
+    assert_int_equal(srv_log_level_from_name("warning"), SRV_LOG_WARN);
+    assert_int_equal(srv_log_level_from_name("Error"), SRV_LOG_ERROR);
+    assert_int_equal(srv_log_level_from_name("x"), -1);
+    srv_log_set_level(SRV_LOG_WARN);
+    assert_true(srv_log_enabled(SRV_LOG_ERROR));
+    assert_false(srv_log_enabled(SRV_LOG_INFO));
+    srv_log_set_level(SRV_LOG_INFO);
+    assert_string_equal(srv_log_level_name(SRV_LOG_DEBUG), "debug");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),   cmocka_unit_test(test_values),
+        cmocka_unit_test(test_file),       cmocka_unit_test(test_args),
+        cmocka_unit_test(test_validate),   cmocka_unit_test(test_shipped_conf),
+        cmocka_unit_test(test_log_levels),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
