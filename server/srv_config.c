@@ -18,14 +18,14 @@
 #include "../engine/util.h"
 #include "srv_log.h"
 
-enum { T_STR, T_INT, T_BYTES, T_SECS, T_BOOL, T_LEVEL, T_STYLE, T_BACKEND };
+enum { T_STR, T_INT, T_BYTES, T_REAL, T_BOOL, T_LEVEL, T_STYLE, T_BACKEND };
 
 typedef struct key_def {
     const char *name;
     int type;
     size_t off;
     size_t size;     /* T_STR: buffer size */
-    double min, max; /* T_INT, T_BYTES, T_SECS */
+    double min, max; /* T_INT, T_BYTES, T_REAL */
     const char *def; /* default as text (NULL: empty / false) */
     const char *arg; /* metavariable in --help */
     const char *help;
@@ -61,7 +61,7 @@ static const key_def g_keys[] = {
      "context length limit (0: the model's)"},
     {"no-prefix-cache", T_BOOL, F(no_prefix_cache), 0, 0, 0, NULL, NULL, "disable automatic prefix caching"},
     {"threads", T_INT, F(threads), 0, 0, 1024, "0", "N", "CPU threads for compute (0: all cores)"},
-    {"shutdown-timeout", T_SECS, F(shutdown_timeout), 0, 0, 86400, "30", "SECONDS",
+    {"shutdown-timeout", T_REAL, F(shutdown_timeout), 0, 0, 86400, "30", "SECONDS",
      "on SIGTERM/SIGINT, how long in-flight requests may finish before they are aborted"},
     {"log-level", T_LEVEL, F(log_level), 0, 0, 0, "info", "LEVEL", "error, warn, info or debug"},
     {"max-tokens-default", T_INT, F(max_tokens_default), 0, 1, 1 << 24, "4096", "N",
@@ -70,14 +70,18 @@ static const key_def g_keys[] = {
      "output buffered per connection; a client reading slower is cut off"},
     {"max-connections", T_INT, F(max_connections), 0, 1, 1000000, "1024", "N",
      "simultaneous HTTP connections"},
-    {"idle-timeout", T_SECS, F(idle_timeout), 0, 0, 86400, "60", "SECONDS",
+    {"idle-timeout", T_REAL, F(idle_timeout), 0, 0, 86400, "60", "SECONDS",
      "close connections idle this long (0: never)"},
-    {"health-timeout", T_SECS, F(health_timeout), 0, 0.1, 86400, "20", "SECONDS",
+    {"health-timeout", T_REAL, F(health_timeout), 0, 0.1, 86400, "20", "SECONDS",
      "/health fails when one engine step has been running longer than this"},
     {"chat-template", T_STYLE, F(chat_template), S(chat_template), 0, 0, "auto", "STYLE",
      "auto (from the model), chatml, chatml-smollm, qwen3, llama3, llama2, zephyr"},
     {"backend", T_BACKEND, F(backend), S(backend), 0, 0, "auto", "NAME",
      "compute backend: auto (CUDA when built in and a GPU is present), cpu, cuda"},
+    {"dtype", T_STR, F(dtype), S(dtype), 0, 0, "auto", "TYPE",
+     "compute precision: auto (bf16 on the GPU, fp32 on the CPU), bf16, fp32"},
+    {"gpu-memory-utilization", T_REAL, F(gpu_memory_utilization), 0, 0.05, 1, "0.9", "FRACTION",
+     "share of GPU memory for weights, buffers and the KV cache (sizes the pool when kv-blocks is 0)"},
 };
 
 static void norm_key(const char *in, char *out, size_t cap) {
@@ -152,7 +156,7 @@ int srv_config_set(srv_config *c, const char *key, const char *val, char *err, s
     }
     case T_INT:
     case T_BYTES:
-    case T_SECS: {
+    case T_REAL: {
         double d;
         char *end;
         if (k->type == T_BYTES) {
@@ -166,7 +170,7 @@ int srv_config_set(srv_config *c, const char *key, const char *val, char *err, s
             if (end == val || *end || errno || !isfinite(d))
                 return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not a number", k->name, val);
         }
-        if (k->type != T_SECS && d != floor(d))
+        if (k->type != T_REAL && d != floor(d))
             return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not an integer", k->name, val);
         if (d < k->min || d > k->max)
             return ni_fail(err, errlen, NI_EINVAL, "%s: %s is out of range [%.15g, %.15g]", k->name, val,
@@ -331,6 +335,8 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
         return ni_fail(err, errlen, NI_EINVAL,
                        "backend: this build has no CUDA backend (built without nvcc)");
 #endif
+    if (strcmp(c->dtype, "auto") && strcmp(c->dtype, "bf16") && strcmp(c->dtype, "fp32"))
+        return ni_fail(err, errlen, NI_EINVAL, "dtype: '%s' is not one of auto, bf16, fp32", c->dtype);
     for (const char *p = c->api_key; *p; p++)
         if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 127)
             return ni_fail(err, errlen, NI_EINVAL, "api-key: only printable ASCII without spaces");

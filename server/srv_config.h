@@ -45,6 +45,8 @@ typedef struct srv_config {
     double health_timeout;  /* engine heartbeat age that makes /health fail */
     char chat_template[32]; /* "auto" or a chat.h style name */
     char backend[16];       /* "auto", "cpu" or "cuda" */
+    char dtype[8];          /* "auto", "bf16" or "fp32" */
+    double gpu_memory_utilization; /* fraction of GPU memory (KV pool sizing) */
     int api_key_from_env;   /* informational: api_key came from the environment */
 } srv_config;
 

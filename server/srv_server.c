@@ -79,9 +79,6 @@
 #include "../engine/model.h"
 #include "../engine/util.h"
 #include "../tokenizer/tok.h"
-#ifdef NI_USE_CUDA
-#include "../cuda/cu.h"
-#endif
 #include "cli.h"
 #include "srv_api.h"
 #include "srv_config.h"
@@ -301,16 +298,6 @@ static void heartbeat(srv_server *s) {
     atomic_store_explicit(&s->heartbeat_us, (long long)(now_s() * 1e6), memory_order_relaxed);
 }
 
-static const eng_backend *pick_backend(const srv_config *c) {
-#ifdef NI_USE_CUDA
-    if (!strcmp(c->backend, "cuda") || (!strcmp(c->backend, "auto") && cu_device_count() > 0))
-        return &eng_backend_cuda;
-#else
-    (void)c;
-#endif
-    return &eng_backend_cpu;
-}
-
 static void *engine_main(void *arg) {
     srv_server *s = arg;
     char err[512];
@@ -330,8 +317,13 @@ static void *engine_main(void *arg) {
         ec.prefix_cache = !s->cfg.no_prefix_cache;
         ec.n_threads = s->cfg.threads;
         ec.max_seq_len = s->cfg.max_model_len;
-        s->backend = pick_backend(&s->cfg);
-        rc = eng_init(&s->eng, &s->model, s->backend, &ec, on_engine_event, s, err, sizeof err);
+        ec.mem_util = s->cfg.gpu_memory_utilization;
+        s->backend = eng_backend_select(s->cfg.backend,
+                                        strcmp(s->cfg.dtype, "auto") ? s->cfg.dtype : NULL, err,
+                                        sizeof err);
+        rc = s->backend ? eng_init(&s->eng, &s->model, s->backend, &ec, on_engine_event, s, err,
+                                   sizeof err)
+                        : NI_EINVAL;
     }
     if (rc) {
         snprintf(s->fail_msg, sizeof s->fail_msg, "%s", err);
