@@ -11,13 +11,9 @@
  */
 #include "gguf.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "quant.h"
 #include "util.h"
@@ -264,29 +260,18 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
 
 int gguf_open(gguf_ctx *g, const char *path, char *err, size_t errlen) {
     memset(g, 0, sizeof(*g));
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ni_fail(err, errlen, NI_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return ni_fail(err, errlen, NI_EIO, "%s: not a regular file", path);
-    }
-    if (st.st_size < 24) {
-        close(fd);
-        return ni_fail(err, errlen, NI_EFORMAT, "%s: file too small to be GGUF (%lld bytes)",
-                       path, (long long)st.st_size);
-    }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return ni_fail(err, errlen, NI_EIO, "%s: mmap failed", path);
+    void *map;
+    size_t size;
+    int rc = ni_map_file(path, 24, "GGUF", &map, &size, err, errlen);
+    if (rc) return rc;
     g->map = map;
-    g->size = (size_t)st.st_size;
+    g->size = size;
     g->path = strdup(path);
     if (!g->path) {
         gguf_close(g);
         return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", path);
     }
-    int rc = parse(g, err, errlen);
+    rc = parse(g, err, errlen);
     if (rc) gguf_close(g);
     return rc;
 }

@@ -7,12 +7,9 @@
  */
 #include "safetensors.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "gguf.h"
@@ -87,21 +84,10 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *v, uint64_t data
 }
 
 int st_open_file(st_set *s, const char *path, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ni_fail(err, errlen, NI_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return ni_fail(err, errlen, NI_EIO, "%s: not a regular file", path);
-    }
-    if (st.st_size < 8) {
-        close(fd);
-        return ni_fail(err, errlen, NI_EFORMAT, "%s: too small to be safetensors", path);
-    }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return ni_fail(err, errlen, NI_EIO, "%s: mmap failed", path);
-    size_t size = (size_t)st.st_size;
+    void *map;
+    size_t size;
+    int rc0 = ni_map_file(path, 8, "safetensors", &map, &size, err, errlen);
+    if (rc0) return rc0;
 
     st_shard *sh = realloc(s->shards, (size_t)(s->n_shards + 1) * sizeof(*sh));
     if (!sh) {

@@ -4,8 +4,13 @@
 #define _POSIX_C_SOURCE 200809L
 #include "util.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *ni_strerror(int err) {
     switch (err) {
@@ -50,5 +55,27 @@ int ni_read_file(const char *path, char **out, size_t *len) {
     buf[n] = 0;
     *out = buf;
     if (len) *len = (size_t)n;
+    return 0;
+}
+
+int ni_map_file(const char *path, size_t min_size, const char *what, void **map, size_t *size,
+                char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return ni_fail(err, errlen, NI_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ni_fail(err, errlen, NI_EIO, "%s: not a regular file", path);
+    }
+    if ((size_t)st.st_size < min_size || st.st_size == 0) {
+        close(fd);
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: file too small to be %s (%lld bytes)", path,
+                       what, (long long)st.st_size);
+    }
+    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) return ni_fail(err, errlen, NI_EIO, "%s: mmap failed", path);
+    *map = m;
+    *size = (size_t)st.st_size;
     return 0;
 }

@@ -56,4 +56,11 @@ double ni_now(void);
  * Returns 0 or a negative NI_E* code; *len gets the size without the NUL. */
 int ni_read_file(const char *path, char **out, size_t *len);
 
+/* Maps the regular file at path read-only (private mapping). Files smaller
+ * than min_size are rejected with NI_EFORMAT ("too small to be <what>").
+ * Returns 0 with *map and *size, or a negative code with a message naming
+ * the file. Unmap with munmap(*map, *size). */
+int ni_map_file(const char *path, size_t min_size, const char *what, void **map, size_t *size,
+                char *err, size_t errlen);
+
 #endif
