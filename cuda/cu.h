@@ -15,6 +15,13 @@
  *   2. the environment variable NI_CUDA_DTYPE=bf16|fp32 read at init;
  *   3. CU_DTYPE_BF16.
  * NI_CUDA_DEVICE=<n> picks the device (default 0).
+ * Weight format: eng_backend_config.quant == 1, else NI_CUDA_QUANT=int8
+ * (default none): int8 projection and LM-head weights with per-row scales,
+ * activations in the dtype above (W8A16 in BF16 mode).
+ * Decode CUDA graphs: NI_CUDA_GRAPHS=1 (default) | 0 (off) | eager (the
+ * padded decode launches without capture; debugging and tests).
+ * The backend also implements eng_backend.sample (cu_sample.cu): sampling
+ * on the device from logits a forward(logits = NULL) left there.
  *
  * Op-level entry points that take host pointers (for tests and tools) are in
  * cuda/cu_ops.h.
@@ -56,6 +63,21 @@ int cu_backend_get_dtype(void);
 
 /* Short name of a dtype ("bf16", "fp32", "?"). */
 const char *cu_dtype_name(int dtype);
+
+/* Counters of one backend context (tests and tools). */
+typedef struct cu_backend_stats {
+    int graph_mode;               /* 0 off, 1 graphs, 2 eager (NI_CUDA_GRAPHS) */
+    int quant;                    /* 1: int8 weights */
+    int graphs_captured;          /* decode buckets captured so far */
+    long long graph_launches;     /* decode steps replayed from a graph */
+    long long decode_steps;       /* steps that took the padded decode path */
+    long long general_steps;      /* steps that took the general path */
+    long long sample_calls;       /* successful eng_backend.sample calls */
+} cu_backend_stats;
+
+/* Copies the counters of a context made by eng_backend_cuda.init.
+ * Returns 0 or NI_EINVAL (NULL argument). */
+int cu_backend_get_stats(const void *ctx, cu_backend_stats *st);
 
 /* The CUDA backend (see engine/backend.h). init fails with NI_EUNSUPPORTED
  * when there is no GPU, NI_ENOMEM when the weights, KV pool or work buffers

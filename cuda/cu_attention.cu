@@ -242,11 +242,25 @@ __global__ void __launch_bounds__(NT) k_att_combine(cu_att_args a) {
     }
 }
 
+int cu_att_prepare(void) {
+    const int smem = (int)att_smem_bytes(CU_ATT_MAX_HD);
+    CU_CHECK(cudaFuncSetAttribute(k_attention<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem));
+    CU_CHECK(cudaFuncSetAttribute(k_attention<cu_bf16>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return 0;
+}
+
 template <typename T>
 static int launch_att(cudaStream_t st, const cu_att_args *a) {
     const size_t smem = att_smem_bytes(a->hd);
-    CU_CHECK(cudaFuncSetAttribute(k_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem));
+    /* the limit is raised outside stream capture only (a graph's launches
+     * rely on cu_att_prepare having run before the capture) */
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CU_CHECK(cudaStreamIsCapturing(st, &cs));
+    if (cs == cudaStreamCaptureStatusNone)
+        CU_CHECK(cudaFuncSetAttribute(k_attention<T>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)a->n_items, (unsigned)a->n_kv, (unsigned)a->n_splits);
     k_attention<T><<<grid, NT, smem, st>>>(*a);
     CU_LAUNCH_CHECK(st);

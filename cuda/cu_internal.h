@@ -143,7 +143,8 @@ typedef struct cu_rope_args {
     float *qkv;            /* [n][ld]: q [n_heads*hd] | k [n_kv*hd] | v [n_kv*hd] per row */
     int ld;                /* row stride of qkv in floats, >= (n_heads + 2*n_kv) * hd */
     const int32_t *pos;    /* [n] position of each token */
-    const int32_t *slot;   /* [n] physical cache slot: block * block_size + pos % block_size */
+    const int32_t *slot;   /* [n] physical cache slot: block * block_size + pos % block_size;
+                            * < 0: K/V of that token are not stored (decode padding rows) */
     const float *cos_tab;  /* [max_pos][hd/2] */
     const float *sin_tab;  /* [max_pos][hd/2] */
     const float *q_norm;   /* [hd] or NULL: qwen3 per-head RMSNorm of q (and k_norm of k) */
@@ -170,7 +171,9 @@ int cu_launch_rope_kv(cudaStream_t st, const cu_rope_args *a, int dtype);
 
 /* One work item: n_q consecutive query tokens of one sequence (batch tokens
  * tok0 .. tok0+n_q-1 at positions pos_first ..), attending over positions
- * [0, pos_first + n_q) with a causal mask per token. */
+ * [0, pos_first + n_q) with a causal mask per token. n_q == 0 (with
+ * pos_first 0) is an empty item: nothing is read or written (the padding
+ * rows of a decode graph). */
 typedef struct cu_att_item {
     int32_t tok0, n_q, pos_first, seq;
 } cu_att_item;
@@ -212,6 +215,11 @@ typedef struct cu_att_args {
  * combine kernel merges them. */
 int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype);
 
+/* Raises the attention kernels' dynamic shared-memory limit to what head_dim
+ * CU_ATT_MAX_HD needs, on the current device; call once before capturing
+ * launches into a graph (cu_launch_attention does it itself outside capture). */
+int cu_att_prepare(void);
+
 /* ---- cu_gemm.cu ------------------------------------------------------------- */
 
 /* y[n][0..out) (row stride ldy) = x W^T + beta * y, where x is T [n][ldx]
@@ -221,6 +229,105 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype);
  * (1 fuses the residual add). */
 int cu_gemm(cublasHandle_t h, int dtype, float *y, int ldy, const void *x, int ldx, const void *w,
             int n, int in, int out, float beta);
+
+/* ---- cu_quant.cu: int8 weights (W8A16) ---------------------------------------- */
+
+/* Activation rows up to which the int8 GEMM runs the GEMV kernel (decode);
+ * above, it dequantizes to T and calls cuBLAS. */
+#define CU_GEMV_MAX_N 16
+
+/* Per-row symmetric int8 quantization of the device FP32 matrix w [rows][cols]:
+ * scale[r] = max_c |w[r][c]| / 127, q[r][c] = rint(w[r][c] / scale[r])
+ * clamped to [-127, 127] (scale 0 -> q 0). The dequantized weight is
+ * q * scale. */
+int cu_launch_quantize_rows(cudaStream_t st, int8_t *q /* [rows][cols] */,
+                            float *scale /* [rows] */, const float *w /* [rows][cols] */,
+                            int rows, int cols);
+
+/* y[m][o] = beta * y[m][o] + scale[o] * sum_k q[o][k] * x[m][k] for m < n <=
+ * CU_GEMV_MAX_N (FP32 accumulation; beta 0 never reads y). x is T [n][ldx].
+ * NI_EINVAL when n > CU_GEMV_MAX_N. */
+int cu_launch_gemv_q8(cudaStream_t st, int dtype, float *y /* [n][ldy] */, int ldy,
+                      const void *x /* T [n][ldx] */, int ldx, const int8_t *q /* [out][in] */,
+                      const float *scale /* [out] */, int n, int in, int out, float beta);
+
+/* Benchmarks only: 0 (default) the GEMV kernel for n <= CU_GEMV_MAX_N, 1
+ * cu_gemm_q8 takes the dequantize + cuBLAS path for every n. Not
+ * thread-safe. */
+void cu_quant_set_gemv(int variant);
+
+/* The int8 analogue of cu_gemm: y[n][0..out) = beta * y + x (q * scale)^T.
+ * n <= CU_GEMV_MAX_N: cu_launch_gemv_q8. Otherwise output-row chunks of q
+ * are widened to T in deq (deq_bytes, at least one row of in elements),
+ * multiplied with cuBLAS (into y when beta == 0, else into tmp, which must
+ * hold n * out floats) and scaled per column (plus beta * y). Enqueues on st
+ * (the handle's stream); returns 0, NI_EINVAL or NI_EIO. */
+int cu_gemm_q8(cublasHandle_t h, cudaStream_t st, int dtype, float *y, int ldy, const void *x,
+               int ldx, const int8_t *q, const float *scale, int n, int in, int out, float beta,
+               void *deq, size_t deq_bytes, float *tmp);
+
+/* ---- cu_sample.cu: the fused sampler ------------------------------------------- */
+
+/* Per-row sampling job on the device (packed on the host by cu_sample_pack). */
+typedef struct cu_smp_row {
+    int32_t src;          /* logits row (in cu_sample_args.logits) */
+    int32_t work;         /* CU_SMP_WORK_SRC: read src as is; CU_SMP_WORK_INPLACE: apply
+                           * bias / penalties to src in place; >= 0: copy src to that
+                           * scratch row first */
+    float temperature, top_p, min_p, rep, pres, freq;
+    int32_t top_k, logprobs;
+    int32_t n_bias, n_toks;  /* entries at ents[bias_off..), ents[toks_off..) */
+    int64_t bias_off, toks_off;
+    double u;             /* uniform [0, 1) of this draw */
+} cu_smp_row;
+
+#define CU_SMP_WORK_SRC (-1)
+#define CU_SMP_WORK_INPLACE (-2)
+
+/* A sparse entry: logit_bias (token, float bits of the bias) or a penalty
+ * token (token, bit 31 = in prompt | output count). */
+typedef struct cu_smp_ent {
+    int32_t token;
+    uint32_t bits;
+} cu_smp_ent;
+
+typedef struct cu_smp_out {
+    int32_t token;        /* sampled token, -1 on error */
+    int32_t err;          /* 0, or NI_ERANGE (NaN / +inf logit, no finite logit) */
+    float logprob;        /* raw log_softmax of token (logprobs >= 0) */
+    int32_t n_top;
+    int32_t top_tok[SMP_MAX_LOGPROBS];
+    float top_lp[SMP_MAX_LOGPROBS];
+} cu_smp_out;
+
+typedef struct cu_sample_args {
+    float *logits;            /* [..][vocab] FP32 rows (modified for CU_SMP_WORK_INPLACE rows) */
+    int vocab;
+    const cu_smp_row *rows;   /* [n_rows] device */
+    int n_rows;
+    const cu_smp_ent *ents;   /* device */
+    float *scratch;           /* [n_scratch][vocab] device */
+    cu_smp_out *out;          /* [n_rows] device */
+    float *probs;             /* [n_rows][vocab] or NULL: the distribution drawn from (tests) */
+} cu_sample_args;
+
+/* One block per row: the smp_sample pipeline (see cu_sample.cu). */
+int cu_launch_sample(cudaStream_t st, const cu_sample_args *a);
+
+/* Host packing of eng_sample_row jobs for cu_launch_sample. row_of_seq[s]
+ * is the logits row of sequence s (-1: none), n_seqs its length; consumers
+ * [n_seqs] is workspace. Packs rows[0..) into rh[0..cap_rows) and their
+ * sparse entries into eh[0..ent_cap), stopping before the first row that
+ * does not fit (entries or one of n_scratch scratch rows); *n_packed >= 1
+ * unless an error is returned. Returns 0, NI_EINVAL (bad row: no logits for
+ * its seq, NULL params, token ids out of range) or NI_ERANGE (one row's
+ * entries exceed ent_cap). */
+int cu_sample_pack(const eng_sample_row *rows, int n_rows, int vocab, const int32_t *row_of_seq,
+                   int n_seqs, int *consumers, cu_smp_row *rh, int cap_rows, cu_smp_ent *eh,
+                   size_t ent_cap, int n_scratch, int *n_packed, size_t *n_ents);
+
+/* out[i] from the device result d[i]. */
+void cu_sample_result(smp_result *out, const cu_smp_out *d);
 
 /* ---- rope tables (cu_rope.cu, host) ------------------------------------------ */
 

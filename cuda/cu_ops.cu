@@ -256,3 +256,239 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
+
+extern "C" int cu_op_quantize_q8(int8_t *q, float *scale, const float *w, int rows, int cols) {
+    if (rows <= 0 || cols <= 0) return NI_EINVAL;
+    dbuf dw, dq, ds;
+    CU_TRY(put_f32(dw, w, (size_t)rows * cols));
+    CU_TRY(dq.alloc((size_t)rows * cols));
+    CU_TRY(ds.alloc((size_t)rows * 4));
+    CU_TRY(cu_launch_quantize_rows(0, dq.as<int8_t>(), ds.as<float>(), dw.as<float>(), rows,
+                                   cols));
+    CU_CHECK(cudaDeviceSynchronize());
+    CU_CHECK(cudaMemcpy(q, dq.p, (size_t)rows * cols, cudaMemcpyDeviceToHost));
+    CU_CHECK(cudaMemcpy(scale, ds.p, (size_t)rows * 4, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+extern "C" int cu_op_matmul_q8(float *y, const float *x, const int8_t *q, const float *scale,
+                               int n, int in, int out, int accumulate, int deq_rows, int dtype) {
+    if (!dtype_ok(dtype) || n < 0 || in <= 0 || out <= 0 || deq_rows < 0) return NI_EINVAL;
+    const size_t esz = cu_dtype_size(dtype);
+    const size_t deq_bytes = deq_rows ? (size_t)deq_rows * in * esz : (size_t)64 << 20;
+    dbuf dx, dq, ds, dy, ddeq, dtmp;
+    CU_TRY(put_t(dx, x, (size_t)n * in, dtype));
+    CU_TRY(dq.alloc((size_t)out * in));
+    CU_CHECK(cudaMemcpy(dq.p, q, (size_t)out * in, cudaMemcpyHostToDevice));
+    CU_TRY(put_f32(ds, scale, (size_t)out));
+    CU_TRY(put_f32(dy, y, (size_t)n * out));
+    CU_TRY(ddeq.alloc(deq_bytes));
+    CU_TRY(dtmp.alloc((size_t)n * out * 4));
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    const int rc = cu_gemm_q8(h, 0, dtype, dy.as<float>(), out, dx.p, in, dq.as<int8_t>(),
+                              ds.as<float>(), n, in, out, accumulate ? 1.0f : 0.0f, ddeq.p,
+                              deq_bytes, dtmp.as<float>());
+    cudaError_t e = cudaDeviceSynchronize();
+    cublasDestroy(h);
+    CU_TRY(rc);
+    CU_CHECK(e);
+    return get_f32(y, dy, (size_t)n * out);
+}
+
+extern "C" int cu_op_sample(const float *logits, int n_src, int vocab, const eng_sample_row *rows,
+                            int n_rows, smp_result *out, float *probs) {
+    if (n_src <= 0 || vocab <= 0 || n_rows < 0 || !logits || (n_rows > 0 && (!rows || !out)))
+        return NI_EINVAL;
+    if (n_rows == 0) return 0;
+    int32_t *row_of = (int32_t *)malloc((size_t)n_src * sizeof(int32_t));
+    int *cons = (int *)malloc((size_t)n_src * sizeof(int));
+    size_t ent_cap = (size_t)vocab + 65536;
+    cu_smp_row *rh = (cu_smp_row *)malloc((size_t)n_rows * sizeof(cu_smp_row));
+    cu_smp_ent *eh = (cu_smp_ent *)malloc(ent_cap * sizeof(cu_smp_ent));
+    cu_smp_out *oh = (cu_smp_out *)malloc((size_t)n_rows * sizeof(cu_smp_out));
+    int rc = row_of && cons && rh && eh && oh ? 0 : NI_ENOMEM;
+    for (int s = 0; !rc && s < n_src; s++) row_of[s] = s;
+    dbuf dl, drows, dents, dout, dscr, dprobs;
+    const int n_scr = n_rows < 64 ? n_rows : 64;
+    /* a copy of the logits: rows modified in place must not touch the caller's */
+    if (!rc) rc = put_f32(dl, logits, (size_t)n_src * vocab);
+    if (!rc) rc = drows.alloc((size_t)n_rows * sizeof(cu_smp_row));
+    if (!rc) rc = dents.alloc(ent_cap * sizeof(cu_smp_ent));
+    if (!rc) rc = dout.alloc((size_t)n_rows * sizeof(cu_smp_out));
+    if (!rc) rc = dscr.alloc((size_t)n_scr * vocab * 4);
+    if (!rc && probs) rc = dprobs.alloc((size_t)n_rows * vocab * 4);
+    for (int done = 0; !rc && done < n_rows;) {
+        int np = 0;
+        size_t ne = 0;
+        rc = cu_sample_pack(rows + done, n_rows - done, vocab, row_of, n_src, cons, rh,
+                            n_rows - done, eh, ent_cap, n_scr, &np, &ne);
+        if (!rc && np <= 0) rc = NI_ERANGE;
+        if (!rc && (cudaMemcpy(drows.p, rh, (size_t)np * sizeof(cu_smp_row),
+                               cudaMemcpyHostToDevice) != cudaSuccess ||
+                    (ne && cudaMemcpy(dents.p, eh, ne * sizeof(cu_smp_ent),
+                                      cudaMemcpyHostToDevice) != cudaSuccess)))
+            rc = NI_EIO;
+        const cu_sample_args a = {dl.as<float>(),
+                                  vocab,
+                                  drows.as<cu_smp_row>(),
+                                  np,
+                                  dents.as<cu_smp_ent>(),
+                                  dscr.as<float>(),
+                                  dout.as<cu_smp_out>(),
+                                  probs ? dprobs.as<float>() + (size_t)done * vocab : NULL};
+        if (!rc) rc = cu_launch_sample(0, &a);
+        if (!rc && (cudaDeviceSynchronize() != cudaSuccess ||
+                    cudaMemcpy(oh, dout.p, (size_t)np * sizeof(cu_smp_out),
+                               cudaMemcpyDeviceToHost) != cudaSuccess))
+            rc = NI_EIO;
+        for (int i = 0; !rc && i < np; i++) cu_sample_result(&out[done + i], &oh[i]);
+        done += np;
+    }
+    if (!rc && probs) rc = get_f32(probs, dprobs, (size_t)n_rows * vocab);
+    if (rc == NI_EIO) {
+        fprintf(stderr, "%s:%d: cu_op_sample: %s\n", __FILE__, __LINE__,
+                cudaGetErrorString(cudaGetLastError()));
+    }
+    free(row_of);
+    free(cons);
+    free(rh);
+    free(eh);
+    free(oh);
+    return rc;
+}
+
+extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, int iters,
+                                  double *us) {
+    if (vocab <= 0 || n_rows <= 0 || !p || iters <= 0 || iters > 1000 || !us) return NI_EINVAL;
+    const size_t nl = (size_t)n_rows * vocab;
+    float *h = (float *)malloc(nl * 4);
+    cu_smp_row *rh = (cu_smp_row *)calloc((size_t)n_rows, sizeof(cu_smp_row));
+    if (!h || !rh) {
+        free(h);
+        free(rh);
+        return NI_ENOMEM;
+    }
+    uint64_t z = 12345;
+    for (size_t i = 0; i < nl; i++) { /* cheap pseudo-normal-ish logits */
+        z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+        h[i] = (float)((double)(z >> 40) / 16777216.0 * 8.0 - 4.0);
+    }
+    for (int r = 0; r < n_rows; r++) {
+        cu_smp_row *o = &rh[r];
+        o->src = r;
+        o->work = CU_SMP_WORK_SRC;
+        o->temperature = p->temperature;
+        o->top_p = p->top_p;
+        o->min_p = p->min_p;
+        o->rep = 1.0f;
+        o->top_k = p->top_k;
+        o->logprobs = p->logprobs;
+        o->u = (r + 0.5) / n_rows;
+    }
+    dbuf dl, drows, dout;
+    int rc = put_f32(dl, h, nl);
+    free(h);
+    if (!rc) rc = drows.alloc((size_t)n_rows * sizeof(cu_smp_row));
+    if (!rc && cudaMemcpy(drows.p, rh, (size_t)n_rows * sizeof(cu_smp_row),
+                          cudaMemcpyHostToDevice) != cudaSuccess)
+        rc = NI_EIO;
+    free(rh);
+    if (!rc) rc = dout.alloc((size_t)n_rows * sizeof(cu_smp_out));
+    CU_TRY(rc);
+    const cu_sample_args a = {dl.as<float>(), vocab, drows.as<cu_smp_row>(), n_rows, NULL, NULL,
+                              dout.as<cu_smp_out>(), NULL};
+    cudaEvent_t e0, e1;
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    double t[1000];
+    for (int it = -2; it < iters; it++) {
+        CU_CHECK(cudaEventRecord(e0, 0));
+        CU_TRY(cu_launch_sample(0, &a));
+        CU_CHECK(cudaEventRecord(e1, 0));
+        CU_CHECK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CU_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (it >= 0) t[it] = ms * 1e3;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    for (int i = 1; i < iters; i++) /* insertion sort for the median */
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            const double s = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = s;
+        }
+    *us = t[iters / 2];
+    return 0;
+}
+
+extern "C" int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters,
+                                  double *us) {
+    if (!dtype_ok(dtype) || n <= 0 || in <= 0 || out <= 0 || mode < 0 || mode > 2 ||
+        iters <= 0 || iters > 1000 || !us)
+        return NI_EINVAL;
+    const size_t nw = (size_t)out * in, esz = cu_dtype_size(dtype);
+    dbuf dx, dw, dq, ds, dy, ddeq, dtmp, dsrc;
+    /* random device data: FP32 source, converted / quantized on the device */
+    float *h = (float *)malloc(((size_t)n * in > (size_t)out ? (size_t)n * in : (size_t)out) * 4);
+    if (!h) return NI_ENOMEM;
+    uint64_t z = 777;
+    for (size_t i = 0; i < (size_t)n * in; i++) {
+        z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+        h[i] = (float)((double)(z >> 40) / 16777216.0 - 0.5);
+    }
+    int rc = put_t(dx, h, (size_t)n * in, dtype);
+    free(h);
+    CU_TRY(rc);
+    CU_TRY(dsrc.alloc(nw * 4));
+    CU_CHECK(cudaMemset(dsrc.p, 0x3c, nw * 4)); /* 0.0117.. everywhere: timing only */
+    if (mode == 0) {
+        CU_TRY(dw.alloc(nw * esz));
+        CU_TRY(cu_launch_convert(0, dw.p, dtype, dsrc.as<float>(), nw));
+    } else {
+        CU_TRY(dq.alloc(nw));
+        CU_TRY(ds.alloc((size_t)out * 4));
+        CU_TRY(cu_launch_quantize_rows(0, dq.as<int8_t>(), ds.as<float>(), dsrc.as<float>(), out,
+                                       in));
+    }
+    CU_TRY(dy.alloc((size_t)n * out * 4));
+    CU_TRY(ddeq.alloc((size_t)64 << 20));
+    CU_TRY(dtmp.alloc((size_t)n * out * 4));
+    CU_CHECK(cudaDeviceSynchronize());
+    cublasHandle_t hb;
+    CUBLAS_CHECK(cublasCreate(&hb));
+    cu_quant_set_gemv(mode == 2 ? 1 : 0);
+    cudaEvent_t e0, e1;
+    double t[1000];
+    rc = 0;
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    for (int it = -3; it < iters && !rc; it++) {
+        CU_CHECK(cudaEventRecord(e0, 0));
+        if (mode == 0)
+            rc = cu_gemm(hb, dtype, dy.as<float>(), out, dx.p, in, dw.p, n, in, out, 0.0f);
+        else
+            rc = cu_gemm_q8(hb, 0, dtype, dy.as<float>(), out, dx.p, in, dq.as<int8_t>(),
+                            ds.as<float>(), n, in, out, 0.0f, ddeq.p, (size_t)64 << 20,
+                            dtmp.as<float>());
+        CU_CHECK(cudaEventRecord(e1, 0));
+        CU_CHECK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CU_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (it >= 0) t[it] = ms * 1e3;
+    }
+    cu_quant_set_gemv(0);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cublasDestroy(hb);
+    CU_TRY(rc);
+    for (int i = 1; i < iters; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            const double sw = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = sw;
+        }
+    *us = t[iters / 2];
+    return 0;
+}

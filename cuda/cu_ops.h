@@ -22,6 +22,7 @@
 extern "C" {
 #endif
 
+#include "../engine/backend.h"
 #include "../engine/model.h"
 
 /* out[i] = table[tokens[i]] (table in T). Twin: cpu_embed. */
@@ -67,6 +68,38 @@ int cu_op_attention(float *out /* [n_tokens][n_heads*hd] */,
                     const int32_t *pos0 /* [n_seqs] */,
                     const int32_t *block_tables /* [n_seqs][max_blocks] */, int max_blocks,
                     int n_heads, int n_kv, int hd, int n_splits, int dtype);
+
+/* Device int8 quantization of w [rows][cols] (cu_launch_quantize_rows):
+ * q [rows][cols] and scale [rows] come back. Twin: scale = max|w| / 127,
+ * q = rint(w / scale) clamped to +-127, computed on the host (identical). */
+int cu_op_quantize_q8(int8_t *q, float *scale, const float *w, int rows, int cols);
+
+/* y = x (q * scale)^T (+ y when accumulate) through the backend's int8 GEMM
+ * (cu_gemm_q8: GEMV kernel for n <= 16, else dequantize + cuBLAS in chunks
+ * of deq_rows output rows, 0 = the backend's 64 MiB). x in T, y FP32. Twin:
+ * cpu_matmul with the dequantized weights q * scale. */
+int cu_op_matmul_q8(float *y /* [n][out] */, const float *x /* [n][in] */,
+                    const int8_t *q /* [out][in] */, const float *scale /* [out] */, int n,
+                    int in, int out, int accumulate, int deq_rows, int dtype);
+
+/* The device sampler (cu_launch_sample) on host logits [n_src][vocab]: row
+ * i samples logits row rows[i].seq (< n_src) like eng_backend_cuda.sample.
+ * probs (optional) gets each row's distribution [n_rows][vocab] (the
+ * survivors' normalized weights; one-hot for greedy), the twin of
+ * smp_distribution. Logits rows are not modified. Twin: smp_sample. */
+int cu_op_sample(const float *logits, int n_src, int vocab, const eng_sample_row *rows,
+                 int n_rows, smp_result *out, float *probs /* [n_rows][vocab] or NULL */);
+
+/* Times one projection y = x W^T on device data (median of iters, device
+ * events) for n activation rows: mode 0 cuBLAS on T weights (cu_gemm), 1
+ * the int8 path as the backend runs it (cu_gemm_q8: GEMV for n <= 16), 2
+ * int8 always dequantized + cuBLAS. *us gets microseconds per call. */
+int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters, double *us);
+
+/* Times cu_launch_sample alone (device events, median of iters launches
+ * after a warm-up) on n_rows random logits rows of vocab, every row with
+ * params p (no penalties). *us gets microseconds per launch. */
+int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, int iters, double *us);
 
 #ifdef __cplusplus
 }

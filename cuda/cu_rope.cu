@@ -57,9 +57,11 @@ __global__ void k_rope_kv(cu_rope_args a) {
     float *row = a.qkv + (size_t)i * a.ld;
     const float *cs = a.cos_tab + (size_t)a.pos[i] * half;
     const float *sn = a.sin_tab + (size_t)a.pos[i] * half;
-    const size_t cache_off = (size_t)a.slot[i] * kvd;
+    const int32_t slot = a.slot[i];
+    const size_t cache_off = slot >= 0 ? (size_t)slot * kvd : 0;
     T *kc = (T *)a.k_cache + cache_off, *vc = (T *)a.v_cache + cache_off;
-    const int n_all = a.n_heads + 2 * a.n_kv;
+    /* slot < 0: a padding row of a decode graph; q is rotated, K/V not stored */
+    const int n_all = slot >= 0 ? a.n_heads + 2 * a.n_kv : a.n_heads;
     for (int h = warp; h < n_all; h += ROPE_WARPS) {
         if (h < a.n_heads) {
             float *q = row + (size_t)h * hd;

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "sampler.h"
 
 typedef struct eng_batch {
     int n_seqs;
@@ -45,7 +46,28 @@ typedef struct eng_backend_config {
     int max_batch_tokens;         /* upper bound of n_tokens per forward call */
     int max_seqs;                 /* upper bound of n_seqs per forward call */
     int n_threads;                /* CPU threads (0 = all cores) */
+    int quant;                    /* weight format (CPU backend): 0 = FP32 (the reference),
+                                   * 1 = int8 blocks of 32, 2 = 4-bit (Q4_1-style) layers +
+                                   * int8 LM head; 1 and 2 use int8 activations */
 } eng_backend_config;
+
+/* Penalty state of one sequence for eng_backend.sample: every distinct token
+ * of its prompt (when repetition_penalty != 1) and of its output (when any
+ * penalty is on), i.e. the entries of its smp_state table. */
+typedef struct eng_sample_tok {
+    int32_t token; /* [0, vocab) */
+    uint32_t val;  /* bit 31: occurs in the prompt; bits 0..30: times generated */
+} eng_sample_tok;
+
+/* One draw for eng_backend.sample. */
+typedef struct eng_sample_row {
+    int32_t seq;                /* batch index s of the last forward (want_logits[s] != 0) */
+    const smp_params *p;        /* the request's validated params (logit_bias borrowed) */
+    double u;                   /* uniform [0, 1) from the sequence's RNG: the one draw per
+                                   token smp_sample() makes (greedy rows too) */
+    const eng_sample_tok *toks; /* [n_toks] penalty table; NULL / 0 when no penalty is on */
+    int32_t n_toks;
+} eng_sample_row;
 
 typedef struct eng_backend {
     const char *name;
@@ -65,6 +87,16 @@ typedef struct eng_backend {
      * ignored). Returns 0 with *n_blocks, or a negative code with a message. */
     int (*kv_blocks_for_memory)(const mdl_model *m, const eng_backend_config *c,
                                 double mem_util, int *n_blocks, char *err, size_t errlen);
+    /* Optional (NULL: the engine samples on the CPU from forward's logits).
+     * Device sampling, smp_sample() semantics: a forward() called with
+     * logits == NULL leaves the logits of its want_logits rows on the
+     * device; this call then samples rows[0..n_rows) from them (several rows
+     * may name the same sequence: n > 1 siblings) and fills out[i] like
+     * smp_sample() (token; raw logprobs when p->logprobs >= 0). It must come
+     * before the next forward(). A row whose logits hold a NaN / +inf or no
+     * finite value gets out[i].token = -1 (smp_sample's NI_ERANGE). Returns
+     * 0, NI_EINVAL (a row's seq had no logits, bad ids) or NI_EIO. */
+    int (*sample)(void *ctx, const eng_sample_row *rows, int n_rows, smp_result *out);
 } eng_backend;
 
 extern const eng_backend eng_backend_cpu;

@@ -38,6 +38,18 @@
  *
  * Speed depends a lot on the kernels OpenBLAS picks at load time: see
  * cpu_blas_core() in cpu_ops.h (OPENBLAS_CORETYPE).
+ *
+ * Quantized weights (config quant = 1: int8; quant = 2: 4-bit Q4_1-style
+ * layers with an int8 LM head; cpu_q8.h): init also quantizes every
+ * projection into backend-owned copies (the model's FP32 weights stay
+ * untouched): per layer Wq|Wk|Wv stacked into one matrix, Wo, Wgate|Wup
+ * stacked, Wdown, and the LM head (tok_embd when tied). Each projection's
+ * input is quantized once per call (blocks of 32, into one activation buffer
+ * sized at init) and one OpenMP region computes every output row of the
+ * stacked matrix, writing each row range straight into q/k/v (gate/up). The
+ * int8 products are bit-for-bit independent of the batch composition, the
+ * thread count and the SIMD path, for decode and prefill alike; embedding,
+ * norms, RoPE, attention and the KV cache stay FP32.
  */
 #include <cblas.h>
 #include <omp.h>
@@ -46,10 +58,19 @@
 
 #include "backend.h"
 #include "cpu_ops.h"
+#include "cpu_q8.h"
 #include "util.h"
 
 /* Vocabulary columns per LM-head sgemm when logits rows must be scattered. */
 #define LM_CHUNK 4096
+
+/* Quantized copies of one layer's projections (quant = 1: int8, 2: 4-bit). */
+typedef struct cpu_q8_layer {
+    cpu_q8_mat qkv;             /* [q_dim + 2 * kv_dim][dim]: Wq, Wk, Wv stacked */
+    cpu_q8_mat o;               /* [dim][q_dim] */
+    cpu_q8_mat gate_up;         /* [2 * hidden_dim][dim]: Wgate, Wup stacked */
+    cpu_q8_mat down;            /* [dim][hidden_dim] */
+} cpu_q8_layer;
 
 typedef struct cpu_ctx {
     const mdl_model *m;
@@ -81,6 +102,12 @@ typedef struct cpu_ctx {
     int32_t *tok_pos;           /* [max_batch_tokens] position of each batch token */
     int32_t *tok_seq;           /* [max_batch_tokens] sequence of each batch token */
     int32_t *lm_seq;            /* [max_seqs] sequences wanting logits, ascending */
+
+    int quant;                  /* 0: FP32 weights; 1: int8 copies below; 2: 4-bit layers */
+    cpu_q8_layer *ql;           /* [n_layers] (quant != 0) */
+    cpu_q8_mat qlm;             /* [vocab_size][dim] int8 LM head (quant != 0) */
+    cpu_q8_act qa;              /* [max(max_batch_tokens, max_seqs)][max(dim, q_dim, hidden_dim)]
+                                 * the quantized input of the current projection */
 } cpu_ctx;
 
 /* a * b into *out unless it overflows size_t. */
@@ -99,6 +126,16 @@ static void cpu_free(void *vctx) {
     free(x->tok_seq);
     free(x->lm_seq);
     cpu_rope_free(&x->rope);
+    if (x->ql)
+        for (int l = 0; l < x->c.n_layers; l++) {
+            cpu_q8_mat_free(&x->ql[l].qkv);
+            cpu_q8_mat_free(&x->ql[l].o);
+            cpu_q8_mat_free(&x->ql[l].gate_up);
+            cpu_q8_mat_free(&x->ql[l].down);
+        }
+    free(x->ql);
+    cpu_q8_mat_free(&x->qlm);
+    cpu_q8_act_free(&x->qa);
     free(x);
 }
 
@@ -130,6 +167,44 @@ static int check_model(const mdl_model *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* quant = 1 or 2: the quantized copies of every projection (int8, or 4-bit
+ * for the layers when quant = 2; the LM head is int8 in both) and the
+ * activation buffer. Returns 0 or NI_ENOMEM with a message. */
+static int init_q8(cpu_ctx *x, int quant, char *err, size_t errlen) {
+    const mdl_config *c = &x->c;
+    const mdl_weights *w = &x->m->w;
+    const int dim = c->dim, hid = c->hidden_dim, qd = x->q_dim, kvd = x->kv_dim;
+    const int bits = quant == 2 ? 4 : 8;
+    x->quant = quant;
+    omp_set_num_threads(x->n_threads); /* quantization runs on the team */
+    x->ql = calloc((size_t)c->n_layers, sizeof(*x->ql));
+    if (!x->ql) return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        const mdl_layer *L = &w->layers[l];
+        cpu_q8_layer *Q = &x->ql[l];
+        if (cpu_q8_mat_init(&Q->qkv, qd + 2 * kvd, dim, bits) ||
+            cpu_q8_mat_init(&Q->o, dim, qd, bits) ||
+            cpu_q8_mat_init(&Q->gate_up, 2 * hid, dim, bits) ||
+            cpu_q8_mat_init(&Q->down, dim, hid, bits))
+            return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory for int8 weights");
+        cpu_q8_mat_set_rows(&Q->qkv, 0, L->wq, qd);
+        cpu_q8_mat_set_rows(&Q->qkv, qd, L->wk, kvd);
+        cpu_q8_mat_set_rows(&Q->qkv, qd + kvd, L->wv, kvd);
+        cpu_q8_mat_set_rows(&Q->o, 0, L->wo, dim);
+        cpu_q8_mat_set_rows(&Q->gate_up, 0, L->w_gate, hid);
+        cpu_q8_mat_set_rows(&Q->gate_up, hid, L->w_up, hid);
+        cpu_q8_mat_set_rows(&Q->down, 0, L->w_down, dim);
+    }
+    if (cpu_q8_mat_init(&x->qlm, c->vocab_size, dim, 8))
+        return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory for the int8 LM head");
+    cpu_q8_mat_set_rows(&x->qlm, 0, w->lm_head, c->vocab_size);
+    const int rows = NI_MAX(x->max_batch_tokens, x->max_seqs);
+    if (cpu_q8_act_init(&x->qa, rows, NI_MAX(dim, NI_MAX(qd, hid))))
+        return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory for int8 activations");
+    cpu_q8_select();
+    return 0;
+}
+
 static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf, char *err,
                     size_t errlen) {
     if (!out || !m || !cf) return ni_fail(err, errlen, NI_EINVAL, "cpu backend: NULL argument");
@@ -137,12 +212,12 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
     int rc = check_model(m, err, errlen);
     if (rc) return rc;
     if (cf->n_blocks <= 0 || cf->block_size <= 0 || cf->max_batch_tokens <= 0 ||
-        cf->max_seqs <= 0 || cf->n_threads < 0)
+        cf->max_seqs <= 0 || cf->n_threads < 0 || cf->quant < 0 || cf->quant > 2)
         return ni_fail(err, errlen, NI_EINVAL,
                        "cpu backend: bad config (n_blocks %d, block_size %d, max_batch_tokens %d, "
-                       "max_seqs %d, n_threads %d)",
+                       "max_seqs %d, n_threads %d, quant %d)",
                        cf->n_blocks, cf->block_size, cf->max_batch_tokens, cf->max_seqs,
-                       cf->n_threads);
+                       cf->n_threads, cf->quant);
 
     cpu_ctx *x = calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory");
@@ -216,6 +291,10 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
      * whose spinning workers fight the OpenMP team for the cores. */
     x->mm_split = x->n_threads;
     openblas_set_num_threads(1);
+    if (cf->quant != 0 && (rc = init_q8(x, cf->quant, err, errlen))) {
+        cpu_free(x);
+        return rc;
+    }
     *out = x;
     return 0;
 }
@@ -247,6 +326,58 @@ static int check_batch(const cpu_ctx *x, const eng_batch *b, const float *logits
     return 0;
 }
 
+/* One output segment of a stacked int8 projection: `rows` consecutive rows of
+ * the matrix land in y[t][0 .. rows) (row stride ld floats). */
+typedef struct q8_seg {
+    float *y;
+    int ld;
+    int rows;
+} q8_seg;
+
+/* seg outputs (+)= x->qa W^T for rows [rb, rb + sum of seg rows) of w, the
+ * segments taking those rows in order. One OpenMP region: the rows are cut
+ * into n_threads slices of whole 16-row chunks, each thread computing every
+ * token of its slice. */
+static void q8_project(const cpu_ctx *x, const cpu_q8_mat *w, int rb, const q8_seg *seg,
+                       int n_seg, int accumulate) {
+    int rows = 0;
+    for (int s = 0; s < n_seg; s++) rows += seg[s].rows;
+    const int chunks = (rows + 15) / 16;
+    const int nth = NI_MIN(x->n_threads, chunks);
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int r0 = NI_MIN(rows, (int)((long)chunks * t / nt) * 16);
+        const int r1 = NI_MIN(rows, (int)((long)chunks * (t + 1) / nt) * 16);
+        for (int s = 0, s0 = 0; s < n_seg; s0 += seg[s].rows, s++) {
+            const int a0 = NI_MAX(r0, s0), a1 = NI_MIN(r1, s0 + seg[s].rows);
+            if (a1 > a0)
+                cpu_q8_gemm_range(seg[s].y + (a0 - s0), seg[s].ld, &x->qa, 0, x->qa.n, w,
+                                  rb + a0, rb + a1, accumulate);
+        }
+    }
+}
+
+/* Logits of the n_want rows of x->xl (already normed) into their sequences'
+ * rows of logits, through the int8 LM head. */
+static void q8_logits(cpu_ctx *x, float *logits, int n_want) {
+    const int V = x->c.vocab_size;
+    cpu_q8_quantize_act(&x->qa, x->xl, x->c.dim, n_want, x->c.dim);
+    if (x->lm_seq[n_want - 1] - x->lm_seq[0] == n_want - 1) {
+        const q8_seg seg = {logits + (size_t)x->lm_seq[0] * V, V, V};
+        q8_project(x, &x->qlm, 0, &seg, 1, 0);
+        return;
+    }
+    for (int v0 = 0; v0 < V; v0 += x->lm_chunk) {
+        const int vc = NI_MIN(x->lm_chunk, V - v0);
+        const q8_seg seg = {x->lbuf, vc, vc};
+        q8_project(x, &x->qlm, v0, &seg, 1, 0);
+        for (int r = 0; r < n_want; r++)
+            memcpy(logits + (size_t)x->lm_seq[r] * V + v0, x->lbuf + (size_t)r * vc,
+                   (size_t)vc * sizeof(float));
+    }
+}
+
 static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
     cpu_ctx *x = vctx;
     if (!x || !b) return NI_EINVAL;
@@ -274,10 +405,19 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
         float *kbase = x->kv_pool + (size_t)l * 2 * x->layer_kv_floats;
         const cpu_kv_layer kv = {kbase, kbase + x->layer_kv_floats, x->block_size, x->kv_dim};
 
+        const cpu_q8_layer *Q = x->quant ? &x->ql[l] : NULL;
+
         cpu_rmsnorm(x->xb, x->x, L->attn_norm, n, dim, eps);
-        cpu_matmul(x->q, x->xb, L->wq, n, dim, x->q_dim, 0, x->mm_split);
-        cpu_matmul(x->k, x->xb, L->wk, n, dim, x->kv_dim, 0, x->mm_split);
-        cpu_matmul(x->v, x->xb, L->wv, n, dim, x->kv_dim, 0, x->mm_split);
+        if (Q) {
+            const q8_seg seg[3] = {
+                {x->q, x->q_dim, x->q_dim}, {x->k, x->kv_dim, x->kv_dim}, {x->v, x->kv_dim, x->kv_dim}};
+            cpu_q8_quantize_act(&x->qa, x->xb, dim, n, dim);
+            q8_project(x, &Q->qkv, 0, seg, 3, 0);
+        } else {
+            cpu_matmul(x->q, x->xb, L->wq, n, dim, x->q_dim, 0, x->mm_split);
+            cpu_matmul(x->k, x->xb, L->wk, n, dim, x->kv_dim, 0, x->mm_split);
+            cpu_matmul(x->v, x->xb, L->wv, n, dim, x->kv_dim, 0, x->mm_split);
+        }
         if (c->has_qk_norm) {
             cpu_head_rmsnorm(x->q, L->q_norm, n, c->n_heads, hd, eps);
             cpu_head_rmsnorm(x->k, L->k_norm, n, c->n_kv_heads, hd, eps);
@@ -287,13 +427,31 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
         cpu_kv_store(&kv, &map, x->k, x->v);
         cpu_attention(x->att, x->q, &kv, &map, c->n_heads, c->n_kv_heads, hd, x->scratch,
                       x->scratch_per_thread, x->n_threads);
-        cpu_matmul(x->x, x->att, L->wo, n, x->q_dim, dim, 1, x->mm_split);
+        if (Q) {
+            const q8_seg seg = {x->x, dim, dim};
+            cpu_q8_quantize_act(&x->qa, x->att, x->q_dim, n, x->q_dim);
+            q8_project(x, &Q->o, 0, &seg, 1, 1);
+        } else {
+            cpu_matmul(x->x, x->att, L->wo, n, x->q_dim, dim, 1, x->mm_split);
+        }
 
         cpu_rmsnorm(x->xb, x->x, L->ffn_norm, n, dim, eps);
-        cpu_matmul(x->gate, x->xb, L->w_gate, n, dim, hid, 0, x->mm_split);
-        cpu_matmul(x->up, x->xb, L->w_up, n, dim, hid, 0, x->mm_split);
+        if (Q) {
+            const q8_seg seg[2] = {{x->gate, hid, hid}, {x->up, hid, hid}};
+            cpu_q8_quantize_act(&x->qa, x->xb, dim, n, dim);
+            q8_project(x, &Q->gate_up, 0, seg, 2, 0);
+        } else {
+            cpu_matmul(x->gate, x->xb, L->w_gate, n, dim, hid, 0, x->mm_split);
+            cpu_matmul(x->up, x->xb, L->w_up, n, dim, hid, 0, x->mm_split);
+        }
         cpu_swiglu(x->gate, x->gate, x->up, (size_t)n * hid);
-        cpu_matmul(x->x, x->gate, L->w_down, n, hid, dim, 1, x->mm_split);
+        if (Q) {
+            const q8_seg seg = {x->x, dim, dim};
+            cpu_q8_quantize_act(&x->qa, x->gate, hid, n, hid);
+            q8_project(x, &Q->down, 0, &seg, 1, 1);
+        } else {
+            cpu_matmul(x->x, x->gate, L->w_down, n, hid, dim, 1, x->mm_split);
+        }
     }
 
     /* Logits: last row of each sequence that wants them. */
@@ -306,6 +464,10 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
     }
     if (n_want == 0) return 0;
     cpu_rmsnorm(x->xl, x->xl, w->out_norm, n_want, dim, eps);
+    if (x->quant) {
+        q8_logits(x, logits, n_want);
+        return 0;
+    }
     const int V = c->vocab_size;
     if (x->lm_seq[n_want - 1] - x->lm_seq[0] == n_want - 1) {
         /* one contiguous run of rows: write straight into logits */

@@ -107,6 +107,10 @@ struct eng_engine {
     float *logits_tmp;         /* [vocab] per-sample copy for n > 1 */
     void *smp_scratch;         /* [smp_scratch_bytes(vocab)] */
     size_t smp_scratch_bytes;
+    /* device sampling (be->sample), sized max_num_seqs * ENG_MAX_N at init */
+    eng_sample_row *d_rows;    /* rows of one sample() call */
+    eng_seq **d_seq;           /* [rows] the sequence each row samples for */
+    smp_result *d_res;         /* [rows] */
 };
 
 void eng_config_default(eng_config *c) {
@@ -251,7 +255,8 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
     if (cfg.n_blocks == 0 && be->kv_blocks_for_memory) { /* device memory decides */
         eng_backend_config q = {.block_size = cfg.block_size,
                                 .max_batch_tokens = cfg.max_batched_tokens,
-                                .max_seqs = cfg.max_num_seqs, .n_threads = cfg.n_threads};
+                                .max_seqs = cfg.max_num_seqs, .n_threads = cfg.n_threads,
+                                .quant = cfg.quant};
         int rc = be->kv_blocks_for_memory(m, &q, cfg.mem_util > 0 ? cfg.mem_util : 0.9,
                                           &cfg.n_blocks, err, errlen);
         if (rc) return rc;
@@ -292,6 +297,16 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
     e->logits_tmp = malloc((size_t)e->vocab * sizeof(float));
     e->smp_scratch_bytes = smp_scratch_bytes(e->vocab);
     e->smp_scratch = malloc(e->smp_scratch_bytes);
+    if (be->sample) {
+        size_t R = (size_t)S * ENG_MAX_N;
+        e->d_rows = malloc(R * sizeof(*e->d_rows));
+        e->d_seq = malloc(R * sizeof(*e->d_seq));
+        e->d_res = malloc(R * sizeof(*e->d_res));
+        if (!e->d_rows || !e->d_seq || !e->d_res) {
+            eng_free(e);
+            return ni_fail(err, errlen, NI_ENOMEM, "engine: out of memory for sampling rows");
+        }
+    }
     if (!e->b_tokens || !e->b_start || !e->b_pos0 || !e->b_tables || !e->b_want || !e->b_seq ||
         !e->b_new || !e->logits || !e->logits_tmp || !e->smp_scratch) {
         eng_free(e);
@@ -299,7 +314,7 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
     }
     eng_backend_config bc = {.n_blocks = cfg.n_blocks, .block_size = cfg.block_size,
                              .max_batch_tokens = cfg.max_batched_tokens, .max_seqs = S,
-                             .n_threads = cfg.n_threads};
+                             .n_threads = cfg.n_threads, .quant = cfg.quant};
     if ((rc = be->init(&e->bctx, m, &bc, err, errlen))) {
         eng_free(e);
         return rc;
@@ -323,6 +338,7 @@ void eng_free(eng_engine *e) {
     free(e->b_tokens); free(e->b_start); free(e->b_pos0); free(e->b_tables);
     free(e->b_want); free(e->b_seq); free(e->b_new); free(e->logits);
     free(e->logits_tmp); free(e->smp_scratch); free(e->aborts);
+    free(e->d_rows); free(e->d_seq); free(e->d_res);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e);
@@ -560,23 +576,76 @@ static int seq_accept_token(eng_engine *e, eng_seq *s, const smp_result *res) {
     return 0;
 }
 
+/* First logits of an n > 1 request: creates its n-1 siblings, sharing s's KV
+ * blocks. On failure the whole request ends with an error. */
+static int fork_siblings(eng_engine *e, eng_seq *s) {
+    eng_req *r = s->req;
+    r->forked = 1;
+    for (int i = 1; i < r->n; i++) {
+        eng_seq *c = seq_new(e, r, i, s->tokens, s->n_tokens);
+        if (!c || kv_seq_fork(e->kv, &s->kv, &c->kv) != 0) {
+            if (c) { r->seqs[i] = NULL; r->n_live--; seq_free(e, c); }
+            req_finish_all(e, r, ENG_FINISH_ERROR);
+            return NI_ENOMEM;
+        }
+        c->state = SEQ_RUNNING;
+        list_push_back(&e->running, c);
+    }
+    return 0;
+}
+
+/* Device sampling works without the penalty tables (not exported yet). */
+static int needs_host_sampling(const eng_req *r) {
+    return r->sp.repetition_penalty != 1.0f || r->sp.presence_penalty != 0.0f ||
+           r->sp.frequency_penalty != 0.0f;
+}
+
+/* Samples every want_logits row of the batch on the device in one call
+ * (be->sample), forking n > 1 requests first, in the same order and with the
+ * same RNG draws as the host path, then accepts the tokens. */
+static int sample_on_device(eng_engine *e, int nb) {
+    int nr = 0;
+    for (int i = 0; i < nb; i++) {
+        eng_seq *s = e->b_seq[i];
+        if (!e->b_want[i] || !s) continue;
+        eng_req *r = s->req;
+        if (r->n > 1 && !r->forked) {
+            if (fork_siblings(e, s)) continue;
+            for (int k = 1; k < r->n; k++) {
+                eng_seq *c = r->seqs[k];
+                e->d_rows[nr] = (eng_sample_row){.seq = i, .p = &r->sp,
+                                                 .u = smp_next_uniform(&c->smp)};
+                e->d_seq[nr++] = c;
+            }
+        }
+        e->d_rows[nr] = (eng_sample_row){.seq = i, .p = &r->sp, .u = smp_next_uniform(&s->smp)};
+        e->d_seq[nr++] = s;
+    }
+    if (nr == 0) return 0;
+    int rc = e->be->sample(e->bctx, e->d_rows, nr, e->d_res);
+    for (int k = 0; k < nr; k++) {
+        eng_seq *s = e->d_seq[k];
+        if (!s) continue;
+        if (rc == 0 && e->d_res[k].token >= 0) {
+            seq_accept_token(e, s, &e->d_res[k]);
+            continue;
+        }
+        eng_req *r = s->req; /* error: end the request, forget its other rows */
+        for (int j = k; j < nr; j++)
+            if (e->d_seq[j] && e->d_seq[j]->req == r) e->d_seq[j] = NULL;
+        req_finish_all(e, r, ENG_FINISH_ERROR);
+    }
+    return rc;
+}
+
 /* Samples the next token(s) of s from logits (one row, modified). Forks the
  * n-1 siblings first when s is the unforked first sequence of an n > 1 request. */
 static int sample_seq(eng_engine *e, eng_seq *s, float *logits) {
     eng_req *r = s->req;
     smp_result res;
     if (r->n > 1 && !r->forked) {
-        r->forked = 1;
-        for (int i = 1; i < r->n; i++) {
-            eng_seq *c = seq_new(e, r, i, s->tokens, s->n_tokens);
-            if (!c || kv_seq_fork(e->kv, &s->kv, &c->kv) != 0) {
-                if (c) { r->seqs[i] = NULL; r->n_live--; seq_free(e, c); }
-                req_finish_all(e, r, ENG_FINISH_ERROR);
-                return NI_ENOMEM;
-            }
-            c->state = SEQ_RUNNING;
-            list_push_back(&e->running, c);
-        }
+        int rc = fork_siblings(e, s);
+        if (rc) return rc;
         for (int i = 1; i < r->n; i++) {
             eng_seq *c = r->seqs[i];
             memcpy(e->logits_tmp, logits, (size_t)e->vocab * sizeof(float));
@@ -673,7 +742,10 @@ int eng_step(eng_engine *e) {
     eng_batch b = {.n_seqs = nb, .n_tokens = nt, .tokens = e->b_tokens,
                    .seq_start = e->b_start, .pos0 = e->b_pos0, .block_tables = e->b_tables,
                    .max_blocks = e->max_blocks, .want_logits = e->b_want};
-    int rc = e->be->forward(e->bctx, &b, e->logits);
+    int on_device = e->be->sample != NULL;
+    for (int i = 0; i < nb && on_device; i++)
+        if (e->b_want[i] && e->b_seq[i] && needs_host_sampling(e->b_seq[i]->req)) on_device = 0;
+    int rc = e->be->forward(e->bctx, &b, on_device ? NULL : e->logits);
     e->st.steps++;
     if (rc) {
         for (int i = 0; i < nb; i++)
@@ -688,9 +760,13 @@ int eng_step(eng_engine *e) {
         if (s->n_gen == 0) e->st.prompt_tokens += (uint64_t)e->b_new[i];
         kv_seq_commit(e->kv, &s->kv, s->tokens, n);
     }
-    for (int i = 0; i < nb; i++)
-        if (e->b_want[i] && e->b_seq[i])
-            sample_seq(e, e->b_seq[i], e->logits + (size_t)i * e->vocab);
+    if (on_device) {
+        sample_on_device(e, nb);
+    } else {
+        for (int i = 0; i < nb; i++)
+            if (e->b_want[i] && e->b_seq[i])
+                sample_seq(e, e->b_seq[i], e->logits + (size_t)i * e->vocab);
+    }
     e->b_n = 0;
     return e->n_live;
 }

@@ -52,6 +52,8 @@ typedef struct eng_config {
     int prefix_cache;        /* 1 (default) or 0 */
     int n_threads;           /* CPU threads (0 = all) */
     int max_seq_len;         /* 0 = the model's context length */
+    int quant;               /* weight format for the backend: 0 = as loaded (FP32 on the
+                                CPU), 1 = int8, 2 = 4-bit (CPU; see eng_backend_config) */
     double mem_util;         /* with n_blocks 0, on a backend that sizes its own pool
                                 (CUDA): fraction of device memory to use (default 0.9) */
 } eng_config;

@@ -885,6 +885,8 @@ static void fill_logprobs(const float *raw, int vocab, float m, int32_t tok, int
 
 /* ---- public sampling ---------------------------------------------------- */
 
+double smp_next_uniform(smp_state *s) { return xo_uniform(s->rng); }
+
 int smp_sample(smp_state *s, const smp_params *p, float *logits, int vocab, void *scratch,
                size_t scratch_bytes, smp_result *out) {
     if (!out) return NI_EINVAL;

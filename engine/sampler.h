@@ -146,6 +146,12 @@ void smp_state_free(smp_state *s);
  * (tok outside [0, vocab)) or NI_ENOMEM (table growth failed; s unchanged). */
 int smp_accept(smp_state *s, int32_t tok);
 
+/* Advances s's RNG by the one draw smp_sample() makes per token (greedy
+ * included) and returns it, a uniform double in [0, 1). For samplers that
+ * run elsewhere (a GPU backend) but must consume the request's stream exactly
+ * as smp_sample() would, so seeded requests stay reproducible. */
+double smp_next_uniform(smp_state *s);
+
 /* Bytes of scratch smp_sample() / smp_distribution() need for this vocab
  * (about 16 * vocab + vocab / 32, e.g. 2.4 MB for 151936); 0 if vocab < 1.
  * Any alignment is accepted. One scratch per concurrently sampling thread

@@ -35,7 +35,7 @@ static void usage(FILE *f) {
             "            [--temperature T (default 0: greedy)] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
             "            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
             "            [--stop STR]... [--logprobs N] [--ignore-eos] [--threads T] [--ids]\n"
-            "            [--device auto|cpu|cuda] [--dtype bf16|fp32]\n"
+            "            [--device auto|cpu|cuda] [--dtype bf16|fp32] [--quant fp32|int8|q4]\n"
             "  bench     --model M [--num-requests N] [--input-len A:B] [--output-len A:B]\n"
             "            [--max-num-seqs N] [--kv-blocks N] [--json] [--prefix] (see bench --help)\n"
             "  serve     --model M [--host H] [--port P] [--config FILE] (OpenAI-compatible\n"
@@ -181,7 +181,7 @@ static void gen_on_event(void *ud, const eng_event *ev) {
 
 static int cmd_generate(int argc, char **argv) {
     enum { O_CHAT = 256, O_SYSTEM, O_THREADS, O_IGNORE_EOS, O_IDS, O_STOP, O_SAMPLING, O_DEVICE,
-           O_DTYPE };
+           O_DTYPE, O_QUANT };
     static struct option opts[] = {
         {"model", 1, 0, 'm'},         {"prompt", 1, 0, 'p'},
         {"max-tokens", 1, 0, 'n'},    {"chat", 0, 0, O_CHAT},
@@ -193,9 +193,9 @@ static int cmd_generate(int argc, char **argv) {
         {"presence-penalty", 1, 0, O_SAMPLING}, {"frequency-penalty", 1, 0, O_SAMPLING},
         {"seed", 1, 0, O_SAMPLING},   {"logprobs", 1, 0, O_SAMPLING},
         {"device", 1, 0, O_DEVICE},   {"dtype", 1, 0, O_DTYPE},
-        {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
+        {"quant", 1, 0, O_QUANT},     {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
     const char *model = NULL, *prompt = NULL, *system = NULL, *device = NULL, *dtype = NULL;
-    int max_tokens = 64, chat = 0, threads = 0, c, idx = 0;
+    int max_tokens = 64, chat = 0, threads = 0, quant = 0, c, idx = 0;
     eng_request rq = {0};
     rq.sp = smp_params_default();
     rq.sp.temperature = 0; /* generate is for reproducible one-shot runs: greedy unless asked */
@@ -213,6 +213,13 @@ static int cmd_generate(int argc, char **argv) {
         case O_IDS: g.print_ids = 1; break;
         case O_DEVICE: device = optarg; break;
         case O_DTYPE: dtype = optarg; break;
+        case O_QUANT:
+            if (strcmp(optarg, "fp32") && strcmp(optarg, "int8") && strcmp(optarg, "q4")) {
+                fprintf(stderr, "error: --quant must be fp32, int8 or q4\n");
+                return 2;
+            }
+            quant = !strcmp(optarg, "int8") ? 1 : !strcmp(optarg, "q4") ? 2 : 0;
+            break;
         case O_STOP:
             if (rq.n_stop == ENG_MAX_STOP) {
                 fprintf(stderr, "error: at most %d --stop strings\n", ENG_MAX_STOP);
@@ -277,6 +284,7 @@ static int cmd_generate(int argc, char **argv) {
     eng_config cfg;
     eng_config_default(&cfg);
     cfg.n_threads = threads;
+    cfg.quant = quant;
     cfg.max_num_seqs = 1;
     cfg.max_batched_tokens = NI_MAX(n_prompt, 16);
     cfg.prefill_chunk = cfg.max_batched_tokens;

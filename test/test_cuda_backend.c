@@ -130,7 +130,7 @@ static void load_model_bf16(mdl_model *m, int idx) {
 /* New backend context; dtype applies to the CUDA backend only. */
 static void *be_new(const eng_backend *be, const mdl_model *m, int dtype) {
     if (be == &eng_backend_cuda) assert_int_equal(cu_backend_set_dtype(dtype), 0);
-    const eng_backend_config cf = {N_BLOCKS, BS, MAX_BATCH, MAX_SEQS, 0};
+    const eng_backend_config cf = {N_BLOCKS, BS, MAX_BATCH, MAX_SEQS, 0, 0};
     void *ctx = NULL;
     char err[256] = "";
     const int rc = be->init(&ctx, m, &cf, err, sizeof err);
@@ -265,7 +265,7 @@ static void compare_with_cpu(const mdl_model *m, const mdl_model *mb, const char
         drive(&eng_backend_cuda, g, V, prompt, n_prompt, chunk, n_steps, t_cpu,
               perm + MAX_BLOCKS, t_gpu, l_gpu);
         eng_backend_cuda.free(g);
-        int agree = 0;
+        int agree = 0, n_ties = 0;
         double worst_l2 = 0, sum_l2 = 0;
         worst = 0;
         for (int s = 0; s < n_steps; s++) {
@@ -274,15 +274,26 @@ static void compare_with_cpu(const mdl_model *m, const mdl_model *mb, const char
             sum_l2 += e;
             if (e > worst_l2) worst_l2 = e;
             if (em > worst) worst = em;
-            agree += t_gpu[s] == t_cpu[s];
+            if (t_gpu[s] == t_cpu[s]) {
+                agree++;
+            } else {
+                /* a flip is BF16 rounding only where the reference itself is
+                 * nearly tied: within 1% of the logit scale (near ties are
+                 * common in these tiny random models) */
+                const float *lc = l_cpu + (size_t)s * V;
+                double mx = 0;
+                for (int i = 0; i < V; i++) mx = fmax(mx, fabs((double)lc[i]));
+                const double gap = ((double)lc[t_cpu[s]] - lc[t_gpu[s]]) / mx;
+                if (gap < 1e-2) agree++, n_ties++;
+            }
             if (!(e < 2e-2))
                 fail_msg("%s bf16: step %d logits L2 rel err %.3g >= 2e-2", label, s, e);
             if (!(em < 3e-2))
                 fail_msg("%s bf16: step %d logits max rel err %.3g >= 3e-2", label, s, em);
         }
-        printf("  %-28s bf16: argmax agreement %d/%d, L2 rel err mean %.3g max %.3g "
-               "(max-based %.3g)\n",
-               label, agree, n_steps, sum_l2 / n_steps, worst_l2, worst);
+        printf("  %-28s bf16: argmax agreement %d/%d (%d of them flips at near ties), L2 rel "
+               "err mean %.3g max %.3g (max-based %.3g)\n",
+               label, agree, n_steps, n_ties, sum_l2 / n_steps, worst_l2, worst);
         if (!(sum_l2 / n_steps < 1e-2))
             fail_msg("%s bf16: mean L2 rel err %.3g >= 1e-2", label, sum_l2 / n_steps);
         if (agree * 100 < 95 * n_steps)
@@ -597,7 +608,8 @@ static void test_invalid(void **state) {
     p0[1] = MAX_BLOCKS * BS - 2; /* beyond the table's reach */
     assert_int_equal(eng_backend_cuda.forward(g, &b, lg), NI_EINVAL);
     p0[1] = 0;
-    assert_int_equal(eng_backend_cuda.forward(g, &b, NULL), NI_EINVAL);
+    /* logits NULL: the rows stay on the device for eng_backend.sample */
+    assert_int_equal(eng_backend_cuda.forward(g, &b, NULL), 0);
     assert_int_equal(eng_backend_cuda.forward(g, NULL, lg), NI_EINVAL);
     b.n_seqs = 0;
     b.n_tokens = 0;
@@ -610,7 +622,7 @@ static void test_invalid(void **state) {
     setenv("NI_CUDA_DTYPE", "fp8", 1);
     void *bad = NULL;
     char err[256] = "";
-    const eng_backend_config cf = {N_BLOCKS, BS, MAX_BATCH, MAX_SEQS, 0};
+    const eng_backend_config cf = {N_BLOCKS, BS, MAX_BATCH, MAX_SEQS, 0, 0};
     assert_int_equal(eng_backend_cuda.init(&bad, &m, &cf, err, sizeof err), NI_EINVAL);
     assert_null(bad);
     printf("  bad NI_CUDA_DTYPE: %s\n", err);
@@ -618,7 +630,7 @@ static void test_invalid(void **state) {
     assert_int_equal(cu_backend_get_dtype(), CU_DTYPE_FP32);
     unsetenv("NI_CUDA_DTYPE");
     assert_int_equal(cu_backend_get_dtype(), CU_DTYPE_BF16);
-    const eng_backend_config bad_cf = {N_BLOCKS, 0, MAX_BATCH, MAX_SEQS, 0};
+    const eng_backend_config bad_cf = {N_BLOCKS, 0, MAX_BATCH, MAX_SEQS, 0, 0};
     assert_int_equal(eng_backend_cuda.init(&bad, &m, &bad_cf, err, sizeof err), NI_EINVAL);
     free(lg);
     mdl_free(&m);

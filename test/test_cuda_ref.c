@@ -39,7 +39,7 @@ static void dump_one(const char *dir, const mdl_model *m, const int32_t *tok, in
         assert_int_equal(cu_backend_set_dtype(strcmp(dt, "fp32") ? CU_DTYPE_BF16 : CU_DTYPE_FP32),
                          0);
     const int bs = 16, n_blocks = (N + bs - 1) / bs + 1, V = m->cfg.vocab_size;
-    const eng_backend_config cf = {n_blocks, bs, N, 1, 0};
+    const eng_backend_config cf = {n_blocks, bs, N, 1, 0, 0};
     void *ctx = NULL;
     char err[512] = "";
     double t0 = ni_now();

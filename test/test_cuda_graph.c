@@ -1,0 +1,377 @@
+/*
+ * test_cuda_graph.c - the CUDA backend's decode graphs (cuda/cu_backend.cu)
+ * against the same backend without them, on the committed tiny models.
+ *
+ * One schedule (8 sequences with random prompts of 1..90 tokens prefilled
+ * one at a time, then decode steps over changing subsets of 1..8 sequences
+ * so that every bucket 1/2/4/8 is used with and without padding, a mixed
+ * prefill + decode step in the middle, scattered want_logits, sequences
+ * crossing block boundaries, teacher-forced random tokens) runs on three
+ * fresh contexts of each dtype:
+ *   NI_CUDA_GRAPHS=1      decode steps replayed from graphs;
+ *   NI_CUDA_GRAPHS=eager  the same padded decode launches without capture;
+ *   NI_CUDA_GRAPHS=0      every step through the general path.
+ * Checks: graphs == eager bit for bit (the same kernels on the same data:
+ * any difference means the replay read stale metadata), reported as
+ * max |diff| and required < 1e-6 relative; graphs vs off: FP32 max rel err
+ * < 1e-5, BF16 L2 rel err < 1e-2 (the split-K factor of the padded bucket
+ * and cuBLAS's kernel for the padded row count may differ from the general
+ * path's, which moves FP32 rounding and flips BF16 roundings of attention
+ * outputs); logits rows not wanted stay untouched; the counters show every
+ * decode step replayed (graphs), or none (eager / off), and one capture per
+ * bucket used. Invalid NI_CUDA_GRAPHS is rejected. Random data is fresh each
+ * run (seed printed; NI_TEST_SEED reproduces). Without a GPU the tests skip.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "../engine/backend.h"
+#include "../engine/model.h"
+#include "../engine/util.h"
+#ifdef NI_USE_CUDA
+#include "../cuda/cu.h"
+#endif
+
+static int gpu_available(void) {
+#ifndef NI_USE_CUDA
+    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
+    return 0;
+#else
+    if (cu_device_count() == 0) {
+        printf("SKIP: no GPU on this machine\n");
+        return 0;
+    }
+    return 1;
+#endif
+}
+
+#define REQUIRE_GPU()            \
+    do {                         \
+        if (!gpu_available()) {  \
+            skip();              \
+            return;              \
+        }                        \
+    } while (0)
+
+static const int k_model_idx[] = {0, 1, 2};
+
+#ifdef NI_USE_CUDA
+static const char *const k_models[] = {"test/models/tiny-llama2", "test/models/tiny-llama3",
+                                       "test/models/tiny-qwen3"};
+
+static uint64_t g_rng;
+
+static uint64_t rng_next(void) {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
+
+enum {
+    BS = 16,
+    N_BLOCKS = 160,
+    MAX_BLOCKS = 16,
+    MAX_BATCH = 160,
+    MAX_SEQS = 8,
+    N_SEQ = 8,
+    MAX_PROMPT = 90,
+    N_DEC = 24,  /* decode steps */
+    MAX_POS = MAX_PROMPT + N_DEC + 4,
+};
+
+static void load_model(mdl_model *m, int idx) {
+    char err[512] = "";
+    const int rc = mdl_load(m, k_models[idx], err, sizeof err);
+    if (rc) fail_msg("mdl_load %s: %d %s", k_models[idx], rc, err);
+}
+
+static void *cuda_new(const mdl_model *m, int dtype, const char *graphs) {
+    assert_int_equal(cu_backend_set_dtype(dtype), 0);
+    setenv("NI_CUDA_GRAPHS", graphs, 1);
+    const eng_backend_config cf = {.n_blocks = N_BLOCKS, .block_size = BS,
+                                   .max_batch_tokens = MAX_BATCH, .max_seqs = MAX_SEQS};
+    void *ctx = NULL;
+    char err[256] = "";
+    const int rc = eng_backend_cuda.init(&ctx, m, &cf, err, sizeof err);
+    unsetenv("NI_CUDA_GRAPHS");
+    if (rc) fail_msg("cuda init (graphs %s): %d %s", graphs, rc, err);
+    return ctx;
+}
+
+/* The schedule: per sequence its tokens, table; per decode step the subset
+ * (in batch order) and the want flags. */
+typedef struct sched {
+    int32_t toks[N_SEQ][MAX_POS];
+    int n_prompt[N_SEQ];
+    int32_t tables[N_SEQ][MAX_BLOCKS];
+    int n_in[N_DEC];
+    int seq[N_DEC][MAX_SEQS];
+    uint8_t want[N_DEC][MAX_SEQS];
+    int mixed_step; /* this decode step also feeds 3 extra tokens of one sequence */
+} sched;
+
+static void make_sched(sched *s, int vocab) {
+    int perm[N_BLOCKS];
+    for (int i = 0; i < N_BLOCKS; i++) perm[i] = i;
+    for (int i = N_BLOCKS - 1; i > 0; i--) {
+        const int j = irand(i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int q = 0; q < N_SEQ; q++) {
+        s->n_prompt[q] = 1 + irand(MAX_PROMPT);
+        for (int i = 0; i < MAX_POS; i++) s->toks[q][i] = irand(vocab);
+        for (int j = 0; j < MAX_BLOCKS; j++) s->tables[q][j] = perm[q * MAX_BLOCKS + j];
+    }
+    /* subset sizes: every bucket exact and padded, repeated */
+    static const int sizes[N_DEC] = {8, 1, 3, 5, 2, 4, 7, 6, 1, 1, 2, 8,
+                                     3, 5, 1, 8, 4, 2, 7, 1, 6, 3, 8, 1};
+    for (int st = 0; st < N_DEC; st++) {
+        int order[N_SEQ];
+        for (int i = 0; i < N_SEQ; i++) order[i] = i;
+        for (int i = N_SEQ - 1; i > 0; i--) {
+            const int j = irand(i + 1), t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+        s->n_in[st] = sizes[st];
+        for (int i = 0; i < sizes[st]; i++) {
+            s->seq[st][i] = order[i];
+            s->want[st][i] = (uint8_t)(irand(5) != 0 || sizes[st] == 1);
+        }
+    }
+    s->mixed_step = 10;
+}
+
+/* Runs the schedule on ctx; logits of decode step st, batch entry i in
+ * out[(st * MAX_SEQS + i) * V] (NaN where not wanted). */
+static void run_sched(void *ctx, const sched *s, int V, float *out) {
+    const eng_backend *be = &eng_backend_cuda;
+    int n_done[N_SEQ];
+    float *lg = malloc(sizeof(float) * MAX_SEQS * V);
+    int32_t flat[MAX_BATCH], ss[MAX_SEQS + 1], p0[MAX_SEQS], bt[MAX_SEQS * MAX_BLOCKS];
+    uint8_t want[MAX_SEQS];
+    for (int q = 0; q < N_SEQ; q++) { /* prefill, one sequence a call */
+        const int32_t ss1[2] = {0, s->n_prompt[q]}, p01[1] = {0};
+        const uint8_t w1[1] = {1};
+        const eng_batch b = {1, s->n_prompt[q], s->toks[q], ss1, p01, s->tables[q], MAX_BLOCKS,
+                             w1};
+        assert_int_equal(be->forward(ctx, &b, lg), 0);
+        n_done[q] = s->n_prompt[q];
+    }
+    for (int st = 0; st < N_DEC; st++) {
+        int n = 0;
+        const int ns = s->n_in[st];
+        for (int i = 0; i < ns; i++) {
+            const int q = s->seq[st][i];
+            const int len = (st == s->mixed_step && i == 0) ? 3 : 1;
+            ss[i] = n;
+            p0[i] = n_done[q];
+            memcpy(flat + n, s->toks[q] + n_done[q], sizeof(int32_t) * len);
+            memcpy(bt + i * MAX_BLOCKS, s->tables[q], sizeof(int32_t) * MAX_BLOCKS);
+            want[i] = s->want[st][i];
+            n += len;
+            n_done[q] += len;
+        }
+        ss[ns] = n;
+        for (int i = 0; i < MAX_SEQS * V; i++) lg[i] = NAN;
+        const eng_batch b = {ns, n, flat, ss, p0, bt, MAX_BLOCKS, want};
+        assert_int_equal(be->forward(ctx, &b, lg), 0);
+        for (int i = 0; i < MAX_SEQS; i++)
+            for (int v = 0; v < V; v++) {
+                const float x = lg[(size_t)i * V + v];
+                if (i >= ns || !want[i]) {
+                    if (!isnan(x)) fail_msg("step %d entry %d: unwanted row written", st, i);
+                } else if (!isfinite(x)) {
+                    fail_msg("step %d entry %d: non-finite logit", st, i);
+                }
+                out[((size_t)st * MAX_SEQS + i) * V + v] = x;
+            }
+    }
+    free(lg);
+}
+
+/* max |a - b| / max |b| and ||a - b|| / ||b|| over the wanted rows; *same:
+ * bit-identical. */
+static void diff(const float *a, const float *b, size_t n, double *max_rel, double *l2,
+                 int *same) {
+    double num = 0, den = 0, s2 = 0, r2 = 0;
+    *same = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(b[i]) && isnan(a[i])) continue;
+        if (memcmp(&a[i], &b[i], sizeof(float)) != 0) *same = 0;
+        const double d = (double)a[i] - b[i];
+        num = fmax(num, fabs(d));
+        den = fmax(den, fabs((double)b[i]));
+        s2 += d * d;
+        r2 += (double)b[i] * b[i];
+    }
+    *max_rel = num / den;
+    *l2 = sqrt(s2 / r2);
+}
+#endif
+
+static void test_graphs(void **state) {
+    const int idx = *(const int *)*state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    load_model(&m, idx);
+    const int V = m.cfg.vocab_size;
+    sched *s = malloc(sizeof *s);
+    make_sched(s, V);
+    const size_t sz = (size_t)N_DEC * MAX_SEQS * V;
+    float *lon = malloc(sizeof(float) * sz), *leg = malloc(sizeof(float) * sz);
+    float *loff = malloc(sizeof(float) * sz);
+    int n_decode = 0; /* pure decode steps of the schedule */
+    int used[MAX_SEQS + 1] = {0};
+    for (int st = 0; st < N_DEC; st++) {
+        if (st == s->mixed_step) continue;
+        n_decode++;
+        int b = 1;
+        while (b < s->n_in[st]) b *= 2;
+        used[b] = 1;
+    }
+    int n_buckets = 0;
+    for (int b = 1; b <= MAX_SEQS; b++) n_buckets += used[b];
+    for (int d = 0; d < 2; d++) {
+        const int dt = d ? CU_DTYPE_BF16 : CU_DTYPE_FP32;
+        cu_backend_stats st_on, st_eg, st_off;
+        void *g = cuda_new(&m, dt, "1");
+        run_sched(g, s, V, lon);
+        assert_int_equal(cu_backend_get_stats(g, &st_on), 0);
+        eng_backend_cuda.free(g);
+        g = cuda_new(&m, dt, "eager");
+        run_sched(g, s, V, leg);
+        assert_int_equal(cu_backend_get_stats(g, &st_eg), 0);
+        eng_backend_cuda.free(g);
+        g = cuda_new(&m, dt, "0");
+        run_sched(g, s, V, loff);
+        assert_int_equal(cu_backend_get_stats(g, &st_off), 0);
+        eng_backend_cuda.free(g);
+
+        double mr, l2;
+        int same;
+        diff(lon, leg, sz, &mr, &l2, &same);
+        printf("  %-12s %s graphs vs eager: %s, max rel %.3g\n", k_models[idx] + 12,
+               cu_dtype_name(dt), same ? "bit-identical" : "DIFFERENT", mr);
+        if (!(mr < 1e-6)) fail_msg("graphs vs eager: max rel %.3g >= 1e-6", mr);
+        diff(lon, loff, sz, &mr, &l2, &same);
+        printf("  %-12s %s graphs vs off:   %s, max rel %.3g, L2 rel %.3g\n",
+               k_models[idx] + 12, cu_dtype_name(dt), same ? "bit-identical" : "differ", mr, l2);
+        if (dt == CU_DTYPE_FP32 && !(mr < 1e-5)) fail_msg("fp32 graphs vs off: %.3g", mr);
+        if (dt == CU_DTYPE_BF16 && !(l2 < 1e-2)) fail_msg("bf16 graphs vs off: L2 %.3g", l2);
+
+        printf("  counters: graphs %d captured, %lld replays, %lld decode / %lld general steps; "
+               "eager %lld decode; off %lld general\n",
+               st_on.graphs_captured, st_on.graph_launches, st_on.decode_steps,
+               st_on.general_steps, st_eg.decode_steps, st_off.general_steps);
+        assert_int_equal(st_on.graph_mode, 1);
+        assert_int_equal(st_on.graphs_captured, n_buckets);
+        assert_int_equal((int)st_on.graph_launches, n_decode);
+        assert_int_equal((int)st_on.decode_steps, n_decode);
+        assert_int_equal((int)st_eg.graph_launches, 0);
+        assert_int_equal((int)st_eg.decode_steps, n_decode);
+        assert_int_equal((int)st_off.decode_steps, 0);
+        assert_int_equal((int)st_off.general_steps, N_SEQ + N_DEC);
+    }
+    free(lon); free(leg); free(loff); free(s);
+    mdl_free(&m);
+#else
+    (void)idx;
+#endif
+}
+
+/* One sequence decoding alone for many steps: bucket 1 replayed across
+ * block boundaries, forced split-K too, against the general path. */
+static void test_single_stream(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    load_model(&m, 1);
+    enum { n_prompt = 7, n_steps = 100 };
+    const int V = m.cfg.vocab_size;
+    int32_t tok[n_prompt + n_steps], table[MAX_BLOCKS];
+    for (int i = 0; i < n_prompt + n_steps; i++) tok[i] = irand(V);
+    for (int j = 0; j < MAX_BLOCKS; j++) table[j] = N_BLOCKS - 1 - 3 * j;
+    float *a = malloc(sizeof(float) * V * n_steps), *b = malloc(sizeof(float) * V * n_steps);
+    for (int f = 0; f < 2; f++) {
+        if (f) setenv("NI_CUDA_ATT_SPLITS", "3", 1);
+        for (int mode = 0; mode < 2; mode++) {
+            void *g = cuda_new(&m, CU_DTYPE_FP32, mode ? "0" : "1");
+            float *o = mode ? b : a;
+            const int32_t ss[2] = {0, n_prompt}, p00[1] = {0};
+            const uint8_t w[1] = {1};
+            const eng_batch pb = {1, n_prompt, tok, ss, p00, table, MAX_BLOCKS, w};
+            assert_int_equal(eng_backend_cuda.forward(g, &pb, o), 0);
+            for (int st = 0; st < n_steps; st++) {
+                const int32_t s1[2] = {0, 1}, p0[1] = {n_prompt + st - 1};
+                const eng_batch db = {1, 1, &tok[n_prompt + st - 1], s1, p0, table, MAX_BLOCKS, w};
+                if (st == 0) continue; /* step 0's logits are the prefill's */
+                assert_int_equal(eng_backend_cuda.forward(g, &db, o + (size_t)st * V), 0);
+            }
+            eng_backend_cuda.free(g);
+        }
+        unsetenv("NI_CUDA_ATT_SPLITS");
+        double mr, l2;
+        int same;
+        diff(a, b, (size_t)V * n_steps, &mr, &l2, &same);
+        printf("  single stream %d steps%s fp32 graphs vs off: %s, max rel %.3g\n", n_steps,
+               f ? " (3 splits forced)" : "", same ? "bit-identical" : "differ", mr);
+        if (!(mr < 1e-5)) fail_msg("single stream: max rel %.3g", mr);
+        if (f && !same) fail_msg("forced splits: same kernels, results should be identical");
+    }
+    free(a); free(b);
+    mdl_free(&m);
+#endif
+}
+
+static void test_bad_env(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    load_model(&m, 0);
+    setenv("NI_CUDA_GRAPHS", "sometimes", 1);
+    const eng_backend_config cf = {.n_blocks = N_BLOCKS, .block_size = BS,
+                                   .max_batch_tokens = MAX_BATCH, .max_seqs = MAX_SEQS};
+    void *ctx = NULL;
+    char err[256] = "";
+    assert_int_equal(eng_backend_cuda.init(&ctx, &m, &cf, err, sizeof err), NI_EINVAL);
+    assert_null(ctx);
+    printf("  bad NI_CUDA_GRAPHS: %s\n", err);
+    unsetenv("NI_CUDA_GRAPHS");
+    mdl_free(&m);
+#endif
+}
+
+int main(void) {
+#ifdef NI_USE_CUDA
+    const char *env = getenv("NI_TEST_SEED");
+    const uint64_t seed =
+        env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    g_rng = seed;
+    printf("test_cuda_graph: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+#endif
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_prestate(test_graphs, (void *)&k_model_idx[0]),
+        cmocka_unit_test_prestate(test_graphs, (void *)&k_model_idx[1]),
+        cmocka_unit_test_prestate(test_graphs, (void *)&k_model_idx[2]),
+        cmocka_unit_test(test_single_stream),
+        cmocka_unit_test(test_bad_env),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

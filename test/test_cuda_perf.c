@@ -1,0 +1,204 @@
+/*
+ * test_cuda_perf.c - decode-step timing of eng_backend_cuda on a real-size
+ * model, to separate what the decode graphs and the fused GPU sampler each
+ * save. Skipped unless NI_PERF_MODEL names a model (HF directory or GGUF)
+ * and a GPU is present; reports, checks only that the modes agree.
+ *
+ * For each batch size S in NI_PERF_SEQS (default "1,64,256"): S sequences
+ * with random 128-token prompts (prefilled in 2048-token chunks), then
+ * NI_PERF_STEPS (default 64) timed decode steps after 8 untimed ones (the
+ * graphs are captured there), every sequence one token a step, greedy:
+ *   A  NI_CUDA_GRAPHS=0, logits to the host, CPU smp_sample per row (what
+ *      the engine does today without graphs);
+ *   B  graphs, logits to the host, CPU smp_sample per row (the engine today);
+ *   C  graphs, forward(logits = NULL) + eng_backend.sample on the device;
+ *   D  graphs, forward(logits = NULL) only, no sampling (feeds token 1):
+ *      the device time of a step plus launch latency;
+ *   E  (with NI_PERF_PROFILE set) as B but eager with NI_CUDA_PROFILE: the
+ *      backend prints its per-phase device time table to stderr.
+ * The greedy tokens of A, B and C must agree (the logits are identical
+ * for B and C, and A differs only in the attention split-K of the
+ * unpadded general path: a near tie could flip, so agreement >= 99% is
+ * required between A and B, 100% between B and C).
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../engine/backend.h"
+#include "../engine/model.h"
+#include "../engine/sampler.h"
+#include "../engine/util.h"
+#ifdef NI_USE_CUDA
+#include "../cuda/cu.h"
+#endif
+
+#ifdef NI_USE_CUDA
+enum { PROMPT = 128, WARM = 8, BS = 16, MAXB = 2048 };
+
+typedef struct run_out {
+    double ms_step;
+    int32_t *toks; /* [steps][S] */
+} run_out;
+
+/* mode: 'A'..'D' as above. */
+static void run_mode(const mdl_model *m, int S, int steps, char mode, run_out *o) {
+    const int V = m->cfg.vocab_size, total = PROMPT + WARM + steps + 1;
+    const int mb = (total + BS - 1) / BS;
+    setenv("NI_CUDA_GRAPHS", mode == 'A' ? "0" : "1", 1);
+    if (mode == 'E') setenv("NI_CUDA_PROFILE", "1", 1);
+    const eng_backend_config cf = {.n_blocks = S * mb, .block_size = BS,
+                                   .max_batch_tokens = MAXB, .max_seqs = S};
+    void *ctx = NULL;
+    char err[256] = "";
+    int rc = eng_backend_cuda.init(&ctx, m, &cf, err, sizeof err);
+    unsetenv("NI_CUDA_GRAPHS");
+    unsetenv("NI_CUDA_PROFILE");
+    if (rc) fail_msg("init: %d %s", rc, err);
+    int32_t *tables = malloc(sizeof(int32_t) * S * mb), *tok = malloc(sizeof(int32_t) * S);
+    int32_t *flat = malloc(sizeof(int32_t) * MAXB), *ss = malloc(sizeof(int32_t) * (S + 1));
+    int32_t *p0 = malloc(sizeof(int32_t) * S);
+    uint8_t *want = malloc((size_t)S);
+    float *lg = malloc(sizeof(float) * (size_t)S * V);
+    void *scratch = malloc(smp_scratch_bytes(V));
+    eng_sample_row *rows = malloc(sizeof(eng_sample_row) * S);
+    smp_result *res = malloc(sizeof(smp_result) * S);
+    smp_params gp = smp_params_default();
+    gp.temperature = 0.0f;
+    smp_state st;
+    assert_int_equal(smp_state_init(&st, &gp, V, NULL, 0, 1, 0), 0);
+    for (int i = 0; i < S * mb; i++) tables[i] = i;
+    uint64_t z = 42;
+    /* prefill: groups of MAXB / PROMPT sequences */
+    const int per = MAXB / PROMPT;
+    for (int s0 = 0; s0 < S; s0 += per) {
+        const int n = S - s0 < per ? S - s0 : per;
+        for (int i = 0; i < n; i++) {
+            ss[i] = i * PROMPT;
+            p0[i] = 0;
+            want[i] = 1;
+            for (int k = 0; k < PROMPT; k++) {
+                z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+                flat[i * PROMPT + k] = (int32_t)((z >> 33) % (uint64_t)V);
+            }
+        }
+        ss[n] = n * PROMPT;
+        const eng_batch b = {n, n * PROMPT, flat, ss, p0, tables + (size_t)s0 * mb, mb, want};
+        assert_int_equal(eng_backend_cuda.forward(ctx, &b, lg), 0);
+        for (int i = 0; i < n; i++) {
+            smp_result r;
+            assert_int_equal(smp_sample(&st, &gp, lg + (size_t)i * V, V, scratch,
+                                        smp_scratch_bytes(V), &r), 0);
+            tok[s0 + i] = r.token;
+        }
+    }
+    for (int i = 0; i < S; i++) {
+        ss[i] = i;
+        want[i] = 1;
+        rows[i] = (eng_sample_row){i, &gp, 0.5, NULL, 0};
+    }
+    ss[S] = S;
+    double t0 = 0;
+    for (int step = 0; step < WARM + steps; step++) {
+        if (step == WARM) t0 = ni_now();
+        for (int i = 0; i < S; i++) p0[i] = PROMPT + step;
+        const eng_batch b = {S, S, tok, ss, p0, tables, mb, want};
+        if (mode == 'A' || mode == 'B' || mode == 'E') {
+            assert_int_equal(eng_backend_cuda.forward(ctx, &b, lg), 0);
+            for (int i = 0; i < S; i++) {
+                smp_result r;
+                assert_int_equal(smp_sample(&st, &gp, lg + (size_t)i * V, V, scratch,
+                                            smp_scratch_bytes(V), &r), 0);
+                tok[i] = r.token;
+            }
+        } else if (mode == 'C') {
+            assert_int_equal(eng_backend_cuda.forward(ctx, &b, NULL), 0);
+            assert_int_equal(eng_backend_cuda.sample(ctx, rows, S, res), 0);
+            for (int i = 0; i < S; i++) tok[i] = res[i].token;
+        } else {
+            assert_int_equal(eng_backend_cuda.forward(ctx, &b, NULL), 0);
+            for (int i = 0; i < S; i++) tok[i] = 1;
+        }
+        if (step >= WARM) memcpy(o->toks + (size_t)(step - WARM) * S, tok, sizeof(int32_t) * S);
+    }
+    /* D leaves its last step unsynchronized: a tiny forward-free sync */
+    if (mode == 'D') assert_int_equal(eng_backend_cuda.sample(ctx, rows, 1, res), 0);
+    o->ms_step = (ni_now() - t0) * 1e3 / steps;
+    smp_state_free(&st);
+    eng_backend_cuda.free(ctx);
+    free(tables); free(tok); free(flat); free(ss); free(p0); free(want); free(lg);
+    free(scratch); free(rows); free(res);
+}
+#endif
+
+static void test_decode_steps(void **state) {
+    (void)state;
+#ifndef NI_USE_CUDA
+    printf("SKIP: built without CUDA\n");
+    skip();
+#else
+    const char *path = getenv("NI_PERF_MODEL");
+    if (!path || cu_device_count() == 0) {
+        printf("SKIP: set NI_PERF_MODEL=<model> on a GPU machine\n");
+        skip();
+        return;
+    }
+    mdl_model m;
+    char err[512] = "";
+    if (mdl_load(&m, path, err, sizeof err)) fail_msg("load %s: %s", path, err);
+    const char *sv = getenv("NI_PERF_SEQS");
+    const int steps = getenv("NI_PERF_STEPS") ? atoi(getenv("NI_PERF_STEPS")) : 64;
+    char list[128];
+    snprintf(list, sizeof list, "%s", sv ? sv : "1,64,256");
+    printf("  model %s (%d layers, dim %d, vocab %d), bf16, %d timed decode steps\n", path,
+           m.cfg.n_layers, m.cfg.dim, m.cfg.vocab_size, steps);
+    printf("  %5s %34s %34s %34s %24s\n", "seqs", "A: no graphs, host logits + CPU",
+           "B: graphs, host logits + CPU", "C: graphs + GPU sampler", "D: graphs, no sampling");
+    assert_int_equal(cu_backend_set_dtype(CU_DTYPE_BF16), 0);
+    for (char *tokp = strtok(list, ","); tokp; tokp = strtok(NULL, ",")) {
+        const int S = atoi(tokp);
+        if (S < 1) continue;
+        run_out o[4];
+        for (int k = 0; k < 4; k++) {
+            o[k].toks = malloc(sizeof(int32_t) * (size_t)steps * S);
+            run_mode(&m, S, steps, (char)('A' + k), &o[k]);
+        }
+        printf("  %5d", S);
+        for (int k = 0; k < 4; k++)
+            printf(" %9.3f ms/step %9.0f tok/s%s", o[k].ms_step, S * 1e3 / o[k].ms_step,
+                   k < 3 ? "   " : "");
+        printf("\n");
+        long n = (long)steps * S, ab = 0, bc = 0;
+        for (long i = 0; i < n; i++) {
+            ab += o[0].toks[i] == o[1].toks[i];
+            bc += o[1].toks[i] == o[2].toks[i];
+        }
+        printf("        greedy agreement A/B %ld/%ld, B/C %ld/%ld\n", ab, n, bc, n);
+        /* a flipped near tie changes everything after it in that sequence */
+        if (bc != n) fail_msg("graphs: host-sampled and device-sampled tokens differ");
+        for (int k = 0; k < 4; k++) free(o[k].toks);
+        if (getenv("NI_PERF_PROFILE")) { /* per-phase device time of eager padded steps */
+            run_out e;
+            e.toks = malloc(sizeof(int32_t) * (size_t)steps * S);
+            fflush(stdout);
+            run_mode(&m, S, steps, 'E', &e);
+            fflush(stderr);
+            printf("        E (eager + NI_CUDA_PROFILE events): %.3f ms/step\n", e.ms_step);
+            free(e.toks);
+        }
+    }
+    mdl_free(&m);
+#endif
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_decode_steps)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
