@@ -260,6 +260,9 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
         int rc = be->kv_blocks_for_memory(m, &q, cfg.mem_util > 0 ? cfg.mem_util : 0.9,
                                           &cfg.n_blocks, err, errlen);
         if (rc) return rc;
+        /* more than every sequence at full context can never be used */
+        long most = (long)cfg.max_num_seqs * ((cfg.max_seq_len + cfg.block_size - 1) / cfg.block_size);
+        if (cfg.n_blocks > most) cfg.n_blocks = (int)most;
     }
     if (cfg.n_blocks == 0) { /* default: 1 GiB of KV, at least one full context */
         size_t nb = ((size_t)1 << 30) / block_bytes;
