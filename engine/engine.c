@@ -715,7 +715,17 @@ int eng_step(eng_engine *e) {
         if (self_preempted) break; /* s was the newest: nothing after it */
         kv_copy cow;
         if (kv_seq_reserve(e->kv, &s->kv, target, &cow) != 0) break;
-        if (cow.src >= 0) e->be->copy_block(e->bctx, cow.src, cow.dst);
+        if (cow.src >= 0) {
+            const int rc = e->be->copy_block(e->bctx, cow.src, cow.dst);
+            if (rc) { /* a device error: end s and everything batched so far */
+                e->b_n = nb;
+                req_finish_all(e, s->req, ENG_FINISH_ERROR); /* clears its batch rows */
+                for (int i = 0; i < nb; i++)
+                    if (e->b_seq[i]) req_finish_all(e, e->b_seq[i]->req, ENG_FINISH_ERROR);
+                e->b_n = 0;
+                return rc;
+            }
+        }
         batch_add(e, &nb, &nt, s, n_new);
         budget -= n_new;
         s = s->next;
@@ -759,19 +769,25 @@ int eng_step(eng_engine *e) {
     /* Commit KV first for the whole batch (so forks see committed state), then sample. */
     for (int i = 0; i < nb; i++) {
         eng_seq *s = e->b_seq[i];
+        if (!s) continue; /* ended by a failed commit of a sibling */
         int n = s->kv.n_computed + e->b_new[i];
         if (s->n_gen == 0) e->st.prompt_tokens += (uint64_t)e->b_new[i];
-        kv_seq_commit(e->kv, &s->kv, s->tokens, n);
+        const int crc = kv_seq_commit(e->kv, &s->kv, s->tokens, n);
+        if (crc) { /* broken KV invariant: this request cannot go on */
+            req_finish_all(e, s->req, ENG_FINISH_ERROR);
+            if (!rc) rc = crc;
+        }
     }
     if (on_device) {
-        sample_on_device(e, nb);
+        const int src = sample_on_device(e, nb); /* ends the requests it fails */
+        if (src && !rc) rc = src;
     } else {
         for (int i = 0; i < nb; i++)
             if (e->b_want[i] && e->b_seq[i])
                 sample_seq(e, e->b_seq[i], e->logits + (size_t)i * e->vocab);
     }
     e->b_n = 0;
-    return e->n_live;
+    return rc ? rc : e->n_live;
 }
 
 void eng_get_stats(eng_engine *e, eng_stats *st) {
