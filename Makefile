@@ -43,7 +43,7 @@ LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o) $(LIB_CU:%.cu=
 SRV_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/*.c))
 TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(wildcard test/test_*.c))
 
-.PHONY: all test asan run bench format deps model clean check-tests
+.PHONY: all test test-seeds asan run bench format deps model clean check-tests
 all: $(BUILD)/nanoinfer
 
 $(BUILD)/libnanoinfer.a: $(LIB_OBJ)
@@ -78,6 +78,12 @@ test:
 	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory model
 	@$(MAKE) --no-print-directory check-tests
+
+# Every randomised test over SEEDS consecutive seeds (default 50); not part of
+# `make test` (minutes); CUDA programs need the GPU machine.
+SEEDS ?= 50
+test-seeds: $(TESTS)
+	@NI_MODEL=$(MODEL) BUILD=$(BUILD) bash test/test-seeds.sh $(SEEDS)
 
 asan:
 	@$(MAKE) --no-print-directory check-tests BUILD=build/asan USE_CUDA=0 \
