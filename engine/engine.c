@@ -694,6 +694,15 @@ static void batch_add(eng_engine *e, int *nb, int *nt, eng_seq *s, int n_new) {
     e->b_want[i] = (uint8_t)(c0 + n_new == s->n_tokens);
 }
 
+/* Ends every request with a row in the current batch (e->b_n rows) with
+ * ENG_FINISH_ERROR, empties the batch and returns rc (a backend failure). */
+static int fail_batch(eng_engine *e, int rc) {
+    for (int i = 0; i < e->b_n; i++)
+        if (e->b_seq[i]) req_finish_all(e, e->b_seq[i]->req, ENG_FINISH_ERROR);
+    e->b_n = 0;
+    return rc;
+}
+
 int eng_step(eng_engine *e) {
     drain_inbox(e);
     const eng_config *c = &e->cfg;
@@ -720,10 +729,7 @@ int eng_step(eng_engine *e) {
             if (rc) { /* a device error: end s and everything batched so far */
                 e->b_n = nb;
                 req_finish_all(e, s->req, ENG_FINISH_ERROR); /* clears its batch rows */
-                for (int i = 0; i < nb; i++)
-                    if (e->b_seq[i]) req_finish_all(e, e->b_seq[i]->req, ENG_FINISH_ERROR);
-                e->b_n = 0;
-                return rc;
+                return fail_batch(e, rc);
             }
         }
         batch_add(e, &nb, &nt, s, n_new);
@@ -760,12 +766,7 @@ int eng_step(eng_engine *e) {
         if (e->b_want[i] && e->b_seq[i] && needs_host_sampling(e->b_seq[i]->req)) on_device = 0;
     int rc = e->be->forward(e->bctx, &b, on_device ? NULL : e->logits);
     e->st.steps++;
-    if (rc) {
-        for (int i = 0; i < nb; i++)
-            if (e->b_seq[i]) req_finish_all(e, e->b_seq[i]->req, ENG_FINISH_ERROR);
-        e->b_n = 0;
-        return rc;
-    }
+    if (rc) return fail_batch(e, rc);
     /* Commit KV first for the whole batch (so forks see committed state), then sample. */
     for (int i = 0; i < nb; i++) {
         eng_seq *s = e->b_seq[i];
