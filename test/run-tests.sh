@@ -4,14 +4,7 @@
 # any test failed. Tests that cannot run here (no GPU, no shared vocab) skip
 # with a message saying why; they never pass silently.
 set -u
-# Same runtime tuning nanoinfer applies to itself (see tune_runtime_env in
-# server/main.c): OpenBLAS kernels for this CPU, passive OpenMP idle threads.
-if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  if grep -qw avx512_bf16 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Cooperlake
-  elif grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell; fi
-fi
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+. "$(dirname "$0")/test-env.sh"
 fail=0; n=0; failed=()
 for t in "$@"; do
   n=$((n+1))
