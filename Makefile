@@ -1,7 +1,8 @@
 # NanoInfer build. Plain make: objects under build/, header deps via -MMD -MP.
 #   make              build/nanoinfer (CUDA backend when nvcc is found, USE_CUDA=auto)
 #   make USE_CUDA=0   CPU only
-#   make test         deps + model + every test (the one test command)
+#   make test         deps + model + check-deps + every test (the one test command)
+#   make check-deps   every #include points down the layer order (docs/design.md)
 #   make asan         build + tests under AddressSanitizer/UBSan (build/asan/)
 #   make run          deps + model + build, then `nanoinfer serve` on the default model
 #   make bench        offline benchmark on the default model
@@ -17,8 +18,10 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
 CC      ?= cc
 CXX     ?= c++
 OPT     ?= -O2 -march=x86-64-v3 -mtune=native
-CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -MMD -MP -D_GNU_SOURCE
-CXXFLAGS += -std=c++17 $(OPT) -g -Wall -Wextra -Werror -MMD -MP
+# Includes across folders are root-relative ("engine/util/util.h"); scripts/check-deps.py
+# keeps them pointing down the layer order of docs/design.md.
+CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -MMD -MP -D_GNU_SOURCE -I.
+CXXFLAGS += -std=c++17 $(OPT) -g -Wall -Wextra -Werror -MMD -MP -I.
 LDLIBS  += -lsentencepiece -lpcre2-8 -ljansson -lopenblas -lgomp -lpthread -lm -lstdc++ -lmicrohttpd -luv
 
 ifeq ($(USE_CUDA),auto)
@@ -29,7 +32,7 @@ ifeq ($(USE_CUDA),auto)
   endif
 endif
 
-LIB_C   := $(wildcard engine/*.c tokenizer/*.c)
+LIB_C   := $(sort $(shell find engine tokenizer -name '*.c'))
 LIB_CXX := $(wildcard tokenizer/*.cc)
 LIB_CU  :=
 ifeq ($(USE_CUDA),1)
@@ -37,20 +40,26 @@ ifeq ($(USE_CUDA),1)
   CFLAGS += -DNI_USE_CUDA=1 -I$(CUDA_HOME)/include
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
 endif
-NVCCFLAGS ?= -O2 -g $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP -std=c++17
+NVCCFLAGS ?= -O2 -g $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP -std=c++17 -I.
 
 LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.o)
-SRV_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/*.c))
+SRV_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/http/*.c))
+CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/cli/*.c))
 TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(wildcard test/test_*.c))
 
-.PHONY: all test test-seeds asan run bench format deps model clean check-tests
+.PHONY: all test test-seeds asan run bench format deps model clean check-tests check-deps
 all: $(BUILD)/nanoinfer
 
 $(BUILD)/libnanoinfer.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
 	ar rcs $@ $^
 
-$(BUILD)/nanoinfer: $(SRV_OBJ) $(BUILD)/libnanoinfer.a
+# The HTTP server is a library of its own: the binary and the server tests link it.
+$(BUILD)/libnanoinfer_srv.a: $(SRV_OBJ)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(BUILD)/nanoinfer: $(CLI_OBJ) $(BUILD)/libnanoinfer_srv.a $(BUILD)/libnanoinfer.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/%.o: %.c
@@ -65,17 +74,24 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
-$(BUILD)/test/%: test/%.c $(BUILD)/libnanoinfer.a
+$(BUILD)/test/%: test/%.c $(BUILD)/libnanoinfer_srv.a $(BUILD)/libnanoinfer.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libnanoinfer.a $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libnanoinfer_srv.a $(BUILD)/libnanoinfer.a $(LDFLAGS) $(LDLIBS) -lcmocka
 
 # Tests run from the repository root; NI_MODEL points at the default model.
 check-tests: $(TESTS) $(BUILD)/nanoinfer
 	@NI_MODEL=$(MODEL) BUILD=$(BUILD) bash test/run-tests.sh $(TESTS)
 
+# The layering rule of docs/design.md: the checker's self-test (it must catch a
+# reversed include), then the tree.
+check-deps:
+	@python3 scripts/check-deps.py --self-test >/dev/null
+	@python3 scripts/check-deps.py
+
 # deps, then model, then tests: in this order even under make -j.
 test:
 	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory check-deps
 	@$(MAKE) --no-print-directory model
 	@$(MAKE) --no-print-directory check-tests
 
@@ -106,7 +122,7 @@ $(MODEL):
 	@bash scripts/fetch-model.sh $(MODEL)
 
 format:
-	clang-format -i $(wildcard engine/*.[ch] tokenizer/*.[ch] tokenizer/*.cc server/*.[ch] cuda/*.cu cuda/*.h test/*.c)
+	clang-format -i $(shell find engine tokenizer server cuda test -name '*.[ch]' -o -name '*.cc' -o -name '*.cu')
 
 clean:
 	rm -rf $(BUILD)

@@ -7,7 +7,7 @@
  * stderr; no function here exits.
  *
  * The backend (eng_backend_cuda, cuda/cu_backend.cu) implements the contract
- * of engine/backend.h on one GPU. Its precision is chosen per process before
+ * of engine/backend/backend.h on one GPU. Its precision is chosen per process before
  * init: BF16 weights / activations / KV cache with FP32 accumulation (the
  * default), or FP32 everywhere (verification against the CPU backend).
  * Selection, first match wins:
@@ -36,7 +36,7 @@
 extern "C" {
 #endif
 
-#include "../engine/backend.h"
+#include "engine/backend/backend.h"
 
 /* Compute precision of the CUDA backend and of the cu_op_* wrappers. */
 enum cu_dtype {
@@ -79,7 +79,7 @@ typedef struct cu_backend_stats {
  * Returns 0 or NI_EINVAL (NULL argument). */
 int cu_backend_get_stats(const void *ctx, cu_backend_stats *st);
 
-/* The CUDA backend (see engine/backend.h). init fails with NI_EUNSUPPORTED
+/* The CUDA backend (see engine/backend/backend.h). init fails with NI_EUNSUPPORTED
  * when there is no GPU, NI_ENOMEM when the weights, KV pool or work buffers
  * do not fit. */
 extern const eng_backend eng_backend_cuda;

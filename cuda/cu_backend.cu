@@ -1,5 +1,5 @@
 /*
- * cu_backend.cu - eng_backend_cuda: the forward pass of engine/backend.h on
+ * cu_backend.cu - eng_backend_cuda: the forward pass of engine/backend/backend.h on
  * one GPU (LLaMA 2/3, SmolLM2, qwen3), BF16 or FP32 (see cu.h), optionally
  * with int8 projection weights, plus a fused device sampler.
  *
@@ -657,30 +657,13 @@ static int cu_init(void **out, const mdl_model *m, const eng_backend_config *cf,
     return 0;
 }
 
-/* Returns 0 if every field of b is consistent and in range for x (the CPU
- * backend's rules). */
+/* The shared rules of engine/backend/twins.h; logits may be NULL (wanted
+ * rows then stay on the device for sample()). */
 static int check_batch(const cu_ctx *x, const eng_batch *b, const float *logits) {
-    if (b->n_seqs < 0 || b->n_seqs > x->max_seqs) return NI_EINVAL;
-    if (b->n_tokens < 0 || b->n_tokens > x->max_batch_tokens) return NI_EINVAL;
-    if (b->n_seqs == 0) return b->n_tokens == 0 ? 0 : NI_EINVAL;
-    if (!b->tokens || !b->seq_start || !b->pos0 || !b->block_tables || b->max_blocks <= 0)
-        return NI_EINVAL;
-    if (b->seq_start[0] != 0 || b->seq_start[b->n_seqs] != b->n_tokens) return NI_EINVAL;
-    for (int i = 0; i < b->n_tokens; i++)
-        if (b->tokens[i] < 0 || b->tokens[i] >= x->c.vocab_size) return NI_EINVAL;
-    for (int s = 0; s < b->n_seqs; s++) {
-        const int32_t n = b->seq_start[s + 1] - b->seq_start[s];
-        if (n <= 0) return NI_EINVAL;
-        const int64_t p0 = b->pos0[s], end = p0 + n;
-        if (p0 < 0 || end > x->max_pos) return NI_EINVAL;
-        const int64_t last_blk = (end - 1) / x->block_size;
-        if (last_blk >= b->max_blocks) return NI_EINVAL;
-        const int32_t *t = b->block_tables + (size_t)s * b->max_blocks;
-        for (int64_t j = 0; j <= last_blk; j++)
-            if (t[j] < 0 || t[j] >= x->n_blocks) return NI_EINVAL;
-    }
-    (void)logits; /* NULL: wanted rows stay on the device for sample() */
-    return 0;
+    (void)logits;
+    const eng_batch_limits lim = {x->max_seqs, x->max_batch_tokens, x->c.vocab_size,
+                                  x->max_pos,  x->block_size,       x->n_blocks};
+    return eng_batch_check(b, &lim);
 }
 
 /* One forward's launches over device metadata (shared by the general path

@@ -4,7 +4,7 @@
  *
  * Design: grid-stride loops, one element per thread per step; FP32 math in
  * every mode (T only changes what is loaded or stored). CPU twins:
- * cpu_embed, cpu_swiglu (engine/cpu_ops.c); silu uses expf like the CPU.
+ * cpu_embed, cpu_swiglu (engine/cpu/cpu_ops.c); silu uses expf like the CPU.
  */
 #include "cu_internal.h"
 

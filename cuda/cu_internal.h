@@ -29,7 +29,8 @@
 #include <stdio.h>
 
 extern "C" {
-#include "../engine/util.h"
+#include "engine/backend/twins.h"
+#include "engine/util/util.h"
 #include "cu.h"
 }
 
@@ -332,7 +333,7 @@ void cu_sample_result(smp_result *out, const cu_smp_out *d);
 /* ---- rope tables (cu_rope.cu, host) ------------------------------------------ */
 
 /* Host cos/sin tables [max_pos][hd/2] exactly as cpu_rope_init computes them
- * (angles in double): inverse frequencies from cpu_rope_inv_freq when the
+ * (angles in double): inverse frequencies from eng_rope_inv_freq when the
  * config's scaling parameters are complete, else theta^(-2i/hd) divided by
  * rope_freqs[i] when rope_freqs != NULL. Caller frees both with free().
  * Returns 0, NI_EINVAL or NI_ENOMEM. */

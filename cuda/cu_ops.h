@@ -9,7 +9,7 @@
  * BF16 (weights, GEMM inputs, the KV cache) are rounded to BF16 on the device
  * and the BF16 outputs are widened back to FP32, so each wrapper computes
  * exactly what the backend computes; the CPU twin named in each comment is
- * the FP32 reference (engine/cpu_ops.h). All return 0, NI_EINVAL on bad
+ * the FP32 reference (engine/cpu/cpu_ops.h). All return 0, NI_EINVAL on bad
  * arguments, NI_ENOMEM / NI_EIO on CUDA failures (message on stderr).
  */
 #ifndef NI_CU_OPS_H
@@ -22,8 +22,8 @@
 extern "C" {
 #endif
 
-#include "../engine/backend.h"
-#include "../engine/model.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
 
 /* out[i] = table[tokens[i]] (table in T). Twin: cpu_embed. */
 int cu_op_embed(float *out /* [n][dim] */, const float *table /* [vocab][dim] */, int vocab,

@@ -10,7 +10,7 @@
  * is reduced with shuffles before any lane writes, and each lane then owns
  * whole rotation pairs (interleaved: (2k, 2k+1); half-split: (k, k+hd/2)),
  * so no lane reads an element another lane writes. cos/sin come from tables
- * built on the host in double exactly as the CPU twin (cpu_rope_init), so
+ * built on the host in double exactly as the CPU twin (cpu_rope_init, eng_rope_inv_freq), so
  * both backends rotate by bit-identical angles. CPU twins: cpu_head_rmsnorm,
  * cpu_rope_apply, cpu_kv_store.
  */
@@ -18,10 +18,6 @@
 #include <stdlib.h>
 
 #include "cu_internal.h"
-
-extern "C" {
-#include "../engine/cpu_ops.h"
-}
 
 #define ROPE_WARPS 4
 
@@ -112,7 +108,7 @@ int cu_rope_tables(const mdl_config *c, const float *rope_freqs, int max_pos, fl
             inv[i] = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim) /
                      (double)rope_freqs[i];
     } else {
-        cpu_rope_inv_freq(c, inv);
+        eng_rope_inv_freq(c, inv);
     }
     for (int p = 0; p < max_pos; p++)
         for (int i = 0; i < half; i++) {

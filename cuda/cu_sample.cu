@@ -1,7 +1,7 @@
 /*
  * cu_sample.cu - the fused GPU sampler: one launch samples every row of a
  * batch from logits that never leave the device, with per-row parameters
- * and the semantics of engine/sampler.c (its CPU twin; see sampler.h for the
+ * and the semantics of engine/backend/sampler.c (its CPU twin; see sampler.h for the
  * pipeline and the vLLM references).
  *
  * One block of SMP_THREADS threads per row. Per row, in order:
@@ -51,35 +51,23 @@
 #define FULL_MASK 0xffffffffu
 #define Q_ONE 17592186044416.0 /* 2^44: fixed-point scale of weights in (0, 1] */
 
-/* Cephes expf constants of engine/sampler.c (exp_neg). */
-#define EXP_LO (-87.33654f)
-#define EXP_MAGIC 12582912.0f
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_C1 0.693359375f
-#define EXP_C2 (-2.12194440e-4f)
-#define EXP_P0 1.9875691500e-4f
-#define EXP_P1 1.3981999507e-3f
-#define EXP_P2 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P4 1.6666665459e-1f
-#define EXP_P5 5.0000001201e-1f
-
 typedef unsigned long long u64;
 
-/* exp(x) for x <= 0, bit-identical to sampler.c's exp_neg (same ops, each
+/* exp(x) for x <= 0, bit-identical to sampler.c's exp_neg (constants NI_EXP_*
+ * of engine/backend/twins.h, same ops, each
  * rounded, never fused). */
 __device__ __forceinline__ float smp_exp_neg(float x) {
-    if (!(x >= EXP_LO)) return 0.0f;
-    const float t = __fadd_rn(__fmul_rn(x, EXP_LOG2E), EXP_MAGIC);
-    const float n = __fsub_rn(t, EXP_MAGIC);
-    float r = __fsub_rn(x, __fmul_rn(n, EXP_C1));
-    r = __fsub_rn(r, __fmul_rn(n, EXP_C2));
-    float q = EXP_P0;
-    q = __fadd_rn(__fmul_rn(q, r), EXP_P1);
-    q = __fadd_rn(__fmul_rn(q, r), EXP_P2);
-    q = __fadd_rn(__fmul_rn(q, r), EXP_P3);
-    q = __fadd_rn(__fmul_rn(q, r), EXP_P4);
-    q = __fadd_rn(__fmul_rn(q, r), EXP_P5);
+    if (!(x >= NI_EXP_LO)) return 0.0f;
+    const float t = __fadd_rn(__fmul_rn(x, NI_EXP_LOG2E), NI_EXP_MAGIC);
+    const float n = __fsub_rn(t, NI_EXP_MAGIC);
+    float r = __fsub_rn(x, __fmul_rn(n, NI_EXP_C1));
+    r = __fsub_rn(r, __fmul_rn(n, NI_EXP_C2));
+    float q = NI_EXP_P0;
+    q = __fadd_rn(__fmul_rn(q, r), NI_EXP_P1);
+    q = __fadd_rn(__fmul_rn(q, r), NI_EXP_P2);
+    q = __fadd_rn(__fmul_rn(q, r), NI_EXP_P3);
+    q = __fadd_rn(__fmul_rn(q, r), NI_EXP_P4);
+    q = __fadd_rn(__fmul_rn(q, r), NI_EXP_P5);
     q = __fadd_rn(__fadd_rn(__fmul_rn(__fmul_rn(q, r), r), r), 1.0f);
     const uint32_t sb = (__float_as_uint(t) - 0x4b400000u + 127u) << 23;
     return __fmul_rn(q, __uint_as_float(sb));

@@ -21,8 +21,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "../tokenizer/tok.h"
-#include "util.h"
+#include "tokenizer/tok.h"
+#include "engine/util/util.h"
 
 enum { SEQ_WAITING = 0, SEQ_RUNNING = 1 };
 

@@ -33,10 +33,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h"
+#include "engine/backend/backend.h"
 #include "kv.h"
-#include "model.h"
-#include "sampler.h"
+#include "engine/model/model.h"
+#include "engine/backend/sampler.h"
 
 #define ENG_MAX_STOP 8          /* stop strings per request */
 #define ENG_MAX_STOP_LEN 256    /* bytes per stop string */

@@ -16,7 +16,7 @@
 
 #include <string.h>
 
-#include "util.h"
+#include "engine/util/util.h"
 
 typedef struct kv_list {
     int32_t head, tail; /* block ids, -1 when empty */

@@ -2,7 +2,7 @@
 """Writes test/fixtures/chat_golden.json: conversations rendered by the real
 Jinja chat templates through transformers (apply_chat_template with
 tokenize=False), the reference test/test_chat.c
-compares engine/chat.c against byte for byte.
+compares tokenizer/chat.c against byte for byte.
 
 Template sources (verbatim):
   chatml-smollm  the `tokenizer.chat_template` of models/SmolLM2-135M-Instruct.Q4_1.gguf,

@@ -6,7 +6,7 @@ The server issue: "the same workload through 64 concurrent SSE streams vs
 inter-token latency p50/p99 under that load."
 
 What it does (Python 3 standard library only, no pip):
-  1. builds the workload of server/bench.c bit for bit: splitmix64 seeded with
+  1. builds the workload of server/cli/bench.c bit for bit: splitmix64 seeded with
      --seed; per request, in this order: prompt length uniform in --input-len,
      output length uniform in --output-len (clipped to the context as bench
      does), then the prompt's token ids uniform in [0, vocab). bench --json
@@ -60,7 +60,7 @@ MASK = (1 << 64) - 1
 # ---------------------------------------------------------------- workload
 
 class SplitMix64:
-    """server/bench.c rng_next, bit for bit."""
+    """server/cli/bench.c rng_next, bit for bit."""
 
     def __init__(self, seed):
         self.s = seed & MASK

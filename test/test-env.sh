@@ -1,5 +1,5 @@
 # Sourced by run-tests.sh and test-seeds.sh: the same runtime tuning nanoinfer
-# applies to itself (see tune_runtime_env in server/main.c), so every runner
+# applies to itself (see tune_runtime_env in server/cli/main.c), so every runner
 # runs the tests alike: OpenBLAS kernels for this CPU, passive OpenMP idle
 # threads. Values the caller already set are kept.
 if [ -z "${OPENBLAS_CORETYPE:-}" ]; then

@@ -39,8 +39,8 @@
 
 #include <cmocka.h>
 
-#include "../engine/backend.h"
-#include "../engine/util.h"
+#include "engine/backend/backend.h"
+#include "engine/util/util.h"
 
 static uint64_t g_rng;
 

@@ -1,5 +1,5 @@
 /*
- * test_chat.c - chat template detection and rendering (engine/chat.c).
+ * test_chat.c - chat template detection and rendering (tokenizer/chat.c).
  *
  * The golden cases in test/fixtures/chat_golden.json were rendered by the
  * real Jinja templates through transformers (scripts/gen_chat_golden.py);
@@ -17,8 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/chat.h"
-#include "../engine/util.h"
+#include "tokenizer/chat.h"
+#include "engine/util/util.h"
 
 #define GOLDEN "test/fixtures/chat_golden.json"
 

@@ -13,7 +13,7 @@
 #include <cmocka.h>
 
 #ifdef NI_USE_CUDA
-#include "../cuda/cu.h"
+#include "cuda/cu.h"
 #endif
 
 static void test_device_describe(void **state) {

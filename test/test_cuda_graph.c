@@ -34,11 +34,11 @@
 
 #include <cmocka.h>
 
-#include "../engine/backend.h"
-#include "../engine/model.h"
-#include "../engine/util.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
+#include "engine/util/util.h"
 #ifdef NI_USE_CUDA
-#include "../cuda/cu.h"
+#include "cuda/cu.h"
 #endif
 
 static int gpu_available(void) {

@@ -1,6 +1,6 @@
 /*
  * test_cuda_ops.c - every CUDA kernel of the backend (through the host-pointer
- * wrappers of cuda/cu_ops.h) against its CPU twin in engine/cpu_ops.c, in
+ * wrappers of cuda/cu_ops.h) against its CPU twin in engine/cpu/cpu_ops.c, in
  * both precisions, on fresh random inputs (never zeros; seed printed,
  * NI_TEST_SEED reproduces). Outputs are poisoned with NaN before each call so
  * an unwritten element fails. Error measure: NMSE = sum (got - ref)^2 /
@@ -22,11 +22,11 @@
 
 #include <cmocka.h>
 
-#include "../engine/cpu_ops.h"
-#include "../engine/util.h"
+#include "engine/cpu/cpu_ops.h"
+#include "engine/util/util.h"
 #ifdef NI_USE_CUDA
-#include "../cuda/cu.h"
-#include "../cuda/cu_ops.h"
+#include "cuda/cu.h"
+#include "cuda/cu_ops.h"
 #endif
 
 #ifdef NI_USE_CUDA

@@ -1,7 +1,7 @@
 /*
  * test_cuda_sample.c - the fused GPU sampler (cuda/cu_sample.cu, through
  * cu_op_sample and eng_backend_cuda.sample) against its CPU twin
- * engine/sampler.c (smp_sample / smp_distribution) on the same logits.
+ * engine/backend/sampler.c (smp_sample / smp_distribution) on the same logits.
  *
  * Logits: fresh random rows (normal times a random scale, some -inf, some
  * exact ties) of vocab 1000, 49152 and 151936. Parameter sets cover greedy,
@@ -40,13 +40,13 @@
 
 #include <cmocka.h>
 
-#include "../engine/backend.h"
-#include "../engine/model.h"
-#include "../engine/sampler.h"
-#include "../engine/util.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
+#include "engine/backend/sampler.h"
+#include "engine/util/util.h"
 #ifdef NI_USE_CUDA
-#include "../cuda/cu.h"
-#include "../cuda/cu_ops.h"
+#include "cuda/cu.h"
+#include "cuda/cu_ops.h"
 #endif
 
 static int gpu_available(void) {

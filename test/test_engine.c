@@ -14,9 +14,9 @@
 
 #include <cmocka.h>
 
-#include "../engine/engine.h"
-#include "../engine/util.h"
-#include "../tokenizer/tok.h"
+#include "engine/engine.h"
+#include "engine/util/util.h"
+#include "tokenizer/tok.h"
 
 #define MODEL_DIR "test/models/tiny-llama2"
 #define MAXR 64

@@ -1,5 +1,5 @@
 /*
- * test_gguf.c - hardening tests for the GGUF reader (engine/gguf.c).
+ * test_gguf.c - hardening tests for the GGUF reader (engine/format/gguf.c).
  *
  * A tiny GGUF writer below builds a valid file holding one kv of every value
  * type (plus string/numeric/empty arrays) and tensors of every supported
@@ -27,9 +27,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../engine/gguf.h"
-#include "../engine/quant.h"
-#include "../engine/util.h"
+#include "engine/format/gguf.h"
+#include "engine/format/quant.h"
+#include "engine/util/util.h"
 
 /* ---------------------------------------------------------------- writer */
 

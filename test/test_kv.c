@@ -25,8 +25,8 @@
 
 #include <cmocka.h>
 
-#include "../engine/kv.h"
-#include "../engine/util.h"
+#include "engine/kv.h"
+#include "engine/util/util.h"
 
 static uint64_t g_rng;
 

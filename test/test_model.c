@@ -25,10 +25,10 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "../engine/chat.h"
-#include "../engine/engine.h"
-#include "../engine/util.h"
-#include "../tokenizer/tok.h"
+#include "tokenizer/chat.h"
+#include "engine/engine.h"
+#include "engine/util/util.h"
+#include "tokenizer/tok.h"
 
 #define MAXG 128
 

@@ -1,5 +1,5 @@
 /*
- * test_ops.c - every op of engine/cpu_ops.c against a plain double-precision
+ * test_ops.c - every op of engine/cpu/cpu_ops.c against a plain double-precision
  * reference written here, on fresh random inputs (seeded from the clock each
  * run, printed; NI_TEST_SEED=<n> reproduces a run). Errors are relative:
  * max |got - ref| / max |ref| over the whole output.
@@ -17,8 +17,9 @@
 #include <cblas.h>
 #include <cmocka.h>
 
-#include "../engine/cpu_ops.h"
-#include "../engine/util.h"
+#include "engine/backend/twins.h"
+#include "engine/cpu/cpu_ops.h"
+#include "engine/util/util.h"
 
 static uint64_t g_rng;
 
@@ -277,12 +278,12 @@ static void test_rope_inv_freq(void **state) {
     double got[64], ref[64];
     /* Llama 3.1: head_dim 128, theta 500000 */
     mdl_config c = rope_cfg(128, 500000.0, 0, 1);
-    cpu_rope_inv_freq(&c, got);
+    eng_rope_inv_freq(&c, got);
     ref_inv_freq(&c, ref);
     int n_keep = 0, n_scaled = 0, n_medium = 0;
     double plain[64];
     mdl_config c0 = rope_cfg(128, 500000.0, 0, 0);
-    cpu_rope_inv_freq(&c0, plain);
+    eng_rope_inv_freq(&c0, plain);
     for (int i = 0; i < 64; i++) {
         assert_true(fabs(got[i] - ref[i]) <= 1e-12 * ref[i]);
         if (got[i] == plain[i]) n_keep++;

@@ -1,5 +1,5 @@
 /*
- * test_q8.c - the int8 weight path (engine/cpu_q8.[ch]) and its quality on
+ * test_q8.c - the int8 weight path (engine/cpu/cpu_q8.[ch]) and its quality on
  * the real model.
  *
  * Kernels, on every dispatch path this CPU can run (scalar, AVX2, AVX-VNNI,
@@ -54,11 +54,11 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "../engine/backend.h"
-#include "../engine/cpu_q8.h"
-#include "../engine/engine.h"
-#include "../engine/quant.h"
-#include "../engine/util.h"
+#include "engine/backend/backend.h"
+#include "engine/cpu/cpu_q8.h"
+#include "engine/engine.h"
+#include "engine/format/quant.h"
+#include "engine/util/util.h"
 
 static uint64_t g_rng;
 

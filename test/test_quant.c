@@ -1,5 +1,5 @@
 /*
- * test_quant.c - ggml storage types (engine/quant.c) against the python
+ * test_quant.c - ggml storage types (engine/format/quant.c) against the python
  * reference implementation.
  *
  * Goldens come from scripts/gen_quant_golden.py: gguf-py (llama.cpp's own
@@ -24,9 +24,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../engine/gguf.h"
-#include "../engine/quant.h"
-#include "../engine/util.h"
+#include "engine/format/gguf.h"
+#include "engine/format/quant.h"
+#include "engine/util/util.h"
 
 #define FIX "test/fixtures/"
 

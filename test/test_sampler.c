@@ -1,5 +1,5 @@
 /*
- * test_sampler.c - engine/sampler.c against double-precision references
+ * test_sampler.c - engine/backend/sampler.c against double-precision references
  * written here and against a torch golden of vLLM v0's sampler order
  * (test/fixtures/sampler_golden.json, scripts/gen_sampler_golden.py).
  *
@@ -20,8 +20,8 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "../engine/sampler.h"
-#include "../engine/util.h"
+#include "engine/backend/sampler.h"
+#include "engine/util/util.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 

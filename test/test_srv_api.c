@@ -6,10 +6,10 @@
  * SSE framing, logprobs formats, plus the helpers they rest on (bounded
  * buffers, UTF-8 repair, constant-time compare) and the Prometheus text.
  *
- * The server modules are compiled into this test directly (they are not in
- * libnanoinfer.a). Uses the committed tiny-llama3 model (BPE tokenizer,
+ * Links the server library (libnanoinfer_srv.a). Uses the committed tiny-llama3 model (BPE tokenizer,
  * Llama-3 chat template, context 512, vocab 405).
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,9 +20,11 @@
 
 #include <cmocka.h>
 
-#include "../server/srv_api.c"
-#include "../server/srv_metrics.c"
-#include "../server/srv_util.c"
+#include "server/http/srv_api.h"
+#include "tokenizer/chat.h"
+#include "engine/util/util.h"
+#include "server/http/srv_metrics.h"
+#include "server/http/srv_util.h"
 
 #define MODEL_DIR "test/models/tiny-llama3"
 

@@ -3,7 +3,7 @@
  * splitting, the HTTP/1.1 chunked-body decoder and the Server-Sent-Events
  * parser, each fed the same input split at every possible point (a recv()
  * may return any prefix), plus malformed input.
- * Server modules are compiled in directly (they are not in libnanoinfer.a).
+ * Links the server library (libnanoinfer_srv.a).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,8 +15,8 @@
 
 #include <cmocka.h>
 
-#include "../server/srv_client.c"
-#include "../server/srv_util.c"
+#include "server/http/srv_client.h"
+#include "server/http/srv_util.h"
 
 static void test_url(void **state) {
     (void)state;

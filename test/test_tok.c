@@ -29,9 +29,9 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "../engine/gguf.h"
-#include "../engine/util.h"
-#include "../tokenizer/tok.h"
+#include "engine/format/gguf.h"
+#include "engine/util/util.h"
+#include "tokenizer/tok.h"
 
 #define SHARED_VOCAB "../shared/vocab"
 

@@ -1,7 +1,7 @@
 /*
  * spm_shim.cc - extern "C" wrapper over libsentencepiece (see spm_shim.h).
  * Invariant: no C++ exception escapes; errors become negative NI_E* codes
- * (values duplicated from engine/util.h to keep this file free of C headers
+ * (values duplicated from engine/util/util.h to keep this file free of C headers
  * that are not C++-clean).
  */
 #include "spm_shim.h"

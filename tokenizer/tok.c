@@ -36,7 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/util.h"
+#include "engine/util/util.h"
 
 /* ------------------------------------------------------------------------ */
 /* small helpers                                                             */

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../engine/gguf.h"
+#include "engine/format/gguf.h"
 
 typedef struct tok_tokenizer tok_tokenizer;
 

@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/util.h"
+#include "engine/util/util.h"
 #include "tok_internal.h"
 
 /* GPT-2 / HF ByteLevel split pattern. */

@@ -26,7 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../engine/util.h"
+#include "engine/util/util.h"
 #include "tok_internal.h"
 
 typedef struct hf_ctx {

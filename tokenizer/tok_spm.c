@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/util.h"
+#include "engine/util/util.h"
 #include "spm_shim.h"
 #include "tok_internal.h"
 

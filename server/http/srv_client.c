@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../engine/util.h"
+#include "engine/util/util.h"
 
 int srv_parse_url(const char *url, char *host, size_t host_cap, int *port, char *prefix, size_t prefix_cap) {
     const char *p = url;

@@ -73,13 +73,13 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "../engine/backend.h"
-#include "../engine/chat.h"
-#include "../engine/engine.h"
-#include "../engine/model.h"
-#include "../engine/util.h"
-#include "../tokenizer/tok.h"
-#include "cli.h"
+#include "engine/backend/backend.h"
+#include "tokenizer/chat.h"
+#include "engine/engine.h"
+#include "engine/model/model.h"
+#include "engine/util/util.h"
+#include "tokenizer/tok.h"
+#include "srv_server.h"
 #include "srv_api.h"
 #include "srv_config.h"
 #include "srv_log.h"

@@ -43,7 +43,8 @@
 #include <immintrin.h>
 #endif
 
-#include "util.h"
+#include "engine/util/util.h"
+#include "twins.h"
 
 struct smp_slot {
     int32_t tok;  /* -1 = empty */
@@ -261,32 +262,20 @@ static inline void acc8(v4d *a0, v4d *a1, const float *p) {
 }
 
 /* exp(x) for x <= 0: Cephes' expf (range reduction by ln 2, degree-6
- * polynomial, ~1 ulp). Results below FLT_MIN (x < EXP_LO, -inf included)
- * are 0; exp(0) is exactly 1. */
-#define EXP_LO (-87.33654f)
-#define EXP_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds to an integer */
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_C1 0.693359375f
-#define EXP_C2 (-2.12194440e-4f)
-#define EXP_P0 1.9875691500e-4f
-#define EXP_P1 1.3981999507e-3f
-#define EXP_P2 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P4 1.6666665459e-1f
-#define EXP_P5 5.0000001201e-1f
-
+ * polynomial, ~1 ulp). Results below FLT_MIN (x < NI_EXP_LO, -inf included)
+ * are 0; exp(0) is exactly 1. Constants: twins.h (the CUDA sampler's too). */
 static inline float exp_neg(float x) {
-    if (!(x >= EXP_LO)) return 0.0f;
-    const float t = x * EXP_LOG2E + EXP_MAGIC;
-    const float n = t - EXP_MAGIC;
-    float r = x - n * EXP_C1;
-    r = r - n * EXP_C2;
-    float q = EXP_P0;
-    q = q * r + EXP_P1;
-    q = q * r + EXP_P2;
-    q = q * r + EXP_P3;
-    q = q * r + EXP_P4;
-    q = q * r + EXP_P5;
+    if (!(x >= NI_EXP_LO)) return 0.0f;
+    const float t = x * NI_EXP_LOG2E + NI_EXP_MAGIC;
+    const float n = t - NI_EXP_MAGIC;
+    float r = x - n * NI_EXP_C1;
+    r = r - n * NI_EXP_C2;
+    float q = NI_EXP_P0;
+    q = q * r + NI_EXP_P1;
+    q = q * r + NI_EXP_P2;
+    q = q * r + NI_EXP_P3;
+    q = q * r + NI_EXP_P4;
+    q = q * r + NI_EXP_P5;
     q = q * r * r + r + 1.0f;
     uint32_t tb;
     memcpy(&tb, &t, sizeof tb);
@@ -299,18 +288,18 @@ static inline float exp_neg(float x) {
 /* *y = exp_neg(*y), lane by lane, same ops. */
 static inline void exp_neg8(v8f *y) {
     v8f x = *y;
-    const v8i ok = x >= EXP_LO;
+    const v8i ok = x >= NI_EXP_LO;
     x = SEL8(ok, x, BC8(0.0f));
-    const v8f t = x * EXP_LOG2E + EXP_MAGIC;
-    const v8f n = t - EXP_MAGIC;
-    v8f r = x - n * EXP_C1;
-    r = r - n * EXP_C2;
-    v8f q = BC8(EXP_P0);
-    q = q * r + EXP_P1;
-    q = q * r + EXP_P2;
-    q = q * r + EXP_P3;
-    q = q * r + EXP_P4;
-    q = q * r + EXP_P5;
+    const v8f t = x * NI_EXP_LOG2E + NI_EXP_MAGIC;
+    const v8f n = t - NI_EXP_MAGIC;
+    v8f r = x - n * NI_EXP_C1;
+    r = r - n * NI_EXP_C2;
+    v8f q = BC8(NI_EXP_P0);
+    q = q * r + NI_EXP_P1;
+    q = q * r + NI_EXP_P2;
+    q = q * r + NI_EXP_P3;
+    q = q * r + NI_EXP_P4;
+    q = q * r + NI_EXP_P5;
     q = q * r * r + r + 1.0f;
     const v8i sb = ((v8i)t - 0x4b400000 + 127) << 23;
     *y = SEL8(ok, q * (v8f)sb, BC8(0.0f));

@@ -18,8 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../engine/engine.h"
-#include "../engine/util.h"
+#include "engine/engine.h"
+#include "engine/util/util.h"
 #include "cli.h"
 
 typedef struct bench_req {

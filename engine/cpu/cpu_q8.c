@@ -33,8 +33,8 @@
 #include <omp.h>
 #include <string.h>
 
-#include "quant.h"
-#include "util.h"
+#include "engine/format/quant.h"
+#include "engine/util/util.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define Q8_X86 1

@@ -14,7 +14,7 @@
 
 #include "gguf.h"
 #include "quant.h"
-#include "util.h"
+#include "engine/util/util.h"
 
 #define ST_MAX_HEADER (100u << 20) /* 100 MiB of JSON is already absurd */
 

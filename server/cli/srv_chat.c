@@ -25,10 +25,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "../engine/util.h"
+#include "engine/util/util.h"
 #include "cli.h"
-#include "srv_client.h"
-#include "srv_util.h"
+#include "server/http/srv_client.h"
+#include "server/http/srv_util.h"
 
 #define HEAD_MAX (64 * 1024)
 #define ERR_BODY_MAX (1 << 20)

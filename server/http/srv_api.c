@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/chat.h"
-#include "../engine/util.h"
+#include "tokenizer/chat.h"
+#include "engine/util/util.h"
 
 /* ---- errors ---- */
 

@@ -27,8 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../engine/engine.h"
-#include "../tokenizer/tok.h"
+#include "engine/engine.h"
+#include "tokenizer/tok.h"
 #include "srv_util.h"
 
 enum srv_api_kind { SRV_API_COMPLETION = 0, SRV_API_CHAT = 1 };

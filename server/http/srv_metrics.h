@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#include "../engine/engine.h"
+#include "engine/engine.h"
 #include "srv_util.h"
 
 #define SRV_HIST_MAX_BUCKETS 32

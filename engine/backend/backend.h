@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
+#include "engine/model/model.h"
 #include "sampler.h"
 
 typedef struct eng_batch {

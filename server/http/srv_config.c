@@ -14,8 +14,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-#include "../engine/chat.h"
-#include "../engine/util.h"
+#include "tokenizer/chat.h"
+#include "engine/util/util.h"
 #include "srv_log.h"
 
 enum { T_STR, T_INT, T_BYTES, T_REAL, T_BOOL, T_LEVEL, T_STYLE, T_BACKEND };
@@ -89,6 +89,10 @@ static void norm_key(const char *in, char *out, size_t cap) {
     for (; in[i] && i + 1 < cap; i++) out[i] = in[i] == '_' ? '-' : (char)tolower((unsigned char)in[i]);
     out[i] = 0;
 }
+
+size_t srv_config_n_keys(void) { return NI_ARRAY_LEN(g_keys); }
+
+const char *srv_config_key_name(size_t i) { return i < NI_ARRAY_LEN(g_keys) ? g_keys[i].name : NULL; }
 
 static const key_def *find_key(const char *key) {
     char k[64];

@@ -16,7 +16,7 @@
 #include <sys/mman.h>
 
 #include "quant.h"
-#include "util.h"
+#include "engine/util/util.h"
 
 #define GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
 #define GGUF_MAX_DIMS 4

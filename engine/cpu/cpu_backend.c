@@ -56,10 +56,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "backend.h"
+#include "engine/backend/backend.h"
+#include "engine/backend/twins.h"
 #include "cpu_ops.h"
 #include "cpu_q8.h"
-#include "util.h"
+#include "engine/util/util.h"
 
 /* Vocabulary columns per LM-head sgemm when logits rows must be scattered. */
 #define LM_CHUNK 4096
@@ -299,30 +300,15 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
     return 0;
 }
 
-/* Returns 0 if every field of b is consistent and in range for x. */
+/* The shared rules of engine/backend/twins.h, plus: logits must be given
+ * when any sequence wants them (this backend writes them to the host). */
 static int check_batch(const cpu_ctx *x, const eng_batch *b, const float *logits) {
-    if (b->n_seqs < 0 || b->n_seqs > x->max_seqs) return NI_EINVAL;
-    if (b->n_tokens < 0 || b->n_tokens > x->max_batch_tokens) return NI_EINVAL;
-    if (b->n_seqs == 0) return b->n_tokens == 0 ? 0 : NI_EINVAL;
-    if (!b->tokens || !b->seq_start || !b->pos0 || !b->block_tables || b->max_blocks <= 0)
-        return NI_EINVAL;
-    if (b->seq_start[0] != 0 || b->seq_start[b->n_seqs] != b->n_tokens) return NI_EINVAL;
-    for (int i = 0; i < b->n_tokens; i++)
-        if (b->tokens[i] < 0 || b->tokens[i] >= x->c.vocab_size) return NI_EINVAL;
-    int want_any = 0;
-    for (int s = 0; s < b->n_seqs; s++) {
-        const int32_t n = b->seq_start[s + 1] - b->seq_start[s];
-        if (n <= 0) return NI_EINVAL; /* every sequence brings at least one token */
-        const int64_t p0 = b->pos0[s], end = p0 + n; /* positions [p0, end) */
-        if (p0 < 0 || end > x->max_pos) return NI_EINVAL;
-        const int64_t last_blk = (end - 1) / x->block_size;
-        if (last_blk >= b->max_blocks) return NI_EINVAL;
-        const int32_t *t = b->block_tables + (size_t)s * b->max_blocks;
-        for (int64_t j = 0; j <= last_blk; j++)
-            if (t[j] < 0 || t[j] >= x->n_blocks) return NI_EINVAL;
-        if (b->want_logits && b->want_logits[s]) want_any = 1;
-    }
-    if (want_any && !logits) return NI_EINVAL;
+    const eng_batch_limits lim = {x->max_seqs, x->max_batch_tokens, x->c.vocab_size,
+                                  x->max_pos,  x->block_size,       x->n_blocks};
+    int rc = eng_batch_check(b, &lim);
+    if (rc) return rc;
+    for (int s = 0; s < b->n_seqs; s++)
+        if (b->want_logits && b->want_logits[s] && !logits) return NI_EINVAL;
     return 0;
 }
 

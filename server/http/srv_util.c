@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../engine/util.h"
+#include "engine/util/util.h"
 
 static int buf_reserve(srv_buf *b, size_t extra) {
     if (b->limit && b->len - b->off + extra > b->limit) return NI_ERANGE;

@@ -77,6 +77,10 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen);
 /* Prints the option list with defaults (the `serve --help` text). */
 void srv_config_usage(FILE *f);
 
+/* The config keys, in usage order: i in [0, srv_config_n_keys()); NULL past the end. */
+size_t srv_config_n_keys(void);
+const char *srv_config_key_name(size_t i);
+
 /* Logs the effective configuration at info level (api-key masked). */
 void srv_config_log(const srv_config *c);
 

@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
+#include "engine/model/model.h"
 
 /* ---- elementwise / row ops ------------------------------------------- */
 
@@ -79,13 +79,8 @@ const char *cpu_blas_core(void);
 
 /* ---- RoPE --------------------------------------------------------------- */
 
-/* Fills inv_freq[i] = theta^(-2i/head_dim) for i < head_dim/2, then applies
- * llama3 scaling when c->rope_scaling == MDL_ROPE_LLAMA3 exactly as HF's
- * _compute_llama3_parameters (wavelen = 2*pi/inv_freq; wavelen < orig/high:
- * unchanged; wavelen > orig/low: / factor; otherwise smooth interpolation).
- * Computed in double. */
-void cpu_rope_inv_freq(const mdl_config *c, double *inv_freq /* [head_dim/2] */);
-
+/* Cos/sin tables over positions [0, max_pos) from eng_rope_inv_freq
+ * (engine/backend/twins.h), the same angles the CUDA backend uses. */
 typedef struct cpu_rope {
     int head_dim;     /* even */
     int max_pos;      /* positions [0, max_pos) are tabulated */

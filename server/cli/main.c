@@ -16,13 +16,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../engine/backend.h"
-#include "../engine/engine.h"
+#include "engine/backend/backend.h"
+#include "engine/engine.h"
 #include "cli.h"
-#include "../engine/chat.h"
-#include "../engine/model.h"
-#include "../engine/util.h"
-#include "../tokenizer/tok.h"
+#include "tokenizer/chat.h"
+#include "engine/model/model.h"
+#include "engine/util/util.h"
+#include "tokenizer/tok.h"
 
 #define NI_VERSION "0.1.0"
 
@@ -129,30 +129,6 @@ static int cmd_info(int argc, char **argv) {
            m.w.arena_floats, m.chat_template ? chat_style_name(chat_detect(m.chat_template)) : "none");
     mdl_free(&m);
     return 0;
-}
-
-/* ---- sampling flags shared by generate and bench ---- */
-
-/* Parses one sampling / engine option into sp or c. Returns 1 if consumed,
- * 0 if not a sampling option, -1 on a bad value. */
-int srv_parse_sampling_opt(const char *name, const char *val, smp_params *sp) {
-    char *end = NULL;
-    double d = val ? strtod(val, &end) : 0;
-    int ok = val && end && *end == 0;
-    if (!strcmp(name, "temperature")) sp->temperature = (float)d;
-    else if (!strcmp(name, "top-p")) sp->top_p = (float)d;
-    else if (!strcmp(name, "top-k")) sp->top_k = (int32_t)d;
-    else if (!strcmp(name, "min-p")) sp->min_p = (float)d;
-    else if (!strcmp(name, "repetition-penalty")) sp->repetition_penalty = (float)d;
-    else if (!strcmp(name, "presence-penalty")) sp->presence_penalty = (float)d;
-    else if (!strcmp(name, "frequency-penalty")) sp->frequency_penalty = (float)d;
-    else if (!strcmp(name, "seed")) {
-        sp->has_seed = 1;
-        sp->seed = strtoull(val ? val : "", &end, 10);
-        ok = val && *val && end && *end == 0;
-    } else if (!strcmp(name, "logprobs")) sp->logprobs = (int32_t)d;
-    else return 0;
-    return ok ? 1 : -1;
 }
 
 typedef struct gen_state {

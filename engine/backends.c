@@ -4,10 +4,10 @@
  */
 #include <string.h>
 
-#include "backend.h"
-#include "util.h"
+#include "engine/backend/backend.h"
+#include "engine/util/util.h"
 #ifdef NI_USE_CUDA
-#include "../cuda/cu.h"
+#include "cuda/cu.h"
 #endif
 
 const eng_backend *eng_backend_select(const char *device, const char *dtype, char *err,

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "gguf.h"
-#include "util.h"
+#include "engine/util/util.h"
 
 #define QK 32
 

@@ -28,7 +28,8 @@
 #include <omp.h>
 #include <string.h>
 
-#include "util.h"
+#include "engine/backend/twins.h"
+#include "engine/util/util.h"
 
 /* Below this many floats touched, elementwise ops stay single-threaded. */
 #define PAR_MIN (1 << 15)
@@ -40,7 +41,6 @@
 /* Below this many weights, a matmul is not split over threads. */
 #define SPLIT_MIN (1 << 16)
 
-static const double PI_D = 3.14159265358979323846;
 
 #if defined(__AVX2__) && defined(__FMA__)
 #define HAVE_EXP8 1
@@ -193,29 +193,6 @@ const char *cpu_blas_core(void) {
 
 /* ---- RoPE ---------------------------------------------------------------- */
 
-void cpu_rope_inv_freq(const mdl_config *c, double *inv_freq) {
-    const int half = c->head_dim / 2;
-    for (int i = 0; i < half; i++)
-        inv_freq[i] = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim);
-    if (c->rope_scaling != MDL_ROPE_LLAMA3) return;
-    const double factor = c->rope_factor;
-    const double lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
-    const double old_ctx = c->rope_orig_max_pos;
-    const double low_freq_wavelen = old_ctx / lo;
-    const double high_freq_wavelen = old_ctx / hi;
-    for (int i = 0; i < half; i++) {
-        const double f = inv_freq[i];
-        const double wavelen = 2.0 * PI_D / f;
-        if (wavelen < high_freq_wavelen) continue;          /* high frequency: keep */
-        if (wavelen > low_freq_wavelen) {                   /* low frequency: scale */
-            inv_freq[i] = f / factor;
-        } else if (hi != lo) {                              /* medium: interpolate */
-            const double smooth = (old_ctx / wavelen - lo) / (hi - lo);
-            inv_freq[i] = (1.0 - smooth) * f / factor + smooth * f;
-        }
-    }
-}
-
 int cpu_rope_init(cpu_rope *r, const mdl_config *c, int max_pos) {
     memset(r, 0, sizeof(*r));
     if (c->head_dim <= 0 || c->head_dim % 2 != 0 || max_pos <= 0) return NI_EINVAL;
@@ -228,7 +205,7 @@ int cpu_rope_init(cpu_rope *r, const mdl_config *c, int max_pos) {
         cpu_rope_free(r);
         return NI_ENOMEM;
     }
-    cpu_rope_inv_freq(c, inv);
+    eng_rope_inv_freq(c, inv);
     for (int p = 0; p < max_pos; p++)
         for (int i = 0; i < half; i++) {
             const double a = (double)p * inv[i];

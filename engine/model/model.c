@@ -20,11 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../tokenizer/tok.h"
-#include "gguf.h"
-#include "quant.h"
-#include "safetensors.h"
-#include "util.h"
+#include "tokenizer/tok.h"
+#include "engine/format/gguf.h"
+#include "engine/format/quant.h"
+#include "engine/format/safetensors.h"
+#include "engine/util/util.h"
 
 /* A source tensor reduced to what the planner needs. dims[0] = out (rows),
  * dims[1] = in (row length); 1-D tensors have dims[1] = 0. */
