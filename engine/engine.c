@@ -347,47 +347,64 @@ void eng_free(eng_engine *e) {
     free(e);
 }
 
-int eng_add(eng_engine *e, const eng_request *q, char *err, size_t errlen) {
-    if (q->n_prompt < 1) return ni_fail(err, errlen, NI_EINVAL, "prompt: must not be empty");
+/* Fills err (when given) and returns code. param names the request field
+ * at fault, or is NULL. */
+static int add_fail(eng_error *err, int code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int add_fail(eng_error *err, int code, const char *param, const char *fmt, ...) {
+    if (!err) return code;
+    err->code = code;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int eng_add(eng_engine *e, const eng_request *q, eng_error *err) {
+    if (err) memset(err, 0, sizeof *err);
+    if (q->n_prompt < 1) return add_fail(err, NI_EINVAL, "prompt", "prompt: must not be empty");
     for (int i = 0; i < q->n_prompt; i++)
         if (q->prompt[i] < 0 || q->prompt[i] >= e->vocab)
-            return ni_fail(err, errlen, NI_EINVAL, "prompt: token id %d out of range [0, %d)",
+            return add_fail(err, NI_EINVAL, "prompt", "prompt: token id %d out of range [0, %d)",
                            q->prompt[i], e->vocab);
-    if (q->max_tokens < 1) return ni_fail(err, errlen, NI_EINVAL, "max_tokens: must be >= 1");
+    if (q->max_tokens < 1) return add_fail(err, NI_EINVAL, "max_tokens", "max_tokens: must be >= 1");
     if (q->n < 1 || q->n > ENG_MAX_N)
-        return ni_fail(err, errlen, NI_EINVAL, "n: must be in [1, %d]", ENG_MAX_N);
+        return add_fail(err, NI_EINVAL, "n", "n: must be in [1, %d]", ENG_MAX_N);
     if (q->n > e->cfg.max_num_seqs)
-        return ni_fail(err, errlen, NI_EINVAL, "n: larger than --max-num-seqs (%d)",
+        return add_fail(err, NI_EINVAL, "n", "n: larger than --max-num-seqs (%d)",
                        e->cfg.max_num_seqs);
     if (q->n_stop < 0 || q->n_stop > ENG_MAX_STOP)
-        return ni_fail(err, errlen, NI_EINVAL, "stop: at most %d stop strings", ENG_MAX_STOP);
+        return add_fail(err, NI_EINVAL, "stop", "stop: at most %d stop strings", ENG_MAX_STOP);
     for (int i = 0; i < q->n_stop; i++) {
         size_t l = q->stop[i] ? strlen(q->stop[i]) : 0;
         if (l < 1 || l > ENG_MAX_STOP_LEN)
-            return ni_fail(err, errlen, NI_EINVAL, "stop: each string must have 1..%d bytes",
+            return add_fail(err, NI_EINVAL, "stop", "stop: each string must have 1..%d bytes",
                            ENG_MAX_STOP_LEN);
     }
     if (q->n_stop_ids < 0 || q->n_stop_ids > ENG_MAX_STOP_IDS)
-        return ni_fail(err, errlen, NI_EINVAL, "stop_token_ids: at most %d", ENG_MAX_STOP_IDS);
+        return add_fail(err, NI_EINVAL, "stop_token_ids", "stop_token_ids: at most %d", ENG_MAX_STOP_IDS);
     for (int i = 0; i < q->n_stop_ids; i++)
         if (q->stop_ids[i] < 0 || q->stop_ids[i] >= e->vocab)
-            return ni_fail(err, errlen, NI_EINVAL, "stop_token_ids: id out of range");
+            return add_fail(err, NI_EINVAL, "stop_token_ids", "stop_token_ids: id out of range");
     const char *bad = NULL;
     if (smp_params_validate(&q->sp, e->vocab, &bad))
-        return ni_fail(err, errlen, NI_EINVAL, "%s: out of range", bad ? bad : "sampling");
+        return add_fail(err, NI_EINVAL, bad ? bad : "sampling", "%s: out of range",
+                        bad ? bad : "sampling");
     long need = (long)q->n_prompt + q->max_tokens;
     if (need > e->max_seq_len)
-        return ni_fail(err, errlen, NI_ERANGE,
+        return add_fail(err, NI_ERANGE, NULL,
                        "prompt (%d tokens) + max_tokens (%d) exceeds the context length (%d)",
                        q->n_prompt, q->max_tokens, e->max_seq_len);
     long blocks = (need + e->cfg.block_size - 1) / e->cfg.block_size;
     if (blocks > e->cfg.n_blocks)
-        return ni_fail(err, errlen, NI_ERANGE,
+        return add_fail(err, NI_ERANGE, NULL,
                        "prompt + max_tokens (%ld tokens) can never fit the KV pool (%d tokens)",
                        need, e->cfg.n_blocks * e->cfg.block_size);
 
     eng_req *r = calloc(1, sizeof(*r));
-    if (!r) return ni_fail(err, errlen, NI_ENOMEM, "out of memory");
+    if (!r) return add_fail(err, NI_ENOMEM, NULL, "out of memory");
     r->id = q->id;
     r->user = q->user;
     r->sp = q->sp;
@@ -415,7 +432,7 @@ int eng_add(eng_engine *e, const eng_request *q, char *err, size_t errlen) {
     }
     if (!ok) {
         req_free(r);
-        return ni_fail(err, errlen, NI_ENOMEM, "out of memory");
+        return add_fail(err, NI_ENOMEM, NULL, "out of memory");
     }
     pthread_mutex_lock(&e->mu);
     if (e->inbox_tail) e->inbox_tail->next_inbox = r;

@@ -123,10 +123,20 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
 /* Frees the engine; outstanding requests are dropped without events. */
 void eng_free(eng_engine *e);
 
-/* Queues a request (any thread). Validates it first: returns NI_EINVAL with a
- * message naming the parameter, or NI_ERANGE when it can never fit (prompt +
- * max_tokens over the context or the KV pool). Returns 0 when queued. */
-int eng_add(eng_engine *e, const eng_request *r, char *err, size_t errlen);
+/* Why eng_add refused a request, as data: front ends map code and param to
+ * their own error shapes (HTTP 400 with "param"), never by parsing msg. */
+typedef struct eng_error {
+    int code;       /* 0 or a negative NI_E* code */
+    char param[32]; /* the request field at fault ("n", "stop", "top_p", ...); "" when the
+                     * request as a whole is refused (context or KV pool too small) */
+    char msg[256];  /* one line for people, starting with "param: " when param is set */
+} eng_error;
+
+/* Queues a request (any thread). Validates it first: returns NI_EINVAL with
+ * err->param naming the parameter, NI_ERANGE when it can never fit (prompt +
+ * max_tokens over the context or the KV pool), NI_ENOMEM. Returns 0 when
+ * queued (err then has code 0 and empty strings). err may be NULL. */
+int eng_add(eng_engine *e, const eng_request *r, eng_error *err);
 
 /* Requests an abort (any thread); the request finishes with ENG_FINISH_ABORT
  * and its blocks are freed within the next eng_step. Unknown ids are ignored. */

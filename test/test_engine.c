@@ -121,9 +121,10 @@ static void run_all(eng_engine *e) {
 }
 
 static void add_ok(eng_engine *e, const eng_request *r) {
-    char err[256];
-    int rc = eng_add(e, r, err, sizeof err);
-    if (rc) fprintf(stderr, "eng_add: %s\n", err);
+    eng_error err;
+    int rc = eng_add(e, r, &err);
+    if (rc) fprintf(stderr, "eng_add: %s\n", err.msg);
+    assert_int_equal(err.code, rc);
     assert_int_equal(rc, 0);
 }
 
@@ -194,18 +195,27 @@ static void test_reject_too_large(void **state) {
     int32_t p[60];
     make_prompt(p, 60, 1);
     eng_request r = req_greedy(0, p, 60, 10); /* 70 tokens > 64 in the pool */
-    char err[256] = {0};
-    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_ERANGE);
-    assert_non_null(strstr(err, "KV pool"));
+    eng_error err;
+    assert_int_equal(eng_add(e, &r, &err), NI_ERANGE);
+    assert_int_equal(err.code, NI_ERANGE);
+    assert_string_equal(err.param, "");
+    assert_non_null(strstr(err.msg, "KV pool"));
     r = req_greedy(0, p, 60, 1000); /* over the 512-token context */
-    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_ERANGE);
-    assert_non_null(strstr(err, "context"));
+    assert_int_equal(eng_add(e, &r, &err), NI_ERANGE);
+    assert_non_null(strstr(err.msg, "context"));
     r = req_greedy(0, p, 0, 4);
-    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_EINVAL);
+    assert_int_equal(eng_add(e, &r, &err), NI_EINVAL);
+    assert_string_equal(err.param, "prompt");
     r = req_greedy(0, p, 4, 4);
     r.sp.top_p = 0;
-    assert_int_equal(eng_add(e, &r, err, sizeof err), NI_EINVAL);
-    assert_non_null(strstr(err, "top_p"));
+    assert_int_equal(eng_add(e, &r, &err), NI_EINVAL);
+    assert_string_equal(err.param, "top_p");
+    assert_non_null(strstr(err.msg, "top_p"));
+    r = req_greedy(0, p, 4, 4);
+    r.n = 0;
+    assert_int_equal(eng_add(e, &r, NULL), NI_EINVAL); /* err may be NULL */
+    assert_int_equal(eng_add(e, &r, &err), NI_EINVAL);
+    assert_string_equal(err.param, "n");
     eng_free(e);
 }
 

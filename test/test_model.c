@@ -111,7 +111,7 @@ static void greedy(const mdl_model *m, const int32_t *ids, int n, int n_new, gre
     eng_request r = {.id = 1, .prompt = ids, .n_prompt = n, .sp = smp_params_default(),
                      .max_tokens = n_new, .n = 1, .ignore_eos = 1};
     r.sp.temperature = 0;
-    assert_int_equal(eng_add(e, &r, err, sizeof err), 0);
+    assert_int_equal(eng_add(e, &r, NULL), 0);
     while (eng_step(e) > 0) {
     }
     eng_free(e);
@@ -336,7 +336,7 @@ static void test_smollm2(void **s) {
         eng_request r = {.id = (uint64_t)i, .prompt = ids[i], .n_prompt = n_ids[i],
                          .sp = smp_params_default(), .max_tokens = 64, .n = 1, .ignore_eos = 1};
         r.sp.temperature = 0;
-        assert_int_equal(eng_add(e, &r, err, sizeof err), 0);
+        assert_int_equal(eng_add(e, &r, NULL), 0);
     }
     while (eng_step(e) > 0) {
     }

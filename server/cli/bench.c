@@ -150,8 +150,9 @@ static double run_engine(const mdl_model *m, const bench_opts *o, int prefix_cac
                               .n = 1, .ignore_eos = 1, .fallback_seed = o->seed + (uint64_t)next};
             b->r[next].t_submit = ni_now();
             b->r[next].n_out = 0;
-            if (eng_add(e, &rq, err, sizeof err)) {
-                fprintf(stderr, "error: request %d: %s\n", next, err);
+            eng_error ee;
+            if (eng_add(e, &rq, &ee)) {
+                fprintf(stderr, "error: request %d: %s\n", next, ee.msg);
                 eng_free(e);
                 return -1;
             }
@@ -299,8 +300,9 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
                                       .sp = o->sp, .max_tokens = OUT, .n = 1, .ignore_eos = 1};
                     b.r[i].n_out = 0;
                     b.r[i].t_submit = ni_now();
-                    if (eng_add(e, &rq, err, sizeof err)) {
-                        fprintf(stderr, "error: %s\n", err);
+                    eng_error ee;
+                    if (eng_add(e, &rq, &ee)) {
+                        fprintf(stderr, "error: %s\n", ee.msg);
                         eng_free(e);
                         return 1;
                     }

@@ -280,8 +280,9 @@ static int cmd_generate(int argc, char **argv) {
     rq.n_prompt = n_prompt;
     rq.max_tokens = NI_MIN(max_tokens, cfg.max_seq_len - n_prompt);
     rq.fallback_seed = (uint64_t)(ni_now() * 1e9);
-    if (rq.max_tokens < 1 || (rc = eng_add(e, &rq, err, sizeof err))) {
-        fprintf(stderr, "error: %s\n", rq.max_tokens < 1 ? "prompt fills the context" : err);
+    eng_error ee;
+    if (rq.max_tokens < 1 || (rc = eng_add(e, &rq, &ee))) {
+        fprintf(stderr, "error: %s\n", rq.max_tokens < 1 ? "prompt fills the context" : ee.msg);
         eng_free(e);
         free(ids);
         mdl_free(&m);

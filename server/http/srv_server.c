@@ -793,8 +793,8 @@ static void handle_gen(srv_server *s, srv_conn *c, int kind) {
     }
     eng_request q;
     srv_gen_req_to_eng(&g->rq, g->id, NULL, srv_rng_next(&s->rng), &q);
-    char msg[512];
-    rc = eng_add(s->eng, &q, msg, sizeof msg);
+    eng_error ee;
+    rc = eng_add(s->eng, &q, &ee);
     if (rc) {
         srv_gen_req_free(&g->rq);
         free(g);
@@ -802,12 +802,7 @@ static void handle_gen(srv_server *s, srv_conn *c, int kind) {
             respond_errorf(c, 503, NULL, NULL, "out of memory queueing the request");
             return;
         }
-        /* engine messages start with the parameter name: "n: must be ..." */
-        char param[64] = "";
-        const char *colon = strchr(msg, ':');
-        if (colon && colon - msg < (long)sizeof param && !memchr(msg, ' ', (size_t)(colon - msg)))
-            snprintf(param, sizeof param, "%.*s", (int)(colon - msg), msg);
-        respond_errorf(c, 400, param[0] ? param : NULL, NULL, "%s", msg);
+        respond_errorf(c, 400, ee.param[0] ? ee.param : NULL, NULL, "%s", ee.msg);
         return;
     }
     srv_gen **b = &s->gens[g->id & (GEN_BUCKETS - 1)];
