@@ -118,78 +118,90 @@ static int find_duplicate(const void *recs, uint64_t n, size_t stride, size_t of
     return found;
 }
 
-static int parse(gguf_ctx *g, char *err, size_t errlen) {
+/* Header: magic, version, counts. Allocates the kv and tensor arrays once
+ * the counts are known to fit the file. */
+static int parse_header(gguf_ctx *g, cursor *c, uint64_t *n_tensors, uint64_t *n_kv, char *err,
+                        size_t errlen) {
     const char *p = g->path;
-    cursor c = {g->map, g->size, 0};
     uint32_t magic;
-    if (!cur_read(&c, &magic, 4))
+    if (!cur_read(c, &magic, 4))
         return ni_fail(err, errlen, NI_EFORMAT, "%s: file too small to be GGUF", p);
     if (magic != GGUF_MAGIC)
         return ni_fail(err, errlen, NI_EFORMAT, "%s: not a GGUF file (bad magic)", p);
-    if (!cur_read(&c, &g->version, 4))
+    if (!cur_read(c, &g->version, 4))
         return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated header", p);
     if (g->version != 2 && g->version != 3)
         return ni_fail(err, errlen, NI_EUNSUPPORTED, "%s: unsupported GGUF version %u", p,
                        g->version);
-    uint64_t n_tensors, n_kv;
-    if (!cur_read(&c, &n_tensors, 8) || !cur_read(&c, &n_kv, 8))
+    if (!cur_read(c, n_tensors, 8) || !cur_read(c, n_kv, 8))
         return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated header", p);
     /* Every kv takes >= 12 bytes, every tensor info >= 24: reject absurd counts early
      * (together they must fit the rest of the file). */
-    uint64_t rest = c.size - c.off;
-    if (n_kv > rest / 12 || n_tensors > (rest - n_kv * 12) / 24)
+    uint64_t rest = c->size - c->off;
+    if (*n_kv > rest / 12 || *n_tensors > (rest - *n_kv * 12) / 24)
         return ni_fail(err, errlen, NI_EFORMAT,
                        "%s: absurd counts (%llu tensors, %llu metadata keys) for a %zu-byte file",
-                       p, (unsigned long long)n_tensors, (unsigned long long)n_kv, g->size);
-    g->kv = calloc(n_kv ? n_kv : 1, sizeof(gguf_kv));
-    g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof(gguf_tensor));
+                       p, (unsigned long long)*n_tensors, (unsigned long long)*n_kv, g->size);
+    g->kv = calloc(*n_kv ? *n_kv : 1, sizeof(gguf_kv));
+    g->tensors = calloc(*n_tensors ? *n_tensors : 1, sizeof(gguf_tensor));
     if (!g->kv || !g->tensors) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
+    return 0;
+}
 
+/* The value of an array kv (type and count already read): strings are
+ * indexed, other element types are referenced in place. */
+static int parse_array(gguf_ctx *g, cursor *c, gguf_kv *kv, char *err, size_t errlen) {
+    const char *p = g->path;
+    if (kv->arr_type == GGUF_VT_STRING) {
+        if (kv->arr_n > (c->size - c->off) / 8)
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file", p,
+                           NAME(kv->key));
+        kv->arr_strs = malloc((kv->arr_n ? kv->arr_n : 1) * sizeof(gguf_str));
+        if (!kv->arr_strs) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
+        for (uint64_t j = 0; j < kv->arr_n; j++)
+            if (!cur_str(c, &kv->arr_strs[j]))
+                return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated string array '%.*s'", p,
+                               NAME(kv->key));
+        return 0;
+    }
+    uint64_t es = vtype_size(kv->arr_type);
+    if (!es)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' has invalid element type %u", p,
+                       NAME(kv->key), kv->arr_type);
+    if (kv->arr_n > (c->size - c->off) / es)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file", p,
+                       NAME(kv->key));
+    kv->arr_data = c->base + c->off;
+    c->off += kv->arr_n * es;
+    return 0;
+}
+
+/* The metadata section: n_kv keys with their values, no duplicate key, and a
+ * valid general.alignment when present (default 32). */
+static int parse_kvs(gguf_ctx *g, cursor *c, uint64_t n_kv, char *err, size_t errlen) {
+    const char *p = g->path;
     for (uint64_t i = 0; i < n_kv; i++) {
         gguf_kv *kv = &g->kv[i];
-        if (!cur_str(&c, &kv->key) || !cur_read(&c, &kv->type, 4))
+        if (!cur_str(c, &kv->key) || !cur_read(c, &kv->type, 4))
             return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated metadata (key %llu)", p,
                            (unsigned long long)i);
         g->n_kv = i + 1; /* so gguf_close frees arr_strs of parsed entries */
         if (kv->type == GGUF_VT_ARRAY) {
-            if (!cur_read(&c, &kv->arr_type, 4) || !cur_read(&c, &kv->arr_n, 8))
+            if (!cur_read(c, &kv->arr_type, 4) || !cur_read(c, &kv->arr_n, 8))
                 return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated array '%.*s'", p,
                                NAME(kv->key));
-            if (kv->arr_type == GGUF_VT_STRING) {
-                if (kv->arr_n > (c.size - c.off) / 8)
-                    return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file",
-                                   p, NAME(kv->key));
-                kv->arr_strs = malloc((kv->arr_n ? kv->arr_n : 1) * sizeof(gguf_str));
-                if (!kv->arr_strs) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
-                for (uint64_t j = 0; j < kv->arr_n; j++)
-                    if (!cur_str(&c, &kv->arr_strs[j]))
-                        return ni_fail(err, errlen, NI_EFORMAT,
-                                       "%s: truncated string array '%.*s'", p, (int)kv->key.len,
-                                       kv->key.ptr);
-            } else {
-                uint64_t es = vtype_size(kv->arr_type);
-                if (!es)
-                    return ni_fail(err, errlen, NI_EFORMAT,
-                                   "%s: array '%.*s' has invalid element type %u", p,
-                                   NAME(kv->key), kv->arr_type);
-                if (kv->arr_n > (c.size - c.off) / es)
-                    return ni_fail(err, errlen, NI_EFORMAT, "%s: array '%.*s' overruns the file",
-                                   p, NAME(kv->key));
-                kv->arr_data = c.base + c.off;
-                c.off += kv->arr_n * es;
-            }
-        } else if (!read_scalar(&c, kv->type, kv)) {
+            int rc = parse_array(g, c, kv, err, errlen);
+            if (rc) return rc;
+        } else if (!read_scalar(c, kv->type, kv)) {
             return ni_fail(err, errlen, NI_EFORMAT, "%s: bad or truncated value for key '%.*s'",
                            p, NAME(kv->key));
         }
     }
-
     const gguf_str *dup;
     int rc = find_duplicate(g->kv, n_kv, sizeof(gguf_kv), offsetof(gguf_kv, key), &dup);
     if (rc < 0) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
     if (rc)
         return ni_fail(err, errlen, NI_EFORMAT, "%s: duplicate metadata key '%.*s'", p, NAME(*dup));
-
     g->alignment = 32;
     const gguf_kv *al = gguf_find(g, "general.alignment");
     if (al) {
@@ -198,48 +210,52 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
             return ni_fail(err, errlen, NI_EFORMAT, "%s: invalid general.alignment", p);
         g->alignment = al->v.u64;
     }
+    return 0;
+}
 
-    for (uint64_t i = 0; i < n_tensors; i++) {
-        gguf_tensor *t = &g->tensors[i];
-        if (!cur_str(&c, &t->name) || !cur_read(&c, &t->n_dims, 4))
-            return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated tensor info %llu", p,
-                           (unsigned long long)i);
-        if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
-            return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has %u dims", p,
-                           NAME(t->name), t->n_dims);
-        for (int d = 0; d < GGUF_MAX_DIMS; d++) t->ne[d] = 1;
-        if (!cur_read(&c, t->ne, 8ull * t->n_dims) || !cur_read(&c, &t->type, 4) ||
-            !cur_read(&c, &t->offset, 8))
-            return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated tensor info '%.*s'", p,
+/* One tensor info: name, shape (1..4 dims, no zero or absurd extent), a
+ * supported type whose block divides the rows, and its byte size. */
+static int parse_tensor_info(gguf_ctx *g, cursor *c, gguf_tensor *t, uint64_t i, char *err,
+                             size_t errlen) {
+    const char *p = g->path;
+    if (!cur_str(c, &t->name) || !cur_read(c, &t->n_dims, 4))
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated tensor info %llu", p,
+                       (unsigned long long)i);
+    if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has %u dims", p, NAME(t->name),
+                       t->n_dims);
+    for (int d = 0; d < GGUF_MAX_DIMS; d++) t->ne[d] = 1;
+    if (!cur_read(c, t->ne, 8ull * t->n_dims) || !cur_read(c, &t->type, 4) ||
+        !cur_read(c, &t->offset, 8))
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated tensor info '%.*s'", p,
+                       NAME(t->name));
+    uint64_t n = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++) {
+        if (t->ne[d] == 0 || t->ne[d] > (1ull << 40) || n > UINT64_MAX / t->ne[d])
+            return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has absurd shape", p,
                            NAME(t->name));
-        uint64_t n = 1;
-        for (uint32_t d = 0; d < t->n_dims; d++) {
-            if (t->ne[d] == 0 || t->ne[d] > (1ull << 40) || n > UINT64_MAX / t->ne[d])
-                return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' has absurd shape", p,
-                               NAME(t->name));
-            n *= t->ne[d];
-        }
-        t->n_elements = n;
-        if (!qnt_block_elems(t->type))
-            return ni_fail(err, errlen, NI_EUNSUPPORTED,
-                           "%s: tensor '%.*s' has unsupported type %u", p, (int)t->name.len,
-                           t->name.ptr, t->type);
-        if (t->ne[0] % (uint64_t)qnt_block_elems(t->type))
-            return ni_fail(err, errlen, NI_EFORMAT,
-                           "%s: tensor '%.*s' row length %llu is not a multiple of the %s block",
-                           p, NAME(t->name), (unsigned long long)t->ne[0],
-                           gguf_type_name(t->type));
-        if (qnt_nbytes(t->type, n, &t->nbytes) != 0)
-            return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' is too large", p,
-                           NAME(t->name));
-        g->n_tensors = i + 1;
+        n *= t->ne[d];
     }
-    rc = find_duplicate(g->tensors, n_tensors, sizeof(gguf_tensor), offsetof(gguf_tensor, name),
-                        &dup);
-    if (rc < 0) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", p);
-    if (rc) return ni_fail(err, errlen, NI_EFORMAT, "%s: duplicate tensor '%.*s'", p, NAME(*dup));
+    t->n_elements = n;
+    if (!qnt_block_elems(t->type))
+        return ni_fail(err, errlen, NI_EUNSUPPORTED, "%s: tensor '%.*s' has unsupported type %u",
+                       p, NAME(t->name), t->type);
+    if (t->ne[0] % (uint64_t)qnt_block_elems(t->type))
+        return ni_fail(err, errlen, NI_EFORMAT,
+                       "%s: tensor '%.*s' row length %llu is not a multiple of the %s block", p,
+                       NAME(t->name), (unsigned long long)t->ne[0], gguf_type_name(t->type));
+    if (qnt_nbytes(t->type, n, &t->nbytes) != 0)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: tensor '%.*s' is too large", p,
+                       NAME(t->name));
+    return 0;
+}
 
-    uint64_t data = (c.off + g->alignment - 1) / g->alignment * g->alignment;
+/* The data section starts at the next alignment boundary; every tensor must
+ * be aligned and lie inside the file. */
+static int place_tensors(gguf_ctx *g, const cursor *c, uint64_t n_tensors, char *err,
+                         size_t errlen) {
+    const char *p = g->path;
+    uint64_t data = (c->off + g->alignment - 1) / g->alignment * g->alignment;
     if (n_tensors > 0 && data > g->size)
         return ni_fail(err, errlen, NI_EFORMAT, "%s: truncated before tensor data", p);
     g->data_offset = data;
@@ -256,6 +272,27 @@ static int parse(gguf_ctx *g, char *err, size_t errlen) {
         t->data = (const uint8_t *)g->map + data + t->offset;
     }
     return 0;
+}
+
+/* The whole file, in its on-disk order: header, metadata, tensor infos, data. */
+static int parse(gguf_ctx *g, char *err, size_t errlen) {
+    cursor c = {g->map, g->size, 0};
+    uint64_t n_tensors = 0, n_kv = 0;
+    int rc = parse_header(g, &c, &n_tensors, &n_kv, err, errlen);
+    if (!rc) rc = parse_kvs(g, &c, n_kv, err, errlen);
+    for (uint64_t i = 0; !rc && i < n_tensors; i++) {
+        rc = parse_tensor_info(g, &c, &g->tensors[i], i, err, errlen);
+        if (!rc) g->n_tensors = i + 1;
+    }
+    if (rc) return rc;
+    const gguf_str *dup;
+    rc = find_duplicate(g->tensors, n_tensors, sizeof(gguf_tensor), offsetof(gguf_tensor, name),
+                        &dup);
+    if (rc < 0) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", g->path);
+    if (rc)
+        return ni_fail(err, errlen, NI_EFORMAT, "%s: duplicate tensor '%.*s'", g->path,
+                       NAME(*dup));
+    return place_tensors(g, &c, n_tensors, err, errlen);
 }
 
 int gguf_open(gguf_ctx *g, const char *path, char *err, size_t errlen) {
