@@ -18,6 +18,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,16 +52,71 @@ typedef struct chat_opts {
     json_t *params; /* sampling parameters given on the command line */
 } chat_opts;
 
+/* The command line of `nanoinfer chat`. */
+typedef struct chat_args {
+    const char *url, *model, *system, *api_key;
+    int max_tokens; /* 0: the server's default */
+    cli_list stop;
+    smp_params sp; /* only the options given are sent */
+} chat_args;
+
+#define CA(f) offsetof(chat_args, f)
+static const cli_opt g_chat_opts[] = {
+    {"url", 0, CLI_OPT_STR, CA(url), 0, 0, NULL, "URL", "server (default $NANOINFER_URL, else http://127.0.0.1:8000)"},
+    {"model", 0, CLI_OPT_STR, CA(model), 0, 0, NULL, "NAME", "model name sent with each request"},
+    {"system", 0, CLI_OPT_STR, CA(system), 0, 0, NULL, "TEXT", "system prompt"},
+    {"max-tokens", 0, CLI_OPT_INT, CA(max_tokens), 1, 1 << 20, NULL, "N", "tokens per reply"},
+    {"api-key", 0, CLI_OPT_STR, CA(api_key), 0, 0, NULL, "KEY", "bearer key (default $NANOINFER_API_KEY)"},
+    {"stop", 0, CLI_OPT_LIST, CA(stop), 0, 4, NULL, "STR", "stop string (repeatable, up to 4)"},
+    {"temperature", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "T", "sampling temperature"},
+    {"top-p", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "P", "nucleus sampling mass"},
+    {"top-k", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "K", "keep the K most likely tokens"},
+    {"min-p", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "P", "drop tokens below P x the top one"},
+    {"seed", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "S", "sampling seed"},
+    {"repetition-penalty", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "R", "penalty on seen tokens"},
+    {"presence-penalty", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "P", "OpenAI presence penalty"},
+    {"frequency-penalty", 0, CLI_OPT_SAMPLING, CA(sp), 0, 0, NULL, "F", "OpenAI frequency penalty"},
+};
+#undef CA
+
 static void chat_usage(FILE *f) {
-    fprintf(
-        f, "usage: nanoinfer chat [--url http://127.0.0.1:8000] [--model NAME] [--system TEXT]\n"
-           "                      [--max-tokens N] [--api-key KEY] [--stop STR]...\n"
-           "                      [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
-           "                      [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n\n"
-           "Interactive chat with a running `nanoinfer serve`: type a message, the reply streams\n"
-           "back; the conversation grows turn by turn. /reset starts over, /exit (or EOF) quits,\n"
-           "Ctrl-C stops a reply. The API key defaults to $NANOINFER_API_KEY; the URL to\n"
-           "$NANOINFER_URL.\n");
+    fprintf(f, "usage: nanoinfer chat [options]\n\n"
+               "Interactive chat with a running `nanoinfer serve`: type a message, the reply streams\n"
+               "back; the conversation grows turn by turn. /reset starts over, /exit (or EOF) quits,\n"
+               "Ctrl-C stops a reply.\n\n");
+    cli_usage_opts(f, g_chat_opts, NI_ARRAY_LEN(g_chat_opts));
+}
+
+/* The request parameters given on the command line, as JSON members
+ * (sampling options under their API names, stop as an array). */
+static json_t *chat_params(const chat_args *a, uint64_t seen) {
+    json_t *params = json_object();
+    if (!params) return NULL;
+    for (size_t i = 0; i < NI_ARRAY_LEN(g_chat_opts); i++) {
+        const cli_opt *o = &g_chat_opts[i];
+        if (o->kind != CLI_OPT_SAMPLING || !(seen >> i & 1)) continue;
+        char key[64];
+        snprintf(key, sizeof key, "%s", o->name);
+        for (char *p = key; *p; p++)
+            if (*p == '-') *p = '_';
+        const smp_params *sp = &a->sp;
+        const char *n = o->name;
+        json_t *v = !strcmp(n, "seed")                 ? json_integer((json_int_t)sp->seed)
+                    : !strcmp(n, "top-k")              ? json_integer(sp->top_k)
+                    : !strcmp(n, "temperature")        ? json_real(sp->temperature)
+                    : !strcmp(n, "top-p")              ? json_real(sp->top_p)
+                    : !strcmp(n, "min-p")              ? json_real(sp->min_p)
+                    : !strcmp(n, "repetition-penalty") ? json_real(sp->repetition_penalty)
+                    : !strcmp(n, "presence-penalty")   ? json_real(sp->presence_penalty)
+                                                       : json_real(sp->frequency_penalty);
+        json_object_set_new(params, key, v);
+    }
+    if (a->stop.n) {
+        json_t *stops = json_array();
+        for (int i = 0; i < a->stop.n; i++) json_array_append_new(stops, json_string(a->stop.v[i]));
+        json_object_set_new(params, "stop", stops);
+    }
+    return params;
 }
 
 typedef struct turn {
@@ -276,88 +332,22 @@ out:
 }
 
 int srv_cmd_chat(int argc, char **argv) {
+    chat_args args = {0};
+    args.sp = smp_params_default();
+    uint64_t seen = 0;
+    int r = cli_parse(g_chat_opts, NI_ARRAY_LEN(g_chat_opts), &args, argc, argv, &seen);
+    if (r == 1) chat_usage(stdout);
+    if (r) return r == 1 ? 0 : 2;
     chat_opts o = {0};
-    const char *url = getenv("NANOINFER_URL");
+    const char *url = args.url ? args.url : getenv("NANOINFER_URL");
     if (!url || !*url) url = "http://127.0.0.1:8000";
-    o.api_key = getenv("NANOINFER_API_KEY");
+    o.api_key = args.api_key ? args.api_key : getenv("NANOINFER_API_KEY");
     if (o.api_key && !*o.api_key) o.api_key = NULL;
-    o.params = json_object();
-    json_t *stops = json_array();
-    if (!o.params || !stops) return 1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            chat_usage(stdout);
-            json_decref(o.params);
-            json_decref(stops);
-            return 0;
-        }
-        if (strncmp(a, "--", 2) || i + 1 >= argc) {
-            fprintf(stderr, "error: %s: expected --option VALUE\n", a);
-            chat_usage(stderr);
-            json_decref(o.params);
-            json_decref(stops);
-            return 2;
-        }
-        const char *name = a + 2, *val = argv[++i];
-        smp_params sp = smp_params_default();
-        int r = srv_parse_sampling_opt(name, val, &sp);
-        if (r < 0) {
-            fprintf(stderr, "error: bad value for --%s: '%s'\n", name, val);
-            json_decref(o.params);
-            json_decref(stops);
-            return 2;
-        }
-        if (r == 1) {
-            if (!strcmp(name, "logprobs")) {
-                fprintf(stderr, "error: --logprobs is not shown by chat\n");
-                json_decref(o.params);
-                json_decref(stops);
-                return 2;
-            }
-            char key[64];
-            snprintf(key, sizeof key, "%s", name);
-            for (char *p = key; *p; p++)
-                if (*p == '-') *p = '_';
-            json_t *v = !strcmp(name, "seed") ? json_integer((json_int_t)sp.seed)
-                        : !strcmp(name, "top-k")
-                            ? json_integer(sp.top_k)
-                            : json_real(!strcmp(name, "temperature")          ? sp.temperature
-                                        : !strcmp(name, "top-p")              ? sp.top_p
-                                        : !strcmp(name, "min-p")              ? sp.min_p
-                                        : !strcmp(name, "repetition-penalty") ? sp.repetition_penalty
-                                        : !strcmp(name, "presence-penalty")   ? sp.presence_penalty
-                                                                              : sp.frequency_penalty);
-            json_object_set_new(o.params, key, v);
-        } else if (!strcmp(name, "url")) {
-            url = val;
-        } else if (!strcmp(name, "model")) {
-            o.model = val;
-        } else if (!strcmp(name, "system")) {
-            o.system = val;
-        } else if (!strcmp(name, "api-key")) {
-            o.api_key = val;
-        } else if (!strcmp(name, "stop")) {
-            json_array_append_new(stops, json_string(val));
-        } else if (!strcmp(name, "max-tokens")) {
-            char *end;
-            o.max_tokens = strtol(val, &end, 10);
-            if (*end || o.max_tokens < 1) {
-                fprintf(stderr, "error: bad value for --max-tokens: '%s'\n", val);
-                json_decref(o.params);
-                json_decref(stops);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "error: unknown option --%s\n", name);
-            chat_usage(stderr);
-            json_decref(o.params);
-            json_decref(stops);
-            return 2;
-        }
-    }
-    if (json_array_size(stops)) json_object_set(o.params, "stop", stops);
-    json_decref(stops);
+    o.model = args.model;
+    o.system = args.system;
+    o.max_tokens = args.max_tokens;
+    o.params = chat_params(&args, seen);
+    if (!o.params) return 1;
     if (srv_parse_url(url, o.host, sizeof o.host, &o.port, o.prefix, sizeof o.prefix)) {
         fprintf(stderr,
                 "error: bad --url '%s' (expected http://host:port[/prefix]; https is not supported)\n", url);
