@@ -4,7 +4,8 @@
 # Sections (each starts its own servers on 127.0.0.1 with --port 0 and reads
 # the port from the "listening on" log line; every server is killed at exit,
 # also on failure):
-#   config     serve --help / --check-config / bad values -> exit 2 naming the key
+#   config     serve --help / --check-config / bad values -> exit 2 naming the key;
+#              --device (and its alias --backend) picks the backend
 #   api        tiny model: every endpoint, SSE framing (test/py/check_sse.py),
 #              usage, prefix caching, and a corpus of malformed requests -> 4xx
 #              with the right param (400/401/404/405/413), never a 5xx
@@ -91,7 +92,7 @@ section config
 check "serve --help exits 0" test $? -eq 0
 for k in --model --host --port --api-key --max-body --max-queue --max-num-seqs --max-batched-tokens \
   --prefill-chunk --kv-blocks --no-prefix-cache --threads --shutdown-timeout --log-level \
-  --max-tokens-default --config; do
+  --max-tokens-default --device --config; do
   check "serve --help lists $k" grep -q -- "$k" "$TMP/help"
 done
 "$BIN" serve --config conf/nanoinfer.conf --model "$TINY" --check-config >/dev/null 2>&1
@@ -110,7 +111,22 @@ done <<'EOF'
 --prefill-chunk 4096|prefill-chunk
 --model /nonexistent.gguf|/nonexistent.gguf
 --config /nonexistent.conf|/nonexistent.conf
+--device gpu|device
+--backend tpu|backend
 EOF
+# --device is the key (as for generate/bench); --backend and the file key backend are aliases
+check "serve --help names the --backend alias" grep -q -- "--backend" "$TMP/help"
+for args in "--device cpu" "--device=cpu" "--backend cpu"; do
+  # shellcheck disable=SC2086
+  check "serve $args --check-config exits 0" "$BIN" serve --model "$TINY" $args --check-config
+done
+printf 'backend = cpu\n' >"$TMP/alias.conf"
+check "config file key backend (alias) validates" \
+  "$BIN" serve --config "$TMP/alias.conf" --model "$TINY" --check-config
+start_server device --model "$TINY" --device cpu || exit 1
+check "serve --device cpu: the config line says device=cpu" grep -q "device=cpu" "$TMP/device.log"
+check "serve --device cpu: runs on the cpu backend" grep -q "backend cpu, KV pool" "$TMP/device.log"
+kill "$SRV_PID"
 # deployment files: the systemd unit verifies (when systemd-analyze exists), the Dockerfile is multi-stage
 if command -v systemd-analyze >/dev/null; then
   mkdir -p "$TMP/unit"

@@ -1,10 +1,11 @@
 /*
  * test_srv_api.c - the OpenAI request/response layer without sockets:
  * parsing and validation of /v1/completions and /v1/chat/completions bodies
- * (every parameter, every error naming its param), chat templating and
- * tokenization, /tokenize and /detokenize, the JSON shapes of responses,
- * SSE framing, logprobs formats, plus the helpers they rest on (bounded
- * buffers, UTF-8 repair, constant-time compare) and the Prometheus text.
+ * (every parameter, every error naming its param, which error a body with
+ * several reports), chat templating and tokenization, /tokenize and
+ * /detokenize, the JSON shapes of responses, SSE framing, logprobs formats,
+ * plus the helpers they rest on (bounded buffers, UTF-8 repair, constant-time
+ * compare) and the Prometheus text.
  *
  * Links the server library (libnanoinfer_srv.a). Uses the committed tiny-llama3 model (BPE tokenizer,
  * Llama-3 chat template, context 512, vocab 405).
@@ -354,6 +355,97 @@ static void test_long_prompt(void **state) {
     json_decref(j);
 }
 
+/* A body with several errors reports the first in parse order (model,
+ * unsupported features, stream, sampling types, logit_bias, stop,
+ * stop_token_ids, ignore_eos, n/best_of, logprobs/echo, sampling ranges,
+ * max_tokens, prompt, context fit); the context messages keep their wording. */
+static void test_error_order(void **state) {
+    (void)state;
+    static const struct {
+        int kind;
+        const char *body;
+        int status;
+        const char *param;
+    } cases[] = {
+        {SRV_API_COMPLETION, "{\"model\": \"nope\", \"suffix\": \"x\", \"prompt\": \"x\"}", 404, "model"},
+        {SRV_API_COMPLETION, "{\"suffix\": \"x\", \"stream\": 1, \"prompt\": \"x\"}", 400, "suffix"},
+        {SRV_API_COMPLETION, "{\"stream\": 1, \"temperature\": \"hot\", \"prompt\": \"x\"}", 400, "stream"},
+        {SRV_API_COMPLETION, "{\"temperature\": \"hot\", \"logit_bias\": 1, \"prompt\": \"x\"}", 400,
+         "temperature"},
+        {SRV_API_COMPLETION, "{\"seed\": \"s\", \"logit_bias\": 1, \"prompt\": \"x\"}", 400, "seed"},
+        {SRV_API_COMPLETION, "{\"logit_bias\": 1, \"stop\": 1, \"prompt\": \"x\"}", 400, "logit_bias"},
+        {SRV_API_COMPLETION, "{\"stop\": 1, \"stop_token_ids\": 1, \"prompt\": \"x\"}", 400, "stop"},
+        {SRV_API_COMPLETION, "{\"stop_token_ids\": 1, \"ignore_eos\": 1, \"prompt\": \"x\"}", 400,
+         "stop_token_ids"},
+        {SRV_API_COMPLETION, "{\"ignore_eos\": 1, \"n\": 0, \"prompt\": \"x\"}", 400, "ignore_eos"},
+        {SRV_API_COMPLETION, "{\"n\": 0, \"logprobs\": 99, \"prompt\": \"x\"}", 400, "n"},
+        {SRV_API_COMPLETION, "{\"n\": 2, \"best_of\": 3, \"logprobs\": 99, \"prompt\": \"x\"}", 400,
+         "best_of"},
+        {SRV_API_COMPLETION, "{\"logprobs\": 99, \"temperature\": 500, \"prompt\": \"x\"}", 400, "logprobs"},
+        {SRV_API_COMPLETION, "{\"echo\": 1, \"temperature\": 500, \"prompt\": \"x\"}", 400, "echo"},
+        {SRV_API_COMPLETION, "{\"temperature\": 500, \"max_tokens\": 0, \"prompt\": \"x\"}", 400,
+         "temperature"},
+        {SRV_API_COMPLETION, "{\"max_tokens\": 0, \"prompt\": 5}", 400, "max_tokens"},
+        {SRV_API_COMPLETION, "{\"prompt\": 5, \"max_tokens\": 100000}", 400, "prompt"},
+        {SRV_API_CHAT, "{\"top_logprobs\": 2, \"temperature\": 500, \"messages\": []}", 400, "top_logprobs"},
+        {SRV_API_CHAT, "{\"max_completion_tokens\": 0, \"messages\": 1}", 400, "max_completion_tokens"},
+        {SRV_API_CHAT, "{\"add_generation_prompt\": 1, \"messages\": 1}", 400, "add_generation_prompt"},
+        {SRV_API_CHAT, "{\"max_tokens\": 100000, \"messages\": 1}", 400, "messages"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        srv_gen_req r;
+        srv_api_error e;
+        memset(&e, 0, sizeof e);
+        int rc = parse(cases[i].kind, cases[i].body, &r, &e);
+        if (rc != -1 || e.status != cases[i].status || strcmp(e.param, cases[i].param))
+            fail_msg("case %zu %s: rc %d status %d param '%s' message '%s'", i, cases[i].body, rc, e.status,
+                     e.param, e.message);
+    }
+
+    /* chat: max_completion_tokens wins, so max_tokens is not even read */
+    srv_gen_req r;
+    srv_api_error e;
+    assert_int_equal(parse(SRV_API_CHAT,
+                           "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], "
+                           "\"max_completion_tokens\": 5, \"max_tokens\": 0}",
+                           &r, &e),
+                     0);
+    assert_int_equal(r.max_tokens, 5);
+    srv_gen_req_free(&r);
+
+    /* the context messages, word for word */
+    assert_int_equal(parse(SRV_API_COMPLETION, "{\"prompt\": [5, 6, 7], \"max_tokens\": 511}", &r, &e), -1);
+    assert_string_equal(e.param, "max_tokens");
+    assert_string_equal(e.message,
+                        "This model's maximum context length is 512 tokens. However, you requested "
+                        "514 tokens (3 in the prompt, 511 in the completion). Please reduce the "
+                        "length of the prompt or completion.");
+    json_t *arr = json_array();
+    for (int i = 0; i < 512; i++) json_array_append_new(arr, json_integer(5));
+    json_t *j = json_pack("{s:o}", "prompt", arr);
+    assert_int_equal(srv_api_parse_gen(&g_ctx, SRV_API_COMPLETION, j, &r, &e), -1);
+    assert_string_equal(e.message, "This model's maximum context length is 512 tokens. However, your prompt "
+                                   "has 512 tokens; at least one token must remain for the completion.");
+    json_decref(j);
+    assert_int_equal(parse(SRV_API_CHAT,
+                           "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], "
+                           "\"max_completion_tokens\": 510}",
+                           &r, &e),
+                     -1);
+    assert_string_equal(e.param, "max_completion_tokens");
+    assert_non_null(strstr(e.message, " in the messages, 510 in the completion). Please reduce the length "
+                                      "of the messages or completion."));
+
+    /* a KV pool smaller than the context bounds the request too */
+    g_ctx.kv_tokens = 100;
+    assert_int_equal(parse(SRV_API_COMPLETION, "{\"prompt\": [5, 6, 7], \"max_tokens\": 98}", &r, &e), -1);
+    assert_non_null(strstr(e.message, "maximum context length is 100 tokens"));
+    assert_int_equal(parse(SRV_API_COMPLETION, "{\"prompt\": [5, 6, 7]}", &r, &e), 0);
+    assert_int_equal(r.max_tokens, 97);
+    srv_gen_req_free(&r);
+    g_ctx.kv_tokens = 0;
+}
+
 /* ---- chat ---- */
 
 static void test_chat_template(void **state) {
@@ -696,10 +788,11 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completion_defaults), cmocka_unit_test(test_completion_prompt_forms),
         cmocka_unit_test(test_sampling_params),     cmocka_unit_test(test_rejections),
-        cmocka_unit_test(test_long_prompt),         cmocka_unit_test(test_chat_template),
-        cmocka_unit_test(test_tokenize_detokenize), cmocka_unit_test(test_response_shapes),
-        cmocka_unit_test(test_sse_framing),         cmocka_unit_test(test_logprobs_formats),
-        cmocka_unit_test(test_buf_and_utf8),        cmocka_unit_test(test_metrics_text),
+        cmocka_unit_test(test_long_prompt),         cmocka_unit_test(test_error_order),
+        cmocka_unit_test(test_chat_template),       cmocka_unit_test(test_tokenize_detokenize),
+        cmocka_unit_test(test_response_shapes),     cmocka_unit_test(test_sse_framing),
+        cmocka_unit_test(test_logprobs_formats),    cmocka_unit_test(test_buf_and_utf8),
+        cmocka_unit_test(test_metrics_text),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,7 +3,8 @@
  * every value type (ints, sizes with suffixes, seconds, booleans, levels,
  * styles), range errors naming the key, config-file syntax with line numbers,
  * flag-over-file precedence, the NANOINFER_API_KEY fallback, cross-field
- * validation, and that the shipped conf/nanoinfer.conf parses.
+ * validation, the device key and its backend alias, and that the shipped
+ * conf/nanoinfer.conf parses.
  * Links the server library (libnanoinfer_srv.a).
  */
 #include <setjmp.h>
@@ -216,6 +217,77 @@ static void test_validate(void **state) {
     assert_non_null(strstr(err, "api-key"));
 }
 
+/* device is the key (as generate/bench --device); backend stays an alias of the same field. */
+static void test_device_alias(void **state) {
+    (void)state;
+    srv_config c, ref;
+    char err[512];
+    int help, check;
+    unsetenv("NANOINFER_API_KEY");
+    srv_config_default(&ref);
+    assert_int_equal(srv_config_set(&ref, "device", "cpu", err, sizeof err), 0);
+    assert_string_equal(ref.backend, "cpu");
+
+    char *dev[] = {"serve", "--device", "cpu", NULL};
+    srv_config_default(&c);
+    assert_int_equal(srv_config_parse_args(&c, 3, dev, &help, &check, err, sizeof err), 0);
+    assert_memory_equal(&c, &ref, sizeof c);
+    char *dev_eq[] = {"serve", "--device=cpu", NULL};
+    srv_config_default(&c);
+    assert_int_equal(srv_config_parse_args(&c, 2, dev_eq, &help, &check, err, sizeof err), 0);
+    assert_memory_equal(&c, &ref, sizeof c);
+    char *alias[] = {"serve", "--backend", "cpu", NULL};
+    srv_config_default(&c);
+    assert_int_equal(srv_config_parse_args(&c, 3, alias, &help, &check, err, sizeof err), 0);
+    assert_memory_equal(&c, &ref, sizeof c);
+    srv_config_default(&c);
+    assert_int_equal(srv_config_load_file(&c, write_tmp("backend = cpu\n"), err, sizeof err), 0);
+    assert_memory_equal(&c, &ref, sizeof c);
+    srv_config_default(&c);
+    assert_int_equal(srv_config_load_file(&c, write_tmp("device = cpu\n"), err, sizeof err), 0);
+    assert_memory_equal(&c, &ref, sizeof c);
+    /* the later spelling wins, whichever it is: one field */
+    char *both[] = {"serve", "--device", "cuda", "--backend", "cpu", NULL};
+    srv_config_default(&c);
+    assert_int_equal(srv_config_parse_args(&c, 5, both, &help, &check, err, sizeof err), 0);
+    assert_string_equal(c.backend, "cpu");
+    unlink(g_tmp);
+
+    /* a bad value is refused, naming the key as spelt */
+    char *bad[] = {"serve", "--device", "gpu", NULL};
+    srv_config_default(&c);
+    err[0] = 0;
+    assert_int_not_equal(srv_config_parse_args(&c, 3, bad, &help, &check, err, sizeof err), 0);
+    if (!strstr(err, "device")) fail_msg("--device gpu: message does not name device: %s", err);
+    assert_string_equal(c.backend, "auto");
+    err[0] = 0;
+    assert_int_not_equal(srv_config_set(&c, "device", "gpu", err, sizeof err), 0);
+    assert_non_null(strstr(err, "device"));
+    char *missing[] = {"serve", "--device", NULL};
+    assert_int_not_equal(srv_config_parse_args(&c, 2, missing, &help, &check, err, sizeof err), 0);
+    assert_non_null(strstr(err, "device"));
+#ifndef NI_USE_CUDA
+    snprintf(c.model, sizeof c.model, "test/models/tiny-llama2");
+    assert_int_equal(srv_config_set(&c, "device", "cuda", err, sizeof err), 0);
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_non_null(strstr(err, "device"));
+#endif
+
+    /* --help documents device and names the alias */
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    srv_config_usage(f);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = calloc(1, (size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    assert_non_null(strstr(buf, "--device DEVICE"));
+    assert_non_null(strstr(buf, "--backend"));
+    free(buf);
+}
+
 static void test_shipped_conf(void **state) {
     (void)state;
     srv_config c;
@@ -259,10 +331,10 @@ static void test_log_levels(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),   cmocka_unit_test(test_values),
-        cmocka_unit_test(test_file),       cmocka_unit_test(test_args),
-        cmocka_unit_test(test_validate),   cmocka_unit_test(test_shipped_conf),
-        cmocka_unit_test(test_log_levels),
+        cmocka_unit_test(test_defaults),     cmocka_unit_test(test_values),
+        cmocka_unit_test(test_file),         cmocka_unit_test(test_args),
+        cmocka_unit_test(test_validate),     cmocka_unit_test(test_device_alias),
+        cmocka_unit_test(test_shipped_conf), cmocka_unit_test(test_log_levels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,9 @@
 /*
  * srv_api.c - see srv_api.h. Structure: small typed getters (each names the
- * parameter on failure), the prompt / messages readers, srv_api_parse_gen
- * tying them together, then the response builders.
+ * parameter on failure), the prompt / messages readers, one reader per group
+ * of generation parameters (stream, sampling, stop, n, logprobs, max_tokens,
+ * context fit), srv_api_parse_gen calling them in a fixed order (which
+ * decides the error reported first), then the response builders.
  *
  * Invariant: on any failure path srv_api_parse_gen leaves *out zeroed (it
  * frees whatever it built), so callers never free a half-built request.
@@ -136,8 +138,8 @@ static int get_float(const json_t *o, const char *key, float *out, srv_api_error
 
 /* ---- tokenization ---- */
 
-static int encode_alloc(const tok_tokenizer *t, const char *text, size_t len, int add_bos, int special,
-                        int32_t **out) {
+static int encode_alloc(const tok_tokenizer *t, const char *text, size_t len, int add_bos,
+                        int special, int32_t **out) {
     if (len > (size_t)1 << 28) return NI_ERANGE;
     int cap = (int)NI_MIN(len + 16, (size_t)1 << 28);
     int32_t *ids = malloc((size_t)cap * sizeof(int32_t));
@@ -171,7 +173,8 @@ static int read_ids(const srv_api_ctx *ctx, const json_t *a, const char *param, 
         json_t *v = json_array_get(a, i);
         if (!json_is_integer(v)) {
             free(ids);
-            return srv_api_fail(e, 400, param, "'%s' must be a string or an array of token ids", param);
+            return srv_api_fail(e, 400, param, "'%s' must be a string or an array of token ids",
+                                param);
         }
         json_int_t x = json_integer_value(v);
         if (x < 0 || x >= ctx->vocab) {
@@ -187,7 +190,8 @@ static int read_ids(const srv_api_ctx *ctx, const json_t *a, const char *param, 
 
 /* Completions "prompt": string | [ids] | [string] | [[ids]]. Fills r->prompt
  * (and r->echo_text when echo). Returns 0 or -1. */
-static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r, srv_api_error *e) {
+static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r,
+                       srv_api_error *e) {
     json_t *p = json_object_get(body, "prompt");
     if (!p || json_is_null(p)) return srv_api_fail(e, 400, "prompt", "'prompt' is required");
     if (json_is_array(p) && json_array_size(p) == 1 &&
@@ -198,7 +202,8 @@ static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *
         size_t len = json_string_length(p);
         int n = encode_alloc(ctx->tok, s, len, tok_add_bos(ctx->tok), 1, &r->prompt);
         if (n < 0)
-            return srv_api_fail(e, 400, "prompt", "'prompt' could not be tokenized: %s", ni_strerror(n));
+            return srv_api_fail(e, 400, "prompt", "'prompt' could not be tokenized: %s",
+                                ni_strerror(n));
         r->n_prompt = n;
         if (r->echo) {
             r->echo_text = malloc(len + 1);
@@ -215,7 +220,8 @@ static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *
                     json_is_string(json_array_get(p, i)) || json_is_array(json_array_get(p, i))
                         ? "batched prompts (a list of several prompts) are not supported; "
                           "send one prompt per request"
-                        : "'prompt' must be a string, an array of token ids, or a list of one of those");
+                        : "'prompt' must be a string, an array of token ids, or a list of one of "
+                          "those");
         int n = read_ids(ctx, p, "prompt", &r->prompt, e);
         if (n < 0) return -1;
         r->n_prompt = n;
@@ -228,7 +234,8 @@ static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *
             r->echo_len = (size_t)need;
         }
     } else {
-        return srv_api_fail(e, 400, "prompt", "'prompt' must be a string or an array of token ids, got %s",
+        return srv_api_fail(e, 400, "prompt",
+                            "'prompt' must be a string or an array of token ids, got %s",
                             json_kind(p));
     }
     if (r->n_prompt < 1) return srv_api_fail(e, 400, "prompt", "'prompt' is empty (no tokens)");
@@ -236,7 +243,8 @@ static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *
 }
 
 /* Chat "messages" -> chat_msg array (contents owned in *bufs). Returns count or -1. */
-static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_out, srv_api_error *e) {
+static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_out,
+                         srv_api_error *e) {
     json_t *m = json_object_get(body, "messages");
     if (!m || json_is_null(m)) return srv_api_fail(e, 400, "messages", "'messages' is required");
     if (!json_is_array(m)) return srv_api_fail(e, 400, "messages", "'messages' must be an array");
@@ -256,15 +264,17 @@ static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_o
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_array_get(m, i);
         snprintf(param, sizeof param, "messages[%zu]", i);
-        if (!json_is_object(it)) return srv_api_fail(e, 400, param, "'%s' must be an object", param);
+        if (!json_is_object(it))
+            return srv_api_fail(e, 400, param, "'%s' must be an object", param);
         json_t *role = json_object_get(it, "role");
-        if (!json_is_string(role)) return srv_api_fail(e, 400, param, "'%s.role' must be a string", param);
+        if (!json_is_string(role))
+            return srv_api_fail(e, 400, param, "'%s.role' must be a string", param);
         const char *rs = json_string_value(role);
         if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
         if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
-            return srv_api_fail(e, 400, param,
-                                "'%s.role' must be system, developer, user or assistant (got '%.40s')", param,
-                                rs);
+            return srv_api_fail(
+                e, 400, param,
+                "'%s.role' must be system, developer, user or assistant (got '%.40s')", param, rs);
         msgs[i].role = rs;
         json_t *c = json_object_get(it, "content");
         srv_buf text = {0};
@@ -281,17 +291,19 @@ static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_o
             for (size_t k = 0; k < np; k++) {
                 json_t *part = json_array_get(c, k);
                 json_t *ty = json_object_get(part, "type"), *tx = json_object_get(part, "text");
-                if (!json_is_object(part) || !json_is_string(ty) || strcmp(json_string_value(ty), "text") ||
-                    !json_is_string(tx)) {
+                if (!json_is_object(part) || !json_is_string(ty) ||
+                    strcmp(json_string_value(ty), "text") || !json_is_string(tx)) {
                     srv_buf_free(&text);
-                    return srv_api_fail(e, 400, param,
-                                        "'%s.content[%zu]': only {\"type\": \"text\", \"text\": ...} parts "
-                                        "are supported",
-                                        param, k);
+                    return srv_api_fail(
+                        e, 400, param,
+                        "'%s.content[%zu]': only {\"type\": \"text\", \"text\": ...} parts "
+                        "are supported",
+                        param, k);
                 }
                 if (strlen(json_string_value(tx)) != json_string_length(tx)) {
                     srv_buf_free(&text);
-                    return srv_api_fail(e, 400, param, "'%s.content' contains a NUL character", param);
+                    return srv_api_fail(e, 400, param, "'%s.content' contains a NUL character",
+                                        param);
                 }
                 /* parts are joined with newlines, as vLLM does */
                 if ((k && srv_buf_append(&text, "\n", 1)) ||
@@ -301,8 +313,8 @@ static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_o
                 }
             }
         } else {
-            return srv_api_fail(e, 400, param, "'%s.content' must be a string or an array of text parts",
-                                param);
+            return srv_api_fail(e, 400, param,
+                                "'%s.content' must be a string or an array of text parts", param);
         }
         if (json_object_get(it, "tool_calls") && !json_is_null(json_object_get(it, "tool_calls")) &&
             json_array_size(json_object_get(it, "tool_calls")) > 0) {
@@ -340,18 +352,20 @@ static int chat_tokens(const srv_api_ctx *ctx, const json_t *body, int add_gen, 
     free_messages(msgs, bufs, nm);
     if (rc == NI_ENOMEM) return srv_api_fail(e, 500, NULL, "out of memory");
     if (rc)
-        return srv_api_fail(e, 400, "messages",
-                            "the conversation does not fit the model's chat template (%s): roles must "
-                            "be system/user/assistant%s",
-                            chat_style_name(ctx->chat_style),
-                            ctx->chat_style == CHAT_STYLE_LLAMA2
-                                ? ", alternating user/assistant after an optional first system message"
-                                : "");
+        return srv_api_fail(
+            e, 400, "messages",
+            "the conversation does not fit the model's chat template (%s): roles must "
+            "be system/user/assistant%s",
+            chat_style_name(ctx->chat_style),
+            ctx->chat_style == CHAT_STYLE_LLAMA2
+                ? ", alternating user/assistant after an optional first system message"
+                : "");
     int add_bos = tok_add_bos(ctx->tok) && !chat_has_bos_text(ctx->chat_style, text);
     int nt = encode_alloc(ctx->tok, text, strlen(text), add_bos, 1, ids);
     free(text);
     if (nt < 0)
-        return srv_api_fail(e, 400, "messages", "messages could not be tokenized: %s", ni_strerror(nt));
+        return srv_api_fail(e, 400, "messages", "messages could not be tokenized: %s",
+                            ni_strerror(nt));
     if (nt == 0) {
         free(*ids);
         *ids = NULL;
@@ -367,7 +381,8 @@ static int check_model(const srv_api_ctx *ctx, const json_t *body, srv_api_error
     if (!m || json_is_null(m)) return 0;
     if (!json_is_string(m)) return srv_api_fail(e, 400, "model", "'model' must be a string");
     const char *s = json_string_value(m);
-    if (!*s || !strcmp(s, ctx->model_name) || (ctx->model_path && !strcmp(s, ctx->model_path))) return 0;
+    if (!*s || !strcmp(s, ctx->model_name) || (ctx->model_path && !strcmp(s, ctx->model_path)))
+        return 0;
     srv_api_fail(e, 404, "model", "The model `%.200s` does not exist.", s);
     e->code = "model_not_found";
     return -1;
@@ -382,7 +397,8 @@ static int read_stop(const json_t *body, srv_gen_req *r, srv_api_error *e) {
         return srv_api_fail(e, 400, "stop", "'stop' must be a string or an array of strings");
     for (size_t i = 0; i < n; i++) {
         json_t *v = one ? one : json_array_get(s, i);
-        if (!json_is_string(v)) return srv_api_fail(e, 400, "stop", "'stop' must contain only strings");
+        if (!json_is_string(v))
+            return srv_api_fail(e, 400, "stop", "'stop' must contain only strings");
         size_t len = json_string_length(v);
         if (len == 0) continue; /* an empty stop string can never match: ignore it */
         if (len > ENG_MAX_STOP_LEN)
@@ -399,7 +415,8 @@ static int read_stop(const json_t *body, srv_gen_req *r, srv_api_error *e) {
     return 0;
 }
 
-static int read_logit_bias(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r, srv_api_error *e) {
+static int read_logit_bias(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r,
+                           srv_api_error *e) {
     json_t *b = json_object_get(body, "logit_bias");
     if (!b || json_is_null(b)) return 0;
     if (!json_is_object(b))
@@ -419,8 +436,9 @@ static int read_logit_bias(const srv_api_ctx *ctx, const json_t *body, srv_gen_r
         char *end;
         long id = strtol(key, &end, 10);
         if (!*key || *end || id < 0 || id >= ctx->vocab)
-            return srv_api_fail(e, 400, "logit_bias", "'logit_bias' key '%.40s' is not a token id in [0, %d)",
-                                key, ctx->vocab);
+            return srv_api_fail(e, 400, "logit_bias",
+                                "'logit_bias' key '%.40s' is not a token id in [0, %d)", key,
+                                ctx->vocab);
         if (!json_is_number(v))
             return srv_api_fail(e, 400, "logit_bias", "'logit_bias' values must be numbers");
         double d = json_number_value(v);
@@ -438,12 +456,15 @@ static int read_logit_bias(const srv_api_ctx *ctx, const json_t *body, srv_gen_r
 static int reject_unsupported(int kind, const json_t *body, srv_api_error *e) {
     json_t *v;
     if (kind == SRV_API_COMPLETION && (v = json_object_get(body, "suffix")) && !json_is_null(v))
-        return srv_api_fail(e, 400, "suffix", "'suffix' (insertion) is not supported by this server");
+        return srv_api_fail(e, 400, "suffix",
+                            "'suffix' (insertion) is not supported by this server");
     if ((v = json_object_get(body, "tools")) && !json_is_null(v) &&
         (!json_is_array(v) || json_array_size(v) > 0))
-        return srv_api_fail(e, 400, "tools", "tools / function calling are not supported by this server");
+        return srv_api_fail(e, 400, "tools",
+                            "tools / function calling are not supported by this server");
     if ((v = json_object_get(body, "functions")) && !json_is_null(v))
-        return srv_api_fail(e, 400, "functions", "function calling is not supported by this server");
+        return srv_api_fail(e, 400, "functions",
+                            "function calling is not supported by this server");
     if ((v = json_object_get(body, "response_format")) && !json_is_null(v)) {
         json_t *t = json_object_get(v, "type");
         if (!json_is_object(v) || !json_is_string(t) || strcmp(json_string_value(t), "text"))
@@ -457,9 +478,11 @@ static int reject_unsupported(int kind, const json_t *body, srv_api_error *e) {
         return srv_api_fail(e, 400, "include_stop_str_in_output",
                             "'include_stop_str_in_output' is not supported by this server");
     if ((v = json_object_get(body, "prompt_logprobs")) && !json_is_null(v))
-        return srv_api_fail(e, 400, "prompt_logprobs", "prompt logprobs are not supported by this server");
+        return srv_api_fail(e, 400, "prompt_logprobs",
+                            "prompt logprobs are not supported by this server");
     if ((v = json_object_get(body, "use_beam_search")) && json_is_true(v))
-        return srv_api_fail(e, 400, "use_beam_search", "beam search is not supported by this server");
+        return srv_api_fail(e, 400, "use_beam_search",
+                            "beam search is not supported by this server");
     return 0;
 }
 
@@ -479,6 +502,179 @@ static const char *smp_range(const char *name) {
     return "the allowed range";
 }
 
+/* stream, stream_options.include_usage (only with stream). Returns 0 or -1. */
+static int read_stream(const json_t *body, srv_gen_req *r, srv_api_error *e) {
+    if (get_bool(body, "stream", &r->stream, e) < 0) return -1;
+    json_t *so = json_object_get(body, "stream_options");
+    if (!so || json_is_null(so)) return 0;
+    if (!r->stream)
+        return srv_api_fail(e, 400, "stream_options",
+                            "'stream_options' is only allowed when 'stream' is true");
+    if (!json_is_object(so))
+        return srv_api_fail(e, 400, "stream_options", "'stream_options' must be an object");
+    if (get_bool(so, "include_usage", &r->include_usage, e) < 0) {
+        snprintf(e->param, sizeof e->param, "stream_options.include_usage");
+        return -1;
+    }
+    return 0;
+}
+
+/* The sampling parameters into r->sp, typed only: smp_params_validate checks
+ * the ranges once everything is read (check_sampling). Returns 0 or -1. */
+static int read_sampling(const json_t *body, srv_gen_req *r, srv_api_error *e) {
+    long long x;
+    int rc;
+    if (get_float(body, "temperature", &r->sp.temperature, e) < 0) return -1;
+    if (get_float(body, "top_p", &r->sp.top_p, e) < 0) return -1;
+    if ((rc = get_int(body, "top_k", -1, INT32_MAX, &x, e)) < 0) return -1;
+    if (rc) r->sp.top_k = (int32_t)x;
+    if (get_float(body, "min_p", &r->sp.min_p, e) < 0) return -1;
+    if (get_float(body, "presence_penalty", &r->sp.presence_penalty, e) < 0) return -1;
+    if (get_float(body, "frequency_penalty", &r->sp.frequency_penalty, e) < 0) return -1;
+    if (get_float(body, "repetition_penalty", &r->sp.repetition_penalty, e) < 0) return -1;
+    if ((rc = get_int(body, "seed", INT64_MIN, INT64_MAX, &x, e)) < 0) return -1;
+    if (rc) {
+        r->sp.has_seed = 1;
+        r->sp.seed = (uint64_t)x;
+    }
+    return 0;
+}
+
+/* stop_token_ids: up to ENG_MAX_STOP_IDS ids in [0, vocab). Returns 0 or -1. */
+static int read_stop_ids(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r,
+                         srv_api_error *e) {
+    json_t *sti = json_object_get(body, "stop_token_ids");
+    if (!sti || json_is_null(sti)) return 0;
+    if (!json_is_array(sti))
+        return srv_api_fail(e, 400, "stop_token_ids",
+                            "'stop_token_ids' must be an array of token ids");
+    if (json_array_size(sti) > ENG_MAX_STOP_IDS)
+        return srv_api_fail(e, 400, "stop_token_ids", "at most %d 'stop_token_ids'",
+                            ENG_MAX_STOP_IDS);
+    for (size_t i = 0; i < json_array_size(sti); i++) {
+        json_t *v = json_array_get(sti, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= ctx->vocab)
+            return srv_api_fail(e, 400, "stop_token_ids",
+                                "'stop_token_ids' must hold token ids in [0, %d)", ctx->vocab);
+        r->stop_ids[r->n_stop_ids++] = (int32_t)json_integer_value(v);
+    }
+    return 0;
+}
+
+/* n in [1, max_n]; best_of, when given, must equal it. Returns 0 or -1. */
+static int read_n(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *r, srv_api_error *e) {
+    long long x;
+    int rc;
+    if ((rc = get_int(body, "n", 1, ctx->max_n, &x, e)) < 0) return -1;
+    if (rc) r->n = (int)x;
+    if ((rc = get_int(body, "best_of", 1, ctx->max_n, &x, e)) < 0) return -1;
+    if (rc && x != r->n)
+        return srv_api_fail(e, 400, "best_of",
+                            "'best_of' must equal 'n' (best-of sampling is not supported)");
+    return 0;
+}
+
+/* r->logprobs (and r->echo): completions take logprobs as an integer and may
+ * echo; chat takes logprobs as a boolean plus top_logprobs and never echoes.
+ * Returns 0 or -1. */
+static int read_logprobs(int kind, const json_t *body, srv_gen_req *r, srv_api_error *e) {
+    long long x;
+    int rc;
+    if (kind == SRV_API_COMPLETION) {
+        json_t *lp = json_object_get(body, "logprobs");
+        if (lp && json_is_boolean(lp))
+            return srv_api_fail(e, 400, "logprobs",
+                                "'logprobs' must be an integer in [0, %d] for completions",
+                                SRV_API_MAX_LOGPROBS);
+        if ((rc = get_int(body, "logprobs", 0, SRV_API_MAX_LOGPROBS, &x, e)) < 0) return -1;
+        if (rc) r->logprobs = (int)x;
+        if (get_bool(body, "echo", &r->echo, e) < 0) return -1;
+        if (r->echo && r->logprobs >= 0)
+            return srv_api_fail(
+                e, 400, "echo",
+                "'echo' together with 'logprobs' (prompt logprobs) is not supported");
+        return 0;
+    }
+    int want = 0;
+    if (get_bool(body, "logprobs", &want, e) < 0) return -1;
+    if ((rc = get_int(body, "top_logprobs", 0, SRV_API_MAX_LOGPROBS, &x, e)) < 0) return -1;
+    if (rc && !want && x > 0)
+        return srv_api_fail(e, 400, "top_logprobs",
+                            "'top_logprobs' requires 'logprobs' to be true");
+    if (want) r->logprobs = rc ? (int)x : 0;
+    if (json_object_get(body, "echo") && json_is_true(json_object_get(body, "echo")))
+        return srv_api_fail(e, 400, "echo", "'echo' is not supported for chat completions");
+    return 0;
+}
+
+/* Range-checks r->sp (logprobs included), naming the API parameter. Returns 0 or -1. */
+static int check_sampling(const srv_api_ctx *ctx, int kind, srv_gen_req *r, srv_api_error *e) {
+    r->sp.logprobs = r->logprobs;
+    const char *bad = NULL;
+    if (!smp_params_validate(&r->sp, ctx->vocab, &bad)) return 0;
+    const char *pn = api_param_name(kind, bad ? bad : "sampling");
+    return srv_api_fail(e, 400, pn, "'%s' is out of range: allowed %s", pn,
+                        bad ? smp_range(bad) : "");
+}
+
+/* max_tokens (chat: max_completion_tokens wins) into *max, its name into
+ * *name. Returns 1 when given, 0 when absent, -1 on error. */
+static int read_max_tokens(int kind, const json_t *body, long long *max, const char **name,
+                           srv_api_error *e) {
+    int rc;
+    *name = "max_tokens";
+    if (kind == SRV_API_CHAT) {
+        if ((rc = get_int(body, "max_completion_tokens", 1, INT32_MAX, max, e)) < 0) return -1;
+        if (rc) {
+            *name = "max_completion_tokens";
+            return 1;
+        }
+    }
+    return get_int(body, "max_tokens", 1, INT32_MAX, max, e);
+}
+
+/* The prompt tokens: completions "prompt", chat "messages" through the chat
+ * template (add_generation_prompt, default true). Returns 0 or -1. */
+static int read_gen_prompt(const srv_api_ctx *ctx, int kind, const json_t *body, srv_gen_req *r,
+                           srv_api_error *e) {
+    if (kind == SRV_API_COMPLETION) return read_prompt(ctx, body, r, e);
+    int add_gen = 1;
+    if (get_bool(body, "add_generation_prompt", &add_gen, e) < 0) return -1;
+    int n = chat_tokens(ctx, body, add_gen, &r->prompt, e);
+    if (n < 0) return -1;
+    r->n_prompt = n;
+    return 0;
+}
+
+/* Fits the prompt plus max_tokens into the context (the KV pool, when
+ * smaller, bounds it too) and resolves r->max_tokens: the requested max
+ * (have_max) must fit, the default is capped by what is left. Returns 0 or -1. */
+static int fit_context(const srv_api_ctx *ctx, int kind, srv_gen_req *r, int have_max,
+                       long long max, const char *max_name, srv_api_error *e) {
+    const char *what = kind == SRV_API_CHAT ? "messages" : "prompt";
+    int limit = ctx->max_seq_len;
+    if (ctx->kv_tokens > 0 && ctx->kv_tokens < limit) limit = ctx->kv_tokens;
+    if (r->n_prompt >= limit)
+        return srv_api_fail(
+            e, 400, what,
+            "This model's maximum context length is %d tokens. However, your %s has %d "
+            "tokens; at least one token must remain for the completion.",
+            limit, what, r->n_prompt);
+    if (!have_max) {
+        r->max_tokens = NI_MIN(limit - r->n_prompt, ctx->max_tokens_default);
+        return 0;
+    }
+    if ((long long)r->n_prompt + max > limit)
+        return srv_api_fail(
+            e, 400, max_name,
+            "This model's maximum context length is %d tokens. However, you requested "
+            "%lld tokens (%d in the %s, %lld in the completion). Please reduce the "
+            "length of the %s or completion.",
+            limit, (long long)r->n_prompt + max, r->n_prompt, what, max, what);
+    r->max_tokens = (int)max;
+    return 0;
+}
+
 int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_gen_req *r,
                       srv_api_error *e) {
     memset(r, 0, sizeof *r);
@@ -486,163 +682,26 @@ int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_
     r->sp = smp_params_default();
     r->n = 1;
     r->logprobs = -1;
-    long long x;
-    int rc;
+    /* the order of the steps decides which error a request with several gets */
     if (!json_is_object(body)) {
         srv_api_fail(e, 400, NULL, "the request body must be a JSON object");
         goto fail;
     }
     if (check_model(ctx, body, e) || reject_unsupported(kind, body, e)) goto fail;
-
-    /* stream / stream_options */
-    if (get_bool(body, "stream", &r->stream, e) < 0) goto fail;
-    json_t *so = json_object_get(body, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!r->stream) {
-            srv_api_fail(e, 400, "stream_options", "'stream_options' is only allowed when 'stream' is true");
-            goto fail;
-        }
-        if (!json_is_object(so)) {
-            srv_api_fail(e, 400, "stream_options", "'stream_options' must be an object");
-            goto fail;
-        }
-        if (get_bool(so, "include_usage", &r->include_usage, e) < 0) {
-            snprintf(e->param, sizeof e->param, "stream_options.include_usage");
-            goto fail;
-        }
-    }
-
-    /* sampling */
-    if (get_float(body, "temperature", &r->sp.temperature, e) < 0) goto fail;
-    if (get_float(body, "top_p", &r->sp.top_p, e) < 0) goto fail;
-    if ((rc = get_int(body, "top_k", -1, INT32_MAX, &x, e)) < 0) goto fail;
-    if (rc) r->sp.top_k = (int32_t)x;
-    if (get_float(body, "min_p", &r->sp.min_p, e) < 0) goto fail;
-    if (get_float(body, "presence_penalty", &r->sp.presence_penalty, e) < 0) goto fail;
-    if (get_float(body, "frequency_penalty", &r->sp.frequency_penalty, e) < 0) goto fail;
-    if (get_float(body, "repetition_penalty", &r->sp.repetition_penalty, e) < 0) goto fail;
-    if ((rc = get_int(body, "seed", INT64_MIN, INT64_MAX, &x, e)) < 0) goto fail;
-    if (rc) {
-        r->sp.has_seed = 1;
-        r->sp.seed = (uint64_t)x;
-    }
-    if (read_logit_bias(ctx, body, r, e)) goto fail;
-    if (read_stop(body, r, e)) goto fail;
-    json_t *sti = json_object_get(body, "stop_token_ids");
-    if (sti && !json_is_null(sti)) {
-        if (!json_is_array(sti)) {
-            srv_api_fail(e, 400, "stop_token_ids", "'stop_token_ids' must be an array of token ids");
-            goto fail;
-        }
-        if (json_array_size(sti) > ENG_MAX_STOP_IDS) {
-            srv_api_fail(e, 400, "stop_token_ids", "at most %d 'stop_token_ids'", ENG_MAX_STOP_IDS);
-            goto fail;
-        }
-        for (size_t i = 0; i < json_array_size(sti); i++) {
-            json_t *v = json_array_get(sti, i);
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= ctx->vocab) {
-                srv_api_fail(e, 400, "stop_token_ids", "'stop_token_ids' must hold token ids in [0, %d)",
-                             ctx->vocab);
-                goto fail;
-            }
-            r->stop_ids[r->n_stop_ids++] = (int32_t)json_integer_value(v);
-        }
-    }
+    if (read_stream(body, r, e) || read_sampling(body, r, e) || read_logit_bias(ctx, body, r, e) ||
+        read_stop(body, r, e) || read_stop_ids(ctx, body, r, e))
+        goto fail;
     if (get_bool(body, "ignore_eos", &r->ignore_eos, e) < 0) goto fail;
-    if ((rc = get_int(body, "n", 1, ctx->max_n, &x, e)) < 0) goto fail;
-    if (rc) r->n = (int)x;
-    if ((rc = get_int(body, "best_of", 1, ctx->max_n, &x, e)) < 0) goto fail;
-    if (rc && x != r->n) {
-        srv_api_fail(e, 400, "best_of", "'best_of' must equal 'n' (best-of sampling is not supported)");
+    /* echo (read with logprobs) must be known before the prompt is read */
+    if (read_n(ctx, body, r, e) || read_logprobs(kind, body, r, e) ||
+        check_sampling(ctx, kind, r, e))
         goto fail;
-    }
-
-    /* logprobs */
-    if (kind == SRV_API_COMPLETION) {
-        json_t *lp = json_object_get(body, "logprobs");
-        if (lp && json_is_boolean(lp)) {
-            srv_api_fail(e, 400, "logprobs", "'logprobs' must be an integer in [0, %d] for completions",
-                         SRV_API_MAX_LOGPROBS);
-            goto fail;
-        }
-        if ((rc = get_int(body, "logprobs", 0, SRV_API_MAX_LOGPROBS, &x, e)) < 0) goto fail;
-        if (rc) r->logprobs = (int)x;
-        if (get_bool(body, "echo", &r->echo, e) < 0) goto fail;
-        if (r->echo && r->logprobs >= 0) {
-            srv_api_fail(e, 400, "echo",
-                         "'echo' together with 'logprobs' (prompt logprobs) is not supported");
-            goto fail;
-        }
-    } else {
-        int want = 0;
-        if (get_bool(body, "logprobs", &want, e) < 0) goto fail;
-        if ((rc = get_int(body, "top_logprobs", 0, SRV_API_MAX_LOGPROBS, &x, e)) < 0) goto fail;
-        if (rc && !want && x > 0) {
-            srv_api_fail(e, 400, "top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
-            goto fail;
-        }
-        if (want) r->logprobs = rc ? (int)x : 0;
-        if (json_object_get(body, "echo") && json_is_true(json_object_get(body, "echo"))) {
-            srv_api_fail(e, 400, "echo", "'echo' is not supported for chat completions");
-            goto fail;
-        }
-    }
-    r->sp.logprobs = r->logprobs;
-
-    const char *bad = NULL;
-    if (smp_params_validate(&r->sp, ctx->vocab, &bad)) {
-        const char *pn = api_param_name(kind, bad ? bad : "sampling");
-        srv_api_fail(e, 400, pn, "'%s' is out of range: allowed %s", pn, bad ? smp_range(bad) : "");
+    long long max = 0;
+    const char *max_name;
+    int have_max = read_max_tokens(kind, body, &max, &max_name, e);
+    if (have_max < 0 || read_gen_prompt(ctx, kind, body, r, e) ||
+        fit_context(ctx, kind, r, have_max, max, max_name, e))
         goto fail;
-    }
-
-    /* max_tokens (chat: max_completion_tokens wins) */
-    int have_max = 0;
-    const char *max_name = "max_tokens";
-    if (kind == SRV_API_CHAT) {
-        if ((rc = get_int(body, "max_completion_tokens", 1, INT32_MAX, &x, e)) < 0) goto fail;
-        if (rc) have_max = 1, max_name = "max_completion_tokens";
-    }
-    if (!have_max) {
-        if ((rc = get_int(body, "max_tokens", 1, INT32_MAX, &x, e)) < 0) goto fail;
-        if (rc) have_max = 1;
-    }
-
-    /* the prompt */
-    if (kind == SRV_API_COMPLETION) {
-        if (read_prompt(ctx, body, r, e)) goto fail;
-    } else {
-        int add_gen = 1;
-        if (get_bool(body, "add_generation_prompt", &add_gen, e) < 0) goto fail;
-        int n = chat_tokens(ctx, body, add_gen, &r->prompt, e);
-        if (n < 0) goto fail;
-        r->n_prompt = n;
-    }
-    const char *pparam = kind == SRV_API_CHAT ? "messages" : "prompt";
-    int limit = ctx->max_seq_len;
-    if (ctx->kv_tokens > 0 && ctx->kv_tokens < limit) limit = ctx->kv_tokens;
-    if (r->n_prompt >= limit) {
-        srv_api_fail(e, 400, pparam,
-                     "This model's maximum context length is %d tokens. However, your %s has %d tokens; "
-                     "at least one token must remain for the completion.",
-                     limit, kind == SRV_API_CHAT ? "messages" : "prompt", r->n_prompt);
-        goto fail;
-    }
-    if (have_max) {
-        if ((long long)r->n_prompt + x > limit) {
-            srv_api_fail(e, 400, max_name,
-                         "This model's maximum context length is %d tokens. However, you requested %lld "
-                         "tokens (%d in the %s, %lld in the completion). Please reduce the length of the "
-                         "%s or completion.",
-                         limit, (long long)r->n_prompt + x, r->n_prompt,
-                         kind == SRV_API_CHAT ? "messages" : "prompt", x,
-                         kind == SRV_API_CHAT ? "messages" : "prompt");
-            goto fail;
-        }
-        r->max_tokens = (int)x;
-    } else {
-        r->max_tokens = NI_MIN(limit - r->n_prompt, ctx->max_tokens_default);
-    }
     return 0;
 fail:
     srv_gen_req_free(r);
@@ -835,8 +894,10 @@ int srv_lp_add(srv_lp *l, const tok_tokenizer *tok, const smp_result *r) {
     }
     json_array_append_new(json_object_get(l->obj, "tokens"),
                           srv_json_stringn(srv_buf_ptr(&s), srv_buf_size(&s)));
-    json_array_append_new(json_object_get(l->obj, "token_logprobs"), json_real(finite_lp(r->logprob)));
-    json_array_append_new(json_object_get(l->obj, "text_offset"), json_integer((json_int_t)l->text_offset));
+    json_array_append_new(json_object_get(l->obj, "token_logprobs"),
+                          json_real(finite_lp(r->logprob)));
+    json_array_append_new(json_object_get(l->obj, "text_offset"),
+                          json_integer((json_int_t)l->text_offset));
     l->text_offset += srv_buf_size(&s);
     json_t *tops = json_object();
     for (int i = 0; tops && i < r->n_top; i++) {
@@ -875,7 +936,8 @@ json_t *srv_api_usage(int prompt_tokens, int completion_tokens, int cached_token
     return u;
 }
 
-json_t *srv_api_envelope(int kind, int chunk, const char *id, long long created, const char *model) {
+json_t *srv_api_envelope(int kind, int chunk, const char *id, long long created,
+                         const char *model) {
     json_t *o = json_object();
     if (!o) return NULL;
     json_object_set_new(o, "id", json_string(id));

@@ -59,7 +59,8 @@ static const key_def g_keys[] = {
     {"block-size", T_INT, F(block_size), 0, 1, 1024, "16", "N", "tokens per KV block"},
     {"max-model-len", T_INT, F(max_model_len), 0, 0, 1 << 24, "0", "N",
      "context length limit (0: the model's)"},
-    {"no-prefix-cache", T_BOOL, F(no_prefix_cache), 0, 0, 0, NULL, NULL, "disable automatic prefix caching"},
+    {"no-prefix-cache", T_BOOL, F(no_prefix_cache), 0, 0, 0, NULL, NULL,
+     "disable automatic prefix caching"},
     {"threads", T_INT, F(threads), 0, 0, 1024, "0", "N", "CPU threads for compute (0: all cores)"},
     {"shutdown-timeout", T_REAL, F(shutdown_timeout), 0, 0, 86400, "30", "SECONDS",
      "on SIGTERM/SIGINT, how long in-flight requests may finish before they are aborted"},
@@ -76,29 +77,54 @@ static const key_def g_keys[] = {
      "/health fails when one engine step has been running longer than this"},
     {"chat-template", T_STYLE, F(chat_template), S(chat_template), 0, 0, "auto", "STYLE",
      "auto (from the model), chatml, chatml-smollm, qwen3, llama3, llama2, zephyr"},
-    {"backend", T_BACKEND, F(backend), S(backend), 0, 0, "auto", "NAME",
-     "compute backend: auto (CUDA when built in and a GPU is present), cpu, cuda"},
+    {"device", T_BACKEND, F(backend), S(backend), 0, 0, "auto", "DEVICE",
+     "compute backend: auto (CUDA when built in and a GPU is present), cpu, cuda\n"
+     "(as for generate and bench; --backend is an alias)"},
     {"dtype", T_STR, F(dtype), S(dtype), 0, 0, "auto", "TYPE",
      "compute precision: auto (bf16 on the GPU, fp32 on the CPU), bf16, fp32"},
     {"gpu-memory-utilization", T_REAL, F(gpu_memory_utilization), 0, 0.05, 1, "0.9", "FRACTION",
-     "share of GPU memory for weights, buffers and the KV cache (sizes the pool when kv-blocks is 0)"},
+     "share of GPU memory for weights, buffers and the KV cache (sizes the pool when kv-blocks is "
+     "0)"},
+};
+
+/* Other spellings of a key, for configurations written before the rename:
+ * they set the same field, and messages name the key as it was spelt. */
+static const struct {
+    const char *alias, *name;
+} g_aliases[] = {
+    {"backend", "device"}, /* serve called it backend; generate and bench say device */
 };
 
 static void norm_key(const char *in, char *out, size_t cap) {
     size_t i = 0;
-    for (; in[i] && i + 1 < cap; i++) out[i] = in[i] == '_' ? '-' : (char)tolower((unsigned char)in[i]);
+    for (; in[i] && i + 1 < cap; i++)
+        out[i] = in[i] == '_' ? '-' : (char)tolower((unsigned char)in[i]);
     out[i] = 0;
 }
 
 size_t srv_config_n_keys(void) { return NI_ARRAY_LEN(g_keys); }
 
-const char *srv_config_key_name(size_t i) { return i < NI_ARRAY_LEN(g_keys) ? g_keys[i].name : NULL; }
+const char *srv_config_key_name(size_t i) {
+    return i < NI_ARRAY_LEN(g_keys) ? g_keys[i].name : NULL;
+}
 
-static const key_def *find_key(const char *key) {
+/* The definition of key (normalised, aliases resolved), or NULL; *spelt is
+ * the name to use in messages: the key's, or the alias as given. */
+static const key_def *find_key(const char *key, const char **spelt) {
     char k[64];
     norm_key(key, k, sizeof k);
+    const char *want = k;
+    *spelt = NULL;
+    for (size_t i = 0; i < NI_ARRAY_LEN(g_aliases); i++)
+        if (!strcmp(g_aliases[i].alias, k)) {
+            want = g_aliases[i].name;
+            *spelt = g_aliases[i].alias;
+        }
     for (size_t i = 0; i < NI_ARRAY_LEN(g_keys); i++)
-        if (!strcmp(g_keys[i].name, k)) return &g_keys[i];
+        if (!strcmp(g_keys[i].name, want)) {
+            if (!*spelt) *spelt = g_keys[i].name;
+            return &g_keys[i];
+        }
     return NULL;
 }
 
@@ -126,9 +152,11 @@ static int parse_bytes(const char *v, double *out) {
 }
 
 static int parse_bool(const char *v, int *out) {
-    if (!v || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on") || !strcmp(v, "1"))
+    if (!v || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on") ||
+        !strcmp(v, "1"))
         *out = 1;
-    else if (!strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off") || !strcmp(v, "0"))
+    else if (!strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off") ||
+             !strcmp(v, "0"))
         *out = 0;
     else
         return -1;
@@ -136,24 +164,29 @@ static int parse_bool(const char *v, int *out) {
 }
 
 int srv_config_set(srv_config *c, const char *key, const char *val, char *err, size_t errlen) {
-    const key_def *k = find_key(key);
-    if (!k) return ni_fail(err, errlen, NI_ENOTFOUND, "unknown option '%s' (see serve --help)", key);
+    const char *name;
+    const key_def *k = find_key(key, &name);
+    if (!k)
+        return ni_fail(err, errlen, NI_ENOTFOUND, "unknown option '%s' (see serve --help)", key);
     char *base = (char *)c + k->off;
-    if (!val && k->type != T_BOOL) return ni_fail(err, errlen, NI_EINVAL, "%s: a value is required", k->name);
+    if (!val && k->type != T_BOOL)
+        return ni_fail(err, errlen, NI_EINVAL, "%s: a value is required", name);
     switch (k->type) {
     case T_STR:
     case T_STYLE:
     case T_BACKEND: {
         size_t n = strlen(val);
         if (n >= k->size)
-            return ni_fail(err, errlen, NI_EINVAL, "%s: longer than %zu bytes", k->name, k->size - 1);
+            return ni_fail(err, errlen, NI_EINVAL, "%s: longer than %zu bytes", name, k->size - 1);
         if (k->type == T_STYLE && strcmp(val, "auto") && chat_style_from_name(val) < 0)
             return ni_fail(err, errlen, NI_EINVAL,
                            "%s: unknown style '%s' (auto, chatml, chatml-smollm, qwen3, llama3, "
                            "llama2, zephyr)",
-                           k->name, val);
-        if (k->type == T_BACKEND && strcmp(val, "auto") && strcmp(val, "cpu") && strcmp(val, "cuda"))
-            return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not one of auto, cpu, cuda", k->name, val);
+                           name, val);
+        if (k->type == T_BACKEND && strcmp(val, "auto") && strcmp(val, "cpu") &&
+            strcmp(val, "cuda"))
+            return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not one of auto, cpu, cuda", name,
+                           val);
         memcpy(base, val, n + 1);
         if (k->off == F(api_key)) c->api_key_from_env = 0;
         return 0;
@@ -165,20 +198,20 @@ int srv_config_set(srv_config *c, const char *key, const char *val, char *err, s
         char *end;
         if (k->type == T_BYTES) {
             if (parse_bytes(val, &d))
-                return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not a size (e.g. 1048576, 64KiB, 4MiB)",
-                               k->name, val);
+                return ni_fail(err, errlen, NI_EINVAL,
+                               "%s: '%s' is not a size (e.g. 1048576, 64KiB, 4MiB)", name, val);
         } else {
             errno = 0;
             d = strtod(val, &end);
             while (end && *end == ' ') end++;
             if (end == val || *end || errno || !isfinite(d))
-                return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not a number", k->name, val);
+                return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not a number", name, val);
         }
         if (k->type != T_REAL && d != floor(d))
-            return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not an integer", k->name, val);
+            return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not an integer", name, val);
         if (d < k->min || d > k->max)
-            return ni_fail(err, errlen, NI_EINVAL, "%s: %s is out of range [%.15g, %.15g]", k->name, val,
-                           k->min, k->max);
+            return ni_fail(err, errlen, NI_EINVAL, "%s: %s is out of range [%.15g, %.15g]", name,
+                           val, k->min, k->max);
         if (k->type == T_INT)
             *(int *)base = (int)d;
         else if (k->type == T_BYTES)
@@ -190,27 +223,29 @@ int srv_config_set(srv_config *c, const char *key, const char *val, char *err, s
     case T_BOOL: {
         int b;
         if (parse_bool(val, &b))
-            return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not a boolean (true/false)", k->name, val);
+            return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not a boolean (true/false)", name,
+                           val);
         *(int *)base = b;
         return 0;
     }
     case T_LEVEL: {
         int l = srv_log_level_from_name(val);
         if (l < 0)
-            return ni_fail(err, errlen, NI_EINVAL, "%s: '%s' is not one of error, warn, info, debug", k->name,
-                           val);
+            return ni_fail(err, errlen, NI_EINVAL,
+                           "%s: '%s' is not one of error, warn, info, debug", name, val);
         *(int *)base = l;
         return 0;
     }
     }
-    return ni_fail(err, errlen, NI_EINVAL, "%s: bad key type", k->name);
+    return ni_fail(err, errlen, NI_EINVAL, "%s: bad key type", name);
 }
 
 void srv_config_default(srv_config *c) {
     memset(c, 0, sizeof *c);
     char err[256];
     for (size_t i = 0; i < NI_ARRAY_LEN(g_keys); i++)
-        if (g_keys[i].def) NI_ASSERT(srv_config_set(c, g_keys[i].name, g_keys[i].def, err, sizeof err) == 0);
+        if (g_keys[i].def)
+            NI_ASSERT(srv_config_set(c, g_keys[i].name, g_keys[i].def, err, sizeof err) == 0);
 }
 
 static char *trim(char *s) {
@@ -262,7 +297,8 @@ int srv_config_parse_args(srv_config *c, int argc, char **argv, int *help, int *
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *file = NULL;
         if (!strcmp(a, "--config")) {
-            if (i + 1 >= argc) return ni_fail(err, errlen, NI_EINVAL, "config: a value is required");
+            if (i + 1 >= argc)
+                return ni_fail(err, errlen, NI_EINVAL, "config: a value is required");
             file = argv[++i];
         } else if (!strncmp(a, "--config=", 9)) {
             file = a + 9;
@@ -289,19 +325,23 @@ int srv_config_parse_args(srv_config *c, int argc, char **argv, int *help, int *
             continue;
         }
         if (strncmp(a, "--", 2) || !a[2])
-            return ni_fail(err, errlen, NI_EINVAL, "unexpected argument '%s' (options are --key value)", a);
+            return ni_fail(err, errlen, NI_EINVAL,
+                           "unexpected argument '%s' (options are --key value)", a);
         char key[64];
         const char *eq = strchr(a + 2, '='), *val = NULL;
         size_t kl = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
         if (kl >= sizeof key) return ni_fail(err, errlen, NI_ENOTFOUND, "unknown option '%s'", a);
         memcpy(key, a + 2, kl);
         key[kl] = 0;
-        const key_def *k = find_key(key);
-        if (!k) return ni_fail(err, errlen, NI_ENOTFOUND, "unknown option '%s' (see serve --help)", a);
+        const char *name;
+        const key_def *k = find_key(key, &name);
+        if (!k)
+            return ni_fail(err, errlen, NI_ENOTFOUND, "unknown option '%s' (see serve --help)", a);
         if (eq)
             val = eq + 1;
         else if (k->type != T_BOOL) {
-            if (i + 1 >= argc) return ni_fail(err, errlen, NI_EINVAL, "%s: a value is required", k->name);
+            if (i + 1 >= argc)
+                return ni_fail(err, errlen, NI_EINVAL, "%s: a value is required", name);
             val = argv[++i];
         }
         int rc = srv_config_set(c, key, val, err, errlen);
@@ -327,7 +367,8 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
         return ni_fail(err, errlen, NI_EINVAL, "model: %s: not a file or directory", c->model);
     if (!c->host[0]) return ni_fail(err, errlen, NI_EINVAL, "host: must not be empty");
     if (c->prefill_chunk > c->max_batched_tokens)
-        return ni_fail(err, errlen, NI_EINVAL, "prefill-chunk (%d) must not exceed max-batched-tokens (%d)",
+        return ni_fail(err, errlen, NI_EINVAL,
+                       "prefill-chunk (%d) must not exceed max-batched-tokens (%d)",
                        c->prefill_chunk, c->max_batched_tokens);
     if (c->max_num_seqs > c->max_batched_tokens)
         return ni_fail(err, errlen, NI_EINVAL,
@@ -337,10 +378,11 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
 #ifndef NI_USE_CUDA
     if (!strcmp(c->backend, "cuda"))
         return ni_fail(err, errlen, NI_EINVAL,
-                       "backend: this build has no CUDA backend (built without nvcc)");
+                       "device: this build has no CUDA backend (built without nvcc)");
 #endif
     if (strcmp(c->dtype, "auto") && strcmp(c->dtype, "bf16") && strcmp(c->dtype, "fp32"))
-        return ni_fail(err, errlen, NI_EINVAL, "dtype: '%s' is not one of auto, bf16, fp32", c->dtype);
+        return ni_fail(err, errlen, NI_EINVAL, "dtype: '%s' is not one of auto, bf16, fp32",
+                       c->dtype);
     for (const char *p = c->api_key; *p; p++)
         if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 127)
             return ni_fail(err, errlen, NI_EINVAL, "api-key: only printable ASCII without spaces");
@@ -383,12 +425,12 @@ void srv_config_log(const srv_config *c) {
             "max-num-seqs=%d max-batched-tokens=%d prefill-chunk=%d kv-blocks=%d block-size=%d "
             "max-model-len=%d prefix-cache=%s threads=%d shutdown-timeout=%gs log-level=%s "
             "max-tokens-default=%d max-stream-buffer=%lld max-connections=%d idle-timeout=%gs "
-            "health-timeout=%gs chat-template=%s backend=%s",
+            "health-timeout=%gs chat-template=%s device=%s",
             c->model, c->host, c->port,
-            c->api_key[0] ? (c->api_key_from_env ? "(set, from env)" : "(set)") : "(none)", c->max_body,
-            c->max_queue, c->max_num_seqs, c->max_batched_tokens, c->prefill_chunk, c->kv_blocks,
-            c->block_size, c->max_model_len, c->no_prefix_cache ? "off" : "on", c->threads,
-            c->shutdown_timeout, srv_log_level_name(c->log_level), c->max_tokens_default,
-            c->max_stream_buffer, c->max_connections, c->idle_timeout, c->health_timeout, c->chat_template,
-            c->backend);
+            c->api_key[0] ? (c->api_key_from_env ? "(set, from env)" : "(set)") : "(none)",
+            c->max_body, c->max_queue, c->max_num_seqs, c->max_batched_tokens, c->prefill_chunk,
+            c->kv_blocks, c->block_size, c->max_model_len, c->no_prefix_cache ? "off" : "on",
+            c->threads, c->shutdown_timeout, srv_log_level_name(c->log_level),
+            c->max_tokens_default, c->max_stream_buffer, c->max_connections, c->idle_timeout,
+            c->health_timeout, c->chat_template, c->backend);
 }

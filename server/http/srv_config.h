@@ -1,7 +1,8 @@
 /*
  * srv_config.h - configuration of `nanoinfer serve`: one table of keys shared
  * by the config file (`key = value` lines, # comments) and the command line
- * (`--key value`, `--key=value`, booleans as bare `--key`).
+ * (`--key value`, `--key=value`, booleans as bare `--key`). Aliases (backend
+ * for device) are accepted wherever their key is.
  *
  * Precedence: built-in defaults < the file named by --config < flags (in
  * argv order) < nothing else, except api-key, which falls back to the
@@ -41,22 +42,23 @@ typedef struct srv_config {
     int max_tokens_default;
     long long max_stream_buffer; /* bytes buffered per connection before a slow reader is cut */
     int max_connections;
-    double idle_timeout;    /* seconds an idle keep-alive connection stays open */
-    double health_timeout;  /* engine heartbeat age that makes /health fail */
-    char chat_template[32]; /* "auto" or a chat.h style name */
-    char backend[16];       /* "auto", "cpu" or "cuda" */
-    char dtype[8];          /* "auto", "bf16" or "fp32" */
+    double idle_timeout;           /* seconds an idle keep-alive connection stays open */
+    double health_timeout;         /* engine heartbeat age that makes /health fail */
+    char chat_template[32];        /* "auto" or a chat.h style name */
+    char backend[16];              /* key device (alias backend): "auto", "cpu" or "cuda" */
+    char dtype[8];                 /* "auto", "bf16" or "fp32" */
     double gpu_memory_utilization; /* fraction of GPU memory (KV pool sizing) */
-    int api_key_from_env;   /* informational: api_key came from the environment */
+    int api_key_from_env;          /* informational: api_key came from the environment */
 } srv_config;
 
 /* Fills c with the documented defaults (see srv_config_usage). */
 void srv_config_default(srv_config *c);
 
-/* Sets one key (without leading dashes; '_' and '-' are equivalent) from its
- * text value. val may be NULL only for boolean keys (= true). Returns 0, or
- * NI_ENOTFOUND (unknown key) / NI_EINVAL (value does not parse or is out of
- * range) with a message naming the key. */
+/* Sets one key (without leading dashes; '_' and '-' are equivalent; an alias
+ * such as backend for device sets the same field) from its text value. val
+ * may be NULL only for boolean keys (= true). Returns 0, or NI_ENOTFOUND
+ * (unknown key) / NI_EINVAL (value does not parse or is out of range) with a
+ * message naming the key. */
 int srv_config_set(srv_config *c, const char *key, const char *val, char *err, size_t errlen);
 
 /* Applies every `key = value` line of a config file. Blank lines and lines

@@ -1,7 +1,7 @@
 /*
  * srv_server.h - the entry point of `nanoinfer serve`, the OpenAI-compatible
- * HTTP daemon built from server/http/ (see srv_server.c for its threads,
- * crossings and lifetimes).
+ * HTTP daemon built from server/http/ (see srv_server.c for its threads and
+ * crossings, srv_internal.h for ownership and lifetimes).
  */
 #ifndef NI_SRV_SERVER_H
 #define NI_SRV_SERVER_H

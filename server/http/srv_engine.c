@@ -1,0 +1,377 @@
+/*
+ * srv_engine.c - the engine side of `nanoinfer serve` (srv_server.c has the
+ * overview, srv_internal.h the shared state).
+ *
+ * Engine thread: loads the model, then loops
+ *   while (running) { heartbeat; n = eng_step(); publish stats;
+ *                     if (n == 0) eng_wait_work(50 ms); }
+ * It never touches HTTP state. Every iteration it publishes an eng_stats
+ * snapshot (under snap_mu) and a heartbeat (atomic) for /metrics and /health,
+ * so the loop never calls into the engine for them.
+ *
+ * Engine -> loop: on_engine_event runs on the engine thread and copies each
+ * event into a mutex-protected queue (its pointers are only valid during the
+ * call), then calls uv_async_send. Async sends coalesce, so srv_on_async
+ * drains EVERYTHING queued per wake-up; it swaps the queue for an empty one
+ * under the lock, so the engine never waits while the loop writes responses.
+ *
+ * Applying events (loop thread): an event finds its srv_gen by request id,
+ * never through a pointer the engine holds, so a late event for a freed
+ * request is dropped. Streaming requests get SSE chunks appended, others
+ * accumulate text and logprobs; once every choice reported a finish the
+ * generation is done for the engine and its response completed.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "tokenizer/chat.h"
+#include "engine/backend/backend.h"
+#include "engine/engine.h"
+#include "engine/model/model.h"
+#include "engine/util/util.h"
+#include "srv_api.h"
+#include "srv_internal.h"
+#include "srv_log.h"
+#include "srv_metrics.h"
+#include "srv_util.h"
+
+/* ================= engine thread ================= */
+
+void srv_evq_free(ev_queue *q) {
+    free(q->v);
+    free(q->text);
+    memset(q, 0, sizeof *q);
+}
+
+/* Engine thread: copy the event (its pointers are only valid during the call). */
+static void on_engine_event(void *ud, const eng_event *ev) {
+    srv_server *s = ud;
+    double t = ni_now();
+    pthread_mutex_lock(&s->evq_mu);
+    ev_queue *q = &s->evq;
+    int ok = 1;
+    if (q->n == q->cap) {
+        size_t nc = q->cap ? q->cap * 2 : 256;
+        ev_rec *p = realloc(q->v, nc * sizeof *p);
+        if (p)
+            q->v = p, q->cap = nc;
+        else
+            ok = 0;
+    }
+    size_t tl = ev->text_len > 0 ? (size_t)ev->text_len : 0;
+    if (ok && q->text_len + tl > q->text_cap) {
+        size_t nc = q->text_cap ? q->text_cap : 4096;
+        while (nc < q->text_len + tl) nc *= 2;
+        char *p = realloc(q->text, nc);
+        if (p)
+            q->text = p, q->text_cap = nc;
+        else
+            ok = 0;
+    }
+    if (ok) {
+        ev_rec *r = &q->v[q->n++];
+        r->id = ev->id;
+        r->index = ev->index;
+        r->token = ev->token;
+        r->finish = ev->finish;
+        r->n_prompt = ev->n_prompt;
+        r->n_generated = ev->n_generated;
+        r->n_cached = ev->n_cached;
+        r->t = t;
+        r->text_off = q->text_len;
+        r->text_len = (int)tl;
+        if (tl) memcpy(q->text + q->text_len, ev->text, tl);
+        q->text_len += tl;
+        r->has_lp = ev->lp != NULL;
+        if (ev->lp) r->lp = *ev->lp;
+    } else {
+        q->lost++;
+    }
+    pthread_mutex_unlock(&s->evq_mu);
+    uv_async_send(&s->async);
+}
+
+static void publish_stats(srv_server *s) {
+    eng_stats st;
+    eng_get_stats(s->eng, &st);
+    pthread_mutex_lock(&s->snap_mu);
+    s->snap = st;
+    s->snap_valid = 1;
+    pthread_mutex_unlock(&s->snap_mu);
+}
+
+static void heartbeat(srv_server *s) {
+    atomic_store_explicit(&s->heartbeat_us, (long long)(ni_now() * 1e6), memory_order_relaxed);
+}
+
+void *srv_engine_main(void *arg) {
+    srv_server *s = arg;
+    char err[512];
+    double t0 = ni_now();
+    heartbeat(s);
+    int rc = mdl_load(&s->model, s->cfg.model, err, sizeof err);
+    if (!rc && !s->model.tok)
+        rc = ni_fail(err, sizeof err, NI_EFORMAT, "%s: the model has no tokenizer", s->cfg.model);
+    if (!rc) {
+        eng_config ec;
+        eng_config_default(&ec);
+        ec.max_num_seqs = s->cfg.max_num_seqs;
+        ec.max_batched_tokens = s->cfg.max_batched_tokens;
+        ec.prefill_chunk = s->cfg.prefill_chunk;
+        ec.block_size = s->cfg.block_size;
+        ec.n_blocks = s->cfg.kv_blocks;
+        ec.prefix_cache = !s->cfg.no_prefix_cache;
+        ec.n_threads = s->cfg.threads;
+        ec.max_seq_len = s->cfg.max_model_len;
+        ec.mem_util = s->cfg.gpu_memory_utilization;
+        s->backend = eng_backend_select(
+            s->cfg.backend, strcmp(s->cfg.dtype, "auto") ? s->cfg.dtype : NULL, err, sizeof err);
+        rc = s->backend ? eng_init(&s->eng, &s->model, s->backend, &ec, on_engine_event, s, err,
+                                   sizeof err)
+                        : NI_EINVAL;
+    }
+    if (rc) {
+        snprintf(s->fail_msg, sizeof s->fail_msg, "%s", err);
+        atomic_store_explicit(&s->state, ST_FAILED, memory_order_release);
+        uv_async_send(&s->async);
+        return NULL;
+    }
+    s->load_seconds = ni_now() - t0;
+    publish_stats(s);
+    atomic_store_explicit(&s->state, ST_READY, memory_order_release);
+    uv_async_send(&s->async);
+    while (atomic_load_explicit(&s->running, memory_order_acquire)) {
+        heartbeat(s);
+        int n = eng_step(s->eng);
+        publish_stats(s);
+        if (n < 0) srv_log(SRV_LOG_ERROR, "engine step failed: %s", ni_strerror(n));
+        if (n == 0) eng_wait_work(s->eng, 50);
+    }
+    return NULL;
+}
+
+/* ================= snapshot readers (loop thread) ================= */
+
+int srv_is_ready(srv_server *s) {
+    return atomic_load_explicit(&s->state, memory_order_acquire) == ST_READY && s->ready_seen;
+}
+
+/* 1 when the engine loop is alive: heartbeat younger than health-timeout. */
+int srv_engine_alive(srv_server *s) {
+    double hb = (double)atomic_load_explicit(&s->heartbeat_us, memory_order_relaxed) / 1e6;
+    return ni_now() - hb <= s->cfg.health_timeout;
+}
+
+int srv_get_snapshot(srv_server *s, eng_stats *st) {
+    pthread_mutex_lock(&s->snap_mu);
+    int ok = s->snap_valid;
+    if (ok) *st = s->snap;
+    pthread_mutex_unlock(&s->snap_mu);
+    return ok;
+}
+
+void srv_fill_api_ctx(srv_server *s) {
+    eng_stats st;
+    if (srv_get_snapshot(s, &st)) s->api.kv_tokens = st.kv.blocks_total * s->cfg.block_size;
+}
+
+/* ================= generations and their events (loop thread) ================= */
+
+static srv_gen *gen_find(srv_server *s, uint64_t id) {
+    for (srv_gen *g = s->gens[id & (GEN_BUCKETS - 1)]; g; g = g->hnext)
+        if (g->id == id) return g;
+    return NULL;
+}
+
+void srv_gen_free(srv_server *s, srv_gen *g) {
+    srv_gen **pp = &s->gens[g->id & (GEN_BUCKETS - 1)];
+    while (*pp && *pp != g) pp = &(*pp)->hnext;
+    if (*pp) *pp = g->hnext;
+    if (g->engine_live) {
+        s->n_live_gens--;
+        s->metrics.requests_in_flight--;
+    }
+    for (int i = 0; i < ENG_MAX_N; i++) {
+        srv_buf_free(&g->ch[i].text);
+        srv_lp_free(&g->ch[i].lp);
+    }
+    srv_gen_req_free(&g->rq);
+    free(g);
+}
+
+void srv_gen_abort(srv_server *s, srv_gen *g, int reason) {
+    if (!g->engine_live || g->abort_sent) return;
+    g->abort_sent = 1;
+    s->metrics.aborted[reason]++;
+    if (s->eng) eng_abort(s->eng, g->id);
+}
+
+/* All choices finished: the engine holds nothing of g any more. */
+static void gen_engine_done(srv_server *s, srv_gen *g) {
+    g->engine_live = 0;
+    s->n_live_gens--;
+    s->metrics.requests_in_flight--;
+    if (!g->shutdown_abort && !g->abort_sent)
+        srv_hist_observe(&s->metrics.e2e, ni_now() - g->t_arrival);
+    srv_conn *c = g->conn;
+    if (!c) {
+        srv_gen_free(s, g);
+        return;
+    }
+    c->prompt_tokens = g->n_prompt;
+    c->completion_tokens = g->completion_tokens;
+    if (c->kill) return;
+    if (g->rq.stream) {
+        if (g->any_error) {
+            srv_api_error e;
+            srv_api_fail(&e, 500, NULL, "generation failed inside the engine (see the server log)");
+            srv_conn_sse(c, srv_api_error_json(&e));
+        }
+        if (g->rq.include_usage && !c->kill) {
+            json_t *o = srv_api_envelope(g->rq.kind, 1, g->rid, g->created, s->model_name);
+            if (o) {
+                json_object_set_new(o, "choices", json_array());
+                json_object_set_new(o, "usage",
+                                    srv_api_usage(g->n_prompt, g->completion_tokens, g->n_cached));
+            }
+            srv_conn_sse(c, o);
+        }
+        if (!c->kill) {
+            if (srv_sse_done(&c->out) == NI_ERANGE) srv_conn_kill(c, SRV_ABORT_SLOW_READER);
+            c->out_done = 1;
+            srv_conn_resume(c);
+        }
+    } else {
+        srv_build_final(s, g, c);
+        srv_conn_resume(c);
+    }
+}
+
+static void stream_event(srv_server *s, srv_gen *g, int index, const ev_rec *ev, const char *text) {
+    srv_conn *c = g->conn;
+    json_t *lp = NULL;
+    if (ev->has_lp && ev->token >= 0) {
+        srv_lp_add(&g->ch[index].lp, s->model.tok, &ev->lp);
+        lp = srv_lp_take(&g->ch[index].lp);
+    }
+    if (ev->text_len > 0 || lp)
+        srv_conn_sse(c, srv_stream_chunk(g,
+                                         srv_api_choice(g->rq.kind, 1, index, text,
+                                                        (size_t)ev->text_len, 0, lp, NULL),
+                                         g->rq.include_usage));
+    if (ev->finish && !c->kill)
+        srv_conn_sse(c, srv_stream_chunk(g,
+                                         srv_api_choice(g->rq.kind, 1, index, NULL, 0, 0, NULL,
+                                                        srv_api_finish_reason(ev->finish)),
+                                         g->rq.include_usage));
+}
+
+static void handle_event(srv_server *s, const ev_rec *ev, const char *text) {
+    srv_gen *g = gen_find(s, ev->id);
+    if (!g || !g->engine_live || ev->index < 0 || ev->index >= g->rq.n) return;
+    srv_choice *ch = &g->ch[ev->index];
+    if (ev->index > 0) g->forked_seen = 1;
+    g->n_prompt = ev->n_prompt;
+    g->n_cached = ev->n_cached;
+    ch->n_gen = ev->n_generated;
+    if (ev->token >= 0) {
+        s->metrics.generation_tokens++;
+        if (g->t_first == 0) {
+            g->t_first = ev->t;
+            srv_hist_observe(&s->metrics.ttft, ev->t - g->t_arrival);
+        } else if (ch->t_last > 0) {
+            srv_hist_observe(&s->metrics.itl, ev->t - ch->t_last);
+        }
+        ch->t_last = ev->t;
+    }
+    srv_conn *c = g->conn;
+    if (c && !c->kill) {
+        if (g->rq.stream) {
+            stream_event(s, g, ev->index, ev, text);
+        } else {
+            if (ev->text_len > 0 && srv_buf_append(&ch->text, text, (size_t)ev->text_len))
+                srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+            if (ev->has_lp && ev->token >= 0) srv_lp_add(&ch->lp, s->model.tok, &ev->lp);
+        }
+    }
+    if (ev->finish) {
+        ch->finish = ev->finish;
+        g->n_finished++;
+        g->completion_tokens += ev->n_generated;
+        if (ev->finish >= 0 && ev->finish < 5) s->metrics.finished[ev->finish]++;
+        if (ev->finish == ENG_FINISH_ERROR) g->any_error = 1;
+        int unforked_end = (ev->finish == ENG_FINISH_ABORT || ev->finish == ENG_FINISH_ERROR) &&
+                           ev->index == 0 && g->rq.n > 1 && !g->forked_seen;
+        if (g->n_finished >= g->rq.n || unforked_end) gen_engine_done(s, g);
+    }
+}
+
+/* ================= model loaded, events drained (loop thread) ================= */
+
+static void on_ready(srv_server *s) {
+    s->ready_seen = 1;
+    const mdl_model *m = &s->model;
+    snprintf(s->model_name, sizeof s->model_name, "%s",
+             s->cfg.served_model_name[0] ? s->cfg.served_model_name : m->name);
+    int style;
+    if (strcmp(s->cfg.chat_template, "auto")) {
+        style = chat_style_from_name(s->cfg.chat_template);
+    } else {
+        style = chat_detect_strict(m->chat_template);
+        if (style < 0) {
+            srv_log(SRV_LOG_WARN,
+                    "the model has %s chat template; chat requests use ChatML "
+                    "(set chat-template to choose)",
+                    m->chat_template ? "an unrecognised" : "no");
+            style = CHAT_STYLE_CHATML;
+        }
+    }
+    s->api.tok = m->tok;
+    s->api.chat_style = style;
+    s->api.vocab = m->cfg.vocab_size;
+    s->api.max_seq_len = eng_max_seq_len(s->eng);
+    s->api.max_tokens_default = s->cfg.max_tokens_default;
+    s->api.max_n = NI_MIN(ENG_MAX_N, s->cfg.max_num_seqs);
+    s->api.model_name = s->model_name;
+    s->api.model_path = s->cfg.model;
+    srv_fill_api_ctx(s);
+    srv_log(SRV_LOG_INFO,
+            "model %s loaded in %.2fs: %d layers, vocab %d, context %d, chat template %s, "
+            "backend %s, KV pool %d tokens; ready",
+            s->model_name, s->load_seconds, m->cfg.n_layers, m->cfg.vocab_size, s->api.max_seq_len,
+            chat_style_name(style), s->backend->name, s->api.kv_tokens);
+}
+
+void srv_on_async(uv_async_t *h) {
+    srv_server *s = h->data;
+    int st = atomic_load_explicit(&s->state, memory_order_acquire);
+    if (st == ST_READY && !s->ready_seen) on_ready(s);
+    if (st == ST_FAILED && !s->fail_seen) {
+        s->fail_seen = 1;
+        srv_log(SRV_LOG_ERROR, "cannot load the model: %s", s->fail_msg);
+        s->exit_code = 1;
+        srv_schedule_stop(s);
+    }
+    pthread_mutex_lock(&s->evq_mu);
+    ev_queue tmp = s->evq;
+    s->evq = s->evq_loop;
+    s->evq_loop = tmp;
+    pthread_mutex_unlock(&s->evq_mu);
+    ev_queue *q = &s->evq_loop;
+    if (q->lost) {
+        srv_log(SRV_LOG_ERROR, "out of memory: %llu engine events lost",
+                (unsigned long long)q->lost);
+        q->lost = 0;
+    }
+    for (size_t i = 0; i < q->n; i++) handle_event(s, &q->v[i], q->text + q->v[i].text_off);
+    q->n = 0;
+    q->text_len = 0;
+    if (q->cap > 65536 || q->text_cap > ((size_t)16 << 20))
+        srv_evq_free(q); /* do not keep a burst's memory */
+    if (s->need_run) srv_mhd_run(s);
+    if (s->draining) srv_check_drained(s);
+}

@@ -1,0 +1,251 @@
+/*
+ * srv_internal.h - private to server/http; not an API. The state shared by
+ * the three files of the `nanoinfer serve` daemon:
+ *   srv_server.c  the daemon: startup, listener, MHD driven from the uv loop,
+ *                 connection suspend/resume, disconnect sweep, shutdown;
+ *   srv_engine.c  the engine thread, the engine -> loop event queue, and the
+ *                 loop-side application of engine events to generations;
+ *   srv_routes.c  the MHD request callbacks: routing, auth, handlers,
+ *                 responses, SSE.
+ * srv_server.c's header comment is the overview (threads, crossings).
+ *
+ * Ownership: cfg is filled before the engine thread starts and read-only
+ * after. The uv handles, MHD, everything under "loop state", every srv_conn
+ * and every srv_gen belong to the loop thread. The engine thread touches only
+ * cfg, the fields under "engine side" (state, running and heartbeat_us are
+ * atomics; snap under snap_mu) and evq (under evq_mu); model, eng and backend
+ * are written by it before state turns ST_READY (release) and only read by
+ * the loop after that (eng_add / eng_abort go through the engine's locked
+ * inbox).
+ *
+ * Lifetimes: srv_conn is created on the first access-handler call and freed
+ * only in MHD's request-completed callback. srv_gen lives until both its
+ * connection has completed AND the engine has finished it (every choice
+ * reported a finish); events are looked up by request id, never through a
+ * pointer the engine holds, so a late event for a freed request is dropped.
+ */
+#ifndef NI_SRV_INTERNAL_H
+#define NI_SRV_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "engine/backend/backend.h"
+#include "engine/engine.h"
+#include "engine/model/model.h"
+#include "srv_api.h"
+#include "srv_config.h"
+#include "srv_metrics.h"
+#include "srv_util.h"
+
+#define GEN_BUCKETS 1024 /* id -> srv_gen hash buckets (power of two) */
+
+enum { ST_LOADING = 0, ST_READY = 1, ST_FAILED = 2 };
+
+/* One engine event, copied on the engine thread. text lives in the queue's arena. */
+typedef struct ev_rec {
+    uint64_t id;
+    int index, token, finish, n_prompt, n_generated, n_cached;
+    double t;
+    size_t text_off;
+    int text_len;
+    int has_lp;
+    smp_result lp;
+} ev_rec;
+
+typedef struct ev_queue {
+    ev_rec *v;
+    size_t n, cap;
+    char *text;
+    size_t text_len, text_cap;
+    uint64_t lost; /* events dropped for lack of memory */
+} ev_queue;
+
+typedef struct srv_server srv_server;
+typedef struct srv_conn srv_conn;
+
+typedef struct srv_choice {
+    srv_buf text; /* non-streaming: the generated text */
+    srv_lp lp;    /* logprobs (streaming: per chunk; else accumulated) */
+    int finish;   /* enum eng_finish, 0 while generating */
+    int n_gen;
+    double t_last; /* time of the previous token (inter-token latency) */
+} srv_choice;
+
+typedef struct srv_gen {
+    uint64_t id;  /* engine request id (unique, never reused) */
+    char rid[64]; /* "cmpl-..." / "chatcmpl-..." */
+    long long created;
+    srv_gen_req rq;
+    srv_conn *conn;  /* NULL once the HTTP request completed */
+    int engine_live; /* the engine may still send events */
+    int abort_sent;
+    int shutdown_abort; /* aborted by the shutdown timeout */
+    int any_error;
+    int forked_seen; /* an event for index > 0 arrived */
+    int n_finished;
+    int n_prompt, n_cached, completion_tokens;
+    double t_arrival, t_first;
+    srv_choice ch[ENG_MAX_N];
+    struct srv_gen *hnext;
+} srv_gen;
+
+struct srv_conn {
+    srv_server *s;
+    struct MHD_Connection *mc;
+    int route;
+    char method[16];
+    char path[160];
+    char client[64];
+    double t_start;
+    srv_buf body;
+    size_t discarded; /* bytes dropped after the body exceeded max-body */
+    int too_big;
+    int status;   /* status of the queued response, 0 = none yet */
+    srv_gen *gen; /* generation request, until completion */
+    int streaming;
+    srv_buf out;  /* SSE bytes not yet handed to MHD */
+    int out_done; /* everything, [DONE] included, is in out */
+    int suspended;
+    int kill;         /* end the response with an error at the next MHD callback */
+    char *final_body; /* non-streaming result, queued when resumed */
+    size_t final_len;
+    int final_status;
+    int prompt_tokens, completion_tokens;
+    char rid[64];
+    srv_conn *prev, *next; /* all live srv_conn */
+};
+
+struct srv_server {
+    srv_config cfg;
+    uv_loop_t loop;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer, sweep_timer, shutdown_timer, stop_timer;
+    uv_async_t async;
+    uv_signal_t sig_term, sig_int;
+    struct MHD_Daemon *mhd;
+    int listen_fd;
+    int port;
+    int need_run; /* connections were resumed: call MHD_run */
+
+    /* engine side */
+    pthread_t eng_thread;
+    int eng_thread_started;
+    atomic_int state; /* ST_* (release on READY) */
+    atomic_int running;
+    atomic_llong heartbeat_us;
+    mdl_model model;
+    eng_engine *eng;
+    const eng_backend *backend;
+    char fail_msg[512];
+    double load_seconds;
+    pthread_mutex_t snap_mu;
+    eng_stats snap;
+    int snap_valid;
+
+    /* engine -> loop events */
+    pthread_mutex_t evq_mu;
+    ev_queue evq;      /* filled by the engine thread */
+    ev_queue evq_loop; /* drained by the loop */
+
+    /* loop state */
+    int ready_seen, fail_seen;
+    srv_api_ctx api;
+    char model_name[256];
+    srv_gen *gens[GEN_BUCKETS];
+    int n_live_gens; /* engine_live generations */
+    int n_gen_conns; /* connections that carry a generation */
+    srv_conn *conns;
+    uint64_t next_id;
+    srv_rng rng;
+    srv_metrics metrics;
+    long long start_time;
+    int draining, stopping, exit_code, shutdown_aborted;
+    int poll_inited;
+};
+
+/* ---- srv_server.c (loop thread) ---- */
+
+/* Runs MHD once and re-arms its timer; clears need_run. No-op once MHD stopped. */
+void srv_mhd_run(srv_server *s);
+
+/* Resumes a suspended c and marks s->need_run (the caller's MHD_run picks it up);
+ * no-op when c is not suspended. */
+void srv_conn_resume(srv_conn *c);
+
+/* Suspends c (MHD stops calling back for it) until srv_conn_resume; idempotent. */
+void srv_conn_suspend(srv_conn *c);
+
+/* Ends the HTTP side of c with an error: aborts its generation with reason
+ * (enum srv_abort_reason), shuts the socket down, resumes c. Idempotent. */
+void srv_conn_kill(srv_conn *c, int reason);
+
+/* Draining and no connection carries a generation any more: schedule the stop. */
+void srv_check_drained(srv_server *s);
+
+/* Stops the daemon on the next loop turn (never inside an MHD callback); idempotent. */
+void srv_schedule_stop(srv_server *s);
+
+/* ---- srv_engine.c ---- */
+
+/* Engine thread body (pthread start routine, arg is the srv_server): loads the
+ * model, publishes ST_READY or ST_FAILED, then steps the engine while running. */
+void *srv_engine_main(void *arg);
+
+/* uv_async callback (loop thread): notices READY/FAILED, drains every queued
+ * engine event into its generation, then runs MHD if connections were resumed. */
+void srv_on_async(uv_async_t *h);
+
+/* Frees an event queue's memory and zeroes it. */
+void srv_evq_free(ev_queue *q);
+
+/* 1 once the model is loaded and the loop has applied it (on_ready ran). */
+int srv_is_ready(srv_server *s);
+
+/* 1 when the engine loop is alive: heartbeat younger than health-timeout. */
+int srv_engine_alive(srv_server *s);
+
+/* Copies the latest engine stats snapshot into *st; 0 when none was published yet. */
+int srv_get_snapshot(srv_server *s, eng_stats *st);
+
+/* Refreshes s->api.kv_tokens from the snapshot (the KV pool bounds a prompt). */
+void srv_fill_api_ctx(srv_server *s);
+
+/* Unlinks g from the id table, settles the in-flight counters if the engine
+ * still had it, and frees it. The caller clears any conn->gen pointing at g. */
+void srv_gen_free(srv_server *s, srv_gen *g);
+
+/* Asks the engine to abort g once (counted under reason); no-op when the
+ * engine is done with g or an abort was sent already. */
+void srv_gen_abort(srv_server *s, srv_gen *g, int reason);
+
+/* ---- srv_routes.c (loop thread) ---- */
+
+/* Appends one SSE event for obj (stolen; NULL = out of memory) to c's output
+ * and resumes c; a full buffer (slow reader) or an error kills c instead.
+ * No-op on a connection already being killed. */
+void srv_conn_sse(srv_conn *c, json_t *obj);
+
+/* One streaming chunk of g (g->conn must be set) around choice (stolen;
+ * NULL = out of memory); usage_null adds "usage": null. NULL on out of memory. */
+json_t *srv_stream_chunk(srv_gen *g, json_t *choice, int usage_null);
+
+/* Builds the final non-streaming body (or error body) of g into c->final_*;
+ * kills c when even that cannot be built. */
+void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c);
+
+/* MHD access handler (MHD_AccessHandlerCallback); cls is the srv_server. */
+enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char *url,
+                               const char *method, const char *version, const char *upload_data,
+                               size_t *upload_size, void **req_cls);
+
+/* MHD request-completed callback: logs the access line, detaches and frees the
+ * srv_conn (aborting a generation still running), checks a pending drain. */
+void srv_on_completed(void *cls, struct MHD_Connection *mc, void **req_cls,
+                      enum MHD_RequestTerminationCode toe);
+
+#endif

@@ -1,0 +1,655 @@
+/*
+ * srv_routes.c - the HTTP side of `nanoinfer serve`, loop thread only
+ * (srv_server.c has the overview, srv_internal.h the shared state): the MHD
+ * access and completed callbacks, routing, auth, the checks that need no
+ * body, the handlers, responses and SSE streaming.
+ *
+ * MHD calls the access handler once with the headers (early_checks answer
+ * everything that needs no body: 503 while draining, 404, 405, 401, 413 by
+ * Content-Length), then with each piece of the body (buffered up to
+ * max-body), then once more with none, when the request is dispatched.
+ *
+ * A generation request (srv_gen) is parsed, tokenized and handed to eng_add
+ * inside the access handler. Then:
+ *   streaming      a 200 text/event-stream response is queued whose content
+ *                  reader copies from the connection's output buffer; when
+ *                  the buffer is empty the reader suspends the connection
+ *                  and returns 0; each event drained by srv_on_async appends
+ *                  SSE chunks and resumes it.
+ *   non-streaming  the connection is suspended in the access handler; when
+ *                  the last event arrives the JSON body is built and the
+ *                  connection resumed; MHD calls the access handler again,
+ *                  which queues it.
+ * Slow readers: output buffered per connection is bounded
+ * (max-stream-buffer); past it the request is aborted and the socket shut
+ * down.
+ *
+ * Lifetimes: srv_conn is created on the first access-handler call and freed
+ * only in MHD's request-completed callback, which also detaches its srv_gen
+ * (aborting it if the engine still runs it).
+ */
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "engine/engine.h"
+#include "engine/util/util.h"
+#include "srv_api.h"
+#include "srv_internal.h"
+#include "srv_log.h"
+#include "srv_metrics.h"
+#include "srv_util.h"
+
+#define DISCARD_FACTOR 16 /* oversized chunked uploads: read at most this x max-body */
+
+enum route {
+    R_NONE,
+    R_HEALTH,
+    R_METRICS,
+    R_MODELS,
+    R_MODEL,
+    R_COMPLETIONS,
+    R_CHAT,
+    R_TOKENIZE,
+    R_DETOKENIZE
+};
+
+/* ================= streaming and final bodies ================= */
+
+/* Appends one SSE event for obj (stolen) to c's output; a full buffer means a
+ * slow reader: the request is aborted and the connection closed. */
+void srv_conn_sse(srv_conn *c, json_t *obj) {
+    if (c->kill) {
+        json_decref(obj);
+        return;
+    }
+    int rc = srv_sse_event(&c->out, obj);
+    json_decref(obj);
+    if (rc == NI_ERANGE) {
+        srv_log(SRV_LOG_WARN, "%s: client reads too slowly (over %lld buffered bytes); aborting",
+                c->rid, c->s->cfg.max_stream_buffer);
+        srv_conn_kill(c, SRV_ABORT_SLOW_READER);
+        return;
+    }
+    if (rc) {
+        srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+        return;
+    }
+    srv_conn_resume(c);
+}
+
+json_t *srv_stream_chunk(srv_gen *g, json_t *choice, int usage_null) {
+    json_t *o = srv_api_envelope(g->rq.kind, 1, g->rid, g->created, g->conn->s->model_name);
+    json_t *arr = json_array();
+    if (!o || !arr || !choice) {
+        json_decref(o);
+        json_decref(arr);
+        json_decref(choice);
+        return NULL;
+    }
+    json_array_append_new(arr, choice);
+    json_object_set_new(o, "choices", arr);
+    if (usage_null) json_object_set_new(o, "usage", json_null());
+    return o;
+}
+
+/* Builds the final non-streaming body into c->final_body. */
+void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c) {
+    json_t *o = NULL;
+    srv_api_error e;
+    if (g->any_error) {
+        srv_api_fail(&e, 500, NULL, "generation failed inside the engine (see the server log)");
+    } else if (g->shutdown_abort) {
+        srv_api_fail(&e, 503, NULL, "the server is shutting down; request aborted");
+    } else {
+        o = srv_api_envelope(g->rq.kind, 0, g->rid, g->created, s->model_name);
+        json_t *arr = json_array();
+        for (int i = 0; o && arr && i < g->rq.n; i++) {
+            srv_choice *ch = &g->ch[i];
+            json_t *choice;
+            if (g->rq.echo) {
+                srv_buf t = {0};
+                int rc = srv_buf_append(&t, g->rq.echo_text, g->rq.echo_len);
+                if (!rc) rc = srv_buf_append(&t, srv_buf_ptr(&ch->text), srv_buf_size(&ch->text));
+                choice =
+                    rc ? NULL
+                       : srv_api_choice(g->rq.kind, 0, i, srv_buf_ptr(&t), srv_buf_size(&t), 0,
+                                        srv_lp_take(&ch->lp), srv_api_finish_reason(ch->finish));
+                srv_buf_free(&t);
+            } else {
+                choice = srv_api_choice(g->rq.kind, 0, i, srv_buf_ptr(&ch->text),
+                                        srv_buf_size(&ch->text), 0, srv_lp_take(&ch->lp),
+                                        srv_api_finish_reason(ch->finish));
+            }
+            if (!choice) {
+                json_decref(arr);
+                arr = NULL;
+                break;
+            }
+            json_array_append_new(arr, choice);
+        }
+        if (o && arr) {
+            json_object_set_new(o, "choices", arr);
+            json_object_set_new(o, "usage",
+                                srv_api_usage(g->n_prompt, g->completion_tokens, g->n_cached));
+        } else {
+            json_decref(o);
+            json_decref(arr);
+            o = NULL;
+            srv_api_fail(&e, 500, NULL, "out of memory building the response");
+        }
+    }
+    int status = o ? 200 : e.status;
+    if (!o) o = srv_api_error_json(&e);
+    char *txt = o ? json_dumps(o, SRV_JSON_FLAGS) : NULL;
+    json_decref(o);
+    if (!txt) {
+        srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+        return;
+    }
+    c->final_body = txt;
+    c->final_len = strlen(txt);
+    c->final_status = status;
+}
+
+/* ================= responses ================= */
+
+static void add_common_headers(srv_conn *c, struct MHD_Response *r) {
+    if (c->rid[0]) MHD_add_response_header(r, "X-Request-Id", c->rid);
+    if (c->s->draining) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+}
+
+static void respond_raw(srv_conn *c, int status, char *body, size_t len, const char *ctype) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    add_common_headers(c, r);
+    if (status == 405) {
+        const char *allow = c->route == R_HEALTH || c->route == R_METRICS || c->route == R_MODELS ||
+                                    c->route == R_MODEL
+                                ? "GET, HEAD"
+                                : "POST";
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (status == 429 || status == 503)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (MHD_queue_response(c->mc, (unsigned)status, r) == MHD_YES) {
+        c->status = status;
+        srv_metrics_response(&c->s->metrics, status);
+    }
+    MHD_destroy_response(r);
+}
+
+/* Queues obj (stolen) as the JSON response. */
+static void respond_json(srv_conn *c, int status, json_t *obj) {
+    char *txt = obj ? json_dumps(obj, SRV_JSON_FLAGS) : NULL;
+    json_decref(obj);
+    if (!txt) {
+        static const char oom[] =
+            "{\"error\":{\"message\":\"out of memory\",\"type\":\"internal_error\","
+            "\"param\":null,\"code\":null}}";
+        txt = strdup(oom);
+        status = 500;
+        if (!txt) return;
+    }
+    respond_raw(c, status, txt, strlen(txt), "application/json");
+}
+
+static void respond_error(srv_conn *c, const srv_api_error *e) {
+    respond_json(c, e->status, srv_api_error_json(e));
+}
+
+static void respond_errorf(srv_conn *c, int status, const char *param, const char *code,
+                           const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void respond_errorf(srv_conn *c, int status, const char *param, const char *code,
+                           const char *fmt, ...) {
+    srv_api_error e;
+    srv_api_fail(&e, status, param, "%s", "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.message, sizeof e.message, fmt, ap);
+    va_end(ap);
+    e.code = code;
+    respond_error(c, &e);
+}
+
+static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    srv_conn *c = cls;
+    if (c->kill) return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t avail = srv_buf_size(&c->out);
+    if (avail) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, srv_buf_ptr(&c->out), n);
+        srv_buf_consume(&c->out, n);
+        return (ssize_t)n;
+    }
+    if (c->out_done) return MHD_CONTENT_READER_END_OF_STREAM;
+    srv_conn_suspend(c); /* resumed when the loop appends output */
+    return 0;
+}
+
+/* ================= handlers ================= */
+
+static json_t *parse_body(srv_conn *c) {
+    json_error_t je;
+    json_t *j = json_loadb(srv_buf_ptr(&c->body), srv_buf_size(&c->body), JSON_ALLOW_NUL, &je);
+    if (!j) {
+        respond_errorf(c, 400, NULL, NULL,
+                       "invalid JSON in the request body: %s (line %d, column %d)", je.text,
+                       je.line, je.column);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        respond_errorf(c, 400, NULL, NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+static int queue_full(srv_server *s) {
+    eng_stats st;
+    int waiting_over = s->n_live_gens - s->cfg.max_num_seqs >= s->cfg.max_queue;
+    if (waiting_over) return 1;
+    if (srv_get_snapshot(s, &st) && st.n_waiting > 0 && st.n_waiting >= s->cfg.max_queue) return 1;
+    return 0;
+}
+
+static void handle_gen(srv_server *s, srv_conn *c, int kind) {
+    json_t *body = parse_body(c);
+    if (!body) return;
+    srv_fill_api_ctx(s);
+    srv_gen *g = calloc(1, sizeof *g);
+    if (!g) {
+        json_decref(body);
+        respond_errorf(c, 500, NULL, NULL, "out of memory");
+        return;
+    }
+    srv_api_error e;
+    int rc = srv_api_parse_gen(&s->api, kind, body, &g->rq, &e);
+    json_decref(body);
+    if (rc) {
+        free(g);
+        respond_error(c, &e);
+        return;
+    }
+    if (queue_full(s)) {
+        srv_gen_req_free(&g->rq);
+        free(g);
+        respond_errorf(c, 429, NULL, "queue_full",
+                       "the server is at capacity (%d requests running or waiting); retry later",
+                       s->n_live_gens);
+        return;
+    }
+    g->id = ++s->next_id;
+    srv_random_id(&s->rng, kind == SRV_API_CHAT ? "chatcmpl-" : "cmpl-", g->rid, sizeof g->rid);
+    g->created = (long long)time(NULL);
+    g->t_arrival = c->t_start;
+    for (int i = 0; i < g->rq.n; i++) {
+        g->ch[i].text.limit = 0;
+        g->ch[i].lp.kind = kind;
+        g->ch[i].lp.text_offset = g->rq.echo ? g->rq.echo_len : 0;
+    }
+    eng_request q;
+    srv_gen_req_to_eng(&g->rq, g->id, NULL, srv_rng_next(&s->rng), &q);
+    eng_error ee;
+    rc = eng_add(s->eng, &q, &ee);
+    if (rc) {
+        srv_gen_req_free(&g->rq);
+        free(g);
+        if (rc == NI_ENOMEM) {
+            respond_errorf(c, 503, NULL, NULL, "out of memory queueing the request");
+            return;
+        }
+        respond_errorf(c, 400, ee.param[0] ? ee.param : NULL, NULL, "%s", ee.msg);
+        return;
+    }
+    srv_gen **b = &s->gens[g->id & (GEN_BUCKETS - 1)];
+    g->hnext = *b;
+    *b = g;
+    g->engine_live = 1;
+    s->n_live_gens++;
+    s->n_gen_conns++;
+    s->metrics.requests_in_flight++;
+    s->metrics.gen_requests[kind]++;
+    s->metrics.prompt_tokens += (uint64_t)g->rq.n_prompt;
+    g->conn = c;
+    c->gen = g;
+    snprintf(c->rid, sizeof c->rid, "%s", g->rid);
+    c->prompt_tokens = g->rq.n_prompt;
+    srv_log(SRV_LOG_DEBUG, "%s: queued: %d prompt tokens, max_tokens %d, n %d, stream %d", g->rid,
+            g->rq.n_prompt, g->rq.max_tokens, g->rq.n, g->rq.stream);
+    if (!g->rq.stream) {
+        srv_conn_suspend(c);
+        return;
+    }
+    c->streaming = 1;
+    c->out.limit = (size_t)s->cfg.max_stream_buffer;
+    /* opening chunks: the assistant role (chat) or the echoed prompt (completions) */
+    for (int i = 0; i < g->rq.n; i++) {
+        if (kind == SRV_API_CHAT)
+            srv_conn_sse(c, srv_stream_chunk(g, srv_api_choice(kind, 1, i, "", 0, 1, NULL, NULL),
+                                             g->rq.include_usage));
+        else if (g->rq.echo)
+            srv_conn_sse(c, srv_stream_chunk(g,
+                                             srv_api_choice(kind, 1, i, g->rq.echo_text,
+                                                            g->rq.echo_len, 0, NULL, NULL),
+                                             g->rq.include_usage));
+    }
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sse_reader, c, NULL);
+    if (!r) {
+        srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+        return;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    add_common_headers(c, r);
+    if (MHD_queue_response(c->mc, 200, r) == MHD_YES) {
+        c->status = 200;
+        srv_metrics_response(&s->metrics, 200);
+    }
+    MHD_destroy_response(r);
+}
+
+static json_t *model_card(srv_server *s) {
+    json_t *m = json_object();
+    if (!m) return NULL;
+    json_object_set_new(m, "id", srv_json_stringn(s->model_name, strlen(s->model_name)));
+    json_object_set_new(m, "object", json_string("model"));
+    json_object_set_new(m, "created", json_integer(s->start_time));
+    json_object_set_new(m, "owned_by", json_string("nanoinfer"));
+    json_object_set_new(m, "root", srv_json_stringn(s->cfg.model, strlen(s->cfg.model)));
+    json_object_set_new(m, "parent", json_null());
+    json_object_set_new(m, "max_model_len",
+                        srv_is_ready(s) ? json_integer(s->api.max_seq_len) : json_null());
+    return m;
+}
+
+static void handle_health(srv_server *s, srv_conn *c) {
+    json_t *o = json_object();
+    int st = atomic_load_explicit(&s->state, memory_order_acquire);
+    const char *status = "ok";
+    int code = 200;
+    if (st == ST_LOADING || (st == ST_READY && !s->ready_seen))
+        status = "loading", code = 503;
+    else if (st == ST_FAILED)
+        status = "failed", code = 503;
+    else if (s->draining)
+        status = "shutting down", code = 503;
+    else if (!srv_engine_alive(s))
+        status = "engine stalled", code = 503;
+    if (o) json_object_set_new(o, "status", json_string(status));
+    respond_json(c, code, o);
+}
+
+static void handle_metrics(srv_server *s, srv_conn *c) {
+    eng_stats st;
+    int have = srv_get_snapshot(s, &st) && srv_is_ready(s);
+    int healthy = srv_is_ready(s) && !s->draining && srv_engine_alive(s);
+    srv_buf b = {0};
+    if (srv_metrics_render(&s->metrics, have ? &st : NULL, srv_is_ready(s), healthy, &b)) {
+        srv_buf_free(&b);
+        respond_errorf(c, 500, NULL, NULL, "out of memory rendering metrics");
+        return;
+    }
+    size_t n = srv_buf_size(&b);
+    char *txt = b.data; /* off is 0: nothing was consumed */
+    if (!txt) txt = strdup("");
+    respond_raw(c, 200, txt, n, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+static void dispatch(srv_server *s, srv_conn *c) {
+    if (c->too_big) {
+        respond_errorf(c, 413, NULL, NULL, "request body too large (limit %lld bytes)",
+                       s->cfg.max_body);
+        return;
+    }
+    switch (c->route) {
+    case R_HEALTH: handle_health(s, c); return;
+    case R_METRICS: handle_metrics(s, c); return;
+    case R_MODELS: {
+        json_t *o = json_object(), *arr = json_array();
+        if (o && arr) {
+            json_array_append_new(arr, model_card(s));
+            json_object_set_new(o, "object", json_string("list"));
+            json_object_set_new(o, "data", arr);
+        } else {
+            json_decref(arr);
+            json_decref(o);
+            o = NULL;
+        }
+        respond_json(c, 200, o);
+        return;
+    }
+    case R_MODEL: {
+        const char *id = c->path + strlen("/v1/models/");
+        if (!strcmp(id, s->model_name))
+            respond_json(c, 200, model_card(s));
+        else
+            respond_errorf(c, 404, "model", "model_not_found", "The model `%.200s` does not exist.",
+                           id);
+        return;
+    }
+    default: break;
+    }
+    if (!srv_is_ready(s)) {
+        int st = atomic_load_explicit(&s->state, memory_order_acquire);
+        respond_errorf(c, 503, NULL, NULL,
+                       st == ST_FAILED ? "the model failed to load"
+                                       : "the model is loading; retry shortly");
+        return;
+    }
+    if (c->route == R_COMPLETIONS || c->route == R_CHAT) {
+        handle_gen(s, c, c->route == R_CHAT ? SRV_API_CHAT : SRV_API_COMPLETION);
+        return;
+    }
+    json_t *body = parse_body(c);
+    if (!body) return;
+    srv_api_error e;
+    json_t *o = c->route == R_TOKENIZE ? srv_api_tokenize(&s->api, body, &e)
+                                       : srv_api_detokenize(&s->api, body, &e);
+    json_decref(body);
+    if (o)
+        respond_json(c, 200, o);
+    else
+        respond_error(c, &e);
+}
+
+/* ================= routing, auth, MHD callbacks ================= */
+
+static int route_of(const char *path) {
+    if (!strcmp(path, "/health")) return R_HEALTH;
+    if (!strcmp(path, "/metrics")) return R_METRICS;
+    if (!strcmp(path, "/v1/models")) return R_MODELS;
+    if (!strncmp(path, "/v1/models/", 11) && path[11]) return R_MODEL;
+    if (!strcmp(path, "/v1/completions")) return R_COMPLETIONS;
+    if (!strcmp(path, "/v1/chat/completions")) return R_CHAT;
+    if (!strcmp(path, "/tokenize")) return R_TOKENIZE;
+    if (!strcmp(path, "/detokenize")) return R_DETOKENIZE;
+    return R_NONE;
+}
+
+static int route_is_get(int r) {
+    return r == R_HEALTH || r == R_METRICS || r == R_MODELS || r == R_MODEL;
+}
+static int route_needs_auth(int r) { return r != R_HEALTH && r != R_METRICS; }
+
+static int auth_ok(srv_server *s, srv_conn *c) {
+    if (!s->cfg.api_key[0]) return 1;
+    const char *h =
+        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    return srv_ct_equal(h, strlen(h), s->cfg.api_key, strlen(s->cfg.api_key));
+}
+
+/* First call for a request: decide everything that needs no body. Returns 1
+ * when a response was queued already. */
+static int early_checks(srv_server *s, srv_conn *c) {
+    if (s->draining) {
+        respond_errorf(c, 503, NULL, NULL, "the server is shutting down");
+        return 1;
+    }
+    if (c->route == R_NONE) {
+        respond_errorf(c, 404, NULL, "not_found", "Invalid URL (%s %.100s)", c->method, c->path);
+        return 1;
+    }
+    int is_get = !strcmp(c->method, "GET") || !strcmp(c->method, "HEAD");
+    if (route_is_get(c->route) ? !is_get : strcmp(c->method, "POST")) {
+        respond_errorf(c, 405, NULL, "method_not_allowed", "Method %s is not allowed for %.100s",
+                       c->method, c->path);
+        return 1;
+    }
+    if (route_needs_auth(c->route) && !auth_ok(s, c)) {
+        respond_errorf(c, 401, NULL, "invalid_api_key",
+                       "Incorrect or missing API key (Authorization: Bearer ...)");
+        return 1;
+    }
+    const char *cl =
+        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (n > (unsigned long long)s->cfg.max_body) {
+            respond_errorf(c, 413, NULL, NULL, "request body too large (%llu bytes; limit %lld)", n,
+                           s->cfg.max_body);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static srv_conn *conn_new(srv_server *s, struct MHD_Connection *mc, const char *url,
+                          const char *method) {
+    srv_conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->s = s;
+    c->mc = mc;
+    c->t_start = ni_now();
+    snprintf(c->method, sizeof c->method, "%s", method);
+    snprintf(c->path, sizeof c->path, "%s", url);
+    c->route = route_of(url);
+    if (strlen(url) >= sizeof c->path) c->route = R_NONE;
+    c->body.limit = (size_t)s->cfg.max_body;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(c->client, sizeof c->client, "-");
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, c->client,
+                      sizeof c->client);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+                      c->client, sizeof c->client);
+    }
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    return c;
+}
+
+static void conn_free(srv_server *s, srv_conn *c) {
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    srv_buf_free(&c->body);
+    srv_buf_free(&c->out);
+    free(c->final_body);
+    free(c);
+}
+
+enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char *url,
+                               const char *method, const char *version, const char *upload_data,
+                               size_t *upload_size, void **req_cls) {
+    (void)version;
+    srv_server *s = cls;
+    srv_conn *c = *req_cls;
+    if (!c) {
+        c = conn_new(s, mc, url, method);
+        if (!c) return MHD_NO;
+        *req_cls = c;
+        early_checks(s, c);
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (!c->status && !c->too_big) {
+            int rc = srv_buf_append(&c->body, upload_data, *upload_size);
+            if (rc == NI_ERANGE)
+                c->too_big = 1;
+            else if (rc)
+                return MHD_NO;
+        }
+        if (c->too_big || c->status) {
+            c->discarded += *upload_size;
+            if (c->discarded > (size_t)s->cfg.max_body * DISCARD_FACTOR) return MHD_NO;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (c->status) return MHD_YES; /* answered early; MHD is finishing the upload */
+    if (c->gen) {                  /* resumed: a non-streaming generation finished */
+        if (c->kill) return MHD_NO;
+        if (c->final_body) {
+            char *b = c->final_body;
+            c->final_body = NULL;
+            respond_raw(c, c->final_status, b, c->final_len, "application/json");
+            return MHD_YES;
+        }
+        srv_conn_suspend(c); /* spurious resume */
+        return MHD_YES;
+    }
+    dispatch(s, c);
+    return MHD_YES;
+}
+
+void srv_on_completed(void *cls, struct MHD_Connection *mc, void **req_cls,
+                      enum MHD_RequestTerminationCode toe) {
+    (void)mc;
+    srv_server *s = cls;
+    srv_conn *c = *req_cls;
+    if (!c) return;
+    *req_cls = NULL;
+    srv_gen *g = c->gen;
+    int lost = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    if (g) {
+        c->prompt_tokens = g->n_prompt ? g->n_prompt : g->rq.n_prompt;
+        c->completion_tokens = g->completion_tokens;
+        g->conn = NULL;
+        c->gen = NULL;
+        s->n_gen_conns--;
+        if (g->engine_live) {
+            srv_gen_abort(s, g, SRV_ABORT_DISCONNECT);
+            c->completion_tokens = 0;
+            for (int i = 0; i < g->rq.n; i++) c->completion_tokens += g->ch[i].n_gen;
+        } else {
+            srv_gen_free(s, g);
+        }
+    }
+    static const char *const why[] = {"ok",       "error",      "timeout",
+                                      "shutdown", "read error", "client abort"};
+    srv_log(SRV_LOG_INFO, "access %s \"%s %s\" %d prompt=%d completion=%d %.3fs%s%s%s%s", c->client,
+            c->method, c->path, c->status ? c->status : 499 /* nginx: client closed request */,
+            c->prompt_tokens, c->completion_tokens, ni_now() - c->t_start, c->rid[0] ? " id=" : "",
+            c->rid, lost ? " closed=" : "", lost ? why[(unsigned)toe < 6 ? (unsigned)toe : 1] : "");
+    conn_free(s, c);
+    if (s->draining) srv_check_drained(s);
+}
