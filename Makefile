@@ -45,7 +45,9 @@ NVCCFLAGS ?= -O2 -g $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
 LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.o)
 SRV_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/http/*.c))
 CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/cli/*.c))
-TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(wildcard test/test_*.c))
+# test/test_util.c is the helper library every test links, not a test program.
+TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(filter-out test/test_util.c,$(wildcard test/test_*.c)))
+TEST_UTIL := $(BUILD)/test/test_util.o
 
 .PHONY: all test test-seeds asan run bench format deps model clean check-tests check-deps
 all: $(BUILD)/nanoinfer
@@ -74,9 +76,13 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
-$(BUILD)/test/%: test/%.c $(BUILD)/libnanoinfer_srv.a $(BUILD)/libnanoinfer.a
+# Named here so make keeps it (a pattern-only prerequisite would be deleted as
+# intermediate); compiled by the %.o rule above.
+$(TEST_UTIL): test/test_util.c
+
+$(BUILD)/test/%: test/%.c $(TEST_UTIL) $(BUILD)/libnanoinfer_srv.a $(BUILD)/libnanoinfer.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libnanoinfer_srv.a $(BUILD)/libnanoinfer.a $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -o $@ $< $(TEST_UTIL) $(BUILD)/libnanoinfer_srv.a $(BUILD)/libnanoinfer.a $(LDFLAGS) $(LDLIBS) -lcmocka
 
 # Tests run from the repository root; NI_MODEL points at the default model.
 check-tests: $(TESTS) $(BUILD)/nanoinfer

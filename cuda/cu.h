@@ -7,19 +7,20 @@
  * stderr; no function here exits.
  *
  * The backend (eng_backend_cuda, cuda/cu_backend.cu) implements the contract
- * of engine/backend/backend.h on one GPU. Its precision is chosen per process before
- * init: BF16 weights / activations / KV cache with FP32 accumulation (the
- * default), or FP32 everywhere (verification against the CPU backend).
- * Selection, first match wins:
- *   1. cu_backend_set_dtype(CU_DTYPE_*) called before init;
- *   2. the environment variable NI_CUDA_DTYPE=bf16|fp32 read at init;
- *   3. CU_DTYPE_BF16.
- * NI_CUDA_DEVICE=<n> picks the device (default 0).
- * Weight format: eng_backend_config.quant == 1, else NI_CUDA_QUANT=int8
- * (default none): int8 projection and LM-head weights with per-row scales,
- * activations in the dtype above (W8A16 in BF16 mode).
- * Decode CUDA graphs: NI_CUDA_GRAPHS=1 (default) | 0 (off) | eager (the
- * padded decode launches without capture; debugging and tests).
+ * of engine/backend/backend.h on one GPU. Every setting comes in the
+ * eng_backend_config of init / kv_blocks_for_memory (nothing here reads the
+ * environment: eng_backend_config_env in engine/backends.c maps the NI_CUDA_*
+ * variables onto the config):
+ *   dtype         ENG_DTYPE_DEFAULT / BF16: BF16 weights / activations / KV
+ *                 cache with FP32 accumulation; FP32: FP32 everywhere
+ *                 (verification against the CPU backend);
+ *   device_index  the GPU (-1: device 0);
+ *   quant         1: int8 projection and LM-head weights with per-row scales,
+ *                 activations in dtype (W8A16 in BF16 mode); 0: none;
+ *   graphs        decode CUDA graphs: DEFAULT / ON, OFF, EAGER (the padded
+ *                 decode launches without capture; debugging and tests);
+ *   att_splits    0: automatic attention split-K, >= 1 forced;
+ *   profile       1: per-phase device-time table on stderr at free (eager).
  * The backend also implements eng_backend.sample (cu_sample.cu): sampling
  * on the device from logits a forward(logits = NULL) left there.
  *
@@ -38,7 +39,8 @@ extern "C" {
 
 #include "engine/backend/backend.h"
 
-/* Compute precision of the CUDA backend and of the cu_op_* wrappers. */
+/* Compute precision of the cu_op_* wrappers and, inside the backend, of a
+ * context (from eng_backend_config.dtype: cu_dtype_of). */
 enum cu_dtype {
     CU_DTYPE_BF16 = 0, /* BF16 weights, GEMM inputs and KV cache; FP32 accumulation */
     CU_DTYPE_FP32 = 1, /* FP32 everywhere (SGEMM, no TF32) */
@@ -52,21 +54,22 @@ int cu_device_count(void);
  * Returns 0 or a negative NI_E* code. */
 int cu_device_describe(int dev, char *buf, size_t cap);
 
-/* Sets the precision (enum cu_dtype) used by every later eng_backend_cuda
- * init in this process, overriding NI_CUDA_DTYPE; -1 clears the override.
- * Not thread-safe: call before init. Returns 0 or NI_EINVAL. */
-int cu_backend_set_dtype(int dtype);
-
-/* The precision the next init will use (override, else environment, else
- * BF16). An unparsable NI_CUDA_DTYPE yields -1 (init then fails). */
-int cu_backend_get_dtype(void);
-
 /* Short name of a dtype ("bf16", "fp32", "?"). */
 const char *cu_dtype_name(int dtype);
 
+/* The enum cu_dtype the backend computes in for an eng_backend_config.dtype
+ * (ENG_DTYPE_DEFAULT and BF16 -> CU_DTYPE_BF16, FP32 -> CU_DTYPE_FP32), or
+ * -1 for a value outside enum eng_dtype. */
+int cu_dtype_of(eng_dtype dtype);
+
+/* The eng_backend_config.dtype that makes the backend compute in cu_dtype
+ * (CU_DTYPE_BF16 -> ENG_DTYPE_BF16, CU_DTYPE_FP32 -> ENG_DTYPE_FP32; any
+ * other value -> ENG_DTYPE_DEFAULT). For tests that loop over enum cu_dtype. */
+eng_dtype cu_eng_dtype(int cu_dtype);
+
 /* Counters of one backend context (tests and tools). */
 typedef struct cu_backend_stats {
-    int graph_mode;               /* 0 off, 1 graphs, 2 eager (NI_CUDA_GRAPHS) */
+    int graph_mode;               /* 0 off, 1 graphs, 2 eager (from eng_backend_config.graphs) */
     int quant;                    /* 1: int8 weights */
     int graphs_captured;          /* decode buckets captured so far */
     long long graph_launches;     /* decode steps replayed from a graph */

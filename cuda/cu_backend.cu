@@ -53,10 +53,11 @@
  * of a bucket is fixed at capture from the largest context (max_pos); items
  * with fewer key tiles leave the extra splits empty (they exit at once and
  * the combine skips them), so one graph serves every context length. Modes
- * (NI_CUDA_GRAPHS): 1 (default) graphs; "eager" the same padded launches
- * without a graph (bit-identical, for tests and debugging; the default
- * under NI_DEBUG, whose per-launch synchronize cannot be captured); 0 every
- * batch takes the general path. NI_CUDA_PROFILE=1 times each phase with
+ * (eng_backend_config.graphs, NI_CUDA_GRAPHS through eng_backend_config_env):
+ * ON (the default) graphs; EAGER the same padded launches without a graph
+ * (bit-identical, for tests and debugging; what ON means under NI_DEBUG,
+ * whose per-launch synchronize cannot be captured); OFF every batch takes
+ * the general path. profile = 1 (NI_CUDA_PROFILE) times each phase with
  * events (eager launches instead of graphs) and prints a table at free.
  *
  * Tensor parallelism (not implemented) fits this layout: wqkv rows and wo
@@ -94,7 +95,7 @@
 
 enum { GRAPHS_OFF = 0, GRAPHS_ON = 1, GRAPHS_EAGER = 2 };
 
-/* NI_CUDA_PROFILE=1: device time per phase of the forward pass, measured
+/* profile = 1: device time per phase of the forward pass, measured
  * with events between launches (graphs are then replaced by the eager
  * padded launches: events cannot time a replay's inside); printed to stderr
  * by free, split into decode and general steps. */
@@ -131,9 +132,9 @@ typedef struct cu_ctx {
     int tbl_cap;                /* ceil(max_pos / block_size): widest block table row */
     int q_dim, kv_dim, qkv_dim; /* n_heads*hd, n_kv_heads*hd, q_dim + 2*kv_dim */
     int part_slots;             /* split-K slots in part */
-    int force_splits;           /* NI_CUDA_ATT_SPLITS (0 = automatic) */
+    int force_splits;           /* eng_backend_config.att_splits (0 = automatic) */
     int quant;                  /* 1: int8 projections and LM head (cu_quant.cu) */
-    int graph_mode;             /* GRAPHS_* (NI_CUDA_GRAPHS) */
+    int graph_mode;             /* GRAPHS_* (eng_backend_config.graphs) */
     cudaStream_t st;
     cublasHandle_t blas;
 
@@ -196,7 +197,7 @@ typedef struct cu_ctx {
     cudaGraphExec_t gexec[MAX_BUCKETS]; /* NULL until captured */
     cu_backend_stats stats;
 
-    /* NI_CUDA_PROFILE */
+    /* eng_backend_config.profile */
     int prof;
     cudaEvent_t *ev;            /* [ev_cap] */
     int *ev_ph;                 /* [ev_cap] phase ending at each event */
@@ -226,7 +227,7 @@ static int mul_ok(size_t a, size_t b, size_t *out) {
     return 1;
 }
 
-/* The NI_CUDA_PROFILE table (stderr). */
+/* The profile table (stderr). */
 static void prof_print(const cu_ctx *x) {
     for (int k = 0; k < 2; k++) {
         if (!x->prof_steps[k]) continue;
@@ -537,15 +538,65 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* The settings of one context, validated from eng_backend_config; shared by
+ * init and the KV-capacity planner. */
+typedef struct cu_settings {
+    int dtype;      /* enum cu_dtype */
+    int dev;        /* device ordinal */
+    int quant;      /* 1: int8 weights */
+    int graph_mode; /* GRAPHS_* */
+    int splits;     /* forced attention split-K factor, 0 automatic */
+    int prof;       /* per-phase profile */
+} cu_settings;
+
+/* Fills *s from cf; NI_EINVAL / NI_EUNSUPPORTED with a message naming the
+ * setting when one is out of range or the device does not exist. */
+static int settings(const eng_backend_config *cf, cu_settings *s, char *err, size_t errlen) {
+    s->dtype = cu_dtype_of(cf->dtype);
+    if (s->dtype < 0)
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: dtype %d is not bf16 or fp32",
+                       (int)cf->dtype);
+    if (cf->quant != 0 && cf->quant != 1)
+        return ni_fail(err, errlen, NI_EUNSUPPORTED,
+                       "cuda backend: weight format %d unsupported (int8 or none)", cf->quant);
+    s->quant = cf->quant;
+    switch (cf->graphs) {
+    case ENG_GRAPHS_DEFAULT:
+    case ENG_GRAPHS_ON: s->graph_mode = GRAPHS_ON; break;
+    case ENG_GRAPHS_OFF: s->graph_mode = GRAPHS_OFF; break;
+    case ENG_GRAPHS_EAGER: s->graph_mode = GRAPHS_EAGER; break;
+    default:
+        return ni_fail(err, errlen, NI_EINVAL,
+                       "cuda backend: graph mode %d is not default, on, off or eager",
+                       (int)cf->graphs);
+    }
+#ifdef NI_DEBUG
+    if (s->graph_mode == GRAPHS_ON) s->graph_mode = GRAPHS_EAGER; /* CU_LAUNCH_CHECK synchronizes */
+#endif
+    s->prof = cf->profile != 0;
+    if (s->prof && s->graph_mode == GRAPHS_ON) s->graph_mode = GRAPHS_EAGER;
+    if (cf->att_splits < 0)
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_splits %d < 0", cf->att_splits);
+    s->splits = cf->att_splits;
+    const int n_dev = cu_device_count();
+    if (n_dev == 0) return ni_fail(err, errlen, NI_EUNSUPPORTED, "cuda backend: no CUDA device");
+    s->dev = cf->device_index < 0 ? 0 : cf->device_index;
+    if (s->dev >= n_dev)
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: device %d but %d device(s)", s->dev,
+                       n_dev);
+    return 0;
+}
+
 /* Fills x's settings and derived sizes (everything but allocations) from
- * the model and config; shared by init and the KV-capacity planner. */
-static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *cf, int dtype,
-                       int dev, int quant, int graph_mode) {
+ * the model, config and validated settings; shared by init and the
+ * KV-capacity planner. */
+static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *cf,
+                       const cu_settings *s) {
     const mdl_config *c = &m->cfg;
     x->c = *c;
-    x->dtype = dtype;
-    x->esz = cu_dtype_size(dtype);
-    x->dev = dev;
+    x->dtype = s->dtype;
+    x->esz = cu_dtype_size(s->dtype);
+    x->dev = s->dev;
     x->n_blocks = cf->n_blocks;
     x->block_size = cf->block_size;
     x->max_batch_tokens = cf->max_batch_tokens;
@@ -561,15 +612,12 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     const size_t slot_bytes = cu_att_part_floats(c->n_kv_heads, c->head_dim) * 4;
     size_t slots = PART_BUDGET / slot_bytes;
     x->part_slots = (int)(slots < 1 ? 1 : slots > PART_SLOTS_MAX ? PART_SLOTS_MAX : slots);
-    const char *sp = getenv("NI_CUDA_ATT_SPLITS");
-    x->force_splits = sp ? atoi(sp) : 0;
+    x->force_splits = s->splits;
     x->meta_cap = 7 * (size_t)cf->max_batch_tokens + (size_t)cf->max_seqs +
                   (size_t)cf->max_seqs * (size_t)x->tbl_cap;
-    x->quant = quant;
-    x->graph_mode = graph_mode;
-    const char *pe = getenv("NI_CUDA_PROFILE");
-    x->prof = pe && pe[0] && strcmp(pe, "0") != 0;
-    if (x->prof && x->graph_mode == GRAPHS_ON) x->graph_mode = GRAPHS_EAGER;
+    x->quant = s->quant;
+    x->graph_mode = s->graph_mode;
+    x->prof = s->prof;
     x->smp_cap = cf->max_seqs;
     x->smp_ent_cap = (size_t)c->vocab_size + 65536;
     x->dec_cap = cf->max_seqs < cf->max_batch_tokens ? cf->max_seqs : cf->max_batch_tokens;
@@ -577,32 +625,6 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     for (int b = 1; b < x->dec_cap && x->n_buckets < MAX_BUCKETS - 1; b *= 2)
         x->bucket[x->n_buckets++] = b;
     x->bucket[x->n_buckets++] = x->dec_cap;
-}
-
-/* Weight format: config field quant (1 = int8), else NI_CUDA_QUANT=int8|none;
- * -1 when unsupported / unparsable. */
-static int quant_mode(const eng_backend_config *cf) {
-    if (cf->quant == 1) return 1;
-    if (cf->quant != 0) return -1;
-    const char *q = getenv("NI_CUDA_QUANT");
-    if (!q || !q[0] || !strcmp(q, "none") || !strcmp(q, "0")) return 0;
-    return !strcmp(q, "int8") || !strcmp(q, "1") ? 1 : -1;
-}
-
-/* NI_CUDA_GRAPHS: unset or 1 = graphs, 0 = off, eager = padded without
- * capture (the default under NI_DEBUG); -1 when unparsable. */
-static int graphs_mode(void) {
-    const char *g = getenv("NI_CUDA_GRAPHS");
-    int mode = GRAPHS_ON;
-    if (g && g[0]) {
-        if (!strcmp(g, "0") || !strcmp(g, "off")) mode = GRAPHS_OFF;
-        else if (!strcmp(g, "eager")) mode = GRAPHS_EAGER;
-        else if (strcmp(g, "1") && strcmp(g, "on")) return -1;
-    }
-#ifdef NI_DEBUG
-    if (mode == GRAPHS_ON) mode = GRAPHS_EAGER; /* CU_LAUNCH_CHECK synchronizes */
-#endif
-    return mode;
 }
 
 static int cu_init(void **out, const mdl_model *m, const eng_backend_config *cf, char *err,
@@ -618,28 +640,12 @@ static int cu_init(void **out, const mdl_model *m, const eng_backend_config *cf,
                        "max_batch_tokens %d, max_seqs %d, n_threads %d)",
                        cf->n_blocks, cf->block_size, cf->max_batch_tokens, cf->max_seqs,
                        cf->n_threads);
-    const int dtype = cu_backend_get_dtype();
-    if (dtype < 0)
-        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: NI_CUDA_DTYPE must be bf16 or fp32");
-    const int quant = quant_mode(cf);
-    if (quant < 0)
-        return ni_fail(err, errlen, NI_EUNSUPPORTED,
-                       "cuda backend: weight format %d / NI_CUDA_QUANT unsupported (int8 or none)",
-                       cf->quant);
-    const int gmode = graphs_mode();
-    if (gmode < 0)
-        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: NI_CUDA_GRAPHS must be 0, 1 or eager");
-    const int n_dev = cu_device_count();
-    if (n_dev == 0) return ni_fail(err, errlen, NI_EUNSUPPORTED, "cuda backend: no CUDA device");
-    const char *dev_env = getenv("NI_CUDA_DEVICE");
-    const int dev = dev_env ? atoi(dev_env) : 0;
-    if (dev < 0 || dev >= n_dev)
-        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: NI_CUDA_DEVICE=%d but %d device(s)",
-                       dev, n_dev);
+    cu_settings set;
+    if ((rc = settings(cf, &set, err, errlen))) return rc;
 
     cu_ctx *x = (cu_ctx *)calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");
-    ctx_derive(x, m, cf, dtype, dev, quant, gmode);
+    ctx_derive(x, m, cf, &set);
     const mdl_config *c = &m->cfg;
     x->layers = (cu_layer_w *)calloc((size_t)c->n_layers, sizeof(cu_layer_w));
     if (!x->layers) {
@@ -692,7 +698,7 @@ static int mm(cu_ctx *x, float *y, int ldy, const void *a, int lda, const void *
 
 /* Enqueues embed .. LM head (logits_d rows 0..n_lm-1); no host work, no
  * synchronization, so it can be captured into a graph. */
-/* NI_CUDA_PROFILE: an event after the launches of phase ph. */
+/* profile: an event after the launches of phase ph. */
 static int mark(cu_ctx *x, int ph) {
     if (!x->prof) return 0;
     if (ph == PH_START) x->n_ev = 0;
@@ -1031,17 +1037,18 @@ static int cu_copy_block(void *vctx, int src, int dst) {
  * the CUDA context, cuBLAS and upload staging. */
 static int cu_kv_blocks(const mdl_model *m, const eng_backend_config *cf, double util,
                         int *n_blocks, char *err, size_t errlen) {
-    const int dtype = cu_backend_get_dtype(), quant = quant_mode(cf);
-    const char *dev_env = getenv("NI_CUDA_DEVICE");
-    const int dev = dev_env ? atoi(dev_env) : 0;
-    if (dtype < 0 || quant < 0 || dev < 0 || dev >= cu_device_count() || !(util > 0 && util <= 1))
-        return ni_fail(err, errlen, NI_EINVAL,
-                       "cuda backend: bad device, dtype, weight format or memory fraction");
+    if (!m || !cf || !n_blocks || !(util > 0 && util <= 1))
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: bad argument or memory fraction");
+    cu_settings set;
+    const int rc = settings(cf, &set, err, errlen);
+    if (rc) return rc;
+    set.graph_mode = GRAPHS_OFF;
+    const int dev = set.dev;
     eng_backend_config big = *cf;
     big.n_blocks = (m->cfg.max_seq_len + cf->block_size - 1) / cf->block_size; /* max_pos bound */
     cu_ctx t;
     memset(&t, 0, sizeof t);
-    ctx_derive(&t, m, &big, dtype, dev, quant, GRAPHS_OFF);
+    ctx_derive(&t, m, &big, &set);
     t.layers = (cu_layer_w *)calloc((size_t)m->cfg.n_layers, sizeof(cu_layer_w));
     if (!t.layers) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");
     bump b = {NULL, 0};

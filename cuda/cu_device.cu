@@ -1,9 +1,7 @@
 /*
- * cu_device.cu - device discovery and the process-wide dtype selection of the
- * CUDA backend (see cu.h). Error-checking macros live in cu_internal.h.
+ * cu_device.cu - device discovery and the dtype names / mappings of the CUDA
+ * backend (see cu.h). Error-checking macros live in cu_internal.h.
  */
-#include <stdlib.h>
-#include <string.h>
 
 #include "cu_internal.h"
 
@@ -24,23 +22,21 @@ extern "C" int cu_device_describe(int dev, char *buf, size_t cap) {
     return 0;
 }
 
-/* -1: no override (environment, then BF16). */
-static int g_dtype_override = -1;
-
-extern "C" int cu_backend_set_dtype(int dtype) {
-    if (dtype != -1 && dtype != CU_DTYPE_BF16 && dtype != CU_DTYPE_FP32) return NI_EINVAL;
-    g_dtype_override = dtype;
-    return 0;
+extern "C" const char *cu_dtype_name(int dtype) {
+    return dtype == CU_DTYPE_BF16 ? "bf16" : dtype == CU_DTYPE_FP32 ? "fp32" : "?";
 }
 
-extern "C" int cu_backend_get_dtype(void) {
-    if (g_dtype_override >= 0) return g_dtype_override;
-    const char *e = getenv("NI_CUDA_DTYPE");
-    if (!e || !*e || !strcmp(e, "bf16")) return CU_DTYPE_BF16;
-    if (!strcmp(e, "fp32")) return CU_DTYPE_FP32;
+extern "C" int cu_dtype_of(eng_dtype dtype) {
+    switch (dtype) {
+    case ENG_DTYPE_DEFAULT:
+    case ENG_DTYPE_BF16: return CU_DTYPE_BF16;
+    case ENG_DTYPE_FP32: return CU_DTYPE_FP32;
+    }
     return -1;
 }
 
-extern "C" const char *cu_dtype_name(int dtype) {
-    return dtype == CU_DTYPE_BF16 ? "bf16" : dtype == CU_DTYPE_FP32 ? "fp32" : "?";
+extern "C" eng_dtype cu_eng_dtype(int cu_dtype) {
+    return cu_dtype == CU_DTYPE_BF16   ? ENG_DTYPE_BF16
+           : cu_dtype == CU_DTYPE_FP32 ? ENG_DTYPE_FP32
+                                       : ENG_DTYPE_DEFAULT;
 }

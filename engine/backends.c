@@ -1,7 +1,11 @@
 /*
- * backend.c - choosing a backend once, by name, so that the engine and every
- * front end (generate, bench, serve) stay unaware of CUDA.
+ * backends.c - choosing a backend once, by name, so that the engine and every
+ * front end (generate, bench, serve) stay unaware of CUDA; and the one place
+ * the backend settings are read from the environment (eng_backend_config_env).
  */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/backend/backend.h"
@@ -9,6 +13,18 @@
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #endif
+
+int eng_dtype_parse(const char *name, eng_dtype *out) {
+    if (!name)
+        *out = ENG_DTYPE_DEFAULT;
+    else if (!strcmp(name, "bf16"))
+        *out = ENG_DTYPE_BF16;
+    else if (!strcmp(name, "fp32"))
+        *out = ENG_DTYPE_FP32;
+    else
+        return NI_EINVAL;
+    return 0;
+}
 
 const eng_backend *eng_backend_select(const char *device, const char *dtype, char *err,
                                       size_t errlen) {
@@ -18,28 +34,81 @@ const eng_backend *eng_backend_select(const char *device, const char *dtype, cha
         ni_fail(err, errlen, NI_EINVAL, "device: '%s' is not one of auto, cpu, cuda", device);
         return NULL;
     }
-    if (dtype && strcmp(dtype, "bf16") && strcmp(dtype, "fp32")) {
+    eng_dtype dt;
+    if (eng_dtype_parse(dtype, &dt)) {
         ni_fail(err, errlen, NI_EINVAL, "dtype: '%s' is not one of bf16, fp32", dtype);
         return NULL;
     }
 #ifdef NI_USE_CUDA
-    if (strcmp(device, "cpu") && cu_device_count() > 0) {
-        if (dtype) cu_backend_set_dtype(strcmp(dtype, "fp32") ? CU_DTYPE_BF16 : CU_DTYPE_FP32);
-        return &eng_backend_cuda;
-    }
+    if (strcmp(device, "cpu") && cu_device_count() > 0) return &eng_backend_cuda;
     if (want_cuda) {
         ni_fail(err, errlen, NI_EUNSUPPORTED, "device: cuda requested but no GPU is visible");
         return NULL;
     }
 #else
     if (want_cuda) {
-        ni_fail(err, errlen, NI_EUNSUPPORTED, "device: this build has no CUDA backend (USE_CUDA=0)");
+        ni_fail(err, errlen, NI_EUNSUPPORTED,
+                "device: this build has no CUDA backend (USE_CUDA=0)");
         return NULL;
     }
 #endif
-    if (dtype && strcmp(dtype, "fp32")) {
+    if (dt == ENG_DTYPE_BF16) {
         ni_fail(err, errlen, NI_EUNSUPPORTED, "dtype: the CPU backend computes in fp32 only");
         return NULL;
     }
     return &eng_backend_cpu;
+}
+
+/* ---- the environment ------------------------------------------------------- */
+
+/* The value of variable name when set and non-empty, else NULL. */
+static const char *env_value(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+/* *out = the whole decimal integer s when it is in [0, INT_MAX]; else
+ * NI_EINVAL with a message naming variable name. */
+static int env_count(const char *name, const char *s, int *out, char *err, size_t errlen) {
+    char *end = NULL;
+    errno = 0;
+    const long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 0 || v > INT_MAX)
+        return ni_fail(err, errlen, NI_EINVAL, "%s=%s: must be an integer >= 0", name, s);
+    *out = (int)v;
+    return 0;
+}
+
+int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *err, size_t errlen) {
+    if (!c || !be) return ni_fail(err, errlen, NI_EINVAL, "backend settings: NULL argument");
+    if (!be->name || strcmp(be->name, "cuda")) return 0;
+    const char *v;
+    if (c->dtype == ENG_DTYPE_DEFAULT && (v = env_value("NI_CUDA_DTYPE")) &&
+        eng_dtype_parse(v, &c->dtype))
+        return ni_fail(err, errlen, NI_EINVAL, "NI_CUDA_DTYPE=%s: must be bf16 or fp32", v);
+    int rc;
+    if (c->device_index < 0 && (v = env_value("NI_CUDA_DEVICE")) &&
+        (rc = env_count("NI_CUDA_DEVICE", v, &c->device_index, err, errlen)))
+        return rc;
+    if (c->quant == 0 && (v = env_value("NI_CUDA_QUANT"))) {
+        if (!strcmp(v, "int8") || !strcmp(v, "1"))
+            c->quant = 1;
+        else if (strcmp(v, "none") && strcmp(v, "0"))
+            return ni_fail(err, errlen, NI_EINVAL, "NI_CUDA_QUANT=%s: must be int8 or none", v);
+    }
+    if (c->graphs == ENG_GRAPHS_DEFAULT && (v = env_value("NI_CUDA_GRAPHS"))) {
+        if (!strcmp(v, "1") || !strcmp(v, "on"))
+            c->graphs = ENG_GRAPHS_ON;
+        else if (!strcmp(v, "0") || !strcmp(v, "off"))
+            c->graphs = ENG_GRAPHS_OFF;
+        else if (!strcmp(v, "eager"))
+            c->graphs = ENG_GRAPHS_EAGER;
+        else
+            return ni_fail(err, errlen, NI_EINVAL, "NI_CUDA_GRAPHS=%s: must be 0, 1 or eager", v);
+    }
+    if (c->att_splits == 0 && (v = env_value("NI_CUDA_ATT_SPLITS")) &&
+        (rc = env_count("NI_CUDA_ATT_SPLITS", v, &c->att_splits, err, errlen)))
+        return rc;
+    if (c->profile == 0 && (v = env_value("NI_CUDA_PROFILE"))) c->profile = strcmp(v, "0") != 0;
+    return 0;
 }

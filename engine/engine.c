@@ -1,5 +1,8 @@
 /*
- * engine.c - scheduler, sequences and stop handling (see engine.h).
+ * engine.c - scheduler and sequences (see engine.h). What a sampled token
+ * means for the output (finish reasons, stop strings, which text may be
+ * shown) is stop.c's; this file feeds it each token and its decoded text and
+ * emits the event.
  *
  * Data layout: every live request owns 1..n sequences (eng_seq). A sequence
  * is in exactly one of two intrusive lists, `waiting` (FCFS, preempted ones
@@ -10,10 +13,11 @@
  * and "recompute after preemption" are the same operation: feed
  * tokens[n_computed .. n_tokens) in chunks and sample when the last one is fed.
  *
- * Memory: the batch arrays, logits, table rows and sampler scratch are sized
- * from the config at eng_init; a step allocates nothing. Per request
- * allocations (token array, hold buffer, sampler table) happen when the
- * request is queued or forked, not per token.
+ * Memory: the batch arrays, logits, table rows, sampler scratch and the
+ * decode buffer are sized from the config at eng_init; a step allocates
+ * nothing. Per request allocations (token array, sampler table; the stop
+ * conditions and held text are fixed-size parts of the request and sequence
+ * structs) happen when the request is queued or forked, not per token.
  */
 #include "engine.h"
 
@@ -21,8 +25,18 @@
 #include <string.h>
 #include <time.h>
 
+#include "stop.h"
 #include "tokenizer/tok.h"
 #include "engine/util/util.h"
+
+/* engine.h's request limits are what eng_add validates; stop.c must hold them. */
+_Static_assert(ENG_MAX_STOP <= STOP_MAX_STR, "stop strings per request");
+_Static_assert(ENG_MAX_STOP_LEN <= STOP_MAX_STR_LEN, "bytes per stop string");
+_Static_assert(ENG_MAX_STOP_IDS <= STOP_MAX_IDS, "stop token ids per request");
+
+/* Bytes of the decode buffer kept free by tok_stream_push for the flush that
+ * may follow (tok_stream_flush needs 24). */
+enum { DEC_FLUSH_ROOM = 24 };
 
 enum { SEQ_WAITING = 0, SEQ_RUNNING = 1 };
 
@@ -38,8 +52,7 @@ typedef struct eng_seq {
     int n_gen;
     smp_state smp;
     tok_stream ts;
-    char *hold;                /* [hold_cap] decoded text not yet released */
-    int hold_len, hold_cap;
+    stop_state out;            /* decoded text not yet released */
     struct eng_seq *prev, *next;
 } eng_seq;
 
@@ -48,12 +61,8 @@ struct eng_req {
     void *user;
     smp_params sp;
     smp_logit_bias *bias;      /* [sp.n_logit_bias] owned copy */
-    int max_tokens, n, ignore_eos;
-    int32_t stop_ids[ENG_MAX_STOP_IDS];
-    int n_stop_ids;
-    char *stop[ENG_MAX_STOP];  /* owned copies */
-    int stop_len[ENG_MAX_STOP];
-    int n_stop;
+    int max_tokens, n;
+    stop_spec stop;            /* EOS / stop ids / stop strings / limits, owned copies */
     uint64_t fallback_seed;
     int32_t *prompt;           /* [n_prompt] owned */
     int n_prompt;
@@ -111,6 +120,11 @@ struct eng_engine {
     eng_sample_row *d_rows;    /* rows of one sample() call */
     eng_seq **d_seq;           /* [rows] the sequence each row samples for */
     smp_result *d_res;         /* [rows] */
+    /* one token's decoded text (+ the decoder's flush), handed to stop.c.
+     * tok_stream_push needs 3 * (token bytes + 8) of room, so a token over
+     * 752 bytes decodes to nothing (as before, when the limit was 675..760
+     * bytes depending on the text held back); no real vocabulary has one. */
+    char dec[STOP_MAX_TEXT];
 };
 
 void eng_config_default(eng_config *c) {
@@ -121,6 +135,7 @@ void eng_config_default(eng_config *c) {
     c->block_size = KV_DEFAULT_BLOCK_SIZE;
     c->prefix_cache = 1;
     c->mem_util = 0.9;
+    c->device_index = -1;
 }
 
 /* ---- lists ---- */
@@ -157,7 +172,6 @@ static void list_push_front(seq_list *l, eng_seq *s) {
 static void req_free(eng_req *r) {
     if (!r) return;
     free(r->bias);
-    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->prompt);
     free(r);
 }
@@ -167,7 +181,6 @@ static void seq_free(eng_engine *e, eng_seq *s) {
     kv_seq_destroy(e->kv, &s->kv);
     smp_state_free(&s->smp);
     free(s->tokens);
-    free(s->hold);
     free(s);
 }
 
@@ -179,11 +192,8 @@ static eng_seq *seq_new(eng_engine *e, eng_req *r, int index, const int32_t *tok
     s->index = index;
     s->cap = r->n_prompt + r->max_tokens;
     s->tokens = malloc((size_t)s->cap * sizeof(int32_t));
-    s->hold_cap = ENG_MAX_STOP_LEN + 2048;
-    s->hold = malloc((size_t)s->hold_cap);
-    if (!s->tokens || !s->hold || kv_seq_init(e->kv, &s->kv) != 0) {
+    if (!s->tokens || kv_seq_init(e->kv, &s->kv) != 0) {
         free(s->tokens);
-        free(s->hold);
         free(s);
         return NULL;
     }
@@ -195,6 +205,7 @@ static eng_seq *seq_new(eng_engine *e, eng_req *r, int index, const int32_t *tok
         return NULL;
     }
     tok_stream_init(&s->ts, e->m->tok);
+    stop_state_init(&s->out);
     r->seqs[index] = s;
     r->n_live++;
     return s;
@@ -252,13 +263,21 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
         cfg.max_seq_len = m->cfg.max_seq_len;
     const mdl_config *mc = &m->cfg;
     size_t block_bytes = 2ull * mc->n_layers * cfg.block_size * mc->n_kv_heads * mc->head_dim * 4;
+    eng_backend_config bc = {.block_size = cfg.block_size,
+                             .max_batch_tokens = cfg.max_batched_tokens,
+                             .max_seqs = cfg.max_num_seqs,
+                             .n_threads = cfg.n_threads,
+                             .quant = cfg.quant,
+                             .dtype = cfg.dtype,
+                             .device_index = cfg.device_index,
+                             .graphs = cfg.graphs,
+                             .att_splits = cfg.att_splits,
+                             .profile = cfg.profile};
+    int rc = eng_backend_config_env(&bc, be, err, errlen); /* NI_CUDA_* fill the defaults */
+    if (rc) return rc;
     if (cfg.n_blocks == 0 && be->kv_blocks_for_memory) { /* device memory decides */
-        eng_backend_config q = {.block_size = cfg.block_size,
-                                .max_batch_tokens = cfg.max_batched_tokens,
-                                .max_seqs = cfg.max_num_seqs, .n_threads = cfg.n_threads,
-                                .quant = cfg.quant};
-        int rc = be->kv_blocks_for_memory(m, &q, cfg.mem_util > 0 ? cfg.mem_util : 0.9,
-                                          &cfg.n_blocks, err, errlen);
+        rc = be->kv_blocks_for_memory(m, &bc, cfg.mem_util > 0 ? cfg.mem_util : 0.9, &cfg.n_blocks,
+                                      err, errlen);
         if (rc) return rc;
         /* more than every sequence at full context can never be used */
         long most = (long)cfg.max_num_seqs * ((cfg.max_seq_len + cfg.block_size - 1) / cfg.block_size);
@@ -282,7 +301,7 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
     pthread_cond_init(&e->cv, NULL);
     kv_config kc = {.n_blocks = cfg.n_blocks, .block_size = cfg.block_size,
                     .max_seq_len = cfg.max_seq_len, .enable_prefix_cache = cfg.prefix_cache};
-    int rc = kv_init(&e->kv, &kc);
+    rc = kv_init(&e->kv, &kc);
     if (rc) {
         eng_free(e);
         return ni_fail(err, errlen, rc, "engine: KV block manager: %s", ni_strerror(rc));
@@ -315,9 +334,7 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
         eng_free(e);
         return ni_fail(err, errlen, NI_ENOMEM, "engine: out of memory for step buffers");
     }
-    eng_backend_config bc = {.n_blocks = cfg.n_blocks, .block_size = cfg.block_size,
-                             .max_batch_tokens = cfg.max_batched_tokens, .max_seqs = S,
-                             .n_threads = cfg.n_threads, .quant = cfg.quant};
+    bc.n_blocks = cfg.n_blocks;
     if ((rc = be->init(&e->bctx, m, &bc, err, errlen))) {
         eng_free(e);
         return rc;
@@ -410,9 +427,11 @@ int eng_add(eng_engine *e, const eng_request *q, eng_error *err) {
     r->sp = q->sp;
     r->max_tokens = q->max_tokens;
     r->n = q->n;
-    r->ignore_eos = q->ignore_eos;
-    r->n_stop_ids = q->n_stop_ids;
-    memcpy(r->stop_ids, q->stop_ids, sizeof r->stop_ids);
+    if (stop_spec_init(&r->stop, q->max_tokens, e->max_seq_len, q->ignore_eos, q->stop_ids,
+                       q->n_stop_ids, q->stop, q->n_stop) != 0) { /* validated above */
+        req_free(r);
+        return add_fail(err, NI_EINVAL, "stop", "stop: invalid stop conditions");
+    }
     r->fallback_seed = q->fallback_seed;
     r->n_prompt = q->n_prompt;
     r->prompt = malloc((size_t)q->n_prompt * sizeof(int32_t));
@@ -423,12 +442,6 @@ int eng_add(eng_engine *e, const eng_request *q, eng_error *err) {
         ok = r->bias != NULL;
         if (ok) memcpy(r->bias, q->sp.logit_bias, (size_t)q->sp.n_logit_bias * sizeof(*r->bias));
         r->sp.logit_bias = r->bias;
-    }
-    for (int i = 0; ok && i < q->n_stop; i++) {
-        r->stop[i] = strdup(q->stop[i]);
-        ok = r->stop[i] != NULL;
-        r->n_stop = i + 1;
-        if (ok) r->stop_len[i] = (int)strlen(r->stop[i]);
     }
     if (!ok) {
         req_free(r);
@@ -520,34 +533,23 @@ static void drain_inbox(eng_engine *e) {
             }
 }
 
-/* ---- stop handling and text release ---- */
+/* ---- output ---- */
 
-/* Length of the longest suffix of buf[0..n) that is a proper prefix of a stop string. */
-static int stop_prefix_suffix(const eng_req *r, const char *buf, int n) {
-    int best = 0;
-    for (int i = 0; i < r->n_stop; i++) {
-        int L = r->stop_len[i];
-        for (int k = NI_MIN(L - 1, n); k > best; k--)
-            if (!memcmp(buf + n - k, r->stop[i], (size_t)k)) {
-                best = k;
-                break;
-            }
+static int finish_of(stop_reason why) {
+    switch (why) {
+    case STOP_REASON_STOP:
+        return ENG_FINISH_STOP;
+    case STOP_REASON_LENGTH:
+        return ENG_FINISH_LENGTH;
+    case STOP_REASON_NONE:
+        break;
     }
-    return best;
+    return ENG_FINISH_NONE;
 }
 
-/* Finds the earliest stop string in buf[0..n); returns its offset or -1. */
-static int stop_find(const eng_req *r, const char *buf, int n) {
-    int best = -1;
-    for (int i = 0; i < r->n_stop; i++) {
-        const char *p = memmem(buf, (size_t)n, r->stop[i], (size_t)r->stop_len[i]);
-        if (p && (best < 0 || p - buf < best)) best = (int)(p - buf);
-    }
-    return best;
-}
-
-/* Appends the sampled token to s, decides whether s finishes, and emits the
- * event. Returns 1 when s finished (it has been freed). */
+/* Appends the sampled token to s, lets stop.c decide whether s finishes and
+ * what text to release, and emits the event. Returns 1 when s finished (it
+ * has been freed). */
 static int seq_accept_token(eng_engine *e, eng_seq *s, const smp_result *res) {
     eng_req *r = s->req;
     int32_t tok = res->token;
@@ -558,38 +560,25 @@ static int seq_accept_token(eng_engine *e, eng_seq *s, const smp_result *res) {
     e->st.generated_tokens++;
     smp_accept(&s->smp, tok);
 
-    int finish = ENG_FINISH_NONE, hide = 0;
-    if (!r->ignore_eos && tok_is_eog(e->m->tok, tok)) finish = ENG_FINISH_STOP, hide = 1;
-    for (int i = 0; i < r->n_stop_ids; i++)
-        if (tok == r->stop_ids[i]) finish = ENG_FINISH_STOP, hide = 1;
-
-    if (!hide) {
-        int room = s->hold_cap - s->hold_len;
-        int k = tok_stream_push(&s->ts, tok, s->hold + s->hold_len, (size_t)room);
-        if (k > 0) s->hold_len += k;
+    const int eog = !r->stop.ignore_eos && tok_is_eog(e->m->tok, tok);
+    stop_reason why = stop_check_token(&r->stop, tok, eog, s->n_gen, s->n_tokens);
+    int n = 0;
+    if (why != STOP_REASON_STOP) { /* EOS and stop ids are never shown */
+        const int k = tok_stream_push(&s->ts, tok, e->dec, sizeof e->dec - DEC_FLUSH_ROOM);
+        if (k > 0) n = k;
     }
-    if (finish == ENG_FINISH_NONE &&
-        (s->n_gen >= r->max_tokens || s->n_tokens >= e->max_seq_len))
-        finish = ENG_FINISH_LENGTH;
-    if (finish != ENG_FINISH_NONE && !(finish == ENG_FINISH_STOP && hide && r->n_stop == 0)) {
-        int room = s->hold_cap - s->hold_len;
-        int k = tok_stream_flush(&s->ts, s->hold + s->hold_len, (size_t)room);
-        if (k > 0) s->hold_len += k;
+    /* The decoder's held-back bytes go out when s ends, except after EOS / a
+     * stop id of a request without stop strings, which has always dropped
+     * them: kept so, for unchanged output. */
+    if (why == STOP_REASON_LENGTH || (why == STOP_REASON_STOP && r->stop.n_str > 0)) {
+        const int k = tok_stream_flush(&s->ts, e->dec + n, sizeof e->dec - (size_t)n);
+        if (k > 0) n += k;
     }
-    int release = s->hold_len;
-    if (r->n_stop) {
-        int at = stop_find(r, s->hold, s->hold_len);
-        if (at >= 0) {
-            release = at;
-            finish = ENG_FINISH_STOP;
-        } else if (finish == ENG_FINISH_NONE) {
-            release = s->hold_len - stop_prefix_suffix(r, s->hold, s->hold_len);
-        }
-    }
-    emit(e, s, tok, s->hold, release, lp, finish);
-    memmove(s->hold, s->hold + release, (size_t)(s->hold_len - release));
-    s->hold_len -= release;
-    if (finish != ENG_FINISH_NONE) {
+    const char *text;
+    int len;
+    why = stop_push_text(&s->out, &r->stop, why, e->dec, n, &text, &len);
+    emit(e, s, tok, text, len, lp, finish_of(why));
+    if (why != STOP_REASON_NONE) {
         seq_finish(e, s);
         return 1;
     }

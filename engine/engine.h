@@ -56,6 +56,14 @@ typedef struct eng_config {
                                 CPU), 1 = int8, 2 = 4-bit (CPU; see eng_backend_config) */
     double mem_util;         /* with n_blocks 0, on a backend that sizes its own pool
                                 (CUDA): fraction of device memory to use (default 0.9) */
+    /* Backend settings, passed as they are to eng_backend_config (see there);
+     * eng_init lets the environment fill those left at their default
+     * (eng_backend_config_env: NI_CUDA_* with the CUDA backend). */
+    eng_dtype dtype;   /* default ENG_DTYPE_DEFAULT (eng_dtype_parse of --dtype) */
+    int device_index;  /* GPU ordinal, default -1 (device 0) */
+    eng_graphs graphs; /* decode CUDA graphs, default ENG_GRAPHS_DEFAULT */
+    int att_splits;    /* attention split-K factor, default 0 (automatic) */
+    int profile;       /* per-phase device-time table, default 0 */
 } eng_config;
 
 /* Fills c with the documented defaults. */
@@ -115,8 +123,10 @@ typedef struct eng_stats {
 typedef struct eng_engine eng_engine;
 
 /* Creates an engine over model m (which must outlive it) and backend be.
- * Sizes and allocates the KV pool, logits and scratch buffers once.
- * Returns 0 or a negative NI_E* code with a message. */
+ * Sizes and allocates the KV pool, logits and scratch buffers once; the
+ * backend gets c's settings, completed from the environment by
+ * eng_backend_config_env. Returns 0 or a negative NI_E* code with a message
+ * (NI_EINVAL naming the variable for a bad NI_CUDA_* value). */
 int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const eng_config *c,
              eng_event_fn fn, void *ud, char *err, size_t errlen);
 

@@ -35,27 +35,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
 #include "engine/backend/backend.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
-static uint64_t g_rng;
-
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double urand(double lo, double hi) {
-    return lo + (hi - lo) * ((double)(rng_next() >> 11) * (1.0 / 9007199254740992.0));
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
+static tu_rng g_rng;
 
 /* ---- tiny random models ------------------------------------------------ */
 
@@ -102,7 +89,7 @@ static mdl_config variant_cfg(int variant) {
 }
 
 static void fill(float *p, size_t n, double lo, double hi) {
-    for (size_t i = 0; i < n; i++) p[i] = (float)urand(lo, hi);
+    tu_fill_uniform(&g_rng, p, n, lo, hi);
 }
 
 /* Builds m with random weights: one arena, layers array. Free with model_release. */
@@ -272,36 +259,21 @@ static void ref_forward(const mdl_model *m, const int32_t *tokens, int T, double
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static double rel_err_fd(const float *got, const double *ref, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(got[i])) return INFINITY;
-        num = fmax(num, fabs((double)got[i] - ref[i]));
-        den = fmax(den, fabs(ref[i]));
-    }
-    return num / den;
-}
-
-static double rel_err_ff(const float *got, const float *ref, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(got[i])) return INFINITY;
-        num = fmax(num, fabs((double)got[i] - ref[i]));
-        den = fmax(den, fabs((double)ref[i]));
-    }
-    return num / den;
-}
-
-#define CHECK_REL(what, e, tol)                                                  \
-    do {                                                                         \
-        const double e_ = (e);                                                   \
-        if (!(e_ < (tol))) fail_msg("%s: relative error %.3g >= %.3g", (what), e_, (double)(tol)); \
-    } while (0)
 
 enum { N_BLOCKS = 40, MAX_BLOCKS = 12, MAX_BATCH = 64, MAX_SEQS = 4 };
 
+/* The test's backend config (every other setting at its default). */
+static eng_backend_config be_config(int block_size, int n_threads, int quant) {
+    return (eng_backend_config){.n_blocks = N_BLOCKS,
+                                .block_size = block_size,
+                                .max_batch_tokens = MAX_BATCH,
+                                .max_seqs = MAX_SEQS,
+                                .n_threads = n_threads,
+                                .quant = quant};
+}
+
 static void *be_new_q(const mdl_model *m, int block_size, int n_threads, int quant) {
-    eng_backend_config cf = {N_BLOCKS, block_size, MAX_BATCH, MAX_SEQS, n_threads, quant};
+    eng_backend_config cf = be_config(block_size, n_threads, quant);
     void *ctx = NULL;
     char err[256] = "";
     const int rc = eng_backend_cpu.init(&ctx, m, &cf, err, sizeof(err));
@@ -310,36 +282,13 @@ static void *be_new_q(const mdl_model *m, int block_size, int n_threads, int qua
 }
 
 static void *be_new(const mdl_model *m, int block_size, int n_threads) {
-    eng_backend_config cf = {N_BLOCKS, block_size, MAX_BATCH, MAX_SEQS, n_threads, 0};
-    void *ctx = NULL;
-    char err[256] = "";
-    const int rc = eng_backend_cpu.init(&ctx, m, &cf, err, sizeof(err));
-    if (rc) fail_msg("init: %d %s", rc, err);
-    return ctx;
-}
-
-/* Random permutation of the block ids, to hand out scrambled tables. */
-static void shuffled_blocks(int32_t *perm, int n) {
-    for (int i = 0; i < n; i++) perm[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        const int j = irand(i + 1);
-        const int32_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    return be_new_q(m, block_size, n_threads, 0);
 }
 
 /* One sequence: tokens[0..n) at pos0.., wants logits into out. */
 static int run_one(void *ctx, const int32_t *tokens, int n, int pos0, const int32_t *table,
                    float *out) {
-    const int32_t ss[2] = {0, n}, p0[1] = {pos0};
-    const uint8_t want[1] = {1};
-    const eng_batch b = {1, n, tokens, ss, p0, table, MAX_BLOCKS, want};
-    return eng_backend_cpu.forward(ctx, &b, out);
-}
-
-static void rand_tokens(int32_t *t, int n, int vocab) {
-    for (int i = 0; i < n; i++) t[i] = irand(vocab);
+    return tu_forward_one(&eng_backend_cpu, ctx, tokens, n, pos0, table, MAX_BLOCKS, out);
 }
 
 /* ---- (a) + (b): reference match, chunked prefill, token by token ------- */
@@ -351,20 +300,20 @@ static void test_reference_and_chunking(void **state) {
     model_build(&m, &c);
     const int V = c.vocab_size, T = 37;
     int32_t tok[37];
-    rand_tokens(tok, T, V);
+    tu_fill_int(&g_rng, tok, T, V);
     double *ref = malloc(sizeof(double) * T * V);
     ref_forward(&m, tok, T, ref);
 
     const int bs = variant == V_QWEN3 ? 16 : 8;
     void *ctx = be_new(&m, bs, 0);
     int32_t perm[N_BLOCKS];
-    shuffled_blocks(perm, N_BLOCKS);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     const int32_t *t_one = perm, *t_chunk = perm + MAX_BLOCKS, *t_tok = perm + 2 * MAX_BLOCKS;
 
     /* one call */
     float *one = malloc(sizeof(float) * V);
     assert_int_equal(run_one(ctx, tok, T, 0, t_one, one), 0);
-    CHECK_REL("one call vs reference", rel_err_fd(one, ref + (size_t)(T - 1) * V, V), 1e-4);
+    tu_check_d(TU_MAX_REL, "one call vs reference", one, ref + (size_t)(T - 1) * V, V, 1e-4);
 
     /* token by token: every position against the reference */
     float *step = malloc(sizeof(float) * T * V);
@@ -372,7 +321,7 @@ static void test_reference_and_chunking(void **state) {
         assert_int_equal(run_one(ctx, tok + t, 1, t, t_tok, step + (size_t)t * V), 0);
         char what[64];
         snprintf(what, sizeof(what), "token %d vs reference", t);
-        CHECK_REL(what, rel_err_fd(step + (size_t)t * V, ref + (size_t)t * V, V), 1e-4);
+        tu_check_d(TU_MAX_REL, what, step + (size_t)t * V, ref + (size_t)t * V, V, 1e-4);
     }
 
     /* chunked prefill: chunk ends against token-by-token and one call */
@@ -381,18 +330,18 @@ static void test_reference_and_chunking(void **state) {
     for (int i = 0, p = 0; i < (int)NI_ARRAY_LEN(chunks); p += chunks[i], i++) {
         assert_int_equal(run_one(ctx, tok + p, chunks[i], p, t_chunk, ch), 0);
         const int last = p + chunks[i] - 1;
-        CHECK_REL("chunk vs token by token", rel_err_ff(ch, step + (size_t)last * V, V), 1e-5);
-        CHECK_REL("chunk vs reference", rel_err_fd(ch, ref + (size_t)last * V, V), 1e-4);
+        tu_check(TU_MAX_REL, "chunk vs token by token", ch, step + (size_t)last * V, V, 1e-5);
+        tu_check_d(TU_MAX_REL, "chunk vs reference", ch, ref + (size_t)last * V, V, 1e-4);
     }
-    CHECK_REL("chunked vs one call", rel_err_ff(ch, one, V), 1e-5);
-    CHECK_REL("token by token vs one call", rel_err_ff(step + (size_t)(T - 1) * V, one, V), 1e-5);
+    tu_check(TU_MAX_REL, "chunked vs one call", ch, one, V, 1e-5);
+    tu_check(TU_MAX_REL, "token by token vs one call", step + (size_t)(T - 1) * V, one, V, 1e-5);
 
     /* one more decode step on every copy agrees */
-    int32_t nxt = irand(V);
+    int32_t nxt = tu_int(&g_rng, V);
     float *d1 = malloc(sizeof(float) * V), *d2 = malloc(sizeof(float) * V);
     assert_int_equal(run_one(ctx, &nxt, 1, T, t_one, d1), 0);
     assert_int_equal(run_one(ctx, &nxt, 1, T, t_chunk, d2), 0);
-    CHECK_REL("decode after one-call vs chunked", rel_err_ff(d1, d2, V), 1e-5);
+    tu_check(TU_MAX_REL, "decode after one-call vs chunked", d1, d2, V, 1e-5);
 
     eng_backend_cpu.free(ctx);
     model_release(&m);
@@ -409,7 +358,7 @@ static void test_batch_vs_alone(void **state) {
     const int V = c.vocab_size, bs = 8;
     void *ctx = be_new(&m, bs, 0);
     int32_t perm[N_BLOCKS];
-    shuffled_blocks(perm, N_BLOCKS);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     /* tables: batch sequences use rows 0..2 (blocks perm[0..3*MB)); "alone"
      * runs reuse a fourth table each time, after those blocks are free */
     int32_t tables[3 * MAX_BLOCKS];
@@ -419,7 +368,7 @@ static void test_batch_vs_alone(void **state) {
     enum { NS = 3 };
     const int len[NS] = {5, 23, 13};
     int32_t toks[NS][32];
-    for (int s = 0; s < NS; s++) rand_tokens(toks[s], 32, V);
+    for (int s = 0; s < NS; s++) tu_fill_int(&g_rng, toks[s], 32, V);
 
     /* reference: each sequence alone (prompt, then 2 decode steps) */
     float alone[NS][3][97];
@@ -446,7 +395,7 @@ static void test_batch_vs_alone(void **state) {
     eng_batch b = {NS, n, flat, ss, p0, tables, MAX_BLOCKS, want};
     assert_int_equal(eng_backend_cpu.forward(ctx, &b, lg), 0);
     for (int s = 0; s < NS; s++)
-        CHECK_REL("batched prefill vs alone", rel_err_ff(lg + (size_t)s * V, alone[s][0], V), 1e-5);
+        tu_check(TU_MAX_REL, "batched prefill vs alone", lg + (size_t)s * V, alone[s][0], V, 1e-5);
 
     /* step 1: decode one token each; sequence 1 does not want logits
      * (scattered rows) and its row must stay untouched */
@@ -460,8 +409,8 @@ static void test_batch_vs_alone(void **state) {
     for (int i = 0; i < NS * V; i++) lg[i] = NAN;
     b.n_tokens = NS;
     assert_int_equal(eng_backend_cpu.forward(ctx, &b, lg), 0);
-    CHECK_REL("batched decode seq 0", rel_err_ff(lg, alone[0][1], V), 1e-5);
-    CHECK_REL("batched decode seq 2", rel_err_ff(lg + 2 * V, alone[2][1], V), 1e-5);
+    tu_check(TU_MAX_REL, "batched decode seq 0", lg, alone[0][1], V, 1e-5);
+    tu_check(TU_MAX_REL, "batched decode seq 2", lg + 2 * V, alone[2][1], V, 1e-5);
     for (int i = 0; i < V; i++) assert_true(isnan(lg[V + i]));
 
     /* step 2: mixed batch: seq 1 decodes, seq 0 a fresh prefill in other
@@ -470,7 +419,7 @@ static void test_batch_vs_alone(void **state) {
     memcpy(tables2, tables, sizeof(tables2));
     memcpy(tables2, alone_tab, sizeof(int32_t) * 4); /* seq 0 row: free blocks */
     int32_t fresh[9];
-    rand_tokens(fresh, 9, V);
+    tu_fill_int(&g_rng, fresh, 9, V);
     n = 0;
     ss[0] = 0; p0[0] = 0; memcpy(flat, fresh, sizeof(fresh)); n = 9;
     ss[1] = n; p0[1] = len[1] + 1; flat[n++] = toks[1][len[1] + 1];
@@ -482,20 +431,20 @@ static void test_batch_vs_alone(void **state) {
     for (int i = 0; i < NS * V; i++) lg[i] = NAN;
     assert_int_equal(eng_backend_cpu.forward(ctx, &b, lg), 0);
     for (int i = 0; i < V; i++) assert_true(isnan(lg[i]));
-    CHECK_REL("mixed batch seq 1", rel_err_ff(lg + V, alone[1][2], V), 1e-5);
-    CHECK_REL("mixed batch seq 2", rel_err_ff(lg + 2 * V, alone[2][2], V), 1e-5);
+    tu_check(TU_MAX_REL, "mixed batch seq 1", lg + V, alone[1][2], V, 1e-5);
+    tu_check(TU_MAX_REL, "mixed batch seq 2", lg + 2 * V, alone[2][2], V, 1e-5);
 
     /* the fresh prefill matches the reference */
     double *ref = malloc(sizeof(double) * 10 * V);
     ref_forward(&m, fresh, 9, ref);
     float *f = malloc(sizeof(float) * V);
-    int32_t nxt = irand(V);
+    int32_t nxt = tu_int(&g_rng, V);
     assert_int_equal(run_one(ctx, &nxt, 1, 9, tables2, f), 0);
     int32_t fresh10[10];
     memcpy(fresh10, fresh, sizeof(fresh));
     fresh10[9] = nxt;
     ref_forward(&m, fresh10, 10, ref);
-    CHECK_REL("decode after batched prefill vs reference", rel_err_fd(f, ref + 9 * V, V), 1e-4);
+    tu_check_d(TU_MAX_REL, "decode after batched prefill vs reference", f, ref + 9 * V, V, 1e-4);
 
     eng_backend_cpu.free(ctx);
     model_release(&m);
@@ -512,7 +461,7 @@ static void test_copy_block(void **state) {
     const int V = c.vocab_size, bs = 8, T = 21; /* 2 full blocks + 5 tokens */
     void *ctx = be_new(&m, bs, 0);
     int32_t perm[N_BLOCKS];
-    shuffled_blocks(perm, N_BLOCKS);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     int32_t ta[MAX_BLOCKS], tb[MAX_BLOCKS];
     memcpy(ta, perm, sizeof(ta));
     memcpy(tb, perm, sizeof(tb));
@@ -520,7 +469,7 @@ static void test_copy_block(void **state) {
     tb[3] = perm[MAX_BLOCKS + 1];
 
     int32_t tok[T + 2];
-    rand_tokens(tok, T + 2, V);
+    tu_fill_int(&g_rng, tok, T + 2, V);
     float *lg = malloc(sizeof(float) * V), *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
     assert_int_equal(run_one(ctx, tok, T, 0, ta, lg), 0);
     assert_int_equal(eng_backend_cpu.copy_block(ctx, ta[2], tb[2]), 0);
@@ -532,18 +481,18 @@ static void test_copy_block(void **state) {
     assert_int_equal(run_one(ctx, &nb, 1, T, tb, lb), 0);
     double *ref = malloc(sizeof(double) * (T + 1) * V);
     ref_forward(&m, tok, T + 1, ref);
-    CHECK_REL("branch A vs reference", rel_err_fd(la, ref + (size_t)T * V, V), 1e-4);
+    tu_check_d(TU_MAX_REL, "branch A vs reference", la, ref + (size_t)T * V, V, 1e-4);
     int32_t tokb[T + 1];
     memcpy(tokb, tok, sizeof(int32_t) * T);
     tokb[T] = nb;
     ref_forward(&m, tokb, T + 1, ref);
-    CHECK_REL("branch B vs reference", rel_err_fd(lb, ref + (size_t)T * V, V), 1e-4);
+    tu_check_d(TU_MAX_REL, "branch B vs reference", lb, ref + (size_t)T * V, V, 1e-4);
 
     /* one more step on A still consistent after B wrote its copy */
     assert_int_equal(run_one(ctx, &tok[T + 1], 1, T + 1, ta, la), 0);
     double *ref2 = malloc(sizeof(double) * (T + 2) * V);
     ref_forward(&m, tok, T + 2, ref2);
-    CHECK_REL("branch A step 2 vs reference", rel_err_fd(la, ref2 + (size_t)(T + 1) * V, V), 1e-4);
+    tu_check_d(TU_MAX_REL, "branch A step 2 vs reference", la, ref2 + (size_t)(T + 1) * V, V, 1e-4);
 
     assert_int_equal(eng_backend_cpu.copy_block(ctx, -1, 0), NI_EINVAL);
     assert_int_equal(eng_backend_cpu.copy_block(ctx, 0, N_BLOCKS), NI_EINVAL);
@@ -567,7 +516,7 @@ static void test_invalid(void **state) {
     int32_t table[2 * MAX_BLOCKS];
     for (int i = 0; i < 2 * MAX_BLOCKS; i++) table[i] = i;
     int32_t tok[MAX_BATCH + 1];
-    rand_tokens(tok, MAX_BATCH + 1, V);
+    tu_fill_int(&g_rng, tok, MAX_BATCH + 1, V);
     int32_t tok0[MAX_BATCH + 1];
     memcpy(tok0, tok, sizeof(tok));
     int32_t ss[3] = {0, 4, 7}, p0[2] = {0, 0};
@@ -641,11 +590,12 @@ static void test_invalid(void **state) {
     /* init rejects bad configs */
     void *bad = NULL;
     char err[256];
-    eng_backend_config cf = {N_BLOCKS, 0, MAX_BATCH, MAX_SEQS, 0, 0};
+    eng_backend_config cf = be_config(0, 0, 0);
     assert_int_equal(eng_backend_cpu.init(&bad, &m, &cf, err, sizeof(err)), NI_EINVAL);
-    cf = (eng_backend_config){N_BLOCKS, bs, 0, MAX_SEQS, 0, 0};
+    cf = be_config(bs, 0, 0);
+    cf.max_batch_tokens = 0;
     assert_int_equal(eng_backend_cpu.init(&bad, &m, &cf, err, sizeof(err)), NI_EINVAL);
-    cf = (eng_backend_config){N_BLOCKS, bs, MAX_BATCH, MAX_SEQS, 0, 0};
+    cf = be_config(bs, 0, 0);
     mdl_model odd = m;
     odd.cfg.n_kv_heads = 3;
     assert_int_equal(eng_backend_cpu.init(&bad, &odd, &cf, err, sizeof(err)), NI_EINVAL);
@@ -706,14 +656,14 @@ static void test_permuted_interleaved_equals_half_split(void **state) {
 #undef REBASE
     const int V = c.vocab_size, T = 19;
     int32_t tok[19];
-    rand_tokens(tok, T, V);
+    tu_fill_int(&g_rng, tok, T, V);
     int32_t perm[N_BLOCKS];
-    shuffled_blocks(perm, N_BLOCKS);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     void *a = be_new(&m, 8, 0), *bk = be_new(&mp, 8, 0);
     float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
     assert_int_equal(run_one(a, tok, T, 0, perm, la), 0);
     assert_int_equal(run_one(bk, tok, T, 0, perm, lb), 0);
-    CHECK_REL("interleaved(permuted) vs half-split", rel_err_ff(lb, la, V), 1e-5);
+    tu_check(TU_MAX_REL, "interleaved(permuted) vs half-split", lb, la, V, 1e-5);
     eng_backend_cpu.free(a);
     eng_backend_cpu.free(bk);
     free(mp.w.arena);
@@ -731,8 +681,8 @@ static void test_threads_agree(void **state) {
     model_build(&m, &c);
     const int V = c.vocab_size, T = 30;
     int32_t tok[30], perm[N_BLOCKS];
-    rand_tokens(tok, T, V);
-    shuffled_blocks(perm, N_BLOCKS);
+    tu_fill_int(&g_rng, tok, T, V);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     float *l1 = malloc(sizeof(float) * V), *l2 = malloc(sizeof(float) * V);
     void *a = be_new(&m, 16, 1);
     assert_int_equal(run_one(a, tok, T, 0, perm, l1), 0);
@@ -740,30 +690,13 @@ static void test_threads_agree(void **state) {
     a = be_new(&m, 16, 0);
     assert_int_equal(run_one(a, tok, T, 0, perm, l2), 0);
     eng_backend_cpu.free(a);
-    CHECK_REL("1 thread vs all", rel_err_ff(l2, l1, V), 1e-5);
+    tu_check(TU_MAX_REL, "1 thread vs all", l2, l1, V, 1e-5);
     model_release(&m);
     free(l1); free(l2);
 }
 
 /* ---- (f) int8 weights: close to FP32, greedy consistent ----------------- */
 
-/* ||got - ref||_2 / ||ref||_2 */
-static double rms_rel_err(const float *got, const float *ref, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(got[i])) return INFINITY;
-        num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / den);
-}
-
-static int argmax_f(const float *v, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[b]) b = i;
-    return b;
-}
 
 static void test_q8_vs_fp32(void **state) {
     const int variant = *(const int *)*state;
@@ -772,9 +705,9 @@ static void test_q8_vs_fp32(void **state) {
     model_build(&m, &c);
     const int V = c.vocab_size, T = 37, bs = 8;
     int32_t tok[37];
-    rand_tokens(tok, T, V);
+    tu_fill_int(&g_rng, tok, T, V);
     int32_t perm[N_BLOCKS];
-    shuffled_blocks(perm, N_BLOCKS);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     void *f32 = be_new(&m, bs, 0), *q8 = be_new_q(&m, bs, 0, 1);
     float *lf = malloc(sizeof(float) * T * V), *lq = malloc(sizeof(float) * T * V);
     int agree = 0;
@@ -783,17 +716,15 @@ static void test_q8_vs_fp32(void **state) {
         float *a = lf + (size_t)t * V, *q = lq + (size_t)t * V;
         assert_int_equal(run_one(f32, tok + t, 1, t, perm, a), 0);
         assert_int_equal(run_one(q8, tok + t, 1, t, perm + MAX_BLOCKS, q), 0);
-        const double e = rel_err_ff(q, a, V), r = rms_rel_err(q, a, V);
+        char what[64];
+        snprintf(what, sizeof(what), "int8 token %d vs fp32", t);
+        const double e = tu_check(TU_MAX_REL, what, q, a, V, 6e-2);
+        const double r = tu_check(TU_REL_L2, what, q, a, V, 4e-2);
         worst = fmax(worst, e);
         worst_rms = fmax(worst_rms, r);
-        char what[64];
-        snprintf(what, sizeof(what), "int8 token %d vs fp32 (max)", t);
-        CHECK_REL(what, e, 6e-2);
-        snprintf(what, sizeof(what), "int8 token %d vs fp32 (rms)", t);
-        CHECK_REL(what, r, 4e-2);
         double maxdiff = 0;
         for (int i = 0; i < V; i++) maxdiff = fmax(maxdiff, fabs((double)q[i] - a[i]));
-        const int ia = argmax_f(a, V), iq = argmax_f(q, V);
+        const int ia = tu_argmax(a, V), iq = tu_argmax(q, V);
         if (ia == iq) agree++;
         else if (!((double)a[ia] - a[iq] <= 2 * maxdiff))
             fail_msg("token %d: int8 argmax %d vs fp32 %d with fp32 gap %g > 2 x max diff %g", t,
@@ -804,11 +735,11 @@ static void test_q8_vs_fp32(void **state) {
     /* one call and chunked prefill land on the same last-position logits */
     float *one = malloc(sizeof(float) * V), *ch = malloc(sizeof(float) * V);
     assert_int_equal(run_one(q8, tok, T, 0, perm + 2 * MAX_BLOCKS, one), 0);
-    CHECK_REL("int8 one call vs fp32", rel_err_ff(one, lf + (size_t)(T - 1) * V, V), 6e-2);
+    tu_check(TU_MAX_REL, "int8 one call vs fp32", one, lf + (size_t)(T - 1) * V, V, 6e-2);
     const int chunks[] = {11, 16, 1, 9};
     for (int i = 0, p = 0; i < (int)NI_ARRAY_LEN(chunks); p += chunks[i], i++)
         assert_int_equal(run_one(q8, tok + p, chunks[i], p, perm + 2 * MAX_BLOCKS, ch), 0);
-    CHECK_REL("int8 chunked vs fp32", rel_err_ff(ch, lf + (size_t)(T - 1) * V, V), 6e-2);
+    tu_check(TU_MAX_REL, "int8 chunked vs fp32", ch, lf + (size_t)(T - 1) * V, V, 6e-2);
     eng_backend_cpu.free(f32);
     eng_backend_cpu.free(q8);
     model_release(&m);
@@ -826,8 +757,8 @@ static void test_q8_batch_invariance(void **state) {
     enum { NS = 3 };
     const int len[NS] = {5, 23, 13};
     int32_t toks[NS][32], perm[N_BLOCKS];
-    for (int s = 0; s < NS; s++) rand_tokens(toks[s], 32, V);
-    shuffled_blocks(perm, N_BLOCKS);
+    for (int s = 0; s < NS; s++) tu_fill_int(&g_rng, toks[s], 32, V);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     float alone[NS][3][97];
     for (int nth = 1; nth <= 3; nth++) {
         void *ctx = be_new_q(&m, bs, nth, 1);
@@ -871,7 +802,7 @@ static void test_q8_batch_invariance(void **state) {
             for (int s = 0; s < NS; s++)
                 if (memcmp(lg + (size_t)s * V, alone[s][d], sizeof(float) * V))
                     fail_msg("%d threads: batched step %d seq %d differs from alone (rel %.3g)",
-                             nth, d, s, rel_err_ff(lg + (size_t)s * V, alone[s][d], V));
+                             nth, d, s, tu_err(TU_MAX_REL, lg + (size_t)s * V, alone[s][d], V));
         }
         eng_backend_cpu.free(ctx);
     }
@@ -888,7 +819,7 @@ static void test_q8_config(void **state) {
     char err[256];
     for (int q = -1; q <= 3; q += 4) {
         void *bad = NULL;
-        eng_backend_config cf = {N_BLOCKS, 8, MAX_BATCH, MAX_SEQS, 0, q};
+        eng_backend_config cf = be_config(8, 0, q);
         assert_int_equal(eng_backend_cpu.init(&bad, &m, &cf, err, sizeof(err)), NI_EINVAL);
         assert_null(bad);
     }
@@ -898,10 +829,7 @@ static void test_q8_config(void **state) {
 static const int k_variants[N_VARIANTS] = {V_LLAMA, V_LLAMA_INTERLEAVED_TIED, V_QWEN3, V_LLAMA3_SCALING};
 
 int main(void) {
-    const char *env = getenv("NI_TEST_SEED");
-    uint64_t seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_backend: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    tu_seed(&g_rng, "test_backend");
 #define PER_VARIANT(f, v) cmocka_unit_test_prestate(f, (void *)&k_variants[v])
     const struct CMUnitTest tests[] = {
         PER_VARIANT(test_reference_and_chunking, V_LLAMA),

@@ -19,6 +19,7 @@
 
 #include "tokenizer/chat.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
 #define GOLDEN "test/fixtures/chat_golden.json"
 
@@ -328,7 +329,6 @@ int main(void) {
         cmocka_unit_test(test_names),
     };
     /* NI_TEST_FILTER / NI_TEST_SKIP=pattern (cmocka * ? wildcards) select tests. */
-    if (getenv("NI_TEST_FILTER")) cmocka_set_test_filter(getenv("NI_TEST_FILTER"));
-    if (getenv("NI_TEST_SKIP")) cmocka_set_skip_filter(getenv("NI_TEST_SKIP"));
+    tu_filters();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

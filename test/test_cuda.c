@@ -12,21 +12,15 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #endif
 
 static void test_device_describe(void **state) {
     (void)state;
-#ifndef NI_USE_CUDA
-    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
-    skip();
-#else
-    int n = cu_device_count();
-    if (n == 0) {
-        printf("SKIP: no GPU on this machine\n");
-        skip();
-    }
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
     char buf[256] = {0};
     assert_int_equal(cu_device_describe(0, buf, sizeof buf), 0);
     printf("device 0: %s\n", buf);

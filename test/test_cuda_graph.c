@@ -30,54 +30,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
 #include "engine/backend/backend.h"
 #include "engine/model/model.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #endif
 
-static int gpu_available(void) {
-#ifndef NI_USE_CUDA
-    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
-    return 0;
-#else
-    if (cu_device_count() == 0) {
-        printf("SKIP: no GPU on this machine\n");
-        return 0;
-    }
-    return 1;
-#endif
-}
-
-#define REQUIRE_GPU()            \
-    do {                         \
-        if (!gpu_available()) {  \
-            skip();              \
-            return;              \
-        }                        \
-    } while (0)
-
-static const int k_model_idx[] = {0, 1, 2};
-
 #ifdef NI_USE_CUDA
-static const char *const k_models[] = {"test/models/tiny-llama2", "test/models/tiny-llama3",
-                                       "test/models/tiny-qwen3"};
-
-static uint64_t g_rng;
-
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
+static tu_rng g_rng;
 
 enum {
     BS = 16,
@@ -91,21 +56,21 @@ enum {
     MAX_POS = MAX_PROMPT + N_DEC + 4,
 };
 
-static void load_model(mdl_model *m, int idx) {
-    char err[512] = "";
-    const int rc = mdl_load(m, k_models[idx], err, sizeof err);
-    if (rc) fail_msg("mdl_load %s: %d %s", k_models[idx], rc, err);
-}
+static const eng_backend_config k_cf = {
+    .n_blocks = N_BLOCKS, .block_size = BS, .max_batch_tokens = MAX_BATCH, .max_seqs = MAX_SEQS};
 
+/* A context of dtype (enum cu_dtype) with NI_CUDA_GRAPHS=graphs, the
+ * environment (NI_CUDA_ATT_SPLITS too, when the caller set it) mapped onto
+ * the config by eng_backend_config_env as eng_init does. */
 static void *cuda_new(const mdl_model *m, int dtype, const char *graphs) {
-    assert_int_equal(cu_backend_set_dtype(dtype), 0);
-    setenv("NI_CUDA_GRAPHS", graphs, 1);
-    const eng_backend_config cf = {.n_blocks = N_BLOCKS, .block_size = BS,
-                                   .max_batch_tokens = MAX_BATCH, .max_seqs = MAX_SEQS};
+    eng_backend_config cf = k_cf;
+    cf.dtype = cu_eng_dtype(dtype);
     void *ctx = NULL;
     char err[256] = "";
-    const int rc = eng_backend_cuda.init(&ctx, m, &cf, err, sizeof err);
+    setenv("NI_CUDA_GRAPHS", graphs, 1);
+    int rc = eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err);
     unsetenv("NI_CUDA_GRAPHS");
+    if (!rc) rc = eng_backend_cuda.init(&ctx, m, &cf, err, sizeof err);
     if (rc) fail_msg("cuda init (graphs %s): %d %s", graphs, rc, err);
     return ctx;
 }
@@ -123,33 +88,23 @@ typedef struct sched {
 } sched;
 
 static void make_sched(sched *s, int vocab) {
-    int perm[N_BLOCKS];
-    for (int i = 0; i < N_BLOCKS; i++) perm[i] = i;
-    for (int i = N_BLOCKS - 1; i > 0; i--) {
-        const int j = irand(i + 1), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    int32_t perm[N_BLOCKS];
+    tu_permutation(&g_rng, perm, N_BLOCKS);
     for (int q = 0; q < N_SEQ; q++) {
-        s->n_prompt[q] = 1 + irand(MAX_PROMPT);
-        for (int i = 0; i < MAX_POS; i++) s->toks[q][i] = irand(vocab);
+        s->n_prompt[q] = 1 + tu_int(&g_rng, MAX_PROMPT);
+        for (int i = 0; i < MAX_POS; i++) s->toks[q][i] = tu_int(&g_rng, vocab);
         for (int j = 0; j < MAX_BLOCKS; j++) s->tables[q][j] = perm[q * MAX_BLOCKS + j];
     }
     /* subset sizes: every bucket exact and padded, repeated */
     static const int sizes[N_DEC] = {8, 1, 3, 5, 2, 4, 7, 6, 1, 1, 2, 8,
                                      3, 5, 1, 8, 4, 2, 7, 1, 6, 3, 8, 1};
     for (int st = 0; st < N_DEC; st++) {
-        int order[N_SEQ];
-        for (int i = 0; i < N_SEQ; i++) order[i] = i;
-        for (int i = N_SEQ - 1; i > 0; i--) {
-            const int j = irand(i + 1), t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
+        int32_t order[N_SEQ];
+        tu_permutation(&g_rng, order, N_SEQ);
         s->n_in[st] = sizes[st];
         for (int i = 0; i < sizes[st]; i++) {
             s->seq[st][i] = order[i];
-            s->want[st][i] = (uint8_t)(irand(5) != 0 || sizes[st] == 1);
+            s->want[st][i] = (uint8_t)(tu_int(&g_rng, 5) != 0 || sizes[st] == 1);
         }
     }
     s->mixed_step = 10;
@@ -225,10 +180,10 @@ static void diff(const float *a, const float *b, size_t n, double *max_rel, doub
 
 static void test_graphs(void **state) {
     const int idx = *(const int *)*state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     mdl_model m;
-    load_model(&m, idx);
+    tu_load_tiny(&m, idx);
     const int V = m.cfg.vocab_size;
     sched *s = malloc(sizeof *s);
     make_sched(s, V);
@@ -265,12 +220,13 @@ static void test_graphs(void **state) {
         double mr, l2;
         int same;
         diff(lon, leg, sz, &mr, &l2, &same);
-        printf("  %-12s %s graphs vs eager: %s, max rel %.3g\n", k_models[idx] + 12,
+        printf("  %-12s %s graphs vs eager: %s, max rel %.3g\n", tu_tiny_models[idx] + 12,
                cu_dtype_name(dt), same ? "bit-identical" : "DIFFERENT", mr);
         if (!(mr < 1e-6)) fail_msg("graphs vs eager: max rel %.3g >= 1e-6", mr);
         diff(lon, loff, sz, &mr, &l2, &same);
         printf("  %-12s %s graphs vs off:   %s, max rel %.3g, L2 rel %.3g\n",
-               k_models[idx] + 12, cu_dtype_name(dt), same ? "bit-identical" : "differ", mr, l2);
+               tu_tiny_models[idx] + 12, cu_dtype_name(dt), same ? "bit-identical" : "differ", mr,
+               l2);
         if (dt == CU_DTYPE_FP32 && !(mr < 1e-5)) fail_msg("fp32 graphs vs off: %.3g", mr);
         if (dt == CU_DTYPE_BF16 && !(l2 < 1e-2)) fail_msg("bf16 graphs vs off: L2 %.3g", l2);
 
@@ -298,14 +254,14 @@ static void test_graphs(void **state) {
  * block boundaries, forced split-K too, against the general path. */
 static void test_single_stream(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     mdl_model m;
-    load_model(&m, 1);
+    tu_load_tiny(&m, 1);
     enum { n_prompt = 7, n_steps = 100 };
     const int V = m.cfg.vocab_size;
     int32_t tok[n_prompt + n_steps], table[MAX_BLOCKS];
-    for (int i = 0; i < n_prompt + n_steps; i++) tok[i] = irand(V);
+    for (int i = 0; i < n_prompt + n_steps; i++) tok[i] = tu_int(&g_rng, V);
     for (int j = 0; j < MAX_BLOCKS; j++) table[j] = N_BLOCKS - 1 - 3 * j;
     float *a = malloc(sizeof(float) * V * n_steps), *b = malloc(sizeof(float) * V * n_steps);
     for (int f = 0; f < 2; f++) {
@@ -341,35 +297,34 @@ static void test_single_stream(void **state) {
 
 static void test_bad_env(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     mdl_model m;
-    load_model(&m, 0);
+    tu_load_tiny(&m, 0);
+    /* the variable is parsed by eng_backend_config_env, the mode by init */
     setenv("NI_CUDA_GRAPHS", "sometimes", 1);
-    const eng_backend_config cf = {.n_blocks = N_BLOCKS, .block_size = BS,
-                                   .max_batch_tokens = MAX_BATCH, .max_seqs = MAX_SEQS};
+    eng_backend_config cf = k_cf;
     void *ctx = NULL;
     char err[256] = "";
-    assert_int_equal(eng_backend_cuda.init(&ctx, &m, &cf, err, sizeof err), NI_EINVAL);
-    assert_null(ctx);
+    assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), NI_EINVAL);
     printf("  bad NI_CUDA_GRAPHS: %s\n", err);
     unsetenv("NI_CUDA_GRAPHS");
+    cf.graphs = (eng_graphs)9;
+    assert_int_equal(eng_backend_cuda.init(&ctx, &m, &cf, err, sizeof err), NI_EINVAL);
+    assert_null(ctx);
+    printf("  bad graph mode: %s\n", err);
     mdl_free(&m);
 #endif
 }
 
 int main(void) {
 #ifdef NI_USE_CUDA
-    const char *env = getenv("NI_TEST_SEED");
-    const uint64_t seed =
-        env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_cuda_graph: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    tu_seed(&g_rng, "test_cuda_graph");
 #endif
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_prestate(test_graphs, (void *)&k_model_idx[0]),
-        cmocka_unit_test_prestate(test_graphs, (void *)&k_model_idx[1]),
-        cmocka_unit_test_prestate(test_graphs, (void *)&k_model_idx[2]),
+        cmocka_unit_test_prestate(test_graphs, (void *)&tu_tiny_idx[0]),
+        cmocka_unit_test_prestate(test_graphs, (void *)&tu_tiny_idx[1]),
+        cmocka_unit_test_prestate(test_graphs, (void *)&tu_tiny_idx[2]),
         cmocka_unit_test(test_single_stream),
         cmocka_unit_test(test_bad_env),
     };

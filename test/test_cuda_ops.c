@@ -18,44 +18,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
 #include "engine/cpu/cpu_ops.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #include "cuda/cu_ops.h"
 #endif
 
 #ifdef NI_USE_CUDA
-static uint64_t g_rng;
-
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double urand(double lo, double hi) {
-    return lo + (hi - lo) * ((double)(rng_next() >> 11) * (1.0 / 9007199254740992.0));
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
-
-static float *rand_buf(size_t n, double lo, double hi) {
-    float *p = malloc(n * sizeof(float) + 4);
-    assert_non_null(p);
-    for (size_t i = 0; i < n; i++) p[i] = (float)urand(lo, hi);
-    return p;
-}
+static tu_rng g_rng;
 
 static float *nan_buf(size_t n) {
     float *p = malloc(n * sizeof(float) + 4);
     assert_non_null(p);
     for (size_t i = 0; i < n; i++) p[i] = NAN;
+    return p;
+}
+
+static float *rand_buf(size_t n, double lo, double hi) {
+    float *p = nan_buf(n);
+    tu_fill_uniform(&g_rng, p, n, lo, hi);
     return p;
 }
 
@@ -66,17 +52,6 @@ static float *copy_buf(const float *src, size_t n) {
     return p;
 }
 
-static double nmse(const float *got, const float *ref, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i])) return INFINITY;
-        const double d = (double)got[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
-
 static const int k_dtypes[2] = {CU_DTYPE_FP32, CU_DTYPE_BF16};
 
 /* Threshold per dtype: fp32 value for FP32, 1e-4 for BF16. */
@@ -84,44 +59,23 @@ static double tol(int dtype, double fp32) { return dtype == CU_DTYPE_FP32 ? fp32
 
 static void check_nmse(const char *what, int dtype, const float *got, const float *ref, size_t n,
                        double fp32_tol) {
-    const double e = nmse(got, ref, n), t = tol(dtype, fp32_tol);
+    char label[96];
+    snprintf(label, sizeof label, "%s (%s)", what, cu_dtype_name(dtype));
+    const double e = tu_check(TU_NMSE, label, got, ref, n, tol(dtype, fp32_tol));
     printf("  %-40s %s nmse %.3g\n", what, cu_dtype_name(dtype), e);
-    if (!(e < t)) fail_msg("%s (%s): NMSE %.3g >= %.3g", what, cu_dtype_name(dtype), e, t);
 }
 #endif
-
-/* Skips the calling test unless a GPU is usable. */
-#define REQUIRE_GPU()                                                        \
-    do {                                                                     \
-        if (!gpu_available()) {                                              \
-            skip();                                                          \
-            return;                                                          \
-        }                                                                    \
-    } while (0)
-
-static int gpu_available(void) {
-#ifndef NI_USE_CUDA
-    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
-    return 0;
-#else
-    if (cu_device_count() == 0) {
-        printf("SKIP: no GPU on this machine\n");
-        return 0;
-    }
-    return 1;
-#endif
-}
 
 /* ---- embed ---------------------------------------------------------------- */
 
 static void test_embed(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     const int V = 1000, D = 96, n = 37;
     float *tab = rand_buf((size_t)V * D, -1, 1);
     int32_t tok[37];
-    for (int i = 0; i < n; i++) tok[i] = irand(V);
+    for (int i = 0; i < n; i++) tok[i] = tu_int(&g_rng, V);
     float *ref = nan_buf((size_t)n * D);
     cpu_embed(ref, tab, tok, n, D);
     for (int t = 0; t < 2; t++) {
@@ -139,7 +93,7 @@ static void test_embed(void **state) {
 
 static void test_rmsnorm(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     const int dims[] = {64, 1000, 4133};
     for (size_t di = 0; di < NI_ARRAY_LEN(dims); di++) {
@@ -152,7 +106,7 @@ static void test_rmsnorm(void **state) {
             int32_t rows[31], perm[31];
             for (int i = 0; i < n_x; i++) perm[i] = i;
             for (int i = n_x - 1; i > 0; i--) {
-                const int j = irand(i + 1), t = perm[i];
+                const int j = tu_int(&g_rng, i + 1), t = perm[i];
                 perm[i] = perm[j];
                 perm[j] = t;
             }
@@ -191,7 +145,7 @@ static void test_rmsnorm(void **state) {
 
 static void test_swiglu(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     const int n = 13, H = 1537;
     float *gate = rand_buf((size_t)n * H, -12, 12), *up = rand_buf((size_t)n * H, -3, 3);
@@ -211,7 +165,7 @@ static void test_swiglu(void **state) {
 
 static void test_matmul(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     const int shapes[][3] = {{1, 64, 97}, {7, 256, 384}, {64, 576, 1536}, {33, 1000, 77},
                              {130, 128, 405}};
@@ -273,7 +227,7 @@ static mdl_config rope_cfg(int v) {
 
 static void test_rope_kv(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     for (int v = 0; v < N_ROPE; v++) {
         const mdl_config c = rope_cfg(v);
@@ -282,14 +236,14 @@ static void test_rope_kv(void **state) {
         int32_t pos[23], seq[23], slot[23], perm[40];
         for (int i = 0; i < n_blocks; i++) perm[i] = i;
         for (int i = n_blocks - 1; i > 0; i--) {
-            const int j = irand(i + 1), t = perm[i];
+            const int j = tu_int(&g_rng, i + 1), t = perm[i];
             perm[i] = perm[j];
             perm[j] = t;
         }
         int max_pos = 0;
         int32_t *tables = calloc((size_t)n * max_blocks, sizeof(int32_t));
         for (int i = 0; i < n; i++) { /* token i: its own sequence, its own block */
-            pos[i] = i < 3 ? i : irand(3000);
+            pos[i] = i < 3 ? i : tu_int(&g_rng, 3000);
             seq[i] = i;
             tables[(size_t)i * max_blocks + pos[i] / bs] = perm[i];
             slot[i] = perm[i] * bs + pos[i] % bs;
@@ -346,7 +300,7 @@ static void test_rope_kv(void **state) {
 
 static void test_attention(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     /* n_heads, n_kv, head_dim: GQA 4, MHA, GQA 8 at hd 128, qwen3-0.6B shape, odd hd */
     const int shapes[][3] = {{8, 2, 64}, {4, 4, 16}, {16, 2, 128}, {16, 8, 128}, {6, 3, 24}};
@@ -368,7 +322,7 @@ static void test_attention(void **state) {
         ss[NS] = n;
         for (int i = 0; i < n_blocks; i++) perm[i] = i;
         for (int i = n_blocks - 1; i > 0; i--) {
-            const int j = irand(i + 1), t = perm[i];
+            const int j = tu_int(&g_rng, i + 1), t = perm[i];
             perm[i] = perm[j];
             perm[j] = t;
         }
@@ -410,18 +364,11 @@ static void test_attention(void **state) {
 
 int main(void) {
 #ifdef NI_USE_CUDA
-    const char *env = getenv("NI_TEST_SEED");
-    const uint64_t seed =
-        env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_cuda_ops: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
-    if (cu_device_count() > 0) {
-        char buf[256];
-        if (cu_device_describe(0, buf, sizeof buf) == 0) printf("device 0: %s\n", buf);
-    }
+    tu_seed(&g_rng, "test_cuda_ops");
+    tu_print_gpu();
 #endif
     /* NI_TEST_FILTER=<glob> runs a subset (e.g. under compute-sanitizer) */
-    if (getenv("NI_TEST_FILTER")) cmocka_set_test_filter(getenv("NI_TEST_FILTER"));
+    tu_filters();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed),   cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_swiglu),  cmocka_unit_test(test_matmul),

@@ -36,6 +36,7 @@
 #include "engine/model/model.h"
 #include "engine/backend/sampler.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #endif
@@ -48,19 +49,23 @@ typedef struct run_out {
     int32_t *toks; /* [steps][S] */
 } run_out;
 
-/* mode: 'A'..'D' as above. */
+/* mode: 'A'..'E' as above; BF16; the rest of the environment (NI_CUDA_QUANT,
+ * NI_CUDA_DEVICE, ...) mapped onto the config as eng_init does. */
 static void run_mode(const mdl_model *m, int S, int steps, char mode, run_out *o) {
     const int V = m->cfg.vocab_size, total = PROMPT + WARM + steps + 1;
     const int mb = (total + BS - 1) / BS;
-    setenv("NI_CUDA_GRAPHS", mode == 'A' ? "0" : "1", 1);
-    if (mode == 'E') setenv("NI_CUDA_PROFILE", "1", 1);
-    const eng_backend_config cf = {.n_blocks = S * mb, .block_size = BS,
-                                   .max_batch_tokens = MAXB, .max_seqs = S};
+    eng_backend_config cf = {.n_blocks = S * mb,
+                             .block_size = BS,
+                             .max_batch_tokens = MAXB,
+                             .max_seqs = S,
+                             .dtype = ENG_DTYPE_BF16,
+                             .device_index = -1,
+                             .graphs = mode == 'A' ? ENG_GRAPHS_OFF : ENG_GRAPHS_ON,
+                             .profile = mode == 'E'};
     void *ctx = NULL;
     char err[256] = "";
-    int rc = eng_backend_cuda.init(&ctx, m, &cf, err, sizeof err);
-    unsetenv("NI_CUDA_GRAPHS");
-    unsetenv("NI_CUDA_PROFILE");
+    int rc = eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err);
+    if (!rc) rc = eng_backend_cuda.init(&ctx, m, &cf, err, sizeof err);
     if (rc) fail_msg("init: %d %s", rc, err);
     int32_t *tables = malloc(sizeof(int32_t) * S * mb), *tok = malloc(sizeof(int32_t) * S);
     int32_t *flat = malloc(sizeof(int32_t) * MAXB), *ss = malloc(sizeof(int32_t) * (S + 1));
@@ -140,12 +145,10 @@ static void run_mode(const mdl_model *m, int S, int steps, char mode, run_out *o
 
 static void test_decode_steps(void **state) {
     (void)state;
-#ifndef NI_USE_CUDA
-    printf("SKIP: built without CUDA\n");
-    skip();
-#else
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
     const char *path = getenv("NI_PERF_MODEL");
-    if (!path || cu_device_count() == 0) {
+    if (!path) {
         printf("SKIP: set NI_PERF_MODEL=<model> on a GPU machine\n");
         skip();
         return;
@@ -161,7 +164,6 @@ static void test_decode_steps(void **state) {
            m.cfg.n_layers, m.cfg.dim, m.cfg.vocab_size, steps);
     printf("  %5s %34s %34s %34s %24s\n", "seqs", "A: no graphs, host logits + CPU",
            "B: graphs, host logits + CPU", "C: graphs + GPU sampler", "D: graphs, no sampling");
-    assert_int_equal(cu_backend_set_dtype(CU_DTYPE_BF16), 0);
     for (char *tokp = strtok(list, ","); tokp; tokp = strtok(NULL, ",")) {
         const int S = atoi(tokp);
         if (S < 1) continue;

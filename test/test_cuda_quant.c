@@ -28,55 +28,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
 #include "engine/backend/backend.h"
 #include "engine/model/model.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #include "cuda/cu_ops.h"
 #endif
 
-static int gpu_available(void) {
-#ifndef NI_USE_CUDA
-    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
-    return 0;
-#else
-    if (cu_device_count() == 0) {
-        printf("SKIP: no GPU on this machine\n");
-        return 0;
-    }
-    return 1;
-#endif
-}
-
-#define REQUIRE_GPU()            \
-    do {                         \
-        if (!gpu_available()) {  \
-            skip();              \
-            return;              \
-        }                        \
-    } while (0)
-
-static const int k_model_idx[] = {0, 1, 2};
-
 #ifdef NI_USE_CUDA
-static const char *const k_models[] = {"test/models/tiny-llama2", "test/models/tiny-llama3",
-                                       "test/models/tiny-qwen3"};
-static uint64_t g_rng;
+static tu_rng g_rng;
 
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
-static float frand(void) { return (float)((double)(rng_next() >> 11) * 0x1.0p-53 * 2.0 - 1.0); }
+/* uniform in [-1, 1) */
+static float frand(void) { return (float)tu_uniform(&g_rng, -1, 1); }
 
 /* The host twin of cu_launch_quantize_rows. */
 static void quantize_host(int8_t *q, float *scale, const float *w, size_t rows, size_t cols) {
@@ -104,25 +72,15 @@ static void dequantize_inplace(float *w, size_t rows, size_t cols) {
     free(q);
     free(s);
 }
-
-static float bf16_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return f;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
 #endif
 
 static void test_quantizer(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     enum { R = 37, C = 300 };
     float *w = malloc(sizeof(float) * R * C);
-    for (int i = 0; i < R * C; i++) w[i] = frand() * (1 + irand(4));
+    for (int i = 0; i < R * C; i++) w[i] = frand() * (1 + tu_int(&g_rng, 4));
     for (int j = 0; j < C; j++) w[5 * C + j] = 0.0f;      /* a zero row */
     w[7 * C + 3] = 250.0f;                                /* an outlier */
     w[9 * C + 11] = -1e-30f;                              /* a denormal-ish row max */
@@ -140,7 +98,7 @@ static void test_quantizer(void **state) {
 
 static void test_matmul(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     static const int shapes[][2] = {{64, 96}, {576, 1536}, {2048, 1000}, {72, 50}, {1536, 576}};
     static const int ns[] = {1, 2, 3, 8, 16, 17, 40};
@@ -156,35 +114,38 @@ static void test_matmul(void **state) {
                     float *y = malloc(sizeof(float) * n * out), *y0 = malloc(sizeof(float) * n * out);
                     int8_t *q = malloc((size_t)out * in);
                     float *s = malloc(sizeof(float) * out);
+                    double *ref = malloc(sizeof(double) * n * out);
                     for (int i = 0; i < n * in; i++) x[i] = frand();
                     for (int i = 0; i < out * in; i++) w[i] = frand() * 0.1f;
                     quantize_host(q, s, w, out, in);
                     for (int i = 0; i < n * out; i++) y0[i] = acc ? frand() : NAN;
                     memcpy(y, y0, sizeof(float) * n * out);
-                    const int deq_rows = 1 + irand(out / 3 + 1); /* several chunks */
+                    const int deq_rows = 1 + tu_int(&g_rng, out / 3 + 1); /* several chunks */
                     assert_int_equal(cu_op_matmul_q8(y, x, q, s, n, in, out, acc, deq_rows, dt),
                                      0);
-                    double num = 0, den = 0;
                     for (int i = 0; i < n; i++)
                         for (int o = 0; o < out; o++) {
-                            double ref = acc ? y0[i * out + o] : 0.0;
+                            double r = acc ? y0[i * out + o] : 0.0;
                             for (int k = 0; k < in; k++) {
-                                const float xv = dt == CU_DTYPE_BF16 ? bf16_round(x[i * in + k])
+                                const float xv = dt == CU_DTYPE_BF16 ? tu_bf16_round(x[i * in + k])
                                                                      : x[i * in + k];
-                                ref += (double)((float)q[(size_t)o * in + k] * s[o]) * xv;
+                                r += (double)((float)q[(size_t)o * in + k] * s[o]) * xv;
                             }
-                            const double e = (double)y[i * out + o] - ref;
-                            if (!isfinite(y[i * out + o])) fail_msg("non-finite output");
-                            num += e * e;
-                            den += ref * ref;
+                            ref[i * out + o] = r;
                         }
-                    const double nmse = num / den;
+                    char what[96];
+                    snprintf(what, sizeof what, "%s n %d in %d out %d acc %d", cu_dtype_name(dt), n,
+                             in, out, acc);
+                    const double nmse = tu_check_d(TU_NMSE, what, y, ref, (size_t)n * out, 1e-10);
                     if (nmse > worst[d]) worst[d] = nmse;
-                    if (!(nmse < 1e-10))
-                        fail_msg("%s n %d in %d out %d acc %d: nmse %.3g", cu_dtype_name(dt), n,
-                                 in, out, acc, nmse);
                     n_cases++;
-                    free(x); free(w); free(y); free(y0); free(q); free(s);
+                    free(x);
+                    free(w);
+                    free(y);
+                    free(y0);
+                    free(q);
+                    free(s);
+                    free(ref);
                 }
     }
     printf("  int8 GEMM: %d cases, NMSE vs dequantized twin: fp32 %.2g, bf16 %.2g\n", n_cases,
@@ -199,8 +160,7 @@ enum { BS = 16, N_BLOCKS = 96, MAX_BLOCKS = 32, MAX_BATCH = 160, MAX_SEQS = 8 };
  * its dequantized value; the LM head gets its own copy (the embedding stays
  * exact: the backend keeps it in T). *own receives that copy (free it). */
 static void load_dequantized(mdl_model *m, int idx, float **own) {
-    char err[512] = "";
-    if (mdl_load(m, k_models[idx], err, sizeof err)) fail_msg("load: %s", err);
+    tu_load_tiny(m, idx);
     const mdl_config *c = &m->cfg;
     const size_t D = c->dim, V = c->vocab_size, H = c->hidden_dim;
     const size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
@@ -223,23 +183,21 @@ static void load_dequantized(mdl_model *m, int idx, float **own) {
     }
 }
 
+/* New context: dtype (enum cu_dtype) applies to the CUDA backend only; the
+ * environment (NI_CUDA_QUANT) is mapped onto the config as eng_init does. */
 static void *be_new(const eng_backend *be, const mdl_model *m, int dtype, int quant) {
-    if (be == &eng_backend_cuda) assert_int_equal(cu_backend_set_dtype(dtype), 0);
-    const eng_backend_config cf = {.n_blocks = N_BLOCKS, .block_size = BS,
-                                   .max_batch_tokens = MAX_BATCH, .max_seqs = MAX_SEQS,
-                                   .quant = quant};
+    eng_backend_config cf = {.n_blocks = N_BLOCKS,
+                             .block_size = BS,
+                             .max_batch_tokens = MAX_BATCH,
+                             .max_seqs = MAX_SEQS,
+                             .quant = quant,
+                             .dtype = cu_eng_dtype(dtype)};
     void *ctx = NULL;
     char err[256] = "";
-    const int rc = be->init(&ctx, m, &cf, err, sizeof err);
+    int rc = eng_backend_config_env(&cf, be, err, sizeof err);
+    if (!rc) rc = be->init(&ctx, m, &cf, err, sizeof err);
     if (rc) fail_msg("%s init: %d %s", be->name, rc, err);
     return ctx;
-}
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
 }
 
 /* prompt (one chunk of n_prompt tokens), then n_steps-1 decode steps fed
@@ -251,30 +209,29 @@ static void drive(const eng_backend *be, void *ctx, int V, const int32_t *prompt
     const int32_t ss[2] = {0, n_prompt}, p00[1] = {0};
     const eng_batch pb = {1, n_prompt, prompt, ss, p00, table, MAX_BLOCKS, want};
     assert_int_equal(be->forward(ctx, &pb, logits), 0);
-    toks[0] = argmax(logits, V);
+    toks[0] = tu_argmax(logits, V);
     for (int g = 1; g < n_steps; g++) {
         const int32_t in = forced ? forced[g - 1] : toks[g - 1];
         const int32_t s1[2] = {0, 1}, p0[1] = {n_prompt + g - 1};
         const eng_batch db = {1, 1, &in, s1, p0, table, MAX_BLOCKS, want};
         float *lg = logits + (size_t)g * V;
         assert_int_equal(be->forward(ctx, &db, lg), 0);
-        toks[g] = argmax(lg, V);
+        toks[g] = tu_argmax(lg, V);
     }
 }
 #endif
 
 static void test_backend(void **state) {
     const int idx = *(const int *)*state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     mdl_model m, mq;
-    char err[512] = "";
-    if (mdl_load(&m, k_models[idx], err, sizeof err)) fail_msg("load: %s", err);
+    tu_load_tiny(&m, idx);
     float *own = NULL;
     load_dequantized(&mq, idx, &own);
     const int V = m.cfg.vocab_size, n_prompt = 40, n_steps = 30;
     int32_t prompt[40], table[MAX_BLOCKS];
-    for (int i = 0; i < n_prompt; i++) prompt[i] = irand(V);
+    for (int i = 0; i < n_prompt; i++) prompt[i] = tu_int(&g_rng, V);
     for (int j = 0; j < MAX_BLOCKS; j++) table[j] = (j * 7 + 3) % N_BLOCKS;
     int32_t *tc = malloc(sizeof(int32_t) * n_steps), *tg = malloc(sizeof(int32_t) * n_steps);
     float *lc = malloc(sizeof(float) * n_steps * V), *lgp = malloc(sizeof(float) * n_steps * V);
@@ -292,23 +249,20 @@ static void test_backend(void **state) {
     eng_backend_cuda.free(g);
     double worst = 0;
     int same = n_steps;
+    char what[96];
     for (int s = 0; s < n_steps; s++) {
-        double num = 0, den = 0;
-        for (int i = 0; i < V; i++) {
-            num = fmax(num, fabs((double)lgp[s * V + i] - lc[s * V + i]));
-            den = fmax(den, fabs((double)lc[s * V + i]));
-        }
-        const double e = num / den;
+        snprintf(what, sizeof what, "%s int8 fp32 step %d", tu_tiny_models[idx], s);
+        const double e = tu_check(TU_MAX_REL, what, lgp + s * V, lc + s * V, V, 1e-4);
         if (e > worst) worst = e;
-        if (!(e < 1e-4)) fail_msg("%s int8 fp32 step %d: rel err %.3g", k_models[idx], s, e);
         if (tg[s] != tc[s]) {
             same = s;
             break; /* a near tie may flip; the tokens then part */
         }
     }
-    if (same < 10) fail_msg("%s int8 fp32: only %d greedy tokens agree", k_models[idx], same);
+    if (same < 10) fail_msg("%s int8 fp32: only %d greedy tokens agree", tu_tiny_models[idx], same);
     printf("  %-24s int8 fp32: %d greedy tokens identical to CPU on dequantized weights, "
-           "max rel err %.3g\n", k_models[idx] + 12, same, worst);
+           "max rel err %.3g\n",
+           tu_tiny_models[idx] + 12, same, worst);
 
     /* BF16 through NI_CUDA_QUANT, teacher-forced on the CPU's tokens */
     setenv("NI_CUDA_QUANT", "int8", 1);
@@ -321,20 +275,14 @@ static void test_backend(void **state) {
     double sum = 0, wl2 = 0;
     int agree = 0;
     for (int s = 0; s < n_steps; s++) {
-        double num = 0, den = 0;
-        for (int i = 0; i < V; i++) {
-            const double dd = (double)lgp[s * V + i] - lc[s * V + i];
-            num += dd * dd;
-            den += (double)lc[s * V + i] * lc[s * V + i];
-        }
-        const double e = sqrt(num / den);
+        snprintf(what, sizeof what, "%s int8 bf16 step %d", tu_tiny_models[idx], s);
+        const double e = tu_check(TU_REL_L2, what, lgp + s * V, lc + s * V, V, 2e-2);
         sum += e;
         if (e > wl2) wl2 = e;
         agree += tg[s] == tc[s];
-        if (!(e < 2e-2)) fail_msg("%s int8 bf16 step %d: L2 rel err %.3g", k_models[idx], s, e);
     }
     printf("  %-24s int8 bf16: L2 rel err mean %.3g max %.3g, argmax agreement %d/%d\n",
-           k_models[idx] + 12, sum / n_steps, wl2, agree, n_steps);
+           tu_tiny_models[idx] + 12, sum / n_steps, wl2, agree, n_steps);
     if (!(sum / n_steps < 1e-2)) fail_msg("int8 bf16 mean L2 %.3g", sum / n_steps);
 
     free(tc); free(tg); free(lc); free(lgp);
@@ -350,7 +298,7 @@ static void test_backend(void **state) {
  * BF16 weights vs the int8 paths, with weight-read bandwidth. */
 static void test_speed(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     static const int shp[4][2] = {{2048, 3072}, {2048, 16384}, {8192, 2048}, {2048, 128256}};
     static const char *const names[4] = {"wqkv 3072x2048", "wgu 16384x2048", "wdown 2048x8192",
@@ -380,18 +328,14 @@ static void test_speed(void **state) {
 
 int main(void) {
 #ifdef NI_USE_CUDA
-    const char *env = getenv("NI_TEST_SEED");
-    const uint64_t seed =
-        env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_cuda_quant: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    tu_seed(&g_rng, "test_cuda_quant");
 #endif
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantizer),
         cmocka_unit_test(test_matmul),
-        cmocka_unit_test_prestate(test_backend, (void *)&k_model_idx[0]),
-        cmocka_unit_test_prestate(test_backend, (void *)&k_model_idx[1]),
-        cmocka_unit_test_prestate(test_backend, (void *)&k_model_idx[2]),
+        cmocka_unit_test_prestate(test_backend, (void *)&tu_tiny_idx[0]),
+        cmocka_unit_test_prestate(test_backend, (void *)&tu_tiny_idx[1]),
+        cmocka_unit_test_prestate(test_backend, (void *)&tu_tiny_idx[2]),
         cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -25,6 +25,7 @@
 #include "engine/backend/backend.h"
 #include "engine/model/model.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #endif
@@ -35,11 +36,14 @@ static void dump_one(const char *dir, const mdl_model *m, const int32_t *tok, in
                      const char *dt) {
     const int is_cpu = !strcmp(dt, "cpu");
     const eng_backend *be = is_cpu ? &eng_backend_cpu : &eng_backend_cuda;
-    if (!is_cpu)
-        assert_int_equal(cu_backend_set_dtype(strcmp(dt, "fp32") ? CU_DTYPE_BF16 : CU_DTYPE_FP32),
-                         0);
     const int bs = 16, n_blocks = (N + bs - 1) / bs + 1, V = m->cfg.vocab_size;
-    const eng_backend_config cf = {n_blocks, bs, N, 1, 0, 0};
+    const eng_backend_config cf = {.n_blocks = n_blocks,
+                                   .block_size = bs,
+                                   .max_batch_tokens = N,
+                                   .max_seqs = 1,
+                                   .dtype = is_cpu               ? ENG_DTYPE_DEFAULT
+                                            : strcmp(dt, "fp32") ? ENG_DTYPE_BF16
+                                                                 : ENG_DTYPE_FP32};
     void *ctx = NULL;
     char err[512] = "";
     double t0 = ni_now();
@@ -80,18 +84,11 @@ static void dump_one(const char *dir, const mdl_model *m, const int32_t *tok, in
 
 static void test_dump_logits(void **state) {
     (void)state;
-#ifndef NI_USE_CUDA
-    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
-    skip();
-#else
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
     const char *dir = getenv("NI_CUDA_REF_DIR");
     if (!dir) {
         printf("SKIP: NI_CUDA_REF_DIR not set (scripts/gpu_reference.py sets it)\n");
-        skip();
-        return;
-    }
-    if (cu_device_count() == 0) {
-        printf("SKIP: no GPU on this machine\n");
         skip();
         return;
     }

@@ -36,7 +36,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
@@ -44,49 +43,14 @@
 #include "engine/model/model.h"
 #include "engine/backend/sampler.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
 #include "cuda/cu_ops.h"
 #endif
 
-static int gpu_available(void) {
-#ifndef NI_USE_CUDA
-    printf("SKIP: built without CUDA (USE_CUDA=0 or no nvcc)\n");
-    return 0;
-#else
-    if (cu_device_count() == 0) {
-        printf("SKIP: no GPU on this machine\n");
-        return 0;
-    }
-    return 1;
-#endif
-}
-
-#define REQUIRE_GPU()            \
-    do {                         \
-        if (!gpu_available()) {  \
-            skip();              \
-            return;              \
-        }                        \
-    } while (0)
-
 #ifdef NI_USE_CUDA
-static uint64_t g_rng;
-
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
-static double urand(void) { return (double)(rng_next() >> 11) * 0x1.0p-53; }
-
-static float nrand(void) {
-    const double u1 = urand() + 1e-300, u2 = urand();
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
+static tu_rng g_rng;
 
 /* The next uniform of a smp_state's RNG (sampler.c's xoshiro256** and
  * xo_uniform), without advancing it: what smp_sample() will draw. */
@@ -97,16 +61,16 @@ static double peek_uniform(const smp_state *s) {
 }
 
 static void rand_logits(float *l, int V) {
-    const float scale = 0.5f + 6.0f * (float)urand();
-    for (int i = 0; i < V; i++) l[i] = scale * nrand();
-    const int n_inf = irand(V / 50 + 1), n_tie = irand(8);
-    for (int k = 0; k < n_inf; k++) l[irand(V)] = -INFINITY;
-    for (int k = 0; k < n_tie; k++) l[irand(V)] = l[irand(V)]; /* exact ties */
-    if (irand(3) == 0) { /* a tie at the top */
+    const float scale = 0.5f + 6.0f * (float)tu_uniform(&g_rng, 0, 1);
+    for (int i = 0; i < V; i++) l[i] = scale * (float)tu_normal(&g_rng);
+    const int n_inf = tu_int(&g_rng, V / 50 + 1), n_tie = tu_int(&g_rng, 8);
+    for (int k = 0; k < n_inf; k++) l[tu_int(&g_rng, V)] = -INFINITY;
+    for (int k = 0; k < n_tie; k++) l[tu_int(&g_rng, V)] = l[tu_int(&g_rng, V)]; /* exact ties */
+    if (tu_int(&g_rng, 3) == 0) { /* a tie at the top */
         int a = 0;
         for (int i = 1; i < V; i++)
             if (l[i] > l[a]) a = i;
-        l[irand(V)] = l[a];
+        l[tu_int(&g_rng, V)] = l[a];
     }
 }
 
@@ -135,8 +99,8 @@ static smp_params make_params(int k, smp_logit_bias *bias, int V) {
     case 15:
         p.temperature = 1.0f;
         for (int j = 0; j < 6; j++) {
-            bias[j].token = j < 2 ? 3 : irand(V); /* token 3 twice: the biases add up */
-            bias[j].bias = (float)(irand(2001) - 1000) / 10.0f;
+            bias[j].token = j < 2 ? 3 : tu_int(&g_rng, V); /* token 3 twice: the biases add up */
+            bias[j].bias = (float)(tu_int(&g_rng, 2001) - 1000) / 10.0f;
         }
         p.logit_bias = bias;
         p.n_logit_bias = 6;
@@ -158,11 +122,11 @@ typedef struct history {
 } history;
 
 static void make_history(history *h, const smp_params *p, int V) {
-    h->n_prompt = 1 + irand(64);
-    h->n_out = irand(33);
-    const int narrow = 1 + irand(200); /* repeats */
-    for (int i = 0; i < h->n_prompt; i++) h->prompt[i] = irand(narrow < V ? narrow : V);
-    for (int i = 0; i < h->n_out; i++) h->out[i] = irand(narrow < V ? narrow : V);
+    h->n_prompt = 1 + tu_int(&g_rng, 64);
+    h->n_out = tu_int(&g_rng, 33);
+    const int narrow = 1 + tu_int(&g_rng, 200); /* repeats */
+    for (int i = 0; i < h->n_prompt; i++) h->prompt[i] = tu_int(&g_rng, narrow < V ? narrow : V);
+    for (int i = 0; i < h->n_out; i++) h->out[i] = tu_int(&g_rng, narrow < V ? narrow : V);
     h->n_toks = 0;
     const int rep = p->repetition_penalty != 1.0f;
     const int fp = p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
@@ -217,7 +181,7 @@ static int cdf_ok(const float *probs, int V, double u, int g, int *exact) {
 
 static void test_vs_cpu(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     static const int vocabs[3] = {1000, 49152, 151936};
     for (int vi = 0; vi < 3; vi++) {
@@ -242,12 +206,12 @@ static void test_vs_cpu(void **state) {
             rows[r].p = &ps[r];
             rows[r].toks = hs[r].toks;
             rows[r].n_toks = hs[r].n_toks;
-            rows[r].u = urand();
+            rows[r].u = tu_uniform(&g_rng, 0, 1);
         }
         /* dense rows draw the CPU state's own next uniform */
         uint64_t seeds[N_PARAM * 2 + 2];
         for (int r = 0; r < n_rows; r++) {
-            seeds[r] = rng_next();
+            seeds[r] = tu_next(&g_rng);
             const smp_params *p = &ps[r];
             if (p->temperature >= SMP_GREEDY_EPS && !(p->top_k >= 1 && p->top_k < V) &&
                 !(p->top_p < 1.0f)) {
@@ -343,11 +307,11 @@ static void test_vs_cpu(void **state) {
 
 static void test_bad_rows(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     enum { V = 777 };
     float *lg = malloc(sizeof(float) * 4 * V);
-    for (int i = 0; i < 4 * V; i++) lg[i] = nrand();
+    tu_fill_normal(&g_rng, lg, (size_t)4 * V, 0, 1);
     lg[5] = NAN;
     lg[V + 9] = INFINITY;
     for (int i = 0; i < V; i++) lg[2 * V + i] = -INFINITY;
@@ -373,22 +337,24 @@ static void test_bad_rows(void **state) {
  * twin context's logits. */
 static void test_backend(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     mdl_model m;
     char err[512] = "";
-    if (mdl_load(&m, "test/models/tiny-llama3", err, sizeof err)) fail_msg("load: %s", err);
+    tu_load_tiny(&m, 1); /* tiny-llama3 */
     const int V = m.cfg.vocab_size;
     enum { BS = 16, NB = 64, MB = 8, NS = 4 };
-    const eng_backend_config cf = {.n_blocks = NB, .block_size = BS, .max_batch_tokens = 128,
-                                   .max_seqs = NS};
-    assert_int_equal(cu_backend_set_dtype(CU_DTYPE_FP32), 0);
+    const eng_backend_config cf = {.n_blocks = NB,
+                                   .block_size = BS,
+                                   .max_batch_tokens = 128,
+                                   .max_seqs = NS,
+                                   .dtype = ENG_DTYPE_FP32};
     void *a = NULL, *b = NULL;
     assert_int_equal(eng_backend_cuda.init(&a, &m, &cf, err, sizeof err), 0);
     assert_int_equal(eng_backend_cuda.init(&b, &m, &cf, err, sizeof err), 0);
     int32_t tables[NS * MB], tok[NS * 40];
     for (int i = 0; i < NS * MB; i++) tables[i] = i;
-    for (int i = 0; i < NS * 40; i++) tok[i] = irand(V);
+    for (int i = 0; i < NS * 40; i++) tok[i] = tu_int(&g_rng, V);
     float *lg = malloc(sizeof(float) * NS * V);
     void *scratch = malloc(smp_scratch_bytes(V));
     smp_params pg = smp_params_default(), pl = smp_params_default();
@@ -415,7 +381,9 @@ static void test_backend(void **state) {
         eng_sample_row rows[NS + 1];
         int n = 0;
         for (int s = 0; s < NS; s++)
-            if (want[s]) rows[n++] = (eng_sample_row){s, s == 1 ? &pl : &pg, urand(), NULL, 0};
+            if (want[s])
+                rows[n++] =
+                    (eng_sample_row){s, s == 1 ? &pl : &pg, tu_uniform(&g_rng, 0, 1), NULL, 0};
         rows[n++] = (eng_sample_row){0, &pg, 0.0, NULL, 0}; /* a sibling of sequence 0 */
         smp_result res[NS + 1];
         assert_int_equal(eng_backend_cuda.sample(a, rows, n, res), 0);
@@ -460,7 +428,7 @@ static void test_backend(void **state) {
  * (reported, not checked). */
 static void test_speed(void **state) {
     (void)state;
-    REQUIRE_GPU();
+    tu_require_gpu();
 #ifdef NI_USE_CUDA
     static const int vocabs[2] = {49152, 128256};
     static const int nrows[3] = {1, 64, 256};
@@ -485,11 +453,7 @@ static void test_speed(void **state) {
 
 int main(void) {
 #ifdef NI_USE_CUDA
-    const char *env = getenv("NI_TEST_SEED");
-    const uint64_t seed =
-        env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_cuda_sample: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    tu_seed(&g_rng, "test_cuda_sample");
 #endif
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vs_cpu),

@@ -2,7 +2,8 @@
  * test_engine.c - the scheduler end to end on the CPU backend with the
  * committed tiny llama2-style model (test/models/tiny-llama2): chunked
  * prefill, preemption, prefix caching, batch invariance, aborts, stop
- * strings, n > 1, and block accounting (no leaks) after every scenario.
+ * strings, n > 1, a failing backend (copy_block), and block accounting (no
+ * leaks) after every scenario.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -73,8 +74,8 @@ static int teardown(void **state) {
     return 0;
 }
 
-static eng_engine *make_engine(collector *c, int n_blocks, int chunk, int max_seqs,
-                               int max_batched, int prefix) {
+static eng_engine *make_engine_on(const eng_backend *be, collector *c, int n_blocks, int chunk,
+                                  int max_seqs, int max_batched, int prefix) {
     eng_config cfg;
     eng_config_default(&cfg);
     cfg.n_blocks = n_blocks;
@@ -85,10 +86,15 @@ static eng_engine *make_engine(collector *c, int n_blocks, int chunk, int max_se
     cfg.n_threads = 1;
     eng_engine *e = NULL;
     char err[256];
-    int rc = eng_init(&e, &g_model, &eng_backend_cpu, &cfg, on_event, c, err, sizeof err);
+    int rc = eng_init(&e, &g_model, be, &cfg, on_event, c, err, sizeof err);
     if (rc) fprintf(stderr, "eng_init: %s\n", err);
     assert_int_equal(rc, 0);
     return e;
+}
+
+static eng_engine *make_engine(collector *c, int n_blocks, int chunk, int max_seqs, int max_batched,
+                               int prefix) {
+    return make_engine_on(&eng_backend_cpu, c, n_blocks, chunk, max_seqs, max_batched, prefix);
 }
 
 static void make_prompt(int32_t *p, int n, uint32_t seed) {
@@ -431,13 +437,77 @@ static void test_parallel_samples(void **state) {
                 memcmp(a.o[0][0].toks, a.o[0][2].toks, 20 * sizeof(int32_t)));
 }
 
+/* The CPU backend with a copy_block that fails like a device would. */
+static int g_copy_calls;
+
+static int copy_block_fails(void *ctx, int src, int dst) {
+    (void)ctx, (void)src, (void)dst;
+    g_copy_calls++;
+    return NI_EIO;
+}
+
+/* A failing copy-on-write ends the request that needed it and every request
+ * batched before it in that step with ENG_FINISH_ERROR, eng_step returns the
+ * backend's code, and a request not yet batched goes on unharmed.
+ * copy_block is reached with n = 2 when the prompt's last block is partial
+ * (21 tokens, blocks of 16) and max_tokens >= 2: the fork shares that block,
+ * and the first decode step of sample 0 must copy it before writing into it.
+ * (A prompt of a multiple of 16 tokens would give a fresh block instead.)
+ * Order of the running list: A, B#0, C (admitted), then B#1 (forked), so in
+ * step 2 A is batched before B#0 fails and C is not batched yet. */
+static void test_copy_block_failure(void **state) {
+    (void)state;
+    static collector a;
+    memset(&a, 0, sizeof a);
+    eng_backend failing = eng_backend_cpu;
+    failing.copy_block = copy_block_fails;
+    g_copy_calls = 0;
+    int32_t pa[10], pb[21], pc[12];
+    make_prompt(pa, 10, 11);
+    make_prompt(pb, 21, 22);
+    make_prompt(pc, 12, 33);
+    eng_engine *e = make_engine_on(&failing, &a, 64, 512, 8, 2048, 0);
+    eng_request ra = req_greedy(0, pa, 10, 20);
+    eng_request rb = req_greedy(1, pb, 21, 20);
+    rb.n = 2;
+    rb.sp.temperature = 1.0f;
+    rb.sp.has_seed = 1;
+    rb.sp.seed = 42;
+    eng_request rc = req_greedy(2, pc, 12, 5);
+    add_ok(e, &ra);
+    add_ok(e, &rb);
+    add_ok(e, &rc);
+
+    assert_int_equal(eng_step(e), 3); /* prefill, fork, first tokens: no copy yet */
+    assert_int_equal(g_copy_calls, 0);
+    assert_int_equal(a.o[1][0].n, 1);
+    assert_int_equal(a.o[1][1].n, 1);
+
+    assert_int_equal(eng_step(e), NI_EIO);
+    assert_int_equal(g_copy_calls, 1);
+    assert_int_equal(a.o[1][0].finish, ENG_FINISH_ERROR);
+    assert_int_equal(a.o[1][1].finish, ENG_FINISH_ERROR);
+    assert_int_equal(a.o[0][0].finish, ENG_FINISH_ERROR); /* batched before the failure */
+    assert_int_equal(a.o[0][0].n, 1);
+    assert_int_equal(a.o[2][0].finish, ENG_FINISH_NONE); /* not batched yet */
+    eng_stats st;
+    eng_get_stats(e, &st);
+    assert_int_equal(st.n_running + st.n_waiting, 1);
+
+    run_all(e); /* C finishes normally; every block of A and B was released */
+    assert_int_equal(a.o[2][0].finish, ENG_FINISH_LENGTH);
+    assert_int_equal(a.o[2][0].n, 5);
+    assert_int_equal(g_copy_calls, 1);
+    eng_free(e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunked_prefill),  cmocka_unit_test(test_preemption),
         cmocka_unit_test(test_reject_too_large), cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_prefix_cache),     cmocka_unit_test(test_abort),
         cmocka_unit_test(test_stop_string),      cmocka_unit_test(test_stop_ids_and_length),
-        cmocka_unit_test(test_parallel_samples),
+        cmocka_unit_test(test_parallel_samples), cmocka_unit_test(test_copy_block_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

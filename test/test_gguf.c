@@ -30,6 +30,7 @@
 #include "engine/format/gguf.h"
 #include "engine/format/quant.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
 /* ---------------------------------------------------------------- writer */
 
@@ -825,12 +826,7 @@ static void test_many_tensors(void **state) {
 
 static void test_real_model(void **state) {
     (void)state;
-    const char *path = getenv("NI_MODEL");
-    if (!path || !*path) path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    if (access(path, R_OK) != 0) {
-        print_message("SKIP: model %s not found (run `make model` or set NI_MODEL)\n", path);
-        skip();
-    }
+    const char *path = tu_require_model();
     gguf_ctx g;
     char err[512];
     int rc = gguf_open(&g, path, err, sizeof(err));
@@ -973,7 +969,6 @@ int main(void) {
         cmocka_unit_test(test_type_names),
     };
     /* NI_TEST_FILTER / NI_TEST_SKIP=pattern (cmocka * ? wildcards) select tests. */
-    if (getenv("NI_TEST_FILTER")) cmocka_set_test_filter(getenv("NI_TEST_FILTER"));
-    if (getenv("NI_TEST_SKIP")) cmocka_set_skip_filter(getenv("NI_TEST_SKIP"));
+    tu_filters();
     return cmocka_run_group_tests(tests, setup, teardown);
 }

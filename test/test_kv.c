@@ -21,23 +21,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
 #include "engine/kv.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
-static uint64_t g_rng;
-
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
+static tu_rng g_rng;
 
 /* ---- hash hooks (forced collisions) --------------------------------------- */
 
@@ -989,7 +980,7 @@ static int pick(const tseq *ts, int st) {
     int idx[NSLOT], n = 0;
     for (int i = 0; i < NSLOT; i++)
         if (ts[i].state == st) idx[n++] = i;
-    return n ? idx[irand(n)] : -1;
+    return n ? idx[tu_int(&g_rng, n)] : -1;
 }
 
 typedef struct stress_counts {
@@ -1007,7 +998,7 @@ static void seq_snapshot_equal(const kv_seq *a, const int32_t *table, const kv_s
 
 static void op_admit(fake *f, tseq *ts, int32_t (*base)[MAXLEN], const stress_cfg *cfg,
                      stress_counts *cnt) {
-    int i = irand(2) ? pick(ts, 2) : -1;
+    int i = tu_int(&g_rng, 2) ? pick(ts, 2) : -1;
     const int readmit = i >= 0;
     if (!readmit) {
         i = pick(ts, 0);
@@ -1016,10 +1007,10 @@ static void op_admit(fake *f, tseq *ts, int32_t (*base)[MAXLEN], const stress_cf
         memset(t, 0, sizeof(*t));
         assert_int_equal(kv_seq_init(f->kv, &t->s), 0);
         int32_t p[MAXLEN];
-        const int len = 1 + irand(cfg->max_len / 2);
-        memcpy(p, base[irand(NBASE)], sizeof(int32_t) * (size_t)len);
-        if (irand(2))
-            for (int k = irand(len); k < len; k++) p[k] = irand(3);
+        const int len = 1 + tu_int(&g_rng, cfg->max_len / 2);
+        memcpy(p, base[tu_int(&g_rng, NBASE)], sizeof(int32_t) * (size_t)len);
+        if (tu_int(&g_rng, 2))
+            for (int k = tu_int(&g_rng, len); k < len; k++) p[k] = tu_int(&g_rng, 3);
         t_append(t, p, len);
     }
     tseq *t = &ts[i];
@@ -1061,7 +1052,7 @@ static void op_step(fake *f, tseq *ts, const stress_cfg *cfg, stress_counts *cnt
     tseq *t = &ts[i];
     int target;
     if (t->s.n_computed < t->n_toks) {
-        target = t->s.n_computed + 1 + irand(t->n_toks - t->s.n_computed);
+        target = t->s.n_computed + 1 + tu_int(&g_rng, t->n_toks - t->s.n_computed);
     } else {
         if (t->n_toks >= cfg->max_len) { /* finished: max length */
             kv_seq_destroy(f->kv, &t->s);
@@ -1069,9 +1060,9 @@ static void op_step(fake *f, tseq *ts, const stress_cfg *cfg, stress_counts *cnt
             cnt->finish++;
             return;
         }
-        const int k = 1 + irand(NI_MIN(3, cfg->max_len - t->n_toks));
+        const int k = 1 + tu_int(&g_rng, NI_MIN(3, cfg->max_len - t->n_toks));
         int32_t nt[3];
-        for (int j = 0; j < k; j++) nt[j] = irand(3);
+        for (int j = 0; j < k; j++) nt[j] = tu_int(&g_rng, 3);
         t_append(t, nt, k);
         target = t->n_toks;
     }
@@ -1124,10 +1115,10 @@ static void run_stress(const stress_cfg *cfg) {
     assert_non_null(ts);
     assert_non_null(base);
     for (int k = 0; k < NBASE; k++)
-        for (int j = 0; j < MAXLEN; j++) base[k][j] = irand(50);
+        for (int j = 0; j < MAXLEN; j++) base[k][j] = tu_int(&g_rng, 50);
     stress_counts cnt = {0};
     for (int it = 0; it < cfg->ops; it++) {
-        const int r = irand(100);
+        const int r = tu_int(&g_rng, 100);
         if (r < 25) {
             op_admit(&f, ts, base, cfg, &cnt);
         } else if (r < 75) {
@@ -1135,7 +1126,7 @@ static void run_stress(const stress_cfg *cfg) {
         } else if (r < 85) {
             op_fork(&f, ts, &cnt);
         } else if (r < 93) {
-            int i = pick(ts, irand(2) ? 1 : 2);
+            int i = pick(ts, tu_int(&g_rng, 2) ? 1 : 2);
             if (i >= 0) {
                 kv_seq_destroy(f.kv, &ts[i].s); /* finish or abort */
                 ts[i].state = 0;
@@ -1195,10 +1186,7 @@ static void test_stress(void **state) {
 }
 
 int main(void) {
-    const char *env = getenv("NI_TEST_SEED");
-    uint64_t seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_kv: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    tu_seed(&g_rng, "test_kv");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_invalid),
         cmocka_unit_test(test_hash_default),

@@ -29,6 +29,7 @@
 #include "engine/engine.h"
 #include "engine/util/util.h"
 #include "tokenizer/tok.h"
+#include "test_util.h"
 
 #define MAXG 128
 
@@ -61,18 +62,6 @@ static void forward_logits(const mdl_model *m, const int32_t *ids, int n, float 
         }
     }
     eng_backend_cpu.free(ctx);
-}
-
-static double rel_err(const float *a, const double *ref, size_t n) {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = a[i] - ref[i];
-        if (d < 0) d = -d;
-        if (d > md) md = d;
-        double r = ref[i] < 0 ? -ref[i] : ref[i];
-        if (r > mr) mr = r;
-    }
-    return mr > 0 ? md / mr : md;
 }
 
 static int json_ids(json_t *a, int32_t *out, int cap) {
@@ -166,14 +155,13 @@ static void check_tiny(const char *name) {
         float *ours_all = json_array_size(all) ? malloc((size_t)n * V * sizeof(float)) : NULL;
         forward_logits(&m, ids, n, last, ours_all);
         json_doubles(json_object_get(p, "last_logits"), ref, (size_t)V);
-        double e = rel_err(last, ref, (size_t)V);
+        double e = tu_check_d(TU_MAX_REL, "last-position logits", last, ref, (size_t)V, 1e-4);
         if (e > worst) worst = e;
-        assert_true(e < 1e-4);
         for (size_t k = 0; ours_all && k < json_array_size(all); k++) {
             json_doubles(json_array_get(all, k), ref, (size_t)V);
-            double ek = rel_err(ours_all + k * V, ref, (size_t)V);
+            double ek = tu_check_d(TU_MAX_REL, "per-position logits", ours_all + k * V, ref,
+                                   (size_t)V, 1e-4);
             if (ek > worst) worst = ek;
-            assert_true(ek < 1e-4);
         }
         greedy_out go;
         int n_new = (int)json_array_size(json_object_get(p, "greedy_ids"));
@@ -241,20 +229,9 @@ static void on_sm(void *ud, const eng_event *ev) {
 
 static void test_smollm2(void **s) {
     (void)s;
-    const char *path = getenv("NI_MODEL") ? getenv("NI_MODEL")
-                                          : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        printf("SKIP: default model %s absent (run `make model`)\n", path);
-        skip();
-    }
-    fclose(f);
-    json_error_t je;
-    json_t *g = json_load_file("test/fixtures/golden_smollm2.json", 0, &je);
-    assert_non_null(g);
     mdl_model m;
+    json_t *g = tu_load_smollm2(&m);
     char err[512];
-    assert_int_equal(mdl_load(&m, path, err, sizeof err), 0);
     const int V = m.cfg.vocab_size;
     json_t *prompts = json_object_get(g, "prompts");
     int np = (int)json_array_size(prompts);
@@ -313,10 +290,9 @@ static void test_smollm2(void **s) {
             memcpy(&x, bin + off + (size_t)v * 4, 4);
             ref[v] = x;
         }
-        double e = rel_err(ours, ref, (size_t)V);
-        printf("  first-step logits '%s': max relative error %.3g\n",
-               json_string_value(json_object_get(row, "name")), e);
-        assert_true(e < 1e-3);
+        const char *name = json_string_value(json_object_get(row, "name"));
+        double e = tu_check_d(TU_MAX_REL, name, ours, ref, (size_t)V, 1e-3);
+        printf("  first-step logits '%s': max relative error %.3g\n", name, e);
         free(ours);
         free(ref);
     }

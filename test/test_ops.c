@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cblas.h>
 #include <cmocka.h>
@@ -20,44 +19,9 @@
 #include "engine/backend/twins.h"
 #include "engine/cpu/cpu_ops.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
-static uint64_t g_rng;
-
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* uniform in [lo, hi) */
-static double urand(double lo, double hi) {
-    return lo + (hi - lo) * ((double)(rng_next() >> 11) * (1.0 / 9007199254740992.0));
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
-
-static float *rand_buf(size_t n, double lo, double hi) {
-    float *p = malloc(n * sizeof(float));
-    assert_non_null(p);
-    for (size_t i = 0; i < n; i++) p[i] = (float)urand(lo, hi);
-    return p;
-}
-
-static double rel_err(const float *got, const double *ref, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i])) return INFINITY;
-        num = fmax(num, fabs((double)got[i] - ref[i]));
-        den = fmax(den, fabs(ref[i]));
-    }
-    return den > 0 ? num / den : num;
-}
-
-static void check_rel(const char *what, const float *got, const double *ref, size_t n, double tol) {
-    const double e = rel_err(got, ref, n);
-    if (!(e < tol)) fail_msg("%s: relative error %.3g >= %.3g", what, e, tol);
-}
+static tu_rng g_rng;
 
 /* ---- matmul ------------------------------------------------------------ */
 
@@ -66,8 +30,9 @@ static void test_matmul(void **state) {
     const int shapes[][3] = {{1, 67, 45}, {7, 67, 45}, {33, 128, 96}, {1, 300, 531}, {5, 300, 531}};
     for (size_t t = 0; t < NI_ARRAY_LEN(shapes); t++) {
         const int n = shapes[t][0], in = shapes[t][1], out = shapes[t][2];
-        float *x = rand_buf((size_t)n * in, -1, 1), *w = rand_buf((size_t)out * in, -1, 1);
-        float *y0 = rand_buf((size_t)n * out, -1, 1);
+        float *x = tu_rand_buf(&g_rng, (size_t)n * in, -1, 1),
+              *w = tu_rand_buf(&g_rng, (size_t)out * in, -1, 1);
+        float *y0 = tu_rand_buf(&g_rng, (size_t)n * out, -1, 1);
         float *y = malloc((size_t)n * out * sizeof(float));
         double *ref = malloc((size_t)n * out * sizeof(double));
         for (int acc = 0; acc <= 1; acc++) {
@@ -82,7 +47,8 @@ static void test_matmul(void **state) {
             for (int split = 1; split <= 3; split += 2) {
                 memcpy(y, y0, (size_t)n * out * sizeof(float));
                 cpu_matmul(y, x, w, n, in, out, acc, split);
-                check_rel(acc ? "matmul+acc" : "matmul", y, ref, (size_t)n * out, 1e-5);
+                tu_check_d(TU_MAX_REL, acc ? "matmul+acc" : "matmul", y, ref, (size_t)n * out,
+                           1e-5);
             }
         }
         free(x); free(w); free(y0); free(y); free(ref);
@@ -93,8 +59,10 @@ static void test_matmul(void **state) {
 static void test_matmul_ld(void **state) {
     (void)state;
     const int n = 6, in = 70, out = 300, ld = 517, c0 = 100;
-    float *x = rand_buf((size_t)n * in, -1, 1), *w = rand_buf((size_t)out * in, -1, 1);
-    float *y = rand_buf((size_t)n * ld, -1, 1), *y0 = malloc((size_t)n * ld * sizeof(float));
+    float *x = tu_rand_buf(&g_rng, (size_t)n * in, -1, 1),
+          *w = tu_rand_buf(&g_rng, (size_t)out * in, -1, 1);
+    float *y = tu_rand_buf(&g_rng, (size_t)n * ld, -1, 1),
+          *y0 = malloc((size_t)n * ld * sizeof(float));
     memcpy(y0, y, (size_t)n * ld * sizeof(float));
     double *ref = malloc((size_t)n * out * sizeof(double));
     float *got = malloc((size_t)n * out * sizeof(float));
@@ -112,7 +80,7 @@ static void test_matmul_ld(void **state) {
             for (int j = 0; j < ld; j++)
                 if (j < c0 || j >= c0 + out) assert_true(y[(size_t)i * ld + j] == y0[(size_t)i * ld + j]);
         }
-        check_rel("matmul_ld", got, ref, (size_t)n * out, 1e-5);
+        tu_check_d(TU_MAX_REL, "matmul_ld", got, ref, (size_t)n * out, 1e-5);
     }
     free(x); free(w); free(y); free(y0); free(ref); free(got);
 }
@@ -122,19 +90,20 @@ static void test_matmul_ld(void **state) {
 static void test_embed_add(void **state) {
     (void)state;
     const int V = 50, D = 24, n = 9;
-    float *tab = rand_buf((size_t)V * D, -1, 1), *out = rand_buf((size_t)n * D, -1, 1);
+    float *tab = tu_rand_buf(&g_rng, (size_t)V * D, -1, 1),
+          *out = tu_rand_buf(&g_rng, (size_t)n * D, -1, 1);
     int32_t tok[9];
-    for (int i = 0; i < n; i++) tok[i] = irand(V);
+    for (int i = 0; i < n; i++) tok[i] = tu_int(&g_rng, V);
     cpu_embed(out, tab, tok, n, D);
     for (int i = 0; i < n; i++)
         assert_memory_equal(out + (size_t)i * D, tab + (size_t)tok[i] * D, D * sizeof(float));
 
     const size_t N = 100003; /* large enough to take the threaded path */
-    float *y = rand_buf(N, -1, 1), *x = rand_buf(N, -1, 1);
+    float *y = tu_rand_buf(&g_rng, N, -1, 1), *x = tu_rand_buf(&g_rng, N, -1, 1);
     double *ref = malloc(N * sizeof(double));
     for (size_t i = 0; i < N; i++) ref[i] = (double)y[i] + x[i];
     cpu_add(y, x, N);
-    check_rel("add", y, ref, N, 1e-6);
+    tu_check_d(TU_MAX_REL, "add", y, ref, N, 1e-6);
     free(tab); free(out); free(y); free(x); free(ref);
 }
 
@@ -144,13 +113,14 @@ static void test_swiglu(void **state) {
     /* wide gate range: exp clamping in both directions */
     for (size_t t = 0; t < NI_ARRAY_LEN(sizes); t++) {
         const size_t n = sizes[t];
-        float *g = rand_buf(n, t ? -12 : -100, t ? 12 : 100), *u = rand_buf(n, -3, 3), *o = rand_buf(n, -1, 1);
+        float *g = tu_rand_buf(&g_rng, n, t ? -12 : -100, t ? 12 : 100),
+              *u = tu_rand_buf(&g_rng, n, -3, 3), *o = tu_rand_buf(&g_rng, n, -1, 1);
         double *ref = malloc(n * sizeof(double));
         for (size_t i = 0; i < n; i++) ref[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
         cpu_swiglu(o, g, u, n);
-        check_rel("swiglu", o, ref, n, 1e-5);
+        tu_check_d(TU_MAX_REL, "swiglu", o, ref, n, 1e-5);
         cpu_swiglu(g, g, u, n); /* in place on gate */
-        check_rel("swiglu in place", g, ref, n, 1e-5);
+        tu_check_d(TU_MAX_REL, "swiglu in place", g, ref, n, 1e-5);
         free(g); free(u); free(o); free(ref);
     }
 }
@@ -173,29 +143,32 @@ static void test_rmsnorm(void **state) {
     for (size_t t = 0; t < NI_ARRAY_LEN(shapes); t++) {
         const int n = shapes[t][0], dim = shapes[t][1];
         const float eps = 1e-5f;
-        float *x = rand_buf((size_t)n * dim, -3, 3), *w = rand_buf(dim, 0.5, 1.5);
-        float *o = rand_buf((size_t)n * dim, -1, 1);
+        float *x = tu_rand_buf(&g_rng, (size_t)n * dim, -3, 3),
+              *w = tu_rand_buf(&g_rng, dim, 0.5, 1.5);
+        float *o = tu_rand_buf(&g_rng, (size_t)n * dim, -1, 1);
         double *ref = malloc((size_t)n * dim * sizeof(double));
         ref_rmsnorm(ref, x, w, n, dim, eps);
         cpu_rmsnorm(o, x, w, n, dim, eps);
-        check_rel("rmsnorm", o, ref, (size_t)n * dim, 1e-5);
+        tu_check_d(TU_MAX_REL, "rmsnorm", o, ref, (size_t)n * dim, 1e-5);
         cpu_rmsnorm(x, x, w, n, dim, eps);
-        check_rel("rmsnorm in place", x, ref, (size_t)n * dim, 1e-5);
+        tu_check_d(TU_MAX_REL, "rmsnorm in place", x, ref, (size_t)n * dim, 1e-5);
         free(x); free(w); free(o); free(ref);
     }
     /* eps matters when the row is tiny */
     float x[8], w[8], o[8];
     double ref[8];
-    for (int j = 0; j < 8; j++) x[j] = (float)urand(-1e-3, 1e-3), w[j] = (float)urand(0.5, 1.5);
+    for (int j = 0; j < 8; j++)
+        x[j] = (float)tu_uniform(&g_rng, -1e-3, 1e-3), w[j] = (float)tu_uniform(&g_rng, 0.5, 1.5);
     ref_rmsnorm(ref, x, w, 1, 8, 1e-6);
     cpu_rmsnorm(o, x, w, 1, 8, 1e-6f);
-    check_rel("rmsnorm small", o, ref, 8, 1e-5);
+    tu_check_d(TU_MAX_REL, "rmsnorm small", o, ref, 8, 1e-5);
 }
 
 static void test_qk_norm(void **state) {
     (void)state;
     const int n = 6, nh = 5, hd = 24;
-    float *x = rand_buf((size_t)n * nh * hd, -4, 4), *w = rand_buf(hd, 0.2, 2.0);
+    float *x = tu_rand_buf(&g_rng, (size_t)n * nh * hd, -4, 4),
+          *w = tu_rand_buf(&g_rng, hd, 0.2, 2.0);
     double *ref = malloc((size_t)n * nh * hd * sizeof(double));
     for (int i = 0; i < n; i++)
         for (int h = 0; h < nh; h++) {
@@ -206,7 +179,7 @@ static void test_qk_norm(void **state) {
             for (int d = 0; d < hd; d++) ref[((size_t)i * nh + h) * hd + d] = xh[d] * r * w[d];
         }
     cpu_head_rmsnorm(x, w, n, nh, hd, 1e-6f);
-    check_rel("qk-norm", x, ref, (size_t)n * nh * hd, 1e-5);
+    tu_check_d(TU_MAX_REL, "qk-norm", x, ref, (size_t)n * nh * hd, 1e-5);
     free(x); free(w); free(ref);
 }
 
@@ -304,16 +277,16 @@ static void test_rope(void **state) {
             mdl_config c = rope_cfg(hd, llama3 ? 500000.0 : 10000.0, layout, llama3);
             cpu_rope r;
             assert_int_equal(cpu_rope_init(&r, &c, max_pos), 0);
-            float *x = rand_buf((size_t)n * nh * hd, -2, 2);
+            float *x = tu_rand_buf(&g_rng, (size_t)n * nh * hd, -2, 2);
             double *ref = malloc((size_t)n * nh * hd * sizeof(double));
             int32_t pos[11];
             pos[0] = 0;
             pos[1] = max_pos - 1;
-            for (int i = 2; i < n; i++) pos[i] = irand(max_pos);
+            for (int i = 2; i < n; i++) pos[i] = tu_int(&g_rng, max_pos);
             ref_rope(ref, x, pos, n, nh, &c);
             cpu_rope_apply(&r, x, pos, n, nh);
-            check_rel(layout ? "rope interleaved" : "rope half-split", x, ref, (size_t)n * nh * hd,
-                      2e-6);
+            tu_check_d(TU_MAX_REL, layout ? "rope interleaved" : "rope half-split", x, ref,
+                       (size_t)n * nh * hd, 2e-6);
             /* position 0 is the identity */
             for (int d = 0; d < nh * hd; d++) assert_true(fabs(x[d] - ref[d]) <= 1e-6 * fabs(ref[d]) + 1e-7);
             cpu_rope_free(&r);
@@ -333,8 +306,10 @@ static void test_rope_layouts_equivalent(void **state) {
     (void)state;
     const int dim = 40, nh = 4, hd = 16, half = hd / 2, n = 9, max_pos = 600;
     const int qd = nh * hd;
-    float *w = rand_buf((size_t)qd * dim, -1, 1), *wp = malloc((size_t)qd * dim * sizeof(float));
-    float *wk = rand_buf((size_t)qd * dim, -1, 1), *wkp = malloc((size_t)qd * dim * sizeof(float));
+    float *w = tu_rand_buf(&g_rng, (size_t)qd * dim, -1, 1),
+          *wp = malloc((size_t)qd * dim * sizeof(float));
+    float *wk = tu_rand_buf(&g_rng, (size_t)qd * dim, -1, 1),
+          *wkp = malloc((size_t)qd * dim * sizeof(float));
     for (int h = 0; h < nh; h++)
         for (int i = 0; i < half; i++)
             for (int j = 0; j < 2; j++) {
@@ -342,7 +317,7 @@ static void test_rope_layouts_equivalent(void **state) {
                 memcpy(wp + dst * dim, w + src * dim, dim * sizeof(float));
                 memcpy(wkp + dst * dim, wk + src * dim, dim * sizeof(float));
             }
-    float *x = rand_buf((size_t)n * dim, -1, 1);
+    float *x = tu_rand_buf(&g_rng, (size_t)n * dim, -1, 1);
     float *q = malloc((size_t)n * qd * sizeof(float)), *qp = malloc((size_t)n * qd * sizeof(float));
     float *k = malloc((size_t)n * qd * sizeof(float)), *kp = malloc((size_t)n * qd * sizeof(float));
     cpu_matmul(q, x, w, n, dim, qd, 0, 1);
@@ -350,7 +325,7 @@ static void test_rope_layouts_equivalent(void **state) {
     cpu_matmul(k, x, wk, n, dim, qd, 0, 1);
     cpu_matmul(kp, x, wkp, n, dim, qd, 0, 1);
     int32_t pos[9];
-    for (int i = 0; i < n; i++) pos[i] = irand(max_pos);
+    for (int i = 0; i < n; i++) pos[i] = tu_int(&g_rng, max_pos);
     for (int llama3 = 0; llama3 <= 1; llama3++) {
         mdl_config ch = rope_cfg(hd, 10000.0, 0, llama3), ci = rope_cfg(hd, 10000.0, 1, llama3);
         if (llama3) ch.rope_orig_max_pos = ci.rope_orig_max_pos = 64; /* make every regime occur */
@@ -373,7 +348,8 @@ static void test_rope_layouts_equivalent(void **state) {
                 for (int i = 0; i < half; i++)
                     for (int j = 0; j < 2; j++)
                         perm[(size_t)t * qd + h * hd + 2 * i + j] = a[(size_t)t * qd + h * hd + j * half + i];
-        check_rel("interleaved(permuted) vs half-split", b, perm, (size_t)n * qd, 1e-6);
+        tu_check_d(TU_MAX_REL, "interleaved(permuted) vs half-split", b, perm, (size_t)n * qd,
+                   1e-6);
         /* attention scores of every (query token, key token, head) agree */
         for (int t = 0; t < n; t++)
             for (int u = 0; u < n; u++)
@@ -414,7 +390,7 @@ static void test_attention_paged(void **state) {
     int32_t perm[NB], tables[NS * MB];
     for (int i = 0; i < n_blocks; i++) perm[i] = i;
     for (int i = n_blocks - 1; i > 0; i--) {
-        const int j = irand(i + 1);
+        const int j = tu_int(&g_rng, i + 1);
         const int32_t t = perm[i]; perm[i] = perm[j]; perm[j] = t;
     }
     for (int s = 0, next = 0; s < n_seqs; s++)
@@ -422,13 +398,13 @@ static void test_attention_paged(void **state) {
             tables[s * max_blocks + j] = j * bs < pre[s] + nnew[s] ? perm[next++] : -1;
 
     /* pool full of random garbage, so reading a wrong slot shows */
-    float *kpool = rand_buf((size_t)n_blocks * bs * kvd, -1, 1);
-    float *vpool = rand_buf((size_t)n_blocks * bs * kvd, -1, 1);
+    float *kpool = tu_rand_buf(&g_rng, (size_t)n_blocks * bs * kvd, -1, 1);
+    float *vpool = tu_rand_buf(&g_rng, (size_t)n_blocks * bs * kvd, -1, 1);
     const cpu_kv_layer kv = {kpool, vpool, bs, kvd};
 
     /* logical K/V of every sequence: [s][max_ctx][kvd] */
-    float *K = rand_buf((size_t)n_seqs * max_ctx * kvd, -2, 2);
-    float *Vv = rand_buf((size_t)n_seqs * max_ctx * kvd, -2, 2);
+    float *K = tu_rand_buf(&g_rng, (size_t)n_seqs * max_ctx * kvd, -2, 2);
+    float *Vv = tu_rand_buf(&g_rng, (size_t)n_seqs * max_ctx * kvd, -2, 2);
     /* store cached prefixes through the op, one sequence at a time */
     for (int s = 0; s < n_seqs; s++) {
         if (!pre[s]) continue;
@@ -450,7 +426,8 @@ static void test_attention_paged(void **state) {
     const cpu_tok_map m = {n_tok, pos, seq, tables, max_blocks};
     cpu_kv_store(&kv, &m, kn, vn);
 
-    float *q = rand_buf((size_t)n_tok * qd, -2, 2), *out = rand_buf((size_t)n_tok * qd, -1, 1);
+    float *q = tu_rand_buf(&g_rng, (size_t)n_tok * qd, -2, 2),
+          *out = tu_rand_buf(&g_rng, (size_t)n_tok * qd, -1, 1);
     double *ref = malloc((size_t)n_tok * qd * sizeof(double));
     /* second round: huge scores (exp overflows without max subtraction) */
     for (int round = 0; round < 2; round++) {
@@ -478,10 +455,10 @@ static void test_attention_paged(void **state) {
     for (int nt = 1; nt <= 2; nt++) {
         const size_t per = cpu_attention_scratch(nh, nkv, hd, max_ctx);
         assert_true(per >= (size_t)G * max_ctx);
-        float *scratch = rand_buf(per * nt, -1, 1);
+        float *scratch = tu_rand_buf(&g_rng, per * nt, -1, 1);
         cpu_attention(out, q, &kv, &m, nh, nkv, hd, scratch, per, nt);
-        check_rel(round ? "paged attention, large scores" : "paged attention", out, ref,
-                  (size_t)n_tok * qd, round ? 1e-4 : 1e-5);
+        tu_check_d(TU_MAX_REL, round ? "paged attention, large scores" : "paged attention", out,
+                   ref, (size_t)n_tok * qd, round ? 1e-4 : 1e-5);
         free(scratch);
     }
     }
@@ -489,11 +466,8 @@ static void test_attention_paged(void **state) {
 }
 
 int main(void) {
-    const char *env = getenv("NI_TEST_SEED");
-    uint64_t seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_ops: seed %llu (NI_TEST_SEED to reproduce), OpenBLAS core %s\n",
-           (unsigned long long)seed, cpu_blas_core());
+    tu_seed(&g_rng, "test_ops");
+    printf("test_ops: OpenBLAS core %s\n", cpu_blas_core());
     /* split matmuls and tiled attention call BLAS from OpenMP threads */
     openblas_set_num_threads(1);
     const struct CMUnitTest tests[] = {

@@ -49,7 +49,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 #include <jansson.h>
@@ -59,25 +58,15 @@
 #include "engine/engine.h"
 #include "engine/format/quant.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
-static uint64_t g_rng;
-
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double urand(double lo, double hi) {
-    return lo + (hi - lo) * ((double)(rng_next() >> 11) * (1.0 / 9007199254740992.0));
-}
-
-static int irand(int n) { return (int)(rng_next() % (uint64_t)n); }
+static tu_rng g_rng;
 
 /* Random values with occasional outliers (as LLM activations have). */
 static void fill_act(float *p, size_t n) {
-    for (size_t i = 0; i < n; i++) p[i] = (float)(irand(50) == 0 ? urand(-20, 20) : urand(-1, 1));
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)(tu_int(&g_rng, 50) == 0 ? tu_uniform(&g_rng, -20, 20)
+                                               : tu_uniform(&g_rng, -1, 1));
 }
 
 /* Column counts covering: one block, partial blocks, a full group plus a
@@ -169,12 +158,12 @@ static void test_q4_lossless_for_q4_1(void **state) {
     float *w = malloc(sizeof(float) * rows * cols), *back = malloc(sizeof(float) * cols);
     for (int r = 0; r < rows; r++)
         for (int b = 0; b < cols / 32; b++) {
-            const float d = qnt_f16_to_f32(qnt_f32_to_f16((float)urand(1e-4, 0.05)));
-            const float mn = qnt_f16_to_f32(qnt_f32_to_f16((float)urand(-1, 0.2)));
+            const float d = qnt_f16_to_f32(qnt_f32_to_f16((float)tu_uniform(&g_rng, 1e-4, 0.05)));
+            const float mn = qnt_f16_to_f32(qnt_f32_to_f16((float)tu_uniform(&g_rng, -1, 0.2)));
             int q[32];
-            for (int e = 0; e < 32; e++) q[e] = irand(16);
-            const int i0 = irand(32);
-            int i1 = irand(31);
+            for (int e = 0; e < 32; e++) q[e] = tu_int(&g_rng, 16);
+            const int i0 = tu_int(&g_rng, 32);
+            int i1 = tu_int(&g_rng, 31);
             i1 += i1 >= i0;
             q[i0] = 0;
             q[i1] = 15;
@@ -235,10 +224,10 @@ static void test_quantize_act(void **state) {
 static void fill_int(float *p, int rows, int cols) {
     for (int r = 0; r < rows; r++) {
         float *row = p + (size_t)r * cols;
-        for (int i = 0; i < cols; i++) row[i] = (float)(irand(255) - 127);
+        for (int i = 0; i < cols; i++) row[i] = (float)(tu_int(&g_rng, 255) - 127);
         for (int b = 0; b * 32 < cols; b++) {
             const int ne = NI_MIN(32, cols - b * 32);
-            row[b * 32 + irand(ne)] = irand(2) ? 127.0f : -127.0f;
+            row[b * 32 + tu_int(&g_rng, ne)] = tu_int(&g_rng, 2) ? 127.0f : -127.0f;
         }
     }
 }
@@ -249,12 +238,12 @@ static void fill_int(float *p, int rows, int cols) {
 static void fill_int4(float *p, int rows, int cols, int off) {
     for (int r = 0; r < rows; r++) {
         float *row = p + (size_t)r * cols;
-        for (int i = 0; i < cols; i++) row[i] = (float)(off + irand(16));
+        for (int i = 0; i < cols; i++) row[i] = (float)(off + tu_int(&g_rng, 16));
         for (int b = 0; b * 32 < cols; b++) {
             const int ne = NI_MIN(32, cols - b * 32);
             if (ne < 2) continue;
-            const int i0 = irand(ne);
-            int i1 = irand(ne - 1);
+            const int i0 = tu_int(&g_rng, ne);
+            int i1 = tu_int(&g_rng, ne - 1);
             i1 += i1 >= i0;
             row[b * 32 + i0] = (float)off;
             row[b * 32 + i1] = (float)(off + 15);
@@ -373,8 +362,8 @@ static void test_paths_agree_and_accuracy(void **state) {
             for (size_t i = 0; i < ny; i++) assert_true(yacc[i] == base[i] + ref[i]);
             /* row ranges x token ranges land at relative offsets, nothing else written */
             for (int rep = 0; rep < 4; rep++) {
-                const int r0 = irand(R), r1 = r0 + 1 + irand(R - r0);
-                const int t0 = irand(N), t1 = t0 + 1 + irand(N - t0);
+                const int r0 = tu_int(&g_rng, R), r1 = r0 + 1 + tu_int(&g_rng, R - r0);
+                const int t0 = tu_int(&g_rng, N), t1 = t0 + 1 + tu_int(&g_rng, N - t0);
                 const int ld = r1 - r0 + 3;
                 float *part = malloc(sizeof(float) * (size_t)(t1 - t0) * ld);
                 for (int i = 0; i < (t1 - t0) * ld; i++) part[i] = NAN;
@@ -429,13 +418,6 @@ static int json_ids(json_t *a, int32_t *out, int cap) {
     return n;
 }
 
-static int argmax(const float *v, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[b]) b = i;
-    return b;
-}
-
 typedef struct sm_out {
     int32_t toks[SM_MAXP][SM_NEW];
     int n[SM_MAXP];
@@ -449,20 +431,9 @@ static void on_sm(void *ud, const eng_event *ev) {
 static void test_smollm2_quant(void **s) {
     const int quant = *(const int *)*s;
     printf("  quant %d (%s)\n", quant, quant == 1 ? "int8" : "4-bit layers, int8 LM head");
-    const char *path = getenv("NI_MODEL") ? getenv("NI_MODEL")
-                                          : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        printf("SKIP: default model %s absent (run `make model`)\n", path);
-        skip();
-    }
-    fclose(f);
-    json_error_t je;
-    json_t *g = json_load_file("test/fixtures/golden_smollm2.json", 0, &je);
-    assert_non_null(g);
     mdl_model m;
+    json_t *g = tu_load_smollm2(&m);
     char err[512];
-    assert_int_equal(mdl_load(&m, path, err, sizeof err), 0);
     const int V = m.cfg.vocab_size;
     json_t *prompts = json_object_get(g, "prompts");
     const int np = (int)json_array_size(prompts);
@@ -532,7 +503,7 @@ static void test_smollm2_quant(void **s) {
     int hits = 0, misses = 0;
     for (int step = 0; step < SM_NEW; step++) {
         for (int i = 0; i < np; i++) {
-            const int am = argmax(lg + (size_t)i * V, V);
+            const int am = tu_argmax(lg + (size_t)i * V, V);
             if (am == ref_new[i][step]) {
                 hits++;
             } else {
@@ -602,10 +573,7 @@ static void test_smollm2_quant(void **s) {
 static const int k_quant[2] = {1, 2};
 
 int main(void) {
-    const char *env = getenv("NI_TEST_SEED");
-    uint64_t seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    g_rng = seed;
-    printf("test_q8: seed %llu (NI_TEST_SEED to reproduce)\n", (unsigned long long)seed);
+    tu_seed(&g_rng, "test_q8");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_quantize_weights),

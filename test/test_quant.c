@@ -27,6 +27,7 @@
 #include "engine/format/gguf.h"
 #include "engine/format/quant.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
 #define FIX "test/fixtures/"
 
@@ -323,17 +324,11 @@ static void test_f32_to_bf16_golden(void **state) {
 
 static void test_model_tensors(void **state) {
     (void)state;
-    const char *path = getenv("NI_MODEL");
-    if (!path || !*path) path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *path = tu_require_model();
     json_t *doc = load(FIX "quant_model.json");
     const char *want_model = json_string_value(json_object_get(doc, "model"));
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
-    if (access(path, R_OK) != 0) {
-        json_decref(doc);
-        print_message("SKIP: model %s not found (run `make model`)\n", path);
-        skip();
-    }
     if (strcmp(base, want_model) != 0) {
         json_decref(doc);
         print_message("SKIP: goldens are for %s, NI_MODEL is %s\n", want_model, path);
@@ -391,7 +386,6 @@ int main(void) {
         cmocka_unit_test(test_model_tensors),
     };
     /* NI_TEST_FILTER / NI_TEST_SKIP=pattern (cmocka * ? wildcards) select tests. */
-    if (getenv("NI_TEST_FILTER")) cmocka_set_test_filter(getenv("NI_TEST_FILTER"));
-    if (getenv("NI_TEST_SKIP")) cmocka_set_skip_filter(getenv("NI_TEST_SKIP"));
+    tu_filters();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

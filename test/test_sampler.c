@@ -22,24 +22,16 @@
 
 #include "engine/backend/sampler.h"
 #include "engine/util/util.h"
+#include "test_util.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static uint64_t g_rng = 12345;
+static tu_rng g_rng = {12345}; /* fixed: the statistical checks below use this stream */
 
-static uint64_t rng_next(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double urand(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
-
-/* approximately normal(0, sd) */
+/* approximately normal(0, sd): Irwin-Hall, sum of 12 uniforms */
 static float nrand(double sd) {
     double s = 0;
-    for (int i = 0; i < 12; i++) s += urand();
+    for (int i = 0; i < 12; i++) s += tu_uniform(&g_rng, 0, 1);
     return (float)((s - 6.0) * sd);
 }
 

@@ -32,6 +32,7 @@
 #include "engine/format/gguf.h"
 #include "engine/util/util.h"
 #include "tokenizer/tok.h"
+#include "test_util.h"
 
 #define SHARED_VOCAB "../shared/vocab"
 
@@ -42,11 +43,6 @@
 static int exists(const char *p) {
     struct stat sb;
     return stat(p, &sb) == 0;
-}
-
-static const char *model_path(void) {
-    const char *m = getenv("NI_MODEL");
-    return m && *m ? m : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
 /* 1 if s[0..n) is valid UTF-8 */
@@ -364,7 +360,7 @@ static tok_tokenizer *load_hf_tok(const char *dir) {
 
 static void test_smollm2_gguf(void **state) {
     (void)state;
-    const char *mp = model_path();
+    const char *mp = tu_model_path();
     if (!exists(mp)) {
         printf("SKIP test_smollm2_gguf: model %s not found (set NI_MODEL or run make model)\n", mp);
         skip();
@@ -768,7 +764,7 @@ static void test_errors(void **state) {
 
 static void test_speed(void **state) {
     (void)state;
-    const char *mp = model_path();
+    const char *mp = tu_model_path();
     tok_tokenizer *t = exists(mp) ? load_gguf_tok(mp) : load_hf_tok("test/fixtures/tok_bpe_tiny_digits");
     const char *para = "The tokenizer splits text into pieces, then merges them by rank. Numbers like 31415 "
                        "and 2718; emojis 🎉🦙 fall back to bytes. 日本語もテストします。 Ünïcödé wörds!\n";

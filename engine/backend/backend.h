@@ -40,15 +40,44 @@ typedef struct eng_batch {
     const uint8_t *want_logits;   /* [n_seqs] */
 } eng_batch;
 
+/* Compute precision asked of a backend (eng_backend_config.dtype). */
+typedef enum eng_dtype {
+    ENG_DTYPE_DEFAULT = 0, /* the backend's own: BF16 on the GPU, FP32 on the CPU */
+    ENG_DTYPE_BF16 = 1,    /* BF16 weights / activations / KV cache, FP32 accumulation */
+    ENG_DTYPE_FP32 = 2,    /* FP32 everywhere (the CPU backend's only precision) */
+} eng_dtype;
+
+/* Decode CUDA graphs of the CUDA backend (eng_backend_config.graphs; the CPU
+ * backend ignores it). */
+typedef enum eng_graphs {
+    ENG_GRAPHS_DEFAULT = 0, /* ON (EAGER in NI_DEBUG builds and under profile) */
+    ENG_GRAPHS_ON = 1,      /* decode steps replayed from captured graphs */
+    ENG_GRAPHS_OFF = 2,     /* every step through the general path */
+    ENG_GRAPHS_EAGER = 3,   /* the padded decode launches without capture (debugging) */
+} eng_graphs;
+
+/* A zero-initialized config asks for every default of the settings after
+ * quant (device_index 0 then names device 0 explicitly); eng_init fills
+ * them from eng_config and the environment (eng_backend_config_env). */
 typedef struct eng_backend_config {
     int n_blocks;                 /* KV pool size in blocks */
     int block_size;               /* tokens per block (default 16) */
     int max_batch_tokens;         /* upper bound of n_tokens per forward call */
     int max_seqs;                 /* upper bound of n_seqs per forward call */
     int n_threads;                /* CPU threads (0 = all cores) */
-    int quant;                    /* weight format (CPU backend): 0 = FP32 (the reference),
-                                   * 1 = int8 blocks of 32, 2 = 4-bit (Q4_1-style) layers +
-                                   * int8 LM head; 1 and 2 use int8 activations */
+    int quant;                    /* weight format: 0 = as loaded (FP32 on the CPU, the
+                                   * reference), 1 = int8 (CPU: blocks of 32 with int8
+                                   * activations; CUDA: per-row scales, activations in
+                                   * dtype), 2 = 4-bit (Q4_1-style) layers + int8 LM head
+                                   * (CPU only) */
+    eng_dtype dtype;              /* compute precision (CUDA: BF16 or FP32; the CPU
+                                   * backend computes in FP32 whatever is asked) */
+    int device_index;             /* GPU ordinal (CUDA); -1 = the default, device 0 */
+    eng_graphs graphs;            /* decode CUDA graphs (CUDA) */
+    int att_splits;               /* attention split-K factor (CUDA): 0 automatic,
+                                   * >= 1 forced (debugging, tests) */
+    int profile;                  /* CUDA: 1 = per-phase device-time table on stderr at free
+                                   * (decode then runs eager); 0 off */
 } eng_backend_config;
 
 /* Penalty state of one sequence for eng_backend.sample: every distinct token
@@ -108,5 +137,29 @@ extern const eng_backend eng_backend_cpu;
  * message naming the parameter when the choice is invalid or unavailable. */
 const eng_backend *eng_backend_select(const char *device, const char *dtype, char *err,
                                       size_t errlen);
+
+/* The dtype named by eng_backend_select's dtype argument, for
+ * eng_config.dtype: "bf16" -> ENG_DTYPE_BF16, "fp32" -> ENG_DTYPE_FP32,
+ * NULL -> ENG_DTYPE_DEFAULT. Returns 0, or NI_EINVAL for any other name
+ * (*out untouched). */
+int eng_dtype_parse(const char *name, eng_dtype *out);
+
+/* The one place the backend settings are read from the environment (eng_init
+ * calls it on the config it passes to kv_blocks_for_memory and init; tools
+ * that call be->init directly may call it too). A variable fills only a
+ * setting still at its default, so an explicit setting (a command-line
+ * flag) wins over the environment, and the environment over the built-in
+ * default. The variables apply to the backend named "cuda" only (c is
+ * untouched for any other be):
+ *   NI_CUDA_DTYPE=bf16|fp32      dtype, when ENG_DTYPE_DEFAULT;
+ *   NI_CUDA_DEVICE=<n>           device_index (>= 0), when < 0;
+ *   NI_CUDA_QUANT=int8|1|none|0  quant (int8 = 1), when 0;
+ *   NI_CUDA_GRAPHS=1|on|0|off|eager  graphs, when ENG_GRAPHS_DEFAULT;
+ *   NI_CUDA_ATT_SPLITS=<n>       att_splits (>= 0), when 0;
+ *   NI_CUDA_PROFILE=<v>          profile = 1 for any non-empty v but "0", when 0.
+ * An unset or empty variable changes nothing. Returns 0, or NI_EINVAL with a
+ * message naming the variable when a value does not parse (c may then be
+ * partly filled). */
+int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *err, size_t errlen);
 
 #endif

@@ -386,6 +386,7 @@ int srv_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", berr);
         return 2;
     }
+    eng_dtype_parse(dtype, &o.cfg.dtype); /* validated by eng_backend_select */
     if (bad || !o.model) {
         fprintf(stderr, "error: bad or missing option (need --model)\n");
         usage();

@@ -261,6 +261,7 @@ static int cmd_generate(int argc, char **argv) {
     eng_config_default(&cfg);
     cfg.n_threads = threads;
     cfg.quant = quant;
+    eng_dtype_parse(dtype, &cfg.dtype); /* validated by eng_backend_select */
     cfg.max_num_seqs = 1;
     cfg.max_batched_tokens = NI_MAX(n_prompt, 16);
     cfg.prefill_chunk = cfg.max_batched_tokens;

@@ -128,8 +128,9 @@ void *srv_engine_main(void *arg) {
         ec.n_threads = s->cfg.threads;
         ec.max_seq_len = s->cfg.max_model_len;
         ec.mem_util = s->cfg.gpu_memory_utilization;
-        s->backend = eng_backend_select(
-            s->cfg.backend, strcmp(s->cfg.dtype, "auto") ? s->cfg.dtype : NULL, err, sizeof err);
+        const char *dtype = strcmp(s->cfg.dtype, "auto") ? s->cfg.dtype : NULL;
+        s->backend = eng_backend_select(s->cfg.backend, dtype, err, sizeof err);
+        if (s->backend) eng_dtype_parse(dtype, &ec.dtype); /* validated by eng_backend_select */
         rc = s->backend ? eng_init(&s->eng, &s->model, s->backend, &ec, on_engine_event, s, err,
                                    sizeof err)
                         : NI_EINVAL;
