@@ -67,48 +67,48 @@
 
 /* Quantized copies of one layer's projections (quant = 1: int8, 2: 4-bit). */
 typedef struct cpu_q8_layer {
-    cpu_q8_mat qkv;             /* [q_dim + 2 * kv_dim][dim]: Wq, Wk, Wv stacked */
-    cpu_q8_mat o;               /* [dim][q_dim] */
-    cpu_q8_mat gate_up;         /* [2 * hidden_dim][dim]: Wgate, Wup stacked */
-    cpu_q8_mat down;            /* [dim][hidden_dim] */
+    cpu_q8_mat qkv;     /* [q_dim + 2 * kv_dim][dim]: Wq, Wk, Wv stacked */
+    cpu_q8_mat o;       /* [dim][q_dim] */
+    cpu_q8_mat gate_up; /* [2 * hidden_dim][dim]: Wgate, Wup stacked */
+    cpu_q8_mat down;    /* [dim][hidden_dim] */
 } cpu_q8_layer;
 
 typedef struct cpu_ctx {
     const mdl_model *m;
     mdl_config c;
     int n_blocks, block_size, max_batch_tokens, max_seqs, n_threads;
-    int mm_split;               /* n_split argument of cpu_matmul (= n_threads) */
-    int max_pos;                /* positions [0, max_pos) are allowed */
-    int q_dim;                  /* n_heads * head_dim */
-    int kv_dim;                 /* n_kv_heads * head_dim */
-    size_t layer_kv_floats;     /* n_blocks * block_size * kv_dim: K (or V) of one layer */
-    size_t block_floats;        /* block_size * kv_dim */
-    float *kv_pool;             /* [n_layers][2][n_blocks][block_size][kv_dim] */
-    cpu_rope rope;              /* cos/sin [max_pos][head_dim/2] */
+    int mm_split;           /* n_split argument of cpu_matmul (= n_threads) */
+    int max_pos;            /* positions [0, max_pos) are allowed */
+    int q_dim;              /* n_heads * head_dim */
+    int kv_dim;             /* n_kv_heads * head_dim */
+    size_t layer_kv_floats; /* n_blocks * block_size * kv_dim: K (or V) of one layer */
+    size_t block_floats;    /* block_size * kv_dim */
+    float *kv_pool;         /* [n_layers][2][n_blocks][block_size][kv_dim] */
+    cpu_rope rope;          /* cos/sin [max_pos][head_dim/2] */
 
-    float *arena;               /* one allocation holding every buffer below */
-    float *x;                   /* [max_batch_tokens][dim] residual stream */
-    float *xb;                  /* [max_batch_tokens][dim] normed input of a sublayer */
-    float *q;                   /* [max_batch_tokens][q_dim] */
-    float *k;                   /* [max_batch_tokens][kv_dim] */
-    float *v;                   /* [max_batch_tokens][kv_dim] */
-    float *att;                 /* [max_batch_tokens][q_dim] attention output */
-    float *gate;                /* [max_batch_tokens][hidden_dim] gate, then swiglu */
-    float *up;                  /* [max_batch_tokens][hidden_dim] */
-    float *xl;                  /* [max_seqs][dim] last rows of sequences wanting logits */
-    float *lbuf;                /* [max_seqs][lm_chunk] logits staging for scattered rows */
-    int lm_chunk;               /* min(vocab_size, LM_CHUNK) */
-    float *scratch;             /* [n_threads][scratch_per_thread] attention scores */
-    size_t scratch_per_thread;  /* cpu_attention_scratch(..., max_pos) */
-    int32_t *tok_pos;           /* [max_batch_tokens] position of each batch token */
-    int32_t *tok_seq;           /* [max_batch_tokens] sequence of each batch token */
-    int32_t *lm_seq;            /* [max_seqs] sequences wanting logits, ascending */
+    float *arena;              /* one allocation holding every buffer below */
+    float *x;                  /* [max_batch_tokens][dim] residual stream */
+    float *xb;                 /* [max_batch_tokens][dim] normed input of a sublayer */
+    float *q;                  /* [max_batch_tokens][q_dim] */
+    float *k;                  /* [max_batch_tokens][kv_dim] */
+    float *v;                  /* [max_batch_tokens][kv_dim] */
+    float *att;                /* [max_batch_tokens][q_dim] attention output */
+    float *gate;               /* [max_batch_tokens][hidden_dim] gate, then swiglu */
+    float *up;                 /* [max_batch_tokens][hidden_dim] */
+    float *xl;                 /* [max_seqs][dim] last rows of sequences wanting logits */
+    float *lbuf;               /* [max_seqs][lm_chunk] logits staging for scattered rows */
+    int lm_chunk;              /* min(vocab_size, LM_CHUNK) */
+    float *scratch;            /* [n_threads][scratch_per_thread] attention scores */
+    size_t scratch_per_thread; /* cpu_attention_scratch(..., max_pos) */
+    int32_t *tok_pos;          /* [max_batch_tokens] position of each batch token */
+    int32_t *tok_seq;          /* [max_batch_tokens] sequence of each batch token */
+    int32_t *lm_seq;           /* [max_seqs] sequences wanting logits, ascending */
 
-    int quant;                  /* 0: FP32 weights; 1: int8 copies below; 2: 4-bit layers */
-    cpu_q8_layer *ql;           /* [n_layers] (quant != 0) */
-    cpu_q8_mat qlm;             /* [vocab_size][dim] int8 LM head (quant != 0) */
-    cpu_q8_act qa;              /* [max(max_batch_tokens, max_seqs)][max(dim, q_dim, hidden_dim)]
-                                 * the quantized input of the current projection */
+    int quant;        /* 0: FP32 weights; 1: int8 copies below; 2: 4-bit layers */
+    cpu_q8_layer *ql; /* [n_layers] (quant != 0) */
+    cpu_q8_mat qlm;   /* [vocab_size][dim] int8 LM head (quant != 0) */
+    cpu_q8_act qa;    /* [max(max_batch_tokens, max_seqs)][max(dim, q_dim, hidden_dim)]
+                       * the quantized input of the current projection */
 } cpu_ctx;
 
 /* a * b into *out unless it overflows size_t. */
@@ -146,8 +146,9 @@ static int check_model(const mdl_model *m, char *err, size_t errlen) {
         c->n_kv_heads <= 0 || c->vocab_size <= 0 || c->head_dim <= 0)
         return ni_fail(err, errlen, NI_EINVAL, "cpu backend: non-positive model size");
     if (c->n_heads % c->n_kv_heads != 0)
-        return ni_fail(err, errlen, NI_EINVAL, "cpu backend: n_heads %d not a multiple of n_kv_heads %d",
-                       c->n_heads, c->n_kv_heads);
+        return ni_fail(err, errlen, NI_EINVAL,
+                       "cpu backend: n_heads %d not a multiple of n_kv_heads %d", c->n_heads,
+                       c->n_kv_heads);
     if (c->head_dim % 2 != 0)
         return ni_fail(err, errlen, NI_EINVAL, "cpu backend: odd head_dim %d", c->head_dim);
     if (!(c->rope_theta > 0.0f))
@@ -161,8 +162,8 @@ static int check_model(const mdl_model *m, char *err, size_t errlen) {
         return ni_fail(err, errlen, NI_EINVAL, "cpu backend: model weights missing");
     for (int l = 0; l < c->n_layers; l++) {
         const mdl_layer *L = &w->layers[l];
-        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm ||
-            !L->w_gate || !L->w_up || !L->w_down || (c->has_qk_norm && (!L->q_norm || !L->k_norm)))
+        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm || !L->w_gate ||
+            !L->w_up || !L->w_down || (c->has_qk_norm && (!L->q_norm || !L->k_norm)))
             return ni_fail(err, errlen, NI_EINVAL, "cpu backend: layer %d weights missing", l);
     }
     return 0;
@@ -262,10 +263,19 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
     /* Work buffers: one arena, every piece 64-byte aligned. */
     const size_t T = (size_t)cf->max_batch_tokens, S = (size_t)cf->max_seqs;
     x->lm_chunk = NI_MIN(c->vocab_size, LM_CHUNK);
-    x->scratch_per_thread = cpu_attention_scratch(c->n_heads, c->n_kv_heads, c->head_dim, x->max_pos);
+    x->scratch_per_thread =
+        cpu_attention_scratch(c->n_heads, c->n_kv_heads, c->head_dim, x->max_pos);
     const size_t sizes[] = {
-        T * c->dim, T * c->dim, T * x->q_dim, T * x->kv_dim, T * x->kv_dim, T * x->q_dim,
-        T * c->hidden_dim, T * c->hidden_dim, S * c->dim, S * x->lm_chunk,
+        T * c->dim,
+        T * c->dim,
+        T * x->q_dim,
+        T * x->kv_dim,
+        T * x->kv_dim,
+        T * x->q_dim,
+        T * c->hidden_dim,
+        T * c->hidden_dim,
+        S * c->dim,
+        S * x->lm_chunk,
         (size_t)x->n_threads * x->scratch_per_thread,
     };
     float **dst[] = {&x->x,    &x->xb, &x->q,  &x->k,    &x->v,      &x->att,
@@ -324,8 +334,8 @@ typedef struct q8_seg {
  * segments taking those rows in order. One OpenMP region: the rows are cut
  * into n_threads slices of whole 16-row chunks, each thread computing every
  * token of its slice. */
-static void q8_project(const cpu_ctx *x, const cpu_q8_mat *w, int rb, const q8_seg *seg,
-                       int n_seg, int accumulate) {
+static void q8_project(const cpu_ctx *x, const cpu_q8_mat *w, int rb, const q8_seg *seg, int n_seg,
+                       int accumulate) {
     int rows = 0;
     for (int s = 0; s < n_seg; s++) rows += seg[s].rows;
     const int chunks = (rows + 15) / 16;
@@ -338,8 +348,8 @@ static void q8_project(const cpu_ctx *x, const cpu_q8_mat *w, int rb, const q8_s
         for (int s = 0, s0 = 0; s < n_seg; s0 += seg[s].rows, s++) {
             const int a0 = NI_MAX(r0, s0), a1 = NI_MIN(r1, s0 + seg[s].rows);
             if (a1 > a0)
-                cpu_q8_gemm_range(seg[s].y + (a0 - s0), seg[s].ld, &x->qa, 0, x->qa.n, w,
-                                  rb + a0, rb + a1, accumulate);
+                cpu_q8_gemm_range(seg[s].y + (a0 - s0), seg[s].ld, &x->qa, 0, x->qa.n, w, rb + a0,
+                                  rb + a1, accumulate);
         }
     }
 }
@@ -395,8 +405,9 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
 
         cpu_rmsnorm(x->xb, x->x, L->attn_norm, n, dim, eps);
         if (Q) {
-            const q8_seg seg[3] = {
-                {x->q, x->q_dim, x->q_dim}, {x->k, x->kv_dim, x->kv_dim}, {x->v, x->kv_dim, x->kv_dim}};
+            const q8_seg seg[3] = {{x->q, x->q_dim, x->q_dim},
+                                   {x->k, x->kv_dim, x->kv_dim},
+                                   {x->v, x->kv_dim, x->kv_dim}};
             cpu_q8_quantize_act(&x->qa, x->xb, dim, n, dim);
             q8_project(x, &Q->qkv, 0, seg, 3, 0);
         } else {

@@ -41,7 +41,6 @@
 /* Below this many weights, a matmul is not split over threads. */
 #define SPLIT_MIN (1 << 16)
 
-
 #if defined(__AVX2__) && defined(__FMA__)
 #define HAVE_EXP8 1
 /* exp of 8 lanes, ~1 ulp relative error for x in [-87.3, 88.3] (inputs are
@@ -61,8 +60,8 @@ static inline __m256 exp8(__m256 x) {
     y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
     y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
     y = _mm256_fmadd_ps(y, z, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 #endif
@@ -176,8 +175,7 @@ void cpu_matmul_ld(float *y, int ldy, const float *x, const float *w, int n, int
         const int groups = (out + 15) / 16;
         const int o0 = NI_MIN(out, (int)((long)groups * t / nt) * 16);
         const int o1 = NI_MIN(out, (int)((long)groups * (t + 1) / nt) * 16);
-        if (o1 > o0)
-            matmul_blas(y + o0, ldy, x, w + (size_t)o0 * in, n, in, o1 - o0, accumulate);
+        if (o1 > o0) matmul_blas(y + o0, ldy, x, w + (size_t)o0 * in, n, in, o1 - o0, accumulate);
     }
 }
 
@@ -269,9 +267,8 @@ void cpu_kv_store(const cpu_kv_layer *kv, const cpu_tok_map *m, const float *k, 
 
 /* One (token, kv head) unit: the G query heads qg[G][hd] attend over n_ctx
  * cached positions; sc is [G][n_ctx] scratch; og[G][hd] receives the result. */
-static void attend_group(float *og, const float *qg, const cpu_kv_layer *kv,
-                         const int32_t *table, int n_ctx, int kv_off, int G, int hd,
-                         float scale, float *sc) {
+static void attend_group(float *og, const float *qg, const cpu_kv_layer *kv, const int32_t *table,
+                         int n_ctx, int kv_off, int G, int hd, float scale, float *sc) {
     const int bs = kv->block_size, kvd = kv->kv_dim;
     /* scores */
     for (int p0 = 0, b = 0; p0 < n_ctx; p0 += bs, b++) {
@@ -342,7 +339,8 @@ static void attend_tile(float *out, const float *q, size_t q_dim, const cpu_kv_l
         const int nk = NI_MIN(ATT_KT, n_ctx - k0);
         for (int j = 0; j < nk; j++) {
             const int p = k0 + j;
-            const size_t off = ((size_t)table[p / bs] * bs + (size_t)(p % bs)) * kvd + (size_t)g * hd;
+            const size_t off =
+                ((size_t)table[p / bs] * bs + (size_t)(p % bs)) * kvd + (size_t)g * hd;
             memcpy(Kc + (size_t)j * hd, kv->k + off, (size_t)hd * sizeof(float));
             memcpy(Vc + (size_t)j * hd, kv->v + off, (size_t)hd * sizeof(float));
         }
@@ -385,7 +383,8 @@ static void attend_tile(float *out, const float *q, size_t q_dim, const cpu_kv_l
 size_t cpu_attention_scratch(int n_heads, int n_kv_heads, int head_dim, int max_pos) {
     const size_t G = (size_t)(n_heads / n_kv_heads), hd = (size_t)head_dim;
     const size_t direct = G * (size_t)max_pos;
-    const size_t tiled = 2 * ATT_QT * G * hd + ATT_QT * G * ATT_KT + 2 * ATT_KT * hd + 2 * ATT_QT * G;
+    const size_t tiled =
+        2 * ATT_QT * G * hd + ATT_QT * G * ATT_KT + 2 * ATT_KT * hd + 2 * ATT_QT * G;
     return direct > tiled ? direct : tiled;
 }
 

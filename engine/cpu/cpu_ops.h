@@ -43,8 +43,8 @@ void cpu_rmsnorm(float *out /* [n][dim] */, const float *x /* [n][dim] */,
 
 /* Qwen3 q/k norm: RMSNorm of every head of every row, in place, with the
  * shared weight w. Same as cpu_rmsnorm over n*n_heads rows of head_dim. */
-void cpu_head_rmsnorm(float *x /* [n][n_heads][head_dim] */, const float *w /* [head_dim] */,
-                      int n, int n_heads, int head_dim, float eps);
+void cpu_head_rmsnorm(float *x /* [n][n_heads][head_dim] */, const float *w /* [head_dim] */, int n,
+                      int n_heads, int head_dim, float eps);
 
 /* out = silu(gate) * up elementwise, silu(g) = g / (1 + exp(-g)).
  * out may equal gate or up. */
@@ -82,11 +82,11 @@ const char *cpu_blas_core(void);
 /* Cos/sin tables over positions [0, max_pos) from eng_rope_inv_freq
  * (engine/backend/twins.h), the same angles the CUDA backend uses. */
 typedef struct cpu_rope {
-    int head_dim;     /* even */
-    int max_pos;      /* positions [0, max_pos) are tabulated */
-    int interleaved;  /* 1: adjacent pairs, 0: half-split */
-    float *cos;       /* [max_pos][head_dim/2] cos(pos * inv_freq[i]) */
-    float *sin;       /* [max_pos][head_dim/2] sin(pos * inv_freq[i]) */
+    int head_dim;    /* even */
+    int max_pos;     /* positions [0, max_pos) are tabulated */
+    int interleaved; /* 1: adjacent pairs, 0: half-split */
+    float *cos;      /* [max_pos][head_dim/2] cos(pos * inv_freq[i]) */
+    float *sin;      /* [max_pos][head_dim/2] sin(pos * inv_freq[i]) */
 } cpu_rope;
 
 /* Tabulates cos/sin for positions [0, max_pos) (angles in double).
@@ -103,10 +103,10 @@ void cpu_rope_apply(const cpu_rope *r, float *x /* [n][n_heads][head_dim] */,
 /* ---- paged KV cache and attention -------------------------------------- */
 
 typedef struct cpu_kv_layer {
-    float *k;         /* [n_blocks][block_size][kv_dim] */
-    float *v;         /* [n_blocks][block_size][kv_dim] */
+    float *k; /* [n_blocks][block_size][kv_dim] */
+    float *v; /* [n_blocks][block_size][kv_dim] */
     int block_size;
-    int kv_dim;       /* n_kv_heads * head_dim */
+    int kv_dim; /* n_kv_heads * head_dim */
 } cpu_kv_layer;
 
 /* Where each batch token lives: its position and the block table row of its
@@ -114,10 +114,10 @@ typedef struct cpu_kv_layer {
  * consecutive positions. */
 typedef struct cpu_tok_map {
     int n_tokens;
-    const int32_t *pos;           /* [n_tokens] absolute position of token i */
-    const int32_t *seq;           /* [n_tokens] sequence of token i (row of block_tables) */
-    const int32_t *block_tables;  /* [n_seqs][max_blocks] physical block ids */
-    int max_blocks;               /* row stride of block_tables */
+    const int32_t *pos;          /* [n_tokens] absolute position of token i */
+    const int32_t *seq;          /* [n_tokens] sequence of token i (row of block_tables) */
+    const int32_t *block_tables; /* [n_seqs][max_blocks] physical block ids */
+    int max_blocks;              /* row stride of block_tables */
 } cpu_tok_map;
 
 /* Writes k[i], v[i] into the cache slot of token i's position. */
@@ -144,7 +144,7 @@ size_t cpu_attention_scratch(int n_heads, int n_kv_heads, int head_dim, int max_
 void cpu_attention(float *out /* [n_tokens][n_heads*head_dim] */,
                    const float *q /* [n_tokens][n_heads*head_dim] */, const cpu_kv_layer *kv,
                    const cpu_tok_map *m, int n_heads, int n_kv_heads, int head_dim,
-                   float *scratch /* [n_threads][scratch_per_thread] */,
-                   size_t scratch_per_thread, int n_threads);
+                   float *scratch /* [n_threads][scratch_per_thread] */, size_t scratch_per_thread,
+                   int n_threads);
 
 #endif

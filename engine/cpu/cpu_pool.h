@@ -48,8 +48,7 @@ void cpu_pool_run(cpu_pool *p, cpu_task_fn fn, void *ctx, int max_parts);
 /* The static partition of [0, n) into nth contiguous ranges, in units of
  * `align` elements (the last range takes the remainder): part ith is
  * [*lo, *hi), possibly empty. */
-void cpu_pool_range(int64_t n, int64_t align, int ith, int nth, int64_t *lo,
-                    int64_t *hi);
+void cpu_pool_range(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int64_t *hi);
 
 /* Workers asleep on the futex right now (tests: an idle pool ends with
  * every worker asleep). */

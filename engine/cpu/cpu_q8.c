@@ -75,7 +75,9 @@ static inline int32_t round_even(float x) {
 }
 
 /* x clamped to [lo, hi]; NaN -> lo. */
-static inline float clampf(float x, float lo, float hi) { return x >= lo ? (x <= hi ? x : hi) : lo; }
+static inline float clampf(float x, float lo, float hi) {
+    return x >= lo ? (x <= hi ? x : hi) : lo;
+}
 
 /* ---- weights --------------------------------------------------------------- */
 
@@ -275,8 +277,8 @@ static inline float tree16(const float *f) {
     return v2a + v2b;
 }
 
-static void gemm_scalar(float *y, int ldy, const cpu_q8_act *a, int t0, int t1,
-                        const cpu_q8_mat *w, int r0, int r1, int accumulate) {
+static void gemm_scalar(float *y, int ldy, const cpu_q8_act *a, int t0, int t1, const cpu_q8_mat *w,
+                        int r0, int r1, int accumulate) {
     const int nb = w->nb, q4 = w->bits == 4;
     for (int r = r0; r < r1; r++) {
         const uint8_t *wq = w->q + (size_t)r * w->q_stride;
@@ -292,9 +294,8 @@ static void gemm_scalar(float *y, int ldy, const cpu_q8_act *a, int t0, int t1,
                     int32_t isum = 0;
                     for (int e = 0; e < CPU_Q8_BLOCK; e++) {
                         const int32_t av = aq[q8_offset(nb, b, e)];
-                        const int32_t wv =
-                            q4 ? (wq[q4_offset(nb, b, e)] >> ((e & 4) ? 4 : 0)) & 15
-                               : (int32_t)wq[q8_offset(nb, b, e)] - 128;
+                        const int32_t wv = q4 ? (wq[q4_offset(nb, b, e)] >> ((e & 4) ? 4 : 0)) & 15
+                                              : (int32_t)wq[q8_offset(nb, b, e)] - 128;
                         isum += wv * av;
                     }
                     f[j] = fmaf((float)isum * ad[b], qnt_f16_to_f32(wd[b]), f[j]);
@@ -323,10 +324,12 @@ static void tile_loop(const tile_fn *tabR, const tile_fn *tab1, int R, int T, fl
     int r = r0;
     for (; r + R <= r1; r += R)
         for (int t = t0; t < t1; t += T)
-            tabR[NI_MIN(T, t1 - t) - 1](y + (size_t)(t - t0) * ldy + (r - r0), ldy, a, t, w, r, acc);
+            tabR[NI_MIN(T, t1 - t) - 1](y + (size_t)(t - t0) * ldy + (r - r0), ldy, a, t, w, r,
+                                        acc);
     for (; r < r1; r++)
         for (int t = t0; t < t1; t += T)
-            tab1[NI_MIN(T, t1 - t) - 1](y + (size_t)(t - t0) * ldy + (r - r0), ldy, a, t, w, r, acc);
+            tab1[NI_MIN(T, t1 - t) - 1](y + (size_t)(t - t0) * ldy + (r - r0), ldy, a, t, w, r,
+                                        acc);
 }
 
 #define INL static inline __attribute__((always_inline))
@@ -363,8 +366,8 @@ T512 INL void tile512(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q
         const int nt = group_len(nb, g);
         const __mmask16 m = (__mmask16)((1u << nt) - 1);
         const size_t ba = (size_t)g * CPU_Q8_GROUP * CPU_Q8_BLOCK; /* activation group base */
-        const size_t bw = Q4 ? ba / 2 : ba;                          /* weight group base */
-        const size_t step = (size_t)nt * 4;                          /* bytes per step */
+        const size_t bw = Q4 ? ba / 2 : ba;                        /* weight group base */
+        const size_t step = (size_t)nt * 4;                        /* bytes per step */
         __m512i acc[Q8_RMAX][Q8_TMAX];
         UNROLL for (int i = 0; i < R; i++) UNROLL for (int u = 0; u < T; u++) acc[i][u] =
             _mm512_setzero_si512();
@@ -423,10 +426,10 @@ T512 INL void tile512(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q
     }
 }
 
-#define TILE_FN(name, attr, body, R, T, Q4)                                                   \
-    static attr void name(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q8_mat *w, \
-                          int r, int acc) {                                                    \
-        body(y, ldy, a, t, w, r, acc, R, T, Q4);                                              \
+#define TILE_FN(name, attr, body, R, T, Q4)                                                        \
+    static attr void name(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q8_mat *w,      \
+                          int r, int acc) {                                                        \
+        body(y, ldy, a, t, w, r, acc, R, T, Q4);                                                   \
     }
 
 TILE_FN(k512_8_4x1, T512, tile512, 4, 1, 0)
@@ -448,8 +451,10 @@ static void gemm_avx512vnni(float *y, int ldy, const cpu_q8_act *a, int t0, int 
     static const tile_fn o8[4] = {k512_8_1x1, k512_8_1x2, k512_8_1x3, k512_8_1x4};
     static const tile_fn r4[2] = {k512_4_4x1, k512_4_4x2};
     static const tile_fn o4[2] = {k512_4_1x1, k512_4_1x2};
-    if (w->bits == 4) tile_loop(r4, o4, 4, 2, y, ldy, a, t0, t1, w, r0, r1, acc);
-    else tile_loop(r8, o8, 4, 4, y, ldy, a, t0, t1, w, r0, r1, acc);
+    if (w->bits == 4)
+        tile_loop(r4, o4, 4, 2, y, ldy, a, t0, t1, w, r0, r1, acc);
+    else
+        tile_loop(r8, o8, 4, 4, y, ldy, a, t0, t1, w, r0, r1, acc);
 }
 
 /* ---- AVX2 and AVX-VNNI (ymm: two 8-lane halves per group) --------------------- */
@@ -458,139 +463,137 @@ static void gemm_avx512vnni(float *y, int ldy, const cpu_q8_act *a, int t0, int 
 #define T256V __attribute__((target("avx2,fma,f16c,avxvnni")))
 
 /* Lane mask for n active 32-bit lanes of 8 (n may be <= 0 or >= 8). */
-#define LANES8(n) \
+#define LANES8(n)                                                                                  \
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 
 /* Loads the low (lanes 0-7) and high (8-15) halves of one step at p. */
-#define LOAD2(lo, hi, p)                                                           \
-    do {                                                                           \
-        if (full) {                                                                \
-            lo = _mm256_loadu_si256((const __m256i *)(p));                         \
-            hi = _mm256_loadu_si256((const __m256i *)((p) + 32));                  \
-        } else {                                                                   \
-            lo = _mm256_maskload_epi32((const int *)(p), mlo);                     \
-            hi = _mm256_maskload_epi32((const int *)((p) + 32), mhi);              \
-        }                                                                          \
+#define LOAD2(lo, hi, p)                                                                           \
+    do {                                                                                           \
+        if (full) {                                                                                \
+            lo = _mm256_loadu_si256((const __m256i *)(p));                                         \
+            hi = _mm256_loadu_si256((const __m256i *)((p) + 32));                                  \
+        } else {                                                                                   \
+            lo = _mm256_maskload_epi32((const int *)(p), mlo);                                     \
+            hi = _mm256_maskload_epi32((const int *)((p) + 32), mhi);                              \
+        }                                                                                          \
     } while (0)
 
 /* Body shared by the AVX2 (VNNI = 0) and AVX-VNNI (VNNI = 1) tiles, for both
  * weight formats. Per path: YMM_PREP8(w, p0, p1) prepares an int8 weight
  * half, YMM_DOT8(acc, p0, p1, a) and YMM_DOT4(acc, w, a) accumulate one
  * 8-lane step of int8 or 4-bit weights. */
-#define YMM_TILE_BODY(VNNI)                                                                    \
-    const int nb = w->nb;                                                                      \
-    const __m256i nib = _mm256_set1_epi8(0x0F);                                                \
-    __m256 flo[Q8_RMAX][Q8_TMAX], fhi[Q8_RMAX][Q8_TMAX];                                       \
-    const uint8_t *wq[Q8_RMAX];                                                                \
-    const int8_t *aq[Q8_TMAX];                                                                 \
-    UNROLL for (int i = 0; i < R; i++) {                                                       \
-        wq[i] = w->q + (size_t)(r + i) * w->q_stride;                                          \
-        UNROLL for (int u = 0; u < T; u++) flo[i][u] = fhi[i][u] = _mm256_setzero_ps();        \
-    }                                                                                          \
-    UNROLL for (int u = 0; u < T; u++) aq[u] = a->q + (size_t)(t + u) * a->q_stride;           \
-    for (int g = 0; g * CPU_Q8_GROUP < nb; g++) {                                              \
-        const int nt = group_len(nb, g), full = nt == CPU_Q8_GROUP;                            \
-        const __m256i mlo = LANES8(nt), mhi = LANES8(nt - 8);                                  \
-        const size_t ba = (size_t)g * CPU_Q8_GROUP * CPU_Q8_BLOCK;                             \
-        const size_t bw = Q4 ? ba / 2 : ba, step = (size_t)nt * 4;                             \
-        __m256i alo[Q8_RMAX][Q8_TMAX], ahi[Q8_RMAX][Q8_TMAX];                                  \
-        UNROLL for (int i = 0; i < R; i++) UNROLL for (int u = 0; u < T; u++) alo[i][u] =      \
-            ahi[i][u] = _mm256_setzero_si256();                                                \
-        if (Q4) {                                                                              \
-            for (int k2 = 0; k2 < 4; k2++) {                                                   \
-                __m256i a0l[Q8_TMAX], a0h[Q8_TMAX], a1l[Q8_TMAX], a1h[Q8_TMAX];                \
-                UNROLL for (int u = 0; u < T; u++) {                                           \
-                    LOAD2(a0l[u], a0h[u], aq[u] + ba + 2 * k2 * step);                         \
-                    LOAD2(a1l[u], a1h[u], aq[u] + ba + (2 * k2 + 1) * step);                   \
-                }                                                                              \
-                UNROLL for (int i = 0; i < R; i++) {                                           \
-                    __m256i wl, wh;                                                            \
-                    LOAD2(wl, wh, wq[i] + bw + k2 * step);                                     \
-                    const __m256i w0l = _mm256_and_si256(wl, nib);                             \
-                    const __m256i w0h = _mm256_and_si256(wh, nib);                             \
-                    const __m256i w1l = _mm256_and_si256(_mm256_srli_epi16(wl, 4), nib);       \
-                    const __m256i w1h = _mm256_and_si256(_mm256_srli_epi16(wh, 4), nib);       \
-                    UNROLL for (int u = 0; u < T; u++) {                                       \
-                        YMM_DOT4(alo[i][u], w0l, a0l[u]);                                      \
-                        YMM_DOT4(ahi[i][u], w0h, a0h[u]);                                      \
-                        YMM_DOT4(alo[i][u], w1l, a1l[u]);                                      \
-                        YMM_DOT4(ahi[i][u], w1h, a1h[u]);                                      \
-                    }                                                                          \
-                }                                                                              \
-            }                                                                                  \
-        } else {                                                                               \
-            for (int k = 0; k < 8; k++) {                                                      \
-                __m256i avl[Q8_TMAX], avh[Q8_TMAX];                                            \
-                UNROLL for (int u = 0; u < T; u++) LOAD2(avl[u], avh[u], aq[u] + ba + k * step); \
-                UNROLL for (int i = 0; i < R; i++) {                                           \
-                    __m256i wl, wh;                                                            \
-                    LOAD2(wl, wh, wq[i] + bw + k * step);                                      \
-                    YMM_PREP8(wl, pl0, pl1);                                                   \
-                    YMM_PREP8(wh, ph0, ph1);                                                   \
-                    UNROLL for (int u = 0; u < T; u++) {                                       \
-                        YMM_DOT8(alo[i][u], pl0, pl1, avl[u]);                                 \
-                        YMM_DOT8(ahi[i][u], ph0, ph1, avh[u]);                                 \
-                    }                                                                          \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
-        const int b0 = g * CPU_Q8_GROUP;                                                       \
-        UNROLL for (int u = 0; u < T; u++) {                                                   \
-            const size_t ao = (size_t)(t + u) * nb + b0;                                       \
-            const __m256 dal = _mm256_maskload_ps(a->d + ao, mlo);                             \
-            const __m256 dah = _mm256_maskload_ps(a->d + ao + 8, mhi);                         \
-            const int sub = VNNI && !Q4; /* int8 weights on VNNI: remove the bias */           \
-            const __m256i sl = sub ? _mm256_maskload_epi32((const int *)(a->s + ao), mlo)      \
-                                   : _mm256_setzero_si256();                                   \
-            const __m256i sh = sub ? _mm256_maskload_epi32((const int *)(a->s + ao + 8), mhi)  \
-                                   : _mm256_setzero_si256();                                   \
-            const __m256 msl = Q4 ? _mm256_maskload_ps(a->ms + ao, mlo) : _mm256_setzero_ps(); \
-            const __m256 msh =                                                                 \
-                Q4 ? _mm256_maskload_ps(a->ms + ao + 8, mhi) : _mm256_setzero_ps();            \
-            UNROLL for (int i = 0; i < R; i++) {                                               \
-                const size_t wo = (size_t)(r + i) * nb + b0;                                   \
-                uint16_t hd[CPU_Q8_GROUP] = {0}, hm[CPU_Q8_GROUP] = {0};                       \
-                memcpy(hd, w->d + wo, (size_t)nt * sizeof(uint16_t));                          \
-                if (Q4) memcpy(hm, w->m + wo, (size_t)nt * sizeof(uint16_t));                  \
-                const __m256 dwl = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));      \
-                const __m256 dwh = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(hd + 8))); \
-                const __m256 fl =                                                              \
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(alo[i][u], sl)), dal);   \
-                const __m256 fh =                                                              \
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ahi[i][u], sh)), dah);   \
-                flo[i][u] = _mm256_fmadd_ps(fl, dwl, flo[i][u]);                               \
-                fhi[i][u] = _mm256_fmadd_ps(fh, dwh, fhi[i][u]);                               \
-                if (Q4) {                                                                      \
-                    const __m256 mwl = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hm));  \
-                    const __m256 mwh =                                                         \
-                        _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(hm + 8)));           \
-                    flo[i][u] = _mm256_fmadd_ps(mwl, msl, flo[i][u]);                          \
-                    fhi[i][u] = _mm256_fmadd_ps(mwh, msh, fhi[i][u]);                          \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
-    }                                                                                          \
-    UNROLL for (int u = 0; u < T; u++) UNROLL for (int i = 0; i < R; i++) {                    \
-        const __m256 v8 = _mm256_add_ps(flo[i][u], fhi[i][u]);                                 \
-        const __m128 v4 =                                                                      \
-            _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));              \
-        const __m128 v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));                               \
-        const float hs = _mm_cvtss_f32(_mm_add_ss(v2, _mm_shuffle_ps(v2, v2, 1)));             \
-        float *yo = y + (size_t)u * ldy + i;                                                   \
-        *yo = accumulate ? *yo + hs : hs;                                                      \
+#define YMM_TILE_BODY(VNNI)                                                                        \
+    const int nb = w->nb;                                                                          \
+    const __m256i nib = _mm256_set1_epi8(0x0F);                                                    \
+    __m256 flo[Q8_RMAX][Q8_TMAX], fhi[Q8_RMAX][Q8_TMAX];                                           \
+    const uint8_t *wq[Q8_RMAX];                                                                    \
+    const int8_t *aq[Q8_TMAX];                                                                     \
+    UNROLL for (int i = 0; i < R; i++) {                                                           \
+        wq[i] = w->q + (size_t)(r + i) * w->q_stride;                                              \
+        UNROLL for (int u = 0; u < T; u++) flo[i][u] = fhi[i][u] = _mm256_setzero_ps();            \
+    }                                                                                              \
+    UNROLL for (int u = 0; u < T; u++) aq[u] = a->q + (size_t)(t + u) * a->q_stride;               \
+    for (int g = 0; g * CPU_Q8_GROUP < nb; g++) {                                                  \
+        const int nt = group_len(nb, g), full = nt == CPU_Q8_GROUP;                                \
+        const __m256i mlo = LANES8(nt), mhi = LANES8(nt - 8);                                      \
+        const size_t ba = (size_t)g * CPU_Q8_GROUP * CPU_Q8_BLOCK;                                 \
+        const size_t bw = Q4 ? ba / 2 : ba, step = (size_t)nt * 4;                                 \
+        __m256i alo[Q8_RMAX][Q8_TMAX], ahi[Q8_RMAX][Q8_TMAX];                                      \
+        UNROLL for (int i = 0; i < R; i++) UNROLL for (int u = 0; u < T; u++) alo[i][u] =          \
+            ahi[i][u] = _mm256_setzero_si256();                                                    \
+        if (Q4) {                                                                                  \
+            for (int k2 = 0; k2 < 4; k2++) {                                                       \
+                __m256i a0l[Q8_TMAX], a0h[Q8_TMAX], a1l[Q8_TMAX], a1h[Q8_TMAX];                    \
+                UNROLL for (int u = 0; u < T; u++) {                                               \
+                    LOAD2(a0l[u], a0h[u], aq[u] + ba + 2 * k2 * step);                             \
+                    LOAD2(a1l[u], a1h[u], aq[u] + ba + (2 * k2 + 1) * step);                       \
+                }                                                                                  \
+                UNROLL for (int i = 0; i < R; i++) {                                               \
+                    __m256i wl, wh;                                                                \
+                    LOAD2(wl, wh, wq[i] + bw + k2 * step);                                         \
+                    const __m256i w0l = _mm256_and_si256(wl, nib);                                 \
+                    const __m256i w0h = _mm256_and_si256(wh, nib);                                 \
+                    const __m256i w1l = _mm256_and_si256(_mm256_srli_epi16(wl, 4), nib);           \
+                    const __m256i w1h = _mm256_and_si256(_mm256_srli_epi16(wh, 4), nib);           \
+                    UNROLL for (int u = 0; u < T; u++) {                                           \
+                        YMM_DOT4(alo[i][u], w0l, a0l[u]);                                          \
+                        YMM_DOT4(ahi[i][u], w0h, a0h[u]);                                          \
+                        YMM_DOT4(alo[i][u], w1l, a1l[u]);                                          \
+                        YMM_DOT4(ahi[i][u], w1h, a1h[u]);                                          \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (int k = 0; k < 8; k++) {                                                          \
+                __m256i avl[Q8_TMAX], avh[Q8_TMAX];                                                \
+                UNROLL for (int u = 0; u < T; u++) LOAD2(avl[u], avh[u], aq[u] + ba + k * step);   \
+                UNROLL for (int i = 0; i < R; i++) {                                               \
+                    __m256i wl, wh;                                                                \
+                    LOAD2(wl, wh, wq[i] + bw + k * step);                                          \
+                    YMM_PREP8(wl, pl0, pl1);                                                       \
+                    YMM_PREP8(wh, ph0, ph1);                                                       \
+                    UNROLL for (int u = 0; u < T; u++) {                                           \
+                        YMM_DOT8(alo[i][u], pl0, pl1, avl[u]);                                     \
+                        YMM_DOT8(ahi[i][u], ph0, ph1, avh[u]);                                     \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        const int b0 = g * CPU_Q8_GROUP;                                                           \
+        UNROLL for (int u = 0; u < T; u++) {                                                       \
+            const size_t ao = (size_t)(t + u) * nb + b0;                                           \
+            const __m256 dal = _mm256_maskload_ps(a->d + ao, mlo);                                 \
+            const __m256 dah = _mm256_maskload_ps(a->d + ao + 8, mhi);                             \
+            const int sub = VNNI && !Q4; /* int8 weights on VNNI: remove the bias */               \
+            const __m256i sl = sub ? _mm256_maskload_epi32((const int *)(a->s + ao), mlo)          \
+                                   : _mm256_setzero_si256();                                       \
+            const __m256i sh = sub ? _mm256_maskload_epi32((const int *)(a->s + ao + 8), mhi)      \
+                                   : _mm256_setzero_si256();                                       \
+            const __m256 msl = Q4 ? _mm256_maskload_ps(a->ms + ao, mlo) : _mm256_setzero_ps();     \
+            const __m256 msh = Q4 ? _mm256_maskload_ps(a->ms + ao + 8, mhi) : _mm256_setzero_ps(); \
+            UNROLL for (int i = 0; i < R; i++) {                                                   \
+                const size_t wo = (size_t)(r + i) * nb + b0;                                       \
+                uint16_t hd[CPU_Q8_GROUP] = {0}, hm[CPU_Q8_GROUP] = {0};                           \
+                memcpy(hd, w->d + wo, (size_t)nt * sizeof(uint16_t));                              \
+                if (Q4) memcpy(hm, w->m + wo, (size_t)nt * sizeof(uint16_t));                      \
+                const __m256 dwl = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));          \
+                const __m256 dwh = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(hd + 8)));    \
+                const __m256 fl =                                                                  \
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(alo[i][u], sl)), dal);       \
+                const __m256 fh =                                                                  \
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ahi[i][u], sh)), dah);       \
+                flo[i][u] = _mm256_fmadd_ps(fl, dwl, flo[i][u]);                                   \
+                fhi[i][u] = _mm256_fmadd_ps(fh, dwh, fhi[i][u]);                                   \
+                if (Q4) {                                                                          \
+                    const __m256 mwl = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hm));      \
+                    const __m256 mwh =                                                             \
+                        _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(hm + 8)));               \
+                    flo[i][u] = _mm256_fmadd_ps(mwl, msl, flo[i][u]);                              \
+                    fhi[i][u] = _mm256_fmadd_ps(mwh, msh, fhi[i][u]);                              \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    UNROLL for (int u = 0; u < T; u++) UNROLL for (int i = 0; i < R; i++) {                        \
+        const __m256 v8 = _mm256_add_ps(flo[i][u], fhi[i][u]);                                     \
+        const __m128 v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));    \
+        const __m128 v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));                                   \
+        const float hs = _mm_cvtss_f32(_mm_add_ss(v2, _mm_shuffle_ps(v2, v2, 1)));                 \
+        float *yo = y + (size_t)u * ldy + i;                                                       \
+        *yo = accumulate ? *yo + hs : hs;                                                          \
     }
 
 /* AVX2: int8 weights un-biased (p1 = signed w, p0 = |w|), then |w| x sign(a, w). */
-#define YMM_PREP8(wv, p0, p1)                                                   \
-    const __m256i p1 = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));      \
+#define YMM_PREP8(wv, p0, p1)                                                                      \
+    const __m256i p1 = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));                         \
     const __m256i p0 = _mm256_abs_epi8(p1)
-#define YMM_DOT8(acc, p0, p1, av)                                               \
-    acc = _mm256_add_epi32(                                                     \
-        acc, _mm256_madd_epi16(_mm256_maddubs_epi16(p0, _mm256_sign_epi8(av, p1)), \
-                               _mm256_set1_epi16(1)))
-#define YMM_DOT4(acc, wv, av)                                                   \
-    acc = _mm256_add_epi32(                                                     \
-        acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), _mm256_set1_epi16(1)))
+#define YMM_DOT8(acc, p0, p1, av)                                                                  \
+    acc = _mm256_add_epi32(acc,                                                                    \
+                           _mm256_madd_epi16(_mm256_maddubs_epi16(p0, _mm256_sign_epi8(av, p1)),   \
+                                             _mm256_set1_epi16(1)))
+#define YMM_DOT4(acc, wv, av)                                                                      \
+    acc = _mm256_add_epi32(acc,                                                                    \
+                           _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), _mm256_set1_epi16(1)))
 
 T256 INL void tile256(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q8_mat *w, int r,
                       int accumulate, const int R, const int T, const int Q4) {
@@ -605,33 +608,29 @@ T256 INL void tile256(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q
 #define YMM_DOT8(acc, p0, p1, av) acc = _mm256_dpbusd_avx_epi32(acc, p0, av)
 #define YMM_DOT4(acc, wv, av) acc = _mm256_dpbusd_avx_epi32(acc, wv, av)
 
-T256V INL void tile256v(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q8_mat *w,
-                        int r, int accumulate, const int R, const int T, const int Q4) {
-    YMM_TILE_BODY(1)
-}
+T256V INL void tile256v(float *y, int ldy, const cpu_q8_act *a, int t, const cpu_q8_mat *w, int r,
+                        int accumulate, const int R, const int T, const int Q4){YMM_TILE_BODY(1)}
 #undef YMM_PREP8
 #undef YMM_DOT8
 #undef YMM_DOT4
 
-TILE_FN(k256_8_2x1, T256, tile256, 2, 1, 0)
-TILE_FN(k256_8_2x2, T256, tile256, 2, 2, 0)
-TILE_FN(k256_8_1x1, T256, tile256, 1, 1, 0)
-TILE_FN(k256_8_1x2, T256, tile256, 1, 2, 0)
-TILE_FN(k256_4_2x1, T256, tile256, 2, 1, 1)
-TILE_FN(k256_4_2x2, T256, tile256, 2, 2, 1)
-TILE_FN(k256_4_1x1, T256, tile256, 1, 1, 1)
-TILE_FN(k256_4_1x2, T256, tile256, 1, 2, 1)
-TILE_FN(k256v_8_2x1, T256V, tile256v, 2, 1, 0)
-TILE_FN(k256v_8_2x2, T256V, tile256v, 2, 2, 0)
-TILE_FN(k256v_8_1x1, T256V, tile256v, 1, 1, 0)
-TILE_FN(k256v_8_1x2, T256V, tile256v, 1, 2, 0)
-TILE_FN(k256v_4_2x1, T256V, tile256v, 2, 1, 1)
-TILE_FN(k256v_4_2x2, T256V, tile256v, 2, 2, 1)
-TILE_FN(k256v_4_1x1, T256V, tile256v, 1, 1, 1)
-TILE_FN(k256v_4_1x2, T256V, tile256v, 1, 2, 1)
+TILE_FN(k256_8_2x1, T256, tile256, 2, 1, 0) TILE_FN(k256_8_2x2, T256, tile256, 2, 2, 0)
+    TILE_FN(k256_8_1x1, T256, tile256, 1, 1, 0) TILE_FN(k256_8_1x2, T256, tile256, 1, 2, 0)
+        TILE_FN(k256_4_2x1, T256, tile256, 2, 1, 1) TILE_FN(k256_4_2x2, T256, tile256, 2, 2, 1)
+            TILE_FN(k256_4_1x1, T256, tile256, 1, 1, 1) TILE_FN(k256_4_1x2, T256, tile256, 1, 2, 1)
+                TILE_FN(k256v_8_2x1, T256V, tile256v, 2, 1, 0)
+                    TILE_FN(k256v_8_2x2, T256V, tile256v, 2, 2, 0)
+                        TILE_FN(k256v_8_1x1, T256V, tile256v, 1, 1, 0)
+                            TILE_FN(k256v_8_1x2, T256V, tile256v, 1, 2, 0)
+                                TILE_FN(k256v_4_2x1, T256V, tile256v, 2, 1, 1)
+                                    TILE_FN(k256v_4_2x2, T256V, tile256v, 2, 2, 1)
+                                        TILE_FN(k256v_4_1x1, T256V, tile256v, 1, 1, 1)
+                                            TILE_FN(k256v_4_1x2, T256V, tile256v, 1, 2, 1)
 
-static void gemm_avx2(float *y, int ldy, const cpu_q8_act *a, int t0, int t1, const cpu_q8_mat *w,
-                      int r0, int r1, int acc) {
+                                                static void gemm_avx2(float *y, int ldy,
+                                                                      const cpu_q8_act *a, int t0,
+                                                                      int t1, const cpu_q8_mat *w,
+                                                                      int r0, int r1, int acc) {
     static const tile_fn r8[2] = {k256_8_2x1, k256_8_2x2}, o8[2] = {k256_8_1x1, k256_8_1x2};
     static const tile_fn r4[2] = {k256_4_2x1, k256_4_2x2}, o4[2] = {k256_4_1x1, k256_4_1x2};
     tile_loop(w->bits == 4 ? r4 : r8, w->bits == 4 ? o4 : o8, 2, 2, y, ldy, a, t0, t1, w, r0, r1,
@@ -710,8 +709,8 @@ const char *cpu_q8_path_name(int p) {
 
 /* ---- products ------------------------------------------------------------ */
 
-void cpu_q8_gemm_range(float *y, int ldy, const cpu_q8_act *a, int t0, int t1,
-                       const cpu_q8_mat *w, int r0, int r1, int accumulate) {
+void cpu_q8_gemm_range(float *y, int ldy, const cpu_q8_act *a, int t0, int t1, const cpu_q8_mat *w,
+                       int r0, int r1, int accumulate) {
     NI_ASSERT(a->cols == w->cols && a->nb == w->nb);
     NI_ASSERT(0 <= t0 && t1 <= a->n && 0 <= r0 && r1 <= w->rows);
     if (t1 <= t0 || r1 <= r0) return;

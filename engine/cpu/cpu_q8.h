@@ -63,8 +63,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CPU_Q8_BLOCK 32  /* values per quantization block */
-#define CPU_Q8_GROUP 16  /* blocks per interleaved group (one 512-bit lane each) */
+#define CPU_Q8_BLOCK 32 /* values per quantization block */
+#define CPU_Q8_GROUP 16 /* blocks per interleaved group (one 512-bit lane each) */
 
 enum cpu_q8_path {
     CPU_Q8_SCALAR = 0,
@@ -77,12 +77,12 @@ enum cpu_q8_path {
 /* A quantized weight matrix, logical shape [rows][cols] (y = W x). */
 typedef struct cpu_q8_mat {
     int rows, cols;
-    int bits;           /* 8 or 4 */
-    int nb;             /* blocks per row: ceil(cols / 32) */
-    size_t q_stride;    /* bytes per row of q: nb * bits * 4 rounded up to 64 */
-    uint8_t *q;         /* [rows][q_stride] group-interleaved: q + 128 (bits 8) or nibbles */
-    uint16_t *d;        /* [rows][nb] FP16 block scales */
-    uint16_t *m;        /* [rows][nb] FP16 block minimums (bits 4), NULL for bits 8 */
+    int bits;        /* 8 or 4 */
+    int nb;          /* blocks per row: ceil(cols / 32) */
+    size_t q_stride; /* bytes per row of q: nb * bits * 4 rounded up to 64 */
+    uint8_t *q;      /* [rows][q_stride] group-interleaved: q + 128 (bits 8) or nibbles */
+    uint16_t *d;     /* [rows][nb] FP16 block scales */
+    uint16_t *m;     /* [rows][nb] FP16 block minimums (bits 4), NULL for bits 8 */
 } cpu_q8_mat;
 
 /* Quantized activations: up to cap_rows rows of up to cap_cols columns;
@@ -90,12 +90,12 @@ typedef struct cpu_q8_mat {
 typedef struct cpu_q8_act {
     int cap_rows, cap_cols;
     int n, cols, nb;
-    size_t q_stride;    /* bytes per row of q: nb * 32 rounded up to 64 */
-    int8_t *q;          /* [n][q_stride] group-interleaved, |q| <= 127 */
-    float *d;           /* [n][nb] block scales */
-    int32_t *s;         /* [n][nb] 128 * sum of the block's q */
-    float *ms;          /* [n][nb] d * sum of the block's q */
-    void *mem;          /* one allocation holding q, d, s, ms */
+    size_t q_stride; /* bytes per row of q: nb * 32 rounded up to 64 */
+    int8_t *q;       /* [n][q_stride] group-interleaved, |q| <= 127 */
+    float *d;        /* [n][nb] block scales */
+    int32_t *s;      /* [n][nb] 128 * sum of the block's q */
+    float *ms;       /* [n][nb] d * sum of the block's q */
+    void *mem;       /* one allocation holding q, d, s, ms */
 } cpu_q8_act;
 
 /* Allocates a rows x cols matrix of the given bits (8 or 4), all zero.
