@@ -77,7 +77,7 @@ static void test_embed(void **state) {
     int32_t tok[37];
     for (int i = 0; i < n; i++) tok[i] = tu_int(&g_rng, V);
     float *ref = nan_buf((size_t)n * D);
-    cpu_embed(ref, tab, tok, n, D);
+    cpu_embed(CPU_SERIAL, ref, tab, tok, n, D);
     for (int t = 0; t < 2; t++) {
         float *got = nan_buf((size_t)n * D);
         assert_int_equal(cu_op_embed(got, tab, V, tok, n, D, k_dtypes[t]), 0);
@@ -116,10 +116,10 @@ static void test_rmsnorm(void **state) {
             float *g = nan_buf((size_t)n * D);
             for (int i = 0; i < n; i++) {
                 float *src = xr + (size_t)(use_rows ? rows[i] : i) * D;
-                if (add) cpu_add(src, add + (size_t)i * D, (size_t)D);
+                if (add) cpu_add(CPU_SERIAL, src, add + (size_t)i * D, (size_t)D);
                 memcpy(g + (size_t)i * D, src, (size_t)D * sizeof(float));
             }
-            cpu_rmsnorm(ref, g, w, n, D, 1e-5f);
+            cpu_rmsnorm(CPU_SERIAL, ref, g, w, n, D, 1e-5f);
             for (int t = 0; t < 2; t++) {
                 float *xg = copy_buf(x0, (size_t)n_x * D), *got = nan_buf((size_t)n * D);
                 assert_int_equal(cu_op_rmsnorm(got, xg, n_x, add, use_rows ? rows : NULL, w, n,
@@ -150,7 +150,7 @@ static void test_swiglu(void **state) {
     const int n = 13, H = 1537;
     float *gate = rand_buf((size_t)n * H, -12, 12), *up = rand_buf((size_t)n * H, -3, 3);
     float *ref = nan_buf((size_t)n * H);
-    cpu_swiglu(ref, gate, up, (size_t)n * H);
+    cpu_swiglu(CPU_SERIAL, ref, gate, up, n, H);
     for (int t = 0; t < 2; t++) {
         float *got = nan_buf((size_t)n * H);
         assert_int_equal(cu_op_swiglu(got, gate, up, n, H, k_dtypes[t]), 0);
@@ -175,7 +175,7 @@ static void test_matmul(void **state) {
         float *y0 = rand_buf((size_t)n * out, -1, 1);
         for (int acc = 0; acc <= 1; acc++) {
             float *ref = copy_buf(y0, (size_t)n * out);
-            cpu_matmul(ref, x, w, n, in, out, acc, 1);
+            cpu_matmul(CPU_SERIAL, ref, x, w, n, in, out, acc);
             for (int t = 0; t < 2; t++) {
                 float *got = acc ? copy_buf(y0, (size_t)n * out) : nan_buf((size_t)n * out);
                 assert_int_equal(cu_op_matmul(got, x, w, n, in, out, acc, k_dtypes[t]), 0);
@@ -260,17 +260,17 @@ static void test_rope_kv(void **state) {
         float *qr = copy_buf(q, (size_t)n * qd), *kr = copy_buf(k, (size_t)n * kvd);
         float *kcr = copy_buf(kc0, (size_t)n_slots * kvd), *vcr = copy_buf(vc0, (size_t)n_slots * kvd);
         if (qn) {
-            cpu_head_rmsnorm(qr, qn, n, c.n_heads, hd, c.norm_eps);
-            cpu_head_rmsnorm(kr, kn, n, c.n_kv_heads, hd, c.norm_eps);
+            cpu_head_rmsnorm(CPU_SERIAL, qr, qn, n, c.n_heads, hd, c.norm_eps);
+            cpu_head_rmsnorm(CPU_SERIAL, kr, kn, n, c.n_kv_heads, hd, c.norm_eps);
         }
         cpu_rope rope;
         assert_int_equal(cpu_rope_init(&rope, &c, max_pos), 0);
-        cpu_rope_apply(&rope, qr, pos, n, c.n_heads);
-        cpu_rope_apply(&rope, kr, pos, n, c.n_kv_heads);
+        cpu_rope_apply(CPU_SERIAL, &rope, qr, pos, n, c.n_heads);
+        cpu_rope_apply(CPU_SERIAL, &rope, kr, pos, n, c.n_kv_heads);
         cpu_rope_free(&rope);
         const cpu_kv_layer kv = {kcr, vcr, bs, kvd};
         const cpu_tok_map map = {n, pos, seq, tables, max_blocks};
-        cpu_kv_store(&kv, &map, kr, vv);
+        cpu_kv_store(CPU_SERIAL, &kv, &map, kr, vv);
 
         static const char *names[N_ROPE] = {"half-split", "interleaved", "qwen3 qk-norm",
                                             "llama3 scaling"};
@@ -342,7 +342,7 @@ static void test_attention(void **state) {
         float *ref = nan_buf((size_t)n * qd), *scratch = malloc(sizeof(float) * scratch_n);
         const cpu_kv_layer kv = {kc, vc, bs, kvd};
         const cpu_tok_map map = {n, tpos, tseq, tables, max_blocks};
-        cpu_attention(ref, q, &kv, &map, nh, nkv, hd, scratch, scratch_n, 1);
+        cpu_attention(CPU_SERIAL, ref, q, &kv, &map, nh, nkv, hd, scratch, scratch_n);
         const int splits[] = {0, 1, 3, 7};
         for (int t = 0; t < 2; t++)
             for (size_t sp = 0; sp < NI_ARRAY_LEN(splits); sp++) {

@@ -46,7 +46,8 @@ static void test_matmul(void **state) {
                 }
             for (int split = 1; split <= 3; split += 2) {
                 memcpy(y, y0, (size_t)n * out * sizeof(float));
-                cpu_matmul(y, x, w, n, in, out, acc, split);
+                for (int i = 0; i < split; i++) /* the parts compose the whole */
+                    cpu_matmul((cpu_part){i, split}, y, x, w, n, in, out, acc);
                 tu_check_d(TU_MAX_REL, acc ? "matmul+acc" : "matmul", y, ref, (size_t)n * out,
                            1e-5);
             }
@@ -74,7 +75,8 @@ static void test_matmul_ld(void **state) {
         }
     for (int split = 1; split <= 2; split++) {
         memcpy(y, y0, (size_t)n * ld * sizeof(float));
-        cpu_matmul_ld(y + c0, ld, x, w, n, in, out, 0, split);
+        for (int i = 0; i < split; i++)
+            cpu_matmul_ld((cpu_part){i, split}, y + c0, ld, x, w, n, in, out, 0);
         for (int i = 0; i < n; i++) {
             memcpy(got + (size_t)i * out, y + (size_t)i * ld + c0, out * sizeof(float));
             for (int j = 0; j < ld; j++)
@@ -94,7 +96,7 @@ static void test_embed_add(void **state) {
           *out = tu_rand_buf(&g_rng, (size_t)n * D, -1, 1);
     int32_t tok[9];
     for (int i = 0; i < n; i++) tok[i] = tu_int(&g_rng, V);
-    cpu_embed(out, tab, tok, n, D);
+    cpu_embed(CPU_SERIAL, out, tab, tok, n, D);
     for (int i = 0; i < n; i++)
         assert_memory_equal(out + (size_t)i * D, tab + (size_t)tok[i] * D, D * sizeof(float));
 
@@ -102,7 +104,7 @@ static void test_embed_add(void **state) {
     float *y = tu_rand_buf(&g_rng, N, -1, 1), *x = tu_rand_buf(&g_rng, N, -1, 1);
     double *ref = malloc(N * sizeof(double));
     for (size_t i = 0; i < N; i++) ref[i] = (double)y[i] + x[i];
-    cpu_add(y, x, N);
+    cpu_add(CPU_SERIAL, y, x, N);
     tu_check_d(TU_MAX_REL, "add", y, ref, N, 1e-6);
     free(tab); free(out); free(y); free(x); free(ref);
 }
@@ -117,9 +119,9 @@ static void test_swiglu(void **state) {
               *u = tu_rand_buf(&g_rng, n, -3, 3), *o = tu_rand_buf(&g_rng, n, -1, 1);
         double *ref = malloc(n * sizeof(double));
         for (size_t i = 0; i < n; i++) ref[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
-        cpu_swiglu(o, g, u, n);
+        cpu_swiglu(CPU_SERIAL, o, g, u, 1, n);
         tu_check_d(TU_MAX_REL, "swiglu", o, ref, n, 1e-5);
-        cpu_swiglu(g, g, u, n); /* in place on gate */
+        cpu_swiglu(CPU_SERIAL, g, g, u, 1, n); /* in place on gate */
         tu_check_d(TU_MAX_REL, "swiglu in place", g, ref, n, 1e-5);
         free(g); free(u); free(o); free(ref);
     }
@@ -148,9 +150,9 @@ static void test_rmsnorm(void **state) {
         float *o = tu_rand_buf(&g_rng, (size_t)n * dim, -1, 1);
         double *ref = malloc((size_t)n * dim * sizeof(double));
         ref_rmsnorm(ref, x, w, n, dim, eps);
-        cpu_rmsnorm(o, x, w, n, dim, eps);
+        cpu_rmsnorm(CPU_SERIAL, o, x, w, n, dim, eps);
         tu_check_d(TU_MAX_REL, "rmsnorm", o, ref, (size_t)n * dim, 1e-5);
-        cpu_rmsnorm(x, x, w, n, dim, eps);
+        cpu_rmsnorm(CPU_SERIAL, x, x, w, n, dim, eps);
         tu_check_d(TU_MAX_REL, "rmsnorm in place", x, ref, (size_t)n * dim, 1e-5);
         free(x); free(w); free(o); free(ref);
     }
@@ -160,7 +162,7 @@ static void test_rmsnorm(void **state) {
     for (int j = 0; j < 8; j++)
         x[j] = (float)tu_uniform(&g_rng, -1e-3, 1e-3), w[j] = (float)tu_uniform(&g_rng, 0.5, 1.5);
     ref_rmsnorm(ref, x, w, 1, 8, 1e-6);
-    cpu_rmsnorm(o, x, w, 1, 8, 1e-6f);
+    cpu_rmsnorm(CPU_SERIAL, o, x, w, 1, 8, 1e-6f);
     tu_check_d(TU_MAX_REL, "rmsnorm small", o, ref, 8, 1e-5);
 }
 
@@ -178,7 +180,7 @@ static void test_qk_norm(void **state) {
             const double r = 1.0 / sqrt(ss / hd + 1e-6);
             for (int d = 0; d < hd; d++) ref[((size_t)i * nh + h) * hd + d] = xh[d] * r * w[d];
         }
-    cpu_head_rmsnorm(x, w, n, nh, hd, 1e-6f);
+    cpu_head_rmsnorm(CPU_SERIAL, x, w, n, nh, hd, 1e-6f);
     tu_check_d(TU_MAX_REL, "qk-norm", x, ref, (size_t)n * nh * hd, 1e-5);
     free(x); free(w); free(ref);
 }
@@ -284,7 +286,7 @@ static void test_rope(void **state) {
             pos[1] = max_pos - 1;
             for (int i = 2; i < n; i++) pos[i] = tu_int(&g_rng, max_pos);
             ref_rope(ref, x, pos, n, nh, &c);
-            cpu_rope_apply(&r, x, pos, n, nh);
+            cpu_rope_apply(CPU_SERIAL, &r, x, pos, n, nh);
             tu_check_d(TU_MAX_REL, layout ? "rope interleaved" : "rope half-split", x, ref,
                        (size_t)n * nh * hd, 2e-6);
             /* position 0 is the identity */
@@ -320,10 +322,10 @@ static void test_rope_layouts_equivalent(void **state) {
     float *x = tu_rand_buf(&g_rng, (size_t)n * dim, -1, 1);
     float *q = malloc((size_t)n * qd * sizeof(float)), *qp = malloc((size_t)n * qd * sizeof(float));
     float *k = malloc((size_t)n * qd * sizeof(float)), *kp = malloc((size_t)n * qd * sizeof(float));
-    cpu_matmul(q, x, w, n, dim, qd, 0, 1);
-    cpu_matmul(qp, x, wp, n, dim, qd, 0, 1);
-    cpu_matmul(k, x, wk, n, dim, qd, 0, 1);
-    cpu_matmul(kp, x, wkp, n, dim, qd, 0, 1);
+    cpu_matmul(CPU_SERIAL, q, x, w, n, dim, qd, 0);
+    cpu_matmul(CPU_SERIAL, qp, x, wp, n, dim, qd, 0);
+    cpu_matmul(CPU_SERIAL, k, x, wk, n, dim, qd, 0);
+    cpu_matmul(CPU_SERIAL, kp, x, wkp, n, dim, qd, 0);
     int32_t pos[9];
     for (int i = 0; i < n; i++) pos[i] = tu_int(&g_rng, max_pos);
     for (int llama3 = 0; llama3 <= 1; llama3++) {
@@ -338,10 +340,10 @@ static void test_rope_layouts_equivalent(void **state) {
         memcpy(b, qp, (size_t)n * qd * sizeof(float));
         memcpy(ak, k, (size_t)n * qd * sizeof(float));
         memcpy(bk, kp, (size_t)n * qd * sizeof(float));
-        cpu_rope_apply(&rh, a, pos, n, nh);
-        cpu_rope_apply(&ri, b, pos, n, nh);
-        cpu_rope_apply(&rh, ak, pos, n, nh);
-        cpu_rope_apply(&ri, bk, pos, n, nh);
+        cpu_rope_apply(CPU_SERIAL, &rh, a, pos, n, nh);
+        cpu_rope_apply(CPU_SERIAL, &ri, b, pos, n, nh);
+        cpu_rope_apply(CPU_SERIAL, &rh, ak, pos, n, nh);
+        cpu_rope_apply(CPU_SERIAL, &ri, bk, pos, n, nh);
         double *perm = malloc((size_t)n * qd * sizeof(double));
         for (int t = 0; t < n; t++)
             for (int h = 0; h < nh; h++)
@@ -411,7 +413,7 @@ static void test_attention_paged(void **state) {
         int32_t pos[400], seq[400];
         for (int p = 0; p < pre[s]; p++) pos[p] = p, seq[p] = 0;
         const cpu_tok_map m = {pre[s], pos, seq, tables + s * max_blocks, max_blocks};
-        cpu_kv_store(&kv, &m, K + (size_t)s * max_ctx * kvd, Vv + (size_t)s * max_ctx * kvd);
+        cpu_kv_store(CPU_SERIAL, &kv, &m, K + (size_t)s * max_ctx * kvd, Vv + (size_t)s * max_ctx * kvd);
     }
     /* the batch of new tokens */
     int32_t pos[128], seq[128];
@@ -424,7 +426,7 @@ static void test_attention_paged(void **state) {
             memcpy(vn + (size_t)i * kvd, Vv + ((size_t)s * max_ctx + pos[i]) * kvd, kvd * sizeof(float));
         }
     const cpu_tok_map m = {n_tok, pos, seq, tables, max_blocks};
-    cpu_kv_store(&kv, &m, kn, vn);
+    cpu_kv_store(CPU_SERIAL, &kv, &m, kn, vn);
 
     float *q = tu_rand_buf(&g_rng, (size_t)n_tok * qd, -2, 2),
           *out = tu_rand_buf(&g_rng, (size_t)n_tok * qd, -1, 1);
@@ -456,7 +458,8 @@ static void test_attention_paged(void **state) {
         const size_t per = cpu_attention_scratch(nh, nkv, hd, max_ctx);
         assert_true(per >= (size_t)G * max_ctx);
         float *scratch = tu_rand_buf(&g_rng, per * nt, -1, 1);
-        cpu_attention(out, q, &kv, &m, nh, nkv, hd, scratch, per, nt);
+        for (int i = 0; i < nt; i++) /* the parts compose the whole */
+            cpu_attention((cpu_part){i, nt}, out, q, &kv, &m, nh, nkv, hd, scratch, per);
         tu_check_d(TU_MAX_REL, round ? "paged attention, large scores" : "paged attention", out,
                    ref, (size_t)n_tok * qd, round ? 1e-4 : 1e-5);
         free(scratch);

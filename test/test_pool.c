@@ -1,7 +1,8 @@
 /*
  * test_pool.c - the CPU backend's thread pool (engine/cpu/cpu_pool.c): every
  * part of every task runs exactly once, on nth = min(max_parts, threads)
- * threads; hand-offs across the spin/sleep boundary lose no wake-up; an idle
+ * threads; the barrier orders the phases of a task; hand-offs across the
+ * spin/sleep boundary lose no wake-up; an idle
  * pool ends with every worker asleep; cpu_pool_range partitions exactly.
  * Pools larger than the machine (8 threads on 2 cores) are part of the test:
  * correctness must not depend on the workers being scheduled promptly.
@@ -113,6 +114,41 @@ static void test_sleep_wake(void **state) {
     cpu_pool_free(p);
 }
 
+typedef struct barrier_task {
+    cpu_pool *p;
+    volatile int slot[MAX_T]; /* phase last written by each part */
+    int errors[MAX_T];
+} barrier_task;
+
+/* 200 phases: write my slot, barrier, every slot must hold this phase,
+ * barrier (so nobody overwrites a slot while another part still reads). */
+static void barrier_fn(void *ctx, int ith, int nth) {
+    barrier_task *t = ctx;
+    for (int phase = 1; phase <= 200; phase++) {
+        t->slot[ith] = phase;
+        cpu_pool_barrier(t->p);
+        for (int i = 0; i < nth; i++)
+            if (t->slot[i] != phase) t->errors[ith]++;
+        cpu_pool_barrier(t->p);
+    }
+}
+
+static void test_barrier(void **state) {
+    (void)state;
+    for (int n = 1; n <= 4; n++) {
+        barrier_task t;
+        memset(&t, 0, sizeof t);
+        assert_int_equal(cpu_pool_init(&t.p, n, 0), 0);
+        for (int rep = 0; rep < 20; rep++) cpu_pool_run(t.p, barrier_fn, &t, 0);
+        cpu_pool_run(t.p, barrier_fn, &t, 2); /* a task on fewer threads than the pool */
+        for (int i = 0; i < n; i++)
+            if (t.errors[i])
+                fail_msg("%d threads: part %d saw %d unfinished phases", n, i, t.errors[i]);
+        cpu_pool_barrier(NULL); /* no-op */
+        cpu_pool_free(t.p);
+    }
+}
+
 static void test_range(void **state) {
     (void)state;
     const int64_t ns[] = {0, 1, 15, 16, 17, 100, 4096, 4097};
@@ -140,6 +176,7 @@ int main(void) {
         cmocka_unit_test(test_serial),
         cmocka_unit_test(test_many_tasks),
         cmocka_unit_test(test_sleep_wake),
+        cmocka_unit_test(test_barrier),
         cmocka_unit_test(test_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -96,7 +96,7 @@ static void test_quantize_weights(void **state) {
             cpu_q8_mat m;
             assert_int_equal(cpu_q8_mat_init(&m, rows, cols, bits), 0);
             assert_int_equal(m.nb, (cols + 31) / 32);
-            cpu_q8_mat_set_rows(&m, 0, w, rows);
+            cpu_q8_mat_set_rows(CPU_SERIAL, &m, 0, w, rows);
             for (int r = 0; r < rows; r++) {
                 cpu_q8_mat_get_row(&m, r, back);
                 for (int b = 0; b < m.nb; b++) {
@@ -171,7 +171,7 @@ static void test_q4_lossless_for_q4_1(void **state) {
         }
     cpu_q8_mat m;
     assert_int_equal(cpu_q8_mat_init(&m, rows, cols, 4), 0);
-    cpu_q8_mat_set_rows(&m, 0, w, rows);
+    cpu_q8_mat_set_rows(CPU_SERIAL, &m, 0, w, rows);
     for (int r = 0; r < rows; r++) {
         cpu_q8_mat_get_row(&m, r, back);
         assert_memory_equal(back, w + (size_t)r * cols, sizeof(float) * cols);
@@ -189,7 +189,7 @@ static void test_quantize_act(void **state) {
         fill_act(x, (size_t)n * ldx);
         cpu_q8_act a;
         assert_int_equal(cpu_q8_act_init(&a, 4, 1024), 0);
-        cpu_q8_quantize_act(&a, x, ldx, n, cols);
+        cpu_q8_quantize_act(CPU_SERIAL, &a, x, ldx, n, cols);
         assert_int_equal(a.n, n);
         assert_int_equal(a.nb, (cols + 31) / 32);
         for (int t = 0; t < n; t++) {
@@ -271,11 +271,11 @@ static void test_exact_integer(void **state) {
             cpu_q8_act a;
             assert_int_equal(cpu_q8_mat_init(&m, R, C, bits), 0);
             assert_int_equal(cpu_q8_act_init(&a, N, C), 0);
-            cpu_q8_mat_set_rows(&m, 0, w, R);
-            cpu_q8_quantize_act(&a, x, C, N, C);
+            cpu_q8_mat_set_rows(CPU_SERIAL, &m, 0, w, R);
+            cpu_q8_quantize_act(CPU_SERIAL, &a, x, C, N, C);
             for (int pi = 0; pi < np; pi++) {
                 assert_int_equal(cpu_q8_set_path(paths[pi]), 0);
-                cpu_q8_gemm(y, R, &a, &m, 0, 1);
+                cpu_q8_gemm(CPU_SERIAL, y, R, &a, &m, 0);
                 for (int t = 0; t < N; t++)
                     for (int r = 0; r < R; r++) {
                         int64_t ref = 0;
@@ -317,13 +317,13 @@ static void test_paths_agree_and_accuracy(void **state) {
         cpu_q8_act a;
         assert_int_equal(cpu_q8_mat_init(&m, R, C, bits), 0);
         assert_int_equal(cpu_q8_act_init(&a, N, C), 0);
-        cpu_q8_mat_set_rows(&m, 0, w, R);
-        cpu_q8_quantize_act(&a, x, C, N, C);
+        cpu_q8_mat_set_rows(CPU_SERIAL, &m, 0, w, R);
+        cpu_q8_quantize_act(CPU_SERIAL, &a, x, C, N, C);
         for (int r = 0; r < R; r++) cpu_q8_mat_get_row(&m, r, wd + (size_t)r * C);
         for (int t = 0; t < N; t++) cpu_q8_act_get_row(&a, t, xd + (size_t)t * C);
 
         assert_int_equal(cpu_q8_set_path(CPU_Q8_SCALAR), 0);
-        cpu_q8_gemm(ref, R, &a, &m, 0, 1);
+        cpu_q8_gemm(CPU_SERIAL, ref, R, &a, &m, 0);
 
         /* accuracy of the reference path */
         for (int t = 0; t < N; t++)
@@ -351,14 +351,15 @@ static void test_paths_agree_and_accuracy(void **state) {
             assert_int_equal(cpu_q8_set_path(paths[pi]), 0);
             for (int nth = 1; nth <= 3; nth++) {
                 memset(y, 0, sizeof(float) * ny);
-                cpu_q8_gemm(y, R, &a, &m, 0, nth);
+                for (int i = 0; i < nth; i++) /* the parts compose the whole */
+                    cpu_q8_gemm((cpu_part){i, nth}, y, R, &a, &m, 0);
                 if (memcmp(y, ref, sizeof(float) * ny))
                     fail_msg("path %s, %d threads, bits %d, %dx%dx%d differs from scalar",
                              cpu_q8_path_name(paths[pi]), nth, bits, R, C, N);
             }
             /* accumulate = 1 adds exactly the same values */
             memcpy(yacc, base, sizeof(float) * ny);
-            cpu_q8_gemm(yacc, R, &a, &m, 1, 2);
+            for (int i = 0; i < 2; i++) cpu_q8_gemm((cpu_part){i, 2}, yacc, R, &a, &m, 1);
             for (size_t i = 0; i < ny; i++) assert_true(yacc[i] == base[i] + ref[i]);
             /* row ranges x token ranges land at relative offsets, nothing else written */
             for (int rep = 0; rep < 4; rep++) {

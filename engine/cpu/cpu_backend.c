@@ -27,14 +27,17 @@
  * n_blocks * block_size); forward validates every batch field that could make
  * it index out of bounds and returns NI_EINVAL instead.
  *
- * Threads: one OpenMP team of n_threads (0 = all cores) does everything:
- * every matmul is cut into n_threads column slices, each a single-threaded
- * OpenBLAS call (openblas_set_num_threads(1), process wide, at init and at
- * each forward); attention runs over (query tile, kv head) units;
- * omp_set_num_threads() is applied to the calling thread at each forward for
- * the elementwise ops. Keeping OpenBLAS's own pthread pool idle avoids two
- * spinning thread pools fighting over the cores (measured on 2 cores: decode
- * 4-8x, prefill ~2x faster than OpenBLAS-threaded sgemm).
+ * Threads: one cpu_pool of n_threads (0 = every core the process may use,
+ * the engine thread included) runs each forward call as ONE task: every
+ * thread walks all layers, computing its part of each step (cpu_part: rows,
+ * output columns or attention units), with cpu_pool_barrier between
+ * dependent steps (~8 per layer). One hand-off per forward instead of a
+ * wake-up per op; workers spin briefly after a forward and then sleep, so an
+ * idle server costs no CPU. Matmul slices are single-threaded OpenBLAS calls
+ * (openblas_set_num_threads(1), process wide, at init and at each forward):
+ * OpenBLAS's own pthread pool stays idle, so two spinning pools never fight
+ * over the cores. Every part computes fixed slices with the same arithmetic,
+ * so results do not depend on the thread count.
  *
  * Speed depends a lot on the kernels OpenBLAS picks at load time: see
  * cpu_blas_core() in cpu_ops.h (OPENBLAS_CORETYPE).
@@ -45,14 +48,13 @@
  * untouched): per layer Wq|Wk|Wv stacked into one matrix, Wo, Wgate|Wup
  * stacked, Wdown, and the LM head (tok_embd when tied). Each projection's
  * input is quantized once per call (blocks of 32, into one activation buffer
- * sized at init) and one OpenMP region computes every output row of the
+ * sized at init) and the parts of one step compute every output row of the
  * stacked matrix, writing each row range straight into q/k/v (gate/up). The
  * int8 products are bit-for-bit independent of the batch composition, the
  * thread count and the SIMD path, for decode and prefill alike; embedding,
  * norms, RoPE, attention and the KV cache stay FP32.
  */
 #include <cblas.h>
-#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -77,7 +79,7 @@ typedef struct cpu_ctx {
     const mdl_model *m;
     mdl_config c;
     int n_blocks, block_size, max_batch_tokens, max_seqs, n_threads;
-    int mm_split;           /* n_split argument of cpu_matmul (= n_threads) */
+    cpu_pool *pool;         /* n_threads threads (the engine thread included) */
     int max_pos;            /* positions [0, max_pos) are allowed */
     int q_dim;              /* n_heads * head_dim */
     int kv_dim;             /* n_kv_heads * head_dim */
@@ -137,6 +139,7 @@ static void cpu_free(void *vctx) {
     free(x->ql);
     cpu_q8_mat_free(&x->qlm);
     cpu_q8_act_free(&x->qa);
+    cpu_pool_free(x->pool);
     free(x);
 }
 
@@ -169,37 +172,47 @@ static int check_model(const mdl_model *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* One part of quantizing every projection (rows split over the pool). */
+static void quantize_part(void *vctx, int ith, int nth) {
+    cpu_ctx *x = vctx;
+    const cpu_part pt = {ith, nth};
+    const mdl_weights *w = &x->m->w;
+    const int dim = x->c.dim, hid = x->c.hidden_dim, qd = x->q_dim, kvd = x->kv_dim;
+    for (int l = 0; l < x->c.n_layers; l++) {
+        const mdl_layer *L = &w->layers[l];
+        cpu_q8_layer *Q = &x->ql[l];
+        cpu_q8_mat_set_rows(pt, &Q->qkv, 0, L->wq, qd);
+        cpu_q8_mat_set_rows(pt, &Q->qkv, qd, L->wk, kvd);
+        cpu_q8_mat_set_rows(pt, &Q->qkv, qd + kvd, L->wv, kvd);
+        cpu_q8_mat_set_rows(pt, &Q->o, 0, L->wo, dim);
+        cpu_q8_mat_set_rows(pt, &Q->gate_up, 0, L->w_gate, hid);
+        cpu_q8_mat_set_rows(pt, &Q->gate_up, hid, L->w_up, hid);
+        cpu_q8_mat_set_rows(pt, &Q->down, 0, L->w_down, dim);
+    }
+    cpu_q8_mat_set_rows(pt, &x->qlm, 0, w->lm_head, x->c.vocab_size);
+}
+
 /* quant = 1 or 2: the quantized copies of every projection (int8, or 4-bit
  * for the layers when quant = 2; the LM head is int8 in both) and the
  * activation buffer. Returns 0 or NI_ENOMEM with a message. */
 static int init_q8(cpu_ctx *x, int quant, char *err, size_t errlen) {
     const mdl_config *c = &x->c;
-    const mdl_weights *w = &x->m->w;
     const int dim = c->dim, hid = c->hidden_dim, qd = x->q_dim, kvd = x->kv_dim;
     const int bits = quant == 2 ? 4 : 8;
     x->quant = quant;
-    omp_set_num_threads(x->n_threads); /* quantization runs on the team */
     x->ql = calloc((size_t)c->n_layers, sizeof(*x->ql));
     if (!x->ql) return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory");
     for (int l = 0; l < c->n_layers; l++) {
-        const mdl_layer *L = &w->layers[l];
         cpu_q8_layer *Q = &x->ql[l];
         if (cpu_q8_mat_init(&Q->qkv, qd + 2 * kvd, dim, bits) ||
             cpu_q8_mat_init(&Q->o, dim, qd, bits) ||
             cpu_q8_mat_init(&Q->gate_up, 2 * hid, dim, bits) ||
             cpu_q8_mat_init(&Q->down, dim, hid, bits))
             return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory for int8 weights");
-        cpu_q8_mat_set_rows(&Q->qkv, 0, L->wq, qd);
-        cpu_q8_mat_set_rows(&Q->qkv, qd, L->wk, kvd);
-        cpu_q8_mat_set_rows(&Q->qkv, qd + kvd, L->wv, kvd);
-        cpu_q8_mat_set_rows(&Q->o, 0, L->wo, dim);
-        cpu_q8_mat_set_rows(&Q->gate_up, 0, L->w_gate, hid);
-        cpu_q8_mat_set_rows(&Q->gate_up, hid, L->w_up, hid);
-        cpu_q8_mat_set_rows(&Q->down, 0, L->w_down, dim);
     }
     if (cpu_q8_mat_init(&x->qlm, c->vocab_size, dim, 8))
         return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory for the int8 LM head");
-    cpu_q8_mat_set_rows(&x->qlm, 0, w->lm_head, c->vocab_size);
+    cpu_pool_run(x->pool, quantize_part, x, 0);
     const int rows = NI_MAX(x->max_batch_tokens, x->max_seqs);
     if (cpu_q8_act_init(&x->qa, rows, NI_MAX(dim, NI_MAX(qd, hid))))
         return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory for int8 activations");
@@ -230,7 +243,13 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
     x->block_size = cf->block_size;
     x->max_batch_tokens = cf->max_batch_tokens;
     x->max_seqs = cf->max_seqs;
-    x->n_threads = cf->n_threads ? cf->n_threads : omp_get_num_procs();
+    rc = cpu_pool_init(&x->pool, cf->n_threads, 0);
+    if (rc) {
+        free(x);
+        return ni_fail(err, errlen, rc, "cpu backend: cannot start %d compute threads",
+                       cf->n_threads);
+    }
+    x->n_threads = cpu_pool_threads(x->pool);
     x->q_dim = c->n_heads * c->head_dim;
     x->kv_dim = c->n_kv_heads * c->head_dim;
     int64_t max_pos = (int64_t)cf->n_blocks * cf->block_size;
@@ -297,10 +316,9 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
         off += (sizes[i] + 15) & ~(size_t)15;
     }
 
-    /* Matmuls are split over our OpenMP team, each slice a single-threaded
-     * BLAS call: measured 2-8x faster than OpenBLAS's own (pthread) threads,
-     * whose spinning workers fight the OpenMP team for the cores. */
-    x->mm_split = x->n_threads;
+    /* Matmuls are split over our pool, each slice a single-threaded BLAS
+     * call: measured 2-8x faster than OpenBLAS's own (pthread) threads, whose
+     * spinning workers fight ours for the cores. */
     openblas_set_num_threads(1);
     if (cf->quant != 0 && (rc = init_q8(x, cf->quant, err, errlen))) {
         cpu_free(x);
@@ -330,48 +348,160 @@ typedef struct q8_seg {
     int rows;
 } q8_seg;
 
-/* seg outputs (+)= x->qa W^T for rows [rb, rb + sum of seg rows) of w, the
- * segments taking those rows in order. One OpenMP region: the rows are cut
- * into n_threads slices of whole 16-row chunks, each thread computing every
- * token of its slice. */
-static void q8_project(const cpu_ctx *x, const cpu_q8_mat *w, int rb, const q8_seg *seg, int n_seg,
-                       int accumulate) {
+/* seg outputs (+)= x->qa W^T for this part's rows of [rb, rb + sum of seg
+ * rows) of w, the segments taking those rows in order: the rows are cut into
+ * nth slices of whole 16-row chunks, each part computing every token of its
+ * slice. */
+static void q8_project(cpu_part pt, const cpu_ctx *x, const cpu_q8_mat *w, int rb,
+                       const q8_seg *seg, int n_seg, int accumulate) {
     int rows = 0;
     for (int s = 0; s < n_seg; s++) rows += seg[s].rows;
-    const int chunks = (rows + 15) / 16;
-    const int nth = NI_MIN(x->n_threads, chunks);
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int r0 = NI_MIN(rows, (int)((long)chunks * t / nt) * 16);
-        const int r1 = NI_MIN(rows, (int)((long)chunks * (t + 1) / nt) * 16);
-        for (int s = 0, s0 = 0; s < n_seg; s0 += seg[s].rows, s++) {
-            const int a0 = NI_MAX(r0, s0), a1 = NI_MIN(r1, s0 + seg[s].rows);
-            if (a1 > a0)
-                cpu_q8_gemm_range(seg[s].y + (a0 - s0), seg[s].ld, &x->qa, 0, x->qa.n, w, rb + a0,
-                                  rb + a1, accumulate);
-        }
+    int64_t r0, r1;
+    cpu_pool_range(rows, 16, pt.ith, pt.nth, &r0, &r1);
+    for (int s = 0, s0 = 0; s < n_seg; s0 += seg[s].rows, s++) {
+        const int a0 = NI_MAX((int)r0, s0), a1 = NI_MIN((int)r1, s0 + seg[s].rows);
+        if (a1 > a0)
+            cpu_q8_gemm_range(seg[s].y + (a0 - s0), seg[s].ld, &x->qa, 0, x->qa.n, w, rb + a0,
+                              rb + a1, accumulate);
     }
 }
 
-/* Logits of the n_want rows of x->xl (already normed) into their sequences'
- * rows of logits, through the int8 LM head. */
-static void q8_logits(cpu_ctx *x, float *logits, int n_want) {
-    const int V = x->c.vocab_size;
-    cpu_q8_quantize_act(&x->qa, x->xl, x->c.dim, n_want, x->c.dim);
+/* One forward call, as one pool task. */
+typedef struct fwd_job {
+    cpu_ctx *x;
+    const eng_batch *b;
+    float *logits;
+    int n_want; /* rows of x->lm_seq */
+} fwd_job;
+
+/* This part's share of the logits of the n_want rows of x->xl (normed, and
+ * quantized into x->qa when x->quant), written to their sequences' rows of
+ * logits: straight when the rows are one contiguous run, else LM_CHUNK
+ * vocabulary columns at a time through x->lbuf. */
+static void logits_part(cpu_part pt, cpu_ctx *x, float *logits, int n_want) {
+    const int V = x->c.vocab_size, dim = x->c.dim;
+    const float *lm = x->m->w.lm_head;
     if (x->lm_seq[n_want - 1] - x->lm_seq[0] == n_want - 1) {
-        const q8_seg seg = {logits + (size_t)x->lm_seq[0] * V, V, V};
-        q8_project(x, &x->qlm, 0, &seg, 1, 0);
+        float *y = logits + (size_t)x->lm_seq[0] * V;
+        if (x->quant) {
+            const q8_seg seg = {y, V, V};
+            q8_project(pt, x, &x->qlm, 0, &seg, 1, 0);
+        } else {
+            cpu_matmul_ld(pt, y, V, x->xl, lm, n_want, dim, V, 0);
+        }
         return;
     }
+    int64_t r0, r1;
+    cpu_pool_range(n_want, 1, pt.ith, pt.nth, &r0, &r1);
     for (int v0 = 0; v0 < V; v0 += x->lm_chunk) {
         const int vc = NI_MIN(x->lm_chunk, V - v0);
-        const q8_seg seg = {x->lbuf, vc, vc};
-        q8_project(x, &x->qlm, v0, &seg, 1, 0);
-        for (int r = 0; r < n_want; r++)
+        if (x->quant) {
+            const q8_seg seg = {x->lbuf, vc, vc};
+            q8_project(pt, x, &x->qlm, v0, &seg, 1, 0);
+        } else {
+            cpu_matmul_ld(pt, x->lbuf, vc, x->xl, lm + (size_t)v0 * dim, n_want, dim, vc, 0);
+        }
+        cpu_pool_barrier(x->pool);
+        for (int64_t r = r0; r < r1; r++)
             memcpy(logits + (size_t)x->lm_seq[r] * V + v0, x->lbuf + (size_t)r * vc,
                    (size_t)vc * sizeof(float));
+        cpu_pool_barrier(x->pool); /* lbuf is rewritten by the next chunk */
     }
+}
+
+/* Part ith of nth of a forward pass. Every part walks the same steps and
+ * the same barriers; between two barriers a part only reads what it wrote
+ * itself (steps split by the same tokens: embed -> rmsnorm -> quantize,
+ * head norms -> rope -> kv_store, swiglu -> quantize) or what every part
+ * finished before the last barrier. */
+static void forward_part(void *vjob, int ith, int nth) {
+    const fwd_job *j = vjob;
+    cpu_ctx *x = j->x;
+    const eng_batch *b = j->b;
+    const cpu_part pt = {ith, nth};
+    cpu_pool *P = x->pool;
+    const mdl_config *c = &x->c;
+    const mdl_weights *w = &x->m->w;
+    const int n = b->n_tokens, dim = c->dim, hd = c->head_dim, hid = c->hidden_dim;
+    const float eps = c->norm_eps;
+    const cpu_tok_map map = {n, x->tok_pos, x->tok_seq, b->block_tables, b->max_blocks};
+
+    cpu_embed(pt, x->x, w->tok_embd, b->tokens, n, dim);
+    for (int l = 0; l < c->n_layers; l++) {
+        const mdl_layer *L = &w->layers[l];
+        float *kbase = x->kv_pool + (size_t)l * 2 * x->layer_kv_floats;
+        const cpu_kv_layer kv = {kbase, kbase + x->layer_kv_floats, x->block_size, x->kv_dim};
+        const cpu_q8_layer *Q = x->quant ? &x->ql[l] : NULL;
+
+        cpu_rmsnorm(pt, x->xb, x->x, L->attn_norm, n, dim, eps);
+        if (Q) cpu_q8_quantize_act(pt, &x->qa, x->xb, dim, n, dim);
+        cpu_pool_barrier(P);
+        if (Q) {
+            const q8_seg seg[3] = {{x->q, x->q_dim, x->q_dim},
+                                   {x->k, x->kv_dim, x->kv_dim},
+                                   {x->v, x->kv_dim, x->kv_dim}};
+            q8_project(pt, x, &Q->qkv, 0, seg, 3, 0);
+        } else {
+            cpu_matmul(pt, x->q, x->xb, L->wq, n, dim, x->q_dim, 0);
+            cpu_matmul(pt, x->k, x->xb, L->wk, n, dim, x->kv_dim, 0);
+            cpu_matmul(pt, x->v, x->xb, L->wv, n, dim, x->kv_dim, 0);
+        }
+        cpu_pool_barrier(P);
+        if (c->has_qk_norm) {
+            cpu_head_rmsnorm(pt, x->q, L->q_norm, n, c->n_heads, hd, eps);
+            cpu_head_rmsnorm(pt, x->k, L->k_norm, n, c->n_kv_heads, hd, eps);
+        }
+        cpu_rope_apply(pt, &x->rope, x->q, x->tok_pos, n, c->n_heads);
+        cpu_rope_apply(pt, &x->rope, x->k, x->tok_pos, n, c->n_kv_heads);
+        cpu_kv_store(pt, &kv, &map, x->k, x->v);
+        cpu_pool_barrier(P);
+        cpu_attention(pt, x->att, x->q, &kv, &map, c->n_heads, c->n_kv_heads, hd, x->scratch,
+                      x->scratch_per_thread);
+        cpu_pool_barrier(P);
+        if (Q) {
+            const q8_seg seg = {x->x, dim, dim};
+            cpu_q8_quantize_act(pt, &x->qa, x->att, x->q_dim, n, x->q_dim);
+            cpu_pool_barrier(P);
+            q8_project(pt, x, &Q->o, 0, &seg, 1, 1);
+        } else {
+            cpu_matmul(pt, x->x, x->att, L->wo, n, x->q_dim, dim, 1);
+        }
+        cpu_pool_barrier(P);
+
+        cpu_rmsnorm(pt, x->xb, x->x, L->ffn_norm, n, dim, eps);
+        if (Q) cpu_q8_quantize_act(pt, &x->qa, x->xb, dim, n, dim);
+        cpu_pool_barrier(P);
+        if (Q) {
+            const q8_seg seg[2] = {{x->gate, hid, hid}, {x->up, hid, hid}};
+            q8_project(pt, x, &Q->gate_up, 0, seg, 2, 0);
+        } else {
+            cpu_matmul(pt, x->gate, x->xb, L->w_gate, n, dim, hid, 0);
+            cpu_matmul(pt, x->up, x->xb, L->w_up, n, dim, hid, 0);
+        }
+        cpu_pool_barrier(P);
+        cpu_swiglu(pt, x->gate, x->gate, x->up, n, hid);
+        if (Q) cpu_q8_quantize_act(pt, &x->qa, x->gate, hid, n, hid);
+        cpu_pool_barrier(P);
+        if (Q) {
+            const q8_seg seg = {x->x, dim, dim};
+            q8_project(pt, x, &Q->down, 0, &seg, 1, 1);
+        } else {
+            cpu_matmul(pt, x->x, x->gate, L->w_down, n, hid, dim, 1);
+        }
+        cpu_pool_barrier(P);
+    }
+
+    /* Logits: the last row of each sequence that wants them. */
+    if (j->n_want == 0) return;
+    int64_t r0, r1;
+    cpu_pool_range(j->n_want, 1, ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++)
+        memcpy(x->xl + (size_t)r * dim, x->x + (size_t)(b->seq_start[x->lm_seq[r] + 1] - 1) * dim,
+               (size_t)dim * sizeof(float));
+    cpu_rmsnorm(pt, x->xl, x->xl, w->out_norm, j->n_want, dim, eps);
+    if (x->quant) cpu_q8_quantize_act(pt, &x->qa, x->xl, dim, j->n_want, dim);
+    cpu_pool_barrier(P);
+    logits_part(pt, x, j->logits, j->n_want);
 }
 
 static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
@@ -380,12 +510,6 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
     int rc = check_batch(x, b, logits);
     if (rc) return rc;
     if (b->n_tokens == 0) return 0;
-
-    const mdl_config *c = &x->c;
-    const mdl_weights *w = &x->m->w;
-    const int n = b->n_tokens, dim = c->dim, hd = c->head_dim, hid = c->hidden_dim;
-    const float eps = c->norm_eps;
-    omp_set_num_threads(x->n_threads);
     openblas_set_num_threads(1); /* cheap; guards against a later change elsewhere */
 
     for (int s = 0; s < b->n_seqs; s++)
@@ -393,93 +517,10 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
             x->tok_seq[i] = s;
             x->tok_pos[i] = b->pos0[s] + (i - b->seq_start[s]);
         }
-    const cpu_tok_map map = {n, x->tok_pos, x->tok_seq, b->block_tables, b->max_blocks};
-
-    cpu_embed(x->x, w->tok_embd, b->tokens, n, dim);
-    for (int l = 0; l < c->n_layers; l++) {
-        const mdl_layer *L = &w->layers[l];
-        float *kbase = x->kv_pool + (size_t)l * 2 * x->layer_kv_floats;
-        const cpu_kv_layer kv = {kbase, kbase + x->layer_kv_floats, x->block_size, x->kv_dim};
-
-        const cpu_q8_layer *Q = x->quant ? &x->ql[l] : NULL;
-
-        cpu_rmsnorm(x->xb, x->x, L->attn_norm, n, dim, eps);
-        if (Q) {
-            const q8_seg seg[3] = {{x->q, x->q_dim, x->q_dim},
-                                   {x->k, x->kv_dim, x->kv_dim},
-                                   {x->v, x->kv_dim, x->kv_dim}};
-            cpu_q8_quantize_act(&x->qa, x->xb, dim, n, dim);
-            q8_project(x, &Q->qkv, 0, seg, 3, 0);
-        } else {
-            cpu_matmul(x->q, x->xb, L->wq, n, dim, x->q_dim, 0, x->mm_split);
-            cpu_matmul(x->k, x->xb, L->wk, n, dim, x->kv_dim, 0, x->mm_split);
-            cpu_matmul(x->v, x->xb, L->wv, n, dim, x->kv_dim, 0, x->mm_split);
-        }
-        if (c->has_qk_norm) {
-            cpu_head_rmsnorm(x->q, L->q_norm, n, c->n_heads, hd, eps);
-            cpu_head_rmsnorm(x->k, L->k_norm, n, c->n_kv_heads, hd, eps);
-        }
-        cpu_rope_apply(&x->rope, x->q, x->tok_pos, n, c->n_heads);
-        cpu_rope_apply(&x->rope, x->k, x->tok_pos, n, c->n_kv_heads);
-        cpu_kv_store(&kv, &map, x->k, x->v);
-        cpu_attention(x->att, x->q, &kv, &map, c->n_heads, c->n_kv_heads, hd, x->scratch,
-                      x->scratch_per_thread, x->n_threads);
-        if (Q) {
-            const q8_seg seg = {x->x, dim, dim};
-            cpu_q8_quantize_act(&x->qa, x->att, x->q_dim, n, x->q_dim);
-            q8_project(x, &Q->o, 0, &seg, 1, 1);
-        } else {
-            cpu_matmul(x->x, x->att, L->wo, n, x->q_dim, dim, 1, x->mm_split);
-        }
-
-        cpu_rmsnorm(x->xb, x->x, L->ffn_norm, n, dim, eps);
-        if (Q) {
-            const q8_seg seg[2] = {{x->gate, hid, hid}, {x->up, hid, hid}};
-            cpu_q8_quantize_act(&x->qa, x->xb, dim, n, dim);
-            q8_project(x, &Q->gate_up, 0, seg, 2, 0);
-        } else {
-            cpu_matmul(x->gate, x->xb, L->w_gate, n, dim, hid, 0, x->mm_split);
-            cpu_matmul(x->up, x->xb, L->w_up, n, dim, hid, 0, x->mm_split);
-        }
-        cpu_swiglu(x->gate, x->gate, x->up, (size_t)n * hid);
-        if (Q) {
-            const q8_seg seg = {x->x, dim, dim};
-            cpu_q8_quantize_act(&x->qa, x->gate, hid, n, hid);
-            q8_project(x, &Q->down, 0, &seg, 1, 1);
-        } else {
-            cpu_matmul(x->x, x->gate, L->w_down, n, hid, dim, 1, x->mm_split);
-        }
-    }
-
-    /* Logits: last row of each sequence that wants them. */
-    int n_want = 0;
-    for (int s = 0; s < b->n_seqs; s++) {
-        if (!b->want_logits || !b->want_logits[s]) continue;
-        memcpy(x->xl + (size_t)n_want * dim, x->x + (size_t)(b->seq_start[s + 1] - 1) * dim,
-               (size_t)dim * sizeof(float));
-        x->lm_seq[n_want++] = s;
-    }
-    if (n_want == 0) return 0;
-    cpu_rmsnorm(x->xl, x->xl, w->out_norm, n_want, dim, eps);
-    if (x->quant) {
-        q8_logits(x, logits, n_want);
-        return 0;
-    }
-    const int V = c->vocab_size;
-    if (x->lm_seq[n_want - 1] - x->lm_seq[0] == n_want - 1) {
-        /* one contiguous run of rows: write straight into logits */
-        cpu_matmul_ld(logits + (size_t)x->lm_seq[0] * V, V, x->xl, w->lm_head, n_want, dim, V, 0,
-                      x->mm_split);
-    } else {
-        for (int v0 = 0; v0 < V; v0 += x->lm_chunk) {
-            const int vc = NI_MIN(x->lm_chunk, V - v0);
-            cpu_matmul_ld(x->lbuf, vc, x->xl, w->lm_head + (size_t)v0 * dim, n_want, dim, vc, 0,
-                          x->mm_split);
-            for (int r = 0; r < n_want; r++)
-                memcpy(logits + (size_t)x->lm_seq[r] * V + v0, x->lbuf + (size_t)r * vc,
-                       (size_t)vc * sizeof(float));
-        }
-    }
+    fwd_job j = {x, b, logits, 0};
+    for (int s = 0; s < b->n_seqs; s++)
+        if (b->want_logits && b->want_logits[s]) x->lm_seq[j.n_want++] = s;
+    cpu_pool_run(x->pool, forward_part, &j, 0);
     return 0;
 }
 

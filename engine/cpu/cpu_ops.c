@@ -2,11 +2,11 @@
  * cpu_ops.c - FP32 ops of the CPU reference backend (see cpu_ops.h).
  *
  * Design:
- *   - matmul: OpenBLAS sgemm (sgemv for one row), either one call or cut into
- *     column slices over an OpenMP team of single-threaded calls;
+ *   - matmul: OpenBLAS sgemm (sgemv for one row), one single-threaded call
+ *     per part over a slice of output columns;
  *   - row ops (rmsnorm, rope, swiglu, add): plain loops vectorized with
- *     `omp simd` (reductions included, so no -ffast-math is needed), threaded
- *     with `omp parallel for` only above PAR_MIN floats;
+ *     `omp simd` (reductions included, so no -ffast-math is needed; only the
+ *     SIMD pragmas of OpenMP are used, not its runtime), split by rows;
  *   - exp in softmax and SiLU: an 8-lane AVX2/FMA polynomial (exp8, ~1 ulp)
  *     when compiled for x86-64-v3, libm expf otherwise and for tails;
  *   - attention: units of (query tile, kv head) so the G query heads sharing
@@ -25,14 +25,12 @@
 #include <immintrin.h>
 #endif
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
+#include "cpu_pool.h"
 #include "engine/backend/twins.h"
 #include "engine/util/util.h"
 
-/* Below this many floats touched, elementwise ops stay single-threaded. */
-#define PAR_MIN (1 << 15)
 /* Attention tiles: query tokens per tile, keys per tile, and the fewest
  * query tokens that take the tiled (sgemm) path rather than direct dots. */
 #define ATT_QT 32
@@ -96,8 +94,18 @@ static inline float dotf(const float *a, const float *b, int n) {
     return s;
 }
 
-void cpu_embed(float *out, const float *table, const int32_t *tokens, int n, int dim) {
-    for (int i = 0; i < n; i++)
+/* This part's whole rows of n. */
+static void rows_of(cpu_part pt, int n, int *i0, int *i1) {
+    int64_t lo, hi;
+    cpu_pool_range(n, 1, pt.ith, pt.nth, &lo, &hi);
+    *i0 = (int)lo;
+    *i1 = (int)hi;
+}
+
+void cpu_embed(cpu_part pt, float *out, const float *table, const int32_t *tokens, int n, int dim) {
+    int i0, i1;
+    rows_of(pt, n, &i0, &i1);
+    for (int i = i0; i < i1; i++)
         memcpy(out + (size_t)i * dim, table + (size_t)tokens[i] * dim, (size_t)dim * sizeof(float));
 }
 
@@ -110,14 +118,20 @@ static inline void rmsnorm_row(float *o, const float *x, const float *w, int dim
     for (int j = 0; j < dim; j++) o[j] = x[j] * r * w[j];
 }
 
-void cpu_rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps) {
-#pragma omp parallel for schedule(static) if ((size_t)n * dim >= PAR_MIN)
-    for (int i = 0; i < n; i++)
+void cpu_rmsnorm(cpu_part pt, float *out, const float *x, const float *w, int n, int dim,
+                 float eps) {
+    int i0, i1;
+    rows_of(pt, n, &i0, &i1);
+    for (int i = i0; i < i1; i++)
         rmsnorm_row(out + (size_t)i * dim, x + (size_t)i * dim, w, dim, eps);
 }
 
-void cpu_head_rmsnorm(float *x, const float *w, int n, int n_heads, int head_dim, float eps) {
-    cpu_rmsnorm(x, x, w, n * n_heads, head_dim, eps);
+void cpu_head_rmsnorm(cpu_part pt, float *x, const float *w, int n, int n_heads, int head_dim,
+                      float eps) {
+    int i0, i1;
+    rows_of(pt, n, &i0, &i1);
+    for (int r = i0 * n_heads; r < i1 * n_heads; r++)
+        rmsnorm_row(x + (size_t)r * head_dim, x + (size_t)r * head_dim, w, head_dim, eps);
 }
 
 /* out[i] = silu(gate[i]) * up[i] for i in [i0, i1). */
@@ -135,17 +149,17 @@ static void swiglu_range(float *out, const float *gate, const float *up, size_t 
     for (; i < i1; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-void cpu_swiglu(float *out, const float *gate, const float *up, size_t n) {
-    const size_t chunk = 4096; /* a multiple of 8 */
-    const long n_chunks = (long)((n + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (long c = 0; c < n_chunks; c++)
-        swiglu_range(out, gate, up, (size_t)c * chunk, NI_MIN(n, (size_t)(c + 1) * chunk));
+void cpu_swiglu(cpu_part pt, float *out, const float *gate, const float *up, int n, int cols) {
+    int i0, i1;
+    rows_of(pt, n, &i0, &i1);
+    swiglu_range(out, gate, up, (size_t)i0 * cols, (size_t)i1 * cols);
 }
 
-void cpu_add(float *y, const float *x, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= 4 * PAR_MIN)
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+void cpu_add(cpu_part pt, float *y, const float *x, size_t n) {
+    int64_t lo, hi;
+    cpu_pool_range((int64_t)n, 16, pt.ith, pt.nth, &lo, &hi);
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) y[i] += x[i];
 }
 
 /* One BLAS call: y[n][ldy] (columns [0, out)) = x W^T (+ y); ldy >= out. */
@@ -161,27 +175,23 @@ static void matmul_blas(float *y, int ldy, const float *x, const float *w, int n
                 accumulate ? 1.0f : 0.0f, y, ldy);
 }
 
-void cpu_matmul_ld(float *y, int ldy, const float *x, const float *w, int n, int in, int out,
-                   int accumulate, int n_split) {
+void cpu_matmul_ld(cpu_part pt, float *y, int ldy, const float *x, const float *w, int n, int in,
+                   int out, int accumulate) {
     if (n <= 0) return;
-    if (n_split <= 1 || (size_t)out * in < SPLIT_MIN || out < 2 * 16) {
-        matmul_blas(y, ldy, x, w, n, in, out, accumulate);
+    if ((size_t)out * in < SPLIT_MIN || out < 2 * 16) {
+        if (pt.ith == 0) matmul_blas(y, ldy, x, w, n, in, out, accumulate);
         return;
     }
-#pragma omp parallel num_threads(n_split)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        /* slices of whole 16-row groups keep every slice SIMD friendly */
-        const int groups = (out + 15) / 16;
-        const int o0 = NI_MIN(out, (int)((long)groups * t / nt) * 16);
-        const int o1 = NI_MIN(out, (int)((long)groups * (t + 1) / nt) * 16);
-        if (o1 > o0) matmul_blas(y + o0, ldy, x, w + (size_t)o0 * in, n, in, o1 - o0, accumulate);
-    }
+    /* slices of whole 16-row groups keep every slice SIMD friendly */
+    int64_t o0, o1;
+    cpu_pool_range(out, 16, pt.ith, pt.nth, &o0, &o1);
+    if (o1 > o0)
+        matmul_blas(y + o0, ldy, x, w + (size_t)o0 * in, n, in, (int)(o1 - o0), accumulate);
 }
 
-void cpu_matmul(float *y, const float *x, const float *w, int n, int in, int out, int accumulate,
-                int n_split) {
-    cpu_matmul_ld(y, out, x, w, n, in, out, accumulate, n_split);
+void cpu_matmul(cpu_part pt, float *y, const float *x, const float *w, int n, int in, int out,
+                int accumulate) {
+    cpu_matmul_ld(pt, y, out, x, w, n, in, out, accumulate);
 }
 
 const char *cpu_blas_core(void) {
@@ -223,11 +233,13 @@ void cpu_rope_free(cpu_rope *r) {
     memset(r, 0, sizeof(*r));
 }
 
-void cpu_rope_apply(const cpu_rope *r, float *x, const int32_t *pos, int n, int n_heads) {
+void cpu_rope_apply(cpu_part pt, const cpu_rope *r, float *x, const int32_t *pos, int n,
+                    int n_heads) {
     const int hd = r->head_dim, half = hd / 2;
     const int interleaved = r->interleaved;
-#pragma omp parallel for schedule(static) if ((size_t)n * n_heads * hd >= PAR_MIN)
-    for (int i = 0; i < n; i++) {
+    int i0, i1;
+    rows_of(pt, n, &i0, &i1);
+    for (int i = i0; i < i1; i++) {
         NI_ASSERT(pos[i] >= 0 && pos[i] < r->max_pos);
         const float *c = r->cos + (size_t)pos[i] * half;
         const float *s = r->sin + (size_t)pos[i] * half;
@@ -254,9 +266,12 @@ void cpu_rope_apply(const cpu_rope *r, float *x, const int32_t *pos, int n, int 
 
 /* ---- paged KV cache and attention --------------------------------------- */
 
-void cpu_kv_store(const cpu_kv_layer *kv, const cpu_tok_map *m, const float *k, const float *v) {
+void cpu_kv_store(cpu_part pt, const cpu_kv_layer *kv, const cpu_tok_map *m, const float *k,
+                  const float *v) {
     const int bs = kv->block_size, kvd = kv->kv_dim;
-    for (int i = 0; i < m->n_tokens; i++) {
+    int i0, i1;
+    rows_of(pt, m->n_tokens, &i0, &i1);
+    for (int i = i0; i < i1; i++) {
         const int p = m->pos[i];
         const int32_t blk = m->block_tables[(size_t)m->seq[i] * m->max_blocks + p / bs];
         const size_t off = ((size_t)blk * bs + (size_t)(p % bs)) * kvd;
@@ -388,13 +403,14 @@ size_t cpu_attention_scratch(int n_heads, int n_kv_heads, int head_dim, int max_
     return direct > tiled ? direct : tiled;
 }
 
-void cpu_attention(float *out, const float *q, const cpu_kv_layer *kv, const cpu_tok_map *m,
-                   int n_heads, int n_kv_heads, int head_dim, float *scratch,
-                   size_t scratch_per_thread, int n_threads) {
+void cpu_attention(cpu_part pt, float *out, const float *q, const cpu_kv_layer *kv,
+                   const cpu_tok_map *m, int n_heads, int n_kv_heads, int head_dim, float *scratch,
+                   size_t scratch_per_thread) {
     const int G = n_heads / n_kv_heads, n = m->n_tokens;
     const size_t q_dim = (size_t)n_heads * head_dim;
     const float scale = 1.0f / sqrtf((float)head_dim);
-    if (n_threads < 1) n_threads = 1;
+    const int n_threads = pt.nth;
+    float *sc = scratch + (size_t)pt.ith * scratch_per_thread;
     /* Units of (token, kv head) share K/V reads over the group; with too few
      * of them to keep the threads busy (decode of one sequence), use
      * (token, query head) units instead. */
@@ -402,8 +418,7 @@ void cpu_attention(float *out, const float *q, const cpu_kv_layer *kv, const cpu
     const int upt = per_head ? n_heads : n_kv_heads; /* units per token */
     const int ug = per_head ? 1 : G;                 /* query heads per unit */
     const long n_units = (long)n * upt;
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_units > 1)
-    for (long u = 0; u < n_units; u++) {
+    for (long u = pt.ith; u < n_units; u += pt.nth) {
         const int i = (int)(u / upt), h0 = (int)(u % upt) * ug; /* first query head */
         /* A unit leads a tile: up to ATT_QT consecutive tokens of one
          * sequence, starting at a position multiple of ATT_QT or at the
@@ -414,7 +429,6 @@ void cpu_attention(float *out, const float *q, const cpu_kv_layer *kv, const cpu
                m->pos[i + nq] % ATT_QT != 0)
             nq++;
         const int32_t *table = m->block_tables + (size_t)m->seq[i] * m->max_blocks;
-        float *sc = scratch + (size_t)omp_get_thread_num() * scratch_per_thread;
         const size_t off = (size_t)i * q_dim + (size_t)h0 * head_dim;
         if (nq >= ATT_TILE_MIN) {
             attend_tile(out + off, q + off, q_dim, kv, table, m->pos[i], nq, h0 / G, ug, head_dim,

@@ -3,11 +3,16 @@
  *
  * Design: every op works on row-major FP32 buffers owned by the caller and
  * never allocates, except cpu_rope_init (called once at backend init). Ops
- * that touch many elements parallelize internally with OpenMP (using the
- * calling thread's default team size, i.e. omp_set_num_threads()); matmul goes
- * through OpenBLAS cblas_sgemm / cblas_sgemv, either as one call on OpenBLAS's
- * own threads or split over an OpenMP team of single-threaded calls (see
- * cpu_matmul). No op may be called from inside an OpenMP parallel region.
+ * that are worth splitting take a cpu_part {ith, nth}: the call computes part
+ * ith of nth of the result, so nth threads of a cpu_pool task (each passing
+ * its own ith) compute it together, and CPU_SERIAL computes all of it on the
+ * caller. Every part is a fixed slice of the output (rows, tokens, output
+ * columns, attention units), computed with the same arithmetic whatever nth
+ * is, so results are bit-identical for any thread count. Ops over rows
+ * (rmsnorm, head_rmsnorm, rope, kv_store, swiglu) split by whole tokens with
+ * cpu_pool_range(n, 1, ...), which lets a caller chain them on one thread
+ * without a barrier in between. matmul goes through OpenBLAS cblas_sgemm /
+ * cblas_sgemv, one single-threaded call per part (openblas_set_num_threads(1)).
  *
  * Conventions:
  *   - a batch is n rows ("tokens"); a per-token activation is one row;
@@ -28,47 +33,47 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cpu_pool.h"
 #include "engine/model/model.h"
 
 /* ---- elementwise / row ops ------------------------------------------- */
 
-/* out[i][:] = table[tokens[i]][:] for i < n. Token ids must be in range. */
-void cpu_embed(float *out /* [n][dim] */, const float *table /* [vocab][dim] */,
+/* out[i][:] = table[tokens[i]][:] for i < n (this part's tokens). Token ids
+ * must be in range. */
+void cpu_embed(cpu_part pt, float *out /* [n][dim] */, const float *table /* [vocab][dim] */,
                const int32_t *tokens /* [n] */, int n, int dim);
 
 /* HF RMSNorm, per row: out = x * rsqrt(mean(x^2) + eps) * w, in FP32.
  * out may equal x (in place). */
-void cpu_rmsnorm(float *out /* [n][dim] */, const float *x /* [n][dim] */,
+void cpu_rmsnorm(cpu_part pt, float *out /* [n][dim] */, const float *x /* [n][dim] */,
                  const float *w /* [dim] */, int n, int dim, float eps);
 
 /* Qwen3 q/k norm: RMSNorm of every head of every row, in place, with the
- * shared weight w. Same as cpu_rmsnorm over n*n_heads rows of head_dim. */
-void cpu_head_rmsnorm(float *x /* [n][n_heads][head_dim] */, const float *w /* [head_dim] */, int n,
-                      int n_heads, int head_dim, float eps);
+ * shared weight w. Same as cpu_rmsnorm over n*n_heads rows of head_dim, split
+ * by tokens. */
+void cpu_head_rmsnorm(cpu_part pt, float *x /* [n][n_heads][head_dim] */,
+                      const float *w /* [head_dim] */, int n, int n_heads, int head_dim, float eps);
 
-/* out = silu(gate) * up elementwise, silu(g) = g / (1 + exp(-g)).
- * out may equal gate or up. */
-void cpu_swiglu(float *out /* [n] */, const float *gate /* [n] */, const float *up /* [n] */,
-                size_t n);
+/* out = silu(gate) * up elementwise over n rows of `cols`, silu(g) = g / (1 +
+ * exp(-g)), split by rows. out may equal gate or up. */
+void cpu_swiglu(cpu_part pt, float *out /* [n][cols] */, const float *gate /* [n][cols] */,
+                const float *up /* [n][cols] */, int n, int cols);
 
-/* y += x elementwise (residual add). */
-void cpu_add(float *y /* [n] */, const float *x /* [n] */, size_t n);
+/* y += x elementwise (residual add), split in 64-byte aligned ranges. */
+void cpu_add(cpu_part pt, float *y /* [n] */, const float *x /* [n] */, size_t n);
 
-/* y = x W^T (+ y when accumulate != 0, which fuses a residual add).
- * n_split <= 1: one BLAS call (sgemm; sgemv when n == 1) using OpenBLAS's own
- * threads. n_split > 1: the out columns are cut into n_split slices of whole
- * 16-column groups, each computed by one thread of an OpenMP team with a
- * single-threaded BLAS call (set openblas_set_num_threads(1) for this mode).
- * Small matrices are never split. y must not overlap x or w. */
-void cpu_matmul(float *y /* [n][out] */, const float *x /* [n][in] */,
-                const float *w /* [out][in] */, int n, int in, int out, int accumulate,
-                int n_split);
+/* y = x W^T (+ y when accumulate != 0, which fuses a residual add). The out
+ * columns are cut into nth slices of whole 16-column groups, part ith
+ * computing its slice for every row with one BLAS call (sgemm; sgemv when
+ * n == 1). Small matrices are not split (part 0 computes them). y must not
+ * overlap x or w. */
+void cpu_matmul(cpu_part pt, float *y /* [n][out] */, const float *x /* [n][in] */,
+                const float *w /* [out][in] */, int n, int in, int out, int accumulate);
 
 /* cpu_matmul writing row i of the result at y + i * ldy (ldy >= out): lets a
  * result land in a column range of a wider matrix. */
-void cpu_matmul_ld(float *y /* [n][ldy] */, int ldy, const float *x /* [n][in] */,
-                   const float *w /* [out][in] */, int n, int in, int out, int accumulate,
-                   int n_split);
+void cpu_matmul_ld(cpu_part pt, float *y /* [n][ldy] */, int ldy, const float *x /* [n][in] */,
+                   const float *w /* [out][in] */, int n, int in, int out, int accumulate);
 
 /* Name of the kernel set OpenBLAS chose at load time ("Haswell", "SkylakeX",
  * ...). "Prescott" means OpenBLAS 0.3.21 did not recognize the CPU (e.g.
@@ -97,7 +102,7 @@ void cpu_rope_free(cpu_rope *r);
 
 /* Rotates every head of every row in place at that row's position
  * pos[i] (0 <= pos[i] < r->max_pos), using r's pair layout. */
-void cpu_rope_apply(const cpu_rope *r, float *x /* [n][n_heads][head_dim] */,
+void cpu_rope_apply(cpu_part pt, const cpu_rope *r, float *x /* [n][n_heads][head_dim] */,
                     const int32_t *pos /* [n] */, int n, int n_heads);
 
 /* ---- paged KV cache and attention -------------------------------------- */
@@ -120,8 +125,9 @@ typedef struct cpu_tok_map {
     int max_blocks;              /* row stride of block_tables */
 } cpu_tok_map;
 
-/* Writes k[i], v[i] into the cache slot of token i's position. */
-void cpu_kv_store(const cpu_kv_layer *kv, const cpu_tok_map *m,
+/* Writes k[i], v[i] into the cache slot of token i's position (this part's
+ * tokens). */
+void cpu_kv_store(cpu_part pt, const cpu_kv_layer *kv, const cpu_tok_map *m,
                   const float *k /* [n_tokens][kv_dim] */, const float *v /* [n_tokens][kv_dim] */);
 
 /* Scratch floats per thread that cpu_attention needs for positions
@@ -132,19 +138,17 @@ size_t cpu_attention_scratch(int n_heads, int n_kv_heads, int head_dim, int max_
  * [0, pos[i]] (which must all be stored already, including this call's new
  * tokens): out[i][h] = sum_j softmax_j(q[i][h] . k[j][h/G] / sqrt(head_dim))
  * v[j][h/G], G = n_heads / n_kv_heads, softmax in FP32 with max subtraction.
- * Work is split with OpenMP on n_threads threads over (tile, kv head), a tile
- * being up to 32 consecutive tokens of one sequence (or over (token, query
- * head) when there are too few units). Tiles of >= 4 tokens (prefill) run as
- * flash-style sgemms over 256-key tiles with an online softmax; smaller ones
- * (decode) as direct dot products. The tiled path calls cblas_sgemm from the
- * OpenMP threads, so OpenBLAS must be single-threaded
- * (openblas_set_num_threads(1)) when n_threads > 1. Each thread uses
- * scratch + t * scratch_per_thread, at least
+ * The work is cut into units of (tile, kv head), a tile being up to 32
+ * consecutive tokens of one sequence (or (token, query head) units when there
+ * are too few to keep nth parts busy: same arithmetic per head); part ith
+ * takes units ith, ith + nth, ... (interleaved, which balances causal
+ * prefill). Tiles of >= 4 tokens (prefill) run as flash-style sgemms over
+ * 256-key tiles with an online softmax; smaller ones (decode) as direct dot
+ * products. Part ith uses scratch + ith * scratch_per_thread, at least
  * cpu_attention_scratch(n_heads, n_kv_heads, head_dim, max_i pos[i] + 1). */
-void cpu_attention(float *out /* [n_tokens][n_heads*head_dim] */,
+void cpu_attention(cpu_part pt, float *out /* [n_tokens][n_heads*head_dim] */,
                    const float *q /* [n_tokens][n_heads*head_dim] */, const cpu_kv_layer *kv,
                    const cpu_tok_map *m, int n_heads, int n_kv_heads, int head_dim,
-                   float *scratch /* [n_threads][scratch_per_thread] */, size_t scratch_per_thread,
-                   int n_threads);
+                   float *scratch /* [nth][scratch_per_thread] */, size_t scratch_per_thread);
 
 #endif

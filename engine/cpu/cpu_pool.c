@@ -29,6 +29,10 @@
 #include "engine/util/util.h"
 
 #define DEFAULT_SPIN_US 200
+/* Inside a task, waits at a barrier or for the workers to finish take
+ * microseconds while every thread runs; longer means a thread lost its core
+ * (a busy machine), and sleeping then hands the core over to it. */
+#define BARRIER_SPIN_NS 20000
 
 struct cpu_pool {
     int n;           /* threads per task, the caller included */
@@ -37,13 +41,19 @@ struct cpu_pool {
     int n_started;
     _Atomic uint32_t gen; /* futex word: bumped once per task */
     atomic_int n_sleeping;
-    atomic_int n_done;
+    _Atomic uint32_t n_done; /* futex word: workers done with the current task */
+    atomic_int done_sleepers;
     atomic_int stop;
     /* the current task: written by the caller before gen is bumped */
     cpu_task_fn fn;
     void *ctx;
     int nth;
     uint64_t handoffs;
+    /* barrier of the current task: arrivals, and a generation bumped by the
+     * last arrival (sense reversal without a per-thread sense) */
+    atomic_int bar_n;
+    _Atomic uint32_t bar_gen; /* futex word */
+    atomic_int bar_sleepers;
 };
 
 typedef struct worker_arg {
@@ -65,22 +75,30 @@ static void futex_wake_all(_Atomic uint32_t *w) {
     syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Returns the new generation once gen != seen: spins for spin_ns, then
- * sleeps until woken (and spins again after each wake-up). */
-static uint32_t wait_gen(cpu_pool *p, uint32_t seen) {
+/* Returns *w once it differs from val: spins (with pause) for spin_ns, then
+ * sleeps on the futex, counted in *sleepers so that the writer knows to wake
+ * it, and spins again after each wake-up. The writer changes *w with a
+ * seq_cst RMW and then calls wake(): of the two seq_cst writes (its change,
+ * the sleeper count) each side reads the other's, so no wake-up is lost. */
+static uint32_t wait_change(_Atomic uint32_t *w, uint32_t val, atomic_int *sleepers,
+                            int64_t spin_ns) {
     int64_t t0 = now_ns();
     for (unsigned k = 1;; k++) {
-        uint32_t g = atomic_load_explicit(&p->gen, memory_order_acquire);
-        if (g != seen) return g;
-        if (k % 64 == 0 && now_ns() - t0 > p->spin_ns) {
-            atomic_fetch_add(&p->n_sleeping, 1);
-            if (atomic_load(&p->gen) == seen) futex_wait(&p->gen, seen);
-            atomic_fetch_sub(&p->n_sleeping, 1);
+        uint32_t v = atomic_load_explicit(w, memory_order_acquire);
+        if (v != val) return v;
+        if (k % 64 == 0 && now_ns() - t0 > spin_ns) {
+            atomic_fetch_add(sleepers, 1);
+            if (atomic_load(w) == val) futex_wait(w, val);
+            atomic_fetch_sub(sleepers, 1);
             t0 = now_ns();
         } else {
             _mm_pause();
         }
     }
+}
+
+static void wake(_Atomic uint32_t *w, atomic_int *sleepers) {
+    if (atomic_load(sleepers) > 0) futex_wake_all(w);
 }
 
 static void *worker_main(void *arg) {
@@ -90,10 +108,11 @@ static void *worker_main(void *arg) {
     free(a);
     uint32_t seen = 0;
     for (;;) {
-        seen = wait_gen(p, seen);
+        seen = wait_change(&p->gen, seen, &p->n_sleeping, p->spin_ns);
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) break;
         if (i < p->nth) p->fn(p->ctx, i, p->nth);
-        atomic_fetch_add_explicit(&p->n_done, 1, memory_order_release);
+        atomic_fetch_add(&p->n_done, 1);
+        wake(&p->n_done, &p->done_sleepers);
     }
     return NULL;
 }
@@ -176,17 +195,23 @@ void cpu_pool_run(cpu_pool *p, cpu_task_fn fn, void *ctx, int max_parts) {
     p->handoffs++;
     atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
     atomic_fetch_add(&p->gen, 1); /* seq_cst: publishes the task (see the header comment) */
-    if (atomic_load(&p->n_sleeping) > 0) futex_wake_all(&p->gen);
+    wake(&p->gen, &p->n_sleeping);
     fn(ctx, 0, nth);
-    const int want = p->n - 1;
-    const int64_t t0 = now_ns();
-    for (unsigned k = 1; atomic_load_explicit(&p->n_done, memory_order_acquire) < want; k++) {
-        /* a worker descheduled by an oversubscribed machine: let it run */
-        if (k % 64 == 0 && now_ns() - t0 > p->spin_ns)
-            sched_yield();
-        else
-            _mm_pause();
+    const uint32_t want = (uint32_t)p->n - 1;
+    for (uint32_t v = atomic_load_explicit(&p->n_done, memory_order_acquire); v < want;)
+        v = wait_change(&p->n_done, v, &p->done_sleepers, BARRIER_SPIN_NS);
+}
+
+void cpu_pool_barrier(cpu_pool *p) {
+    if (!p || p->nth <= 1) return;
+    const uint32_t g = atomic_load_explicit(&p->bar_gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&p->bar_n, 1, memory_order_acq_rel) == p->nth - 1) {
+        atomic_store_explicit(&p->bar_n, 0, memory_order_relaxed);
+        atomic_fetch_add(&p->bar_gen, 1);
+        wake(&p->bar_gen, &p->bar_sleepers);
+        return;
     }
+    wait_change(&p->bar_gen, g, &p->bar_sleepers, BARRIER_SPIN_NS);
 }
 
 void cpu_pool_range(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int64_t *hi) {

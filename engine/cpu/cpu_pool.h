@@ -8,7 +8,10 @@
  * it (with pause) for a bounded time after their last task, then sleep on a
  * futex, so back-to-back tasks of one forward pass cost well under a
  * microsecond each while an idle server keeps its workers asleep (no CPU).
- * The caller never sleeps: it spins until the last worker finishes.
+ * The caller never sleeps: it spins until the last worker finishes. Inside
+ * a task, cpu_pool_barrier separates dependent steps, so a whole forward
+ * pass can be one task: one hand-off, then barriers (tens of nanoseconds
+ * when every thread is running) instead of a wake-up per op.
  *
  * Invariants: one thread calls cpu_pool_run at a time (the engine thread);
  * tasks must not call cpu_pool_run themselves; fn is called with the same
@@ -23,6 +26,16 @@
 #include <stdint.h>
 
 typedef struct cpu_pool cpu_pool;
+
+/* Part ith of nth of an op's work (0 <= ith < nth): what a task passes to
+ * the ops it calls (cpu_ops.h, cpu_q8.h). */
+typedef struct cpu_part {
+    int ith;
+    int nth;
+} cpu_part;
+
+/* The whole of an op's work, on the calling thread. */
+#define CPU_SERIAL ((cpu_part){0, 1})
 
 /* One part of a task: thread ith of nth. */
 typedef void (*cpu_task_fn)(void *ctx, int ith, int nth);
@@ -44,6 +57,12 @@ int cpu_pool_threads(const cpu_pool *p);
  * i = 0, where nth = min(max_parts, cpu_pool_threads(p)) (max_parts <= 0:
  * every thread). Returns when every call has returned. */
 void cpu_pool_run(cpu_pool *p, cpu_task_fn fn, void *ctx, int max_parts);
+
+/* Waits until all nth threads of the current task have called it (a
+ * spinning barrier; no-op for a 1-thread task or a NULL pool). Every thread
+ * of the task must make the same sequence of calls. Writes made before the
+ * barrier are visible to every thread after it. */
+void cpu_pool_barrier(cpu_pool *p);
 
 /* The static partition of [0, n) into nth contiguous ranges, in units of
  * `align` elements (the last range takes the remainder): part ith is

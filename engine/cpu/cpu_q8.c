@@ -30,7 +30,6 @@
 #include "cpu_q8.h"
 
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #include "engine/format/quant.h"
@@ -161,10 +160,11 @@ static void quantize_row4(uint8_t *q, uint16_t *d, uint16_t *mn, const float *w,
     }
 }
 
-void cpu_q8_mat_set_rows(cpu_q8_mat *m, int r0, const float *w, int n) {
+void cpu_q8_mat_set_rows(cpu_part pt, cpu_q8_mat *m, int r0, const float *w, int n) {
     NI_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= m->rows);
-#pragma omp parallel for schedule(static) if (n >= 64)
-    for (int i = 0; i < n; i++) {
+    int64_t i0, i1;
+    cpu_pool_range(n, 1, pt.ith, pt.nth, &i0, &i1);
+    for (int i = (int)i0; i < (int)i1; i++) {
         const size_t r = (size_t)(r0 + i);
         if (m->bits == 8)
             quantize_row8(m->q + r * m->q_stride, m->d + r * m->nb, w + (size_t)i * m->cols,
@@ -215,16 +215,21 @@ void cpu_q8_act_free(cpu_q8_act *a) {
     memset(a, 0, sizeof(*a));
 }
 
-void cpu_q8_quantize_act(cpu_q8_act *a, const float *x, int ldx, int n, int cols) {
+void cpu_q8_quantize_act(cpu_part pt, cpu_q8_act *a, const float *x, int ldx, int n, int cols) {
     NI_ASSERT(n >= 0 && n <= a->cap_rows && cols > 0 && cols <= a->cap_cols);
     const int nb = (cols + CPU_Q8_BLOCK - 1) / CPU_Q8_BLOCK;
-    a->n = n;
-    a->cols = cols;
-    a->nb = nb;
-    a->q_stride = round64((size_t)nb * CPU_Q8_BLOCK);
-    for (int t = 0; t < n; t++) {
+    const size_t q_stride = round64((size_t)nb * CPU_Q8_BLOCK);
+    if (pt.ith == 0) { /* read by the gemms only after the task's barrier */
+        a->n = n;
+        a->cols = cols;
+        a->nb = nb;
+        a->q_stride = q_stride;
+    }
+    int64_t t0, t1;
+    cpu_pool_range(n, 1, pt.ith, pt.nth, &t0, &t1);
+    for (int t = (int)t0; t < (int)t1; t++) {
         const float *xr = x + (size_t)t * ldx;
-        int8_t *q = a->q + (size_t)t * a->q_stride;
+        int8_t *q = a->q + (size_t)t * q_stride;
         for (int b = 0; b < nb; b++) {
             const int e0 = b * CPU_Q8_BLOCK, ne = NI_MIN(CPU_Q8_BLOCK, cols - e0);
             float v[CPU_Q8_BLOCK];
@@ -718,20 +723,9 @@ void cpu_q8_gemm_range(float *y, int ldy, const cpu_q8_act *a, int t0, int t1, c
     g_gemm(y, ldy, a, t0, t1, w, r0, r1, accumulate);
 }
 
-void cpu_q8_gemm(float *y, int ldy, const cpu_q8_act *a, const cpu_q8_mat *w, int accumulate,
-                 int n_threads) {
-    if (g_path < 0) cpu_q8_select();
-    const int chunks = (w->rows + Q8_CHUNK - 1) / Q8_CHUNK;
-    if (n_threads > chunks) n_threads = chunks;
-    if (n_threads <= 1) {
-        cpu_q8_gemm_range(y, ldy, a, 0, a->n, w, 0, w->rows, accumulate);
-        return;
-    }
-#pragma omp parallel num_threads(n_threads)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int r0 = NI_MIN(w->rows, (int)((long)chunks * t / nt) * Q8_CHUNK);
-        const int r1 = NI_MIN(w->rows, (int)((long)chunks * (t + 1) / nt) * Q8_CHUNK);
-        if (r1 > r0) cpu_q8_gemm_range(y + r0, ldy, a, 0, a->n, w, r0, r1, accumulate);
-    }
+void cpu_q8_gemm(cpu_part pt, float *y, int ldy, const cpu_q8_act *a, const cpu_q8_mat *w,
+                 int accumulate) {
+    int64_t r0, r1;
+    cpu_pool_range(w->rows, Q8_CHUNK, pt.ith, pt.nth, &r0, &r1);
+    if (r1 > r0) cpu_q8_gemm_range(y + r0, ldy, a, 0, a->n, w, (int)r0, (int)r1, accumulate);
 }

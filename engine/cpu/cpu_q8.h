@@ -63,6 +63,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cpu_pool.h"
+
 #define CPU_Q8_BLOCK 32 /* values per quantization block */
 #define CPU_Q8_GROUP 16 /* blocks per interleaved group (one 512-bit lane each) */
 
@@ -106,9 +108,9 @@ void cpu_q8_mat_free(cpu_q8_mat *m);
 
 /* Quantizes n FP32 rows w[n][m->cols] into rows [r0, r0 + n) of m (so
  * several source matrices can be stacked into one, e.g. Wq|Wk|Wv).
- * Requires 0 <= r0 and r0 + n <= m->rows. Parallel (OpenMP) over rows; must
- * not be called from inside a parallel region. */
-void cpu_q8_mat_set_rows(cpu_q8_mat *m, int r0, const float *w /* [n][cols] */, int n);
+ * Requires 0 <= r0 and r0 + n <= m->rows. Part pt quantizes its share of the
+ * n rows (cpu_pool_range(n, 1, ...)). */
+void cpu_q8_mat_set_rows(cpu_part pt, cpu_q8_mat *m, int r0, const float *w /* [n][cols] */, int n);
 
 /* Dequantizes row r of m into out[cols] (q d, or q d + m). */
 void cpu_q8_mat_get_row(const cpu_q8_mat *m, int r, float *out /* [cols] */);
@@ -125,8 +127,11 @@ void cpu_q8_act_free(cpu_q8_act *a);
 /* Quantizes x[n][cols] (row stride ldx floats) into a: per block of 32,
  * d = max|x| / 127, q = round_to_nearest_even(x * (127 / max|x|)) clamped
  * to [-127, 127] (0 for an all-zero block). Requires n <= cap_rows,
- * 0 < cols <= cap_cols. Single threaded; identical on every path. */
-void cpu_q8_quantize_act(cpu_q8_act *a, const float *x /* [n][ldx] */, int ldx, int n, int cols);
+ * 0 < cols <= cap_cols. Part pt quantizes its rows (cpu_pool_range(n, 1,
+ * ...), the split of cpu_rmsnorm, so the two chain on one thread); part 0
+ * also records n / cols / nb in a. Identical on every path. */
+void cpu_q8_quantize_act(cpu_part pt, cpu_q8_act *a, const float *x /* [n][ldx] */, int ldx, int n,
+                         int cols);
 
 /* Dequantizes row t of the last quantization into out[a->cols] (q d). */
 void cpu_q8_act_get_row(const cpu_q8_act *a, int t, float *out /* [cols] */);
@@ -139,11 +144,10 @@ void cpu_q8_act_get_row(const cpu_q8_act *a, int t, float *out /* [cols] */);
 void cpu_q8_gemm_range(float *y /* [t1-t0][ldy] */, int ldy, const cpu_q8_act *a, int t0, int t1,
                        const cpu_q8_mat *w, int r0, int r1, int accumulate);
 
-/* y[t][r] (+)= dot(W[r], x[t]) for every token t of a and row r of w, split
- * over n_threads OpenMP threads by rows (chunks of 16 rows). Must not be
- * called from inside a parallel region. */
-void cpu_q8_gemm(float *y /* [a->n][ldy] */, int ldy, const cpu_q8_act *a, const cpu_q8_mat *w,
-                 int accumulate, int n_threads);
+/* y[t][r] (+)= dot(W[r], x[t]) for every token t of a and this part's rows r
+ * of w (the rows cut into nth slices of whole 16-row chunks). */
+void cpu_q8_gemm(cpu_part pt, float *y /* [a->n][ldy] */, int ldy, const cpu_q8_act *a,
+                 const cpu_q8_mat *w, int accumulate);
 
 /* ---- dispatch ----------------------------------------------------------- */
 
