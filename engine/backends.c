@@ -14,6 +14,30 @@
 #include "cuda/cu.h"
 #endif
 
+int eng_quant_parse(const char *name, eng_quant *out) {
+    static const struct {
+        const char *name;
+        eng_quant q;
+    } names[] = {{"auto", ENG_QUANT_AUTO}, {"fp32", ENG_QUANT_NONE}, {"none", ENG_QUANT_NONE},
+                 {"int8", ENG_QUANT_INT8}, {"q4", ENG_QUANT_Q4}};
+    for (size_t i = 0; name && i < NI_ARRAY_LEN(names); i++)
+        if (!strcmp(name, names[i].name)) {
+            *out = names[i].q;
+            return 0;
+        }
+    return NI_EINVAL;
+}
+
+const char *eng_quant_name(eng_quant q) {
+    switch (q) {
+    case ENG_QUANT_AUTO: return "auto";
+    case ENG_QUANT_NONE: return "fp32";
+    case ENG_QUANT_INT8: return "int8";
+    case ENG_QUANT_Q4: return "q4";
+    }
+    return "?";
+}
+
 int eng_dtype_parse(const char *name, eng_dtype *out) {
     if (!name)
         *out = ENG_DTYPE_DEFAULT;

@@ -83,6 +83,7 @@ struct eng_engine {
     eng_config cfg;
     const mdl_model *m;
     const eng_backend *be;
+    eng_quant quant; /* the weight format the backend was given (AUTO resolved) */
     void *bctx;
     kv_mgr *kv;
     eng_event_fn fn;
@@ -273,6 +274,7 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
                              .graphs = cfg.graphs,
                              .att_splits = cfg.att_splits,
                              .profile = cfg.profile};
+    if (bc.quant == ENG_QUANT_AUTO) bc.quant = be->auto_quant ? be->auto_quant(m) : ENG_QUANT_NONE;
     int rc = eng_backend_config_env(&bc, be, err, errlen); /* NI_CUDA_* fill the defaults */
     if (rc) return rc;
     if (cfg.n_blocks == 0 && be->kv_blocks_for_memory) { /* device memory decides */
@@ -291,6 +293,7 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
     eng_engine *e = calloc(1, sizeof(*e));
     if (!e) return ni_fail(err, errlen, NI_ENOMEM, "engine: out of memory");
     e->cfg = cfg;
+    e->quant = bc.quant;
     e->m = m;
     e->be = be;
     e->fn = fn;
@@ -805,4 +808,29 @@ void eng_get_stats(eng_engine *e, eng_stats *st) {
 }
 
 const mdl_model *eng_model(const eng_engine *e) { return e->m; }
+
+const char *eng_describe(const eng_engine *e, char *buf, size_t cap) {
+    eng_backend_info in;
+    const double mib = 1.0 / (1 << 20);
+    if (eng_backend_info_get(e, &in)) {
+        snprintf(buf, cap, "%s, weights %s", e->be->name, eng_quant_name(in.quant));
+        return buf;
+    }
+    char thr[32] = "";
+    if (in.n_threads > 0) snprintf(thr, sizeof thr, ", %d threads", in.n_threads);
+    const size_t arena = e->m->w.arena_floats * sizeof(float);
+    char model[64] = "";
+    if (in.weight_bytes != arena)
+        snprintf(model, sizeof model, " (model arena %.1f MiB)", (double)arena * mib);
+    snprintf(buf, cap, "%s%s, weights %s %.1f MiB%s, KV pool %.1f MiB, work %.1f MiB", e->be->name,
+             thr, eng_quant_name(in.quant), (double)in.weight_bytes * mib, model,
+             (double)in.kv_bytes * mib, (double)in.work_bytes * mib);
+    return buf;
+}
+
+int eng_backend_info_get(const eng_engine *e, eng_backend_info *out) {
+    memset(out, 0, sizeof *out);
+    out->quant = e->quant;
+    return e->be->info ? e->be->info(e->bctx, out) : NI_EUNSUPPORTED;
+}
 int eng_max_seq_len(const eng_engine *e) { return e->max_seq_len; }

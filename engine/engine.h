@@ -52,8 +52,8 @@ typedef struct eng_config {
     int prefix_cache;        /* 1 (default) or 0 */
     int n_threads;           /* CPU threads (0 = all) */
     int max_seq_len;         /* 0 = the model's context length */
-    int quant;               /* weight format for the backend: 0 = as loaded (FP32 on the
-                                CPU), 1 = int8, 2 = 4-bit (CPU; see eng_backend_config) */
+    eng_quant quant;         /* weight format (default ENG_QUANT_NONE, the reference;
+                                AUTO: the model file's own precision, see eng_quant) */
     double mem_util;         /* with n_blocks 0, on a backend that sizes its own pool
                                 (CUDA): fraction of device memory to use (default 0.9) */
     /* Backend settings, passed as they are to eng_backend_config (see there);
@@ -162,6 +162,16 @@ void eng_wait_work(eng_engine *e, int timeout_ms);
 
 void eng_get_stats(eng_engine *e, eng_stats *st);
 const mdl_model *eng_model(const eng_engine *e);
+
+/* What the backend holds (weight format in use, bytes of weights / KV /
+ * work buffers, threads). Returns 0, or NI_EUNSUPPORTED when the backend
+ * does not report it (*out then zeroed, quant = the format asked for). */
+int eng_backend_info_get(const eng_engine *e, eng_backend_info *out);
+
+/* One line for the load report: "cpu, 2 threads, weights q4 71.3 MiB (model
+ * arena 513.0 MiB), KV pool 1024.0 MiB, work 9.1 MiB" (what the backend
+ * reports; the backend name and weight format at least). Returns buf. */
+const char *eng_describe(const eng_engine *e, char *buf, size_t cap);
 int eng_max_seq_len(const eng_engine *e);
 
 #endif

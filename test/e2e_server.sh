@@ -375,7 +375,12 @@ section "model ($REAL)"
 if [ ! -s "$REAL" ]; then
   echo "SKIP: $REAL is missing (make model); real-model sections skipped"
 else
-  start_server real --model "$REAL" || exit 1
+  # fp32: the reference path, which matches transformers token for token. The
+  # default (--quant auto) runs this Q4_1 file on the 4-bit kernels, whose int8
+  # activations flip this prompt's first token ("The" -1.88 vs "L" -1.96 nats in
+  # fp32) exactly as llama.cpp does on the same file and prompt ("L'Étoile...").
+  start_server real --model "$REAL" --quant fp32 || exit 1
+  check "real server runs the weights it was asked for" grep -q 'weights fp32' "$TMP/real.log"
   REAL_PID=$SRV_PID
   REAL_BASE=$BASE
   req POST /v1/chat/completions '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24,"temperature":0}'
@@ -394,6 +399,7 @@ else
 
   # queue full: one running slot, one waiting slot, the third request is refused
   start_server queue --model "$REAL" --max-num-seqs 1 --max-queue 1 || exit 1
+  check "default --quant auto runs this Q4_1 file on the 4-bit kernels" grep -q 'weights q4' "$TMP/queue.log"
   Q='{"prompt":"Count slowly:","max_tokens":200,"ignore_eos":true}'
   curl -s "$BASE/v1/completions" -d "$Q" -o /dev/null & CLIENTS+=($!)
   curl -s "$BASE/v1/completions" -d "$Q" -o /dev/null & CLIENTS+=($!)

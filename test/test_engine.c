@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "engine/engine.h"
+#include "engine/format/gguf.h"
 #include "engine/util/util.h"
 #include "tokenizer/tok.h"
 
@@ -501,6 +502,57 @@ static void test_copy_block_failure(void **state) {
     eng_free(e);
 }
 
+/* --quant auto resolves from the file's storage type through the backend's
+ * auto_quant (the CPU: 4-bit files -> q4, Q8_0 -> int8, else fp32), the
+ * backend reports what it runs, and the names round-trip. */
+static void test_quant_auto(void **state) {
+    (void)state;
+    const uint32_t saved = g_model.w.src_type;
+    const struct {
+        uint32_t src;
+        eng_quant want;
+    } cases[] = {{GGUF_T_F32, ENG_QUANT_NONE}, {GGUF_T_BF16, ENG_QUANT_NONE},
+                 {GGUF_T_Q8_0, ENG_QUANT_INT8}, {GGUF_T_Q4_1, ENG_QUANT_Q4},
+                 {GGUF_T_Q4_0, ENG_QUANT_Q4}};
+    size_t fp32_bytes = 0;
+    for (size_t i = 0; i < NI_ARRAY_LEN(cases); i++) {
+        g_model.w.src_type = cases[i].src;
+        eng_config cfg;
+        eng_config_default(&cfg);
+        assert_int_equal(cfg.quant, ENG_QUANT_NONE); /* the library default is the reference */
+        cfg.quant = ENG_QUANT_AUTO;
+        cfg.n_blocks = 64;
+        cfg.n_threads = 1;
+        eng_engine *e = NULL;
+        char err[256];
+        assert_int_equal(eng_init(&e, &g_model, &eng_backend_cpu, &cfg, on_event, NULL, err, sizeof err), 0);
+        eng_backend_info in;
+        assert_int_equal(eng_backend_info_get(e, &in), 0);
+        if (in.quant != cases[i].want)
+            fail_msg("source type %u: auto gave %s, want %s", cases[i].src, eng_quant_name(in.quant),
+                     eng_quant_name(cases[i].want));
+        assert_int_equal(in.n_threads, 1);
+        assert_true(in.kv_bytes > 0 && in.work_bytes > 0 && in.weight_bytes > 0);
+        if (in.quant == ENG_QUANT_NONE) fp32_bytes = in.weight_bytes;
+        else assert_true(in.weight_bytes < fp32_bytes); /* the quantized copies are smaller */
+        char desc[256];
+        assert_non_null(strstr(eng_describe(e, desc, sizeof desc), eng_quant_name(cases[i].want)));
+        eng_free(e);
+    }
+    g_model.w.src_type = saved;
+    const char *names[] = {"auto", "fp32", "int8", "q4"};
+    for (size_t i = 0; i < NI_ARRAY_LEN(names); i++) {
+        eng_quant q;
+        assert_int_equal(eng_quant_parse(names[i], &q), 0);
+        assert_string_equal(eng_quant_name(q), names[i]);
+    }
+    eng_quant q;
+    assert_int_equal(eng_quant_parse("none", &q), 0);
+    assert_int_equal(q, ENG_QUANT_NONE);
+    assert_int_equal(eng_quant_parse("q5", &q), NI_EINVAL);
+    assert_int_equal(eng_quant_parse(NULL, &q), NI_EINVAL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunked_prefill),  cmocka_unit_test(test_preemption),
@@ -508,6 +560,7 @@ int main(void) {
         cmocka_unit_test(test_prefix_cache),     cmocka_unit_test(test_abort),
         cmocka_unit_test(test_stop_string),      cmocka_unit_test(test_stop_ids_and_length),
         cmocka_unit_test(test_parallel_samples), cmocka_unit_test(test_copy_block_failure),
+        cmocka_unit_test(test_quant_auto),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

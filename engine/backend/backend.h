@@ -56,6 +56,25 @@ typedef enum eng_graphs {
     ENG_GRAPHS_EAGER = 3,   /* the padded decode launches without capture (debugging) */
 } eng_graphs;
 
+/* Weight format of the projections on the backend. */
+typedef enum eng_quant {
+    ENG_QUANT_AUTO = -1, /* the model file's own precision: Q4_0/Q4_1 -> Q4, Q8_0 -> INT8,
+                          * 16/32-bit -> NONE (eng_backend.auto_quant; NONE without it) */
+    ENG_QUANT_NONE = 0,  /* as loaded: FP32 on the CPU (the reference), dtype on CUDA */
+    ENG_QUANT_INT8 = 1,  /* CPU: blocks of 32 with int8 activations; CUDA: per-row scales */
+    ENG_QUANT_Q4 = 2,    /* CPU only: 4-bit (Q4_1-style) layers + int8 LM head */
+} eng_quant;
+
+/* What an initialised backend holds (for the load report and /metrics). */
+typedef struct eng_backend_info {
+    eng_quant quant;       /* the weight format in use (never AUTO) */
+    size_t weight_bytes;   /* weights the backend reads per token: its own copies, or the
+                            * model's arena when it reads that in place */
+    size_t kv_bytes;       /* the KV pool */
+    size_t work_bytes;     /* activations and scratch */
+    int n_threads;         /* CPU threads (0 when not applicable) */
+} eng_backend_info;
+
 /* A zero-initialized config asks for every default of the settings after
  * quant (device_index 0 then names device 0 explicitly); eng_init fills
  * them from eng_config and the environment (eng_backend_config_env). */
@@ -65,11 +84,7 @@ typedef struct eng_backend_config {
     int max_batch_tokens;         /* upper bound of n_tokens per forward call */
     int max_seqs;                 /* upper bound of n_seqs per forward call */
     int n_threads;                /* CPU threads (0 = all cores) */
-    int quant;                    /* weight format: 0 = as loaded (FP32 on the CPU, the
-                                   * reference), 1 = int8 (CPU: blocks of 32 with int8
-                                   * activations; CUDA: per-row scales, activations in
-                                   * dtype), 2 = 4-bit (Q4_1-style) layers + int8 LM head
-                                   * (CPU only) */
+    eng_quant quant;              /* weight format (never AUTO here: eng_init resolves it) */
     eng_dtype dtype;              /* compute precision (CUDA: BF16 or FP32; the CPU
                                    * backend computes in FP32 whatever is asked) */
     int device_index;             /* GPU ordinal (CUDA); -1 = the default, device 0 */
@@ -126,6 +141,11 @@ typedef struct eng_backend {
      * finite value gets out[i].token = -1 (smp_sample's NI_ERANGE). Returns
      * 0, NI_EINVAL (a row's seq had no logits, bad ids) or NI_EIO. */
     int (*sample)(void *ctx, const eng_sample_row *rows, int n_rows, smp_result *out);
+    /* Optional (NULL: NONE): the weight format ENG_QUANT_AUTO means for model
+     * m on this backend. */
+    eng_quant (*auto_quant)(const mdl_model *m);
+    /* Optional: fills *out for a context made by init. Returns 0 or NI_EINVAL. */
+    int (*info)(void *ctx, eng_backend_info *out);
 } eng_backend;
 
 extern const eng_backend eng_backend_cpu;
@@ -143,6 +163,12 @@ const eng_backend *eng_backend_select(const char *device, const char *dtype, cha
  * NULL -> ENG_DTYPE_DEFAULT. Returns 0, or NI_EINVAL for any other name
  * (*out untouched). */
 int eng_dtype_parse(const char *name, eng_dtype *out);
+
+/* "auto", "fp32" (or "none"), "int8", "q4" -> *out. Returns 0 or NI_EINVAL. */
+int eng_quant_parse(const char *name, eng_quant *out);
+
+/* Short name of q ("auto", "fp32", "int8", "q4"). */
+const char *eng_quant_name(eng_quant q);
 
 /* The one place the backend settings are read from the environment (eng_init
  * calls it on the config it passes to kv_blocks_for_memory and init; tools

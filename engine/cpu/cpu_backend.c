@@ -62,6 +62,7 @@
 #include "engine/backend/twins.h"
 #include "cpu_ops.h"
 #include "cpu_q8.h"
+#include "engine/format/gguf.h"
 #include "engine/util/util.h"
 
 /* Vocabulary columns per LM-head sgemm when logits rows must be scattered. */
@@ -88,6 +89,7 @@ typedef struct cpu_ctx {
     float *kv_pool;         /* [n_layers][2][n_blocks][block_size][kv_dim] */
     cpu_rope rope;          /* cos/sin [max_pos][head_dim/2] */
 
+    size_t work_bytes; /* bytes of the arena below */
     float *arena;              /* one allocation holding every buffer below */
     float *x;                  /* [max_batch_tokens][dim] residual stream */
     float *xb;                 /* [max_batch_tokens][dim] normed input of a sublayer */
@@ -301,6 +303,7 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
                      &x->gate, &x->up, &x->xl, &x->lbuf, &x->scratch};
     size_t total = 0;
     for (size_t i = 0; i < NI_ARRAY_LEN(sizes); i++) total += (sizes[i] + 15) & ~(size_t)15;
+    x->work_bytes = total * sizeof(float);
     x->arena = aligned_alloc(64, total * sizeof(float));
     x->tok_pos = malloc(T * sizeof(int32_t));
     x->tok_seq = malloc(T * sizeof(int32_t));
@@ -536,10 +539,44 @@ static int cpu_copy_block(void *vctx, int src, int dst) {
     return 0;
 }
 
+/* The file's own precision: 4-bit files run the 4-bit kernels, Q8_0 the
+ * int8 ones; 16- and 32-bit files run FP32 (the reference; this backend has
+ * no 16-bit path). */
+static eng_quant cpu_auto_quant(const mdl_model *m) {
+    switch (m->w.src_type) {
+    case GGUF_T_Q4_0:
+    case GGUF_T_Q4_1: return ENG_QUANT_Q4;
+    case GGUF_T_Q8_0: return ENG_QUANT_INT8;
+    default: return ENG_QUANT_NONE;
+    }
+}
+
+static int cpu_info(void *vctx, eng_backend_info *out) {
+    const cpu_ctx *x = vctx;
+    if (!x || !out) return NI_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->quant = (eng_quant)x->quant;
+    if (x->quant) {
+        for (int l = 0; l < x->c.n_layers; l++)
+            out->weight_bytes += cpu_q8_mat_bytes(&x->ql[l].qkv) + cpu_q8_mat_bytes(&x->ql[l].o) +
+                                 cpu_q8_mat_bytes(&x->ql[l].gate_up) +
+                                 cpu_q8_mat_bytes(&x->ql[l].down);
+        out->weight_bytes += cpu_q8_mat_bytes(&x->qlm);
+    } else {
+        out->weight_bytes = x->m->w.arena_floats * sizeof(float);
+    }
+    out->kv_bytes = 2 * (size_t)x->c.n_layers * x->layer_kv_floats * sizeof(float);
+    out->work_bytes = x->work_bytes;
+    out->n_threads = x->n_threads;
+    return 0;
+}
+
 const eng_backend eng_backend_cpu = {
     .name = "cpu",
     .init = cpu_init,
     .forward = cpu_forward,
     .copy_block = cpu_copy_block,
     .free = cpu_free,
+    .auto_quant = cpu_auto_quant,
+    .info = cpu_info,
 };

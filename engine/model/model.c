@@ -358,6 +358,10 @@ static int plan_weights(loader *L, mdl_model *m) {
 #undef NM
     }
 #undef P
+    src_tensor q0;
+    if (find_tensor(L, G ? "blk.0.attn_q.weight" : "model.layers.0.self_attn.q_proj.weight", &q0) ==
+        0)
+        w->src_type = q0.type;
     return 0;
 }
 

@@ -72,6 +72,9 @@ typedef struct mdl_weights {
                              * parameters, so every backend rotates by
                              * pos * theta^(-2i/head_dim) / rope_freqs[i]. */
     mdl_layer *layers;      /* [n_layers] */
+    uint32_t src_type;      /* storage type of the projections in the file (GGUF_T_* of
+                             * layer 0's q projection: F32, F16, BF16, Q8_0, Q4_0, Q4_1);
+                             * the arena holds them dequantized to FP32 */
     float *arena;           /* one allocation holding every tensor above */
     size_t arena_floats;
 } mdl_weights;

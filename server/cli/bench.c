@@ -116,7 +116,8 @@ static void usage(void) {
             "  --threads N            CPU threads (default: all cores)\n"
             "  --device D             auto (default: CUDA when a GPU is visible), cpu, cuda\n"
             "  --dtype T              bf16 (GPU default) or fp32\n"
-            "  --quant Q              CPU weights: fp32 (default), int8 or q4 (4-bit)\n"
+            "  --quant Q              weights: auto (default: the file's own precision), fp32,\n"
+            "                         int8 or q4 (4-bit, CPU)\n"
             "  --gpu-memory-utilization F  fraction of GPU memory for weights + KV (0.9)\n"
             "  --no-prefix-cache      disable prefix caching\n"
             "  --temperature T ...    sampling flags as in generate (default greedy)\n"
@@ -351,6 +352,7 @@ int srv_cmd_bench(int argc, char **argv) {
     o.sp = smp_params_default();
     o.sp.temperature = 0;
     eng_config_default(&o.cfg);
+    o.cfg.quant = ENG_QUANT_AUTO; /* the file's own precision, as generate and serve */
     int c, idx = 0, bad = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, &idx)) != -1) {
@@ -372,10 +374,7 @@ int srv_cmd_bench(int argc, char **argv) {
         case O_SAMPLING: bad |= srv_parse_sampling_opt(opts[idx].name, optarg, &o.sp) != 1; break;
         case O_DEVICE: device = optarg; break;
         case O_DTYPE: dtype = optarg; break;
-        case O_QUANT:
-            o.cfg.quant = !strcmp(optarg, "int8") ? 1 : !strcmp(optarg, "q4") ? 2 : 0;
-            bad |= strcmp(optarg, "int8") && strcmp(optarg, "q4") && strcmp(optarg, "fp32");
-            break;
+        case O_QUANT: bad |= eng_quant_parse(optarg, &o.cfg.quant) != 0; break;
         case O_MEMU: o.cfg.mem_util = atof(optarg); bad |= !(o.cfg.mem_util > 0 && o.cfg.mem_util <= 1); break;
         case 'h': usage(); return 0;
         default: usage(); return 2;

@@ -35,7 +35,7 @@ static void usage(FILE *f) {
             "            [--temperature T (default 0: greedy)] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
             "            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
             "            [--stop STR]... [--logprobs N] [--ignore-eos] [--threads T] [--ids]\n"
-            "            [--device auto|cpu|cuda] [--dtype bf16|fp32] [--quant fp32|int8|q4]\n"
+            "            [--device auto|cpu|cuda] [--dtype bf16|fp32] [--quant auto|fp32|int8|q4]\n"
             "  bench     --model M [--num-requests N] [--input-len A:B] [--output-len A:B]\n"
             "            [--max-num-seqs N] [--kv-blocks N] [--json] [--prefix] (see bench --help)\n"
             "  serve     --model M [--host H] [--port P] [--config FILE] (OpenAI-compatible\n"
@@ -171,7 +171,8 @@ static int cmd_generate(int argc, char **argv) {
         {"device", 1, 0, O_DEVICE},   {"dtype", 1, 0, O_DTYPE},
         {"quant", 1, 0, O_QUANT},     {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
     const char *model = NULL, *prompt = NULL, *system = NULL, *device = NULL, *dtype = NULL;
-    int max_tokens = 64, chat = 0, threads = 0, quant = 0, c, idx = 0;
+    int max_tokens = 64, chat = 0, threads = 0, c, idx = 0;
+    eng_quant quant = ENG_QUANT_AUTO; /* the file's own precision */
     eng_request rq = {0};
     rq.sp = smp_params_default();
     rq.sp.temperature = 0; /* generate is for reproducible one-shot runs: greedy unless asked */
@@ -190,11 +191,10 @@ static int cmd_generate(int argc, char **argv) {
         case O_DEVICE: device = optarg; break;
         case O_DTYPE: dtype = optarg; break;
         case O_QUANT:
-            if (strcmp(optarg, "fp32") && strcmp(optarg, "int8") && strcmp(optarg, "q4")) {
-                fprintf(stderr, "error: --quant must be fp32, int8 or q4\n");
+            if (eng_quant_parse(optarg, &quant)) {
+                fprintf(stderr, "error: --quant must be auto, fp32, int8 or q4\n");
                 return 2;
             }
-            quant = !strcmp(optarg, "int8") ? 1 : !strcmp(optarg, "q4") ? 2 : 0;
             break;
         case O_STOP:
             if (rq.n_stop == ENG_MAX_STOP) {
@@ -277,6 +277,8 @@ static int cmd_generate(int argc, char **argv) {
         mdl_free(&m);
         return 1;
     }
+    char desc[256];
+    fprintf(stderr, "[%s]\n", eng_describe(e, desc, sizeof desc));
     rq.prompt = ids;
     rq.n_prompt = n_prompt;
     rq.max_tokens = NI_MIN(max_tokens, cfg.max_seq_len - n_prompt);
@@ -306,11 +308,12 @@ static int cmd_generate(int argc, char **argv) {
 }
 
 /* OpenBLAS picks its kernels and OpenMP its idle policy from the environment
- * when the libraries load, before main runs. Two defaults hurt badly here:
- * OpenBLAS 0.3.21 does not recognise recent Xeons and falls back to its
- * Prescott (SSE3) kernels, and libgomp's spinning idle threads steal the
- * cores OpenBLAS threads need (measured: 10-40x slower decode). So, unless
- * the user set them, set both and re-execute once. */
+ * when the libraries load, before main runs. OpenBLAS 0.3.21 does not
+ * recognise recent Xeons and falls back to its Prescott (SSE3) kernels (about
+ * 2x slower); libgomp, which only the model loader's dequantization uses (the
+ * forward pass runs on engine/cpu/cpu_pool), would leave its idle threads
+ * spinning after the load. So, unless the user set them, set both and
+ * re-execute once. */
 static void tune_runtime_env(char **argv) {
     if (getenv("NI_RUNTIME_ENV")) return;
     setenv("NI_RUNTIME_ENV", "1", 1);

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "tokenizer/chat.h"
+#include "engine/backend/backend.h"
 #include "engine/util/util.h"
 #include "srv_log.h"
 
@@ -82,6 +83,9 @@ static const key_def g_keys[] = {
      "(as for generate and bench; --backend is an alias)"},
     {"dtype", T_STR, F(dtype), S(dtype), 0, 0, "auto", "TYPE",
      "compute precision: auto (bf16 on the GPU, fp32 on the CPU), bf16, fp32"},
+    {"quant", T_STR, F(quant), S(quant), 0, 0, "auto", "FORMAT",
+     "weight format: auto (the model file's own: Q4_0/Q4_1 -> q4, Q8_0 -> int8, else fp32),\n"
+     "fp32 (the reference), int8, q4 (4-bit; CPU only)"},
     {"gpu-memory-utilization", T_REAL, F(gpu_memory_utilization), 0, 0.05, 1, "0.9", "FRACTION",
      "share of GPU memory for weights, buffers and the KV cache (sizes the pool when kv-blocks is "
      "0)"},
@@ -380,6 +384,10 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
         return ni_fail(err, errlen, NI_EINVAL,
                        "device: this build has no CUDA backend (built without nvcc)");
 #endif
+    eng_quant q;
+    if (eng_quant_parse(c->quant, &q))
+        return ni_fail(err, errlen, NI_EINVAL, "quant: '%s' is not one of auto, fp32, int8, q4",
+                       c->quant);
     if (strcmp(c->dtype, "auto") && strcmp(c->dtype, "bf16") && strcmp(c->dtype, "fp32"))
         return ni_fail(err, errlen, NI_EINVAL, "dtype: '%s' is not one of auto, bf16, fp32",
                        c->dtype);

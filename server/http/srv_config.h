@@ -47,6 +47,7 @@ typedef struct srv_config {
     char chat_template[32];        /* "auto" or a chat.h style name */
     char backend[16];              /* key device (alias backend): "auto", "cpu" or "cuda" */
     char dtype[8];                 /* "auto", "bf16" or "fp32" */
+    char quant[8];                 /* "auto", "fp32", "int8" or "q4" (eng_quant_parse) */
     double gpu_memory_utilization; /* fraction of GPU memory (KV pool sizing) */
     int api_key_from_env;          /* informational: api_key came from the environment */
 } srv_config;

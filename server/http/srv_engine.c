@@ -126,6 +126,7 @@ void *srv_engine_main(void *arg) {
         ec.n_blocks = s->cfg.kv_blocks;
         ec.prefix_cache = !s->cfg.no_prefix_cache;
         ec.n_threads = s->cfg.threads;
+        eng_quant_parse(s->cfg.quant, &ec.quant); /* validated with the config */
         ec.max_seq_len = s->cfg.max_model_len;
         ec.mem_util = s->cfg.gpu_memory_utilization;
         const char *dtype = strcmp(s->cfg.dtype, "auto") ? s->cfg.dtype : NULL;
@@ -142,6 +143,8 @@ void *srv_engine_main(void *arg) {
         return NULL;
     }
     s->load_seconds = ni_now() - t0;
+    char desc[256];
+    srv_log(SRV_LOG_INFO, "engine: %s", eng_describe(s->eng, desc, sizeof desc));
     publish_stats(s);
     atomic_store_explicit(&s->state, ST_READY, memory_order_release);
     uv_async_send(&s->async);
