@@ -11,6 +11,7 @@
  * 1 runtime/model error (one line on stderr), 2 usage error.
  */
 #include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,133 +156,152 @@ static void gen_on_event(void *ud, const eng_event *ev) {
     if (ev->finish) g->finish = ev->finish;
 }
 
-static int cmd_generate(int argc, char **argv) {
-    enum { O_CHAT = 256, O_SYSTEM, O_THREADS, O_IGNORE_EOS, O_IDS, O_STOP, O_SAMPLING, O_DEVICE,
-           O_DTYPE, O_QUANT };
-    static struct option opts[] = {
-        {"model", 1, 0, 'm'},         {"prompt", 1, 0, 'p'},
-        {"max-tokens", 1, 0, 'n'},    {"chat", 0, 0, O_CHAT},
-        {"system", 1, 0, O_SYSTEM},   {"threads", 1, 0, O_THREADS},
-        {"ignore-eos", 0, 0, O_IGNORE_EOS}, {"ids", 0, 0, O_IDS},
-        {"stop", 1, 0, O_STOP},       {"temperature", 1, 0, O_SAMPLING},
-        {"top-p", 1, 0, O_SAMPLING},  {"top-k", 1, 0, O_SAMPLING},
-        {"min-p", 1, 0, O_SAMPLING},  {"repetition-penalty", 1, 0, O_SAMPLING},
-        {"presence-penalty", 1, 0, O_SAMPLING}, {"frequency-penalty", 1, 0, O_SAMPLING},
-        {"seed", 1, 0, O_SAMPLING},   {"logprobs", 1, 0, O_SAMPLING},
-        {"device", 1, 0, O_DEVICE},   {"dtype", 1, 0, O_DTYPE},
-        {"quant", 1, 0, O_QUANT},     {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
-    const char *model = NULL, *prompt = NULL, *system = NULL, *device = NULL, *dtype = NULL;
-    int max_tokens = 64, chat = 0, threads = 0, c, idx = 0;
-    eng_quant quant = ENG_QUANT_AUTO; /* the file's own precision */
-    eng_request rq = {0};
-    rq.sp = smp_params_default();
-    rq.sp.temperature = 0; /* generate is for reproducible one-shot runs: greedy unless asked */
-    rq.n = 1;
-    gen_state g = {0};
-    while ((c = getopt_long(argc, argv, "m:p:n:h", opts, &idx)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'n': max_tokens = atoi(optarg); break;
-        case O_CHAT: chat = 1; break;
-        case O_SYSTEM: system = optarg; break;
-        case O_THREADS: threads = atoi(optarg); break;
-        case O_IGNORE_EOS: rq.ignore_eos = 1; break;
-        case O_IDS: g.print_ids = 1; break;
-        case O_DEVICE: device = optarg; break;
-        case O_DTYPE: dtype = optarg; break;
-        case O_QUANT:
-            if (eng_quant_parse(optarg, &quant)) {
-                fprintf(stderr, "error: --quant must be auto, fp32, int8 or q4\n");
-                return 2;
-            }
-            break;
-        case O_STOP:
-            if (rq.n_stop == ENG_MAX_STOP) {
-                fprintf(stderr, "error: at most %d --stop strings\n", ENG_MAX_STOP);
-                return 2;
-            }
-            rq.stop[rq.n_stop++] = optarg;
-            break;
-        case O_SAMPLING:
-            if (srv_parse_sampling_opt(opts[idx].name, optarg, &rq.sp) != 1) {
-                fprintf(stderr, "error: bad value for --%s: '%s'\n", opts[idx].name, optarg);
-                return 2;
-            }
-            break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
+/* The command line of `nanoinfer generate`. */
+typedef struct gen_args {
+    const char *model, *prompt, *system, *device, *dtype, *quant;
+    int max_tokens, chat, threads, ignore_eos, print_ids;
+    cli_list stop;
+    smp_params sp;
+} gen_args;
+
+#define GA(f) offsetof(gen_args, f)
+static const cli_opt g_gen_opts[] = {
+    {"model", 'm', CLI_OPT_STR, GA(model), 0, 0, NULL, "M", ".gguf file or HF model directory"},
+    {"prompt", 'p', CLI_OPT_STR, GA(prompt), 0, 0, NULL, "TEXT", "the prompt (required)"},
+    {"max-tokens", 'n', CLI_OPT_INT, GA(max_tokens), 1, 1 << 20, NULL, "N", "tokens to generate (64)"},
+    {"chat", 0, CLI_OPT_FLAG, GA(chat), 0, 0, NULL, NULL, "apply the model's chat template"},
+    {"system", 0, CLI_OPT_STR, GA(system), 0, 0, NULL, "TEXT", "system message (with --chat)"},
+    {"threads", 0, CLI_OPT_INT, GA(threads), 0, 1024, NULL, "T", "CPU threads (0: every core)"},
+    {"ignore-eos", 0, CLI_OPT_FLAG, GA(ignore_eos), 0, 0, NULL, NULL, "do not stop at EOS"},
+    {"ids", 0, CLI_OPT_FLAG, GA(print_ids), 0, 0, NULL, NULL, "print prompt and output ids"},
+    {"stop", 0, CLI_OPT_LIST, GA(stop), 0, ENG_MAX_STOP, NULL, "STR", "stop string (repeatable)"},
+    {"temperature", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "T", "0 (default): greedy"},
+    {"top-p", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "P", "nucleus sampling mass"},
+    {"top-k", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "K", "keep the K most likely tokens"},
+    {"min-p", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "P", "drop tokens below P x the top one"},
+    {"seed", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "S", "sampling seed"},
+    {"repetition-penalty", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "R", "penalty on seen tokens"},
+    {"presence-penalty", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "P", "OpenAI presence penalty"},
+    {"frequency-penalty", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "F", "OpenAI frequency penalty"},
+    {"logprobs", 0, CLI_OPT_SAMPLING, GA(sp), 0, 0, NULL, "N", "print the top N logprobs per token"},
+    {"device", 0, CLI_OPT_STR, GA(device), 0, 0, NULL, "D", "auto (default), cpu, cuda"},
+    {"dtype", 0, CLI_OPT_STR, GA(dtype), 0, 0, NULL, "T", "bf16 (GPU default) or fp32"},
+    {"quant", 0, CLI_OPT_STR, GA(quant), 0, 0, NULL, "Q",
+     "weights: auto (default: the file's own precision), fp32, int8, q4"},
+};
+#undef GA
+
+/* Fills a from argv. Returns 0, or the exit status (0 after --help, 2). */
+static int gen_parse(int argc, char **argv, gen_args *a, eng_quant *quant, int *done) {
+    memset(a, 0, sizeof *a);
+    a->max_tokens = 64;
+    a->sp = smp_params_default();
+    a->sp.temperature = 0; /* generate is for reproducible one-shot runs: greedy unless asked */
+    *done = 1;
+    int r = cli_parse(g_gen_opts, NI_ARRAY_LEN(g_gen_opts), a, argc, argv, NULL);
+    if (r == 1) {
+        printf("usage: nanoinfer generate --model M --prompt TEXT [options]\n\n");
+        cli_usage_opts(stdout, g_gen_opts, NI_ARRAY_LEN(g_gen_opts));
+        return 0;
     }
-    if (!prompt || max_tokens < 1 || max_tokens > 1 << 20 || threads < 0) {
-        fprintf(stderr, "error: generate needs --prompt and a positive --max-tokens\n");
+    if (r) return 2;
+    if (!a->prompt || !a->model) {
+        fprintf(stderr, "error: generate needs --model and --prompt\n");
         return 2;
     }
+    *quant = ENG_QUANT_AUTO;
+    if (a->quant && eng_quant_parse(a->quant, quant)) {
+        fprintf(stderr, "error: --quant must be auto, fp32, int8 or q4\n");
+        return 2;
+    }
+    *done = 0;
+    return 0;
+}
+
+/* The prompt's token ids (chat template applied with --chat) into *ids.
+ * Returns the count (> 0), or -1 after printing the error. */
+static int gen_prompt_ids(const mdl_model *m, const gen_args *a, int32_t **ids) {
+    char *text = NULL;
+    int add_bos = tok_add_bos(m->tok), special = 0, rc;
+    if (a->chat) {
+        chat_msg msgs[2];
+        int n = 0;
+        if (a->system) msgs[n++] = (chat_msg){"system", a->system};
+        msgs[n++] = (chat_msg){"user", a->prompt};
+        int style = chat_detect(m->chat_template);
+        if ((rc = chat_render(style, msgs, n, 1, &text))) {
+            fprintf(stderr, "error: chat template: %s\n", ni_strerror(rc));
+            return -1;
+        }
+        special = 1;
+        add_bos = add_bos && !chat_has_bos_text(style, text);
+    }
+    int n_prompt = encode_alloc(m->tok, text ? text : a->prompt, add_bos, special, ids);
+    free(text);
+    if (n_prompt <= 0) {
+        fprintf(stderr, "error: prompt encodes to no tokens\n");
+        return -1;
+    }
+    if (a->print_ids) {
+        fprintf(stderr, "prompt ids:");
+        for (int i = 0; i < n_prompt; i++) fprintf(stderr, " %d", (*ids)[i]);
+        fprintf(stderr, "\n");
+    }
+    return n_prompt;
+}
+
+/* An engine sized for one request of n_prompt + max_tokens tokens. */
+static int gen_engine(eng_engine **e, const mdl_model *m, const eng_backend *be, const gen_args *a,
+                      eng_quant quant, int n_prompt, gen_state *g) {
+    eng_config cfg;
+    eng_config_default(&cfg);
+    cfg.n_threads = a->threads;
+    cfg.quant = quant;
+    eng_dtype_parse(a->dtype, &cfg.dtype); /* validated by eng_backend_select */
+    cfg.max_num_seqs = 1;
+    cfg.max_batched_tokens = NI_MAX(n_prompt, 16);
+    cfg.prefill_chunk = cfg.max_batched_tokens;
+    cfg.max_seq_len = NI_MIN(n_prompt + a->max_tokens, m->cfg.max_seq_len);
+    cfg.n_blocks = (cfg.max_seq_len + cfg.block_size - 1) / cfg.block_size;
+    cfg.prefix_cache = 0;
+    char err[512];
+    int rc = eng_init(e, m, be, &cfg, gen_on_event, g, err, sizeof err);
+    if (rc) fprintf(stderr, "error: %s\n", err);
+    return rc;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    gen_args a;
+    eng_quant quant;
+    int done, rc = gen_parse(argc, argv, &a, &quant, &done);
+    if (done) return rc;
     char berr[256];
-    const eng_backend *be = eng_backend_select(device, dtype, berr, sizeof berr);
+    const eng_backend *be = eng_backend_select(a.device, a.dtype, berr, sizeof berr);
     if (!be) {
         fprintf(stderr, "error: %s\n", berr);
         return 2;
     }
     mdl_model m;
-    int rc = load_model(&m, model);
-    if (rc) return rc;
-
-    char *text = NULL;
-    int add_bos = tok_add_bos(m.tok), special = 0;
-    if (chat) {
-        chat_msg msgs[2];
-        int n = 0;
-        if (system) msgs[n++] = (chat_msg){"system", system};
-        msgs[n++] = (chat_msg){"user", prompt};
-        int style = chat_detect(m.chat_template);
-        if ((rc = chat_render(style, msgs, n, 1, &text))) {
-            fprintf(stderr, "error: chat template: %s\n", ni_strerror(rc));
-            mdl_free(&m);
-            return 1;
-        }
-        special = 1;
-        add_bos = add_bos && !chat_has_bos_text(style, text);
-    }
+    if ((rc = load_model(&m, a.model))) return rc;
     int32_t *ids = NULL;
-    int n_prompt = encode_alloc(m.tok, text ? text : prompt, add_bos, special, &ids);
-    free(text);
-    if (n_prompt <= 0) {
-        fprintf(stderr, "error: prompt encodes to no tokens\n");
-        mdl_free(&m);
-        free(ids);
-        return 1;
-    }
-    if (g.print_ids) {
-        fprintf(stderr, "prompt ids:");
-        for (int i = 0; i < n_prompt; i++) fprintf(stderr, " %d", ids[i]);
-        fprintf(stderr, "\n");
-    }
-    eng_config cfg;
-    eng_config_default(&cfg);
-    cfg.n_threads = threads;
-    cfg.quant = quant;
-    eng_dtype_parse(dtype, &cfg.dtype); /* validated by eng_backend_select */
-    cfg.max_num_seqs = 1;
-    cfg.max_batched_tokens = NI_MAX(n_prompt, 16);
-    cfg.prefill_chunk = cfg.max_batched_tokens;
-    cfg.max_seq_len = NI_MIN(n_prompt + max_tokens, m.cfg.max_seq_len);
-    cfg.n_blocks = (cfg.max_seq_len + cfg.block_size - 1) / cfg.block_size;
-    cfg.prefix_cache = 0;
+    const int n_prompt = gen_prompt_ids(&m, &a, &ids);
+    gen_state g = {.tok = m.tok, .print_ids = a.print_ids};
     eng_engine *e = NULL;
-    char err[512];
-    g.tok = m.tok;
-    if ((rc = eng_init(&e, &m, be, &cfg, gen_on_event, &g, err, sizeof err))) {
-        fprintf(stderr, "error: %s\n", err);
+    if (n_prompt < 0 || gen_engine(&e, &m, be, &a, quant, n_prompt, &g)) {
         free(ids);
         mdl_free(&m);
         return 1;
     }
     char desc[256];
     fprintf(stderr, "[%s]\n", eng_describe(e, desc, sizeof desc));
+    eng_request rq = {0};
+    rq.sp = a.sp;
+    rq.n = 1;
+    rq.ignore_eos = a.ignore_eos;
+    for (int i = 0; i < a.stop.n; i++) rq.stop[rq.n_stop++] = a.stop.v[i];
     rq.prompt = ids;
     rq.n_prompt = n_prompt;
-    rq.max_tokens = NI_MIN(max_tokens, cfg.max_seq_len - n_prompt);
+    rq.max_tokens = NI_MIN(a.max_tokens, eng_max_seq_len(e) - n_prompt);
     rq.fallback_seed = (uint64_t)(ni_now() * 1e9);
     eng_error ee;
     if (rq.max_tokens < 1 || (rc = eng_add(e, &rq, &ee))) {
