@@ -6,8 +6,9 @@
  * (cuda/cu_internal.h), which turn a failure into NI_EIO with file:line on
  * stderr; no function here exits.
  *
- * The backend (eng_backend_cuda, cuda/cu_backend.cu) implements the contract
- * of engine/backend/backend.h on one GPU. Every setting comes in the
+ * The backend (eng_backend_cuda: cuda/cu_backend.cu runs a context,
+ * cuda/cu_init.cu makes and frees it) implements the contract of
+ * engine/backend/backend.h on one GPU. Every setting comes in the
  * eng_backend_config of init / kv_blocks_for_memory (nothing here reads the
  * environment: eng_backend_config_env in engine/backends.c maps the NI_CUDA_*
  * variables onto the config):

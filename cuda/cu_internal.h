@@ -13,10 +13,14 @@
  * cu_attention.cu, cu_gemm.cu) exports host functions that enqueue its
  * kernels on a stream over DEVICE pointers and return 0 or NI_EIO; they never
  * allocate and never synchronize (except under NI_DEBUG). The backend
- * (cu_backend.cu) and the host-pointer wrappers (cu_ops.cu) are their only
- * callers. "dtype" arguments are enum cu_dtype and select the element type of
- * the buffers documented as "T": __nv_bfloat16 for CU_DTYPE_BF16, float for
- * CU_DTYPE_FP32. Buffers documented as float are FP32 in both modes.
+ * (cu_backend.cu, cu_init.cu) and the host-pointer wrappers (cu_ops.cu) are
+ * their only callers. "dtype" arguments are enum cu_dtype and select the
+ * element type of the buffers documented as "T": __nv_bfloat16 for
+ * CU_DTYPE_BF16, float for CU_DTYPE_FP32. Buffers documented as float are
+ * FP32 in both modes.
+ *
+ * The backend context (cu_ctx, at the end) is shared by cu_init.cu, which
+ * makes and frees it, and cu_backend.cu, which runs it.
  */
 #ifndef NI_CU_INTERNAL_H
 #define NI_CU_INTERNAL_H
@@ -339,5 +343,136 @@ void cu_sample_result(smp_result *out, const cu_smp_out *d);
  * Returns 0, NI_EINVAL or NI_ENOMEM. */
 int cu_rope_tables(const mdl_config *c, const float *rope_freqs, int max_pos, float **cos_out,
                    float **sin_out);
+
+/* ---- the backend context (cu_init.cu makes and frees it, cu_backend.cu runs it) ---------- */
+
+/* int8: dequantization scratch of the prefill GEMMs (cu_gemm_q8). */
+#define CU_DEQ_BYTES ((size_t)64 << 20)
+/* Decode buckets (1, 2, 4, ... and the cap): at most 32 + 1. */
+#define CU_MAX_BUCKETS 34
+/* Sampler: scratch rows for rows that cannot be modified in place. */
+#define CU_SMP_SCRATCH 16
+
+/* Decode graph modes (eng_backend_config.graphs; cu.h). */
+enum { CU_GRAPHS_OFF = 0, CU_GRAPHS_ON = 1, CU_GRAPHS_EAGER = 2 };
+
+/* profile = 1: device time per phase of the forward pass, measured
+ * with events between launches (graphs are then replaced by the eager
+ * padded launches: events cannot time a replay's inside); printed to stderr
+ * by free, split into decode and general steps. */
+enum { CU_PH_START = -1, CU_PH_EMBED, CU_PH_NORM, CU_PH_QKV, CU_PH_ROPE, CU_PH_ATT, CU_PH_WO,
+       CU_PH_GU, CU_PH_SWIGLU, CU_PH_DOWN, CU_PH_LM, CU_PH_N };
+
+/* Projection weights are T [out][in], or int8 [out][in] with FP32 per-row
+ * scales (the s_* pointers, NULL unless int8). */
+typedef struct cu_layer_w {
+    float *attn_norm;  /* [dim] */
+    void *wqkv;        /* [q_dim + 2*kv_dim][dim]: wq rows, wk rows, wv rows */
+    void *wo;          /* [dim][q_dim] */
+    float *q_norm;     /* [head_dim] or NULL (qwen3) */
+    float *k_norm;     /* [head_dim] or NULL */
+    float *ffn_norm;   /* [dim] */
+    void *wgu;         /* [2*hidden][dim]: w_gate rows, then w_up rows */
+    void *wdown;       /* [dim][hidden] */
+    float *s_qkv;      /* [q_dim + 2*kv_dim] int8 scales, or NULL */
+    float *s_o;        /* [dim] */
+    float *s_gu;       /* [2*hidden] */
+    float *s_down;     /* [dim] */
+} cu_layer_w;
+
+typedef struct cu_ctx {
+    mdl_config c;
+    int dtype;                  /* enum cu_dtype */
+    size_t esz;                 /* bytes of one T element */
+    int dev, n_sm;
+    int n_blocks, block_size, max_batch_tokens, max_seqs;
+    int max_pos;                /* positions [0, max_pos) are allowed */
+    int tbl_cap;                /* ceil(max_pos / block_size): widest block table row */
+    int q_dim, kv_dim, qkv_dim; /* n_heads*hd, n_kv_heads*hd, q_dim + 2*kv_dim */
+    int part_slots;             /* split-K slots in part */
+    int force_splits;           /* eng_backend_config.att_splits (0 = automatic) */
+    int quant;                  /* 1: int8 projections and LM head (cu_quant.cu) */
+    int graph_mode;             /* CU_GRAPHS_* (eng_backend_config.graphs) */
+    cudaStream_t st;
+    cublasHandle_t blas;
+
+    /* weights (one allocation) */
+    void *wmem;
+    void *tok_embd;             /* T [vocab][dim] */
+    void *lm_head;              /* T [vocab][dim] (== tok_embd when tied) or int8 [vocab][dim] */
+    float *lm_scale;            /* [vocab] int8 scales, or NULL */
+    float *out_norm;            /* [dim] */
+    float *cos_tab, *sin_tab;   /* [max_pos][head_dim/2] */
+    cu_layer_w *layers;         /* host array [n_layers] of device pointers */
+
+    /* KV pool (one allocation) */
+    void *kv;                   /* T [n_layers][2][n_blocks][block_size][kv_dim] */
+    size_t plane_bytes;         /* n_blocks * block_size * kv_dim * esz: one layer's K (or V) */
+
+    /* work buffers (one allocation) */
+    void *work;
+    float *x;                   /* [max_batch_tokens][dim] residual stream */
+    void *xb;                   /* T [max_batch_tokens][dim] normed sublayer input */
+    float *qkv;                 /* [max_batch_tokens][qkv_dim] q | k | v projections */
+    void *att;                  /* T [max_batch_tokens][q_dim] attention output */
+    float *gu;                  /* [max_batch_tokens][2*hidden] gate | up projections */
+    void *act;                  /* T [max_batch_tokens][hidden] swiglu output */
+    void *xl;                   /* T [max_seqs][dim] normed last rows wanting logits */
+    float *logits_d;            /* [max_seqs][vocab] */
+    float *part;                /* [part_slots][cu_att_part_floats] split-K partials */
+    void *blas_ws;              /* [BLAS_WS_BYTES (cu_init.cu)] cuBLAS workspace */
+    int32_t *meta_d;            /* [meta_cap] packed batch metadata (see forward) */
+    size_t meta_cap;            /* int32 elements: 7*T + S + S*tbl_cap */
+    void *deq;                  /* int8 only: T [CU_DEQ_BYTES] dequantized weight chunk */
+    float *qtmp;                /* int8 only: [max_batch_tokens][dim] GEMM output before scaling */
+    cu_smp_row *smp_rows_d;     /* [smp_cap] sampler jobs */
+    cu_smp_ent *smp_ents_d;     /* [smp_ent_cap] logit_bias / penalty entries */
+    cu_smp_out *smp_out_d;      /* [smp_cap] sampler results */
+    float *smp_scratch;         /* [CU_SMP_SCRATCH][vocab] rows modified out of place */
+
+    /* pinned host */
+    int32_t *meta_h;            /* [meta_cap] staging of meta_d */
+    float *logits_h;            /* [max_seqs][vocab] */
+    cu_smp_row *smp_rows_h;     /* [smp_cap] */
+    cu_smp_ent *smp_ents_h;     /* [smp_ent_cap] */
+    cu_smp_out *smp_out_h;      /* [smp_cap] */
+    int smp_cap;                /* max_seqs: sampler rows per launch */
+    size_t smp_ent_cap;         /* vocab + 65536 */
+
+    /* plain host */
+    int32_t *lm_seq;            /* [max_seqs] sequence of each logits row */
+    int32_t *row_of_seq;        /* [max_seqs] logits_d row of each sequence of the last
+                                 * forward, -1 when it wanted none */
+    int *smp_consumers;         /* [max_seqs] sampler packing workspace */
+    int last_n_seqs;            /* sequences of the last forward */
+    int pending;                /* work enqueued since the last synchronize */
+
+    /* decode graphs */
+    int dec_cap;                /* largest bucket: min(max_seqs, max_batch_tokens) */
+    int n_buckets;
+    int bucket[CU_MAX_BUCKETS];        /* ascending; the last is dec_cap */
+    int bucket_splits[CU_MAX_BUCKETS]; /* attention split-K factor of each bucket */
+    cudaGraphExec_t gexec[CU_MAX_BUCKETS]; /* NULL until captured */
+    cu_backend_stats stats;
+
+    /* eng_backend_config.profile */
+    int prof;
+    cudaEvent_t *ev;            /* [ev_cap] */
+    int *ev_ph;                 /* [ev_cap] phase ending at each event */
+    int n_ev, ev_cap;
+    int prof_kind;              /* 0 decode, 1 general: the forward being timed */
+    double ph_ms[2][CU_PH_N];
+    long long prof_steps[2];
+} cu_ctx;
+
+/* eng_backend.init / free / kv_blocks_for_memory of eng_backend_cuda (cu_init.cu). */
+int cu_backend_init(void **out, const mdl_model *m, const eng_backend_config *cf, char *err,
+                    size_t errlen);
+void cu_backend_free(void *ctx);
+int cu_backend_kv_blocks(const mdl_model *m, const eng_backend_config *cf, double util,
+                         int *n_blocks, char *err, size_t errlen);
+
+/* The profile table of x (stderr; cu_backend.cu), printed by cu_backend_free. */
+void cu_prof_print(const cu_ctx *x);
 
 #endif

@@ -39,6 +39,10 @@
  * distribution is the same). The uniform u comes from the caller (the
  * request's RNG), so seeded requests are reproducible and independent of
  * batching.
+ *
+ * k_sample is the five steps above in order, each a __device__ helper
+ * numbered after its step (smp_row_lse .. smp_draw, smp_write_probs); the
+ * filters of steps 4-5 travel in a struct smp_filt.
  */
 #include <limits.h>
 #include <math.h>
@@ -360,6 +364,235 @@ __device__ int blk_find_prefix(VF val, int V, u64 target, smp_sh &sh) {
     return r;
 }
 
+/* ---- the steps of k_sample (every thread of the block calls each helper) -------------- */
+
+/* 1a. log-sum-exp of raw[0..V) (max, then float exp, double sums). */
+__device__ __forceinline__ double smp_row_lse(const float *raw, int V, smp_sh &sh) {
+    const int tid = threadIdx.x;
+    float m = -INFINITY;
+    for (int i = tid; i < V; i += SMP_THREADS) m = fmaxf(m, raw[i]);
+    m = blk_max(m, sh);
+    double s = 0.0;
+    for (int i = tid; i < V; i += SMP_THREADS) s += (double)smp_exp_neg(__fsub_rn(raw[i], m));
+    s = blk_sum_d(s, sh);
+    return (double)m + log(s);
+}
+
+/* 1b. Gathers the n_top (>= 1) largest raw logits, ties by lower id, into sh.g_tok / g_val. */
+__device__ __forceinline__ void smp_gather_top(const float *raw, int V, int n_top, smp_sh &sh) {
+    const int tid = threadIdx.x;
+    unsigned n_gt = 0;
+    const uint32_t thr = blk_kth_key(
+        [&](int i, uint32_t &key) {
+            key = smp_fkey(raw[i]);
+            return true;
+        },
+        V, (unsigned)n_top, &n_gt, sh);
+    /* ties at thr: the first (n_top - n_gt) in id order */
+    const int cut =
+        blk_find_prefix([&](int i) -> u64 { return smp_fkey(raw[i]) == thr ? 1ull : 0ull; }, V,
+                        (u64)(n_top - (int)n_gt - 1), sh);
+    if (tid == 0) sh.n_gather = 0;
+    __syncthreads();
+    for (int i = tid; i < V; i += SMP_THREADS) {
+        const uint32_t k = smp_fkey(raw[i]);
+        if (k > thr || (k == thr && i <= cut)) {
+            const int slot = atomicAdd(&sh.n_gather, 1);
+            if (slot < SMP_MAX_LOGPROBS) {
+                sh.g_tok[slot] = i;
+                sh.g_val[slot] = raw[i];
+            }
+        }
+    }
+    __syncthreads();
+}
+
+/* 1c. Thread 0: the gathered entries, value desc / id asc, into o->top_*; returns how many. */
+__device__ __forceinline__ int smp_write_top(int n_top, double lse, cu_smp_out *o, smp_sh &sh) {
+    const int n = min(sh.n_gather, n_top);
+    for (int j = 1; j < n; j++) { /* insertion sort: value desc, id asc */
+        const float v = sh.g_val[j];
+        const int32_t t = sh.g_tok[j];
+        int k = j;
+        while (k > 0 && (sh.g_val[k - 1] < v || (sh.g_val[k - 1] == v && sh.g_tok[k - 1] > t))) {
+            sh.g_val[k] = sh.g_val[k - 1];
+            sh.g_tok[k] = sh.g_tok[k - 1];
+            k--;
+        }
+        sh.g_val[k] = v;
+        sh.g_tok[k] = t;
+    }
+    for (int j = 0; j < n; j++) {
+        o->top_tok[j] = sh.g_tok[j];
+        o->top_lp[j] = (float)((double)sh.g_val[j] - lse);
+    }
+    return n;
+}
+
+/* 2. logit_bias (thread 0, in list order), then penalties (a thread per entry) into L, which
+ * is raw itself (CU_SMP_WORK_INPLACE) or a scratch row first filled from raw. */
+__device__ __forceinline__ void smp_bias_penalties(const cu_smp_row &R, const cu_smp_ent *ents,
+                                                   const float *raw, float *L, int V) {
+    const int tid = threadIdx.x;
+    if (R.work >= 0) {
+        for (int i = tid; i < V; i += SMP_THREADS) L[i] = raw[i];
+        __syncthreads();
+    }
+    if (tid == 0)
+        for (int j = 0; j < R.n_bias; j++) {
+            const cu_smp_ent e = ents[R.bias_off + j];
+            L[e.token] = __fadd_rn(L[e.token], __uint_as_float(e.bits));
+        }
+    __syncthreads();
+    const bool rep = R.rep != 1.0f, fp = R.pres != 0.0f || R.freq != 0.0f;
+    for (int j = tid; j < R.n_toks; j += SMP_THREADS) {
+        const cu_smp_ent e = ents[R.toks_off + j];
+        float l = L[e.token];
+        const uint32_t cnt = e.bits & 0x7fffffffu;
+        if (rep) l = l > 0.0f ? __fdiv_rn(l, R.rep) : __fmul_rn(l, R.rep);
+        if (fp && cnt > 0) {
+            l = __fsub_rn(l, __fmul_rn(R.freq, (float)cnt));
+            l = __fsub_rn(l, R.pres);
+        }
+        L[e.token] = l;
+    }
+    __syncthreads();
+}
+
+/* 3. false on NaN / +inf / no finite L[i]; else m = max, am = its first id, nfin = #(L > -inf). */
+__device__ __forceinline__ bool smp_check_max(const float *L, int V, float &m, int &am, int &nfin,
+                                              smp_sh &sh) {
+    int bad = 0;
+    nfin = 0;
+    m = -INFINITY;
+    am = INT_MAX;
+    for (int i = threadIdx.x; i < V; i += SMP_THREADS) {
+        const float x = L[i];
+        bad |= (x != x) | (x == INFINITY);
+        nfin += x > -INFINITY;
+        if (x > m) m = x, am = i; /* first index of this thread's max (i increases) */
+    }
+    blk_sum_2i(bad, nfin, sh);
+    if (bad || nfin == 0) return false;
+    blk_argmax(m, am, sh);
+    return true;
+}
+
+/* The filters of a non-greedy row (steps 4-5), filled in step order by k_sample. */
+struct smp_filt {
+    const float *L; /* processed logits */
+    float m, inv_t; /* max of L, 1 / temperature */
+    bool do_k;      /* top_k: keep logit keys >= kthr (and weight > 0) */
+    uint32_t kthr;
+    bool do_p; /* top_p: keep weight keys > vstar, and == vstar at ids <= tcut */
+    uint32_t vstar;
+    int tcut;
+    float min_p; /* min_p > 0: keep weights >= min_p */
+
+    /* exp((L[i] - m) * inv_t), op for op as the CPU. */
+    __device__ __forceinline__ float weight(int i) const {
+        return smp_exp_neg(__fmul_rn(__fsub_rn(L[i], m), inv_t));
+    }
+    /* w = weight(i); true when i is a candidate (survives top_k; every i without it). */
+    __device__ __forceinline__ bool cand(int i, float &w) const {
+        w = weight(i);
+        return do_k ? (smp_fkey(L[i]) >= kthr && w > 0.0f) : true;
+    }
+    /* w = weight(i); true when i survives top_k, top_p and min_p. */
+    __device__ __forceinline__ bool surv(int i, float &w) const {
+        if (!cand(i, w)) return false;
+        if (do_p) {
+            const uint32_t k = __float_as_uint(w);
+            if (!(k > vstar || (k == vstar && i <= tcut))) return false;
+        }
+        return !(min_p > 0.0f) || w >= min_p;
+    }
+};
+
+/* 4a. top_k: the key of the top_k-th largest finite logit of L (1 <= top_k < finite count). */
+__device__ __forceinline__ uint32_t smp_top_k_key(const float *L, int V, int top_k, smp_sh &sh) {
+    unsigned n_gt = 0;
+    return blk_kth_key(
+        [&](int i, uint32_t &key) {
+            key = smp_fkey(L[i]);
+            return L[i] > -INFINITY;
+        },
+        V, (unsigned)top_k, &n_gt, sh);
+}
+
+/* 4b. top_p over f's candidates: f.vstar = weight key of the cut, f.tcut = last tie kept at it. */
+__device__ __forceinline__ void smp_top_p_cut(smp_filt &f, int V, float top_p, smp_sh &sh) {
+    const int tid = threadIdx.x;
+    u64 z = 0;
+    for (int i = tid; i < V; i += SMP_THREADS) {
+        float w;
+        if (f.cand(i, w)) z += smp_fixed(w);
+    }
+    z = blk_sum_u64(z, sh);
+    const double target = (double)top_p * (double)z;
+    u64 above = 0;
+    f.vstar = blk_top_p_key(
+        [&](int i, uint32_t &key, u64 &q) {
+            float w;
+            const bool c = f.cand(i, w);
+            key = __float_as_uint(w);
+            q = smp_fixed(w);
+            return c;
+        },
+        V, target, &above, sh);
+    int n_eq = 0, dummy = 0;
+    for (int i = tid; i < V; i += SMP_THREADS) {
+        float w;
+        n_eq += f.cand(i, w) && __float_as_uint(w) == f.vstar;
+    }
+    blk_sum_2i(n_eq, dummy, sh);
+    const double qv = (double)smp_fixed(__uint_as_float(f.vstar));
+    const double xk = qv > 0.0 ? (target - (double)above) / qv : (double)n_eq;
+    const int keep = xk >= (double)n_eq ? n_eq : max(1, (int)ceil(xk));
+    if (keep < n_eq)
+        f.tcut = blk_find_prefix(
+            [&](int i) -> u64 {
+                float w;
+                return f.cand(i, w) && __float_as_uint(w) == f.vstar ? 1ull : 0ull;
+            },
+            V, (u64)(keep - 1), sh);
+}
+
+/* 5. The first survivor in id order whose running mass exceeds floor(u * total), -1 if none. */
+__device__ __forceinline__ int smp_draw(const smp_filt &f, int V, double u, smp_sh &sh) {
+    u64 tot = 0;
+    for (int i = threadIdx.x; i < V; i += SMP_THREADS) {
+        float w;
+        if (f.surv(i, w)) tot += smp_fixed(w);
+    }
+    tot = blk_sum_u64(tot, sh);
+    u64 target = (u64)(u * (double)tot);
+    if (target >= tot) target = tot - 1; /* tot >= 2^44: the top token survives */
+    return blk_find_prefix(
+        [&](int i) -> u64 {
+            float w;
+            return f.surv(i, w) ? smp_fixed(w) : 0ull;
+        },
+        V, target, sh);
+}
+
+/* probs[i] = the survivors' weights over their double sum, 0 elsewhere (the drawn distribution). */
+__device__ __forceinline__ void smp_write_probs(const smp_filt &f, int V, float *probs,
+                                                smp_sh &sh) {
+    const int tid = threadIdx.x;
+    double zs = 0.0;
+    for (int i = tid; i < V; i += SMP_THREADS) {
+        float w;
+        if (f.surv(i, w)) zs += (double)w;
+    }
+    zs = blk_sum_d(zs, sh);
+    for (int i = tid; i < V; i += SMP_THREADS) {
+        float w;
+        probs[i] = f.surv(i, w) ? (float)((double)w / zs) : 0.0f;
+    }
+}
+
+/* One block per row: the steps above, in order (see the comment at the top). */
 __global__ void __launch_bounds__(SMP_THREADS) k_sample(cu_sample_args a) {
     __shared__ smp_sh sh;
     const int V = a.vocab, tid = threadIdx.x;
@@ -373,103 +606,22 @@ __global__ void __launch_bounds__(SMP_THREADS) k_sample(cu_sample_args a) {
     double lse = 0.0;
     int n_top = 0;
     if (R.logprobs >= 0) {
-        float m = -INFINITY;
-        for (int i = tid; i < V; i += SMP_THREADS) m = fmaxf(m, raw[i]);
-        m = blk_max(m, sh);
-        double s = 0.0;
-        for (int i = tid; i < V; i += SMP_THREADS) s += (double)smp_exp_neg(__fsub_rn(raw[i], m));
-        s = blk_sum_d(s, sh);
-        lse = (double)m + log(s);
+        lse = smp_row_lse(raw, V, sh);
         n_top = min(R.logprobs, V);
         if (n_top > 0) {
-            unsigned n_gt = 0;
-            const uint32_t thr = blk_kth_key(
-                [&](int i, uint32_t &key) {
-                    key = smp_fkey(raw[i]);
-                    return true;
-                },
-                V, (unsigned)n_top, &n_gt, sh);
-            /* ties at thr: the first (n_top - n_gt) in id order */
-            const int cut = blk_find_prefix(
-                [&](int i) -> u64 { return smp_fkey(raw[i]) == thr ? 1ull : 0ull; }, V,
-                (u64)(n_top - (int)n_gt - 1), sh);
-            if (tid == 0) sh.n_gather = 0;
-            __syncthreads();
-            for (int i = tid; i < V; i += SMP_THREADS) {
-                const uint32_t k = smp_fkey(raw[i]);
-                if (k > thr || (k == thr && i <= cut)) {
-                    const int slot = atomicAdd(&sh.n_gather, 1);
-                    if (slot < SMP_MAX_LOGPROBS) {
-                        sh.g_tok[slot] = i;
-                        sh.g_val[slot] = raw[i];
-                    }
-                }
-            }
-            __syncthreads();
-            if (tid == 0) {
-                const int n = min(sh.n_gather, n_top);
-                for (int j = 1; j < n; j++) { /* insertion sort: value desc, id asc */
-                    const float v = sh.g_val[j];
-                    const int32_t t = sh.g_tok[j];
-                    int k = j;
-                    while (k > 0 && (sh.g_val[k - 1] < v ||
-                                     (sh.g_val[k - 1] == v && sh.g_tok[k - 1] > t))) {
-                        sh.g_val[k] = sh.g_val[k - 1];
-                        sh.g_tok[k] = sh.g_tok[k - 1];
-                        k--;
-                    }
-                    sh.g_val[k] = v;
-                    sh.g_tok[k] = t;
-                }
-                for (int j = 0; j < n; j++) {
-                    o->top_tok[j] = sh.g_tok[j];
-                    o->top_lp[j] = (float)((double)sh.g_val[j] - lse);
-                }
-                n_top = n;
-            }
+            smp_gather_top(raw, V, n_top, sh);
+            if (tid == 0) n_top = smp_write_top(n_top, lse, o, sh);
             __syncthreads();
         }
     }
 
     /* 2. logit_bias, then penalties */
-    if (R.work != CU_SMP_WORK_SRC) {
-        if (R.work >= 0) {
-            for (int i = tid; i < V; i += SMP_THREADS) L[i] = raw[i];
-            __syncthreads();
-        }
-        if (tid == 0)
-            for (int j = 0; j < R.n_bias; j++) {
-                const cu_smp_ent e = a.ents[R.bias_off + j];
-                L[e.token] = __fadd_rn(L[e.token], __uint_as_float(e.bits));
-            }
-        __syncthreads();
-        const bool rep = R.rep != 1.0f, fp = R.pres != 0.0f || R.freq != 0.0f;
-        for (int j = tid; j < R.n_toks; j += SMP_THREADS) {
-            const cu_smp_ent e = a.ents[R.toks_off + j];
-            float l = L[e.token];
-            const uint32_t cnt = e.bits & 0x7fffffffu;
-            if (rep) l = l > 0.0f ? __fdiv_rn(l, R.rep) : __fmul_rn(l, R.rep);
-            if (fp && cnt > 0) {
-                l = __fsub_rn(l, __fmul_rn(R.freq, (float)cnt));
-                l = __fsub_rn(l, R.pres);
-            }
-            L[e.token] = l;
-        }
-        __syncthreads();
-    }
+    if (R.work != CU_SMP_WORK_SRC) smp_bias_penalties(R, a.ents, raw, L, V);
 
     /* 3. checks and max of the processed logits */
-    int bad = 0, nfin = 0;
-    float m = -INFINITY;
-    int am = INT_MAX;
-    for (int i = tid; i < V; i += SMP_THREADS) {
-        const float x = L[i];
-        bad |= (x != x) | (x == INFINITY);
-        nfin += x > -INFINITY;
-        if (x > m) m = x, am = i; /* first index of this thread's max (i increases) */
-    }
-    blk_sum_2i(bad, nfin, sh);
-    if (bad || nfin == 0) {
+    float m;
+    int am, nfin;
+    if (!smp_check_max(L, V, m, am, nfin, sh)) {
         if (tid == 0) {
             o->token = -1;
             o->err = NI_ERANGE;
@@ -478,7 +630,6 @@ __global__ void __launch_bounds__(SMP_THREADS) k_sample(cu_sample_args a) {
         }
         return;
     }
-    blk_argmax(m, am, sh);
 
     int tok;
     const bool greedy = !(R.temperature >= SMP_GREEDY_EPS);
@@ -487,99 +638,23 @@ __global__ void __launch_bounds__(SMP_THREADS) k_sample(cu_sample_args a) {
         if (probs)
             for (int i = tid; i < V; i += SMP_THREADS) probs[i] = i == tok ? 1.0f : 0.0f;
     } else {
-        const float inv_t = __fdiv_rn(1.0f, R.temperature);
-        auto weight = [&](int i) { return smp_exp_neg(__fmul_rn(__fsub_rn(L[i], m), inv_t)); };
+        smp_filt f;
+        f.L = L;
+        f.m = m;
+        f.inv_t = __fdiv_rn(1.0f, R.temperature);
         /* candidates: top_k survivors (logit >= k-th largest, weight > 0), else all */
-        const bool do_k = R.top_k >= 1 && R.top_k < nfin;
-        uint32_t kthr = 0;
-        if (do_k) {
-            unsigned n_gt = 0;
-            kthr = blk_kth_key(
-                [&](int i, uint32_t &key) {
-                    key = smp_fkey(L[i]);
-                    return L[i] > -INFINITY;
-                },
-                V, (unsigned)R.top_k, &n_gt, sh);
-        }
-        auto cand = [&](int i, float &w) {
-            w = weight(i);
-            return do_k ? (smp_fkey(L[i]) >= kthr && w > 0.0f) : true;
-        };
-        /* top_p cut: key vstar (weight bits) and, among ties at vstar, the
-         * last kept index tcut */
-        const bool do_p = R.top_p < 1.0f;
-        uint32_t vstar = 0;
-        int tcut = V;
-        if (do_p) {
-            u64 z = 0;
-            for (int i = tid; i < V; i += SMP_THREADS) {
-                float w;
-                if (cand(i, w)) z += smp_fixed(w);
-            }
-            z = blk_sum_u64(z, sh);
-            const double target = (double)R.top_p * (double)z;
-            u64 above = 0;
-            vstar = blk_top_p_key(
-                [&](int i, uint32_t &key, u64 &q) {
-                    float w;
-                    const bool c = cand(i, w);
-                    key = __float_as_uint(w);
-                    q = smp_fixed(w);
-                    return c;
-                },
-                V, target, &above, sh);
-            int n_eq = 0, dummy = 0;
-            for (int i = tid; i < V; i += SMP_THREADS) {
-                float w;
-                n_eq += cand(i, w) && __float_as_uint(w) == vstar;
-            }
-            blk_sum_2i(n_eq, dummy, sh);
-            const double qv = (double)smp_fixed(__uint_as_float(vstar));
-            const double xk = qv > 0.0 ? (target - (double)above) / qv : (double)n_eq;
-            const int keep = xk >= (double)n_eq ? n_eq : max(1, (int)ceil(xk));
-            if (keep < n_eq)
-                tcut = blk_find_prefix(
-                    [&](int i) -> u64 {
-                        float w;
-                        return cand(i, w) && __float_as_uint(w) == vstar ? 1ull : 0ull;
-                    },
-                    V, (u64)(keep - 1), sh);
-        }
-        auto surv = [&](int i, float &w) {
-            if (!cand(i, w)) return false;
-            if (do_p) {
-                const uint32_t k = __float_as_uint(w);
-                if (!(k > vstar || (k == vstar && i <= tcut))) return false;
-            }
-            return !(R.min_p > 0.0f) || w >= R.min_p;
-        };
-        u64 tot = 0;
-        for (int i = tid; i < V; i += SMP_THREADS) {
-            float w;
-            if (surv(i, w)) tot += smp_fixed(w);
-        }
-        tot = blk_sum_u64(tot, sh);
-        u64 target = (u64)(R.u * (double)tot);
-        if (target >= tot) target = tot - 1; /* tot >= 2^44: the top token survives */
-        tok = blk_find_prefix(
-            [&](int i) -> u64 {
-                float w;
-                return surv(i, w) ? smp_fixed(w) : 0ull;
-            },
-            V, target, sh);
+        f.do_k = R.top_k >= 1 && R.top_k < nfin;
+        f.kthr = 0;
+        if (f.do_k) f.kthr = smp_top_k_key(L, V, R.top_k, sh);
+        /* top_p cut: key vstar (weight bits) and, among ties at vstar, the last kept index tcut */
+        f.do_p = R.top_p < 1.0f;
+        f.vstar = 0;
+        f.tcut = V;
+        if (f.do_p) smp_top_p_cut(f, V, R.top_p, sh);
+        f.min_p = R.min_p;
+        tok = smp_draw(f, V, R.u, sh);
         if (tok < 0) tok = am; /* unreachable */
-        if (probs) {
-            double zs = 0.0;
-            for (int i = tid; i < V; i += SMP_THREADS) {
-                float w;
-                if (surv(i, w)) zs += (double)w;
-            }
-            zs = blk_sum_d(zs, sh);
-            for (int i = tid; i < V; i += SMP_THREADS) {
-                float w;
-                probs[i] = surv(i, w) ? (float)((double)w / zs) : 0.0f;
-            }
-        }
+        if (probs) smp_write_probs(f, V, probs, sh);
     }
 
     if (tid == 0) {

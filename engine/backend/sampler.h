@@ -102,7 +102,7 @@ typedef struct smp_result {
 } smp_result;
 
 /* Per-request state. Zero-initialise or smp_state_init() before use; all
- * fields are private to sampler.c. Owned by the request. */
+ * fields are private to sampler.c and sampler_state.c. Owned by the request. */
 typedef struct smp_state {
     uint64_t rng[4]; /* xoshiro256** state */
     int32_t vocab;
