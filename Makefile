@@ -109,7 +109,7 @@ test-seeds: $(TESTS)
 
 asan:
 	@$(MAKE) --no-print-directory check-tests BUILD=build/asan USE_CUDA=0 \
-	  OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	  OPT="-O1 -march=x86-64-v3 -fsanitize=address,undefined -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined"
 
 run:

@@ -79,7 +79,7 @@ static void hist(int *rc, srv_buf *o, const char *name, const char *help, const 
 int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_loaded, int health,
                        srv_buf *o) {
     int rc = 0;
-    char code[8];
+    char code[12]; /* any int: keeps -Wformat-truncation quiet at every -O level */
     scalar(&rc, o, "model_loaded", "gauge", "1 once the model is loaded and the engine runs.", model_loaded);
     scalar(&rc, o, "healthy", "gauge", "1 when /health answers 200.", health);
     head(&rc, o, "http_requests_total", "counter", "HTTP requests answered, by response status code.");
