@@ -525,6 +525,16 @@ else
 fi
 
 # ======================================================================
+section "connection limit"
+# issue 14: at --max-connections the listener must come back once clients leave
+start_server maxconn --model "$TINY" --max-connections 20 || exit 1
+python3 test/py/conn_limit.py "$SRV_PORT" 20 >"$TMP/conn_limit.out" 2>&1
+rc=$?
+check "listener survives --max-connections 20: $(tail -1 "$TMP/conn_limit.out")" test $rc -eq 0
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID" 2>/dev/null
+
+# ======================================================================
 section load
 if ! command -v wrk >/dev/null; then
   echo "SKIP: wrk is not installed (make deps); load section skipped"

@@ -138,10 +138,17 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_ct
     (void)mc;
     (void)socket_ctx;
     srv_server *s = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         s->metrics.connections++;
-    else
+    } else {
         s->metrics.connections--;
+        /* At --max-connections MHD takes the listen fd out of its epoll set
+         * and puts it back only at the start of a later MHD_run. When the
+         * last connections close inside a run, nothing else would ask for
+         * one (no MHD timeout left, the epoll fd never readable): without
+         * this the listener stays shut for good (issue 14). */
+        s->need_run = 1;
+    }
 }
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap) {
@@ -178,7 +185,9 @@ static void on_sweep(uv_timer_t *t) {
             srv_conn_kill(c, SRV_ABORT_DISCONNECT);
         }
     }
-    if (s->need_run) srv_mhd_run(s);
+    /* Unconditionally: a safety net for whatever else could leave MHD
+     * waiting for a run that no event asks for (cheap: 5 runs a second). */
+    srv_mhd_run(s);
 }
 
 static void close_cb(uv_handle_t *h) { (void)h; }
