@@ -301,7 +301,13 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
     e->vocab = mc->vocab_size;
     e->max_seq_len = cfg.max_seq_len;
     pthread_mutex_init(&e->mu, NULL);
-    pthread_cond_init(&e->cv, NULL);
+    /* eng_wait_work's deadline is on the monotonic clock: a wall-clock step
+     * back must not stall an idle engine (and /health with it). */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->cv, &ca);
+    pthread_condattr_destroy(&ca);
     kv_config kc = {.n_blocks = cfg.n_blocks, .block_size = cfg.block_size,
                     .max_seq_len = cfg.max_seq_len, .enable_prefix_cache = cfg.prefix_cache};
     rc = kv_init(&e->kv, &kc);
@@ -476,7 +482,7 @@ void eng_abort(eng_engine *e, uint64_t id) {
 
 void eng_wait_work(eng_engine *e, int timeout_ms) {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock e->cv waits on */
     ts.tv_sec += timeout_ms / 1000;
     ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
     if (ts.tv_nsec >= 1000000000L) {

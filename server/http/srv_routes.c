@@ -491,12 +491,22 @@ static int route_needs_auth(int r) { return r != R_HEALTH && r != R_METRICS; }
 
 static int auth_ok(srv_server *s, srv_conn *c) {
     if (!s->cfg.api_key[0]) return 1;
-    const char *h =
-        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
-    h += 7;
-    while (*h == ' ') h++;
-    return srv_ct_equal(h, strlen(h), s->cfg.api_key, strlen(s->cfg.api_key));
+    const char *h = NULL;
+    size_t hl = 0;
+    if (MHD_lookup_connection_value_n(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+                                      strlen(MHD_HTTP_HEADER_AUTHORIZATION), &h, &hl) != MHD_YES ||
+        !h)
+        return 0;
+    /* Control bytes never belong in a key: "Bearer sekret\x01x" is not the
+     * key "sekret" (issue 14). The value's own length is used, not strlen; an
+     * embedded NUL is cut by libmicrohttpd 0.9.75's parser before it gets
+     * here, so that case is still open. */
+    for (size_t i = 0; i < hl; i++)
+        if ((unsigned char)h[i] < 0x20 || h[i] == 0x7f) return 0;
+    if (hl < 7 || strncasecmp(h, "Bearer ", 7)) return 0;
+    size_t i = 7;
+    while (i < hl && h[i] == ' ') i++;
+    return srv_ct_equal(h + i, hl - i, s->cfg.api_key, strlen(s->cfg.api_key));
 }
 
 /* First call for a request: decide everything that needs no body. Returns 1

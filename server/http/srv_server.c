@@ -39,6 +39,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -322,7 +323,8 @@ static int start_http(srv_server *s) {
         MHD_OPTION_LISTEN_SOCKET, s->listen_fd, MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, s,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)s->cfg.idle_timeout, MHD_OPTION_END);
+        /* MHD counts whole seconds and 0 means never: round a fraction up */
+        (unsigned)ceil(s->cfg.idle_timeout), MHD_OPTION_END);
     if (!s->mhd) {
         srv_log(SRV_LOG_ERROR, "cannot start the HTTP server (libmicrohttpd)");
         close(s->listen_fd);
