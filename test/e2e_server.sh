@@ -542,6 +542,14 @@ rc=$?
 check "listener survives --max-connections 20: $(tail -1 "$TMP/conn_limit.out")" test $rc -eq 0
 kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID" 2>/dev/null
+# --request-timeout: a client trickling its request one byte at a time is cut off
+start_server trickle --model "$TINY" --request-timeout 2 || exit 1
+python3 test/py/slow_headers.py "$SRV_PORT" 10 2 >"$TMP/trickle.out" 2>&1
+rc=$?
+check "--request-timeout 2 cuts off trickling clients: $(tail -1 "$TMP/trickle.out")" test $rc -eq 0
+check "request timeouts are counted" test "$(metric nanoinfer_http_request_timeouts_total)" -ge 10
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID" 2>/dev/null
 # --idle-timeout 0.5 closes an idle connection (MHD counts whole seconds: 0.5 once meant never)
 start_server idle --model "$TINY" --idle-timeout 0.5 || exit 1
 closed=$(python3 -c "import socket,time; s=socket.create_connection(('127.0.0.1', $SRV_PORT)); \

@@ -74,6 +74,9 @@ static const key_def g_keys[] = {
      "simultaneous HTTP connections"},
     {"idle-timeout", T_REAL, F(idle_timeout), 0, 0, 86400, "60", "SECONDS",
      "close connections idle this long (0: never)"},
+    {"request-timeout", T_REAL, F(request_timeout), 0, 0, 86400, "60", "SECONDS",
+     "a client must send each request's headers and body within this (0: no limit); a slow\n"
+     "sender is cut off instead of holding a connection slot"},
     {"health-timeout", T_REAL, F(health_timeout), 0, 0.1, 86400, "20", "SECONDS",
      "/health fails when one engine step has been running longer than this"},
     {"chat-template", T_STYLE, F(chat_template), S(chat_template), 0, 0, "auto", "STYLE",

@@ -43,6 +43,8 @@ typedef struct srv_config {
     long long max_stream_buffer; /* bytes buffered per connection before a slow reader is cut */
     int max_connections;
     double idle_timeout;           /* seconds an idle keep-alive connection stays open */
+    double request_timeout;        /* seconds a client has to send a request's headers and body
+                                    * (0: no limit); nginx's client_header/body_timeout */
     double health_timeout;         /* engine heartbeat age that makes /health fail */
     char chat_template[32];        /* "auto" or a chat.h style name */
     char backend[16];              /* key device (alias backend): "auto", "cpu" or "cuda" */

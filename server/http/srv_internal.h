@@ -120,6 +120,18 @@ struct srv_conn {
     srv_conn *prev, *next; /* all live srv_conn */
 };
 
+/* One TCP connection, from MHD's connection-start notification to its close
+ * (MHD's socket context): when its current request began, so that the sweep
+ * can cut off a client that takes too long to send it (MHD's own idle
+ * timeout restarts on every byte). */
+typedef struct srv_sock {
+    struct MHD_Connection *mc;
+    double t_request;   /* connection start, or the end of its previous request */
+    int receiving;      /* 1 until the current request's body is complete */
+    int cut;            /* shut down by the sweep */
+    struct srv_sock *prev, *next;
+} srv_sock;
+
 struct srv_server {
     srv_config cfg;
     uv_loop_t loop;
@@ -160,6 +172,7 @@ struct srv_server {
     int n_live_gens; /* engine_live generations */
     int n_gen_conns; /* connections that carry a generation */
     srv_conn *conns;
+    srv_sock *socks; /* every open connection */
     uint64_t next_id;
     srv_rng rng;
     srv_metrics metrics;

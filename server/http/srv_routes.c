@@ -545,6 +545,27 @@ static int early_checks(srv_server *s, srv_conn *c) {
     return 0;
 }
 
+static srv_sock *sock_of(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* The current request's body is complete: no deadline until the next one. */
+static void sock_received(struct MHD_Connection *mc) {
+    srv_sock *k = sock_of(mc);
+    if (k) k->receiving = 0;
+}
+
+/* A request ended: the next one on this connection has request-timeout. */
+static void sock_next_request(struct MHD_Connection *mc) {
+    srv_sock *k = sock_of(mc);
+    if (k) {
+        k->receiving = 1;
+        k->t_request = ni_now();
+    }
+}
+
 static srv_conn *conn_new(srv_server *s, struct MHD_Connection *mc, const char *url,
                           const char *method) {
     srv_conn *c = calloc(1, sizeof *c);
@@ -615,6 +636,7 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char 
         *upload_size = 0;
         return MHD_YES;
     }
+    sock_received(mc);
     if (c->status) return MHD_YES; /* answered early; MHD is finishing the upload */
     if (c->gen) {                  /* resumed: a non-streaming generation finished */
         if (c->kill) return MHD_NO;
@@ -661,5 +683,6 @@ void srv_on_completed(void *cls, struct MHD_Connection *mc, void **req_cls,
             c->prompt_tokens, c->completion_tokens, ni_now() - c->t_start, c->rid[0] ? " id=" : "",
             c->rid, lost ? " closed=" : "", lost ? why[(unsigned)toe < 6 ? (unsigned)toe : 1] : "");
     conn_free(s, c);
+    sock_next_request(mc);
     if (s->draining) srv_check_drained(s);
 }

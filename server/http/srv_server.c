@@ -136,13 +136,29 @@ void srv_conn_kill(srv_conn *c, int reason) {
 
 static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_ctx,
                           enum MHD_ConnectionNotificationCode toe) {
-    (void)mc;
-    (void)socket_ctx;
     srv_server *s = cls;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         s->metrics.connections++;
+        srv_sock *k = calloc(1, sizeof *k); /* no deadline for this one if NULL */
+        if (k) {
+            k->mc = mc;
+            k->t_request = ni_now();
+            k->receiving = 1;
+            k->next = s->socks;
+            if (s->socks) s->socks->prev = k;
+            s->socks = k;
+        }
+        *socket_ctx = k;
     } else {
         s->metrics.connections--;
+        srv_sock *k = *socket_ctx;
+        if (k) {
+            if (k->prev) k->prev->next = k->next;
+            else s->socks = k->next;
+            if (k->next) k->next->prev = k->prev;
+            free(k);
+            *socket_ctx = NULL;
+        }
         /* At --max-connections MHD takes the listen fd out of its epoll set
          * and puts it back only at the start of a later MHD_run. When the
          * last connections close inside a run, nothing else would ask for
@@ -185,6 +201,20 @@ static void on_sweep(uv_timer_t *t) {
                     c->rid[0] ? c->rid : c->path);
             srv_conn_kill(c, SRV_ABORT_DISCONNECT);
         }
+    }
+    /* A client still sending its request after request-timeout is cut off:
+     * MHD's idle timeout restarts on every byte, so one byte every few
+     * seconds would hold the slot forever (issue 14). */
+    const double now = ni_now(), lim = s->cfg.request_timeout;
+    for (srv_sock *k = s->socks; k && lim > 0; k = k->next) {
+        if (!k->receiving || k->cut || now - k->t_request <= lim) continue;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(k->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci || ci->connect_fd < 0) continue;
+        k->cut = 1;
+        s->metrics.request_timeouts++;
+        srv_log(SRV_LOG_INFO, "connection: request not received within %gs; closing", lim);
+        shutdown(ci->connect_fd, SHUT_RDWR);
     }
     /* Unconditionally: a safety net for whatever else could leave MHD
      * waiting for a run that no event asks for (cheap: 5 runs a second). */
