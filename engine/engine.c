@@ -58,6 +58,7 @@ typedef struct eng_seq {
 
 struct eng_req {
     uint64_t id;
+    int error;                 /* NI_E* code of an ENG_FINISH_ERROR (req_fail) */
     void *user;
     smp_params sp;
     smp_logit_bias *bias;      /* [sp.n_logit_bias] owned copy */
@@ -217,7 +218,8 @@ static void emit(eng_engine *e, eng_seq *s, int32_t tok, const char *text, int l
     eng_req *r = s->req;
     eng_event ev = {.id = r->id, .user = r->user, .index = s->index, .token = tok,
                     .text = text, .text_len = len, .lp = lp, .finish = finish,
-                    .n_prompt = r->n_prompt, .n_generated = s->n_gen, .n_cached = r->n_cached};
+                    .n_prompt = r->n_prompt, .n_generated = s->n_gen, .n_cached = r->n_cached,
+                    .error = finish == ENG_FINISH_ERROR ? (r->error ? r->error : NI_EIO) : 0};
     if (e->fn) e->fn(e->ud, &ev);
 }
 
@@ -249,6 +251,12 @@ static void req_finish_all(eng_engine *e, eng_req *r, int finish) {
         seq_finish(e, s);
         if (last) break;
     }
+}
+
+/* Ends r with ENG_FINISH_ERROR; its events carry code (the why). */
+static void req_fail(eng_engine *e, eng_req *r, int code) {
+    r->error = code;
+    req_finish_all(e, r, ENG_FINISH_ERROR);
 }
 
 /* ---- init / add / abort ---- */
@@ -522,6 +530,7 @@ static void drain_inbox(eng_engine *e) {
         if (!s) {
             /* Out of memory for this request: report it as an error. */
             eng_seq tmp = {.req = r, .index = 0};
+            r->error = NI_ENOMEM;
             emit(e, &tmp, -1, "", 0, NULL, ENG_FINISH_ERROR);
             if (r->prev_live) r->prev_live->next_live = r->next_live;
             else e->live = r->next_live;
@@ -603,7 +612,7 @@ static int fork_siblings(eng_engine *e, eng_seq *s) {
         eng_seq *c = seq_new(e, r, i, s->tokens, s->n_tokens);
         if (!c || kv_seq_fork(e->kv, &s->kv, &c->kv) != 0) {
             if (c) { r->seqs[i] = NULL; r->n_live--; seq_free(e, c); }
-            req_finish_all(e, r, ENG_FINISH_ERROR);
+            req_fail(e, r, NI_ENOMEM);
             return NI_ENOMEM;
         }
         c->state = SEQ_RUNNING;
@@ -651,7 +660,7 @@ static int sample_on_device(eng_engine *e, int nb) {
         eng_req *r = s->req; /* error: end the request, forget its other rows */
         for (int j = k; j < nr; j++)
             if (e->d_seq[j] && e->d_seq[j]->req == r) e->d_seq[j] = NULL;
-        req_finish_all(e, r, ENG_FINISH_ERROR);
+        req_fail(e, r, rc ? rc : NI_ERANGE); /* token -1: no finite logit */
     }
     return rc;
 }
@@ -669,7 +678,7 @@ static int sample_seq(eng_engine *e, eng_seq *s, float *logits) {
             memcpy(e->logits_tmp, logits, (size_t)e->vocab * sizeof(float));
             if (smp_sample(&c->smp, &r->sp, e->logits_tmp, e->vocab, e->smp_scratch,
                            e->smp_scratch_bytes, &res) != 0) {
-                req_finish_all(e, r, ENG_FINISH_ERROR);
+                req_fail(e, r, NI_ERANGE);
                 return NI_ERANGE;
             }
             seq_accept_token(e, c, &res);
@@ -677,7 +686,7 @@ static int sample_seq(eng_engine *e, eng_seq *s, float *logits) {
     }
     if (smp_sample(&s->smp, &r->sp, logits, e->vocab, e->smp_scratch, e->smp_scratch_bytes,
                    &res) != 0) {
-        req_finish_all(e, r, ENG_FINISH_ERROR);
+        req_fail(e, r, NI_ERANGE);
         return NI_ERANGE;
     }
     seq_accept_token(e, s, &res);
@@ -713,7 +722,7 @@ static void batch_add(eng_engine *e, int *nb, int *nt, eng_seq *s, int n_new) {
  * ENG_FINISH_ERROR, empties the batch and returns rc (a backend failure). */
 static int fail_batch(eng_engine *e, int rc) {
     for (int i = 0; i < e->b_n; i++)
-        if (e->b_seq[i]) req_finish_all(e, e->b_seq[i]->req, ENG_FINISH_ERROR);
+        if (e->b_seq[i]) req_fail(e, e->b_seq[i]->req, rc);
     e->b_n = 0;
     return rc;
 }
@@ -743,7 +752,7 @@ int eng_step(eng_engine *e) {
             const int rc = e->be->copy_block(e->bctx, cow.src, cow.dst);
             if (rc) { /* a device error: end s and everything batched so far */
                 e->b_n = nb;
-                req_finish_all(e, s->req, ENG_FINISH_ERROR); /* clears its batch rows */
+                req_fail(e, s->req, rc); /* clears its batch rows */
                 return fail_batch(e, rc);
             }
         }
@@ -790,7 +799,7 @@ int eng_step(eng_engine *e) {
         if (s->n_gen == 0) e->st.prompt_tokens += (uint64_t)e->b_new[i];
         const int crc = kv_seq_commit(e->kv, &s->kv, s->tokens, n);
         if (crc) { /* broken KV invariant: this request cannot go on */
-            req_finish_all(e, s->req, ENG_FINISH_ERROR);
+            req_fail(e, s->req, crc);
             if (!rc) rc = crc;
         }
     }

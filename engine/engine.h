@@ -106,6 +106,9 @@ typedef struct eng_event {
     int n_prompt;            /* usage */
     int n_generated;
     int n_cached;            /* prompt tokens served by the prefix cache */
+    int error;               /* finish == ENG_FINISH_ERROR: why, a negative NI_E* code
+                                (NI_ERANGE: no finite logit, e.g. NaN weights; NI_ENOMEM;
+                                NI_EIO and others: the backend failed); else 0 */
 } eng_event;
 
 typedef void (*eng_event_fn)(void *ud, const eng_event *ev);

@@ -542,6 +542,17 @@ rc=$?
 check "listener survives --max-connections 20: $(tail -1 "$TMP/conn_limit.out")" test $rc -eq 0
 kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID" 2>/dev/null
+# a model whose weights give NaN: each request 500, the cause logged and counted, /health 503
+python3 test/py/nan_model.py "$TINY" "$TMP/nan-model" >/dev/null
+start_server nan --model "$TMP/nan-model" || exit 1
+for _ in 1 2 3; do req POST /v1/completions '{"prompt":"hi","max_tokens":4}'; done
+check "NaN model: requests fail with 500" test "$STATUS" = 500
+check "NaN model: the cause is logged" grep -q 'generation failed in the engine: .*no finite logit' "$TMP/nan.log"
+check "NaN model: engine errors counted" test "$(metric nanoinfer_engine_errors_total)" = 3
+req GET /health
+check "NaN model: /health 503 (engine failing every request)" test "$STATUS/$(jbody .status)" = "503/engine failing every request"
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID" 2>/dev/null
 # --request-timeout: a client trickling its request one byte at a time is cut off
 start_server trickle --model "$TINY" --request-timeout 2 || exit 1
 python3 test/py/slow_headers.py "$SRV_PORT" 10 2 >"$TMP/trickle.out" 2>&1

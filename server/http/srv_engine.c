@@ -78,6 +78,7 @@ static void on_engine_event(void *ud, const eng_event *ev) {
         r->index = ev->index;
         r->token = ev->token;
         r->finish = ev->finish;
+        r->error = ev->error;
         r->n_prompt = ev->n_prompt;
         r->n_generated = ev->n_generated;
         r->n_cached = ev->n_cached;
@@ -218,6 +219,9 @@ void srv_gen_abort(srv_server *s, srv_gen *g, int reason) {
 static void gen_engine_done(srv_server *s, srv_gen *g) {
     g->engine_live = 0;
     s->n_live_gens--;
+    /* an engine that fails every request is not healthy (see handle_health) */
+    if (g->any_error) s->failing_streak++;
+    else if (!g->abort_sent && !g->shutdown_abort) s->failing_streak = 0;
     s->metrics.requests_in_flight--;
     if (!g->shutdown_abort && !g->abort_sent)
         srv_hist_observe(&s->metrics.e2e, ni_now() - g->t_arrival);
@@ -307,7 +311,15 @@ static void handle_event(srv_server *s, const ev_rec *ev, const char *text) {
         g->n_finished++;
         g->completion_tokens += ev->n_generated;
         if (ev->finish >= 0 && ev->finish < 5) s->metrics.finished[ev->finish]++;
-        if (ev->finish == ENG_FINISH_ERROR) g->any_error = 1;
+        if (ev->finish == ENG_FINISH_ERROR && !g->any_error) {
+            g->any_error = 1;
+            s->metrics.engine_errors++;
+            srv_log(SRV_LOG_ERROR, "%s: generation failed in the engine: %s%s", g->rid,
+                    ni_strerror(ev->error),
+                    ev->error == NI_ERANGE ? " (no finite logit: NaN/Inf in the model's output; "
+                                             "check the weights)"
+                                           : "");
+        }
         int unforked_end = (ev->finish == ENG_FINISH_ABORT || ev->finish == ENG_FINISH_ERROR) &&
                            ev->index == 0 && g->rq.n > 1 && !g->forked_seen;
         if (g->n_finished >= g->rq.n || unforked_end) gen_engine_done(s, g);

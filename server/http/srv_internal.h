@@ -50,6 +50,7 @@ enum { ST_LOADING = 0, ST_READY = 1, ST_FAILED = 2 };
 typedef struct ev_rec {
     uint64_t id;
     int index, token, finish, n_prompt, n_generated, n_cached;
+    int error; /* eng_event.error */
     double t;
     size_t text_off;
     int text_len;
@@ -132,6 +133,11 @@ typedef struct srv_sock {
     struct srv_sock *prev, *next;
 } srv_sock;
 
+/* This many generations in a row ending in an engine error (and none
+ * succeeding) turn /health to 503: a model whose weights give NaN fails
+ * every request, and orchestrators should see it. */
+#define SRV_FAILING_STREAK 3
+
 struct srv_server {
     srv_config cfg;
     uv_loop_t loop;
@@ -178,6 +184,7 @@ struct srv_server {
     srv_metrics metrics;
     long long start_time;
     int draining, stopping, exit_code, shutdown_aborted;
+    int failing_streak; /* generations in a row that ended in an engine error */
     int poll_inited;
 };
 

@@ -102,6 +102,9 @@ int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_load
     scalar(&rc, o, "requests_in_flight", "gauge", "Accepted generation requests not yet finished.",
            m->requests_in_flight);
     scalar(&rc, o, "http_connections", "gauge", "Open HTTP connections.", m->connections);
+    scalar(&rc, o, "engine_errors_total", "counter",
+           "Generations the engine ended with an error (NaN logits, out of memory, backend failure).",
+           (double)m->engine_errors);
     scalar(&rc, o, "http_request_timeouts_total", "counter",
            "Connections closed because a request was not received within request-timeout.",
            (long long)m->request_timeouts);

@@ -393,6 +393,8 @@ static void handle_health(srv_server *s, srv_conn *c) {
         status = "shutting down", code = 503;
     else if (!srv_engine_alive(s))
         status = "engine stalled", code = 503;
+    else if (s->failing_streak >= SRV_FAILING_STREAK)
+        status = "engine failing every request", code = 503;
     if (o) json_object_set_new(o, "status", json_string(status));
     respond_json(c, code, o);
 }
@@ -400,7 +402,8 @@ static void handle_health(srv_server *s, srv_conn *c) {
 static void handle_metrics(srv_server *s, srv_conn *c) {
     eng_stats st;
     int have = srv_get_snapshot(s, &st) && srv_is_ready(s);
-    int healthy = srv_is_ready(s) && !s->draining && srv_engine_alive(s);
+    int healthy = srv_is_ready(s) && !s->draining && srv_engine_alive(s) &&
+                  s->failing_streak < SRV_FAILING_STREAK;
     srv_buf b = {0};
     if (srv_metrics_render(&s->metrics, have ? &st : NULL, srv_is_ready(s), healthy, &b)) {
         srv_buf_free(&b);
