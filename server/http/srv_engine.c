@@ -109,6 +109,12 @@ static void heartbeat(srv_server *s) {
     atomic_store_explicit(&s->heartbeat_us, (long long)(ni_now() * 1e6), memory_order_relaxed);
 }
 
+/* Wakes the loop, unless it is stopping: a shutdown that gave up waiting
+ * for this thread (srv_server.c, ENGINE_JOIN_S) may have closed the handle. */
+static void notify_loop(srv_server *s) {
+    if (atomic_load_explicit(&s->running, memory_order_acquire)) uv_async_send(&s->async);
+}
+
 void *srv_engine_main(void *arg) {
     srv_server *s = arg;
     char err[512];
@@ -140,7 +146,7 @@ void *srv_engine_main(void *arg) {
     if (rc) {
         snprintf(s->fail_msg, sizeof s->fail_msg, "%s", err);
         atomic_store_explicit(&s->state, ST_FAILED, memory_order_release);
-        uv_async_send(&s->async);
+        notify_loop(s);
         return NULL;
     }
     s->load_seconds = ni_now() - t0;
@@ -148,7 +154,7 @@ void *srv_engine_main(void *arg) {
     srv_log(SRV_LOG_INFO, "engine: %s", eng_describe(s->eng, desc, sizeof desc));
     publish_stats(s);
     atomic_store_explicit(&s->state, ST_READY, memory_order_release);
-    uv_async_send(&s->async);
+    notify_loop(s);
     while (atomic_load_explicit(&s->running, memory_order_acquire)) {
         heartbeat(s);
         int n = eng_step(s->eng);

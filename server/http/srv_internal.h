@@ -185,6 +185,7 @@ struct srv_server {
     long long start_time;
     int draining, stopping, exit_code, shutdown_aborted;
     int failing_streak; /* generations in a row that ended in an engine error */
+    int engine_stuck;   /* shutdown gave up joining the engine thread */
     int poll_inited;
 };
 

@@ -67,6 +67,7 @@
 
 #define SWEEP_MS 200        /* disconnect sweep of suspended connections */
 #define FINAL_GRACE_MS 5000 /* after the shutdown timeout aborted everything */
+#define ENGINE_JOIN_S 10    /* at stop, the longest wait for the engine thread */
 
 /* ================= MHD driving ================= */
 
@@ -241,8 +242,21 @@ static void do_stop(uv_timer_t *t) {
     /* the engine thread must be gone before the async handle closes */
     atomic_store_explicit(&s->running, 0, memory_order_release);
     if (s->eng_thread_started) {
-        pthread_join(s->eng_thread, NULL);
-        s->eng_thread_started = 0;
+        /* Bounded: a model still loading or a hung kernel must not keep a
+         * stopped server alive (systemd would SIGKILL it; we say why). */
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl); /* pthread_timedjoin_np's clock */
+        dl.tv_sec += ENGINE_JOIN_S;
+        if (pthread_timedjoin_np(s->eng_thread, NULL, &dl) == 0) {
+            s->eng_thread_started = 0;
+        } else {
+            srv_log(SRV_LOG_ERROR,
+                    "shutdown: the engine thread did not stop within %ds (model load or a "
+                    "device call still running); exiting without it",
+                    ENGINE_JOIN_S);
+            s->engine_stuck = 1;
+            s->exit_code = 1;
+        }
     }
     uv_handle_t *hs[] = {(uv_handle_t *)&s->mhd_poll,    (uv_handle_t *)&s->mhd_timer,
                          (uv_handle_t *)&s->sweep_timer, (uv_handle_t *)&s->shutdown_timer,
@@ -461,6 +475,7 @@ int srv_cmd_serve(int argc, char **argv) {
     rc = s->exit_code;
     if (uv_loop_close(&s->loop)) srv_log(SRV_LOG_WARN, "event loop closed with open handles");
 out:
+    if (s->engine_stuck) return rc; /* its thread still uses everything: leave it to exit */
     for (int b = 0; b < GEN_BUCKETS; b++)
         while (s->gens[b]) srv_gen_free(s, s->gens[b]);
     eng_free(s->eng);
