@@ -70,6 +70,14 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *v, uint64_t data
         return ni_fail(err, errlen, NI_EFORMAT,
                        "%s: tensor '%s' data [%lld, %lld) lies outside the file (truncated?)",
                        path, name, (long long)b, (long long)e);
+    /* The reference writer lays tensors out largest dtype first, so every
+     * offset is a multiple of its element size; one that is not comes from
+     * a broken writer or a shifted offset. */
+    if ((uint64_t)b % es)
+        return ni_fail(err, errlen, NI_EFORMAT,
+                       "%s: tensor '%s' data offset %lld is misaligned (not a multiple of its "
+                       "%llu-byte %s elements)",
+                       path, name, (long long)b, (unsigned long long)es, d);
     if (n > UINT64_MAX / es || (uint64_t)(e - b) != n * es)
         return ni_fail(err, errlen, NI_EFORMAT,
                        "%s: tensor '%s' byte size does not match its shape and dtype", path, name);
@@ -81,6 +89,57 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *v, uint64_t data
     t->nbytes = (uint64_t)(e - b);
     t->data = (const void *)(uintptr_t)b; /* relative until the caller rebases it */
     return 0;
+}
+
+typedef struct span {
+    uint64_t b, e;
+    const char *name;
+} span;
+
+static int span_cmp(const void *x, const void *y) {
+    const span *a = x, *b = y;
+    if (a->b != b->b) return a->b < b->b ? -1 : 1;
+    return a->e < b->e ? -1 : a->e > b->e;
+}
+
+/* The tensors t[0 .. n) of one file must tile its data section exactly, as
+ * the reference reader (safetensors' validate) requires: in offset order each
+ * starts where the previous one ended, and the last ends the file. Overlap
+ * would alias two weights (offsets all zero read one tensor's bytes for
+ * every tensor); a gap or a tail are bytes no tensor accounts for. Both mean
+ * the offsets are wrong, whatever the bounds checks let through. */
+static int check_tiling(const st_tensor *t, int n, const uint8_t *data, uint64_t data_size,
+                        const char *path, char *err, size_t errlen) {
+    span *v = malloc((size_t)(n ? n : 1) * sizeof(*v));
+    if (!v) return ni_fail(err, errlen, NI_ENOMEM, "%s: out of memory", path);
+    for (int i = 0; i < n; i++) {
+        v[i].b = (uint64_t)((const uint8_t *)t[i].data - data);
+        v[i].e = v[i].b + t[i].nbytes;
+        v[i].name = t[i].name;
+    }
+    qsort(v, (size_t)n, sizeof(*v), span_cmp);
+    uint64_t at = 0;
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        if (v[i].b < at)
+            rc = ni_fail(err, errlen, NI_EFORMAT,
+                         "%s: tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) overlap", path,
+                         v[i - 1].name, (unsigned long long)v[i - 1].b,
+                         (unsigned long long)v[i - 1].e, v[i].name, (unsigned long long)v[i].b,
+                         (unsigned long long)v[i].e);
+        else if (v[i].b > at)
+            rc = ni_fail(err, errlen, NI_EFORMAT,
+                         "%s: %llu-byte gap in the data before tensor '%s' at offset %llu", path,
+                         (unsigned long long)(v[i].b - at), v[i].name, (unsigned long long)v[i].b);
+        at = v[i].e;
+    }
+    if (!rc && at != data_size)
+        rc = ni_fail(err, errlen, NI_EFORMAT,
+                     "%s: %llu bytes after the last tensor's data (offset %llu of %llu)", path,
+                     (unsigned long long)(data_size - at), (unsigned long long)at,
+                     (unsigned long long)data_size);
+    free(v);
+    return rc;
 }
 
 int st_open_file(st_set *s, const char *path, char *err, size_t errlen) {
@@ -108,11 +167,17 @@ int st_open_file(st_set *s, const char *path, char *err, size_t errlen) {
                        "%s: header length %llu exceeds the file (not safetensors, or truncated)",
                        path, (unsigned long long)hlen);
     json_error_t je;
-    json_t *root = json_loadb((const char *)map + 8, (size_t)hlen, 0, &je);
+    /* Duplicate names would silently keep the last entry. */
+    json_t *root = json_loadb((const char *)map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
     if (!json_is_object(root)) {
+        /* The usual cause is a header length off by a few bytes: say which
+         * length was used and where the JSON broke. */
+        int pos = root ? 0 : je.position;
+        if (root) snprintf(je.text, sizeof je.text, "not an object");
         json_decref(root);
-        return ni_fail(err, errlen, NI_EFORMAT, "%s: header is not a JSON object (%s)", path,
-                       je.text);
+        return ni_fail(err, errlen, NI_EFORMAT,
+                       "%s: the %llu-byte header is not a JSON object (%s, at byte %d)", path,
+                       (unsigned long long)hlen, je.text, pos);
     }
     const uint8_t *data = (const uint8_t *)map + 8 + hlen;
     uint64_t data_size = size - 8 - hlen;
@@ -125,7 +190,7 @@ int st_open_file(st_set *s, const char *path, char *err, size_t errlen) {
     s->tensors = ts;
     const char *name;
     json_t *v;
-    int rc = 0;
+    int rc = 0, first = s->n_tensors;
     json_object_foreach(root, name, v) {
         if (!strcmp(name, "__metadata__")) continue;
         if (st_find(s, name)) {
@@ -141,6 +206,9 @@ int st_open_file(st_set *s, const char *path, char *err, size_t errlen) {
         s->n_tensors++;
     }
     json_decref(root);
+    if (!rc)
+        rc = check_tiling(s->tensors + first, s->n_tensors - first, data, data_size, path, err,
+                          errlen);
     return rc;
 }
 

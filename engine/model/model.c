@@ -7,6 +7,9 @@
  *      source, check its type and exact shape, and reserve its slot in one
  *      FP32 arena (so an error is reported before any big allocation);
  *   3. dequantize every tensor into the arena (parallel over tensors).
+ * Step 2 also checks what no single tensor shows: tensors of layers past the
+ * layer count, GGUF tensors sharing bytes, a GGUF vocabulary whose size is
+ * not the embedding's row count; step 3 refuses NaN / Inf in norm weights.
  * Tensor views are resolved through a small `src_tensor` abstraction so the
  * plan/fill code is shared by both formats. Nothing is read from the mapping
  * before its bounds were validated by gguf.c / safetensors.c.
@@ -15,6 +18,7 @@
 
 #include <jansson.h>
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -48,6 +52,9 @@ typedef struct loader {
         src_tensor src;
         float **dst;
         size_t off;   /* float offset in the arena */
+        char name[128]; /* for messages after planning */
+        int norm;       /* a norm weight: every value must be finite */
+        int64_t bad_at; /* norm: index of the first non-finite value, or -1 */
     } *items;
     int n_items, cap_items;
     size_t total;
@@ -79,14 +86,18 @@ static int find_tensor(loader *L, const char *name, src_tensor *out) {
     return 0;
 }
 
-/* Plans tensor `name` of shape [rows] (cols == 0) or [rows][cols] into *dst.
- * optional: a missing tensor is not an error (returns NI_ENOTFOUND quietly). */
-static int plan(loader *L, float **dst, const char *name, uint64_t rows, uint64_t cols,
-                int optional) {
+enum {
+    PLAN_OPTIONAL = 1, /* a missing tensor is not an error (returns NI_ENOTFOUND quietly) */
+    PLAN_NORM = 2,     /* a norm weight: checked for NaN / Inf once dequantized */
+};
+
+/* Plans tensor `name` of shape [rows] (cols == 0) or [rows][cols] into *dst;
+ * flags: PLAN_*. */
+static int plan(loader *L, float **dst, const char *name, uint64_t rows, uint64_t cols, int flags) {
     src_tensor s;
     int rc = find_tensor(L, name, &s);
     if (rc == NI_ENOTFOUND) {
-        if (optional) return NI_ENOTFOUND;
+        if (flags & PLAN_OPTIONAL) return NI_ENOTFOUND;
         return ni_fail(L->err, L->errlen, NI_ENOTFOUND, "%s: missing tensor '%s'", L->path, name);
     }
     if (rc) return ni_fail(L->err, L->errlen, rc, "%s: tensor '%s' has too many dimensions",
@@ -111,25 +122,44 @@ static int plan(loader *L, float **dst, const char *name, uint64_t rows, uint64_
     it->src = s;
     it->dst = dst;
     it->off = L->total;
+    snprintf(it->name, sizeof it->name, "%s", name);
+    it->norm = (flags & PLAN_NORM) != 0;
+    it->bad_at = -1;
     L->total += (size_t)s.n_elements;
     return 0;
 }
 
+/* Bounds of the integer settings. The readers check each value against them
+ * as they read it, so a message quotes the file's own key and number (a
+ * context length of 2^31 must not print as -1 after an int conversion);
+ * mdl_config_validate checks them again for configs built by callers. */
+enum {
+    MAX_LAYERS = 1024,
+    MAX_DIM = 65536,
+    MAX_FFN = 1 << 20,
+    MAX_HEADS = 1024,
+    MAX_HEAD_DIM = 1024,
+    MAX_VOCAB = 1 << 22,
+    MAX_CTX = 1 << 24,
+};
+
 int mdl_config_validate(const mdl_config *c, const char *path, char *err, size_t errlen) {
 #define BAD(...) return ni_fail(err, errlen, NI_EFORMAT, __VA_ARGS__)
-    if (c->n_layers < 1 || c->n_layers > 1024) BAD("%s: invalid layer count %d", path, c->n_layers);
-    if (c->dim < 1 || c->dim > 65536) BAD("%s: invalid hidden size %d", path, c->dim);
-    if (c->hidden_dim < 1 || c->hidden_dim > 1 << 20)
+    if (c->n_layers < 1 || c->n_layers > MAX_LAYERS)
+        BAD("%s: invalid layer count %d", path, c->n_layers);
+    if (c->dim < 1 || c->dim > MAX_DIM) BAD("%s: invalid hidden size %d", path, c->dim);
+    if (c->hidden_dim < 1 || c->hidden_dim > MAX_FFN)
         BAD("%s: invalid FFN size %d", path, c->hidden_dim);
-    if (c->n_heads < 1 || c->n_heads > 1024) BAD("%s: invalid head count %d", path, c->n_heads);
+    if (c->n_heads < 1 || c->n_heads > MAX_HEADS)
+        BAD("%s: invalid head count %d", path, c->n_heads);
     if (c->n_kv_heads < 1 || c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
         BAD("%s: KV head count %d does not divide head count %d", path, c->n_kv_heads,
             c->n_heads);
-    if (c->head_dim < 2 || c->head_dim > 1024 || c->head_dim % 2)
+    if (c->head_dim < 2 || c->head_dim > MAX_HEAD_DIM || c->head_dim % 2)
         BAD("%s: invalid head dimension %d", path, c->head_dim);
-    if (c->vocab_size < 1 || c->vocab_size > 1 << 22)
+    if (c->vocab_size < 1 || c->vocab_size > MAX_VOCAB)
         BAD("%s: invalid vocabulary size %d", path, c->vocab_size);
-    if (c->max_seq_len < 1 || c->max_seq_len > 1 << 24)
+    if (c->max_seq_len < 1 || c->max_seq_len > MAX_CTX)
         BAD("%s: invalid context length %d", path, c->max_seq_len);
     if (!(c->norm_eps > 0 && c->norm_eps < 1)) BAD("%s: invalid RMSNorm epsilon", path);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) BAD("%s: invalid rope theta", path);
@@ -143,30 +173,61 @@ int mdl_config_validate(const mdl_config *c, const char *path, char *err, size_t
 
 /* ---- GGUF config ---- */
 
-static int gguf_int(loader *L, const char *arch, const char *suffix, int *out, int required,
-                    int dflt) {
+static const char *vtype_name(uint32_t t) {
+    static const char *const names[] = {"uint8",  "int8",    "uint16", "int16",  "uint32",
+                                        "int32",  "float32", "bool",   "string", "array",
+                                        "uint64", "int64",   "float64"};
+    return t < NI_ARRAY_LEN(names) ? names[t] : "unknown";
+}
+
+/* Integer metadata "<arch>.<suffix>" in [lo, hi] into *out; when absent, dflt
+ * (or an error when required). A present key of another type is an error,
+ * not the default: a value the converter wrote must not be ignored. */
+static int gguf_int(loader *L, const char *arch, const char *suffix, int required, int dflt, int lo,
+                    int hi, int *out) {
     char key[160];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    int64_t v;
-    int rc = gguf_get_int(&L->g, key, &v);
-    if (rc == NI_ENOTFOUND && !required) {
+    const gguf_kv *kv = gguf_find(&L->g, key);
+    if (!kv) {
+        if (required)
+            return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: missing metadata '%s'", L->path,
+                           key);
         *out = dflt;
         return 0;
     }
-    if (rc) return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: %s metadata '%s'", L->path,
-                           rc == NI_ENOTFOUND ? "missing" : "non-integer", key);
-    if (v < 0 || v > INT32_MAX)
-        return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: absurd value %lld for '%s'", L->path,
-                       (long long)v, key);
+    int64_t v;
+    if (gguf_get_int(&L->g, key, &v) != 0) {
+        if (kv->type == GGUF_VT_UINT64) /* the one integer gguf_get_int cannot hold */
+            return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                           "%s: metadata '%s' is %llu, out of range [%d, %d]", L->path, key,
+                           (unsigned long long)kv->v.u64, lo, hi);
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: metadata '%s' has type %s, expected an integer", L->path, key,
+                       vtype_name(kv->type));
+    }
+    if (v < lo || v > hi)
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: metadata '%s' is %lld, out of range [%d, %d]", L->path, key,
+                       (long long)v, lo, hi);
     *out = (int)v;
     return 0;
 }
 
-static float gguf_flt(loader *L, const char *arch, const char *suffix, float dflt) {
+/* Numeric metadata "<arch>.<suffix>" into *out, dflt when absent; any other
+ * type is an error (a freq_base stored as a string once ran with 10000). */
+static int gguf_flt(loader *L, const char *arch, const char *suffix, float dflt, float *out) {
     char key[160];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    const gguf_kv *kv = gguf_find(&L->g, key);
     double v;
-    return gguf_get_float(&L->g, key, &v) == 0 ? (float)v : dflt;
+    if (!kv)
+        v = dflt;
+    else if (gguf_get_float(&L->g, key, &v) != 0)
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: metadata '%s' has type %s, expected a number", L->path, key,
+                       vtype_name(kv->type));
+    *out = (float)v;
+    return 0;
 }
 
 static int config_from_gguf(loader *L, mdl_config *c) {
@@ -189,23 +250,22 @@ static int config_from_gguf(loader *L, mdl_config *c) {
     }
     snprintf(arch, sizeof arch, "%.*s", (int)a.len, a.ptr);
     int rc;
-    if ((rc = gguf_int(L, arch, "block_count", &c->n_layers, 1, 0)) ||
-        (rc = gguf_int(L, arch, "embedding_length", &c->dim, 1, 0)) ||
-        (rc = gguf_int(L, arch, "feed_forward_length", &c->hidden_dim, 1, 0)) ||
-        (rc = gguf_int(L, arch, "attention.head_count", &c->n_heads, 1, 0)) ||
-        (rc = gguf_int(L, arch, "attention.head_count_kv", &c->n_kv_heads, 0, c->n_heads)) ||
-        (rc = gguf_int(L, arch, "context_length", &c->max_seq_len, 0, 4096)))
+    if ((rc = gguf_int(L, arch, "block_count", 1, 0, 1, MAX_LAYERS, &c->n_layers)) ||
+        (rc = gguf_int(L, arch, "embedding_length", 1, 0, 1, MAX_DIM, &c->dim)) ||
+        (rc = gguf_int(L, arch, "feed_forward_length", 1, 0, 1, MAX_FFN, &c->hidden_dim)) ||
+        (rc = gguf_int(L, arch, "attention.head_count", 1, 0, 1, MAX_HEADS, &c->n_heads)) ||
+        (rc = gguf_int(L, arch, "attention.head_count_kv", 0, c->n_heads, 1, MAX_HEADS,
+                       &c->n_kv_heads)) ||
+        (rc = gguf_int(L, arch, "context_length", 0, 4096, 1, MAX_CTX, &c->max_seq_len)) ||
+        (rc = gguf_int(L, arch, "attention.key_length", 0, c->dim / c->n_heads, 2, MAX_HEAD_DIM,
+                       &c->head_dim)) ||
+        (rc = gguf_flt(L, arch, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) ||
+        (rc = gguf_flt(L, arch, "rope.freq_base", 10000.0f, &c->rope_theta)))
         return rc;
-    if ((rc = gguf_int(L, arch, "attention.key_length", &c->head_dim, 0,
-                       c->n_heads ? c->dim / c->n_heads : 0)))
-        return rc;
-    c->norm_eps = gguf_flt(L, arch, "attention.layer_norm_rms_epsilon", 1e-5f);
-    c->rope_theta = gguf_flt(L, arch, "rope.freq_base", 10000.0f);
     const gguf_kv *toks = gguf_get_arr(&L->g, "tokenizer.ggml.tokens", GGUF_VT_STRING);
-    int64_t vs;
-    if (gguf_get_int(&L->g, "llama.vocab_size", &vs) == 0 && c->arch == MDL_ARCH_LLAMA)
-        c->vocab_size = (int)NI_MIN(vs, INT32_MAX);
-    else {
+    if (c->arch == MDL_ARCH_LLAMA && gguf_find(&L->g, "llama.vocab_size")) {
+        if ((rc = gguf_int(L, arch, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->vocab_size))) return rc;
+    } else {
         const gguf_tensor *e = gguf_find_tensor(&L->g, "token_embd.weight");
         c->vocab_size = e ? (int)NI_MIN(e->ne[1], INT32_MAX) : toks ? (int)toks->arr_n : 0;
     }
@@ -214,18 +274,186 @@ static int config_from_gguf(loader *L, mdl_config *c) {
 
 /* ---- HF config ---- */
 
-static int json_int_field(json_t *o, const char *k, int dflt) {
-    json_t *v = json_object_get(o, k);
-    if (json_is_integer(v)) {
-        json_int_t x = json_integer_value(v);
-        return x < INT32_MIN || x > INT32_MAX ? -1 : (int)x;
+static const char *json_type_name(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "real";
+    case JSON_TRUE:
+    case JSON_FALSE: return "boolean";
+    default: return "null";
     }
-    return dflt;
 }
 
-static double json_num_field(json_t *o, const char *k, double dflt) {
-    json_t *v = json_object_get(o, k);
-    return json_is_number(v) ? json_number_value(v) : dflt;
+/* config.json reading: the file (for messages) and the object a key is in,
+ * with its name ("" at the top level, else "rope_scaling." and the like). */
+typedef struct hf_obj {
+    loader *L;
+    const char *file;
+    json_t *o;
+    const char *prefix;
+} hf_obj;
+
+/* Integer field k in [lo, hi] into *out; absent or null (Python's None): dflt.
+ * An integral real (512.0, as some exporters write) counts as an integer;
+ * anything else is an error naming the key and the file's value, where the
+ * old reader fell back to the default or wrapped 2^31 to -1. */
+static int hf_int(const hf_obj *h, const char *k, int dflt, int lo, int hi, int *out) {
+    json_t *v = json_object_get(h->o, k);
+    loader *L = h->L;
+    if (!v || json_is_null(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (d != floor(d))
+            return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: %s%s is %g, expected an integer",
+                           h->file, h->prefix, k, d);
+        if (d < lo || d > hi)
+            return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                           "%s: %s%s is %.17g, out of range [%d, %d]", h->file, h->prefix, k, d, lo,
+                           hi);
+        *out = (int)d;
+        return 0;
+    }
+    if (!json_is_integer(v))
+        return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: %s%s has type %s, expected an integer",
+                       h->file, h->prefix, k, json_type_name(v));
+    json_int_t x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: %s%s is %lld, out of range [%d, %d]",
+                       h->file, h->prefix, k, (long long)x, lo, hi);
+    *out = (int)x;
+    return 0;
+}
+
+/* Numeric field k into *out; absent or null: dflt; another type is an error. */
+static int hf_num(const hf_obj *h, const char *k, double dflt, double *out) {
+    json_t *v = json_object_get(h->o, k);
+    if (!v || json_is_null(v))
+        *out = dflt;
+    else if (json_is_number(v))
+        *out = json_number_value(v);
+    else
+        return ni_fail(h->L->err, h->L->errlen, NI_EFORMAT,
+                       "%s: %s%s has type %s, expected a number", h->file, h->prefix, k,
+                       json_type_name(v));
+    return 0;
+}
+
+static int hf_float(const hf_obj *h, const char *k, double dflt, float *out) {
+    double d = 0;
+    int rc = hf_num(h, k, dflt, &d);
+    if (!rc) *out = (float)d;
+    return rc;
+}
+
+/* The classes transformers builds for each model_type we run. "architectures"
+ * decides what transformers instantiates, so a LLaMA-labelled config whose
+ * class is GPT2LMHeadModel (or a sequence classifier) is not a model this
+ * forward pass computes, whatever model_type says. */
+static int hf_check_architectures(const hf_obj *h, const char *mt) {
+    static const struct {
+        const char *model_type;
+        const char *classes[3];
+    } known[] = {
+        {"llama", {"LlamaForCausalLM", "MistralForCausalLM"}},
+        {"mistral", {"MistralForCausalLM", "LlamaForCausalLM"}},
+        {"qwen3", {"Qwen3ForCausalLM"}},
+    };
+    loader *L = h->L;
+    json_t *a = json_object_get(h->o, "architectures");
+    if (!a || json_is_null(a)) return 0; /* optional: older configs lack it */
+    if (!json_is_array(a))
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: architectures has type %s, expected a list of class names", h->file,
+                       json_type_name(a));
+    const char *const *ok = known[0].classes; /* mt is one of known[] (checked by the caller) */
+    for (size_t k = 0; k < NI_ARRAY_LEN(known); k++)
+        if (!strcmp(known[k].model_type, mt)) ok = known[k].classes;
+    size_t i;
+    json_t *e;
+    json_array_foreach(a, i, e) {
+        const char *cls = json_string_value(e);
+        if (!cls)
+            return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                           "%s: architectures[%zu] has type %s, expected a class name", h->file, i,
+                           json_type_name(e));
+        int found = 0;
+        for (int k = 0; k < 3 && ok[k]; k++) found |= !strcmp(ok[k], cls);
+        if (!found)
+            return ni_fail(L->err, L->errlen, NI_EUNSUPPORTED,
+                           "%s: unsupported architecture '%.100s' for model_type '%s' "
+                           "(supported: %s%s%s)",
+                           h->file, cls, mt, ok[0], ok[1] ? ", " : "", ok[1] ? ok[1] : "");
+    }
+    return 0;
+}
+
+static int hf_fields(const hf_obj *h, mdl_config *c) {
+    loader *L = h->L;
+    json_t *j = h->o;
+    const char *mt = json_string_value(json_object_get(j, "model_type"));
+    if (mt && (!strcmp(mt, "llama") || !strcmp(mt, "mistral"))) {
+        c->arch = MDL_ARCH_LLAMA;
+    } else if (mt && !strcmp(mt, "qwen3")) {
+        c->arch = MDL_ARCH_QWEN3;
+        c->has_qk_norm = 1;
+    } else {
+        return ni_fail(L->err, L->errlen, NI_EUNSUPPORTED,
+                       "%s: unsupported model_type '%.100s' (supported: llama, mistral, qwen3)",
+                       h->file, mt ? mt : "(none)");
+    }
+    int rc = hf_check_architectures(h, mt);
+    if (rc) return rc;
+    c->rope_interleaved = 0;
+    if ((rc = hf_int(h, "num_hidden_layers", 0, 1, MAX_LAYERS, &c->n_layers)) ||
+        (rc = hf_int(h, "hidden_size", 0, 1, MAX_DIM, &c->dim)) ||
+        (rc = hf_int(h, "intermediate_size", 0, 1, MAX_FFN, &c->hidden_dim)) ||
+        (rc = hf_int(h, "num_attention_heads", 0, 1, MAX_HEADS, &c->n_heads)) ||
+        (rc = hf_int(h, "num_key_value_heads", c->n_heads, 1, MAX_HEADS, &c->n_kv_heads)) ||
+        (rc = hf_int(h, "head_dim", c->n_heads > 0 ? c->dim / c->n_heads : 0, 2, MAX_HEAD_DIM,
+                     &c->head_dim)) ||
+        (rc = hf_int(h, "vocab_size", 0, 1, MAX_VOCAB, &c->vocab_size)) ||
+        (rc = hf_int(h, "max_position_embeddings", 2048, 1, MAX_CTX, &c->max_seq_len)) ||
+        (rc = hf_float(h, "rms_norm_eps", 1e-6, &c->norm_eps)))
+        return rc;
+    json_t *tie = json_object_get(j, "tie_word_embeddings");
+    if (tie && !json_is_null(tie) && !json_is_boolean(tie))
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: tie_word_embeddings has type %s, expected a boolean", h->file,
+                       json_type_name(tie));
+    c->tied_embeddings = json_is_true(tie);
+    /* transformers >= 5 nests rope settings in rope_parameters; older files
+     * use rope_theta + rope_scaling at the top level. */
+    json_t *rp = json_object_get(j, "rope_parameters");
+    json_t *rs = json_is_object(rp) ? rp : json_object_get(j, "rope_scaling");
+    const hf_obj hp = {L, h->file, rp, "rope_parameters."};
+    const hf_obj hs = {L, h->file, rs, json_is_object(rp) ? "rope_parameters." : "rope_scaling."};
+    double theta = 0;
+    if ((rc = hf_num(&hp, "rope_theta", 10000.0, &theta)) ||
+        (rc = hf_float(h, "rope_theta", theta, &c->rope_theta)))
+        return rc;
+    if (json_is_object(rs)) {
+        const char *t = json_string_value(json_object_get(rs, "rope_type"));
+        if (!t) t = json_string_value(json_object_get(rs, "type"));
+        if (t && !strcmp(t, "llama3")) {
+            c->rope_scaling = MDL_ROPE_LLAMA3;
+            if ((rc = hf_float(&hs, "factor", 0, &c->rope_factor)) ||
+                (rc = hf_float(&hs, "low_freq_factor", 0, &c->rope_low_freq_factor)) ||
+                (rc = hf_float(&hs, "high_freq_factor", 0, &c->rope_high_freq_factor)) ||
+                (rc = hf_int(&hs, "original_max_position_embeddings", 0, 1, MAX_CTX,
+                             &c->rope_orig_max_pos)))
+                return rc;
+        } else if (t && strcmp(t, "default")) {
+            return ni_fail(L->err, L->errlen, NI_EUNSUPPORTED,
+                           "%s: unsupported rope scaling type '%.100s'", h->file, t);
+        }
+    }
+    return 0;
 }
 
 static int config_from_hf(loader *L, mdl_config *c, const char *cfg_path) {
@@ -236,55 +464,8 @@ static int config_from_hf(loader *L, mdl_config *c, const char *cfg_path) {
         return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: invalid JSON (line %d: %s)", cfg_path,
                        je.line, je.text);
     }
-    const char *mt = json_string_value(json_object_get(j, "model_type"));
-    int rc = 0;
-    if (mt && (!strcmp(mt, "llama") || !strcmp(mt, "mistral"))) {
-        c->arch = MDL_ARCH_LLAMA;
-    } else if (mt && !strcmp(mt, "qwen3")) {
-        c->arch = MDL_ARCH_QWEN3;
-        c->has_qk_norm = 1;
-    } else {
-        rc = ni_fail(L->err, L->errlen, NI_EUNSUPPORTED,
-                     "%s: unsupported model_type '%s' (supported: llama, qwen3)", cfg_path,
-                     mt ? mt : "(none)");
-        goto out;
-    }
-    c->rope_interleaved = 0;
-    c->n_layers = json_int_field(j, "num_hidden_layers", 0);
-    c->dim = json_int_field(j, "hidden_size", 0);
-    c->hidden_dim = json_int_field(j, "intermediate_size", 0);
-    c->n_heads = json_int_field(j, "num_attention_heads", 0);
-    c->n_kv_heads = json_int_field(j, "num_key_value_heads", c->n_heads);
-    json_t *hd = json_object_get(j, "head_dim");
-    c->head_dim = json_is_integer(hd) ? (int)json_integer_value(hd)
-                  : c->n_heads > 0    ? c->dim / c->n_heads
-                                      : 0;
-    c->vocab_size = json_int_field(j, "vocab_size", 0);
-    c->max_seq_len = json_int_field(j, "max_position_embeddings", 2048);
-    c->norm_eps = (float)json_num_field(j, "rms_norm_eps", 1e-6);
-    c->tied_embeddings = json_is_true(json_object_get(j, "tie_word_embeddings"));
-    /* transformers >= 5 nests rope settings in rope_parameters; older files
-     * use rope_theta + rope_scaling at the top level. */
-    json_t *rp = json_object_get(j, "rope_parameters");
-    json_t *rs = json_is_object(rp) ? rp : json_object_get(j, "rope_scaling");
-    c->rope_theta = (float)json_num_field(j, "rope_theta",
-                                          json_num_field(json_is_object(rp) ? rp : j,
-                                                         "rope_theta", 10000.0));
-    if (json_is_object(rs)) {
-        const char *t = json_string_value(json_object_get(rs, "rope_type"));
-        if (!t) t = json_string_value(json_object_get(rs, "type"));
-        if (t && !strcmp(t, "llama3")) {
-            c->rope_scaling = MDL_ROPE_LLAMA3;
-            c->rope_factor = (float)json_num_field(rs, "factor", 0);
-            c->rope_low_freq_factor = (float)json_num_field(rs, "low_freq_factor", 0);
-            c->rope_high_freq_factor = (float)json_num_field(rs, "high_freq_factor", 0);
-            c->rope_orig_max_pos = json_int_field(rs, "original_max_position_embeddings", 0);
-        } else if (t && strcmp(t, "default")) {
-            rc = ni_fail(L->err, L->errlen, NI_EUNSUPPORTED,
-                         "%s: unsupported rope scaling type '%s'", cfg_path, t);
-        }
-    }
-out:
+    const hf_obj h = {L, cfg_path, j, ""};
+    int rc = hf_fields(&h, c);
     json_decref(j);
     return rc;
 }
@@ -309,6 +490,72 @@ static void llama3_freq_divisors(const mdl_config *c, float *out) {
 
 /* ---- weights ---- */
 
+/* Layer index of a per-layer tensor name ("blk.29.attn_q.weight",
+ * "model.layers.29.mlp.up_proj.weight"), or -1 for any other name. Indices
+ * past 9 digits read as INT_MAX: beyond every layer count. */
+static long layer_of(const char *s, size_t n, const char *prefix) {
+    size_t p = strlen(prefix), i = p;
+    if (n <= p || memcmp(s, prefix, p)) return -1;
+    long v = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9') {
+        v = i - p < 9 ? v * 10 + (s[i] - '0') : INT_MAX;
+        i++;
+    }
+    return i > p && i < n && s[i] == '.' ? v : -1;
+}
+
+/* Tensors of a layer the config does not count would be ignored: a
+ * block_count one too small runs a model with its last layer cut off and
+ * nothing to show for it. Refuse any layer index >= n_layers. */
+static int check_layer_count(loader *L, const mdl_config *c) {
+    const char *prefix = L->is_gguf ? "blk." : "model.layers.";
+    const char *key = !L->is_gguf                 ? "num_hidden_layers"
+                      : c->arch == MDL_ARCH_QWEN3 ? "qwen3.block_count"
+                                                  : "llama.block_count";
+    uint64_t n = L->is_gguf ? L->g.n_tensors : (uint64_t)L->st.n_tensors;
+    for (uint64_t i = 0; i < n; i++) {
+        const char *s = L->is_gguf ? L->g.tensors[i].name.ptr : L->st.tensors[i].name;
+        size_t len = L->is_gguf ? (size_t)L->g.tensors[i].name.len : strlen(s);
+        long l = layer_of(s, len, prefix);
+        if (l >= c->n_layers)
+            return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                           "%s: tensor '%.*s' is in layer %ld, beyond %s = %d", L->path,
+                           (int)NI_MIN(len, 200), s, l, key, c->n_layers);
+    }
+    return 0;
+}
+
+static int tensor_off_cmp(const void *a, const void *b) {
+    const gguf_tensor *x = *(const gguf_tensor *const *)a, *y = *(const gguf_tensor *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* gguf_open lets tensors share bytes (a reader need not care), but in a
+ * model file that means wrong offsets: ggml writes tensors one after the
+ * other, and weights read from shared bytes alias each other (offsets all
+ * zero make every tensor a view of the first). Sorted: O(n log n). */
+static int check_gguf_overlap(loader *L) {
+    uint64_t n = L->g.n_tensors;
+    if (n < 2) return 0;
+    const gguf_tensor **v = malloc(n * sizeof(*v));
+    if (!v) return ni_fail(L->err, L->errlen, NI_ENOMEM, "%s: out of memory", L->path);
+    for (uint64_t i = 0; i < n; i++) v[i] = &L->g.tensors[i];
+    qsort(v, n, sizeof(*v), tensor_off_cmp);
+    int rc = 0;
+    for (uint64_t i = 1; i < n && !rc; i++) {
+        const gguf_tensor *a = v[i - 1], *b = v[i];
+        if (b->offset - a->offset < a->nbytes)
+            rc = ni_fail(L->err, L->errlen, NI_EFORMAT,
+                         "%s: tensors '%.*s' (offset %llu, %llu bytes) and '%.*s' (offset %llu) "
+                         "overlap",
+                         L->path, (int)NI_MIN(a->name.len, 200), a->name.ptr,
+                         (unsigned long long)a->offset, (unsigned long long)a->nbytes,
+                         (int)NI_MIN(b->name.len, 200), b->name.ptr, (unsigned long long)b->offset);
+    }
+    free(v);
+    return rc;
+}
+
 static int plan_weights(loader *L, mdl_model *m) {
     const mdl_config *c = &m->cfg;
     mdl_weights *w = &m->w;
@@ -318,12 +565,27 @@ static int plan_weights(loader *L, mdl_model *m) {
     w->layers = calloc((size_t)c->n_layers, sizeof(mdl_layer));
     if (!w->layers) return ni_fail(L->err, L->errlen, NI_ENOMEM, "%s: out of memory", L->path);
     const int G = L->is_gguf;
-    int rc;
+    int rc = check_layer_count(L, c);
+    if (!rc && G) rc = check_gguf_overlap(L);
+    if (rc) return rc;
 #define P(dst, name, r, cc) \
     if ((rc = plan(L, dst, name, r, cc, 0))) return rc
+#define PN(dst, name, r) \
+    if ((rc = plan(L, dst, name, r, 0, PLAN_NORM))) return rc
     P(&w->tok_embd, G ? "token_embd.weight" : "model.embed_tokens.weight", V, D);
-    P(&w->out_norm, G ? "output_norm.weight" : "model.norm.weight", D, 0);
-    rc = plan(L, &w->lm_head, G ? "output.weight" : "lm_head.weight", V, D, 1);
+    /* llama.cpp's converter pads a GGUF vocabulary to the embedding rows
+     * ([PAD<i>] tokens) and llama.cpp refuses any other count, so fewer
+     * tokens than rows is the tokenizer of another model; checked here,
+     * before the weights are allocated. (HF tokenizers may cover fewer rows
+     * than a padded embedding: mdl_load only refuses more.) */
+    const gguf_kv *toks = G ? gguf_get_arr(&L->g, "tokenizer.ggml.tokens", GGUF_VT_STRING) : NULL;
+    if (toks && toks->arr_n != V)
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: tokenizer.ggml.tokens has %llu tokens but token_embd.weight has %llu "
+                       "rows",
+                       L->path, (unsigned long long)toks->arr_n, (unsigned long long)V);
+    PN(&w->out_norm, G ? "output_norm.weight" : "model.norm.weight", D);
+    rc = plan(L, &w->lm_head, G ? "output.weight" : "lm_head.weight", V, D, PLAN_OPTIONAL);
     if (rc == NI_ENOTFOUND) {
         if (!G && !m->cfg.tied_embeddings)
             return ni_fail(L->err, L->errlen, NI_ENOTFOUND,
@@ -336,27 +598,28 @@ static int plan_weights(loader *L, mdl_model *m) {
         m->cfg.tied_embeddings = 0;
     }
     if (G && c->arch == MDL_ARCH_LLAMA &&
-        plan(L, &w->rope_freqs, "rope_freqs.weight", H / 2, 0, 1) == 0)
+        plan(L, &w->rope_freqs, "rope_freqs.weight", H / 2, 0, PLAN_OPTIONAL) == 0)
         m->cfg.rope_scaling = MDL_ROPE_LLAMA3; /* factors precomputed by the converter */
     for (int l = 0; l < c->n_layers; l++) {
         mdl_layer *y = &w->layers[l];
         char n[128];
 #define NM(g, h) (snprintf(n, sizeof n, G ? "blk.%d." g ".weight" : "model.layers.%d." h ".weight", l), n)
-        P(&y->attn_norm, NM("attn_norm", "input_layernorm"), D, 0);
+        PN(&y->attn_norm, NM("attn_norm", "input_layernorm"), D);
         P(&y->wq, NM("attn_q", "self_attn.q_proj"), Q, D);
         P(&y->wk, NM("attn_k", "self_attn.k_proj"), KV, D);
         P(&y->wv, NM("attn_v", "self_attn.v_proj"), KV, D);
         P(&y->wo, NM("attn_output", "self_attn.o_proj"), D, Q);
         if (c->has_qk_norm) {
-            P(&y->q_norm, NM("attn_q_norm", "self_attn.q_norm"), H, 0);
-            P(&y->k_norm, NM("attn_k_norm", "self_attn.k_norm"), H, 0);
+            PN(&y->q_norm, NM("attn_q_norm", "self_attn.q_norm"), H);
+            PN(&y->k_norm, NM("attn_k_norm", "self_attn.k_norm"), H);
         }
-        P(&y->ffn_norm, NM("ffn_norm", "post_attention_layernorm"), D, 0);
+        PN(&y->ffn_norm, NM("ffn_norm", "post_attention_layernorm"), D);
         P(&y->w_gate, NM("ffn_gate", "mlp.gate_proj"), F, D);
         P(&y->w_up, NM("ffn_up", "mlp.up_proj"), F, D);
         P(&y->w_down, NM("ffn_down", "mlp.down_proj"), D, F);
 #undef NM
     }
+#undef PN
 #undef P
     src_tensor q0;
     if (find_tensor(L, G ? "blk.0.attn_q.weight" : "model.layers.0.self_attn.q_proj.weight", &q0) ==
@@ -383,8 +646,22 @@ static int fill_weights(loader *L, mdl_model *m) {
         struct plan_item *it = &L->items[i];
         *it->dst = w->arena + it->off;
         bad |= qnt_dequantize(it->src.type, it->src.data, *it->dst, it->src.n_elements) != 0;
+        /* One NaN or Inf in a norm weight makes every logit NaN; norms are
+         * vectors of [dim] or [head_dim], so the scan costs nothing. */
+        for (uint64_t k = 0; it->norm && k < it->src.n_elements; k++)
+            if (!isfinite((*it->dst)[k])) {
+                it->bad_at = (int64_t)k;
+                break;
+            }
     }
     if (bad) return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: dequantization failed", L->path);
+    for (int i = 0; i < L->n_items; i++) {
+        const struct plan_item *it = &L->items[i];
+        if (it->bad_at >= 0)
+            return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                           "%s: tensor '%s' has a non-finite value (%g) at element %lld", L->path,
+                           it->name, (double)(*it->dst)[it->bad_at], (long long)it->bad_at);
+    }
     if (extra) {
         w->rope_freqs = w->arena + L->total;
         llama3_freq_divisors(&m->cfg, w->rope_freqs);
