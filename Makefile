@@ -7,6 +7,7 @@
 #   make run          deps + model + build, then `nanoinfer serve` on the default model
 #   make bench        offline benchmark on the default model
 #   make format       clang-format every C/C++/CUDA source
+#   make fuzz         libFuzzer targets (test/fuzz), FUZZ_SECONDS each (default 30)
 
 USE_CUDA ?= auto
 BUILD    ?= build
@@ -134,3 +135,33 @@ clean:
 	rm -rf $(BUILD)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- fuzzing (clang libFuzzer + ASan/UBSan): make fuzz [FUZZ_SECONDS=30] ----
+# Targets test/fuzz/fuzz_*.c, seed corpora test/fuzz/corpus/<target>/ (copied
+# to build/fuzz/corpus/<target>/, which keeps what the runs find); a crash
+# leaves build/fuzz/crash-* and fails the target.
+FUZZ_SECONDS ?= 30
+FUZZ_CC   ?= clang
+FUZZ_FLAGS := -O1 -g -march=x86-64-v3 -fsanitize=fuzzer-no-link,address,undefined \
+              -Wall -Wextra -Werror -Wno-pass-failed -MMD -MP -I.
+FUZZ_BIN  := $(patsubst test/fuzz/%.c,build/fuzz/bin/%,$(wildcard test/fuzz/fuzz_*.c))
+.PHONY: fuzz fuzz-build
+fuzz-build:
+	@$(MAKE) --no-print-directory USE_CUDA=0 BUILD=build/fuzz CC=$(FUZZ_CC) CXX=$(FUZZ_CC)++ \
+	  CFLAGS="-std=c11 $(FUZZ_FLAGS) -fopenmp-simd -D_GNU_SOURCE" \
+	  CXXFLAGS="-std=c++17 $(FUZZ_FLAGS) -fno-sanitize=vptr" build/fuzz/libnanoinfer.a \
+	  build/fuzz/libnanoinfer_srv.a
+	@mkdir -p build/fuzz/bin
+	@for t in $(FUZZ_BIN); do n=$${t##*/}; \
+	  $(FUZZ_CC) -std=c11 $(FUZZ_FLAGS) -fsanitize=fuzzer -D_GNU_SOURCE -o $$t test/fuzz/$$n.c \
+	    build/fuzz/libnanoinfer_srv.a build/fuzz/libnanoinfer.a \
+	    -lsentencepiece -lpcre2-8 -ljansson -lopenblas -lpthread -lm -lstdc++ -lmicrohttpd -luv \
+	    || exit 1; done
+fuzz: fuzz-build
+	@for t in $(FUZZ_BIN); do n=$${t##*/}; c=build/fuzz/corpus/$$n; mkdir -p $$c; \
+	  [ -d test/fuzz/corpus/$$n ] && cp -n test/fuzz/corpus/$$n/* $$c/ 2>/dev/null; \
+	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	  ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $$t -max_total_time=$(FUZZ_SECONDS) \
+	    -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix=build/fuzz/ $$c \
+	    2>build/fuzz/$$n.log || { tail -40 build/fuzz/$$n.log; exit 1; }; \
+	  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)' build/fuzz/$$n.log; done

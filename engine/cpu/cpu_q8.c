@@ -663,11 +663,19 @@ int cpu_q8_path_supported(int p) {
     if (p == CPU_Q8_SCALAR) return 1;
 #ifdef Q8_X86
     __builtin_cpu_init();
+#if defined(__clang__) && __clang_major__ < 16
+    /* clang 14 (Debian 12, the fuzz build) knows neither "f16c" nor
+     * "avxvnni": every AVX2 CPU has F16C; AVX-VNNI is then not used. */
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const int avxvnni = 0;
+#else
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                      __builtin_cpu_supports("f16c");
+    const int avxvnni = __builtin_cpu_supports("avxvnni");
+#endif
     switch (p) {
     case CPU_Q8_AVX2: return avx2;
-    case CPU_Q8_AVXVNNI: return avx2 && __builtin_cpu_supports("avxvnni");
+    case CPU_Q8_AVXVNNI: return avx2 && avxvnni;
     case CPU_Q8_AVX512VNNI:
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");

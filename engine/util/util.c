@@ -32,6 +32,10 @@ int ni_fail(char *err, size_t errlen, int code, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(err, errlen, fmt, ap);
         va_end(ap);
+        /* one line whatever a file put in the names it quotes (found by
+         * fuzz_gguf: an architecture string holding a newline) */
+        for (char *p = err; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
     }
     return code;
 }

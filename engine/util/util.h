@@ -32,7 +32,9 @@ enum ni_err {
 const char *ni_strerror(int err);
 
 /* Writes a formatted message into err (if err && errlen) and returns code.
- * Lets loaders write `return ni_fail(err, errlen, NI_EFORMAT, "%s: ...", path)`. */
+ * Lets loaders write `return ni_fail(err, errlen, NI_EFORMAT, "%s: ...", path)`.
+ * The message is always one line: control bytes (from quoted file content,
+ * say) become '?'. */
 int ni_fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
