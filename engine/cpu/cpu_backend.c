@@ -394,8 +394,8 @@ static void logits_part(cpu_part pt, cpu_ctx *x, float *logits, int n_want) {
         }
         return;
     }
-    int64_t r0, r1;
-    cpu_pool_range(n_want, 1, pt.ith, pt.nth, &r0, &r1);
+    int r0, r1;
+    cpu_part_rows(pt, n_want, &r0, &r1);
     for (int v0 = 0; v0 < V; v0 += x->lm_chunk) {
         const int vc = NI_MIN(x->lm_chunk, V - v0);
         if (x->quant) {
@@ -405,7 +405,7 @@ static void logits_part(cpu_part pt, cpu_ctx *x, float *logits, int n_want) {
             cpu_matmul_ld(pt, x->lbuf, vc, x->xl, lm + (size_t)v0 * dim, n_want, dim, vc, 0);
         }
         cpu_pool_barrier(x->pool);
-        for (int64_t r = r0; r < r1; r++)
+        for (int r = r0; r < r1; r++)
             memcpy(logits + (size_t)x->lm_seq[r] * V + v0, x->lbuf + (size_t)r * vc,
                    (size_t)vc * sizeof(float));
         cpu_pool_barrier(x->pool); /* lbuf is rewritten by the next chunk */
@@ -496,9 +496,9 @@ static void forward_part(void *vjob, int ith, int nth) {
 
     /* Logits: the last row of each sequence that wants them. */
     if (j->n_want == 0) return;
-    int64_t r0, r1;
-    cpu_pool_range(j->n_want, 1, ith, nth, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++)
+    int r0, r1;
+    cpu_part_rows(pt, j->n_want, &r0, &r1); /* the rows cpu_rmsnorm below takes */
+    for (int r = r0; r < r1; r++)
         memcpy(x->xl + (size_t)r * dim, x->x + (size_t)(b->seq_start[x->lm_seq[r] + 1] - 1) * dim,
                (size_t)dim * sizeof(float));
     cpu_rmsnorm(pt, x->xl, x->xl, w->out_norm, j->n_want, dim, eps);

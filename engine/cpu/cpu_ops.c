@@ -94,17 +94,9 @@ static inline float dotf(const float *a, const float *b, int n) {
     return s;
 }
 
-/* This part's whole rows of n. */
-static void rows_of(cpu_part pt, int n, int *i0, int *i1) {
-    int64_t lo, hi;
-    cpu_pool_range(n, 1, pt.ith, pt.nth, &lo, &hi);
-    *i0 = (int)lo;
-    *i1 = (int)hi;
-}
-
 void cpu_embed(cpu_part pt, float *out, const float *table, const int32_t *tokens, int n, int dim) {
     int i0, i1;
-    rows_of(pt, n, &i0, &i1);
+    cpu_part_rows(pt, n, &i0, &i1);
     for (int i = i0; i < i1; i++)
         memcpy(out + (size_t)i * dim, table + (size_t)tokens[i] * dim, (size_t)dim * sizeof(float));
 }
@@ -121,7 +113,7 @@ static inline void rmsnorm_row(float *o, const float *x, const float *w, int dim
 void cpu_rmsnorm(cpu_part pt, float *out, const float *x, const float *w, int n, int dim,
                  float eps) {
     int i0, i1;
-    rows_of(pt, n, &i0, &i1);
+    cpu_part_rows(pt, n, &i0, &i1);
     for (int i = i0; i < i1; i++)
         rmsnorm_row(out + (size_t)i * dim, x + (size_t)i * dim, w, dim, eps);
 }
@@ -129,7 +121,7 @@ void cpu_rmsnorm(cpu_part pt, float *out, const float *x, const float *w, int n,
 void cpu_head_rmsnorm(cpu_part pt, float *x, const float *w, int n, int n_heads, int head_dim,
                       float eps) {
     int i0, i1;
-    rows_of(pt, n, &i0, &i1);
+    cpu_part_rows(pt, n, &i0, &i1);
     for (int r = i0 * n_heads; r < i1 * n_heads; r++)
         rmsnorm_row(x + (size_t)r * head_dim, x + (size_t)r * head_dim, w, head_dim, eps);
 }
@@ -151,7 +143,7 @@ static void swiglu_range(float *out, const float *gate, const float *up, size_t 
 
 void cpu_swiglu(cpu_part pt, float *out, const float *gate, const float *up, int n, int cols) {
     int i0, i1;
-    rows_of(pt, n, &i0, &i1);
+    cpu_part_rows(pt, n, &i0, &i1);
     swiglu_range(out, gate, up, (size_t)i0 * cols, (size_t)i1 * cols);
 }
 
@@ -238,7 +230,7 @@ void cpu_rope_apply(cpu_part pt, const cpu_rope *r, float *x, const int32_t *pos
     const int hd = r->head_dim, half = hd / 2;
     const int interleaved = r->interleaved;
     int i0, i1;
-    rows_of(pt, n, &i0, &i1);
+    cpu_part_rows(pt, n, &i0, &i1);
     for (int i = i0; i < i1; i++) {
         NI_ASSERT(pos[i] >= 0 && pos[i] < r->max_pos);
         const float *c = r->cos + (size_t)pos[i] * half;
@@ -270,7 +262,7 @@ void cpu_kv_store(cpu_part pt, const cpu_kv_layer *kv, const cpu_tok_map *m, con
                   const float *v) {
     const int bs = kv->block_size, kvd = kv->kv_dim;
     int i0, i1;
-    rows_of(pt, m->n_tokens, &i0, &i1);
+    cpu_part_rows(pt, m->n_tokens, &i0, &i1);
     for (int i = i0; i < i1; i++) {
         const int p = m->pos[i];
         const int32_t blk = m->block_tables[(size_t)m->seq[i] * m->max_blocks + p / bs];

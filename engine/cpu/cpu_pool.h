@@ -73,6 +73,16 @@ void cpu_pool_range(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int
  * every worker asleep). */
 int cpu_pool_sleeping(const cpu_pool *p);
 
+/* Part pt's whole rows [*lo, *hi) of n: the one split every row op uses
+ * (cpu_ops.h, cpu_q8.h, the forward pass), which is what lets a part chain
+ * row ops on its own rows without a barrier between them. */
+static inline void cpu_part_rows(cpu_part pt, int n, int *lo, int *hi) {
+    int64_t l, h;
+    cpu_pool_range(n, 1, pt.ith, pt.nth, &l, &h);
+    *lo = (int)l;
+    *hi = (int)h;
+}
+
 /* Tasks handed to the workers since init (tests: a 1-thread pool hands
  * none off). */
 uint64_t cpu_pool_handoffs(const cpu_pool *p);

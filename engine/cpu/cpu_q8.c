@@ -162,9 +162,9 @@ static void quantize_row4(uint8_t *q, uint16_t *d, uint16_t *mn, const float *w,
 
 void cpu_q8_mat_set_rows(cpu_part pt, cpu_q8_mat *m, int r0, const float *w, int n) {
     NI_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= m->rows);
-    int64_t i0, i1;
-    cpu_pool_range(n, 1, pt.ith, pt.nth, &i0, &i1);
-    for (int i = (int)i0; i < (int)i1; i++) {
+    int i0, i1;
+    cpu_part_rows(pt, n, &i0, &i1);
+    for (int i = i0; i < i1; i++) {
         const size_t r = (size_t)(r0 + i);
         if (m->bits == 8)
             quantize_row8(m->q + r * m->q_stride, m->d + r * m->nb, w + (size_t)i * m->cols,
@@ -225,9 +225,9 @@ void cpu_q8_quantize_act(cpu_part pt, cpu_q8_act *a, const float *x, int ldx, in
         a->nb = nb;
         a->q_stride = q_stride;
     }
-    int64_t t0, t1;
-    cpu_pool_range(n, 1, pt.ith, pt.nth, &t0, &t1);
-    for (int t = (int)t0; t < (int)t1; t++) {
+    int t0, t1;
+    cpu_part_rows(pt, n, &t0, &t1);
+    for (int t = t0; t < t1; t++) {
         const float *xr = x + (size_t)t * ldx;
         int8_t *q = a->q + (size_t)t * q_stride;
         for (int b = 0; b < nb; b++) {
