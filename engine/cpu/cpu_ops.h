@@ -10,7 +10,7 @@
  * columns, attention units), computed with the same arithmetic whatever nth
  * is, so results are bit-identical for any thread count. Ops over rows
  * (rmsnorm, head_rmsnorm, rope, kv_store, swiglu) split by whole tokens with
- * cpu_pool_range(n, 1, ...), which lets a caller chain them on one thread
+ * cpu_part_rows, which lets a caller chain them on one thread
  * without a barrier in between. matmul goes through OpenBLAS cblas_sgemm /
  * cblas_sgemv, one single-threaded call per part (openblas_set_num_threads(1)).
  *

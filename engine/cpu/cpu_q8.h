@@ -109,7 +109,7 @@ void cpu_q8_mat_free(cpu_q8_mat *m);
 /* Quantizes n FP32 rows w[n][m->cols] into rows [r0, r0 + n) of m (so
  * several source matrices can be stacked into one, e.g. Wq|Wk|Wv).
  * Requires 0 <= r0 and r0 + n <= m->rows. Part pt quantizes its share of the
- * n rows (cpu_pool_range(n, 1, ...)). */
+ * n rows (cpu_part_rows). */
 void cpu_q8_mat_set_rows(cpu_part pt, cpu_q8_mat *m, int r0, const float *w /* [n][cols] */, int n);
 
 /* Dequantizes row r of m into out[cols] (q d, or q d + m). */
@@ -127,8 +127,8 @@ void cpu_q8_act_free(cpu_q8_act *a);
 /* Quantizes x[n][cols] (row stride ldx floats) into a: per block of 32,
  * d = max|x| / 127, q = round_to_nearest_even(x * (127 / max|x|)) clamped
  * to [-127, 127] (0 for an all-zero block). Requires n <= cap_rows,
- * 0 < cols <= cap_cols. Part pt quantizes its rows (cpu_pool_range(n, 1,
- * ...), the split of cpu_rmsnorm, so the two chain on one thread); part 0
+ * 0 < cols <= cap_cols. Part pt quantizes its rows (cpu_part_rows, the
+ * split of cpu_rmsnorm, so the two chain on one thread); part 0
  * also records n / cols / nb in a. Identical on every path. */
 void cpu_q8_quantize_act(cpu_part pt, cpu_q8_act *a, const float *x /* [n][ldx] */, int ldx, int n,
                          int cols);
