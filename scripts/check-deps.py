@@ -20,7 +20,8 @@ import sys
 UTIL = ["engine/util"]
 FORMAT = UTIL + ["engine/format"]
 TOKEN = FORMAT + ["tokenizer"]
-MODEL = TOKEN + ["engine/model"]
+GRAMMAR = TOKEN + ["engine/grammar"]
+MODEL = GRAMMAR + ["engine/model"]
 BACKEND = MODEL + ["engine/backend"]
 ENGINE = BACKEND + ["engine/cpu", "cuda"]
 HTTP = ENGINE + ["engine"]
@@ -29,7 +30,8 @@ LAYERS = {
     "engine/util": [],
     "engine/format": UTIL,
     "tokenizer": FORMAT,
-    "engine/model": TOKEN,
+    "engine/grammar": TOKEN,
+    "engine/model": GRAMMAR,
     "engine/backend": MODEL,
     "engine/cpu": BACKEND,
     "cuda": BACKEND,
