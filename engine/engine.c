@@ -53,6 +53,7 @@ typedef struct eng_seq {
     smp_state smp;
     tok_stream ts;
     stop_state out;            /* decoded text not yet released */
+    gr_state gs;               /* grammar state after the generated tokens (req->gm) */
     struct eng_seq *prev, *next;
 } eng_seq;
 
@@ -69,6 +70,8 @@ struct eng_req {
     int n_prompt;
     int n_cached;
     int forked;                /* n > 1: children created */
+    gr_grammar *grammar;       /* owned; NULL when unconstrained */
+    gr_matcher *gm;            /* over grammar, shared by the n sequences */
     int n_live;                /* sequences not finished */
     eng_seq *seqs[ENG_MAX_N];
     struct eng_req *next_live, *prev_live;
@@ -90,6 +93,7 @@ struct eng_engine {
     eng_event_fn fn;
     void *ud;
     int vocab, max_seq_len, max_blocks;
+    gr_vocab *gvocab;          /* the vocabulary trie of constrained decoding */
 
     /* inbox (shared with other threads, under mu) */
     pthread_mutex_t mu;
@@ -173,6 +177,8 @@ static void list_push_front(seq_list *l, eng_seq *s) {
 
 static void req_free(eng_req *r) {
     if (!r) return;
+    gr_matcher_free(r->gm);
+    gr_grammar_free(r->grammar);
     free(r->bias);
     free(r->prompt);
     free(r);
@@ -208,6 +214,7 @@ static eng_seq *seq_new(eng_engine *e, eng_req *r, int index, const int32_t *tok
     }
     tok_stream_init(&s->ts, e->m->tok);
     stop_state_init(&s->out);
+    s->gs = r->gm ? gr_matcher_start(r->gm) : GR_DEAD; /* cached since eng_add */
     r->seqs[index] = s;
     r->n_live++;
     return s;
@@ -260,6 +267,35 @@ static void req_fail(eng_engine *e, eng_req *r, int code) {
 }
 
 /* ---- init / add / abort ---- */
+
+/* Builds e->gvocab: every token's bytes (special tokens: none, so never
+ * admitted), the end-of-generation tokens as the grammar's end tokens. */
+static int grammar_vocab(eng_engine *e) {
+    const tok_tokenizer *t = e->m->tok;
+    if (!t) return 0; /* no tokenizer: no constrained requests (eng_add refuses them) */
+    int n = e->vocab, n_ends = 0, rc = NI_ENOMEM;
+    int cap = tok_max_token_bytes(t) + 1;
+    char *data = malloc((size_t)n * (size_t)cap);
+    const char **ptr = malloc((size_t)n * sizeof *ptr);
+    size_t *lens = malloc((size_t)n * sizeof *lens);
+    int32_t *ends = malloc((size_t)n * sizeof *ends);
+    if (data && ptr && lens && ends) {
+        for (int i = 0; i < n; i++) {
+            ptr[i] = data + (size_t)i * (size_t)cap;
+            int k = i < tok_vocab_size(t) && !tok_is_special(t, i)
+                        ? tok_token_bytes(t, i, data + (size_t)i * (size_t)cap, (size_t)cap)
+                        : 0;
+            lens[i] = k > 0 ? (size_t)k : 0;
+            if (i < tok_vocab_size(t) && tok_is_eog(t, i)) ends[n_ends++] = i;
+        }
+        rc = gr_vocab_new(&e->gvocab, n, ptr, lens, ends, n_ends);
+    }
+    free(data);
+    free(ptr);
+    free(lens);
+    free(ends);
+    return rc;
+}
 
 int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const eng_config *c,
              eng_event_fn fn, void *ud, char *err, size_t errlen) {
@@ -346,6 +382,10 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
             return ni_fail(err, errlen, NI_ENOMEM, "engine: out of memory for sampling rows");
         }
     }
+    if ((rc = grammar_vocab(e))) {
+        eng_free(e);
+        return ni_fail(err, errlen, rc, "engine: cannot build the grammar vocabulary");
+    }
     if (!e->b_tokens || !e->b_start || !e->b_pos0 || !e->b_tables || !e->b_want || !e->b_seq ||
         !e->b_new || !e->logits || !e->logits_tmp || !e->smp_scratch) {
         eng_free(e);
@@ -376,6 +416,7 @@ void eng_free(eng_engine *e) {
     free(e->b_want); free(e->b_seq); free(e->b_new); free(e->logits);
     free(e->logits_tmp); free(e->smp_scratch); free(e->aborts);
     free(e->d_rows); free(e->d_seq); free(e->d_res);
+    gr_vocab_free(e->gvocab);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e);
@@ -396,7 +437,16 @@ static int add_fail(eng_error *err, int code, const char *param, const char *fmt
     return code;
 }
 
+static int add_checked(eng_engine *e, const eng_request *q, gr_grammar *grammar, eng_error *err);
+
 int eng_add(eng_engine *e, const eng_request *q, eng_error *err) {
+    gr_grammar *grammar = q->grammar; /* ours from here on, whatever happens */
+    int rc = add_checked(e, q, grammar, err);
+    if (rc) gr_grammar_free(grammar);
+    return rc;
+}
+
+static int add_checked(eng_engine *e, const eng_request *q, gr_grammar *grammar, eng_error *err) {
     if (err) memset(err, 0, sizeof *err);
     if (q->n_prompt < 1) return add_fail(err, NI_EINVAL, "prompt", "prompt: must not be empty");
     for (int i = 0; i < q->n_prompt; i++)
@@ -437,8 +487,18 @@ int eng_add(eng_engine *e, const eng_request *q, eng_error *err) {
                        "prompt + max_tokens (%ld tokens) can never fit the KV pool (%d tokens)",
                        need, e->cfg.n_blocks * e->cfg.block_size);
 
+    if (grammar && !e->gvocab)
+        return add_fail(err, NI_EUNSUPPORTED, "response_format",
+                        "response_format: the model has no tokenizer to constrain");
     eng_req *r = calloc(1, sizeof(*r));
     if (!r) return add_fail(err, NI_ENOMEM, NULL, "out of memory");
+    if (grammar) { /* the matcher and its start state, made here: nothing to fail later */
+        if (gr_matcher_new(&r->gm, grammar, e->gvocab, 0) != 0 ||
+            gr_matcher_start(r->gm) == GR_ERROR) {
+            req_free(r);
+            return add_fail(err, NI_ENOMEM, NULL, "out of memory for the grammar");
+        }
+    }
     r->id = q->id;
     r->user = q->user;
     r->sp = q->sp;
@@ -464,6 +524,7 @@ int eng_add(eng_engine *e, const eng_request *q, eng_error *err) {
         req_free(r);
         return add_fail(err, NI_ENOMEM, NULL, "out of memory");
     }
+    r->grammar = grammar; /* freed with r from now on (eng_add frees it before) */
     pthread_mutex_lock(&e->mu);
     if (e->inbox_tail) e->inbox_tail->next_inbox = r;
     else e->inbox_head = r;
@@ -573,6 +634,16 @@ static int seq_accept_token(eng_engine *e, eng_seq *s, const smp_result *res) {
     int32_t tok = res->token;
     const smp_result *lp = r->sp.logprobs >= 0 ? res : NULL;
     NI_ASSERT(s->n_tokens < s->cap);
+    if (r->gm) { /* the mask admitted tok, so only a matcher failure can stop it here */
+        gr_state ns = gr_matcher_next(r->gm, s->gs, tok);
+        if (ns < 0) {
+            r->error = ns == GR_ERROR ? gr_matcher_error(r->gm) : NI_EINVAL;
+            emit(e, s, -1, "", 0, NULL, ENG_FINISH_ERROR);
+            seq_finish(e, s);
+            return 1;
+        }
+        s->gs = ns;
+    }
     s->tokens[s->n_tokens++] = tok;
     s->n_gen++;
     e->st.generated_tokens++;
@@ -621,10 +692,24 @@ static int fork_siblings(eng_engine *e, eng_seq *s) {
     return 0;
 }
 
-/* Device sampling works without the penalty tables (not exported yet). */
+/* Device sampling works without the penalty tables and grammar masks (not
+ * exported yet). */
 static int needs_host_sampling(const eng_req *r) {
     return r->sp.repetition_penalty != 1.0f || r->sp.presence_penalty != 0.0f ||
-           r->sp.frequency_penalty != 0.0f;
+           r->sp.frequency_penalty != 0.0f || r->gm != NULL;
+}
+
+/* Masks logits (one row) with the grammar mask of s's state, timing it for
+ * eng_stats. Returns 0 or the matcher's NI_E* code. */
+static int apply_grammar(eng_engine *e, eng_seq *s, float *logits) {
+    const double t0 = ni_now();
+    const uint32_t *allow;
+    int rc = gr_matcher_mask(s->req->gm, s->gs, &allow);
+    if (rc) return rc;
+    gr_apply_mask(logits, e->vocab, allow);
+    e->st.grammar_masks++;
+    e->st.grammar_seconds += ni_now() - t0;
+    return 0;
 }
 
 /* Samples every want_logits row of the batch on the device in one call
@@ -670,6 +755,13 @@ static int sample_on_device(eng_engine *e, int nb) {
 static int sample_seq(eng_engine *e, eng_seq *s, float *logits) {
     eng_req *r = s->req;
     smp_result res;
+    if (r->gm) { /* siblings not forked yet share s's state (the start) */
+        int rc = apply_grammar(e, s, logits);
+        if (rc) {
+            req_fail(e, r, rc);
+            return rc;
+        }
+    }
     if (r->n > 1 && !r->forked) {
         int rc = fork_siblings(e, s);
         if (rc) return rc;

@@ -37,6 +37,7 @@
 #include "kv.h"
 #include "engine/model/model.h"
 #include "engine/backend/sampler.h"
+#include "engine/grammar/grammar.h"
 
 #define ENG_MAX_STOP 8          /* stop strings per request */
 #define ENG_MAX_STOP_LEN 256    /* bytes per stop string */
@@ -91,6 +92,9 @@ typedef struct eng_request {
     const char *stop[ENG_MAX_STOP];  /* copied by eng_add */
     int n_stop;
     uint64_t fallback_seed;  /* RNG seed when sp.has_seed == 0 */
+    gr_grammar *grammar;     /* NULL, or the grammar every sample must follow (structured
+                                output): eng_add takes it over whatever it returns (freed
+                                when the request ends, or at once when refused) */
 } eng_request;
 
 typedef struct eng_event {
@@ -121,6 +125,8 @@ typedef struct eng_stats {
     uint64_t prompt_tokens;      /* prompt tokens computed (not cached) */
     uint64_t generated_tokens;
     uint64_t steps;
+    uint64_t grammar_masks;      /* token masks applied (constrained requests) */
+    double grammar_seconds;      /* time spent computing and applying them */
 } eng_stats;
 
 typedef struct eng_engine eng_engine;

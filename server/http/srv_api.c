@@ -10,6 +10,7 @@
  * frees whatever it built), so callers never free a half-built request.
  */
 #include "srv_api.h"
+#include "srv_guided.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -466,12 +467,6 @@ static int reject_unsupported(int kind, const json_t *body, srv_api_error *e) {
     if ((v = json_object_get(body, "functions")) && !json_is_null(v))
         return srv_api_fail(e, 400, "functions",
                             "function calling is not supported by this server");
-    if ((v = json_object_get(body, "response_format")) && !json_is_null(v)) {
-        json_t *t = json_object_get(v, "type");
-        if (!json_is_object(v) || !json_is_string(t) || strcmp(json_string_value(t), "text"))
-            return srv_api_fail(e, 400, "response_format",
-                                "only response_format {\"type\": \"text\"} is supported");
-    }
     if ((v = json_object_get(body, "min_tokens")) && !json_is_null(v) &&
         !(json_is_integer(v) && json_integer_value(v) == 0))
         return srv_api_fail(e, 400, "min_tokens", "'min_tokens' is not supported by this server");
@@ -701,7 +696,8 @@ int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_
     const char *max_name;
     int have_max = read_max_tokens(kind, body, &max, &max_name, e);
     if (have_max < 0 || read_gen_prompt(ctx, kind, body, r, e) ||
-        fit_context(ctx, kind, r, have_max, max, max_name, e))
+        fit_context(ctx, kind, r, have_max, max, max_name, e) ||
+        srv_guided_parse(body, &r->grammar, e))
         goto fail;
     return 0;
 fail:
@@ -714,10 +710,11 @@ void srv_gen_req_free(srv_gen_req *r) {
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->prompt);
     free(r->echo_text);
+    gr_grammar_free(r->grammar);
     memset(r, 0, sizeof *r);
 }
 
-void srv_gen_req_to_eng(const srv_gen_req *r, uint64_t id, void *user, uint64_t fallback_seed,
+void srv_gen_req_to_eng(srv_gen_req *r, uint64_t id, void *user, uint64_t fallback_seed,
                         eng_request *q) {
     memset(q, 0, sizeof *q);
     q->id = id;
@@ -733,6 +730,8 @@ void srv_gen_req_to_eng(const srv_gen_req *r, uint64_t id, void *user, uint64_t 
     for (int i = 0; i < r->n_stop; i++) q->stop[i] = r->stop[i];
     q->n_stop = r->n_stop;
     q->fallback_seed = fallback_seed;
+    q->grammar = r->grammar; /* moved: eng_add owns it from here */
+    r->grammar = NULL;
 }
 
 /* ---- /tokenize, /detokenize ---- */

@@ -15,7 +15,7 @@
  * failure names it in srv_api_error.param (400). null means "absent" for
  * every optional parameter, as in the OpenAI API. Unknown keys are ignored;
  * known-but-unsupported features (suffix, tools, prompt logprobs via echo +
- * logprobs, batched prompts, non-text content parts, JSON response formats,
+ * logprobs, batched prompts, non-text content parts,
  * min_tokens) are refused with a 400 saying so, never silently dropped.
  *
  * Threads: called on the loop thread only (the tokenizer is thread-safe).
@@ -84,6 +84,7 @@ typedef struct srv_gen_req {
     int n_prompt;
     char *echo_text; /* completions + echo: the prompt as text */
     size_t echo_len;
+    gr_grammar *grammar; /* structured output (srv_guided.h), or NULL */
 } srv_gen_req;
 
 /* Parses and validates a /v1/completions (kind COMPLETION) or
@@ -96,8 +97,9 @@ int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_
 /* Frees what r owns and zeroes it (safe on a zeroed request). */
 void srv_gen_req_free(srv_gen_req *r);
 
-/* The engine request for r (borrows r's arrays: r must outlive eng_add). */
-void srv_gen_req_to_eng(const srv_gen_req *r, uint64_t id, void *user, uint64_t fallback_seed,
+/* The engine request for r (borrows r's arrays: r must outlive eng_add;
+ * moves r->grammar into it, since eng_add takes the grammar over). */
+void srv_gen_req_to_eng(srv_gen_req *r, uint64_t id, void *user, uint64_t fallback_seed,
                         eng_request *out);
 
 /* POST /tokenize: {"prompt": str, "add_special_tokens"?: bool} or
