@@ -139,6 +139,11 @@ int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_load
            (double)st->generated_tokens);
     scalar(&rc, o, "preemptions_total", "counter", "Sequences preempted (recomputed later).",
            (double)st->n_preemptions);
+    scalar(&rc, o, "grammar_masks_total", "counter",
+           "Token masks applied for structured output (one per constrained token).",
+           (double)st->grammar_masks);
+    scalar(&rc, o, "grammar_mask_seconds_total", "counter",
+           "Engine-thread time spent computing and applying those masks.", st->grammar_seconds);
     scalar(&rc, o, "engine_steps_total", "counter", "Engine scheduling steps with a forward pass.",
            (double)st->steps);
     return rc;
