@@ -733,36 +733,45 @@ static int schema_rule(sc *c, const json_t *s) {
     return r;
 }
 
-/* Compiles: root ::= ws? value-of-schema ws? (object_only: any JSON object). */
-static int compile(const json_t *schema, int object_only, const gr_limits *lim, gr_grammar **out,
-                   char *err, size_t errlen) {
-    gr_builder *b;
-    *out = NULL;
-    if (gr_builder_new(&b, lim)) return NI_ENOMEM;
+static sc *sc_new(gr_builder *b, const json_t *schema) {
     sc *c = calloc(1, sizeof *c);
-    if (!c) {
-        gr_builder_free(b);
-        return NI_ENOMEM;
-    }
+    if (!c) return NULL;
     c->b = b;
     c->root = schema;
     c->ws = c->chr = c->string = c->number = c->integer = c->value = c->boolean = c->null = -1;
+    return c;
+}
+
+int gr_b_schema(gr_builder *b, const struct json_t *schema) {
+    sc *c = sc_new(b, (const json_t *)schema);
+    if (!c) return NI_ENOMEM;
+    int r = schema ? schema_rule(c, (const json_t *)schema) : any_container(c, 1);
+    free(c);
+    return r;
+}
+
+/* Compiles root ::= the value of schema (NULL: any JSON object). */
+static int compile(const json_t *schema, const gr_limits *lim, gr_grammar **out, char *err,
+                   size_t errlen) {
+    gr_builder *b;
+    *out = NULL;
+    if (gr_builder_new(&b, lim)) return NI_ENOMEM;
     int root = gr_b_rule(b, "root"), rc = root < 0 ? root : 0;
-    int v = rc ? rc : object_only ? any_container(c, 1) : schema_rule(c, schema);
+    int v = rc ? rc : gr_b_schema(b, schema);
     if (v < 0) rc = v;
     if (!rc) rc = gr_b_ref(b, root, v);
     if (rc) rc = ni_fail(err, errlen, rc, "%s", gr_builder_error(b));
     else rc = gr_b_finish(b, root, out, err, errlen);
-    free(c);
     gr_builder_free(b);
     return rc;
 }
 
 int gr_compile_schema(const struct json_t *schema, const gr_limits *lim, gr_grammar **out,
                       char *err, size_t errlen) {
-    return compile((const json_t *)schema, 0, lim, out, err, errlen);
+    if (!schema) return ni_fail(err, errlen, NI_EINVAL, "no schema");
+    return compile((const json_t *)schema, lim, out, err, errlen);
 }
 
 int gr_compile_json_object(const gr_limits *lim, gr_grammar **out, char *err, size_t errlen) {
-    return compile(NULL, 1, lim, out, err, errlen);
+    return compile(NULL, lim, out, err, errlen);
 }

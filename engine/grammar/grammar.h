@@ -142,6 +142,11 @@ struct json_t;
 int gr_compile_schema(const struct json_t *schema, const gr_limits *lim, gr_grammar **out,
                       char *err, size_t errlen);
 
+/* Appends to b a rule matching the JSON text of values valid against schema
+ * (NULL: any JSON object) and returns its id, or a negative code with the
+ * message in gr_builder_error (for grammars that embed JSON, e.g. tool calls). */
+int gr_b_schema(gr_builder *b, const struct json_t *schema);
+
 /* Any JSON object (response_format {"type": "json_object"}). */
 int gr_compile_json_object(const gr_limits *lim, gr_grammar **out, char *err, size_t errlen);
 
