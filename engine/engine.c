@@ -124,6 +124,9 @@ struct eng_engine {
     size_t smp_scratch_bytes;
     /* device sampling (be->sample), sized max_num_seqs * ENG_MAX_N at init */
     eng_sample_row *d_rows;    /* rows of one sample() call */
+    uint32_t *d_masks;         /* [max_num_seqs][mask_words] grammar masks by batch row
+                                  (be->sample_masks only) */
+    int mask_words;            /* (vocab + 31) / 32 */
     eng_seq **d_seq;           /* [rows] the sequence each row samples for */
     smp_result *d_res;         /* [rows] */
     /* one token's decoded text (+ the decoder's flush), handed to stop.c.
@@ -377,7 +380,10 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
         e->d_rows = malloc(R * sizeof(*e->d_rows));
         e->d_seq = malloc(R * sizeof(*e->d_seq));
         e->d_res = malloc(R * sizeof(*e->d_res));
-        if (!e->d_rows || !e->d_seq || !e->d_res) {
+        e->mask_words = (e->vocab + 31) / 32;
+        if (be->sample_masks)
+            e->d_masks = malloc((size_t)S * (size_t)e->mask_words * sizeof(uint32_t));
+        if (!e->d_rows || !e->d_seq || !e->d_res || (be->sample_masks && !e->d_masks)) {
             eng_free(e);
             return ni_fail(err, errlen, NI_ENOMEM, "engine: out of memory for sampling rows");
         }
@@ -415,7 +421,7 @@ void eng_free(eng_engine *e) {
     free(e->b_tokens); free(e->b_start); free(e->b_pos0); free(e->b_tables);
     free(e->b_want); free(e->b_seq); free(e->b_new); free(e->logits);
     free(e->logits_tmp); free(e->smp_scratch); free(e->aborts);
-    free(e->d_rows); free(e->d_seq); free(e->d_res);
+    free(e->d_rows); free(e->d_seq); free(e->d_res); free(e->d_masks);
     gr_vocab_free(e->gvocab);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
@@ -694,9 +700,9 @@ static int fork_siblings(eng_engine *e, eng_seq *s) {
 
 /* Device sampling works without the penalty tables and grammar masks (not
  * exported yet). */
-static int needs_host_sampling(const eng_req *r) {
+static int needs_host_sampling(const eng_engine *e, const eng_req *r) {
     return r->sp.repetition_penalty != 1.0f || r->sp.presence_penalty != 0.0f ||
-           r->sp.frequency_penalty != 0.0f || r->gm != NULL;
+           r->sp.frequency_penalty != 0.0f || (r->gm != NULL && !e->be->sample_masks);
 }
 
 /* Masks logits (one row) with the grammar mask of s's state, timing it for
@@ -721,16 +727,32 @@ static int sample_on_device(eng_engine *e, int nb) {
         eng_seq *s = e->b_seq[i];
         if (!e->b_want[i] || !s) continue;
         eng_req *r = s->req;
+        const uint32_t *allow = NULL;
+        if (r->gm) { /* copied: the matcher's cache may reuse the slot for a sibling */
+            const double t0 = ni_now();
+            const uint32_t *m;
+            int rc = gr_matcher_mask(r->gm, s->gs, &m);
+            if (rc) {
+                req_fail(e, r, rc);
+                continue;
+            }
+            uint32_t *dst = e->d_masks + (size_t)i * (size_t)e->mask_words;
+            memcpy(dst, m, (size_t)e->mask_words * sizeof *dst);
+            allow = dst;
+            e->st.grammar_masks++;
+            e->st.grammar_seconds += ni_now() - t0;
+        }
         if (r->n > 1 && !r->forked) {
             if (fork_siblings(e, s)) continue;
             for (int k = 1; k < r->n; k++) {
                 eng_seq *c = r->seqs[k];
                 e->d_rows[nr] = (eng_sample_row){.seq = i, .p = &r->sp,
-                                                 .u = smp_next_uniform(&c->smp)};
+                                                 .u = smp_next_uniform(&c->smp), .allow = allow};
                 e->d_seq[nr++] = c;
             }
         }
-        e->d_rows[nr] = (eng_sample_row){.seq = i, .p = &r->sp, .u = smp_next_uniform(&s->smp)};
+        e->d_rows[nr] = (eng_sample_row){.seq = i, .p = &r->sp, .u = smp_next_uniform(&s->smp),
+                                         .allow = allow};
         e->d_seq[nr++] = s;
     }
     if (nr == 0) return 0;
@@ -879,7 +901,7 @@ int eng_step(eng_engine *e) {
                    .max_blocks = e->max_blocks, .want_logits = e->b_want};
     int on_device = e->be->sample != NULL;
     for (int i = 0; i < nb && on_device; i++)
-        if (e->b_want[i] && e->b_seq[i] && needs_host_sampling(e->b_seq[i]->req)) on_device = 0;
+        if (e->b_want[i] && e->b_seq[i] && needs_host_sampling(e, e->b_seq[i]->req)) on_device = 0;
     int rc = e->be->forward(e->bctx, &b, on_device ? NULL : e->logits);
     e->st.steps++;
     if (rc) return fail_batch(e, rc);

@@ -111,6 +111,12 @@ typedef struct eng_sample_row {
                                    token smp_sample() makes (greedy rows too) */
     const eng_sample_tok *toks; /* [n_toks] penalty table; NULL / 0 when no penalty is on */
     int32_t n_toks;
+    const uint32_t *allow;      /* NULL, or the grammar mask of seq ((vocab + 31) / 32 words,
+                                   bit t & 31 of word t >> 5: token t may be drawn). Only for a
+                                   backend with sample_masks; it sets every other logit of the
+                                   row to -inf before anything else, logprobs included, as
+                                   gr_apply_mask does before smp_sample on the host. Rows that
+                                   name the same seq carry the same mask. */
 } eng_sample_row;
 
 typedef struct eng_backend {
@@ -141,6 +147,9 @@ typedef struct eng_backend {
      * finite value gets out[i].token = -1 (smp_sample's NI_ERANGE). Returns
      * 0, NI_EINVAL (a row's seq had no logits, bad ids) or NI_EIO. */
     int (*sample)(void *ctx, const eng_sample_row *rows, int n_rows, smp_result *out);
+    /* 1 when sample() honours eng_sample_row.allow (grammar masks on the
+     * device); 0: the engine samples constrained requests on the host. */
+    int sample_masks;
     /* Optional (NULL: NONE): the weight format ENG_QUANT_AUTO means for model
      * m on this backend. */
     eng_quant (*auto_quant)(const mdl_model *m);
