@@ -206,20 +206,63 @@ CONVERSATIONS = [
 ]
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+                                                "required": ["city"]}}}
+NOW = {"type": "function", "function": {"name": "now", "description": "The time (UTC, ISO 8601) \u00e9",
+                                        "parameters": {"type": "object", "properties": {}}}}
+
+
+def call(name, args):
+    return {"type": "function", "function": {"name": name, "arguments": args}}
+
+
+def am(content, calls):
+    return {"role": "assistant", "content": content, "tool_calls": calls}
+
+
+# Tool use, rendered only with the templates that know tools (qwen3). Each entry:
+# (name, tools, messages).
+TOOL_CONVERSATIONS = [
+    ("tools_question", [WEATHER, NOW], [m("user", "Weather in Paris?")]),
+    ("tools_system_calls_results", [WEATHER, NOW],
+     [m("system", "Be helpful."), m("user", "Weather in Oslo and the time?"),
+      am("", [call("get_weather", {"city": "Oslo", "unit": "c"}), call("now", {})]),
+      m("tool", "{\"temp\": 3}"), m("tool", "2026-12-02T10:00:00Z"), m("assistant", "3 C at 10:00."),
+      m("user", "Thanks")]),
+    ("tools_content_and_call", [WEATHER],
+     [m("user", "Rome?"), am("Let me check.", [call("get_weather", {"city": "Rome"})]),
+      m("tool", "sunny"), m("user", "And now?")]),
+    ("history_without_tools", [],
+     [m("user", "q"), am("", [call("now", {})]), m("tool", "t"), m("assistant", "done")]),
+]
+
+
 def load_smollm_template(gguf_path):
+    """The GGUF's tokenizer.chat_template (read with gguf-py) and a tokenizer object for the
+    rendering machinery: transformers' own GGUF loading when it works, else the committed
+    tiny-llama3 tokenizer (apply_chat_template only needs the template and the special tokens
+    passed in, so the object does not change the text)."""
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path) or ".",
-                                        gguf_file=os.path.basename(gguf_path))
-    return tok
+    try:
+        tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path) or ".",
+                                            gguf_file=os.path.basename(gguf_path))
+        return tok, tok.chat_template
+    except Exception:  # transformers >= 5 needs torch to read GGUF metadata
+        from gguf import GGUFReader
+        f = GGUFReader(gguf_path).fields["tokenizer.chat_template"]
+        src = bytes(f.parts[f.data[0]]).decode("utf-8")
+        return AutoTokenizer.from_pretrained("test/models/tiny-llama3"), src
 
 
-def render(style, src, msgs, gen, tok):
+def render(style, src, msgs, gen, tok, tools=None):
     """apply_chat_template(tokenize=False) with the style's template and special tokens
     (the SmolLM2 GGUF tokenizer object only provides the machinery)."""
     try:
         kw = {} if style == "chatml-smollm" else dict(SPECIAL[style])
         return tok.apply_chat_template(msgs, chat_template=src, tokenize=False, add_generation_prompt=gen,
-                                       **kw), None
+                                       tools=tools or None, **kw), None
     except Exception as e:  # the template raised (raise_exception, undefined access, empty chat)
         return None, f"{type(e).__name__}: {e}"
 
@@ -231,8 +274,8 @@ def main():
     a = ap.parse_args()
     if not os.path.exists(a.gguf):
         sys.exit(f"{a.gguf}: not found (run scripts/fetch-model.sh first)")
-    smol_tok = load_smollm_template(a.gguf)
-    templates = {"chatml": CHATML, "chatml-smollm": smol_tok.chat_template, "qwen3": QWEN3,
+    smol_tok, smol_src = load_smollm_template(a.gguf)
+    templates = {"chatml": CHATML, "chatml-smollm": smol_src, "qwen3": QWEN3,
                  "llama3": LLAMA3, "llama2": LLAMA2, "zephyr": ZEPHYR}
     cases = []
     for style, src in templates.items():
@@ -249,6 +292,14 @@ def main():
                                          "NanoInfer rejects it (NI_EINVAL)")
                     case["expected"] = None
                 cases.append(case)
+    for name, tools, msgs in TOOL_CONVERSATIONS:
+        for gen in (True, False):
+            expected, err = render("qwen3", QWEN3, msgs, gen, smol_tok, tools)
+            if err:
+                sys.exit(f"qwen3/{name}: the template raised: {err}")
+            cases.append({"name": f"qwen3/{name}/{'gen' if gen else 'nogen'}", "style": "qwen3",
+                          "messages": msgs, "tools": tools, "add_generation_prompt": gen,
+                          "expected": expected})
     doc = {
         "generator": "scripts/gen_chat_golden.py (transformers apply_chat_template, tokenize=False)",
         "templates": {s: {"source": SOURCES[s], "template_src": t} for s, t in templates.items()},

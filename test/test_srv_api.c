@@ -469,7 +469,7 @@ static void test_chat_template(void **state) {
                            "\"max_tokens\": 3, \"logprobs\": true, \"top_logprobs\": 3}",
                            &r, &e),
                      0);
-    chat_msg msgs[2] = {{"system", "Be brief."}, {"user", "Hello\nthere"}};
+    chat_msg msgs[2] = {{.role = "system", .content = "Be brief."}, {.role = "user", .content = "Hello\nthere"}};
     char *text = NULL;
     assert_int_equal(chat_render(g_ctx.chat_style, msgs, 2, 1, &text), 0);
     int32_t ids[256];

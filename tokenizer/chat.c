@@ -18,12 +18,13 @@
 
 #define SMOLLM_DEFAULT_SYSTEM "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
-enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_UNKNOWN };
+enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL, ROLE_UNKNOWN };
 
 static int role_id(const char *r) {
     if (!strcmp(r, "system")) return ROLE_SYSTEM;
     if (!strcmp(r, "user")) return ROLE_USER;
     if (!strcmp(r, "assistant")) return ROLE_ASSISTANT;
+    if (!strcmp(r, "tool")) return ROLE_TOOL;
     return ROLE_UNKNOWN;
 }
 
@@ -114,14 +115,69 @@ int chat_detect(const char *t) {
 
 /* ---- styles ---- */
 
-static void render_chatml(sbuf *b, const chat_msg *m, int n, int gen, int smollm) {
-    for (int i = 0; i < n; i++) {
-        if (smollm && i == 0 && strcmp(m[0].role, "system"))
+/* ---- tools, Hermes / Qwen convention ---- */
+
+/* <|im_start|>system\n[sys\n\n]# Tools ... </tool_call><|im_end|>\n (Qwen3's block). */
+static void render_tools_block(sbuf *b, const char *sys, const chat_opts *o) {
+    sb_str(b, "<|im_start|>system\n");
+    if (sys) {
+        sb_str(b, sys);
+        sb_str(b, "\n\n");
+    }
+    sb_str(b, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+              "You are provided with function signatures within <tools></tools> XML tags:\n"
+              "<tools>");
+    for (int i = 0; i < o->n_tools; i++) {
+        sb_str(b, "\n");
+        sb_str(b, o->tools[i]);
+    }
+    sb_str(b, "\n</tools>\n\nFor each function call, return a json object with function name and "
+              "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+              "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n");
+}
+
+/* The calls of an assistant turn; content_len says whether text came before. */
+static void render_hermes_calls(sbuf *b, const chat_msg *m, size_t content_len) {
+    for (int j = 0; j < m->n_tool_calls; j++) {
+        if (j > 0 || content_len > 0) sb_str(b, "\n");
+        sb_str(b, "<tool_call>\n{\"name\": \"");
+        sb_str(b, m->tool_calls[j].name);
+        sb_str(b, "\", \"arguments\": ");
+        sb_str(b, m->tool_calls[j].arguments);
+        sb_str(b, "}\n</tool_call>");
+    }
+}
+
+/* A tool result: consecutive ones share one user turn. */
+static void render_tool_response(sbuf *b, const chat_msg *m, int n, int i) {
+    if (i == 0 || role_id(m[i - 1].role) != ROLE_TOOL) sb_str(b, "<|im_start|>user");
+    sb_str(b, "\n<tool_response>\n");
+    sb_str(b, m[i].content);
+    sb_str(b, "\n</tool_response>");
+    if (i == n - 1 || role_id(m[i + 1].role) != ROLE_TOOL) sb_str(b, "<|im_end|>\n");
+}
+
+static void render_chatml(sbuf *b, const chat_msg *m, int n, int gen, int smollm,
+                          const chat_opts *o) {
+    int i0 = 0;
+    if (o->n_tools > 0) { /* the system message goes into the tools block */
+        int has_sys = role_id(m[0].role) == ROLE_SYSTEM;
+        render_tools_block(b, has_sys ? m[0].content : smollm ? SMOLLM_DEFAULT_SYSTEM : NULL, o);
+        i0 = has_sys;
+    }
+    for (int i = i0; i < n; i++) {
+        int r = role_id(m[i].role);
+        if (smollm && i == 0 && r != ROLE_SYSTEM && o->n_tools == 0)
             sb_str(b, "<|im_start|>system\n" SMOLLM_DEFAULT_SYSTEM "<|im_end|>\n");
+        if (r == ROLE_TOOL) {
+            render_tool_response(b, m, n, i);
+            continue;
+        }
         sb_str(b, "<|im_start|>");
         sb_str(b, m[i].role);
         sb_str(b, "\n");
         sb_str(b, m[i].content);
+        if (r == ROLE_ASSISTANT) render_hermes_calls(b, &m[i], strlen(m[i].content));
         sb_str(b, "<|im_end|>\n");
     }
     if (gen) sb_str(b, "<|im_start|>assistant\n");
@@ -141,8 +197,11 @@ static const char *find_last(const char *s, size_t n, const char *needle) {
     return NULL;
 }
 
-static void render_qwen3(sbuf *b, const chat_msg *m, int n, int gen) {
-    if (role_id(m[0].role) == ROLE_SYSTEM) {
+static void render_qwen3(sbuf *b, const chat_msg *m, int n, int gen, const chat_opts *o) {
+    const int enable_thinking = o->enable_thinking;
+    if (o->n_tools > 0) {
+        render_tools_block(b, role_id(m[0].role) == ROLE_SYSTEM ? m[0].content : NULL, o);
+    } else if (role_id(m[0].role) == ROLE_SYSTEM) {
         sb_str(b, "<|im_start|>system\n");
         sb_str(b, m[0].content);
         sb_str(b, "<|im_end|>\n");
@@ -199,19 +258,46 @@ static void render_qwen3(sbuf *b, const chat_msg *m, int n, int gen) {
                 sb_str(b, "\n</think>\n\n");
             }
             sb_add(b, content, content_len);
+            render_hermes_calls(b, &m[i], content_len);
             sb_str(b, "<|im_end|>\n");
+        } else if (r == ROLE_TOOL) {
+            render_tool_response(b, m, n, i);
         }
     }
     if (gen) sb_str(b, "<|im_start|>assistant\n");
+    if (gen && enable_thinking == 0) sb_str(b, "<think>\n\n</think>\n\n");
 }
 
-static void render_llama3(sbuf *b, const chat_msg *m, int n, int gen) {
+static void render_llama3(sbuf *b, const chat_msg *m, int n, int gen, const chat_opts *o) {
+    int tools_pending = o->n_tools > 0; /* Llama 3.1: the tools go into the first user turn */
     for (int i = 0; i < n; i++) {
+        int r = role_id(m[i].role);
         if (i == 0) sb_str(b, "<|begin_of_text|>");
         sb_str(b, "<|start_header_id|>");
-        sb_str(b, m[i].role);
+        sb_str(b, r == ROLE_TOOL ? "ipython" : m[i].role);
         sb_str(b, "<|end_header_id|>\n\n");
-        sb_strip(b, m[i].content, strlen(m[i].content));
+        if (r == ROLE_USER && tools_pending) {
+            tools_pending = 0;
+            sb_str(b, "Given the following functions, please respond with a JSON for a function "
+                      "call with its proper arguments that best answers the given prompt.\n\n"
+                      "Respond in the format {\"name\": function name, \"parameters\": "
+                      "dictionary of argument name and its value}.Do not use variables.\n\n");
+            for (int t = 0; t < o->n_tools; t++) {
+                sb_str(b, o->tools[t]);
+                sb_str(b, "\n\n");
+            }
+        }
+        if (r == ROLE_ASSISTANT && m[i].n_tool_calls > 0) { /* one call per turn in 3.1 */
+            sb_str(b, "{\"name\": \"");
+            sb_str(b, m[i].tool_calls[0].name);
+            sb_str(b, "\", \"parameters\": ");
+            sb_str(b, m[i].tool_calls[0].arguments);
+            sb_str(b, "}");
+        } else if (r == ROLE_TOOL) {
+            sb_str(b, m[i].content);
+        } else {
+            sb_strip(b, m[i].content, strlen(m[i].content));
+        }
         sb_str(b, "<|eot_id|>");
     }
     if (gen) sb_str(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -265,22 +351,41 @@ static void render_zephyr(sbuf *b, const chat_msg *m, int n, int gen) {
 }
 
 int chat_render(int style, const chat_msg *msgs, int n, int add_generation_prompt, char **out) {
+    const chat_opts o = {.add_generation_prompt = add_generation_prompt, .enable_thinking = -1};
+    return chat_render_opts(style, msgs, n, &o, out);
+}
+
+int chat_render_opts(int style, const chat_msg *msgs, int n, const chat_opts *o, char **out) {
     if (!out) return NI_EINVAL;
     *out = NULL;
+    if (!o) return NI_EINVAL;
+    const int add_generation_prompt = o->add_generation_prompt;
     /* n == 0: transformers' apply_chat_template refuses an empty conversation. */
     if (style < 0 || style >= CHAT_STYLE_COUNT || n <= 0 || !msgs) return NI_EINVAL;
     for (int i = 0; i < n; i++)
         if (!msgs[i].role || !msgs[i].content || role_id(msgs[i].role) == ROLE_UNKNOWN)
             return NI_EINVAL;
     if (style == CHAT_STYLE_LLAMA2 && llama2_check(msgs, n)) return NI_EINVAL;
+    int tools_used = o->n_tools > 0;
+    for (int i = 0; i < n; i++) {
+        if (msgs[i].n_tool_calls < 0 || (msgs[i].n_tool_calls > 0 && !msgs[i].tool_calls))
+            return NI_EINVAL;
+        for (int j = 0; j < msgs[i].n_tool_calls; j++)
+            if (!msgs[i].tool_calls[j].name || !msgs[i].tool_calls[j].arguments) return NI_EINVAL;
+        tools_used |= msgs[i].n_tool_calls > 0 || role_id(msgs[i].role) == ROLE_TOOL;
+    }
+    if (o->n_tools < 0 || (o->n_tools > 0 && !o->tools)) return NI_EINVAL;
+    for (int i = 0; i < o->n_tools; i++)
+        if (!o->tools[i]) return NI_EINVAL;
+    if (tools_used && (style == CHAT_STYLE_LLAMA2 || style == CHAT_STYLE_ZEPHYR)) return NI_EINVAL;
 
     sbuf b = {0};
     sb_add(&b, "", 0); /* an empty render (LLAMA2, system message only) is "", not NULL */
     switch (style) {
-    case CHAT_STYLE_CHATML: render_chatml(&b, msgs, n, add_generation_prompt, 0); break;
-    case CHAT_STYLE_CHATML_SMOLLM: render_chatml(&b, msgs, n, add_generation_prompt, 1); break;
-    case CHAT_STYLE_QWEN3: render_qwen3(&b, msgs, n, add_generation_prompt); break;
-    case CHAT_STYLE_LLAMA3: render_llama3(&b, msgs, n, add_generation_prompt); break;
+    case CHAT_STYLE_CHATML: render_chatml(&b, msgs, n, add_generation_prompt, 0, o); break;
+    case CHAT_STYLE_CHATML_SMOLLM: render_chatml(&b, msgs, n, add_generation_prompt, 1, o); break;
+    case CHAT_STYLE_QWEN3: render_qwen3(&b, msgs, n, add_generation_prompt, o); break;
+    case CHAT_STYLE_LLAMA3: render_llama3(&b, msgs, n, add_generation_prompt, o); break;
     case CHAT_STYLE_LLAMA2: render_llama2(&b, msgs, n); break;
     case CHAT_STYLE_ZEPHYR: render_zephyr(&b, msgs, n, add_generation_prompt); break;
     }

@@ -16,7 +16,8 @@
  *                  Hugging Face" comes first (SmolLM2-Instruct's template)
  *   QWEN3          ChatML without a default system; assistant turns after the last
  *                  user query get <think>..</think> blocks, earlier ones lose theirs
- *                  (Qwen3's template, no tools, enable_thinking left undefined)
+ *                  (Qwen3's template, no tools; enable_thinking false adds an empty
+ *                  <think></think> block to the generation prompt: chat_opts)
  *   LLAMA3         <|begin_of_text|> before the first message, then
  *                  <|start_header_id|>role<|end_header_id|>\n\ntrim(content)<|eot_id|>
  *                  [<|start_header_id|>assistant<|end_header_id|>\n\n]
@@ -27,8 +28,19 @@
  * "trim"/"strip" follow Python's str.strip(): every Unicode whitespace code
  * point (UTF-8 encoded) at either end is removed.
  *
- * Roles: only "system", "user" and "assistant" are accepted; any other role
- * (including "tool") is NI_EINVAL. An empty conversation is NI_EINVAL (as
+ * Tools (chat_opts.tools, tool_calls, role "tool"): QWEN3 as Qwen3's template
+ * (a "# Tools" system block listing the functions in <tools></tools>, calls as
+ * <tool_call>\n{"name": .., "arguments": ..}\n</tool_call>, tool results as
+ * <tool_response> blocks in a user turn); CHATML and CHATML_SMOLLM render
+ * them the same way (Hermes / Qwen2.5 convention; SmolLM2's own template has
+ * no tools, so its default system text leads the tools block); LLAMA3 as
+ * Llama 3.1's template with tools in the first user message ("Given the
+ * following functions ..."), calls as {"name": .., "parameters": ..} and
+ * results under the "ipython" role (without 3.1's date preamble). LLAMA2 and
+ * ZEPHYR refuse tools and tool messages (NI_EINVAL).
+ *
+ * Roles: only "system", "user", "assistant" and (see Tools) "tool" are
+ * accepted; any other role is NI_EINVAL. An empty conversation is NI_EINVAL (as
  * apply_chat_template refuses it), and so is every conversation the reference
  * template raises on (LLAMA2: roles not alternating user/assistant after an
  * optional leading system message); LLAMA2 also rejects a non-leading system
@@ -59,9 +71,17 @@ enum chat_style {
     CHAT_STYLE_COUNT = 6,
 };
 
+/* One tool call of an assistant message (OpenAI tool_calls[].function). */
+typedef struct chat_tool_call {
+    const char *name;
+    const char *arguments; /* JSON text, rendered as it is */
+} chat_tool_call;
+
 typedef struct chat_msg {
-    const char *role;    /* "system", "user" or "assistant" */
+    const char *role;    /* "system", "user", "assistant" or "tool" */
     const char *content; /* UTF-8, NUL-terminated; may be "" */
+    const chat_tool_call *tool_calls; /* assistant: n_tool_calls calls (NULL / 0: none) */
+    int n_tool_calls;
 } chat_msg;
 
 /* Detects the style of a Jinja chat template source. Returns a chat_style;
@@ -76,8 +96,25 @@ int chat_detect_strict(const char *template_src);
  * frees). add_generation_prompt != 0 appends the assistant header where the
  * style has one. Returns 0, NI_EINVAL (bad style, NULL argument, n < 1, unknown
  * role, or a conversation the template rejects; *out is then NULL) or
- * NI_ENOMEM. */
+ * NI_ENOMEM. Equals chat_render_opts with enable_thinking undefined. */
 int chat_render(int style, const chat_msg *msgs, int n, int add_generation_prompt, char **out);
+
+/* The template variables beyond the messages (HF apply_chat_template's
+ * add_generation_prompt and chat_template_kwargs). */
+typedef struct chat_opts {
+    int add_generation_prompt;
+    int enable_thinking; /* -1: undefined (the template's default), 0: false, 1: true.
+                          * Only QWEN3 reads it: false appends the empty think block
+                          * "<think>\n\n</think>\n\n" after the generation prompt, as
+                          * Qwen3's template does (true renders like undefined) */
+    const char *const *tools; /* n_tools function definitions, each the JSON text the
+                               * template's `tool | tojson` prints: for LLAMA3 indented by 4
+                               * (tojson(indent=4)), else json.dumps' default ", " / ": " */
+    int n_tools;
+} chat_opts;
+
+/* chat_render with the variables of o (non-NULL); same returns. */
+int chat_render_opts(int style, const chat_msg *msgs, int n, const chat_opts *o, char **out);
 
 /* The BOS token text the style writes itself ("<|begin_of_text|>", "<s>"), or
  * NULL when the style never writes BOS. */

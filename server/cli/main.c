@@ -226,8 +226,8 @@ static int gen_prompt_ids(const mdl_model *m, const gen_args *a, int32_t **ids) 
     if (a->chat) {
         chat_msg msgs[2];
         int n = 0;
-        if (a->system) msgs[n++] = (chat_msg){"system", a->system};
-        msgs[n++] = (chat_msg){"user", a->prompt};
+        if (a->system) msgs[n++] = (chat_msg){.role = "system", .content = a->system};
+        msgs[n++] = (chat_msg){.role = "user", .content = a->prompt};
         int style = chat_detect(m->chat_template);
         if ((rc = chat_render(style, msgs, n, 1, &text))) {
             fprintf(stderr, "error: chat template: %s\n", ni_strerror(rc));
