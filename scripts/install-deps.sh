@@ -4,7 +4,9 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libuv1-dev libjansson-dev libpcre2-dev
       libsentencepiece-dev libcmocka-dev libopenblas-dev curl unzip python3 python3-pip
-      python3-venv wrk jq)
+      python3-venv wrk jq chromium chromium-driver python3-selenium)
+# chromium + chromium-driver + python3-selenium: the browser test of the web
+# chat page (test/e2e_web.sh); Debian 12 packages Selenium 4.8 as python3-selenium.
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -92,7 +92,7 @@ section config
 check "serve --help exits 0" test $? -eq 0
 for k in --model --host --port --api-key --max-body --max-queue --max-num-seqs --max-batched-tokens \
   --prefill-chunk --kv-blocks --no-prefix-cache --threads --shutdown-timeout --log-level \
-  --max-tokens-default --device --config; do
+  --max-tokens-default --device --config --no-webui; do
   check "serve --help lists $k" grep -q -- "$k" "$TMP/help"
 done
 "$BIN" serve --config conf/nanoinfer.conf --model "$TINY" --check-config >/dev/null 2>&1

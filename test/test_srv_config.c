@@ -46,6 +46,7 @@ static void test_defaults(void **state) {
     assert_int_equal(c.kv_blocks, 0);
     assert_int_equal(c.block_size, 16);
     assert_int_equal(c.no_prefix_cache, 0);
+    assert_int_equal(c.no_webui, 0); /* the page is on by default */
     assert_int_equal(c.threads, 0);
     assert_float_equal(c.shutdown_timeout, 30, 0);
     assert_int_equal(c.log_level, SRV_LOG_INFO);
@@ -76,6 +77,10 @@ static void test_values(void **state) {
     assert_int_equal(c.no_prefix_cache, 1);
     assert_int_equal(srv_config_set(&c, "no-prefix-cache", "false", err, sizeof err), 0);
     assert_int_equal(c.no_prefix_cache, 0);
+    assert_int_equal(srv_config_set(&c, "no-webui", NULL, err, sizeof err), 0); /* --no-webui */
+    assert_int_equal(c.no_webui, 1);
+    assert_int_equal(srv_config_set(&c, "no_webui", "false", err, sizeof err), 0);
+    assert_int_equal(c.no_webui, 0);
     assert_int_equal(srv_config_set(&c, "log-level", "DEBUG", err, sizeof err), 0);
     assert_int_equal(c.log_level, SRV_LOG_DEBUG);
     assert_int_equal(srv_config_set(&c, "chat-template", "llama3", err, sizeof err), 0);

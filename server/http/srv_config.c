@@ -45,6 +45,8 @@ static const key_def g_keys[] = {
     {"api-key", T_STR, F(api_key), S(api_key), 0, 0, NULL, "KEY",
      "require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize\n"
      "(default: $NANOINFER_API_KEY, else no authentication)"},
+    {"no-webui", T_BOOL, F(no_webui), 0, 0, 0, NULL, NULL,
+     "do not serve the web chat page at / (GET / is then 404; the API is unaffected)"},
     {"max-body", T_BYTES, F(max_body), 0, 1024, 1 << 30, "1MiB", "BYTES",
      "largest request body; larger ones get 413"},
     {"max-queue", T_INT, F(max_queue), 0, 0, 1000000, "256", "N",
@@ -404,8 +406,9 @@ void srv_config_usage(FILE *f) {
     fprintf(f, "usage: nanoinfer serve --model PATH [options]\n"
                "       nanoinfer serve --config FILE [options]   (flags override the file)\n\n"
                "OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models,\n"
-               "/tokenize, /detokenize, /health, /metrics. Every option is also a config-file key\n"
-               "(`key = value`, see conf/nanoinfer.conf).\n\n"
+               "/tokenize, /detokenize, /health, /metrics, and a web chat page at / (--no-webui\n"
+               "turns it off). Every option is also a config-file key (`key = value`, see\n"
+               "conf/nanoinfer.conf).\n\n"
                "options:\n"
                "  --config FILE             read options from FILE first\n"
                "  --check-config            validate the configuration and exit\n");
@@ -436,12 +439,12 @@ void srv_config_log(const srv_config *c) {
             "max-num-seqs=%d max-batched-tokens=%d prefill-chunk=%d kv-blocks=%d block-size=%d "
             "max-model-len=%d prefix-cache=%s threads=%d shutdown-timeout=%gs log-level=%s "
             "max-tokens-default=%d max-stream-buffer=%lld max-connections=%d idle-timeout=%gs "
-            "health-timeout=%gs chat-template=%s device=%s",
+            "health-timeout=%gs chat-template=%s device=%s webui=%s",
             c->model, c->host, c->port,
             c->api_key[0] ? (c->api_key_from_env ? "(set, from env)" : "(set)") : "(none)",
             c->max_body, c->max_queue, c->max_num_seqs, c->max_batched_tokens, c->prefill_chunk,
             c->kv_blocks, c->block_size, c->max_model_len, c->no_prefix_cache ? "off" : "on",
             c->threads, c->shutdown_timeout, srv_log_level_name(c->log_level),
             c->max_tokens_default, c->max_stream_buffer, c->max_connections, c->idle_timeout,
-            c->health_timeout, c->chat_template, c->backend);
+            c->health_timeout, c->chat_template, c->backend, c->no_webui ? "off" : "on");
 }

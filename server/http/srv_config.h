@@ -36,6 +36,7 @@ typedef struct srv_config {
     int block_size;
     int max_model_len; /* 0 = the model's context */
     int no_prefix_cache;
+    int no_webui;            /* 1 = no web chat page at / (srv_web.h) */
     int threads;             /* 0 = all cores */
     double shutdown_timeout; /* seconds */
     int log_level;           /* enum srv_log_level */

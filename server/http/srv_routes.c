@@ -4,6 +4,9 @@
  * access and completed callbacks, routing, auth, the checks that need no
  * body, the handlers, responses and SSE streaming.
  *
+ * Routes: the API (route_of), plus the web chat page's files (R_WEB, GET/HEAD,
+ * no auth; srv_web.c builds those responses) unless --no-webui.
+ *
  * MHD calls the access handler once with the headers (early_checks answer
  * everything that needs no body: 503 while draining, 404, 405, 401, 413 by
  * Content-Length), then with each piece of the body (buffered up to
@@ -47,6 +50,7 @@
 #include "srv_log.h"
 #include "srv_metrics.h"
 #include "srv_util.h"
+#include "srv_web.h"
 
 #define DISCARD_FACTOR 16 /* oversized chunked uploads: read at most this x max-body */
 
@@ -59,7 +63,8 @@ enum route {
     R_COMPLETIONS,
     R_CHAT,
     R_TOKENIZE,
-    R_DETOKENIZE
+    R_DETOKENIZE,
+    R_WEB /* the web chat page (srv_web.c); off with --no-webui */
 };
 
 /* ================= streaming and final bodies ================= */
@@ -177,7 +182,7 @@ static void respond_raw(srv_conn *c, int status, char *body, size_t len, const c
     add_common_headers(c, r);
     if (status == 405) {
         const char *allow = c->route == R_HEALTH || c->route == R_METRICS || c->route == R_MODELS ||
-                                    c->route == R_MODEL
+                                    c->route == R_MODEL || c->route == R_WEB
                                 ? "GET, HEAD"
                                 : "POST";
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
@@ -205,6 +210,24 @@ static void respond_json(srv_conn *c, int status, json_t *obj) {
         if (!txt) return;
     }
     respond_raw(c, status, txt, strlen(txt), "application/json");
+}
+
+/* A page file: srv_web.c builds the response (headers, 304 on If-None-Match). */
+static void respond_web(srv_conn *c) {
+    const char *inm =
+        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    int status = 0;
+    struct MHD_Response *r = srv_web_response(srv_web_find(c->path), inm, &status);
+    if (!r) {
+        respond_json(c, 500, NULL); /* NULL: the out-of-memory body */
+        return;
+    }
+    add_common_headers(c, r);
+    if (MHD_queue_response(c->mc, (unsigned)status, r) == MHD_YES) {
+        c->status = status;
+        srv_metrics_response(&c->s->metrics, status);
+    }
+    MHD_destroy_response(r);
 }
 
 static void respond_error(srv_conn *c, const srv_api_error *e) {
@@ -423,6 +446,7 @@ static void dispatch(srv_server *s, srv_conn *c) {
         return;
     }
     switch (c->route) {
+    case R_WEB: respond_web(c); return;
     case R_HEALTH: handle_health(s, c); return;
     case R_METRICS: handle_metrics(s, c); return;
     case R_MODELS: {
@@ -488,9 +512,10 @@ static int route_of(const char *path) {
 }
 
 static int route_is_get(int r) {
-    return r == R_HEALTH || r == R_METRICS || r == R_MODELS || r == R_MODEL;
+    return r == R_HEALTH || r == R_METRICS || r == R_MODELS || r == R_MODEL || r == R_WEB;
 }
-static int route_needs_auth(int r) { return r != R_HEALTH && r != R_METRICS; }
+/* The page's static files are public (like llama-server's); the API calls it makes are not. */
+static int route_needs_auth(int r) { return r != R_HEALTH && r != R_METRICS && r != R_WEB; }
 
 static int auth_ok(srv_server *s, srv_conn *c) {
     if (!s->cfg.api_key[0]) return 1;
@@ -580,6 +605,7 @@ static srv_conn *conn_new(srv_server *s, struct MHD_Connection *mc, const char *
     snprintf(c->path, sizeof c->path, "%s", url);
     c->route = route_of(url);
     if (strlen(url) >= sizeof c->path) c->route = R_NONE;
+    if (c->route == R_NONE && !s->cfg.no_webui && srv_web_find(url)) c->route = R_WEB;
     c->body.limit = (size_t)s->cfg.max_body;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
