@@ -23,7 +23,8 @@
  *   att_splits    0: automatic attention split-K, >= 1 forced;
  *   profile       1: per-phase device-time table on stderr at free (eager).
  * The backend also implements eng_backend.sample (cu_sample.cu): sampling
- * on the device from logits a forward(logits = NULL) left there.
+ * on the device from logits a forward(logits = NULL) left there, grammar
+ * masks (eng_sample_row.allow) included (sample_masks = 1).
  *
  * Op-level entry points that take host pointers (for tests and tools) are in
  * cuda/cu_ops.h.

@@ -398,13 +398,9 @@ static int cu_forward(void *vctx, const eng_batch *b, float *logits) {
     return forward_general(x, b, logits);
 }
 
-/* eng_backend.sample: packs the jobs (groups when they exceed the staging
+/* The groups of one sample call: packs the jobs (groups when they exceed the staging
  * buffers), one launch and one copy back per group. */
-static int cu_sample(void *vctx, const eng_sample_row *rows, int n_rows, smp_result *out) {
-    cu_ctx *x = (cu_ctx *)vctx;
-    if (!x || n_rows < 0 || (n_rows > 0 && (!rows || !out))) return NI_EINVAL;
-    if (n_rows == 0) return 0;
-    CU_CHECK(cudaSetDevice(x->dev));
+static int sample_groups(cu_ctx *x, const eng_sample_row *rows, int n_rows, smp_result *out) {
     const int V = x->c.vocab_size;
     for (int done = 0; done < n_rows;) {
         int np = 0;
@@ -428,6 +424,32 @@ static int cu_sample(void *vctx, const eng_sample_row *rows, int n_rows, smp_res
         for (int i = 0; i < np; i++) cu_sample_result(&out[done + i], &x->smp_out_h[i]);
         done += np;
     }
+    return 0;
+}
+
+/* Uploads the nm packed mask slots (one copy) and masks their logits rows in place. */
+static int enqueue_masks(cu_ctx *x, int nm) {
+    const int V = x->c.vocab_size;
+    CU_CHECK(cudaMemcpyAsync(x->smp_mask_d, x->smp_mask_h, (size_t)nm * CU_SMP_MASK_STRIDE(V) * 4,
+                             cudaMemcpyHostToDevice, x->st));
+    return cu_launch_mask(x->st, x->logits_d, V, x->smp_mask_d, nm);
+}
+
+/* eng_backend.sample: the grammar masks of the call first (one slot per masked sequence,
+ * applied to the logits rows in place before any group), then the groups. */
+static int cu_sample(void *vctx, const eng_sample_row *rows, int n_rows, smp_result *out) {
+    cu_ctx *x = (cu_ctx *)vctx;
+    if (!x || n_rows < 0 || (n_rows > 0 && (!rows || !out))) return NI_EINVAL;
+    if (n_rows == 0) return 0;
+    CU_CHECK(cudaSetDevice(x->dev));
+    int nm = 0;
+    CU_TRY(cu_sample_pack_masks(rows, n_rows, x->c.vocab_size, x->row_of_seq, x->last_n_seqs,
+                                x->smp_consumers, x->smp_mask_h, x->smp_cap, &nm));
+    int rc = nm ? enqueue_masks(x, nm) : 0;
+    if (!rc) rc = sample_groups(x, rows, n_rows, out);
+    if (rc && nm) /* the mask copy may still read smp_mask_h: done before the next call packs */
+        (void)cudaStreamSynchronize(x->st);
+    if (rc) return rc;
     x->stats.sample_calls++;
     return 0;
 }
@@ -459,6 +481,7 @@ static constexpr eng_backend cu_vtable() {
     b.free = cu_backend_free;
     b.kv_blocks_for_memory = cu_backend_kv_blocks;
     b.sample = cu_sample;
+    b.sample_masks = 1;
     return b;
 }
 

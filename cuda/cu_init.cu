@@ -20,12 +20,14 @@
  *            in T (the CPU backend's layout), zeroed at init.
  *   work     one cudaMalloc: activations sized by max_batch_tokens (T) and
  *            max_seqs (S), the split-K attention workspace, the cuBLAS
- *            workspace, the batch metadata, the sampler's buffers and, with
- *            int8, the dequantization scratch.
+ *            workspace, the batch metadata, the sampler's buffers (jobs,
+ *            sparse entries, results, scratch rows, grammar mask slots
+ *            [max_seqs][1 + vocab/32]) and, with int8, the dequantization
+ *            scratch.
  *   host     pinned: batch metadata (tokens, positions, cache slots,
  *            attention items, logits rows, block tables; packed per call and
  *            sent with one copy), the logits of the rows that want them and
- *            the sampler's jobs and results.
+ *            the sampler's jobs, grammar masks and results.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +84,7 @@ void cu_backend_free(void *vctx) {
     cudaFreeHost(x->smp_rows_h);
     cudaFreeHost(x->smp_ents_h);
     cudaFreeHost(x->smp_out_h);
+    cudaFreeHost(x->smp_mask_h);
     cudaGetLastError(); /* freeing is best effort; clear any error for the next user */
     free(x->lm_seq);
     free(x->row_of_seq);
@@ -176,6 +179,8 @@ static void layout_work(cu_ctx *x, bump *b) {
     x->smp_rows_d = (cu_smp_row *)take(b, (size_t)x->smp_cap * sizeof(cu_smp_row));
     x->smp_ents_d = (cu_smp_ent *)take(b, x->smp_ent_cap * sizeof(cu_smp_ent));
     x->smp_out_d = (cu_smp_out *)take(b, (size_t)x->smp_cap * sizeof(cu_smp_out));
+    x->smp_mask_d =
+        (uint32_t *)take(b, (size_t)x->smp_cap * CU_SMP_MASK_STRIDE(c->vocab_size) * 4);
     x->smp_scratch = (float *)take(b, (size_t)CU_SMP_SCRATCH * c->vocab_size * 4);
 }
 
@@ -327,6 +332,9 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
     CU_CHECK(cudaHostAlloc((void **)&x->smp_ents_h, x->smp_ent_cap * sizeof(cu_smp_ent),
                            cudaHostAllocDefault));
     CU_CHECK(cudaHostAlloc((void **)&x->smp_out_h, (size_t)x->smp_cap * sizeof(cu_smp_out),
+                           cudaHostAllocDefault));
+    CU_CHECK(cudaHostAlloc((void **)&x->smp_mask_h,
+                           (size_t)x->smp_cap * CU_SMP_MASK_STRIDE(c->vocab_size) * 4,
                            cudaHostAllocDefault));
     x->lm_seq = (int32_t *)malloc((size_t)x->max_seqs * sizeof(int32_t));
     x->row_of_seq = (int32_t *)malloc((size_t)x->max_seqs * sizeof(int32_t));

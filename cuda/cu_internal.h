@@ -334,6 +334,26 @@ int cu_sample_pack(const eng_sample_row *rows, int n_rows, int vocab, const int3
 /* out[i] from the device result d[i]. */
 void cu_sample_result(smp_result *out, const cu_smp_out *d);
 
+/* Grammar masks (eng_sample_row.allow) travel as slots of CU_SMP_MASK_STRIDE(vocab) uint32:
+ * word 0 the logits row to mask, then the (vocab + 31) / 32 words of the mask. */
+#define CU_SMP_MASK_STRIDE(vocab) (1 + ((size_t)(vocab) + 31) / 32)
+
+/* Sets logits[row][t] = -inf for every t < vocab that slot's mask does not allow, for each of
+ * the n_slots slots (device, [n_slots][CU_SMP_MASK_STRIDE(vocab)]; distinct rows). Enqueued
+ * before cu_launch_sample, so every step of the pipeline (raw logprobs included) sees the
+ * masked row, as gr_apply_mask before smp_sample on the host. */
+int cu_launch_mask(cudaStream_t st, float *logits, int vocab, const uint32_t *slots, int n_slots);
+
+/* Host packing of the masks of rows[0..n_rows) for cu_launch_mask: one slot per distinct
+ * sequence with a mask (the mask of its first row that has one; rows of one sequence carry
+ * the same mask), logits row row_of_seq[seq], into mh[0..cap) slots; seen [n_seqs] is
+ * workspace. Validates every row's seq like cu_sample_pack. *n_slots = slots written (0
+ * when no row has a mask). Returns 0, NI_EINVAL (a row's seq has no logits) or NI_ERANGE
+ * (more masked sequences than cap). */
+int cu_sample_pack_masks(const eng_sample_row *rows, int n_rows, int vocab,
+                         const int32_t *row_of_seq, int n_seqs, int *seen, uint32_t *mh, int cap,
+                         int *n_slots);
+
 /* ---- rope tables (cu_rope.cu, host) ------------------------------------------ */
 
 /* Host cos/sin tables [max_pos][hd/2] exactly as cpu_rope_init computes them
@@ -428,6 +448,7 @@ typedef struct cu_ctx {
     cu_smp_row *smp_rows_d;     /* [smp_cap] sampler jobs */
     cu_smp_ent *smp_ents_d;     /* [smp_ent_cap] logit_bias / penalty entries */
     cu_smp_out *smp_out_d;      /* [smp_cap] sampler results */
+    uint32_t *smp_mask_d;       /* [smp_cap][CU_SMP_MASK_STRIDE(vocab)] grammar mask slots */
     float *smp_scratch;         /* [CU_SMP_SCRATCH][vocab] rows modified out of place */
 
     /* pinned host */
@@ -436,6 +457,7 @@ typedef struct cu_ctx {
     cu_smp_row *smp_rows_h;     /* [smp_cap] */
     cu_smp_ent *smp_ents_h;     /* [smp_ent_cap] */
     cu_smp_out *smp_out_h;      /* [smp_cap] */
+    uint32_t *smp_mask_h;       /* [smp_cap][CU_SMP_MASK_STRIDE(vocab)] */
     int smp_cap;                /* max_seqs: sampler rows per launch */
     size_t smp_ent_cap;         /* vocab + 65536 */
 

@@ -307,9 +307,11 @@ extern "C" int cu_op_sample(const float *logits, int n_src, int vocab, const eng
     cu_smp_row *rh = (cu_smp_row *)malloc((size_t)n_rows * sizeof(cu_smp_row));
     cu_smp_ent *eh = (cu_smp_ent *)malloc(ent_cap * sizeof(cu_smp_ent));
     cu_smp_out *oh = (cu_smp_out *)malloc((size_t)n_rows * sizeof(cu_smp_out));
-    int rc = row_of && cons && rh && eh && oh ? 0 : NI_ENOMEM;
+    const size_t mstride = CU_SMP_MASK_STRIDE(vocab);
+    uint32_t *mh = (uint32_t *)malloc((size_t)n_src * mstride * sizeof(uint32_t));
+    int rc = row_of && cons && rh && eh && oh && mh ? 0 : NI_ENOMEM;
     for (int s = 0; !rc && s < n_src; s++) row_of[s] = s;
-    dbuf dl, drows, dents, dout, dscr, dprobs;
+    dbuf dl, drows, dents, dout, dscr, dprobs, dmask;
     const int n_scr = n_rows < 64 ? n_rows : 64;
     /* a copy of the logits: rows modified in place must not touch the caller's */
     if (!rc) rc = put_f32(dl, logits, (size_t)n_src * vocab);
@@ -318,6 +320,16 @@ extern "C" int cu_op_sample(const float *logits, int n_src, int vocab, const eng
     if (!rc) rc = dout.alloc((size_t)n_rows * sizeof(cu_smp_out));
     if (!rc) rc = dscr.alloc((size_t)n_scr * vocab * 4);
     if (!rc && probs) rc = dprobs.alloc((size_t)n_rows * vocab * 4);
+    /* grammar masks: the copy's rows masked in place first, as eng_backend_cuda.sample */
+    int nm = 0;
+    if (!rc) rc = cu_sample_pack_masks(rows, n_rows, vocab, row_of, n_src, cons, mh, n_src, &nm);
+    if (!rc && nm) {
+        rc = dmask.alloc((size_t)nm * mstride * sizeof(uint32_t));
+        if (!rc && cudaMemcpy(dmask.p, mh, (size_t)nm * mstride * sizeof(uint32_t),
+                              cudaMemcpyHostToDevice) != cudaSuccess)
+            rc = NI_EIO;
+        if (!rc) rc = cu_launch_mask(0, dl.as<float>(), vocab, dmask.as<uint32_t>(), nm);
+    }
     for (int done = 0; !rc && done < n_rows;) {
         int np = 0;
         size_t ne = 0;
@@ -355,6 +367,7 @@ extern "C" int cu_op_sample(const float *logits, int n_src, int vocab, const eng
     free(rh);
     free(eh);
     free(oh);
+    free(mh);
     return rc;
 }
 

@@ -83,10 +83,12 @@ int cu_op_matmul_q8(float *y /* [n][out] */, const float *x /* [n][in] */,
                     int in, int out, int accumulate, int deq_rows, int dtype);
 
 /* The device sampler (cu_launch_sample) on host logits [n_src][vocab]: row
- * i samples logits row rows[i].seq (< n_src) like eng_backend_cuda.sample.
+ * i samples logits row rows[i].seq (< n_src) like eng_backend_cuda.sample,
+ * grammar masks (rows[i].allow, cu_launch_mask first) included.
  * probs (optional) gets each row's distribution [n_rows][vocab] (the
  * survivors' normalized weights; one-hot for greedy), the twin of
- * smp_distribution. Logits rows are not modified. Twin: smp_sample. */
+ * smp_distribution. Logits rows are not modified (the device copy is).
+ * Twin: gr_apply_mask where allow != NULL, then smp_sample. */
 int cu_op_sample(const float *logits, int n_src, int vocab, const eng_sample_row *rows,
                  int n_rows, smp_result *out, float *probs /* [n_rows][vocab] or NULL */);
 

@@ -4,7 +4,16 @@
  * and the semantics of engine/backend/sampler.c (its CPU twin; see sampler.h for the
  * pipeline and the vLLM references).
  *
- * One block of SMP_THREADS threads per row. Per row, in order:
+ * 0. Grammar masks (eng_sample_row.allow), a launch of their own before the
+ *    sampler: k_mask sets every disallowed logit of a masked row to -inf in
+ *    place (cu_sample_pack_masks packs one slot per masked sequence: the
+ *    logits row, then its (vocab + 31) / 32 mask words), exactly what
+ *    gr_apply_mask does before smp_sample on the host, so every step below
+ *    (raw logprobs included) sees the masked row. Siblings (rows naming one
+ *    sequence) share its mask; a row whose allowed tokens are all -inf gets
+ *    token -1 from step 3, as the CPU's no-finite-logit case.
+ *
+ * k_sample: one block of SMP_THREADS threads per row. Per row, in order:
  *   1. raw logprobs (p.logprobs >= 0): max, log-sum-exp (float exp, double
  *      sums) and the top-N raw logits (N <= 20; a radix select finds the
  *      N-th largest, ties broken by lower id through an id-order scan);
@@ -665,6 +674,31 @@ __global__ void __launch_bounds__(SMP_THREADS) k_sample(cu_sample_args a) {
     }
 }
 
+/* Step 0, the grammar masks (its own launch, before k_sample): blockIdx.y walks the slots,
+ * one thread per token; the 32 threads of a warp read one mask word (a broadcast) and write
+ * -inf over the disallowed tokens of their 32. */
+__global__ void __launch_bounds__(256) k_mask(float *logits, int V, const uint32_t *slots,
+                                             int n_slots) {
+    const size_t stride = CU_SMP_MASK_STRIDE(V);
+    for (int j = blockIdx.y; j < n_slots; j += gridDim.y) {
+        const uint32_t *sl = slots + (size_t)j * stride;
+        float *row = logits + (size_t)sl[0] * V;
+        for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < V; t += gridDim.x * blockDim.x)
+            if (!((sl[1 + (t >> 5)] >> (t & 31)) & 1u)) row[t] = -INFINITY;
+    }
+}
+
+int cu_launch_mask(cudaStream_t st, float *logits, int vocab, const uint32_t *slots,
+                   int n_slots) {
+    if (n_slots <= 0) return 0;
+    if (vocab <= 0 || !logits || !slots) return NI_EINVAL;
+    const int bx = (vocab + 255) / 256;
+    const dim3 grid(bx < 1024 ? bx : 1024, n_slots < 65535 ? n_slots : 65535);
+    k_mask<<<grid, 256, 0, st>>>(logits, vocab, slots, n_slots);
+    CU_LAUNCH_CHECK(st);
+    return 0;
+}
+
 int cu_launch_sample(cudaStream_t st, const cu_sample_args *a) {
     if (a->n_rows <= 0) return 0;
     if (a->vocab <= 0 || !a->logits || !a->rows || !a->out) return NI_EINVAL;
@@ -743,6 +777,27 @@ int cu_sample_pack(const eng_sample_row *rows, int n_rows, int vocab, const int3
     }
     *n_packed = k;
     *n_ents = ne;
+    return 0;
+}
+
+int cu_sample_pack_masks(const eng_sample_row *rows, int n_rows, int vocab,
+                         const int32_t *row_of_seq, int n_seqs, int *seen, uint32_t *mh, int cap,
+                         int *n_slots) {
+    *n_slots = 0;
+    for (int s = 0; s < n_seqs; s++) seen[s] = 0;
+    const size_t stride = CU_SMP_MASK_STRIDE(vocab), words = stride - 1;
+    int n = 0;
+    for (int r = 0; r < n_rows; r++) {
+        const int s = rows[r].seq;
+        if (s < 0 || s >= n_seqs || row_of_seq[s] < 0) return NI_EINVAL;
+        if (!rows[r].allow || seen[s]) continue;
+        if (n == cap) return NI_ERANGE;
+        seen[s] = 1;
+        uint32_t *sl = mh + (size_t)n++ * stride;
+        sl[0] = (uint32_t)row_of_seq[s];
+        memcpy(sl + 1, rows[r].allow, words * sizeof(uint32_t));
+    }
+    *n_slots = n;
     return 0;
 }
 

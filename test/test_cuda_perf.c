@@ -107,7 +107,7 @@ static void run_mode(const mdl_model *m, int S, int steps, char mode, run_out *o
     for (int i = 0; i < S; i++) {
         ss[i] = i;
         want[i] = 1;
-        rows[i] = (eng_sample_row){i, &gp, 0.5, NULL, 0};
+        rows[i] = (eng_sample_row){i, &gp, 0.5, NULL, 0, NULL};
     }
     ss[S] = S;
     double t0 = 0;
