@@ -141,7 +141,7 @@ static const char *find_last(const char *s, size_t n, const char *needle) {
     return NULL;
 }
 
-static void render_qwen3(sbuf *b, const chat_msg *m, int n, int gen) {
+static void render_qwen3(sbuf *b, const chat_msg *m, int n, int gen, int enable_thinking) {
     if (role_id(m[0].role) == ROLE_SYSTEM) {
         sb_str(b, "<|im_start|>system\n");
         sb_str(b, m[0].content);
@@ -203,6 +203,7 @@ static void render_qwen3(sbuf *b, const chat_msg *m, int n, int gen) {
         }
     }
     if (gen) sb_str(b, "<|im_start|>assistant\n");
+    if (gen && enable_thinking == 0) sb_str(b, "<think>\n\n</think>\n\n");
 }
 
 static void render_llama3(sbuf *b, const chat_msg *m, int n, int gen) {
@@ -265,8 +266,15 @@ static void render_zephyr(sbuf *b, const chat_msg *m, int n, int gen) {
 }
 
 int chat_render(int style, const chat_msg *msgs, int n, int add_generation_prompt, char **out) {
+    const chat_opts o = {.add_generation_prompt = add_generation_prompt, .enable_thinking = -1};
+    return chat_render_opts(style, msgs, n, &o, out);
+}
+
+int chat_render_opts(int style, const chat_msg *msgs, int n, const chat_opts *o, char **out) {
     if (!out) return NI_EINVAL;
     *out = NULL;
+    if (!o) return NI_EINVAL;
+    const int add_generation_prompt = o->add_generation_prompt;
     /* n == 0: transformers' apply_chat_template refuses an empty conversation. */
     if (style < 0 || style >= CHAT_STYLE_COUNT || n <= 0 || !msgs) return NI_EINVAL;
     for (int i = 0; i < n; i++)
@@ -279,7 +287,9 @@ int chat_render(int style, const chat_msg *msgs, int n, int add_generation_promp
     switch (style) {
     case CHAT_STYLE_CHATML: render_chatml(&b, msgs, n, add_generation_prompt, 0); break;
     case CHAT_STYLE_CHATML_SMOLLM: render_chatml(&b, msgs, n, add_generation_prompt, 1); break;
-    case CHAT_STYLE_QWEN3: render_qwen3(&b, msgs, n, add_generation_prompt); break;
+    case CHAT_STYLE_QWEN3:
+        render_qwen3(&b, msgs, n, add_generation_prompt, o->enable_thinking);
+        break;
     case CHAT_STYLE_LLAMA3: render_llama3(&b, msgs, n, add_generation_prompt); break;
     case CHAT_STYLE_LLAMA2: render_llama2(&b, msgs, n); break;
     case CHAT_STYLE_ZEPHYR: render_zephyr(&b, msgs, n, add_generation_prompt); break;

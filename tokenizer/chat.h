@@ -16,7 +16,8 @@
  *                  Hugging Face" comes first (SmolLM2-Instruct's template)
  *   QWEN3          ChatML without a default system; assistant turns after the last
  *                  user query get <think>..</think> blocks, earlier ones lose theirs
- *                  (Qwen3's template, no tools, enable_thinking left undefined)
+ *                  (Qwen3's template, no tools; enable_thinking false adds an empty
+ *                  <think></think> block to the generation prompt: chat_opts)
  *   LLAMA3         <|begin_of_text|> before the first message, then
  *                  <|start_header_id|>role<|end_header_id|>\n\ntrim(content)<|eot_id|>
  *                  [<|start_header_id|>assistant<|end_header_id|>\n\n]
@@ -76,8 +77,21 @@ int chat_detect_strict(const char *template_src);
  * frees). add_generation_prompt != 0 appends the assistant header where the
  * style has one. Returns 0, NI_EINVAL (bad style, NULL argument, n < 1, unknown
  * role, or a conversation the template rejects; *out is then NULL) or
- * NI_ENOMEM. */
+ * NI_ENOMEM. Equals chat_render_opts with enable_thinking undefined. */
 int chat_render(int style, const chat_msg *msgs, int n, int add_generation_prompt, char **out);
+
+/* The template variables beyond the messages (HF apply_chat_template's
+ * add_generation_prompt and chat_template_kwargs). */
+typedef struct chat_opts {
+    int add_generation_prompt;
+    int enable_thinking; /* -1: undefined (the template's default), 0: false, 1: true.
+                          * Only QWEN3 reads it: false appends the empty think block
+                          * "<think>\n\n</think>\n\n" after the generation prompt, as
+                          * Qwen3's template does (true renders like undefined) */
+} chat_opts;
+
+/* chat_render with the variables of o (non-NULL); same returns. */
+int chat_render_opts(int style, const chat_msg *msgs, int n, const chat_opts *o, char **out);
 
 /* The BOS token text the style writes itself ("<|begin_of_text|>", "<s>"), or
  * NULL when the style never writes BOS. */
