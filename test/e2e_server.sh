@@ -9,6 +9,12 @@
 #   api        tiny model: every endpoint, SSE framing (test/py/check_sse.py),
 #              usage, prefix caching, and a corpus of malformed requests -> 4xx
 #              with the right param (400/401/404/405/413), never a 5xx
+#   reasoning  tiny Qwen3: chat_template_kwargs.enable_thinking in the prompt,
+#              the qwen3 / deepseek_r1 parsers' message and delta shapes,
+#              reasoning_format none (the splitting itself: test_srv_reasoning.c)
+#   sampling defaults  a model whose generation_config.json says greedy: requests
+#              without temperature are greedy, a request's temperature and serve
+#              --temperature win; the start-up line names each source
 #   model      SmolLM2 (the real chat template), `nanoinfer chat` multi-turn,
 #              queue full -> 429
 #   disconnect 50 streaming + 5 non-streaming clients killed mid-generation ->
@@ -231,6 +237,12 @@ curl -sN "${AUTH[@]}" "$BASE/v1/chat/completions" -o "$TMP/sse4" \
   -d '{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_completion_tokens":6,"stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2}'
 check "chat SSE framing + usage" python3 test/py/check_sse.py "$TMP/sse4" --usage --chat
 check "chat SSE role first" bash -c "head -1 $TMP/sse4 | cut -c7- | jq -e '.choices[0].delta.role == \"assistant\"'"
+curl -sN "${AUTH[@]}" "$BASE/v1/chat/completions" -o "$TMP/sse5" \
+  -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"n":3,"stream":true,"ignore_eos":true}'
+check "chat SSE n=3: each choice opens with its role" python3 test/py/check_sse.py "$TMP/sse5" --chat --n 3
+curl -sN "${AUTH[@]}" "$BASE/v1/completions" -o "$TMP/sse6" \
+  -d '{"prompt":"echo me","max_tokens":3,"echo":true,"stream":true,"ignore_eos":true}'
+check "completion SSE echo: the prompt opens the stream" bash -c "head -1 $TMP/sse6 | cut -c7- | jq -e '.choices[0].text == \"echo me\"'"
 
 # prefix caching: the same long prompt twice
 LONG=$(printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 1 12))
@@ -250,6 +262,15 @@ check "metrics: prefix hits counted" test "$(awk '$1=="nanoinfer_prefix_cache_hi
 check "metrics: TTFT observed" test "$(awk '$1=="nanoinfer_time_to_first_token_seconds_count"{print $2}' "$TMP/metrics")" -ge 5
 check "metrics: kv blocks idle" test "$(awk '$1=="nanoinfer_kv_blocks_used"{print $2}' "$TMP/metrics")" = 0
 check "metrics text format" bash -c "curl -s -D - -o /dev/null $BASE/metrics | grep -qi '^content-type: text/plain; version=0.0.4'"
+# the same data under vLLM's names (docs/metrics.md), labelled with the served model name
+out=$(python3 test/py/check_metrics.py "$TMP/metrics" tiny 2>&1); rc=$?
+check "metrics: the vllm: series agree with the nanoinfer_ ones ($out)" test $rc -eq 0
+for m in vllm:num_requests_running vllm:num_requests_waiting vllm:kv_cache_usage_perc vllm:prompt_tokens_total \
+  vllm:generation_tokens_total vllm:time_to_first_token_seconds_count vllm:e2e_request_latency_seconds_count \
+  vllm:inter_token_latency_seconds_count vllm:time_per_output_token_seconds_count vllm:num_preemptions_total \
+  vllm:request_success_total; do
+  check "metric $m{model_name=\"tiny\"}" grep -q "^$m{model_name=\"tiny\"" "$TMP/metrics"
+done
 
 # malformed requests: METHOD|PATH|BODY|STATUS|PARAM ('-' = null param, '*' = not checked)
 HUGE=$TMP/huge.json
@@ -380,6 +401,78 @@ check "slow reader's blocks freed" test "$(metric nanoinfer_kv_blocks_used)" = 0
 kill "$SRV_PID"
 
 # ======================================================================
+section "sampling defaults"
+# the model recommends greedy (generation_config.json do_sample false): a request
+# without temperature is greedy, one with a temperature samples; a serve option beats the model
+mkdir -p "$TMP/greedy-model"
+for f in "$TINY"/*; do ln -s "$PWD/$f" "$TMP/greedy-model/"; done
+printf '{"do_sample": false, "temperature": 0.9, "top_k": 20}\n' >"$TMP/greedy-model/generation_config.json"
+start_server greedy --model "$TMP/greedy-model" --top-k 0 || exit 1
+check "start-up line: temperature from the model" grep -q 'sampling defaults: temperature=0 (model) top_k=0 (option) top_p=1 (built-in)' "$TMP/greedy.log"
+check "start-up line: names generation_config.json" grep -q 'sampling defaults: .*model: generation_config.json' "$TMP/greedy.log"
+G='{"prompt":"hello world","max_tokens":16,"ignore_eos":true'
+gen_text() { curl -s "$BASE/v1/completions" -d "$G$1}" | jq -r '.choices[0].text'; }
+A=$(gen_text '')
+check "model greedy: a request without temperature == temperature 0 ($A)" test "$A" = "$(gen_text ',"temperature":0')"
+check "model greedy: repeatable" test "$A" = "$(gen_text ',"seed":123')"
+diff=0
+for seed in 1 2 3; do [ "$(gen_text ",\"temperature\":1,\"seed\":$seed")" != "$A" ] && diff=1; done
+check "a request's temperature 1 overrides the model's greedy" test $diff = 1
+kill "$SRV_PID"
+start_server greedy_opt --model "$TMP/greedy-model" --temperature 1 || exit 1
+check "start-up line: serve --temperature beats the model" grep -q 'sampling defaults: temperature=1 (option)' "$TMP/greedy_opt.log"
+same=1 diff=0
+for seed in 1 2 3; do
+  X=$(gen_text ",\"seed\":$seed")
+  [ "$X" = "$(gen_text ",\"seed\":$seed,\"temperature\":1")" ] || same=0
+  [ "$X" != "$(gen_text ',"temperature":0')" ] && diff=1
+done
+check "serve --temperature 1: a request without temperature == temperature 1 (same seeds)" test $same = 1
+check "serve --temperature 1: no longer greedy" test $diff = 1
+kill "$SRV_PID"
+
+# ======================================================================
+section "reasoning (tiny qwen3)"
+# The tiny model's random output never writes <think>: the parser itself is
+# test/test_srv_reasoning.c; here the template's enable_thinking and the plumbing.
+QWEN=test/models/tiny-qwen3
+start_server qwen --model "$QWEN" --chat-template qwen3 || exit 1
+check "auto: the Qwen3 template picks the qwen3 parser" grep -q 'chat template qwen3, reasoning parser qwen3' "$TMP/qwen.log"
+M='"messages":[{"role":"user","content":"hi"}]'
+t_def=$(curl -s "$BASE/tokenize" -d "{$M}" | jq -c .tokens)
+t_off=$(curl -s "$BASE/tokenize" -d "{$M,\"chat_template_kwargs\":{\"enable_thinking\":false}}" | jq -c .tokens)
+t_on=$(curl -s "$BASE/tokenize" -d "{$M,\"chat_template_kwargs\":{\"enable_thinking\":true}}" | jq -c .tokens)
+t_want=$(curl -s "$BASE/tokenize" -d '{"prompt":"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"}' | jq -c .tokens)
+check "enable_thinking false: the prompt ends in Qwen3's empty think block" test "$t_off" = "$t_want"
+check "enable_thinking true renders as the default" test "$t_on" = "$t_def"
+check "enable_thinking false is longer" test "$(echo "$t_off" | jq length)" -gt "$(echo "$t_def" | jq length)"
+req POST /v1/chat/completions "{$M,\"max_tokens\":4,\"chat_template_kwargs\":{\"enable_thinking\":false}}"
+check "chat usage counts the think block" test "$(jbody .usage.prompt_tokens)" = "$(echo "$t_off" | jq length)"
+check "qwen3 parser, no <think> in the output: content, reasoning_content null" \
+  jq -e '.choices[0].message | (.content|type) == "string" and .reasoning_content == null' "$TMP/body"
+req POST /v1/chat/completions "{$M,\"max_tokens\":4,\"reasoning_format\":\"none\"}"
+check "reasoning_format none: no reasoning_content" jq -e '.choices[0].message | has("reasoning_content") | not' "$TMP/body"
+req POST /v1/chat/completions "{$M,\"chat_template_kwargs\":{\"enable_thinking\":1}}"
+check "bad enable_thinking -> 400 naming chat_template_kwargs" test "$STATUS/$(jbody .error.param)" = 400/chat_template_kwargs
+req POST /v1/chat/completions "{$M,\"reasoning_format\":\"parsed\"}"
+check "bad reasoning_format -> 400" test "$STATUS/$(jbody .error.param)" = 400/reasoning_format
+kill "$SRV_PID"
+# deepseek_r1: the template opened the think block, so an output without </think> is all reasoning
+start_server r1 --model "$QWEN" --reasoning-parser deepseek_r1 || exit 1
+check "--reasoning-parser deepseek_r1 is logged" grep -q 'reasoning parser deepseek_r1' "$TMP/r1.log"
+R1="{$M,\"max_tokens\":8,\"temperature\":0,\"ignore_eos\":true"
+inline=$(curl -s "$BASE/v1/chat/completions" -d "$R1,\"reasoning_format\":\"none\"}" | jq -r '.choices[0].message.content')
+req POST /v1/chat/completions "$R1}"
+check "deepseek_r1: reasoning_content is the output, content null" \
+  test "$(jbody '.choices[0].message.reasoning_content')/$(jbody '.choices[0].message.content')" = "$inline/null"
+curl -sN "$BASE/v1/chat/completions" -o "$TMP/sse_r1" -d "$R1,\"stream\":true}"
+check "deepseek_r1 stream: SSE framing" python3 test/py/check_sse.py "$TMP/sse_r1" --chat
+check "deepseek_r1 stream: the deltas' reasoning_content is the output, no content" \
+  test "$(sed -n 's/^data: {/{/p' "$TMP/sse_r1" | jq -rj '.choices[0].delta.reasoning_content // empty')/$(sed -n 's/^data: {/{/p' "$TMP/sse_r1" | jq -rj '.choices[0].delta.content // empty')" = "$inline/"
+kill "$SRV_PID"
+check "--reasoning-parser bogus exits 2" bash -c "'$BIN' serve --model $QWEN --reasoning-parser bogus --check-config 2>&1; test \$? -eq 2"
+
+# ======================================================================
 section "model ($REAL)"
 if [ ! -s "$REAL" ]; then
   echo "SKIP: $REAL is missing (make model); real-model sections skipped"
@@ -390,12 +483,17 @@ else
   # fp32) exactly as llama.cpp does on the same file and prompt ("L'Étoile...").
   start_server real --model "$REAL" --quant fp32 || exit 1
   check "real server runs the weights it was asked for" grep -q 'weights fp32' "$TMP/real.log"
+  check "the default model recommends no sampling: built-in defaults, said so" \
+    grep -q 'sampling defaults: temperature=1 (built-in) .*model: recommends none' "$TMP/real.log"
   REAL_PID=$SRV_PID
   REAL_BASE=$BASE
   req POST /v1/chat/completions '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24,"temperature":0}'
   check "chat template: real model answers (got: $(jbody '.choices[0].message.content'))" \
     bash -c "jq -r '.choices[0].message.content' $TMP/body | grep -q Paris"
   check "chat: finish stop" test "$(jbody '.choices[0].finish_reason')" = stop
+  # honest streaming: the role chunk leaves with the first token, not before prefill
+  out=$(python3 test/py/check_ttft.py "$SRV_PORT" 200 2>&1); rc=$?
+  check "stream: the first chunk (role) arrives with the first token ($(echo "$out" | tail -1))" test $rc -eq 0
 
   # nanoinfer chat: two turns; the second request carries the first exchange
   printf 'My name is Ada.\nWhat is my name?\n' |
@@ -470,6 +568,11 @@ else
   used=$(metric nanoinfer_kv_blocks_used)
   check "KV blocks in use while streaming ($used)" test "${used:-0}" -gt 0
   check "55 requests in flight" test "$(metric nanoinfer_requests_in_flight)" = 55
+  curl -s "$BASE/metrics" >"$TMP/metrics_busy"
+  out=$(python3 test/py/check_metrics.py "$TMP/metrics_busy" "$(basename "$REAL")" 2>&1); rc=$?
+  check "metrics under load: the vllm: series agree ($out)" test $rc -eq 0
+  check "metrics under load: vllm:num_requests_running > 0" \
+    awk '$1 ~ /^vllm:num_requests_running\{/ { found = 1; if ($2 > 0) ok = 1 } END { exit !(found && ok) }' "$TMP/metrics_busy"
   kill -9 "${CLIENTS[@]}" 2>/dev/null
   wait "${CLIENTS[@]}" 2>/dev/null
   CLIENTS=()

@@ -277,6 +277,47 @@ static void test_exact_small(void **state) {
     free(s);
 }
 
+/* chat_template_kwargs.enable_thinking (Qwen3's template, rendered by jinja2
+ * with transformers' trim_blocks/lstrip_blocks): false appends the empty think
+ * block after the generation prompt only; true is the same as undefined;
+ * the other styles ignore it. */
+static void test_enable_thinking(void **state) {
+    (void)state;
+    chat_msg m[] = {{.role = "user", .content = "hi"}, {.role = "assistant", .content = "<think>\nx\n</think>\n\nyo"}, {.role = "user", .content = "again"}};
+    const char *const base = "<|im_start|>user\nhi<|im_end|>\n";
+    const char *const multi =
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n"
+        "<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n";
+    struct {
+        int n, gen, think;
+        const char *want_head, *want_tail;
+    } t[] = {
+        {1, 1, -1, base, "<|im_start|>assistant\n"},
+        {1, 1, 1, base, "<|im_start|>assistant\n"},
+        {1, 1, 0, base, "<|im_start|>assistant\n<think>\n\n</think>\n\n"},
+        {1, 0, 0, base, ""},
+        {3, 1, 0, multi, "<think>\n\n</think>\n\n"},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        char *s = NULL, want[512];
+        snprintf(want, sizeof want, "%s%s", t[i].want_head, t[i].want_tail);
+        const chat_opts o = {.add_generation_prompt = t[i].gen, .enable_thinking = t[i].think};
+        assert_int_equal(chat_render_opts(CHAT_STYLE_QWEN3, m, t[i].n, &o, &s), 0);
+        if (strcmp(s, want)) fail_msg("case %zu: got %s, want %s", i, s, want);
+        free(s);
+    }
+    /* another style: unchanged */
+    char *a = NULL, *b = NULL;
+    const chat_opts off = {.add_generation_prompt = 1, .enable_thinking = 0};
+    assert_int_equal(chat_render_opts(CHAT_STYLE_CHATML, m, 1, &off, &a), 0);
+    assert_int_equal(chat_render(CHAT_STYLE_CHATML, m, 1, 1, &b), 0);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+    assert_int_equal(chat_render_opts(CHAT_STYLE_QWEN3, m, 1, NULL, &a), NI_EINVAL);
+    assert_null(a);
+}
+
 /* Python strip() semantics on edge bytes: only whole whitespace code points
  * go; truncated/invalid UTF-8 is left alone and nothing reads out of bounds. */
 static void test_strip_edges(void **state) {
@@ -389,6 +430,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden),
         cmocka_unit_test(test_tools_other_styles),
+        cmocka_unit_test(test_enable_thinking),
         cmocka_unit_test(test_detect_golden_sources),
         cmocka_unit_test(test_detect_other_sources),
         cmocka_unit_test(test_errors),

@@ -192,6 +192,23 @@ static void test_sampling_params(void **state) {
     assert_float_equal(r.sp.temperature, 1.0f, 0);
     assert_int_equal(r.sp.has_seed, 0);
     srv_gen_req_free(&r);
+
+    /* the server's defaults (srv_config_sampling) fill what the request leaves
+     * out, null included; what it gives wins */
+    smp_params d = smp_params_default();
+    d.temperature = 0;
+    d.top_p = 0.5f;
+    d.top_k = 7;
+    g_ctx.sp_default = &d;
+    assert_int_equal(parse(SRV_API_COMPLETION,
+                           "{\"prompt\": \"x\", \"top_p\": 0.8, \"temperature\": null}", &r, &e),
+                     0);
+    g_ctx.sp_default = NULL;
+    assert_float_equal(r.sp.temperature, 0.0f, 0);
+    assert_float_equal(r.sp.top_p, 0.8f, 0);
+    assert_int_equal(r.sp.top_k, 7);
+    assert_float_equal(r.sp.min_p, 0.0f, 0);
+    srv_gen_req_free(&r);
 }
 
 typedef struct bad_case {
@@ -792,6 +809,126 @@ static void test_metrics_text(void **state) {
     assert_int_equal(srv_metrics_render(&m, NULL, 0, 0, &b), 0);
     assert_null(strstr(srv_buf_cstr(&b), "kv_blocks_used"));
     srv_buf_free(&b);
+    /* the vLLM names: the same values, model_name escaped, histograms complete */
+    m.finished[ENG_FINISH_LENGTH] = 4;
+    m.prompt_tokens = 77;
+    st.n_preemptions = 5;
+    assert_int_equal(srv_metrics_render_vllm(&m, &st, "my \"model\"\\x\n", &b), 0);
+    t = srv_buf_cstr(&b);
+#define L "{model_name=\"my \\\"model\\\"\\\\x\\n\",engine=\"0\""
+    static const char *const want[] = {
+        "# TYPE vllm:num_requests_running gauge\n",
+        "vllm:num_requests_running" L "} 2\n",
+        "vllm:kv_cache_usage_perc" L "} 0.25\n",
+        "# TYPE vllm:prompt_tokens_total counter\n",
+        "vllm:prompt_tokens_total" L "} 77\n",
+        "vllm:prefix_cache_hits_total" L "} 128\n",
+        "vllm:num_preemptions_total" L "} 5\n",
+        "vllm:request_success_total" L ",finished_reason=\"length\"} 4\n",
+        "# TYPE vllm:time_to_first_token_seconds histogram\n",
+        "vllm:time_to_first_token_seconds_bucket" L ",le=\"0.005\"} 1\n",
+        "vllm:time_to_first_token_seconds_bucket" L ",le=\"+Inf\"} 3\n",
+        "vllm:time_to_first_token_seconds_count" L "} 3\n",
+        "vllm:inter_token_latency_seconds_count" L "} 0\n",
+        "vllm:time_per_output_token_seconds_count" L "} 0\n",
+        "vllm:e2e_request_latency_seconds_sum" L "} 0\n",
+    };
+#undef L
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(t, want[i])) fail_msg("no line %s in:\n%s", want[i], t);
+    srv_buf_free(&b);
+    assert_int_equal(srv_metrics_render_vllm(&m, NULL, "x", &b), 0);
+    assert_int_equal(srv_buf_size(&b), 0);
+    srv_buf_free(&b);
+}
+
+/* ---- reasoning models ---- */
+
+/* chat_template_kwargs.enable_thinking reaches the template; reasoning_format
+ * chooses between the server's parser and inline output; the message and
+ * delta shapes of a split choice. */
+static void test_reasoning(void **state) {
+    (void)state;
+    srv_gen_req r;
+    srv_api_error e;
+    int style = g_ctx.chat_style;
+    g_ctx.chat_style = CHAT_STYLE_QWEN3;
+    g_ctx.reasoning_parser = SRV_REASONING_QWEN3;
+    const char *msg = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]";
+    char body[512];
+    /* enable_thinking false: the empty think block ends the prompt */
+    snprintf(body, sizeof body, "%s, \"chat_template_kwargs\": {\"enable_thinking\": false}}", msg);
+    assert_int_equal(parse(SRV_API_CHAT, body, &r, &e), 0);
+    int32_t ids[256];
+    int n = encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+                   tok_add_bos(g_m.tok), ids, 256);
+    assert_int_equal(r.n_prompt, n);
+    assert_memory_equal(r.prompt, ids, (size_t)n * sizeof(int32_t));
+    assert_int_equal(r.reasoning, SRV_REASONING_QWEN3);
+    srv_gen_req_free(&r);
+    /* true (and other kwargs) render as if absent */
+    snprintf(body, sizeof body,
+             "%s, \"chat_template_kwargs\": {\"enable_thinking\": true, \"other\": 1}}", msg);
+    assert_int_equal(parse(SRV_API_CHAT, body, &r, &e), 0);
+    n = encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", tok_add_bos(g_m.tok), ids,
+               256);
+    assert_int_equal(r.n_prompt, n);
+    srv_gen_req_free(&r);
+    /* reasoning_format: none leaves the output inline; auto / deepseek keep the parser */
+    snprintf(body, sizeof body, "%s, \"reasoning_format\": \"none\"}", msg);
+    assert_int_equal(parse(SRV_API_CHAT, body, &r, &e), 0);
+    assert_int_equal(r.reasoning, SRV_REASONING_NONE);
+    srv_gen_req_free(&r);
+    snprintf(body, sizeof body, "%s, \"reasoning_format\": \"deepseek\"}", msg);
+    assert_int_equal(parse(SRV_API_CHAT, body, &r, &e), 0);
+    assert_int_equal(r.reasoning, SRV_REASONING_QWEN3);
+    srv_gen_req_free(&r);
+    /* completions never split */
+    assert_int_equal(parse(SRV_API_COMPLETION, "{\"prompt\": \"x\"}", &r, &e), 0);
+    assert_int_equal(r.reasoning, SRV_REASONING_NONE);
+    srv_gen_req_free(&r);
+    /* bad values name their parameter */
+    static const char *const bad[][2] = {
+        {", \"reasoning_format\": \"parsed\"}", "reasoning_format"},
+        {", \"reasoning_format\": true}", "reasoning_format"},
+        {", \"chat_template_kwargs\": [1]}", "chat_template_kwargs"},
+        {", \"chat_template_kwargs\": {\"enable_thinking\": \"no\"}}", "chat_template_kwargs"},
+    };
+    for (size_t i = 0; i < NI_ARRAY_LEN(bad); i++) {
+        snprintf(body, sizeof body, "%s%s", msg, bad[i][0]);
+        if (parse(SRV_API_CHAT, body, &r, &e) != -1) fail_msg("accepted: %s", body);
+        assert_int_equal(e.status, 400);
+        if (strcmp(e.param, bad[i][1])) fail_msg("%s: param %s, want %s", body, e.param, bad[i][1]);
+    }
+    g_ctx.reasoning_parser = SRV_REASONING_NONE;
+    g_ctx.chat_style = style;
+
+    /* shapes: message.reasoning_content (null when none), content null when empty */
+    json_t *c = srv_api_choice_reasoning(
+        srv_api_choice(SRV_API_CHAT, 0, 0, "", 0, 0, NULL, "length"), 0, "why", 3, 1);
+    json_t *m = json_object_get(c, "message");
+    assert_string_equal(json_string_value(json_object_get(m, "reasoning_content")), "why");
+    assert_true(json_is_null(json_object_get(m, "content")));
+    json_decref(c);
+    c = srv_api_choice_reasoning(srv_api_choice(SRV_API_CHAT, 0, 0, "ok", 2, 0, NULL, "stop"), 0,
+                                 NULL, 0, 0);
+    m = json_object_get(c, "message");
+    assert_true(json_is_null(json_object_get(m, "reasoning_content")));
+    assert_string_equal(json_string_value(json_object_get(m, "content")), "ok");
+    json_decref(c);
+    /* a delta carries reasoning_content only when there is some */
+    c = srv_api_choice_reasoning(srv_api_choice(SRV_API_CHAT, 1, 0, NULL, 0, 0, NULL, NULL), 1, "r",
+                                 1, 0);
+    m = json_object_get(c, "delta");
+    assert_string_equal(json_string_value(json_object_get(m, "reasoning_content")), "r");
+    assert_null(json_object_get(m, "content"));
+    json_decref(c);
+    c = srv_api_choice_reasoning(srv_api_choice(SRV_API_CHAT, 1, 0, "t", 1, 0, NULL, NULL), 1, "",
+                                 0, 0);
+    m = json_object_get(c, "delta");
+    assert_null(json_object_get(m, "reasoning_content"));
+    assert_string_equal(json_string_value(json_object_get(m, "content")), "t");
+    json_decref(c);
 }
 
 int main(void) {
@@ -802,7 +939,7 @@ int main(void) {
         cmocka_unit_test(test_chat_template),       cmocka_unit_test(test_tokenize_detokenize),
         cmocka_unit_test(test_response_shapes),     cmocka_unit_test(test_sse_framing),
         cmocka_unit_test(test_logprobs_formats),    cmocka_unit_test(test_buf_and_utf8),
-        cmocka_unit_test(test_metrics_text),
+        cmocka_unit_test(test_metrics_text),        cmocka_unit_test(test_reasoning),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,8 +3,9 @@
  * every value type (ints, sizes with suffixes, seconds, booleans, levels,
  * styles), range errors naming the key, config-file syntax with line numbers,
  * flag-over-file precedence, the NANOINFER_API_KEY fallback, cross-field
- * validation, the device key and its backend alias, and that the shipped
- * conf/nanoinfer.conf parses.
+ * validation, the device key and its backend alias, the default sampling
+ * options and their precedence over the model's recommendation
+ * (srv_config_sampling), and that the shipped conf/nanoinfer.conf parses.
  * Links the server library (libnanoinfer_srv.a).
  */
 #include <setjmp.h>
@@ -18,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "engine/util/util.h"
 #include "server/http/srv_config.h"
 #include "server/http/srv_log.h"
 
@@ -222,6 +224,90 @@ static void test_validate(void **state) {
     assert_non_null(strstr(err, "api-key"));
 }
 
+/* The line must contain want; prints both on failure. */
+static void expect_in(const char *line, const char *want) {
+    if (!strstr(line, want)) fail_msg("'%s' not in: %s", want, line);
+}
+
+#define EXPECT_F(what, got, want)                                                                  \
+    do {                                                                                           \
+        if ((double)(got) != (double)(want))                                                       \
+            fail_msg("%s: got %.9g, want %.9g", what, (double)(got), (double)(want));              \
+    } while (0)
+
+/* Default sampling: option (file or flag) > model > built-in, per parameter. */
+static void test_sampling(void **state) {
+    (void)state;
+    srv_config c;
+    smp_params sp;
+    char line[1024], err[512];
+    srv_config_default(&c);
+    assert_int_equal(c.sampling_set, 0);
+    /* nothing anywhere: OpenAI's defaults */
+    srv_config_sampling(&c, NULL, &sp, line, sizeof line);
+    printf("  %s\n", line);
+    EXPECT_F("temperature", sp.temperature, 1);
+    EXPECT_F("top_p", sp.top_p, 1);
+    EXPECT_F("top_k", sp.top_k, -1);
+    EXPECT_F("min_p", sp.min_p, 0);
+    EXPECT_F("repetition_penalty", sp.repetition_penalty, 1);
+    expect_in(line, "sampling defaults: temperature=1 (built-in)");
+    expect_in(line, "model: recommends none");
+    /* the model recommends; one value is out of the sampler's range */
+    mdl_sampling_defaults m = {.has_temperature = 1,
+                               .temperature = 0.2f,
+                               .has_top_p = 1,
+                               .top_p = 0.9f,
+                               .has_top_k = 1,
+                               .top_k = 20,
+                               .has_min_p = 1,
+                               .min_p = 2.0f,
+                               .source = "generation_config.json"};
+    srv_config_sampling(&c, &m, &sp, line, sizeof line);
+    printf("  %s\n", line);
+    EXPECT_F("temperature (model)", sp.temperature, 0.2f);
+    EXPECT_F("top_p (model)", sp.top_p, 0.9f);
+    EXPECT_F("top_k (model)", sp.top_k, 20);
+    EXPECT_F("min_p (model's is out of range)", sp.min_p, 0);
+    EXPECT_F("repetition_penalty (built-in)", sp.repetition_penalty, 1);
+    expect_in(line, "temperature=0.2 (model)");
+    expect_in(line, "min_p=0 (built-in)");
+    expect_in(line, "model: generation_config.json");
+    expect_in(line, "ignored the model's min_p=2");
+    /* options from a file and flags win over the model */
+    const char *file = write_tmp("temperature = 0\nrepetition-penalty = 1.2\n");
+    char *argv[] = {"serve", "--config", (char *)file, "--top-k=5", "--min-p", "0.05"};
+    int help, check;
+    assert_int_equal(srv_config_parse_args(&c, 6, argv, &help, &check, err, sizeof err), 0);
+    unlink(file);
+    assert_int_equal(c.sampling_set, SRV_SMP_TEMPERATURE | SRV_SMP_REPETITION_PENALTY |
+                                         SRV_SMP_TOP_K | SRV_SMP_MIN_P);
+    srv_config_sampling(&c, &m, &sp, line, sizeof line);
+    printf("  %s\n", line);
+    EXPECT_F("temperature (option 0 over model 0.2)", sp.temperature, 0);
+    EXPECT_F("top_p (model)", sp.top_p, 0.9f);
+    EXPECT_F("top_k (option)", sp.top_k, 5);
+    EXPECT_F("min_p (option)", sp.min_p, 0.05f);
+    EXPECT_F("repetition_penalty (option)", sp.repetition_penalty, 1.2f);
+    expect_in(line, "temperature=0 (option)");
+    expect_in(line, "top_p=0.9 (model)");
+    /* ranges: the table's, then the sampler's open bounds in validate */
+    snprintf(c.model, sizeof c.model, "test/models/tiny-llama2");
+    assert_int_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_int_equal(srv_config_set(&c, "temperature", "101", err, sizeof err), NI_EINVAL);
+    expect_in(err, "temperature");
+    assert_int_equal(srv_config_set(&c, "top-k", "-2", err, sizeof err), NI_EINVAL);
+    expect_in(err, "top-k");
+    assert_int_equal(srv_config_set(&c, "top_p", "0", err, sizeof err), 0);
+    assert_int_equal(srv_config_validate(&c, err, sizeof err), NI_EINVAL);
+    printf("  %s\n", err);
+    expect_in(err, "top-p: 0 is out of range (0, 1]");
+    assert_int_equal(srv_config_set(&c, "top-p", "1", err, sizeof err), 0);
+    assert_int_equal(srv_config_set(&c, "repetition-penalty", "0", err, sizeof err), 0);
+    assert_int_equal(srv_config_validate(&c, err, sizeof err), NI_EINVAL);
+    expect_in(err, "repetition-penalty");
+}
+
 /* device is the key (as generate/bench --device); backend stays an alias of the same field. */
 static void test_device_alias(void **state) {
     (void)state;
@@ -340,6 +426,7 @@ int main(void) {
         cmocka_unit_test(test_file),         cmocka_unit_test(test_args),
         cmocka_unit_test(test_validate),     cmocka_unit_test(test_device_alias),
         cmocka_unit_test(test_shipped_conf), cmocka_unit_test(test_log_levels),
+        cmocka_unit_test(test_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

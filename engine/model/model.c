@@ -20,6 +20,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -272,6 +273,62 @@ static int config_from_gguf(loader *L, mdl_config *c) {
     return 0;
 }
 
+/* ---- sampling defaults (mdl_sampling_defaults) ---- */
+
+/* general.sampling.<name> as a number into *out, *has = 1; absent: nothing.
+ * Another type (bool, string) or a value that is not finite as a float is an
+ * error naming the key: a recommendation the file makes must not be
+ * misread silently. */
+static int gguf_smp_float(loader *L, const char *name, int *has, float *out) {
+    char key[64];
+    snprintf(key, sizeof key, "general.sampling.%s", name);
+    const gguf_kv *kv = gguf_find(&L->g, key);
+    double v;
+    if (!kv) return 0;
+    if (kv->type == GGUF_VT_BOOL || gguf_get_float(&L->g, key, &v) != 0)
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: metadata '%s' has type %s, expected a number", L->path, key,
+                       vtype_name(kv->type));
+    if (!isfinite((float)v))
+        return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: metadata '%s' is %g, not a finite float",
+                       L->path, key, v);
+    *out = (float)v;
+    *has = 1;
+    return 0;
+}
+
+/* 1 when the file set any of the defaults. */
+static int sampling_set(const mdl_sampling_defaults *s) {
+    return s->has_temperature || s->has_top_k || s->has_top_p || s->has_min_p ||
+           s->has_repetition_penalty;
+}
+
+static int gguf_sampling(loader *L, mdl_sampling_defaults *s) {
+    int rc;
+    const gguf_kv *kv = gguf_find(&L->g, "general.sampling.top_k");
+    if (kv) {
+        int64_t v;
+        if (kv->type == GGUF_VT_BOOL || gguf_get_int(&L->g, "general.sampling.top_k", &v) != 0)
+            return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                           "%s: metadata 'general.sampling.top_k' has type %s, expected an "
+                           "integer",
+                           L->path, vtype_name(kv->type));
+        if (v < INT32_MIN || v > INT32_MAX)
+            return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                           "%s: metadata 'general.sampling.top_k' is %lld, out of range", L->path,
+                           (long long)v);
+        s->top_k = (int)v;
+        s->has_top_k = 1;
+    }
+    if ((rc = gguf_smp_float(L, "temp", &s->has_temperature, &s->temperature)) ||
+        (rc = gguf_smp_float(L, "top_p", &s->has_top_p, &s->top_p)) ||
+        (rc = gguf_smp_float(L, "min_p", &s->has_min_p, &s->min_p)) ||
+        (rc = gguf_smp_float(L, "penalty_repeat", &s->has_repetition_penalty,
+                             &s->repetition_penalty)))
+        return rc;
+    return 0;
+}
+
 /* ---- HF config ---- */
 
 static const char *json_type_name(const json_t *v) {
@@ -466,6 +523,69 @@ static int config_from_hf(loader *L, mdl_config *c, const char *cfg_path) {
     }
     const hf_obj h = {L, cfg_path, j, ""};
     int rc = hf_fields(&h, c);
+    json_decref(j);
+    return rc;
+}
+
+/* generation_config.json, when the directory has one: the sampling
+ * defaults of transformers' GenerationConfig that vLLM also reads. Absent
+ * or null keys are not set; "do_sample": false is greedy (transformers
+ * ignores temperature then), so it sets temperature 0. */
+static int hf_sampling(loader *L, const char *dir, mdl_sampling_defaults *s) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/generation_config.json", dir);
+    if (access(p, F_OK) != 0) return 0;
+    json_error_t je;
+    json_t *j = json_load_file(p, 0, &je);
+    if (!json_is_object(j)) {
+        int parsed = j != NULL;
+        json_decref(j);
+        if (parsed) return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: not a JSON object", p);
+        return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: invalid JSON (line %d: %s)", p, je.line,
+                       je.text);
+    }
+    const hf_obj h = {L, p, j, ""};
+    static const struct {
+        const char *key;
+        size_t has, val;
+    } fl[] = {
+        {"temperature", offsetof(mdl_sampling_defaults, has_temperature),
+         offsetof(mdl_sampling_defaults, temperature)},
+        {"top_p", offsetof(mdl_sampling_defaults, has_top_p),
+         offsetof(mdl_sampling_defaults, top_p)},
+        {"min_p", offsetof(mdl_sampling_defaults, has_min_p),
+         offsetof(mdl_sampling_defaults, min_p)},
+        {"repetition_penalty", offsetof(mdl_sampling_defaults, has_repetition_penalty),
+         offsetof(mdl_sampling_defaults, repetition_penalty)},
+    };
+    int rc = 0;
+    for (size_t i = 0; !rc && i < NI_ARRAY_LEN(fl); i++) {
+        json_t *v = json_object_get(j, fl[i].key);
+        float f = 0;
+        if (!v || json_is_null(v)) continue;
+        if ((rc = hf_float(&h, fl[i].key, 0, &f))) break;
+        if (!isfinite(f)) {
+            rc = ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: %s is not a finite float", p,
+                         fl[i].key);
+            break;
+        }
+        *(float *)((char *)s + fl[i].val) = f;
+        *(int *)((char *)s + fl[i].has) = 1;
+    }
+    json_t *v = json_object_get(j, "top_k");
+    if (!rc && v && !json_is_null(v) &&
+        !(rc = hf_int(&h, "top_k", 0, INT32_MIN, INT32_MAX, &s->top_k)))
+        s->has_top_k = 1;
+    v = json_object_get(j, "do_sample");
+    if (!rc && v && !json_is_null(v)) {
+        if (!json_is_boolean(v))
+            rc = ni_fail(L->err, L->errlen, NI_EFORMAT,
+                         "%s: do_sample has type %s, expected a boolean", p, json_type_name(v));
+        else if (json_is_false(v)) {
+            s->temperature = 0;
+            s->has_temperature = 1;
+        }
+    }
     json_decref(j);
     return rc;
 }
@@ -729,12 +849,16 @@ int mdl_load(mdl_model *m, const char *path, char *err, size_t errlen) {
                            "%s: not a model directory (no config.json)", path);
         if ((rc = config_from_hf(&L, &m->cfg, cfg_path))) goto fail;
         if ((rc = mdl_config_validate(&m->cfg, cfg_path, err, errlen))) goto fail;
+        if ((rc = hf_sampling(&L, path, &m->sampling))) goto fail;
+        if (sampling_set(&m->sampling)) m->sampling.source = "generation_config.json";
         if ((rc = st_open_dir(&L.st, path, err, errlen))) goto fail;
     } else {
         L.is_gguf = 1;
         if ((rc = gguf_open(&L.g, path, err, errlen))) goto fail;
         if ((rc = config_from_gguf(&L, &m->cfg))) goto fail;
         if ((rc = mdl_config_validate(&m->cfg, path, err, errlen))) goto fail;
+        if ((rc = gguf_sampling(&L, &m->sampling))) goto fail;
+        if (sampling_set(&m->sampling)) m->sampling.source = "general.sampling.*";
     }
     if ((rc = plan_weights(&L, m))) goto fail;
     if ((rc = fill_weights(&L, m))) goto fail;

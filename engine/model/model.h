@@ -79,9 +79,30 @@ typedef struct mdl_weights {
     size_t arena_floats;
 } mdl_weights;
 
+/* The sampling defaults the model's authors recommend, as data: GGUF
+ * general.sampling.{temp,top_k,top_p,min_p,penalty_repeat} (llama.cpp's keys,
+ * written by its converter from generation_config.json), or an HF
+ * directory's generation_config.json {temperature, top_k, top_p, min_p,
+ * repetition_penalty}, where "do_sample": false means greedy (temperature 0,
+ * whatever temperature says). A has_* flag is 1 when the file sets the value;
+ * the loader checks types and finiteness only: ranges and precedence are the
+ * server's business (the file only recommends). Other general.sampling.* keys
+ * (sequence, penalty_last_n, mirostat*, xtc_*) are not read. */
+typedef struct mdl_sampling_defaults {
+    int has_temperature, has_top_k, has_top_p, has_min_p, has_repetition_penalty;
+    float temperature;
+    int top_k;
+    float top_p;
+    float min_p;
+    float repetition_penalty;
+    const char *source; /* static: "general.sampling.*" or "generation_config.json";
+                         * NULL when the model sets none */
+} mdl_sampling_defaults;
+
 typedef struct mdl_model {
     mdl_config cfg;
     mdl_weights w;
+    mdl_sampling_defaults sampling; /* what the file recommends (all has_* 0: nothing) */
     struct tok_tokenizer *tok;  /* owned; NULL only if the source had no tokenizer */
     char *chat_template;        /* owned Jinja source from the file, or NULL */
     char *name;                 /* owned display name (file/dir basename) */
@@ -90,8 +111,10 @@ typedef struct mdl_model {
 
 /* Loads path: a .gguf file, or a directory holding config.json and
  * model.safetensors / model.safetensors.index.json plus tokenizer.json or
- * tokenizer.model. Returns 0, or a negative NI_E* code with a one-line
- * message in err naming the file and the problem (*m is left zeroed). */
+ * tokenizer.model (and optionally generation_config.json). A sampling default
+ * of the wrong type, non-finite, or a generation_config.json that is not a
+ * JSON object, is refused like any other metadata. Returns 0, or a negative NI_E* code with a
+ * one-line message in err naming the file and the problem (*m is left zeroed). */
 int mdl_load(mdl_model *m, const char *path, char *err, size_t errlen);
 
 /* Frees everything mdl_load allocated; safe on a zeroed model. */

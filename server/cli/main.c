@@ -128,6 +128,15 @@ static int cmd_info(int argc, char **argv) {
            c->rope_theta, c->rope_interleaved ? "interleaved" : "half-split",
            c->rope_scaling == MDL_ROPE_LLAMA3 ? ", llama3 scaling" : "", c->tied_embeddings,
            m.w.arena_floats, m.chat_template ? chat_style_name(chat_detect(m.chat_template)) : "none");
+    const mdl_sampling_defaults *sd = &m.sampling;
+    printf("sampling defaults: %s", sd->source ? sd->source : "none (the server's built-in apply)");
+    if (sd->has_temperature) printf(" temperature=%g", (double)sd->temperature);
+    if (sd->has_top_k) printf(" top_k=%d", sd->top_k);
+    if (sd->has_top_p) printf(" top_p=%g", (double)sd->top_p);
+    if (sd->has_min_p) printf(" min_p=%g", (double)sd->min_p);
+    if (sd->has_repetition_penalty)
+        printf(" repetition_penalty=%g", (double)sd->repetition_penalty);
+    printf("\n");
     mdl_free(&m);
     return 0;
 }

@@ -338,11 +338,33 @@ static void free_messages(chat_msg *msgs, char **bufs, int n) {
     free(msgs);
 }
 
+/* chat_template_kwargs: an object; enable_thinking, when given, a boolean
+ * (the other variables are ignored, as a template that does not read them
+ * would). Sets *think to -1 (undefined), 0 or 1. Returns 0 or -1. */
+static int read_template_kwargs(const json_t *body, int *think, srv_api_error *e) {
+    *think = -1;
+    json_t *k = json_object_get(body, "chat_template_kwargs");
+    if (!k || json_is_null(k)) return 0;
+    if (!json_is_object(k))
+        return srv_api_fail(e, 400, "chat_template_kwargs",
+                            "'chat_template_kwargs' must be an object");
+    json_t *v = json_object_get(k, "enable_thinking");
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v))
+        return srv_api_fail(e, 400, "chat_template_kwargs",
+                            "'chat_template_kwargs.enable_thinking' must be a boolean, got %s",
+                            json_kind(v));
+    *think = json_is_true(v);
+    return 0;
+}
+
 /* Renders and tokenizes the conversation. Returns token count or -1. */
 static int chat_tokens(const srv_api_ctx *ctx, const json_t *body, int add_gen, int32_t **ids,
                        srv_api_error *e) {
     chat_msg *msgs = NULL;
     char **bufs = NULL;
+    int think;
+    if (read_template_kwargs(body, &think, e)) return -1;
     int n = read_messages(body, &msgs, &bufs, e);
     int nm = (int)json_array_size(json_object_get(body, "messages"));
     if (n < 0) {
@@ -350,7 +372,8 @@ static int chat_tokens(const srv_api_ctx *ctx, const json_t *body, int add_gen, 
         return -1;
     }
     char *text = NULL;
-    int rc = chat_render(ctx->chat_style, msgs, n, add_gen, &text);
+    const chat_opts co = {.add_generation_prompt = add_gen, .enable_thinking = think};
+    int rc = chat_render_opts(ctx->chat_style, msgs, n, &co, &text);
     free_messages(msgs, bufs, nm);
     if (rc == NI_ENOMEM) return srv_api_fail(e, 500, NULL, "out of memory");
     if (rc)
@@ -603,6 +626,24 @@ static int read_logprobs(int kind, const json_t *body, srv_gen_req *r, srv_api_e
     return 0;
 }
 
+/* Chat: the reasoning split of the output: the server's parser, unless
+ * "reasoning_format" (llama-server's field) is "none" (inline). Returns 0 or -1. */
+static int read_reasoning(const srv_api_ctx *ctx, int kind, const json_t *body, srv_gen_req *r,
+                          srv_api_error *e) {
+    r->reasoning = kind == SRV_API_CHAT ? ctx->reasoning_parser : SRV_REASONING_NONE;
+    json_t *v = json_object_get(body, "reasoning_format");
+    if (kind != SRV_API_CHAT || !v || json_is_null(v)) return 0;
+    const char *f = json_string_value(v);
+    if (f && !strcmp(f, "none"))
+        r->reasoning = SRV_REASONING_NONE;
+    else if (!f || (strcmp(f, "auto") && strcmp(f, "deepseek")))
+        return srv_api_fail(
+            e, 400, "reasoning_format",
+            "'reasoning_format' must be \"none\" (inline), \"auto\" or \"deepseek\" "
+            "(split into reasoning_content)");
+    return 0;
+}
+
 /* Range-checks r->sp (logprobs included), naming the API parameter. Returns 0 or -1. */
 static int check_sampling(const srv_api_ctx *ctx, int kind, srv_gen_req *r, srv_api_error *e) {
     r->sp.logprobs = r->logprobs;
@@ -675,7 +716,7 @@ int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_
                       srv_api_error *e) {
     memset(r, 0, sizeof *r);
     r->kind = kind;
-    r->sp = smp_params_default();
+    r->sp = ctx->sp_default ? *ctx->sp_default : smp_params_default();
     r->n = 1;
     r->logprobs = -1;
     /* the order of the steps decides which error a request with several gets */
@@ -690,7 +731,7 @@ int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_
     if (get_bool(body, "ignore_eos", &r->ignore_eos, e) < 0) goto fail;
     /* echo (read with logprobs) must be known before the prompt is read */
     if (read_n(ctx, body, r, e) || read_logprobs(kind, body, r, e) ||
-        check_sampling(ctx, kind, r, e))
+        check_sampling(ctx, kind, r, e) || read_reasoning(ctx, kind, body, r, e))
         goto fail;
     long long max = 0;
     const char *max_name;

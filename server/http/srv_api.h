@@ -17,6 +17,11 @@
  * known-but-unsupported features (suffix, tools, prompt logprobs via echo +
  * logprobs, batched prompts, non-text content parts,
  * min_tokens) are refused with a 400 saying so, never silently dropped.
+ * Chat requests may carry chat_template_kwargs {"enable_thinking": bool}
+ * (vLLM's, passed to the template: chat_opts; also on /tokenize) and
+ * "reasoning_format" (llama-server's: "none" leaves <think> blocks inline
+ * in content, "auto" / "deepseek" split them out by the server's
+ * --reasoning-parser).
  *
  * Threads: called on the loop thread only (the tokenizer is thread-safe).
  */
@@ -29,6 +34,7 @@
 
 #include "engine/engine.h"
 #include "tokenizer/tok.h"
+#include "srv_reasoning.h"
 #include "srv_util.h"
 
 enum srv_api_kind { SRV_API_COMPLETION = 0, SRV_API_CHAT = 1 };
@@ -48,6 +54,10 @@ typedef struct srv_api_ctx {
     int max_n;              /* largest n accepted (<= ENG_MAX_N) */
     const char *model_name; /* served id */
     const char *model_path; /* also accepted as "model" */
+    int reasoning_parser;   /* enum srv_reasoning_parser for chat output (resolved) */
+    const smp_params *sp_default; /* sampling of parameters a request leaves out (serve
+                                   * options > model > built-in: srv_config_sampling);
+                                   * NULL: smp_params_default() */
 } srv_api_ctx;
 
 /* An error in OpenAI format: {"error":{"message","type","param","code"}}. */
@@ -80,6 +90,8 @@ typedef struct srv_gen_req {
     int32_t stop_ids[ENG_MAX_STOP_IDS];
     int n_stop_ids;
     int ignore_eos;
+    int reasoning;   /* enum srv_reasoning_parser splitting the output (chat only): the
+                      * server's, or NONE for "reasoning_format": "none" */
     int32_t *prompt; /* [n_prompt] token ids */
     int n_prompt;
     char *echo_text; /* completions + echo: the prompt as text */
@@ -151,6 +163,14 @@ json_t *srv_api_envelope(int kind, int chunk, const char *id, long long created,
  * logprobs is stolen (NULL -> null); finish NULL -> null. */
 json_t *srv_api_choice(int kind, int chunk, int index, const char *text, size_t len, int with_role,
                        json_t *logprobs, const char *finish);
+
+/* Adds a chat choice's reasoning (srv_reasoning split) to what srv_api_choice
+ * built. Non-streaming (chunk 0): message.reasoning_content = the text, null
+ * when len is 0, and message.content becomes null when content_empty (vLLM's
+ * shape). Streaming: delta.reasoning_content when len > 0. Returns choice
+ * (NULL stays NULL). */
+json_t *srv_api_choice_reasoning(json_t *choice, int chunk, const char *reasoning, size_t len,
+                                 int content_empty);
 
 /* Appends `data: <compact JSON>\n\n` for obj to out. Returns srv_buf's code
  * (NI_ENOMEM also when obj cannot be serialised). */

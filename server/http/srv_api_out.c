@@ -173,6 +173,20 @@ json_t *srv_api_choice(int kind, int chunk, int index, const char *text, size_t 
     return c;
 }
 
+json_t *srv_api_choice_reasoning(json_t *choice, int chunk, const char *reasoning, size_t len,
+                                 int content_empty) {
+    json_t *m = json_object_get(choice, chunk ? "delta" : "message");
+    if (!m) return choice;
+    if (chunk) {
+        if (len) json_object_set_new(m, "reasoning_content", srv_json_stringn(reasoning, len));
+        return choice;
+    }
+    json_object_set_new(m, "reasoning_content",
+                        len ? srv_json_stringn(reasoning, len) : json_null());
+    if (content_empty) json_object_set_new(m, "content", json_null());
+    return choice;
+}
+
 int srv_sse_event(srv_buf *out, const json_t *obj) {
     char *s = obj ? json_dumps(obj, SRV_JSON_FLAGS) : NULL;
     if (!s) return NI_ENOMEM;

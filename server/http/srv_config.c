@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -18,6 +19,7 @@
 #include "engine/backend/backend.h"
 #include "engine/util/util.h"
 #include "srv_log.h"
+#include "srv_reasoning.h"
 
 enum { T_STR, T_INT, T_BYTES, T_REAL, T_BOOL, T_LEVEL, T_STYLE, T_BACKEND };
 
@@ -83,6 +85,10 @@ static const key_def g_keys[] = {
      "/health fails when one engine step has been running longer than this"},
     {"chat-template", T_STYLE, F(chat_template), S(chat_template), 0, 0, "auto", "STYLE",
      "auto (from the model), chatml, chatml-smollm, qwen3, llama3, llama2, zephyr"},
+    {"reasoning-parser", T_STR, F(reasoning_parser), S(reasoning_parser), 0, 0, "auto", "PARSER",
+     "chat output of reasoning models: qwen3 or deepseek_r1 move the <think> block into\n"
+     "reasoning_content, none leaves it in content; auto: qwen3 with the Qwen3 chat template,\n"
+     "else none"},
     {"device", T_BACKEND, F(backend), S(backend), 0, 0, "auto", "DEVICE",
      "compute backend: auto (CUDA when built in and a GPU is present), cpu, cuda\n"
      "(as for generate and bench; --backend is an alias)"},
@@ -94,6 +100,17 @@ static const key_def g_keys[] = {
     {"gpu-memory-utilization", T_REAL, F(gpu_memory_utilization), 0, 0.05, 1, "0.9", "FRACTION",
      "share of GPU memory for weights, buffers and the KV cache (sizes the pool when kv-blocks is "
      "0)"},
+    /* default sampling: ranges are the sampler's, checked by srv_config_validate */
+    {"temperature", T_REAL, F(temperature), 0, 0, 100, NULL, "T",
+     "default temperature of requests that give none (0: greedy; default: the model's\n"
+     "recommendation, else 1)"},
+    {"top-p", T_REAL, F(top_p), 0, 0, 1, NULL, "P",
+     "default top_p, in (0, 1] (default: the model's, else 1)"},
+    {"top-k", T_INT, F(top_k), 0, -1, INT32_MAX, NULL, "K",
+     "default top_k (-1 or 0: off; default: the model's, else off)"},
+    {"min-p", T_REAL, F(min_p), 0, 0, 1, NULL, "P", "default min_p (default: the model's, else 0)"},
+    {"repetition-penalty", T_REAL, F(repetition_penalty), 0, 0, 2, NULL, "R",
+     "default repetition_penalty, in (0, 2] (default: the model's, else 1)"},
 };
 
 /* Other spellings of a key, for configurations written before the rename:
@@ -172,6 +189,34 @@ static int parse_bool(const char *v, int *out) {
     return 0;
 }
 
+static double v_temp(const smp_params *p) { return p->temperature; }
+static double v_top_k(const smp_params *p) { return p->top_k; }
+static double v_top_p(const smp_params *p) { return p->top_p; }
+static double v_min_p(const smp_params *p) { return p->min_p; }
+static double v_rep(const smp_params *p) { return p->repetition_penalty; }
+
+/* The five default sampling parameters: option key, API (and sampler) name,
+ * bit, range as the messages write it, and their value in a smp_params. */
+static const struct smp_opt {
+    const char *key, *api;
+    unsigned bit;
+    const char *range;
+    double (*value)(const smp_params *);
+} g_smp[] = {
+    {"temperature", "temperature", SRV_SMP_TEMPERATURE, "[0, 100]", v_temp},
+    {"top-k", "top_k", SRV_SMP_TOP_K, "[-1, 2^31)", v_top_k},
+    {"top-p", "top_p", SRV_SMP_TOP_P, "(0, 1]", v_top_p},
+    {"min-p", "min_p", SRV_SMP_MIN_P, "[0, 1]", v_min_p},
+    {"repetition-penalty", "repetition_penalty", SRV_SMP_REPETITION_PENALTY, "(0, 2]", v_rep},
+};
+
+/* The enum srv_smp_opt bit of key k, 0 for the other keys. */
+static unsigned smp_bit(const key_def *k) {
+    for (size_t i = 0; i < NI_ARRAY_LEN(g_smp); i++)
+        if (!strcmp(g_smp[i].key, k->name)) return g_smp[i].bit;
+    return 0;
+}
+
 int srv_config_set(srv_config *c, const char *key, const char *val, char *err, size_t errlen) {
     const char *name;
     const key_def *k = find_key(key, &name);
@@ -221,6 +266,7 @@ int srv_config_set(srv_config *c, const char *key, const char *val, char *err, s
         if (d < k->min || d > k->max)
             return ni_fail(err, errlen, NI_EINVAL, "%s: %s is out of range [%.15g, %.15g]", name,
                            val, k->min, k->max);
+        c->sampling_set |= smp_bit(k);
         if (k->type == T_INT)
             *(int *)base = (int)d;
         else if (k->type == T_BYTES)
@@ -367,6 +413,67 @@ int srv_config_parse_args(srv_config *c, int argc, char **argv, int *help, int *
     return 0;
 }
 
+/* ---- default sampling ---- */
+
+/* Sets parameter bit of p from the option (c) or the model (m). */
+static void smp_set(smp_params *p, unsigned bit, const srv_config *c,
+                    const mdl_sampling_defaults *m) {
+    switch (bit) {
+    case SRV_SMP_TEMPERATURE: p->temperature = c ? (float)c->temperature : m->temperature; break;
+    case SRV_SMP_TOP_K: p->top_k = c ? c->top_k : m->top_k; break;
+    case SRV_SMP_TOP_P: p->top_p = c ? (float)c->top_p : m->top_p; break;
+    case SRV_SMP_MIN_P: p->min_p = c ? (float)c->min_p : m->min_p; break;
+    default: p->repetition_penalty = c ? (float)c->repetition_penalty : m->repetition_penalty;
+    }
+}
+
+static int model_has(const mdl_sampling_defaults *m, unsigned bit) {
+    if (!m) return 0;
+    switch (bit) {
+    case SRV_SMP_TEMPERATURE: return m->has_temperature;
+    case SRV_SMP_TOP_K: return m->has_top_k;
+    case SRV_SMP_TOP_P: return m->has_top_p;
+    case SRV_SMP_MIN_P: return m->has_min_p;
+    default: return m->has_repetition_penalty;
+    }
+}
+
+void srv_config_sampling(const srv_config *c, const mdl_sampling_defaults *m, smp_params *out,
+                         char *line, size_t cap) {
+    *out = smp_params_default();
+    char buf[1024], ignored[256] = "";
+    size_t n = (size_t)snprintf(buf, sizeof buf, "sampling defaults:");
+    for (size_t i = 0; i < NI_ARRAY_LEN(g_smp); i++) {
+        const struct smp_opt *o = &g_smp[i];
+        const char *from = "built-in";
+        if (c->sampling_set & o->bit) {
+            smp_set(out, o->bit, c, NULL);
+            from = "option";
+        } else if (model_has(m, o->bit)) {
+            smp_params t = *out;
+            const char *bad = NULL;
+            smp_set(&t, o->bit, NULL, m);
+            if (smp_params_validate(&t, INT32_MAX, &bad) == 0) {
+                *out = t;
+                from = "model";
+            } else {
+                size_t k = strlen(ignored);
+                snprintf(ignored + k, sizeof ignored - k, " %s=%g", o->api, o->value(&t));
+            }
+        }
+        if (n < sizeof buf)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, " %s=%g (%s)", o->api, o->value(out),
+                                  from);
+    }
+    if (n < sizeof buf)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "; model: %s",
+                              m && m->source ? m->source : "recommends none");
+    if (ignored[0] && n < sizeof buf)
+        n += (size_t)snprintf(buf + n, sizeof buf - n,
+                              "; ignored the model's%s (out of the sampler's range)", ignored);
+    if (line && cap) snprintf(line, cap, "%s", buf);
+}
+
 int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
     if (!c->model[0]) return ni_fail(err, errlen, NI_EINVAL, "model: required (--model PATH)");
     struct stat st;
@@ -389,6 +496,11 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
         return ni_fail(err, errlen, NI_EINVAL,
                        "device: this build has no CUDA backend (built without nvcc)");
 #endif
+    if (strcmp(c->reasoning_parser, "auto") &&
+        srv_reasoning_parser_from_name(c->reasoning_parser) < 0)
+        return ni_fail(err, errlen, NI_EINVAL,
+                       "reasoning-parser: '%s' is not one of auto, none, qwen3, deepseek_r1",
+                       c->reasoning_parser);
     eng_quant q;
     if (eng_quant_parse(c->quant, &q))
         return ni_fail(err, errlen, NI_EINVAL, "quant: '%s' is not one of auto, fp32, int8, q4",
@@ -399,6 +511,17 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
     for (const char *p = c->api_key; *p; p++)
         if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 127)
             return ni_fail(err, errlen, NI_EINVAL, "api-key: only printable ASCII without spaces");
+    /* the sampling options: the sampler's own ranges (open bounds included) */
+    smp_params sp;
+    srv_config_sampling(c, NULL, &sp, NULL, 0);
+    const char *bad = NULL;
+    if (smp_params_validate(&sp, INT32_MAX, &bad)) {
+        for (size_t i = 0; i < NI_ARRAY_LEN(g_smp); i++)
+            if (bad && !strcmp(bad, g_smp[i].api))
+                return ni_fail(err, errlen, NI_EINVAL, "%s: %g is out of range %s", g_smp[i].key,
+                               g_smp[i].value(&sp), g_smp[i].range);
+        return ni_fail(err, errlen, NI_EINVAL, "sampling defaults: out of range");
+    }
     return 0;
 }
 
@@ -439,12 +562,13 @@ void srv_config_log(const srv_config *c) {
             "max-num-seqs=%d max-batched-tokens=%d prefill-chunk=%d kv-blocks=%d block-size=%d "
             "max-model-len=%d prefix-cache=%s threads=%d shutdown-timeout=%gs log-level=%s "
             "max-tokens-default=%d max-stream-buffer=%lld max-connections=%d idle-timeout=%gs "
-            "health-timeout=%gs chat-template=%s device=%s webui=%s",
+            "health-timeout=%gs chat-template=%s reasoning-parser=%s device=%s webui=%s",
             c->model, c->host, c->port,
             c->api_key[0] ? (c->api_key_from_env ? "(set, from env)" : "(set)") : "(none)",
             c->max_body, c->max_queue, c->max_num_seqs, c->max_batched_tokens, c->prefill_chunk,
             c->kv_blocks, c->block_size, c->max_model_len, c->no_prefix_cache ? "off" : "on",
             c->threads, c->shutdown_timeout, srv_log_level_name(c->log_level),
             c->max_tokens_default, c->max_stream_buffer, c->max_connections, c->idle_timeout,
-            c->health_timeout, c->chat_template, c->backend, c->no_webui ? "off" : "on");
+            c->health_timeout, c->chat_template, c->reasoning_parser, c->backend,
+            c->no_webui ? "off" : "on");
 }

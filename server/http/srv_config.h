@@ -5,7 +5,8 @@
  * for device) are accepted wherever their key is.
  *
  * Precedence: built-in defaults < the file named by --config < flags (in
- * argv order) < nothing else, except api-key, which falls back to the
+ * argv order) < nothing else (the sampling defaults rank between the model's
+ * recommendation and the request: srv_config_sampling), except api-key, which falls back to the
  * NANOINFER_API_KEY environment variable when neither file nor flags set it
  * (so secrets can stay out of argv and world-readable files).
  * srv_config_validate() checks every value and cross-field rule once at
@@ -19,7 +20,20 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "engine/backend/sampler.h"
+#include "engine/model/model.h"
+
 #define SRV_CFG_STR 4096
+
+/* The default sampling options (serve --temperature ...), as bits of
+ * srv_config.sampling_set: which of them the file or the command line gave. */
+enum srv_smp_opt {
+    SRV_SMP_TEMPERATURE = 1 << 0,
+    SRV_SMP_TOP_K = 1 << 1,
+    SRV_SMP_TOP_P = 1 << 2,
+    SRV_SMP_MIN_P = 1 << 3,
+    SRV_SMP_REPETITION_PENALTY = 1 << 4,
+};
 
 typedef struct srv_config {
     char model[SRV_CFG_STR];     /* .gguf file or HF directory (required) */
@@ -48,11 +62,18 @@ typedef struct srv_config {
                                     * (0: no limit); nginx's client_header/body_timeout */
     double health_timeout;         /* engine heartbeat age that makes /health fail */
     char chat_template[32];        /* "auto" or a chat.h style name */
+    char reasoning_parser[16];     /* "auto" (qwen3 for the Qwen3 template, else none), "none",
+                                    * "qwen3", "deepseek_r1" (srv_reasoning.h) */
     char backend[16];              /* key device (alias backend): "auto", "cpu" or "cuda" */
     char dtype[8];                 /* "auto", "bf16" or "fp32" */
     char quant[8];                 /* "auto", "fp32", "int8" or "q4" (eng_quant_parse) */
     double gpu_memory_utilization; /* fraction of GPU memory (KV pool sizing) */
-    int api_key_from_env;          /* informational: api_key came from the environment */
+    /* default sampling of requests that do not set a parameter; each only
+     * when its bit is in sampling_set (else the model's, else the built-in) */
+    double temperature, top_p, min_p, repetition_penalty;
+    int top_k;
+    unsigned sampling_set; /* enum srv_smp_opt bits */
+    int api_key_from_env;  /* informational: api_key came from the environment */
 } srv_config;
 
 /* Fills c with the documented defaults (see srv_config_usage). */
@@ -89,5 +110,17 @@ const char *srv_config_key_name(size_t i);
 
 /* Logs the effective configuration at info level (api-key masked). */
 void srv_config_log(const srv_config *c);
+
+/* The default sampling parameters of requests, resolved once the model is
+ * loaded. Precedence per parameter: the request (applied later, by
+ * srv_api_parse_gen) > the serve option (file or command line, sampling_set)
+ * > the model's recommendation (m, may be NULL) > the built-in default
+ * (smp_params_default: OpenAI's temperature 1, top_p 1, top_k off, ...). A
+ * model value outside the sampler's range is not used (the line says so).
+ * Fills *out and writes one log line into line ("sampling defaults:
+ * temperature=0.2 (model generation_config.json) top_k=-1 (built-in) ...",
+ * truncated to cap). */
+void srv_config_sampling(const srv_config *c, const mdl_sampling_defaults *m, smp_params *out,
+                         char *line, size_t cap);
 
 #endif

@@ -208,6 +208,7 @@ void srv_gen_free(srv_server *s, srv_gen *g) {
     }
     for (int i = 0; i < ENG_MAX_N; i++) {
         srv_buf_free(&g->ch[i].text);
+        srv_buf_free(&g->ch[i].reasoning);
         srv_lp_free(&g->ch[i].lp);
     }
     srv_gen_req_free(&g->rq);
@@ -265,18 +266,48 @@ static void gen_engine_done(srv_server *s, srv_gen *g) {
     }
 }
 
+/* Splits an event's text (and, at the finish, what the parser held back)
+ * into reasoning and content. Returns 0 or NI_ENOMEM. */
+static int split_text(srv_choice *ch, const ev_rec *ev, const char *text, srv_buf *reasoning,
+                      srv_buf *content) {
+    int rc = srv_reasoning_feed(&ch->rp, text, (size_t)NI_MAX(ev->text_len, 0), reasoning, content);
+    if (!rc && ev->finish) rc = srv_reasoning_flush(&ch->rp, reasoning, content);
+    return rc;
+}
+
 static void stream_event(srv_server *s, srv_gen *g, int index, const ev_rec *ev, const char *text) {
     srv_conn *c = g->conn;
     json_t *lp = NULL;
+    srv_stream_open(g, index);
+    if (c->kill) return;
     if (ev->has_lp && ev->token >= 0) {
         srv_lp_add(&g->ch[index].lp, s->model.tok, &ev->lp);
         lp = srv_lp_take(&g->ch[index].lp);
     }
-    if (ev->text_len > 0 || lp)
+    if (g->rq.reasoning) { /* delta.reasoning_content inside the think block, then delta.content */
+        srv_buf r = {0}, t = {0};
+        if (split_text(&g->ch[index], ev, text, &r, &t)) {
+            json_decref(lp);
+            srv_buf_free(&r);
+            srv_buf_free(&t);
+            srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+            return;
+        }
+        if (srv_buf_size(&r) || srv_buf_size(&t) || lp) {
+            json_t *ch =
+                srv_api_choice(g->rq.kind, 1, index, srv_buf_size(&t) ? srv_buf_ptr(&t) : NULL,
+                               srv_buf_size(&t), 0, lp, NULL);
+            ch = srv_api_choice_reasoning(ch, 1, srv_buf_ptr(&r), srv_buf_size(&r), 0);
+            srv_conn_sse(c, srv_stream_chunk(g, ch, g->rq.include_usage));
+        }
+        srv_buf_free(&r);
+        srv_buf_free(&t);
+    } else if (ev->text_len > 0 || lp) {
         srv_conn_sse(c, srv_stream_chunk(g,
                                          srv_api_choice(g->rq.kind, 1, index, text,
                                                         (size_t)ev->text_len, 0, lp, NULL),
                                          g->rq.include_usage));
+    }
     if (ev->finish && !c->kill)
         srv_conn_sse(c, srv_stream_chunk(g,
                                          srv_api_choice(g->rq.kind, 1, index, NULL, 0, 0, NULL,
@@ -307,7 +338,9 @@ static void handle_event(srv_server *s, const ev_rec *ev, const char *text) {
         if (g->rq.stream) {
             stream_event(s, g, ev->index, ev, text);
         } else {
-            if (ev->text_len > 0 && srv_buf_append(&ch->text, text, (size_t)ev->text_len))
+            if (g->rq.reasoning
+                    ? split_text(ch, ev, text, &ch->reasoning, &ch->text)
+                    : ev->text_len > 0 && srv_buf_append(&ch->text, text, (size_t)ev->text_len))
                 srv_conn_kill(c, SRV_ABORT_DISCONNECT);
             if (ev->has_lp && ev->token >= 0) srv_lp_add(&ch->lp, s->model.tok, &ev->lp);
         }
@@ -360,12 +393,21 @@ static void on_ready(srv_server *s) {
     s->api.max_n = NI_MIN(ENG_MAX_N, s->cfg.max_num_seqs);
     s->api.model_name = s->model_name;
     s->api.model_path = s->cfg.model;
+    s->api.reasoning_parser =
+        !strcmp(s->cfg.reasoning_parser, "auto")
+            ? (style == CHAT_STYLE_QWEN3 ? SRV_REASONING_QWEN3 : SRV_REASONING_NONE)
+            : srv_reasoning_parser_from_name(s->cfg.reasoning_parser);
+    char line[1024];
+    srv_config_sampling(&s->cfg, &m->sampling, &s->sp_default, line, sizeof line);
+    s->api.sp_default = &s->sp_default;
+    srv_log(SRV_LOG_INFO, "%s", line);
     srv_fill_api_ctx(s);
     srv_log(SRV_LOG_INFO,
             "model %s loaded in %.2fs: %d layers, vocab %d, context %d, chat template %s, "
-            "backend %s, KV pool %d tokens; ready",
+            "reasoning parser %s, backend %s, KV pool %d tokens; ready",
             s->model_name, s->load_seconds, m->cfg.n_layers, m->cfg.vocab_size, s->api.max_seq_len,
-            chat_style_name(style), s->backend->name, s->api.kv_tokens);
+            chat_style_name(style), srv_reasoning_parser_name(s->api.reasoning_parser),
+            s->backend->name, s->api.kv_tokens);
 }
 
 void srv_on_async(uv_async_t *h) {

@@ -40,6 +40,7 @@
 #include "srv_api.h"
 #include "srv_config.h"
 #include "srv_metrics.h"
+#include "srv_reasoning.h"
 #include "srv_util.h"
 
 #define GEN_BUCKETS 1024 /* id -> srv_gen hash buckets (power of two) */
@@ -70,9 +71,14 @@ typedef struct srv_server srv_server;
 typedef struct srv_conn srv_conn;
 
 typedef struct srv_choice {
-    srv_buf text; /* non-streaming: the generated text */
+    srv_buf text; /* non-streaming: the generated text (its content, when rq.reasoning splits) */
+    srv_buf reasoning; /* non-streaming, rq.reasoning: the think block's text */
+    srv_reasoning rp;  /* rq.reasoning: the split of this choice's output so far */
     srv_lp lp;    /* logprobs (streaming: per chunk; else accumulated) */
     int finish;   /* enum eng_finish, 0 while generating */
+    int opened;   /* streaming: the opening chunk (chat role, completions echo) was sent;
+                   * it goes out with the choice's first engine event, so the first
+                   * chunk a client sees arrives at its time to first token */
     int n_gen;
     double t_last; /* time of the previous token (inter-token latency) */
 } srv_choice;
@@ -173,6 +179,7 @@ struct srv_server {
     /* loop state */
     int ready_seen, fail_seen;
     srv_api_ctx api;
+    smp_params sp_default; /* api.sp_default: srv_config_sampling of cfg and the model */
     char model_name[256];
     srv_gen *gens[GEN_BUCKETS];
     int n_live_gens; /* engine_live generations */
@@ -254,6 +261,11 @@ void srv_conn_sse(srv_conn *c, json_t *obj);
 /* One streaming chunk of g (g->conn must be set) around choice (stolen;
  * NULL = out of memory); usage_null adds "usage": null. NULL on out of memory. */
 json_t *srv_stream_chunk(srv_gen *g, json_t *choice, int usage_null);
+
+/* Sends choice index's opening chunk once (chat: the assistant role delta;
+ * completions with echo: the prompt), before its first event's chunks, so
+ * both leave in one write; no-op once sent or without a connection. */
+void srv_stream_open(srv_gen *g, int index);
 
 /* Builds the final non-streaming body (or error body) of g into c->final_*;
  * kills c when even that cannot be built. */

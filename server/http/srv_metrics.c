@@ -1,6 +1,7 @@
 /*
  * srv_metrics.c - see srv_metrics.h. Bucket layouts follow vLLM's
- * (vllm/engine/metrics.py), extended downwards for tiny models.
+ * (vllm/engine/metrics.py), extended downwards for tiny models; the vllm:
+ * series share them (a histogram is rendered twice from one srv_hist).
  */
 #include "srv_metrics.h"
 
@@ -146,5 +147,98 @@ int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_load
            "Engine-thread time spent computing and applying those masks.", st->grammar_seconds);
     scalar(&rc, o, "engine_steps_total", "counter", "Engine scheduling steps with a forward pass.",
            (double)st->steps);
+    return rc;
+}
+
+/* ---- the same data under vLLM's names ---- */
+
+/* Label set {model_name="...",engine="0"} with the value escaped
+ * (backslash, double quote, newline), into lbl. */
+static void vllm_labels(const char *model, char *lbl, size_t cap) {
+    size_t n = (size_t)snprintf(lbl, cap, "model_name=\"");
+    for (const char *p = model ? model : ""; *p && n + 20 < cap; p++) { /* room for the rest */
+        if (*p == '\\' || *p == '"') lbl[n++] = '\\';
+        if (*p == '\n') {
+            lbl[n++] = '\\';
+            lbl[n++] = 'n';
+            continue;
+        }
+        lbl[n++] = *p;
+    }
+    lbl[n] = 0;
+    if (n < cap) snprintf(lbl + n, cap - n, "\",engine=\"0\"");
+}
+
+static void vhead(int *rc, srv_buf *o, const char *name, const char *type, const char *help) {
+    if (!*rc)
+        *rc = srv_buf_printf(o, "# HELP vllm:%s %s\n# TYPE vllm:%s %s\n", name, help, name, type);
+}
+
+/* A gauge or counter (a counter's name ends in _total, as prometheus_client writes it). */
+static void vscalar(int *rc, srv_buf *o, const char *lbl, const char *name, const char *type,
+                    const char *help, double v) {
+    vhead(rc, o, name, type, help);
+    if (!*rc) *rc = srv_buf_printf(o, "vllm:%s{%s} %.17g\n", name, lbl, v);
+}
+
+static void vhist(int *rc, srv_buf *o, const char *lbl, const char *name, const char *help,
+                  const srv_hist *h) {
+    vhead(rc, o, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int i = 0; !*rc && i < h->n_bounds; i++) {
+        cum += h->counts[i];
+        *rc = srv_buf_printf(o, "vllm:%s_bucket{%s,le=\"%g\"} %llu\n", name, lbl, h->bounds[i],
+                             (unsigned long long)cum);
+    }
+    cum += h->counts[h->n_bounds];
+    if (!*rc)
+        *rc = srv_buf_printf(o,
+                             "vllm:%s_bucket{%s,le=\"+Inf\"} %llu\nvllm:%s_sum{%s} %.17g\n"
+                             "vllm:%s_count{%s} %llu\n",
+                             name, lbl, (unsigned long long)cum, name, lbl, h->sum, name, lbl,
+                             (unsigned long long)h->count);
+}
+
+int srv_metrics_render_vllm(const srv_metrics *m, const eng_stats *st, const char *model_name,
+                            srv_buf *o) {
+    if (!st) return 0;
+    int rc = 0;
+    char lbl[640];
+    vllm_labels(model_name, lbl, sizeof lbl);
+    const kv_stats *kv = &st->kv;
+    vscalar(&rc, o, lbl, "num_requests_running", "gauge",
+            "Number of requests in model execution batches.", st->n_running);
+    vscalar(&rc, o, lbl, "num_requests_waiting", "gauge",
+            "Number of requests waiting to be processed.", st->n_waiting);
+    vscalar(&rc, o, lbl, "kv_cache_usage_perc", "gauge",
+            "KV-cache usage. 1 means 100 percent usage.",
+            kv->blocks_total ? (double)kv->blocks_used / kv->blocks_total : 0.0);
+    vscalar(&rc, o, lbl, "prefix_cache_queries_total", "counter",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            (double)kv->query_tokens);
+    vscalar(&rc, o, lbl, "prefix_cache_hits_total", "counter",
+            "Prefix cache hits, in terms of number of cached tokens.", (double)kv->hit_tokens);
+    vscalar(&rc, o, lbl, "num_preemptions_total", "counter",
+            "Cumulative number of preemption from the engine.", (double)st->n_preemptions);
+    vscalar(&rc, o, lbl, "prompt_tokens_total", "counter", "Number of prefill tokens processed.",
+            (double)m->prompt_tokens);
+    vscalar(&rc, o, lbl, "generation_tokens_total", "counter",
+            "Number of generation tokens processed.", (double)m->generation_tokens);
+    static const char *const fin[] = {"none", "stop", "length", "abort", "error"};
+    vhead(&rc, o, "request_success_total", "counter",
+          "Count of successfully processed requests (sequences), by finish reason.");
+    for (int i = 1; i < 5 && !rc; i++)
+        rc = srv_buf_printf(o, "vllm:request_success_total{%s,finished_reason=\"%s\"} %llu\n", lbl,
+                            fin[i], (unsigned long long)m->finished[i]);
+    vhist(&rc, o, lbl, "time_to_first_token_seconds",
+          "Histogram of time to first token in seconds.", &m->ttft);
+    vhist(&rc, o, lbl, "inter_token_latency_seconds",
+          "Histogram of inter-token latency in seconds.", &m->itl);
+    vhist(&rc, o, lbl, "time_per_output_token_seconds",
+          "Histogram of time per output token in seconds (the inter-token latencies, as vLLM "
+          "0.10 defines it).",
+          &m->itl);
+    vhist(&rc, o, lbl, "e2e_request_latency_seconds",
+          "Histogram of e2e request latency in seconds.", &m->e2e);
     return rc;
 }

@@ -1,6 +1,9 @@
 /*
  * srv_metrics.h - Prometheus metrics of the server (text exposition format
- * 0.0.4, every name prefixed nanoinfer_).
+ * 0.0.4): our own series, every name prefixed nanoinfer_, and the same data
+ * again under vLLM's names (vllm:..., labels model_name and engine), so
+ * dashboards and autoscalers written for vLLM work unchanged (docs/metrics.md
+ * has the mapping).
  *
  * Design: counters and histograms live in one srv_metrics owned by the loop
  * thread, which is the only writer and reader (HTTP statuses, token events
@@ -61,5 +64,14 @@ void srv_metrics_response(srv_metrics *m, int status);
  * the engine gauges/counters from st (NULL while the model loads).
  * health is 1 when /health would answer 200. Returns srv_buf's code. */
 int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_loaded, int health, srv_buf *out);
+
+/* Appends the vLLM-named series (vllm:num_requests_running, ...,
+ * vllm:time_to_first_token_seconds histogram, ...), each labelled
+ * model_name="<model_name>" (escaped as the format requires) and engine="0"
+ * as vLLM's V1 engine writes them. The values are those of the nanoinfer_
+ * series (same counters, same histograms). Nothing while st is NULL (the
+ * model loads). Returns srv_buf's code. */
+int srv_metrics_render_vllm(const srv_metrics *m, const eng_stats *st, const char *model_name,
+                            srv_buf *out);
 
 #endif

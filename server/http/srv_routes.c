@@ -18,7 +18,9 @@
  *                  reader copies from the connection's output buffer; when
  *                  the buffer is empty the reader suspends the connection
  *                  and returns 0; each event drained by srv_on_async appends
- *                  SSE chunks and resumes it.
+ *                  SSE chunks and resumes it. Nothing is sent before the
+ *                  engine's first event: the opening chunk of a choice (chat
+ *                  role, echo) goes out with its first token, in one write.
  *   non-streaming  the connection is suspended in the access handler; when
  *                  the last event arrives the JSON body is built and the
  *                  connection resumed; MHD calls the access handler again,
@@ -106,6 +108,22 @@ json_t *srv_stream_chunk(srv_gen *g, json_t *choice, int usage_null) {
     return o;
 }
 
+void srv_stream_open(srv_gen *g, int index) {
+    srv_choice *ch = &g->ch[index];
+    if (ch->opened || !g->conn) return;
+    ch->opened = 1;
+    int kind = g->rq.kind;
+    if (kind == SRV_API_CHAT)
+        srv_conn_sse(g->conn,
+                     srv_stream_chunk(g, srv_api_choice(kind, 1, index, "", 0, 1, NULL, NULL),
+                                      g->rq.include_usage));
+    else if (g->rq.echo)
+        srv_conn_sse(g->conn, srv_stream_chunk(g,
+                                               srv_api_choice(kind, 1, index, g->rq.echo_text,
+                                                              g->rq.echo_len, 0, NULL, NULL),
+                                               g->rq.include_usage));
+}
+
 /* Builds the final non-streaming body into c->final_body. */
 void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c) {
     json_t *o = NULL;
@@ -133,6 +151,10 @@ void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c) {
                 choice = srv_api_choice(g->rq.kind, 0, i, srv_buf_ptr(&ch->text),
                                         srv_buf_size(&ch->text), 0, srv_lp_take(&ch->lp),
                                         srv_api_finish_reason(ch->finish));
+                if (g->rq.reasoning)
+                    choice = srv_api_choice_reasoning(choice, 0, srv_buf_ptr(&ch->reasoning),
+                                                      srv_buf_size(&ch->reasoning),
+                                                      srv_buf_size(&ch->text) == 0);
             }
             if (!choice) {
                 json_decref(arr);
@@ -322,6 +344,7 @@ static void handle_gen(srv_server *s, srv_conn *c, int kind) {
     g->created = (long long)time(NULL);
     g->t_arrival = c->t_start;
     for (int i = 0; i < g->rq.n; i++) {
+        srv_reasoning_init(&g->ch[i].rp, g->rq.reasoning);
         g->ch[i].text.limit = 0;
         g->ch[i].lp.kind = kind;
         g->ch[i].lp.text_offset = g->rq.echo ? g->rq.echo_len : 0;
@@ -361,17 +384,8 @@ static void handle_gen(srv_server *s, srv_conn *c, int kind) {
     }
     c->streaming = 1;
     c->out.limit = (size_t)s->cfg.max_stream_buffer;
-    /* opening chunks: the assistant role (chat) or the echoed prompt (completions) */
-    for (int i = 0; i < g->rq.n; i++) {
-        if (kind == SRV_API_CHAT)
-            srv_conn_sse(c, srv_stream_chunk(g, srv_api_choice(kind, 1, i, "", 0, 1, NULL, NULL),
-                                             g->rq.include_usage));
-        else if (g->rq.echo)
-            srv_conn_sse(c, srv_stream_chunk(g,
-                                             srv_api_choice(kind, 1, i, g->rq.echo_text,
-                                                            g->rq.echo_len, 0, NULL, NULL),
-                                             g->rq.include_usage));
-    }
+    /* the headers go out now; the first chunk of each choice (the assistant role,
+     * the echoed prompt) waits for its first engine event (srv_stream_open) */
     struct MHD_Response *r =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sse_reader, c, NULL);
     if (!r) {
@@ -428,7 +442,8 @@ static void handle_metrics(srv_server *s, srv_conn *c) {
     int healthy = srv_is_ready(s) && !s->draining && srv_engine_alive(s) &&
                   s->failing_streak < SRV_FAILING_STREAK;
     srv_buf b = {0};
-    if (srv_metrics_render(&s->metrics, have ? &st : NULL, srv_is_ready(s), healthy, &b)) {
+    if (srv_metrics_render(&s->metrics, have ? &st : NULL, srv_is_ready(s), healthy, &b) ||
+        srv_metrics_render_vllm(&s->metrics, have ? &st : NULL, s->model_name, &b)) {
         srv_buf_free(&b);
         respond_errorf(c, 500, NULL, NULL, "out of memory rendering metrics");
         return;

@@ -5,7 +5,8 @@ Every event must be exactly `data: <payload>` followed by a blank line ("\\n\\n"
 each payload but the last must be a JSON object, the last must be [DONE], and
 nothing may follow it. With --usage the event before [DONE] must carry usage
 with empty choices. Every choice index 0..N-1 must end with exactly one
-finish_reason. Prints the concatenated text per choice; exits 1 on a violation.
+finish_reason. With --chat, each choice's first delta (and no later one) must carry
+role "assistant". Prints the concatenated text per choice; exits 1 on a violation.
 """
 import json
 import sys
@@ -46,6 +47,7 @@ def main():
     obj_name = "chat.completion.chunk" if chat else "text_completion"
     text = {i: "" for i in range(n)}
     finishes = {i: [] for i in range(n)}
+    seen = set()
     for o in objs:
         if o.get("object") != obj_name:
             fail("object is %r, want %r" % (o.get("object"), obj_name))
@@ -53,6 +55,9 @@ def main():
             i = c["index"]
             if i not in text:
                 fail("unexpected choice index %d" % i)
+            if chat and (c["delta"].get("role") == "assistant") != (i not in seen):
+                fail("choice %d: role must come in its first delta only" % i)
+            seen.add(i)
             text[i] += (c["delta"].get("content") or "") if chat else c["text"]
             if c["finish_reason"] is not None:
                 finishes[i].append(c["finish_reason"])
