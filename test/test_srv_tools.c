@@ -21,6 +21,7 @@
 
 #include "engine/grammar/grammar.h"
 #include "engine/util/util.h"
+#include "server/http/srv_api.h"
 #include "server/http/srv_tools.h"
 #include "test_util.h"
 #include "tokenizer/chat.h"

@@ -11,6 +11,7 @@
  */
 #include "srv_api.h"
 #include "srv_guided.h"
+#include "srv_tools.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -244,6 +245,35 @@ static int read_prompt(const srv_api_ctx *ctx, const json_t *body, srv_gen_req *
     return 0;
 }
 
+/* An assistant message's "tool_calls" -> m->tool_calls (owned: names borrow
+ * the body, arguments are copies; free_messages frees them). Returns 0 or -1. */
+static int read_tool_calls(const json_t *tc, chat_msg *m, const char *param, srv_api_error *e) {
+    size_t n = json_array_size(tc);
+    if (!json_is_array(tc) || n > 128)
+        return srv_api_fail(e, 400, param, "'%s.tool_calls' must be an array (at most 128)",
+                            param);
+    if (n == 0) return 0;
+    chat_tool_call *calls = calloc(n, sizeof *calls);
+    if (!calls) return srv_api_fail(e, 500, NULL, "out of memory");
+    m->tool_calls = calls;
+    for (size_t j = 0; j < n; j++) {
+        json_t *f = json_object_get(json_array_get(tc, j), "function");
+        const char *name = json_string_value(json_object_get(f, "name"));
+        json_t *args = json_object_get(f, "arguments");
+        if (!name || !(json_is_string(args) || json_is_object(args)))
+            return srv_api_fail(e, 400, param,
+                                "'%s.tool_calls[%zu]' must have function.name and "
+                                "function.arguments (a JSON string)",
+                                param, j);
+        calls[j].name = name;
+        calls[j].arguments = json_is_string(args) ? strdup(json_string_value(args))
+                                                  : json_dumps(args, JSON_PRESERVE_ORDER);
+        m->n_tool_calls = (int)j + 1;
+        if (!calls[j].arguments) return srv_api_fail(e, 500, NULL, "out of memory");
+    }
+    return 0;
+}
+
 /* Chat "messages" -> chat_msg array (contents owned in *bufs). Returns count or -1. */
 static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_out,
                          srv_api_error *e) {
@@ -273,10 +303,12 @@ static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_o
             return srv_api_fail(e, 400, param, "'%s.role' must be a string", param);
         const char *rs = json_string_value(role);
         if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
-        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
+            strcmp(rs, "tool"))
             return srv_api_fail(
                 e, 400, param,
-                "'%s.role' must be system, developer, user or assistant (got '%.40s')", param, rs);
+                "'%s.role' must be system, developer, user, assistant or tool (got '%.40s')",
+                param, rs);
         msgs[i].role = rs;
         json_t *c = json_object_get(it, "content");
         srv_buf text = {0};
@@ -318,10 +350,14 @@ static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_o
             return srv_api_fail(e, 400, param,
                                 "'%s.content' must be a string or an array of text parts", param);
         }
-        if (json_object_get(it, "tool_calls") && !json_is_null(json_object_get(it, "tool_calls")) &&
-            json_array_size(json_object_get(it, "tool_calls")) > 0) {
+        json_t *tc = json_object_get(it, "tool_calls");
+        if (tc && !json_is_null(tc) && (read_tool_calls(tc, &msgs[i], param, e) ||
+                                        strcmp(rs, "assistant"))) {
             srv_buf_free(&text);
-            return srv_api_fail(e, 400, param, "tool calls are not supported");
+            if (strcmp(rs, "assistant"))
+                return srv_api_fail(e, 400, param, "'%s.tool_calls': only assistant messages "
+                                    "carry tool calls", param);
+            return -1;
         }
         bufs[i] = strdup(srv_buf_cstr(&text));
         srv_buf_free(&text);
@@ -334,6 +370,11 @@ static int read_messages(const json_t *body, chat_msg **msgs_out, char ***bufs_o
 static void free_messages(chat_msg *msgs, char **bufs, int n) {
     if (bufs)
         for (int i = 0; i < n; i++) free(bufs[i]);
+    for (int i = 0; msgs && i < n; i++) {
+        chat_tool_call *c = (chat_tool_call *)msgs[i].tool_calls;
+        for (int j = 0; j < msgs[i].n_tool_calls; j++) free((char *)c[j].arguments);
+        free(c);
+    }
     free(bufs);
     free(msgs);
 }
@@ -359,22 +400,32 @@ static int read_template_kwargs(const json_t *body, int *think, srv_api_error *e
 }
 
 /* Renders and tokenizes the conversation. Returns token count or -1. */
-static int chat_tokens(const srv_api_ctx *ctx, const json_t *body, int add_gen, int32_t **ids,
-                       srv_api_error *e) {
+static int chat_tokens(const srv_api_ctx *ctx, const json_t *body, int add_gen,
+                       const srv_tools *tools, int32_t **ids, srv_api_error *e) {
     chat_msg *msgs = NULL;
     char **bufs = NULL;
     int think;
     if (read_template_kwargs(body, &think, e)) return -1;
+    /* the functions as the template's `tool | tojson` prints them */
+    char *tool_text[SRV_TOOLS_MAX];
+    int n_tools = tools ? tools->n : 0;
+    size_t flags = JSON_PRESERVE_ORDER | (tools && tools->format == SRV_TOOLS_LLAMA3 ? JSON_INDENT(4) : 0);
+    for (int i = 0; i < n_tools; i++)
+        if (!(tool_text[i] = json_dumps(json_array_get(tools->tools, (size_t)i), flags))) {
+            while (i--) free(tool_text[i]);
+            return srv_api_fail(e, 500, NULL, "out of memory");
+        }
     int n = read_messages(body, &msgs, &bufs, e);
     int nm = (int)json_array_size(json_object_get(body, "messages"));
-    if (n < 0) {
-        free_messages(msgs, bufs, nm);
-        return -1;
-    }
     char *text = NULL;
-    const chat_opts co = {.add_generation_prompt = add_gen, .enable_thinking = think};
-    int rc = chat_render_opts(ctx->chat_style, msgs, n, &co, &text);
+    const chat_opts co = {.add_generation_prompt = add_gen,
+                          .enable_thinking = think,
+                          .tools = (const char *const *)tool_text,
+                          .n_tools = n_tools};
+    int rc = n < 0 ? 0 : chat_render_opts(ctx->chat_style, msgs, n, &co, &text);
     free_messages(msgs, bufs, nm);
+    for (int i = 0; i < n_tools; i++) free(tool_text[i]);
+    if (n < 0) return -1;
     if (rc == NI_ENOMEM) return srv_api_fail(e, 500, NULL, "out of memory");
     if (rc)
         return srv_api_fail(
@@ -383,8 +434,10 @@ static int chat_tokens(const srv_api_ctx *ctx, const json_t *body, int add_gen, 
             "be system/user/assistant%s",
             chat_style_name(ctx->chat_style),
             ctx->chat_style == CHAT_STYLE_LLAMA2
-                ? ", alternating user/assistant after an optional first system message"
-                : "");
+                ? ", alternating user/assistant after an optional first system message, "
+                  "and tools are not supported"
+            : ctx->chat_style == CHAT_STYLE_ZEPHYR ? ", and tools are not supported"
+                                                    : " (or tool)");
     int add_bos = tok_add_bos(ctx->tok) && !chat_has_bos_text(ctx->chat_style, text);
     int nt = encode_alloc(ctx->tok, text, strlen(text), add_bos, 1, ids);
     free(text);
@@ -483,10 +536,10 @@ static int reject_unsupported(int kind, const json_t *body, srv_api_error *e) {
     if (kind == SRV_API_COMPLETION && (v = json_object_get(body, "suffix")) && !json_is_null(v))
         return srv_api_fail(e, 400, "suffix",
                             "'suffix' (insertion) is not supported by this server");
-    if ((v = json_object_get(body, "tools")) && !json_is_null(v) &&
+    if (kind == SRV_API_COMPLETION && (v = json_object_get(body, "tools")) && !json_is_null(v) &&
         (!json_is_array(v) || json_array_size(v) > 0))
         return srv_api_fail(e, 400, "tools",
-                            "tools / function calling are not supported by this server");
+                            "tools are only supported on /v1/chat/completions");
     if ((v = json_object_get(body, "functions")) && !json_is_null(v))
         return srv_api_fail(e, 400, "functions",
                             "function calling is not supported by this server");
@@ -677,7 +730,8 @@ static int read_gen_prompt(const srv_api_ctx *ctx, int kind, const json_t *body,
     if (kind == SRV_API_COMPLETION) return read_prompt(ctx, body, r, e);
     int add_gen = 1;
     if (get_bool(body, "add_generation_prompt", &add_gen, e) < 0) return -1;
-    int n = chat_tokens(ctx, body, add_gen, &r->prompt, e);
+    if (srv_tools_parse(body, ctx->chat_style, &r->tools, e)) return -1;
+    int n = chat_tokens(ctx, body, add_gen, &r->tools, &r->prompt, e);
     if (n < 0) return -1;
     r->n_prompt = n;
     return 0;
@@ -740,6 +794,15 @@ int srv_api_parse_gen(const srv_api_ctx *ctx, int kind, const json_t *body, srv_
         fit_context(ctx, kind, r, have_max, max, max_name, e) ||
         srv_guided_parse(body, &r->grammar, e))
         goto fail;
+    if (r->tools.choice == SRV_TOOL_CHOICE_REQUIRED || r->tools.choice == SRV_TOOL_CHOICE_NAMED) {
+        if (r->grammar) {
+            srv_api_fail(e, 400, "tool_choice",
+                         "tool_choice \"required\" or a named function cannot be combined with "
+                         "response_format / guided decoding");
+            goto fail;
+        }
+        if (srv_tools_grammar(&r->tools, &r->grammar, e)) goto fail;
+    }
     return 0;
 fail:
     srv_gen_req_free(r);
@@ -752,6 +815,7 @@ void srv_gen_req_free(srv_gen_req *r) {
     free(r->prompt);
     free(r->echo_text);
     gr_grammar_free(r->grammar);
+    srv_tools_free(&r->tools);
     memset(r, 0, sizeof *r);
 }
 
@@ -801,7 +865,10 @@ json_t *srv_api_tokenize(const srv_api_ctx *ctx, const json_t *body, srv_api_err
     } else if (json_object_get(body, "messages")) {
         int add_gen = 1;
         if (get_bool(body, "add_generation_prompt", &add_gen, e) < 0) return NULL;
-        n = chat_tokens(ctx, body, add_gen, &ids, e);
+        srv_tools t;
+        if (srv_tools_parse(body, ctx->chat_style, &t, e)) return NULL;
+        n = chat_tokens(ctx, body, add_gen, &t, &ids, e);
+        srv_tools_free(&t);
         if (n < 0) return NULL;
     } else {
         srv_api_fail(e, 400, "prompt", "'prompt' (a string) or 'messages' is required");

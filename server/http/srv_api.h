@@ -35,6 +35,7 @@
 #include "engine/engine.h"
 #include "tokenizer/tok.h"
 #include "srv_reasoning.h"
+#include "srv_tools.h"
 #include "srv_util.h"
 
 enum srv_api_kind { SRV_API_COMPLETION = 0, SRV_API_CHAT = 1 };
@@ -96,7 +97,8 @@ typedef struct srv_gen_req {
     int n_prompt;
     char *echo_text; /* completions + echo: the prompt as text */
     size_t echo_len;
-    gr_grammar *grammar; /* structured output (srv_guided.h), or NULL */
+    gr_grammar *grammar; /* structured output (srv_guided.h) or the tool_choice grammar, or NULL */
+    srv_tools tools;     /* chat: the request's tools (tools.n == 0: none, or tool_choice none) */
 } srv_gen_req;
 
 /* Parses and validates a /v1/completions (kind COMPLETION) or
@@ -163,6 +165,12 @@ json_t *srv_api_envelope(int kind, int chunk, const char *id, long long created,
  * logprobs is stolen (NULL -> null); finish NULL -> null. */
 json_t *srv_api_choice(int kind, int chunk, int index, const char *text, size_t len, int with_role,
                        json_t *logprobs, const char *finish);
+
+/* Adds tool calls (srv_tools) to a chat choice: non-streaming message.tool_calls
+ * [{id, type, function {name, arguments}}] (an empty content becomes null);
+ * streaming delta.tool_calls with "index" first_index + i. Returns choice. */
+json_t *srv_api_choice_tool_calls(json_t *choice, int chunk, const srv_tool_call *calls,
+                                  const char *const *ids, int n, int first_index);
 
 /* Adds a chat choice's reasoning (srv_reasoning split) to what srv_api_choice
  * built. Non-streaming (chunk 0): message.reasoning_content = the text, null

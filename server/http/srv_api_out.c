@@ -187,6 +187,38 @@ json_t *srv_api_choice_reasoning(json_t *choice, int chunk, const char *reasonin
     return choice;
 }
 
+json_t *srv_api_choice_tool_calls(json_t *choice, int chunk, const srv_tool_call *calls,
+                                  const char *const *ids, int n, int first_index) {
+    json_t *m = json_object_get(choice, chunk ? "delta" : "message");
+    json_t *arr = json_array();
+    if (!m || !arr) {
+        json_decref(arr);
+        return choice;
+    }
+    for (int i = 0; i < n; i++) {
+        json_t *tc = json_object(), *f = json_object();
+        if (!tc || !f) {
+            json_decref(tc);
+            json_decref(f);
+            break;
+        }
+        json_object_set_new(f, "name", json_string(calls[i].name));
+        json_object_set_new(f, "arguments", srv_json_stringn(calls[i].arguments, strlen(calls[i].arguments)));
+        if (chunk) json_object_set_new(tc, "index", json_integer(first_index + i));
+        json_object_set_new(tc, "id", json_string(ids[i]));
+        json_object_set_new(tc, "type", json_string("function"));
+        json_object_set_new(tc, "function", f);
+        json_array_append_new(arr, tc);
+    }
+    json_object_set_new(m, "tool_calls", arr);
+    if (!chunk) {
+        json_t *c = json_object_get(m, "content");
+        if (json_is_string(c) && json_string_length(c) == 0)
+            json_object_set_new(m, "content", json_null());
+    }
+    return choice;
+}
+
 int srv_sse_event(srv_buf *out, const json_t *obj) {
     char *s = obj ? json_dumps(obj, SRV_JSON_FLAGS) : NULL;
     if (!s) return NI_ENOMEM;

@@ -209,6 +209,7 @@ void srv_gen_free(srv_server *s, srv_gen *g) {
     for (int i = 0; i < ENG_MAX_N; i++) {
         srv_buf_free(&g->ch[i].text);
         srv_buf_free(&g->ch[i].reasoning);
+        srv_tool_stream_free(&g->ch[i].ts);
         srv_lp_free(&g->ch[i].lp);
     }
     srv_gen_req_free(&g->rq);
@@ -277,42 +278,66 @@ static int split_text(srv_choice *ch, const ev_rec *ev, const char *text, srv_bu
 
 static void stream_event(srv_server *s, srv_gen *g, int index, const ev_rec *ev, const char *text) {
     srv_conn *c = g->conn;
+    srv_choice *chs = &g->ch[index];
     json_t *lp = NULL;
     srv_stream_open(g, index);
     if (c->kill) return;
     if (ev->has_lp && ev->token >= 0) {
-        srv_lp_add(&g->ch[index].lp, s->model.tok, &ev->lp);
-        lp = srv_lp_take(&g->ch[index].lp);
+        srv_lp_add(&chs->lp, s->model.tok, &ev->lp);
+        lp = srv_lp_take(&chs->lp);
     }
-    if (g->rq.reasoning) { /* delta.reasoning_content inside the think block, then delta.content */
-        srv_buf r = {0}, t = {0};
-        if (split_text(&g->ch[index], ev, text, &r, &t)) {
-            json_decref(lp);
-            srv_buf_free(&r);
-            srv_buf_free(&t);
-            srv_conn_kill(c, SRV_ABORT_DISCONNECT);
-            return;
-        }
-        if (srv_buf_size(&r) || srv_buf_size(&t) || lp) {
-            json_t *ch =
-                srv_api_choice(g->rq.kind, 1, index, srv_buf_size(&t) ? srv_buf_ptr(&t) : NULL,
-                               srv_buf_size(&t), 0, lp, NULL);
-            ch = srv_api_choice_reasoning(ch, 1, srv_buf_ptr(&r), srv_buf_size(&r), 0);
-            srv_conn_sse(c, srv_stream_chunk(g, ch, g->rq.include_usage));
-        }
+    /* delta.reasoning_content inside the think block, then delta.content; with
+     * tools, the content goes through the tool-call parser first */
+    srv_buf r = {0}, t = {0};
+    int rc = 0;
+    if (g->rq.reasoning) rc = split_text(chs, ev, text, &r, &t);
+    else rc = srv_buf_append(&t, text, (size_t)NI_MAX(ev->text_len, 0));
+    srv_tool_call calls[SRV_TOOLS_MAX_CALLS];
+    int n_calls = 0;
+    char *tc_content = NULL;
+    size_t tc_len = 0;
+    if (!rc && g->rq.tools.n > 0) {
+        rc = srv_tool_stream_push(&chs->ts, srv_buf_ptr(&t), srv_buf_size(&t), ev->finish != 0,
+                                  &tc_content, &tc_len, calls,
+                                  &n_calls);
+        srv_buf_free(&t);
+        if (!rc && tc_len) rc = srv_buf_append(&t, tc_content, tc_len);
+        free(tc_content);
+    }
+    if (rc) {
+        json_decref(lp);
         srv_buf_free(&r);
         srv_buf_free(&t);
-    } else if (ev->text_len > 0 || lp) {
-        srv_conn_sse(c, srv_stream_chunk(g,
-                                         srv_api_choice(g->rq.kind, 1, index, text,
-                                                        (size_t)ev->text_len, 0, lp, NULL),
+        for (int k = 0; k < n_calls; k++) srv_tool_call_free(&calls[k]);
+        srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+        return;
+    }
+    if (srv_buf_size(&r) || srv_buf_size(&t) || lp) {
+        json_t *ch = srv_api_choice(g->rq.kind, 1, index, srv_buf_size(&t) ? srv_buf_ptr(&t) : NULL,
+                                    srv_buf_size(&t), 0, lp, NULL);
+        if (g->rq.reasoning) ch = srv_api_choice_reasoning(ch, 1, srv_buf_ptr(&r), srv_buf_size(&r), 0);
+        srv_conn_sse(c, srv_stream_chunk(g, ch, g->rq.include_usage));
+    }
+    srv_buf_free(&r);
+    srv_buf_free(&t);
+    if (n_calls > 0 && !c->kill) { /* each call whole, in one delta.tool_calls chunk */
+        char ids[SRV_TOOLS_MAX_CALLS][32];
+        const char *ptrs[SRV_TOOLS_MAX_CALLS];
+        srv_tool_ids(s, ids, ptrs, n_calls);
+        json_t *ch = srv_api_choice(g->rq.kind, 1, index, NULL, 0, 0, NULL, NULL);
+        ch = srv_api_choice_tool_calls(ch, 1, calls, ptrs, n_calls, chs->n_calls);
+        srv_conn_sse(c, srv_stream_chunk(g, ch, g->rq.include_usage));
+        chs->n_calls += n_calls;
+    }
+    for (int k = 0; k < n_calls; k++) srv_tool_call_free(&calls[k]);
+    if (ev->finish && !c->kill) {
+        const char *finish = chs->n_calls > 0 && ev->finish == ENG_FINISH_STOP
+                                 ? "tool_calls"
+                                 : srv_api_finish_reason(ev->finish);
+        srv_conn_sse(c, srv_stream_chunk(g, srv_api_choice(g->rq.kind, 1, index, NULL, 0, 0, NULL,
+                                                           finish),
                                          g->rq.include_usage));
     }
-    if (ev->finish && !c->kill)
-        srv_conn_sse(c, srv_stream_chunk(g,
-                                         srv_api_choice(g->rq.kind, 1, index, NULL, 0, 0, NULL,
-                                                        srv_api_finish_reason(ev->finish)),
-                                         g->rq.include_usage));
 }
 
 static void handle_event(srv_server *s, const ev_rec *ev, const char *text) {

@@ -74,6 +74,8 @@ typedef struct srv_choice {
     srv_buf text; /* non-streaming: the generated text (its content, when rq.reasoning splits) */
     srv_buf reasoning; /* non-streaming, rq.reasoning: the think block's text */
     srv_reasoning rp;  /* rq.reasoning: the split of this choice's output so far */
+    srv_tool_stream ts; /* streaming, rq.tools.n > 0: tool calls parsed out of the content */
+    int n_calls;        /* tool calls sent so far (streaming) / found (final) */
     srv_lp lp;    /* logprobs (streaming: per chunk; else accumulated) */
     int finish;   /* enum eng_finish, 0 while generating */
     int opened;   /* streaming: the opening chunk (chat role, completions echo) was sent;
@@ -270,6 +272,9 @@ void srv_stream_open(srv_gen *g, int index);
 /* Builds the final non-streaming body (or error body) of g into c->final_*;
  * kills c when even that cannot be built. */
 void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c);
+
+/* n fresh "call_..." ids (ids[i], pointed to by ptrs[i]) for tool calls. */
+void srv_tool_ids(srv_server *s, char (*ids)[32], const char **ptrs, int n);
 
 /* MHD access handler (MHD_AccessHandlerCallback); cls is the srv_server. */
 enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char *url,

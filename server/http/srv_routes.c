@@ -124,6 +124,43 @@ void srv_stream_open(srv_gen *g, int index) {
                                                g->rq.include_usage));
 }
 
+/* Fresh "call_..." ids for n tool calls. */
+void srv_tool_ids(srv_server *s, char (*ids)[32], const char **ptrs, int n) {
+    for (int i = 0; i < n; i++) {
+        srv_random_id(&s->rng, "call_", ids[i], sizeof ids[i]);
+        ptrs[i] = ids[i];
+    }
+}
+
+/* A non-streaming chat choice of a request with tools: the calls parsed out
+ * of the content, finish_reason "tool_calls" when there are some. */
+static json_t *final_with_tools(srv_server *s, srv_gen *g, int i) {
+    srv_choice *ch = &g->ch[i];
+    srv_tool_call calls[SRV_TOOLS_MAX_CALLS];
+    int n = 0;
+    char *content = NULL;
+    if (srv_tools_extract(&g->rq.tools, srv_buf_ptr(&ch->text), srv_buf_size(&ch->text), calls, &n,
+                          &content))
+        return NULL;
+    const char *finish = n > 0 && ch->finish == ENG_FINISH_STOP ? "tool_calls"
+                                                                : srv_api_finish_reason(ch->finish);
+    json_t *choice = srv_api_choice(g->rq.kind, 0, i, content, strlen(content), 0,
+                                    srv_lp_take(&ch->lp), finish);
+    if (choice && g->rq.reasoning)
+        choice = srv_api_choice_reasoning(choice, 0, srv_buf_ptr(&ch->reasoning),
+                                          srv_buf_size(&ch->reasoning), 0);
+    if (choice && n > 0) {
+        char ids[SRV_TOOLS_MAX_CALLS][32];
+        const char *ptrs[SRV_TOOLS_MAX_CALLS];
+        srv_tool_ids(s, ids, ptrs, n);
+        choice = srv_api_choice_tool_calls(choice, 0, calls, ptrs, n, 0);
+    }
+    ch->n_calls = n;
+    for (int k = 0; k < n; k++) srv_tool_call_free(&calls[k]);
+    free(content);
+    return choice;
+}
+
 /* Builds the final non-streaming body into c->final_body. */
 void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c) {
     json_t *o = NULL;
@@ -147,6 +184,8 @@ void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c) {
                        : srv_api_choice(g->rq.kind, 0, i, srv_buf_ptr(&t), srv_buf_size(&t), 0,
                                         srv_lp_take(&ch->lp), srv_api_finish_reason(ch->finish));
                 srv_buf_free(&t);
+            } else if (g->rq.tools.n > 0) {
+                choice = final_with_tools(s, g, i);
             } else {
                 choice = srv_api_choice(g->rq.kind, 0, i, srv_buf_ptr(&ch->text),
                                         srv_buf_size(&ch->text), 0, srv_lp_take(&ch->lp),
@@ -345,6 +384,7 @@ static void handle_gen(srv_server *s, srv_conn *c, int kind) {
     g->t_arrival = c->t_start;
     for (int i = 0; i < g->rq.n; i++) {
         srv_reasoning_init(&g->ch[i].rp, g->rq.reasoning);
+        srv_tool_stream_init(&g->ch[i].ts, &g->rq.tools);
         g->ch[i].text.limit = 0;
         g->ch[i].lp.kind = kind;
         g->ch[i].lp.text_offset = g->rq.echo ? g->rq.echo_len : 0;

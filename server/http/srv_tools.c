@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "engine/util/util.h"
+#include "srv_api.h"
 #include "tokenizer/chat.h"
 
 static const char OPEN[] = "<tool_call>", CLOSE[] = "</tool_call>";

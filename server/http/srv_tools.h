@@ -25,7 +25,8 @@
 #include <stddef.h>
 
 #include "engine/grammar/grammar.h"
-#include "srv_api.h"
+
+typedef struct srv_api_error srv_api_error; /* srv_api.h */
 
 #define SRV_TOOLS_MAX 128
 #define SRV_TOOLS_MAX_CALLS 16 /* calls parsed out of one reply */
