@@ -728,6 +728,9 @@ static int sample_on_device(eng_engine *e, int nb) {
         if (!e->b_want[i] || !s) continue;
         eng_req *r = s->req;
         const uint32_t *allow = NULL;
+        /* The masks are computed here, after forward() returned: a device backend
+         * returns from forward(logits = NULL) without waiting for the GPU, so this
+         * CPU work overlaps the forward pass; be->sample then waits for both. */
         if (r->gm) { /* copied: the matcher's cache may reuse the slot for a sibling */
             const double t0 = ni_now();
             const uint32_t *m;
