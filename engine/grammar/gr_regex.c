@@ -201,13 +201,11 @@ static int emit_set(rx *p, int rule, rx_set *s) {
     if (!p->json) return gr_b_class(b, rule, s->r, s->n, s->neg);
     /* which unsafe code points does the set admit? */
     uint8_t admit[0x5D] = {0};
-    int n_unsafe = 0;
     for (uint32_t c = 0; c < 0x5D; c++) {
         if (!json_unsafe(c)) continue;
         int in = 0;
         for (int k = 0; k < s->n; k++) in |= c >= s->r[k].lo && c <= s->r[k].hi;
         admit[c] = (uint8_t)(in != s->neg);
-        n_unsafe += admit[c];
     }
     rx_set safe = *s;
     if (s->neg) { /* exclude the unsafe ones too */
