@@ -148,14 +148,18 @@ clean:
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 # ---- fuzzing (clang libFuzzer + ASan/UBSan): make fuzz [FUZZ_SECONDS=30] ----
-# Targets test/fuzz/fuzz_*.c, seed corpora test/fuzz/corpus/<target>/ (copied
-# to build/fuzz/corpus/<target>/, which keeps what the runs find); a crash
-# leaves build/fuzz/crash-* and fails the target.
+# Targets test/fuzz/fuzz_*.c (FUZZ_TARGETS="fuzz_grammar fuzz_gguf" runs only
+# those), seed corpora test/fuzz/corpus/<target>/ (copied to
+# build/fuzz/corpus/<target>/, which keeps what the runs find); a crash,
+# leak or timeout leaves build/fuzz/{crash,leak,timeout}-* and fails the
+# target. FUZZ_OPTS_<target> adds libFuzzer options for one target.
 FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?= $(patsubst test/fuzz/%.c,%,$(wildcard test/fuzz/fuzz_*.c))
+FUZZ_OPTS_fuzz_grammar ?= -timeout=10
 FUZZ_CC   ?= clang
 FUZZ_FLAGS := -O1 -g -march=x86-64-v3 -fsanitize=fuzzer-no-link,address,undefined \
               -Wall -Wextra -Werror -Wno-pass-failed -MMD -MP -I.
-FUZZ_BIN  := $(patsubst test/fuzz/%.c,build/fuzz/bin/%,$(wildcard test/fuzz/fuzz_*.c))
+FUZZ_BIN  := $(patsubst %,build/fuzz/bin/%,$(FUZZ_TARGETS))
 .PHONY: fuzz fuzz-build
 fuzz-build:
 	@$(MAKE) --no-print-directory USE_CUDA=0 BUILD=build/fuzz CC=$(FUZZ_CC) CXX=$(FUZZ_CC)++ \
@@ -171,8 +175,9 @@ fuzz-build:
 fuzz: fuzz-build
 	@for t in $(FUZZ_BIN); do n=$${t##*/}; c=build/fuzz/corpus/$$n; mkdir -p $$c; \
 	  [ -d test/fuzz/corpus/$$n ] && cp -n test/fuzz/corpus/$$n/* $$c/ 2>/dev/null; \
-	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	  o=; $(foreach f,$(FUZZ_TARGETS),[ $$n = $(f) ] && o='$(FUZZ_OPTS_$(f))';) \
+	  echo "== $$n ($(FUZZ_SECONDS) s) $$o"; \
 	  ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $$t -max_total_time=$(FUZZ_SECONDS) \
-	    -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix=build/fuzz/ $$c \
+	    $$o -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix=build/fuzz/ $$c \
 	    2>build/fuzz/$$n.log || { tail -40 build/fuzz/$$n.log; exit 1; }; \
 	  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)' build/fuzz/$$n.log; done

@@ -5,9 +5,15 @@
 fuzz_gguf: a minimal valid GGUF v3 (a few metadata keys, one F32 tensor) and
 CVE-shaped variants of it: a string length of 2^64-1, huge tensor / kv
 counts, n_dims 5, dimensions whose product overflows, a misaligned tensor
-offset, an array of strings whose count overruns the file. The others: a few
-request bodies, texts and chat inputs. Standard library only; rerun to
-regenerate (the files are deterministic).
+offset, an array of strings whose count overruns the file. fuzz_safetensors:
+tiny valid files (one F32 tensor; F16 + BF16 + metadata; an empty header)
+and broken ones (overlap, gap, misaligned, header length past the end, a
+shape that disagrees with the offsets). fuzz_grammar: byte 0 picks the front
+end (0 GBNF, 1 regex, 2 JSON Schema, 3 choices split at newlines), then the
+text, a NUL, and bytes that drive the matcher (a sentence of the grammar
+where one is known). The others: a few request bodies, texts and chat
+inputs. Standard library only; rerun to regenerate (the files are
+deterministic).
 """
 import json
 import os
@@ -45,6 +51,62 @@ def gguf(n_dims=2, dims=(4, 2), offset=0, str_len=None, n_tensors=None, n_kv=Non
     return out + struct.pack("<8f", *range(8))
 
 
+def safetensors(tensors, metadata=None, data=None, hlen_delta=0):
+    """tensors: [(name, dtype, shape, begin, end)]; data defaults to zeros up to
+    the largest end."""
+    h = {n: {"dtype": d, "shape": list(sh), "data_offsets": [b, e]} for n, d, sh, b, e in tensors}
+    if metadata is not None:
+        h["__metadata__"] = metadata
+    hb = json.dumps(h, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    if data is None:
+        data = bytes(range(256)) * 4
+        data = data[:max([e for *_, e in tensors] or [0])]
+    return struct.pack("<Q", len(hb) + hlen_delta) + hb + data
+
+
+GBNF = [
+    ('root ::= expr\nexpr ::= term ( [-+] term )*\nterm ::= factor | factor [*/] term\n'
+     'factor ::= num | "(" expr ")" | "-" factor\nnum ::= [0-9]+ ("." [0-9]{1,3})?\n', "(1+2)*3"),
+    ('root ::= "yes" | "no" # comment\n', "yes"),
+    ('root ::= obj\nobj ::= "{" ws ( pair ( "," ws pair )* )? "}"\npair ::= str ws ":" ws val\n'
+     'val ::= str | [0-9]+ | obj\nstr ::= "\\"" [^"\\\\]* "\\""\nws ::= [ \\t\\n]*\n',
+     '{"a": 1,"b":{}}'),
+    ('root ::= [a-z]{2,5} [^\\x00-\\x7f]? "\\u00e9"+\n', "abc\u00e9"),
+    ('root ::= x{0,3} y\nx ::= "ab" | [c-e]\ny ::= "!"?\n', "abc!"),
+]
+REGEX = [
+    ("\\d{1,3}(\\.\\d{1,3}){3}", "10.0.0.1"), ("[A-Z][a-z]*( [A-Z][a-z]*)*", "Hello World"),
+    ("(?:ab|a)(?:bc|c)", "abc"), ("[^\\d\\s]+", "xyz"), ("[\\u4e00-\\u9fff]{1,2}", "\u4e00"),
+    ("^(yes|no|maybe)$", "maybe"), ("\\w+@\\w+\\.com", "a@b.com"), ("(a|b){0,3}c", "abac"),
+]
+SCHEMA = [
+    ({"type": "object", "properties": {"name": {"type": "string"},
+      "age": {"type": "integer", "minimum": 0, "maximum": 150}}, "required": ["name", "age"]},
+     '{"name":"x","age":7}'),
+    ({"type": "array", "items": {"type": "integer", "minimum": -20, "exclusiveMaximum": 7},
+      "minItems": 1, "maxItems": 4}, "[1,-3]"),
+    ({"enum": ["red", "green", 1, None, {"x": [1, 2]}]}, '"red"'),
+    ({"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"}, '"AB-123"'),
+    ({"type": "string", "format": "date-time"}, '"2024-01-02T03:04:05Z"'),
+    ({"anyOf": [{"type": "integer", "minimum": 100, "maximum": 999},
+                {"type": "string", "maxLength": 2}]}, "123"),
+    ({"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"}, "next": {
+        "anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}}, "required": ["v", "next"]}},
+      "$ref": "#/$defs/node"}, '{"v":1,"next":null}'),
+    ({"type": "object", "properties": {"x": {"type": "integer"}},
+      "additionalProperties": {"type": "string"}}, '{"x":1,"y":"z"}'),
+    ({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]}, '["a",1]'),
+    ({}, '{"k":[true,false,null,1.5e3]}'),
+]
+CHOICES = [(["red", "green", "blue"], "green"), (["a", "ab", "abc", ""], "ab"),
+           (["caf\u00e9", "\u65e5\u672c"], "\u65e5\u672c")]
+
+
+def grammar_seed(kind, text, drive):
+    return bytes([kind]) + text.encode() + b"\0" + drive.encode()
+
+
 def write(target, name, data):
     d = os.path.join(ROOT, target)
     os.makedirs(d, exist_ok=True)
@@ -61,6 +123,31 @@ def main():
     write("fuzz_gguf", "dims_overflow.gguf", gguf(dims=(2**33, 2**33)))
     write("fuzz_gguf", "misaligned.gguf", gguf(offset=3))
     write("fuzz_gguf", "arr_overrun.gguf", gguf(arr_n=2**62))
+    f32 = ("w", "F32", (2, 2), 0, 16)
+    write("fuzz_safetensors", "valid.safetensors", safetensors([f32]))
+    write("fuzz_safetensors", "mixed.safetensors", safetensors(
+        [("a.weight", "F32", (3,), 0, 12), ("b.weight", "F16", (2, 3), 12, 24),
+         ("c.bias", "BF16", (4,), 24, 32), ("d", "I8", (0,), 32, 32)],
+        metadata={"format": "pt"}))
+    write("fuzz_safetensors", "empty.safetensors", safetensors([], metadata={}))
+    write("fuzz_safetensors", "overlap.safetensors", safetensors(
+        [("a", "F32", (2,), 0, 8), ("b", "F32", (2,), 4, 12)]))
+    write("fuzz_safetensors", "gap.safetensors", safetensors(
+        [("a", "F32", (1,), 0, 4), ("b", "F32", (1,), 8, 12)]))
+    write("fuzz_safetensors", "misaligned.safetensors", safetensors(
+        [("a", "F16", (1,), 0, 2), ("b", "F32", (1,), 2, 6)]))
+    write("fuzz_safetensors", "hlen_past_end.safetensors", safetensors([f32], hlen_delta=4096))
+    write("fuzz_safetensors", "shape_mismatch.safetensors", safetensors(
+        [("w", "F32", (3, 2**40), 0, 16)]))
+    for i, (text, drive) in enumerate(GBNF):
+        write("fuzz_grammar", "gbnf%d.bin" % i, grammar_seed(0, text, drive))
+    for i, (text, drive) in enumerate(REGEX):
+        write("fuzz_grammar", "regex%d.bin" % i, grammar_seed(1, text, drive))
+    for i, (schema, drive) in enumerate(SCHEMA):
+        write("fuzz_grammar", "schema%d.bin" % i,
+              grammar_seed(2, json.dumps(schema, separators=(",", ":")), drive))
+    for i, (choices, drive) in enumerate(CHOICES):
+        write("fuzz_grammar", "choice%d.bin" % i, grammar_seed(3, "\n".join(choices), drive))
     reqs = [
         {"prompt": "Hello", "max_tokens": 8},
         {"prompt": [1, 2, 3], "n": 2, "logprobs": 3, "stop": ["\n", "x"], "echo": True},

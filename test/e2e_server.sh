@@ -8,7 +8,9 @@
 #              --device (and its alias --backend) picks the backend
 #   api        tiny model: every endpoint, SSE framing (test/py/check_sse.py),
 #              usage, prefix caching, and a corpus of malformed requests -> 4xx
-#              with the right param (400/401/404/405/413), never a 5xx
+#              with the right param (400/401/404/405/413), never a 5xx; bodies over
+#              --max-body (chunked, past the discard cap too) get a readable 413 and a
+#              clean close (curl and test/py/upload_limit.py)
 #   reasoning  tiny Qwen3: chat_template_kwargs.enable_thinking in the prompt,
 #              the qwen3 / deepseek_r1 parsers' message and delta shapes,
 #              reasoning_format none (the splitting itself: test_srv_reasoning.c)
@@ -18,7 +20,9 @@
 #   model      SmolLM2 (the real chat template), `nanoinfer chat` multi-turn,
 #              queue full -> 429
 #   disconnect 50 streaming + 5 non-streaming clients killed mid-generation ->
-#              nanoinfer_kv_blocks_used back to 0; a slow reader is cut off
+#              nanoinfer_kv_blocks_used back to 0; a slow reader is cut off;
+#              half-closed clients (test/py/half_close.py) still get whole replies,
+#              one half-closed mid-body is dropped without a trace
 #   shutdown   SIGTERM drains in-flight requests and exits 0; the shutdown
 #              timeout aborts the rest (stream ends with "abort" + [DONE])
 #   load       scripts/loadtest.sh (wrk) briefly: only 2xx/429, no socket errors
@@ -374,6 +378,21 @@ req POST /v1/completions "@$HUGE" -H 'Transfer-Encoding: chunked'
 check "huge chunked body -> 413" test "$STATUS" = 413
 req POST /v1/completions "@$HUGE" -H 'Expect:'
 check "huge body without 100-continue -> 413" test "$STATUS" = 413
+# past the discard cap (16 x --max-body): the 413 is written mid-body and the connection
+# drained, so the client reads it instead of a reset (curl: exit 0, not 55 "send failure")
+BIGF=$TMP/big.bin
+head -c $((4 << 20)) /dev/zero | tr '\0' x >"$BIGF"
+code=$(curl -s -o "$TMP/body" -w '%{http_code}' "${AUTH[@]}" --data-binary "@$BIGF" \
+  -H 'Transfer-Encoding: chunked' "$BASE/v1/completions")
+rc=$?
+check "4 MiB chunked body -> 413 (got $code, curl exit $rc)" test "$code/$rc" = 413/0
+check "4 MiB chunked body: OpenAI-style error" test "$(jbody .error.type)" = invalid_request_error
+code=$(curl -s -o /dev/null -w '%{http_code}' "${AUTH[@]}" -H 'Expect:' --data-binary "@$BIGF" \
+  "$BASE/v1/completions")
+check "4 MiB body with Content-Length, no 100-continue -> 413 (got $code, curl exit $?)" test "$code" = 413
+python3 test/py/upload_limit.py "$SRV_PORT" 65536 "$KEY" >"$TMP/upload.out" 2>&1
+rc=$?
+check "raw-socket uploads over --max-body: 413 + clean close ($(grep -c '^ok' "$TMP/upload.out")/6 ok; $(grep FAIL "$TMP/upload.out" | head -1))" test $rc -eq 0
 req POST /v1/completions '{"prompt":"still alive","max_tokens":1}'
 check "server fine after 413s" test "$STATUS" = 200
 
@@ -550,6 +569,12 @@ else
   # ====================================================================
   section disconnect
   BASE=$REAL_BASE
+  # half-close (shutdown(SHUT_WR)) after the request: the whole reply still comes;
+  # mid-body: the request is dropped, /health 200, no KV block left
+  python3 test/py/half_close.py "${REAL_BASE##*:}" 48 >"$TMP/half_close.out" 2>&1
+  rc=$?
+  check "half-closed clients ($(grep -c '^ok' "$TMP/half_close.out")/3 ok; $(grep FAIL "$TMP/half_close.out" | head -1))" test $rc -eq 0
+  check "half-closed non-streaming reply went through the probe path" grep -q '^ok   non-streaming.*, probed)' "$TMP/half_close.out"
   mkdir -p "$TMP/dc"
   for i in $(seq 1 50); do
     curl -sN "$BASE/v1/completions" -o "$TMP/dc/$i" \

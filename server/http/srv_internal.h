@@ -114,6 +114,8 @@ struct srv_conn {
     srv_buf body;
     size_t discarded; /* bytes dropped after the body exceeded max-body */
     int too_big;
+    int answered_raw; /* a 413 was written on the socket itself; draining the rest */
+    double t_answered;
     int status;   /* status of the queued response, 0 = none yet */
     srv_gen *gen; /* generation request, until completion */
     int streaming;
@@ -123,7 +125,9 @@ struct srv_conn {
     int kill;         /* end the response with an error at the next MHD callback */
     char *final_body; /* non-streaming result, queued when resumed */
     size_t final_len;
+    size_t final_off; /* bytes of it given to a reply committed early */
     int final_status;
+    int half_closed; /* the sweep saw EOF: the client shut its write side (or left) */
     int prompt_tokens, completion_tokens;
     char rid[64];
     srv_conn *prev, *next; /* all live srv_conn */
@@ -259,6 +263,13 @@ void srv_gen_abort(srv_server *s, srv_gen *g, int reason);
  * and resumes c; a full buffer (slow reader) or an error kills c instead.
  * No-op on a connection already being killed. */
 void srv_conn_sse(srv_conn *c, json_t *obj);
+
+/* Writes a probe to the client of c, which the sweep saw half-closed (EOF):
+ * one that left for good answers the write with a reset, one that only shut
+ * its write side reads on. Streaming: an SSE comment; non-streaming: the 200
+ * is committed now (chunked JSON) and a newline, JSON whitespace, goes out.
+ * Resumes c; no-op on a connection being killed or with its reply complete. */
+void srv_conn_probe(srv_conn *c);
 
 /* One streaming chunk of g (g->conn must be set) around choice (stolen;
  * NULL = out of memory); usage_null adds "usage": null. NULL on out of memory. */

@@ -9,8 +9,24 @@
  *
  * MHD calls the access handler once with the headers (early_checks answer
  * everything that needs no body: 503 while draining, 404, 405, 401, 413 by
- * Content-Length), then with each piece of the body (buffered up to
- * max-body), then once more with none, when the request is dispatched.
+ * Content-Length behind Expect: 100-continue), then with each piece of the
+ * body (buffered up to max-body), then once more with none, when the request
+ * is dispatched.
+ *
+ * Bodies over max-body get a 413 the client can read. Answering while the
+ * client still sends does not work with MHD 0.9.75: a response queued before
+ * the body makes MHD skip the body and close the socket with the client's
+ * bytes unread, which makes the kernel send a reset, and the client,
+ * typically still writing, loses the 413 with its receive buffer (ECONNRESET
+ * / EPIPE; curl: "send failure"). So: with Expect: 100-continue and a
+ * Content-Length over the limit the 413 goes out at once (the client sends
+ * nothing before it); otherwise the excess is read and dropped, up to
+ * DISCARD_FACTOR x max-body, and the 413 (Connection: close) follows the
+ * body. A body longer than that (chunked, or a larger Content-Length) is
+ * answered on the socket directly (MHD accepts no response in mid-body): the
+ * 413 is written, the write side shut down so the client sees the end of the
+ * reply, and the body drained for up to DRAIN_S seconds / another
+ * DISCARD_FACTOR x max-body while the client reads it; then MHD closes.
  *
  * A generation request (srv_gen) is parsed, tokenized and handed to eng_add
  * inside the access handler. Then:
@@ -25,6 +41,15 @@
  *                  the last event arrives the JSON body is built and the
  *                  connection resumed; MHD calls the access handler again,
  *                  which queues it.
+ * Half-closed clients: an EOF on a suspended connection (srv_server.c's
+ * sweep) is either a client gone or one that shut only its write side
+ * (shutdown(SHUT_WR)) and waits for the reply; TCP tells them apart only
+ * when something is written (a gone peer answers with a reset), so the
+ * sweep writes probes (srv_conn_probe): an SSE comment on a stream; on a
+ * non-streaming request the 200 is committed early, chunked, with newlines
+ * (JSON whitespace) before the body. Should that request end in an error
+ * after all (engine failure, shutdown abort), the reply is cut short
+ * instead: the client sees an unfinished body, never a wrong 200.
  * Slow readers: output buffered per connection is bounded
  * (max-stream-buffer); past it the request is aborted and the socket shut
  * down.
@@ -43,6 +68,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "engine/engine.h"
@@ -54,7 +80,8 @@
 #include "srv_util.h"
 #include "srv_web.h"
 
-#define DISCARD_FACTOR 16 /* oversized chunked uploads: read at most this x max-body */
+#define DISCARD_FACTOR 16 /* oversized uploads: read at most this x max-body, twice */
+#define DRAIN_S 5.0       /* after a 413 written mid-body: the longest drain */
 
 enum route {
     R_NONE,
@@ -226,6 +253,18 @@ void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c) {
     c->final_status = status;
 }
 
+void srv_conn_probe(srv_conn *c) {
+    if (c->kill || c->out_done || c->final_body) return;
+    if (!srv_buf_size(&c->out)) {
+        const char *p = c->streaming ? ":\n\n" : "\n";
+        if (srv_buf_append(&c->out, p, strlen(p))) {
+            srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+            return;
+        }
+    }
+    srv_conn_resume(c);
+}
+
 /* ================= responses ================= */
 
 static void add_common_headers(srv_conn *c, struct MHD_Response *r) {
@@ -249,6 +288,9 @@ static void respond_raw(srv_conn *c, int status, char *body, size_t len, const c
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
     }
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    /* an oversized body: this client is not worth keeping */
+    if (status == 413 && !c->s->draining)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (status == 429 || status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (MHD_queue_response(c->mc, (unsigned)status, r) == MHD_YES) {
@@ -323,6 +365,50 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     if (c->out_done) return MHD_CONTENT_READER_END_OF_STREAM;
     srv_conn_suspend(c); /* resumed when the loop appends output */
     return 0;
+}
+
+/* The content of a non-streaming reply committed early (srv_conn_probe):
+ * probes from c->out, then the final body; a final status other than 200
+ * ends the reply unfinished. */
+static ssize_t probe_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    srv_conn *c = cls;
+    if (c->kill) return MHD_CONTENT_READER_END_WITH_ERROR;
+    const char *src = srv_buf_ptr(&c->out);
+    size_t avail = srv_buf_size(&c->out);
+    if (!avail && c->final_body) {
+        if (c->final_status != 200) return MHD_CONTENT_READER_END_WITH_ERROR;
+        src = c->final_body + c->final_off;
+        avail = c->final_len - c->final_off;
+        if (!avail) return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    if (!avail) {
+        srv_conn_suspend(c); /* resumed by the next probe or the final body */
+        return 0;
+    }
+    size_t n = avail < max ? avail : max;
+    memcpy(buf, src, n);
+    if (src == c->final_body + c->final_off)
+        c->final_off += n;
+    else
+        srv_buf_consume(&c->out, n);
+    return (ssize_t)n;
+}
+
+static void respond_probing(srv_conn *c) {
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, probe_reader, c, NULL);
+    if (!r) {
+        srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+        return;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    add_common_headers(c, r);
+    if (MHD_queue_response(c->mc, 200, r) == MHD_YES) {
+        c->status = 200;
+        srv_metrics_response(&c->s->metrics, 200);
+    }
+    MHD_destroy_response(r);
 }
 
 /* ================= handlers ================= */
@@ -592,9 +678,67 @@ static int auth_ok(srv_server *s, srv_conn *c) {
     return srv_ct_equal(h + i, hl - i, s->cfg.api_key, strlen(s->cfg.api_key));
 }
 
+/* The client waits for a 100 Continue before it sends the body (MHD sends
+ * one only to HTTP/1.1 clients). */
+static int expects_continue(srv_conn *c, const char *version) {
+    const char *e = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    return e && !strcasecmp(e, "100-continue") && !strcmp(version, MHD_HTTP_VERSION_1_1);
+}
+
+/* The discard cap: what is read and dropped of an oversized body before the
+ * 413 is written mid-body (and again while draining after it). */
+static size_t discard_cap(const srv_server *s) { return (size_t)s->cfg.max_body * DISCARD_FACTOR; }
+
+/* Writes a 413 on c's socket in the middle of its body (see the top of the
+ * file) and shuts the write side down. Returns 0, or -1 when the socket took
+ * less than all of it (the connection is then closed). */
+static int answer_raw_413(srv_server *s, srv_conn *c, const char *version) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci || ci->connect_fd < 0) return -1;
+    srv_api_error e;
+    srv_api_fail(&e, 413, NULL, "request body too large (limit %lld bytes)", s->cfg.max_body);
+    json_t *o = srv_api_error_json(&e);
+    char *txt = o ? json_dumps(o, SRV_JSON_FLAGS) : NULL;
+    json_decref(o);
+    if (!txt) return -1;
+    char head[256];
+    size_t bl = strlen(txt);
+    int hl = snprintf(head, sizeof head,
+                      "%s 413 Content Too Large\r\nConnection: close\r\n"
+                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                      strcmp(version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.1" : "HTTP/1.0", bl);
+    struct iovec iov[2] = {{head, (size_t)hl}, {txt, bl}};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+    /* nothing else was written on this socket: its send buffer takes it whole */
+    ssize_t w = sendmsg(ci->connect_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    free(txt);
+    if (w != (ssize_t)((size_t)hl + bl)) return -1;
+    shutdown(ci->connect_fd, SHUT_WR);
+    c->answered_raw = 1;
+    c->t_answered = ni_now();
+    c->status = 413;
+    srv_metrics_response(&s->metrics, 413);
+    return 0;
+}
+
+/* A piece of a body over max-body: dropped. Returns MHD_NO to close. */
+static enum MHD_Result discard_body(srv_server *s, srv_conn *c, size_t n, const char *version) {
+    c->discarded += n;
+    if (c->answered_raw) { /* draining after the 413 */
+        if (c->discarded > 2 * discard_cap(s) || ni_now() - c->t_answered > DRAIN_S) return MHD_NO;
+        return MHD_YES;
+    }
+    if (c->discarded <= discard_cap(s)) return MHD_YES;
+    if (answer_raw_413(s, c, version)) return MHD_NO;
+    srv_log(SRV_LOG_INFO, "%s %s: body over %zu bytes; answered 413, draining", c->method, c->path,
+            discard_cap(s));
+    return MHD_YES;
+}
+
 /* First call for a request: decide everything that needs no body. Returns 1
  * when a response was queued already. */
-static int early_checks(srv_server *s, srv_conn *c) {
+static int early_checks(srv_server *s, srv_conn *c, const char *version) {
     if (s->draining) {
         respond_errorf(c, 503, NULL, NULL, "the server is shutting down");
         return 1;
@@ -620,9 +764,15 @@ static int early_checks(srv_server *s, srv_conn *c) {
         char *end;
         unsigned long long n = strtoull(cl, &end, 10);
         if (n > (unsigned long long)s->cfg.max_body) {
-            respond_errorf(c, 413, NULL, NULL, "request body too large (%llu bytes; limit %lld)", n,
-                           s->cfg.max_body);
-            return 1;
+            if (expects_continue(c, version)) { /* nothing sent yet: answer now */
+                respond_errorf(c, 413, NULL, NULL,
+                               "request body too large (%llu bytes; limit %lld)", n,
+                               s->cfg.max_body);
+                return 1;
+            }
+            /* read and drop it, then answer; past the cap: at the first byte */
+            c->too_big = 1;
+            if (n > (unsigned long long)discard_cap(s)) c->discarded = discard_cap(s);
         }
     }
     return 0;
@@ -695,39 +845,42 @@ static void conn_free(srv_server *s, srv_conn *c) {
 enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char *url,
                                const char *method, const char *version, const char *upload_data,
                                size_t *upload_size, void **req_cls) {
-    (void)version;
     srv_server *s = cls;
     srv_conn *c = *req_cls;
     if (!c) {
         c = conn_new(s, mc, url, method);
         if (!c) return MHD_NO;
         *req_cls = c;
-        early_checks(s, c);
+        early_checks(s, c, version);
         return MHD_YES;
     }
     if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
         if (!c->status && !c->too_big) {
-            int rc = srv_buf_append(&c->body, upload_data, *upload_size);
+            int rc = srv_buf_append(&c->body, upload_data, n);
             if (rc == NI_ERANGE)
                 c->too_big = 1;
             else if (rc)
                 return MHD_NO;
+            else
+                return MHD_YES;
         }
-        if (c->too_big || c->status) {
-            c->discarded += *upload_size;
-            if (c->discarded > (size_t)s->cfg.max_body * DISCARD_FACTOR) return MHD_NO;
-        }
-        *upload_size = 0;
-        return MHD_YES;
+        return discard_body(s, c, n, version);
     }
     sock_received(mc);
-    if (c->status) return MHD_YES; /* answered early; MHD is finishing the upload */
-    if (c->gen) {                  /* resumed: a non-streaming generation finished */
+    if (c->answered_raw) return MHD_NO; /* the 413 is out and the body read: close */
+    if (c->status) return MHD_YES;      /* answered early; MHD is finishing the upload */
+    if (c->gen) {                       /* resumed: a non-streaming generation finished */
         if (c->kill) return MHD_NO;
         if (c->final_body) {
             char *b = c->final_body;
             c->final_body = NULL;
             respond_raw(c, c->final_status, b, c->final_len, "application/json");
+            return MHD_YES;
+        }
+        if (c->half_closed && !c->status) { /* resumed by a probe */
+            respond_probing(c);
             return MHD_YES;
         }
         srv_conn_suspend(c); /* spurious resume */

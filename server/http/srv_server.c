@@ -27,8 +27,12 @@
  * Disconnects: MHD reports the end of every request through the completed
  * callback (also when a write fails); a suspended connection is invisible to
  * MHD, so a 200 ms sweep peeks (MSG_PEEK) at the sockets of suspended
- * connections and, on EOF/error, aborts the request and resumes the
- * connection so that MHD closes it. A request whose client is gone is
+ * connections and, on an error, aborts the request and resumes the
+ * connection so that MHD closes it. EOF alone is no proof: a client may
+ * shut down only its write side and wait for the reply (half-close), so the
+ * sweep writes a probe (srv_conn_probe) and keeps going; a peer that is gone
+ * answers it with a reset, which the next sweep reads as a socket error (or
+ * the next write fails inside MHD). A request whose client is gone is
  * eng_abort()ed, which frees its KV blocks within the next engine step.
  *
  * Shutdown (SIGTERM/SIGINT): stop accepting (MHD_quiesce_daemon), answer new
@@ -197,25 +201,48 @@ static void on_sweep(uv_timer_t *t) {
         if (fd < 0) continue;
         char b;
         ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        int gone = r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+        if (r == 0 && c->half_closed) { /* after a probe: a reset leaves an error */
+            int e = 0;
+            socklen_t el = sizeof e;
+            gone = getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0 || e != 0;
+        }
+        if (gone) {
             srv_log(SRV_LOG_INFO, "%s: client disconnected; aborting",
                     c->rid[0] ? c->rid : c->path);
             srv_conn_kill(c, SRV_ABORT_DISCONNECT);
+        } else if (r == 0) {
+            if (!c->half_closed)
+                srv_log(SRV_LOG_DEBUG, "%s: client half-closed; probing",
+                        c->rid[0] ? c->rid : c->path);
+            c->half_closed = 1;
+            srv_conn_probe(c);
         }
     }
     /* A client still sending its request after request-timeout is cut off:
      * MHD's idle timeout restarts on every byte, so one byte every few
-     * seconds would hold the slot forever (issue 14). */
+     * seconds would hold the slot forever (issue 14). A client that shut
+     * its write side (or left) before its request was complete is closed:
+     * MHD takes a short read as "nothing more to read" and, its epoll set
+     * being edge-triggered, never looks again when the FIN came with the
+     * last bytes, so it would wait out the timeouts for the rest (issue 14).
+     * shutdown() wakes MHD up to close it. */
     const double now = ni_now(), lim = s->cfg.request_timeout;
-    for (srv_sock *k = s->socks; k && lim > 0; k = k->next) {
-        if (!k->receiving || k->cut || now - k->t_request <= lim) continue;
+    for (srv_sock *k = s->socks; k; k = k->next) {
+        if (!k->receiving || k->cut) continue;
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(k->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (!ci || ci->connect_fd < 0) continue;
-        k->cut = 1;
-        s->metrics.request_timeouts++;
-        srv_log(SRV_LOG_INFO, "connection: request not received within %gs; closing", lim);
-        shutdown(ci->connect_fd, SHUT_RDWR);
+        char b;
+        if (recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+            k->cut = 1;
+            srv_log(SRV_LOG_INFO, "connection: client closed before its request was complete");
+        } else if (lim > 0 && now - k->t_request > lim) {
+            k->cut = 1;
+            s->metrics.request_timeouts++;
+            srv_log(SRV_LOG_INFO, "connection: request not received within %gs; closing", lim);
+        }
+        if (k->cut) shutdown(ci->connect_fd, SHUT_RDWR);
     }
     /* Unconditionally: a safety net for whatever else could leave MHD
      * waiting for a run that no event asks for (cheap: 5 runs a second). */
