@@ -187,7 +187,7 @@ static void check_tiny(const char *name) {
     /* chat prompt: our template rendering + tokenizer give HF's ids */
     json_t *chat = json_object_get(g, "chat");
     if (chat && m.chat_template) {
-        chat_msg msgs[8];
+        chat_msg msgs[8] = {0};
         int nm = 0;
         json_array_foreach(json_object_get(chat, "messages"), i, p) {
             msgs[nm].role = json_string_value(json_object_get(p, "role"));
@@ -247,7 +247,7 @@ static void test_smollm2(void **s) {
         char *text = NULL;
         int add_bos = tok_add_bos(m.tok), special = 0;
         if (!strcmp(kind, "chat")) {
-            chat_msg msgs[8];
+            chat_msg msgs[8] = {0};
             int nm = 0;
             size_t k;
             json_t *msg;

@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
         if (i >= n - 1) break;
         const char *content = buf + i;
         i += strlen(content) + 1;
-        msgs[nm++] = (chat_msg){role, content};
+        msgs[nm++] = (chat_msg){.role = role, .content = content};
     }
     char *out = NULL;
     if (chat_render(style, msgs, nm, gen, &out) == 0) {
