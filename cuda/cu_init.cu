@@ -33,6 +33,9 @@
 #include <string.h>
 
 #include "cu_internal.h"
+extern "C" {
+#include "engine/backend/tp.h"
+}
 
 /* Split-K partial-result slots (item x split) and their byte budget. */
 #define PART_SLOTS_MAX 128
@@ -380,6 +383,11 @@ typedef struct cu_settings {
 /* Fills *s from cf; NI_EINVAL / NI_EUNSUPPORTED with a message naming the
  * setting when one is out of range or the device does not exist. */
 static int settings(const eng_backend_config *cf, cu_settings *s, char *err, size_t errlen) {
+    if (cf->tp > 1)
+        return ni_fail(err, errlen, NI_EUNSUPPORTED,
+                       "tensor-parallel-size %d: " ENG_TP_NO_CUDA
+                       " (--device cpu runs the sharded CPU path)",
+                       cf->tp);
     s->dtype = cu_dtype_of(cf->dtype);
     if (s->dtype < 0)
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: dtype %d is not bf16 or fp32",

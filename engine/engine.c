@@ -145,6 +145,7 @@ void eng_config_default(eng_config *c) {
     c->prefix_cache = 1;
     c->mem_util = 0.9;
     c->device_index = -1;
+    c->tp = 1;
 }
 
 /* ---- lists ---- */
@@ -307,6 +308,10 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
     if (cfg.max_num_seqs < 1 || cfg.max_batched_tokens < 1 || cfg.prefill_chunk < 1 ||
         cfg.block_size < 1 || cfg.block_size > 1024 || cfg.n_blocks < 0 || cfg.max_seq_len < 0)
         return ni_fail(err, errlen, NI_EINVAL, "engine: invalid configuration");
+    if (cfg.tp == 0) cfg.tp = 1; /* a config not from eng_config_default */
+    if (cfg.tp < 1 || cfg.tp > ENG_TP_MAX)
+        return ni_fail(err, errlen, NI_EINVAL, "tensor-parallel-size %d: must be in [1, %d]",
+                       cfg.tp, ENG_TP_MAX);
     if (cfg.max_seq_len == 0 || cfg.max_seq_len > m->cfg.max_seq_len)
         cfg.max_seq_len = m->cfg.max_seq_len;
     const mdl_config *mc = &m->cfg;
@@ -320,7 +325,8 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
                              .device_index = cfg.device_index,
                              .graphs = cfg.graphs,
                              .att_splits = cfg.att_splits,
-                             .profile = cfg.profile};
+                             .profile = cfg.profile,
+                             .tp = cfg.tp};
     if (bc.quant == ENG_QUANT_AUTO) bc.quant = be->auto_quant ? be->auto_quant(m) : ENG_QUANT_NONE;
     int rc = eng_backend_config_env(&bc, be, err, errlen); /* NI_CUDA_* fill the defaults */
     if (rc) return rc;
@@ -948,8 +954,10 @@ const char *eng_describe(const eng_engine *e, char *buf, size_t cap) {
         snprintf(buf, cap, "%s, weights %s", e->be->name, eng_quant_name(in.quant));
         return buf;
     }
-    char thr[32] = "";
+    char thr[64] = "";
     if (in.n_threads > 0) snprintf(thr, sizeof thr, ", %d threads", in.n_threads);
+    if (in.tp > 1)
+        snprintf(thr + strlen(thr), sizeof thr - strlen(thr), ", tensor-parallel %d", in.tp);
     const size_t arena = e->m->w.arena_floats * sizeof(float);
     char model[64] = "";
     if (in.weight_bytes != arena)

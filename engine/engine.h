@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "engine/backend/backend.h"
+#include "engine/backend/tp.h"
 #include "kv.h"
 #include "engine/model/model.h"
 #include "engine/backend/sampler.h"
@@ -65,6 +66,10 @@ typedef struct eng_config {
     eng_graphs graphs; /* decode CUDA graphs, default ENG_GRAPHS_DEFAULT */
     int att_splits;    /* attention split-K factor, default 0 (automatic) */
     int profile;       /* per-phase device-time table, default 0 */
+    int tp;            /* tensor-parallel ranks (--tensor-parallel-size), default 1 (none; 0 is 1);
+                          N > 1 shards every layer over N ranks (engine/backend/tp.h): the
+                          CPU backend runs them in one process (FP32 weights), the CUDA
+                          backend refuses it (no NCCL path yet) */
 } eng_config;
 
 /* Fills c with the documented defaults. */

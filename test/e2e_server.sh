@@ -102,7 +102,7 @@ section config
 check "serve --help exits 0" test $? -eq 0
 for k in --model --host --port --api-key --max-body --max-queue --max-num-seqs --max-batched-tokens \
   --prefill-chunk --kv-blocks --no-prefix-cache --threads --shutdown-timeout --log-level \
-  --max-tokens-default --device --config --no-webui; do
+  --max-tokens-default --device --config --no-webui --tensor-parallel-size; do
   check "serve --help lists $k" grep -q -- "$k" "$TMP/help"
 done
 "$BIN" serve --config conf/nanoinfer.conf --model "$TINY" --check-config >/dev/null 2>&1
@@ -123,6 +123,7 @@ done <<'EOF'
 --config /nonexistent.conf|/nonexistent.conf
 --device gpu|device
 --backend tpu|backend
+--tensor-parallel-size 0|tensor-parallel-size
 EOF
 # --device is the key (as for generate/bench); --backend and the file key backend are aliases
 check "serve --help names the --backend alias" grep -q -- "--backend" "$TMP/help"
@@ -130,6 +131,17 @@ for args in "--device cpu" "--device=cpu" "--backend cpu"; do
   # shellcheck disable=SC2086
   check "serve $args --check-config exits 0" "$BIN" serve --model "$TINY" $args --check-config
 done
+# tensor parallelism (CPU, in one process): the same greedy text as unsharded; non-divisors refused
+"$BIN" generate --model "$TINY" --device cpu --prompt "hello world" -n 24 --ignore-eos \
+  >"$TMP/tp1.out" 2>/dev/null
+"$BIN" generate --model "$TINY" --device cpu --prompt "hello world" -n 24 --ignore-eos \
+  --tensor-parallel-size 2 >"$TMP/tp2.out" 2>"$TMP/tp2.err"
+check "generate --tensor-parallel-size 2 == unsharded" cmp -s "$TMP/tp1.out" "$TMP/tp2.out"
+check "generate --tensor-parallel-size 2 says so" grep -q "tensor-parallel 2" "$TMP/tp2.err"
+"$BIN" generate --model "$TINY" --device cpu --prompt hi -n 2 --tensor-parallel-size 4 \
+  >/dev/null 2>"$TMP/tp4.err"
+check "generate --tensor-parallel-size 4 (2 KV heads) is refused" \
+  grep -q "tensor-parallel-size 4 does not divide" "$TMP/tp4.err"
 printf 'backend = cpu\n' >"$TMP/alias.conf"
 check "config file key backend (alias) validates" \
   "$BIN" serve --config "$TMP/alias.conf" --model "$TINY" --check-config

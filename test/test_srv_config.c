@@ -50,6 +50,7 @@ static void test_defaults(void **state) {
     assert_int_equal(c.no_prefix_cache, 0);
     assert_int_equal(c.no_webui, 0); /* the page is on by default */
     assert_int_equal(c.threads, 0);
+    assert_int_equal(c.tensor_parallel_size, 1);
     assert_float_equal(c.shutdown_timeout, 30, 0);
     assert_int_equal(c.log_level, SRV_LOG_INFO);
     assert_int_equal(c.max_tokens_default, 4096);
@@ -99,6 +100,9 @@ static void test_values(void **state) {
         {"max-body", "1TiB", "max-body"},
         {"max-body", "12q", "max-body"},
         {"threads", "1.5", "threads"},
+        {"tensor-parallel-size", "0", "tensor-parallel-size"},
+        {"tensor-parallel-size", "257", "tensor-parallel-size"},
+        {"tensor_parallel_size", "two", "tensor-parallel-size"},
         {"shutdown-timeout", "-1", "shutdown-timeout"},
         {"log-level", "loud", "log-level"},
         {"no-prefix-cache", "maybe", "no-prefix-cache"},
@@ -357,6 +361,17 @@ static void test_device_alias(void **state) {
     char *missing[] = {"serve", "--device", NULL};
     assert_int_not_equal(srv_config_parse_args(&c, 2, missing, &help, &check, err, sizeof err), 0);
     assert_non_null(strstr(err, "device"));
+    /* tensor parallelism: CPU yes, CUDA refused with the reason (either build) */
+    snprintf(c.model, sizeof c.model, "test/models/tiny-llama2");
+    assert_int_equal(srv_config_set(&c, "tensor-parallel-size", "2", err, sizeof err), 0);
+    assert_int_equal(c.tensor_parallel_size, 2);
+    assert_int_equal(srv_config_set(&c, "device", "cpu", err, sizeof err), 0);
+    assert_int_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_int_equal(srv_config_set(&c, "device", "cuda", err, sizeof err), 0);
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    if (!strstr(err, "tensor-parallel-size") || !strstr(err, "NCCL"))
+        fail_msg("tp 2 on cuda: %s", err);
+    c.tensor_parallel_size = 1;
 #ifndef NI_USE_CUDA
     snprintf(c.model, sizeof c.model, "test/models/tiny-llama2");
     assert_int_equal(srv_config_set(&c, "device", "cuda", err, sizeof err), 0);

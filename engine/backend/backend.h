@@ -73,6 +73,7 @@ typedef struct eng_backend_info {
     size_t kv_bytes;       /* the KV pool */
     size_t work_bytes;     /* activations and scratch */
     int n_threads;         /* CPU threads (0 when not applicable) */
+    int tp;                /* tensor-parallel ranks in use (1: unsharded; 0: not reported) */
 } eng_backend_info;
 
 /* A zero-initialized config asks for every default of the settings after
@@ -93,6 +94,12 @@ typedef struct eng_backend_config {
                                    * >= 1 forced (debugging, tests) */
     int profile;                  /* CUDA: 1 = per-phase device-time table on stderr at free
                                    * (decode then runs eager); 0 off */
+    int tp;                       /* tensor-parallel ranks (--tensor-parallel-size): 0 or 1 =
+                                   * unsharded; N > 1 = the Megatron sharding of
+                                   * engine/backend/tp.h over N ranks (CPU: FP32 weights only,
+                                   * the ranks in one process; CUDA: refused for now). A
+                                   * backend that cannot shard refuses N > 1 in init and in
+                                   * kv_blocks_for_memory. */
 } eng_backend_config;
 
 /* Penalty state of one sequence for eng_backend.sample: every distinct token

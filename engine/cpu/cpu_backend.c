@@ -53,6 +53,17 @@
  * int8 products are bit-for-bit independent of the batch composition, the
  * thread count and the SIMD path, for decode and prefill alike; embedding,
  * norms, RoPE, attention and the KV cache stay FP32.
+ *
+ * Tensor parallelism (config tp = N > 1, --tensor-parallel-size; FP32
+ * weights only, the int8 / 4-bit paths refuse it): the Megatron sharding of
+ * engine/backend/tp.h over N ranks that run inside this one forward task
+ * (forward_part_tp). Each rank reads views of the model's arena (cpu_tp.h),
+ * computes its query / KV heads and FFN columns into rank-local buffers and
+ * its own KV planes, and its partial wo / w_down outputs are all-reduced in
+ * rank order into the residual stream; the embedding and the LM head are
+ * split by vocabulary. The KV pool is then [N][n_layers][2][n_blocks]
+ * [block_size][kv_dim / N] (same bytes, same block ids on every rank).
+ * tp = 1 is forward_part, untouched.
  */
 #include <cblas.h>
 #include <stdint.h>
@@ -62,6 +73,7 @@
 #include "engine/backend/twins.h"
 #include "cpu_ops.h"
 #include "cpu_q8.h"
+#include "cpu_tp.h"
 #include "engine/format/gguf.h"
 #include "engine/util/util.h"
 
@@ -76,6 +88,18 @@ typedef struct cpu_q8_layer {
     cpu_q8_mat down;    /* [dim][hidden_dim] */
 } cpu_q8_layer;
 
+/* One tensor-parallel rank (tp > 1): its shard, its KV planes and its
+ * activations (pieces of the work arena). */
+typedef struct cpu_rank {
+    eng_tp_shard s;
+    float *kv;        /* [n_layers][2][n_blocks][block_size][s.kv_dim] */
+    float *q;         /* [max_batch_tokens][s.q_dim] */
+    float *k, *v;     /* [max_batch_tokens][s.kv_dim] */
+    float *att;       /* [max_batch_tokens][s.q_dim] attention output of its heads */
+    float *gate, *up; /* [max_batch_tokens][s.ff_dim] */
+    float *part;      /* [max_batch_tokens][dim] partial output of wo, then of w_down */
+} cpu_rank;
+
 typedef struct cpu_ctx {
     const mdl_model *m;
     mdl_config c;
@@ -84,16 +108,17 @@ typedef struct cpu_ctx {
     int max_pos;            /* positions [0, max_pos) are allowed */
     int q_dim;              /* n_heads * head_dim */
     int kv_dim;             /* n_kv_heads * head_dim */
-    size_t layer_kv_floats; /* n_blocks * block_size * kv_dim: K (or V) of one layer */
-    size_t block_floats;    /* block_size * kv_dim */
-    float *kv_pool;         /* [n_layers][2][n_blocks][block_size][kv_dim] */
+    int plane_kv_dim;       /* kv_dim / tp: channels of one rank's KV planes */
+    size_t layer_kv_floats; /* n_blocks * block_size * plane_kv_dim: K (or V) of one layer */
+    size_t block_floats;    /* block_size * plane_kv_dim */
+    float *kv_pool;         /* [tp][n_layers][2][n_blocks][block_size][plane_kv_dim] */
     cpu_rope rope;          /* cos/sin [max_pos][head_dim/2] */
 
-    size_t work_bytes; /* bytes of the arena below */
+    size_t work_bytes;         /* bytes of the arena below */
     float *arena;              /* one allocation holding every buffer below */
     float *x;                  /* [max_batch_tokens][dim] residual stream */
     float *xb;                 /* [max_batch_tokens][dim] normed input of a sublayer */
-    float *q;                  /* [max_batch_tokens][q_dim] */
+    float *q;                  /* [max_batch_tokens][q_dim] (q .. up: tp = 1 only) */
     float *k;                  /* [max_batch_tokens][kv_dim] */
     float *v;                  /* [max_batch_tokens][kv_dim] */
     float *att;                /* [max_batch_tokens][q_dim] attention output */
@@ -107,6 +132,12 @@ typedef struct cpu_ctx {
     int32_t *tok_pos;          /* [max_batch_tokens] position of each batch token */
     int32_t *tok_seq;          /* [max_batch_tokens] sequence of each batch token */
     int32_t *lm_seq;           /* [max_seqs] sequences wanting logits, ascending */
+
+    int tp;              /* tensor-parallel ranks (1: the unsharded forward_part) */
+    eng_tp_plan plan;    /* their shards (engine/backend/tp.h) */
+    cpu_rank *ranks;     /* [tp] (tp > 1) */
+    cpu_tp_layer *tpl;   /* [n_layers][tp] weight views (tp > 1) */
+    const float **parts; /* [tp] ranks[r].part, for the all-reduce (tp > 1) */
 
     int quant;        /* 0: FP32 weights; 1: int8 copies below; 2: 4-bit layers */
     cpu_q8_layer *ql; /* [n_layers] (quant != 0) */
@@ -130,6 +161,9 @@ static void cpu_free(void *vctx) {
     free(x->tok_pos);
     free(x->tok_seq);
     free(x->lm_seq);
+    free(x->ranks);
+    free(x->tpl);
+    free(x->parts);
     cpu_rope_free(&x->rope);
     if (x->ql)
         for (int l = 0; l < x->c.n_layers; l++) {
@@ -222,6 +256,65 @@ static int init_q8(cpu_ctx *x, int quant, char *err, size_t errlen) {
     return 0;
 }
 
+/* n floats of the arena at base + *off (NULL when base is NULL: measuring),
+ * *off advanced by whole 64-byte lines. */
+static float *carve(float *base, size_t *off, size_t n) {
+    float *p = base ? base + *off : NULL;
+    *off += (n + 15) & ~(size_t)15;
+    return p;
+}
+
+/* Places every work buffer in the arena at base (NULL: only measures it);
+ * returns the floats it takes. tp = 1 takes the buffers of the unsharded
+ * pass; tp > 1 the ranks' own instead of q .. up. */
+static size_t layout_work(cpu_ctx *x, float *base) {
+    const size_t T = (size_t)x->max_batch_tokens, S = (size_t)x->max_seqs;
+    const size_t dim = (size_t)x->c.dim, hid = (size_t)x->c.hidden_dim;
+    size_t off = 0;
+    x->x = carve(base, &off, T * dim);
+    x->xb = carve(base, &off, T * dim);
+    if (x->tp == 1) {
+        x->q = carve(base, &off, T * x->q_dim);
+        x->k = carve(base, &off, T * x->kv_dim);
+        x->v = carve(base, &off, T * x->kv_dim);
+        x->att = carve(base, &off, T * x->q_dim);
+        x->gate = carve(base, &off, T * hid);
+        x->up = carve(base, &off, T * hid);
+    }
+    x->xl = carve(base, &off, S * dim);
+    x->lbuf = carve(base, &off, S * x->lm_chunk);
+    x->scratch = carve(base, &off, (size_t)x->n_threads * x->scratch_per_thread);
+    for (int r = 0; x->tp > 1 && r < x->tp; r++) {
+        cpu_rank *R = &x->ranks[r];
+        R->q = carve(base, &off, T * R->s.q_dim);
+        R->k = carve(base, &off, T * R->s.kv_dim);
+        R->v = carve(base, &off, T * R->s.kv_dim);
+        R->att = carve(base, &off, T * R->s.q_dim);
+        R->gate = carve(base, &off, T * R->s.ff_dim);
+        R->up = carve(base, &off, T * R->s.ff_dim);
+        R->part = carve(base, &off, T * dim);
+    }
+    return off;
+}
+
+/* tp > 1: the ranks' shards, weight views and KV planes (pool allocated).
+ * Returns 0 or NI_ENOMEM. */
+static int init_ranks(cpu_ctx *x) {
+    const int N = x->tp, nl = x->c.n_layers;
+    x->ranks = calloc((size_t)N, sizeof *x->ranks);
+    x->tpl = calloc((size_t)nl * N, sizeof *x->tpl);
+    x->parts = calloc((size_t)N, sizeof *x->parts);
+    if (!x->ranks || !x->tpl || !x->parts) return NI_ENOMEM;
+    for (int r = 0; r < N; r++) {
+        cpu_rank *R = &x->ranks[r];
+        R->s = eng_tp_shard_of(&x->plan, r);
+        R->kv = x->kv_pool + (size_t)r * 2 * nl * x->layer_kv_floats;
+        for (int l = 0; l < nl; l++)
+            x->tpl[(size_t)l * N + r] = cpu_tp_layer_view(&x->m->w.layers[l], &x->c, &R->s);
+    }
+    return 0;
+}
+
 static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf, char *err,
                     size_t errlen) {
     if (!out || !m || !cf) return ni_fail(err, errlen, NI_EINVAL, "cpu backend: NULL argument");
@@ -235,6 +328,14 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
                        "max_seqs %d, n_threads %d, quant %d)",
                        cf->n_blocks, cf->block_size, cf->max_batch_tokens, cf->max_seqs,
                        cf->n_threads, cf->quant);
+    const int tp = cf->tp == 0 ? 1 : cf->tp;
+    eng_tp_plan plan;
+    if ((rc = eng_tp_plan_init(&plan, &m->cfg, tp, err, errlen))) return rc;
+    if (tp > 1 && cf->quant != 0)
+        return ni_fail(err, errlen, NI_EUNSUPPORTED,
+                       "tensor-parallel-size %d: the CPU backend shards FP32 weights only (use "
+                       "--quant fp32; its int8 and q4 paths are not sharded)",
+                       tp);
 
     cpu_ctx *x = calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory");
@@ -245,6 +346,8 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
     x->block_size = cf->block_size;
     x->max_batch_tokens = cf->max_batch_tokens;
     x->max_seqs = cf->max_seqs;
+    x->tp = tp;
+    x->plan = plan;
     rc = cpu_pool_init(&x->pool, cf->n_threads, 0);
     if (rc) {
         free(x);
@@ -254,16 +357,17 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
     x->n_threads = cpu_pool_threads(x->pool);
     x->q_dim = c->n_heads * c->head_dim;
     x->kv_dim = c->n_kv_heads * c->head_dim;
+    x->plane_kv_dim = x->kv_dim / tp;
     int64_t max_pos = (int64_t)cf->n_blocks * cf->block_size;
     if (c->max_seq_len > 0 && c->max_seq_len < max_pos) max_pos = c->max_seq_len;
     if (max_pos > INT32_MAX) max_pos = INT32_MAX;
     x->max_pos = (int)max_pos;
 
-    /* KV pool: one allocation. */
+    /* KV pool: one allocation (tp planes of kv_dim / tp channels). */
     size_t pool = 0;
-    x->block_floats = (size_t)cf->block_size * (size_t)x->kv_dim;
+    x->block_floats = (size_t)cf->block_size * (size_t)x->plane_kv_dim;
     if (!mul_ok(x->block_floats, (size_t)cf->n_blocks, &x->layer_kv_floats) ||
-        !mul_ok(x->layer_kv_floats, 2 * (size_t)c->n_layers, &pool) ||
+        !mul_ok(x->layer_kv_floats, 2 * (size_t)c->n_layers * (size_t)tp, &pool) ||
         !mul_ok(pool, sizeof(float), &pool)) {
         cpu_free(x);
         return ni_fail(err, errlen, NI_ERANGE, "cpu backend: KV pool size overflows");
@@ -274,6 +378,10 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
         return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: cannot allocate KV pool (%zu MiB)",
                        pool >> 20);
     }
+    if (tp > 1 && init_ranks(x)) {
+        cpu_free(x);
+        return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: out of memory");
+    }
 
     rc = cpu_rope_init(&x->rope, c, x->max_pos);
     if (rc) {
@@ -281,28 +389,13 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
         return ni_fail(err, errlen, rc, "cpu backend: cannot build RoPE tables");
     }
 
-    /* Work buffers: one arena, every piece 64-byte aligned. */
+    /* Work buffers: one arena, every piece 64-byte aligned. The ranks' G =
+     * n_heads / n_kv_heads is the model's, so is their attention scratch. */
     const size_t T = (size_t)cf->max_batch_tokens, S = (size_t)cf->max_seqs;
     x->lm_chunk = NI_MIN(c->vocab_size, LM_CHUNK);
     x->scratch_per_thread =
         cpu_attention_scratch(c->n_heads, c->n_kv_heads, c->head_dim, x->max_pos);
-    const size_t sizes[] = {
-        T * c->dim,
-        T * c->dim,
-        T * x->q_dim,
-        T * x->kv_dim,
-        T * x->kv_dim,
-        T * x->q_dim,
-        T * c->hidden_dim,
-        T * c->hidden_dim,
-        S * c->dim,
-        S * x->lm_chunk,
-        (size_t)x->n_threads * x->scratch_per_thread,
-    };
-    float **dst[] = {&x->x,    &x->xb, &x->q,  &x->k,    &x->v,      &x->att,
-                     &x->gate, &x->up, &x->xl, &x->lbuf, &x->scratch};
-    size_t total = 0;
-    for (size_t i = 0; i < NI_ARRAY_LEN(sizes); i++) total += (sizes[i] + 15) & ~(size_t)15;
+    const size_t total = layout_work(x, NULL);
     x->work_bytes = total * sizeof(float);
     x->arena = aligned_alloc(64, total * sizeof(float));
     x->tok_pos = malloc(T * sizeof(int32_t));
@@ -313,11 +406,8 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
         return ni_fail(err, errlen, NI_ENOMEM, "cpu backend: cannot allocate work buffers");
     }
     memset(x->arena, 0, total * sizeof(float));
-    size_t off = 0;
-    for (size_t i = 0; i < NI_ARRAY_LEN(sizes); i++) {
-        *dst[i] = x->arena + off;
-        off += (sizes[i] + 15) & ~(size_t)15;
-    }
+    layout_work(x, x->arena);
+    for (int r = 0; r < tp && tp > 1; r++) x->parts[r] = x->ranks[r].part;
 
     /* Matmuls are split over our pool, each slice a single-threaded BLAS
      * call: measured 2-8x faster than OpenBLAS's own (pthread) threads, whose
@@ -377,39 +467,56 @@ typedef struct fwd_job {
     int n_want; /* rows of x->lm_seq */
 } fwd_job;
 
-/* This part's share of the logits of the n_want rows of x->xl (normed, and
- * quantized into x->qa when x->quant), written to their sequences' rows of
- * logits: straight when the rows are one contiguous run, else LM_CHUNK
- * vocabulary columns at a time through x->lbuf. */
-static void logits_part(cpu_part pt, cpu_ctx *x, float *logits, int n_want) {
+/* This part's share of vocabulary columns [va, va + nv) of the logits of
+ * the n_want rows of x->xl (normed, and quantized into x->qa when x->quant),
+ * written to their sequences' rows of logits: straight when the rows are one
+ * contiguous run, else LM_CHUNK columns at a time through x->lbuf. lm holds
+ * the LM-head rows of those columns (FP32 path). The unsharded pass asks
+ * for every column ([0, vocab)); a tensor-parallel rank for its vocabulary
+ * slice, which is how the logits are all-gathered. */
+static void logits_part(cpu_part pt, cpu_ctx *x, float *logits, int n_want, const float *lm, int va,
+                        int nv) {
     const int V = x->c.vocab_size, dim = x->c.dim;
-    const float *lm = x->m->w.lm_head;
     if (x->lm_seq[n_want - 1] - x->lm_seq[0] == n_want - 1) {
-        float *y = logits + (size_t)x->lm_seq[0] * V;
+        float *y = logits + (size_t)x->lm_seq[0] * V + va;
         if (x->quant) {
-            const q8_seg seg = {y, V, V};
-            q8_project(pt, x, &x->qlm, 0, &seg, 1, 0);
+            const q8_seg seg = {y, V, nv};
+            q8_project(pt, x, &x->qlm, va, &seg, 1, 0);
         } else {
-            cpu_matmul_ld(pt, y, V, x->xl, lm, n_want, dim, V, 0);
+            cpu_matmul_ld(pt, y, V, x->xl, lm, n_want, dim, nv, 0);
         }
         return;
     }
     int r0, r1;
     cpu_part_rows(pt, n_want, &r0, &r1);
-    for (int v0 = 0; v0 < V; v0 += x->lm_chunk) {
-        const int vc = NI_MIN(x->lm_chunk, V - v0);
+    for (int v0 = 0; v0 < nv; v0 += x->lm_chunk) {
+        const int vc = NI_MIN(x->lm_chunk, nv - v0);
         if (x->quant) {
             const q8_seg seg = {x->lbuf, vc, vc};
-            q8_project(pt, x, &x->qlm, v0, &seg, 1, 0);
+            q8_project(pt, x, &x->qlm, va + v0, &seg, 1, 0);
         } else {
             cpu_matmul_ld(pt, x->lbuf, vc, x->xl, lm + (size_t)v0 * dim, n_want, dim, vc, 0);
         }
         cpu_pool_barrier(x->pool);
         for (int r = r0; r < r1; r++)
-            memcpy(logits + (size_t)x->lm_seq[r] * V + v0, x->lbuf + (size_t)r * vc,
+            memcpy(logits + (size_t)x->lm_seq[r] * V + va + v0, x->lbuf + (size_t)r * vc,
                    (size_t)vc * sizeof(float));
         cpu_pool_barrier(x->pool); /* lbuf is rewritten by the next chunk */
     }
+}
+
+/* The last row of every sequence that wants logits into x->xl, normed
+ * (and quantized into x->qa when x->quant), then a barrier. */
+static void logits_rows(cpu_part pt, cpu_ctx *x, const eng_batch *b, int n_want) {
+    const int dim = x->c.dim;
+    int r0, r1;
+    cpu_part_rows(pt, n_want, &r0, &r1); /* the rows cpu_rmsnorm below takes */
+    for (int r = r0; r < r1; r++)
+        memcpy(x->xl + (size_t)r * dim, x->x + (size_t)(b->seq_start[x->lm_seq[r] + 1] - 1) * dim,
+               (size_t)dim * sizeof(float));
+    cpu_rmsnorm(pt, x->xl, x->xl, x->m->w.out_norm, n_want, dim, x->c.norm_eps);
+    if (x->quant) cpu_q8_quantize_act(pt, &x->qa, x->xl, dim, n_want, dim);
+    cpu_pool_barrier(x->pool);
 }
 
 /* Part ith of nth of a forward pass. Every part walks the same steps and
@@ -496,15 +603,106 @@ static void forward_part(void *vjob, int ith, int nth) {
 
     /* Logits: the last row of each sequence that wants them. */
     if (j->n_want == 0) return;
-    int r0, r1;
-    cpu_part_rows(pt, j->n_want, &r0, &r1); /* the rows cpu_rmsnorm below takes */
-    for (int r = r0; r < r1; r++)
-        memcpy(x->xl + (size_t)r * dim, x->x + (size_t)(b->seq_start[x->lm_seq[r] + 1] - 1) * dim,
-               (size_t)dim * sizeof(float));
-    cpu_rmsnorm(pt, x->xl, x->xl, w->out_norm, j->n_want, dim, eps);
-    if (x->quant) cpu_q8_quantize_act(pt, &x->qa, x->xl, dim, j->n_want, dim);
-    cpu_pool_barrier(P);
-    logits_part(pt, x, j->logits, j->n_want);
+    logits_rows(pt, x, b, j->n_want);
+    logits_part(pt, x, j->logits, j->n_want, w->lm_head, 0, c->vocab_size);
+}
+
+/* The KV planes of layer l of rank R. */
+static cpu_kv_layer rank_kv(const cpu_ctx *x, const cpu_rank *R, int l) {
+    float *base = R->kv + (size_t)l * 2 * x->layer_kv_floats;
+    const cpu_kv_layer kv = {base, base + x->layer_kv_floats, x->block_size, R->s.kv_dim};
+    return kv;
+}
+
+/* Part ith of nth of a forward pass over tp > 1 ranks (tp.h, cpu_tp.h):
+ * forward_part's steps, each taken by every rank in turn on its own
+ * buffers (so the ranks of one step need no barrier between them), with the
+ * all-reduce after wo and after w_down (split by tokens, like the rmsnorm
+ * that follows it on the same rows) and the vocabulary-sharded embedding and
+ * LM head. The same barrier discipline as forward_part. */
+static void forward_part_tp(void *vjob, int ith, int nth) {
+    const fwd_job *j = vjob;
+    cpu_ctx *x = j->x;
+    const eng_batch *b = j->b;
+    const cpu_part pt = {ith, nth};
+    cpu_pool *P = x->pool;
+    const mdl_config *c = &x->c;
+    const mdl_weights *w = &x->m->w;
+    const int n = b->n_tokens, dim = c->dim, hd = c->head_dim, N = x->tp;
+    const float eps = c->norm_eps;
+    const cpu_tok_map map = {n, x->tok_pos, x->tok_seq, b->block_tables, b->max_blocks};
+
+    cpu_tp_embed(pt, x->x, w->tok_embd, &x->plan, b->tokens, n, dim);
+    for (int l = 0; l < c->n_layers; l++) {
+        const mdl_layer *L = &w->layers[l];
+        const cpu_tp_layer *TL = x->tpl + (size_t)l * N;
+
+        /* the previous all-reduce (or the embedding) wrote this part's rows */
+        cpu_rmsnorm(pt, x->xb, x->x, L->attn_norm, n, dim, eps);
+        cpu_pool_barrier(P);
+        for (int r = 0; r < N; r++) {
+            const cpu_rank *R = &x->ranks[r];
+            cpu_matmul(pt, R->q, x->xb, TL[r].wq, n, dim, R->s.q_dim, 0);
+            cpu_matmul(pt, R->k, x->xb, TL[r].wk, n, dim, R->s.kv_dim, 0);
+            cpu_matmul(pt, R->v, x->xb, TL[r].wv, n, dim, R->s.kv_dim, 0);
+        }
+        cpu_pool_barrier(P);
+        for (int r = 0; r < N; r++) {
+            const cpu_rank *R = &x->ranks[r];
+            const cpu_kv_layer kv = rank_kv(x, R, l);
+            if (c->has_qk_norm) {
+                cpu_head_rmsnorm(pt, R->q, L->q_norm, n, R->s.n_heads, hd, eps);
+                cpu_head_rmsnorm(pt, R->k, L->k_norm, n, R->s.n_kv_heads, hd, eps);
+            }
+            cpu_rope_apply(pt, &x->rope, R->q, x->tok_pos, n, R->s.n_heads);
+            cpu_rope_apply(pt, &x->rope, R->k, x->tok_pos, n, R->s.n_kv_heads);
+            cpu_kv_store(pt, &kv, &map, R->k, R->v);
+        }
+        cpu_pool_barrier(P);
+        for (int r = 0; r < N; r++) {
+            const cpu_rank *R = &x->ranks[r];
+            const cpu_kv_layer kv = rank_kv(x, R, l);
+            cpu_attention(pt, R->att, R->q, &kv, &map, R->s.n_heads, R->s.n_kv_heads, hd,
+                          x->scratch, x->scratch_per_thread);
+        }
+        cpu_pool_barrier(P);
+        for (int r = 0; r < N; r++) {
+            const cpu_rank *R = &x->ranks[r];
+            cpu_matmul_strided(pt, R->part, dim, R->att, R->s.q_dim, TL[r].wo, TL[r].ld_o, n,
+                               R->s.q_dim, dim, 0);
+        }
+        cpu_pool_barrier(P);
+        cpu_tp_allreduce_add(pt, x->x, x->parts, N, n, dim);
+        cpu_rmsnorm(pt, x->xb, x->x, L->ffn_norm, n, dim, eps);
+        cpu_pool_barrier(P);
+        for (int r = 0; r < N; r++) {
+            const cpu_rank *R = &x->ranks[r];
+            cpu_matmul(pt, R->gate, x->xb, TL[r].w_gate, n, dim, R->s.ff_dim, 0);
+            cpu_matmul(pt, R->up, x->xb, TL[r].w_up, n, dim, R->s.ff_dim, 0);
+        }
+        cpu_pool_barrier(P);
+        for (int r = 0; r < N; r++) {
+            const cpu_rank *R = &x->ranks[r];
+            cpu_swiglu(pt, R->gate, R->gate, R->up, n, R->s.ff_dim);
+        }
+        cpu_pool_barrier(P);
+        for (int r = 0; r < N; r++) {
+            const cpu_rank *R = &x->ranks[r];
+            cpu_matmul_strided(pt, R->part, dim, R->gate, R->s.ff_dim, TL[r].w_down, TL[r].ld_down,
+                               n, R->s.ff_dim, dim, 0);
+        }
+        cpu_pool_barrier(P);
+        cpu_tp_allreduce_add(pt, x->x, x->parts, N, n, dim);
+    }
+    cpu_pool_barrier(P); /* the logits rows may be any part's */
+
+    if (j->n_want == 0) return;
+    logits_rows(pt, x, b, j->n_want);
+    for (int r = 0; r < N; r++) {
+        const eng_tp_shard *s = &x->ranks[r].s;
+        logits_part(pt, x, j->logits, j->n_want, w->lm_head + (size_t)s->vocab0 * dim, s->vocab0,
+                    s->n_vocab);
+    }
 }
 
 static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
@@ -523,7 +721,7 @@ static int cpu_forward(void *vctx, const eng_batch *b, float *logits) {
     fwd_job j = {x, b, logits, 0};
     for (int s = 0; s < b->n_seqs; s++)
         if (b->want_logits && b->want_logits[s]) x->lm_seq[j.n_want++] = s;
-    cpu_pool_run(x->pool, forward_part, &j, 0);
+    cpu_pool_run(x->pool, x->tp > 1 ? forward_part_tp : forward_part, &j, 0);
     return 0;
 }
 
@@ -531,7 +729,7 @@ static int cpu_copy_block(void *vctx, int src, int dst) {
     cpu_ctx *x = vctx;
     if (!x || src < 0 || src >= x->n_blocks || dst < 0 || dst >= x->n_blocks) return NI_EINVAL;
     if (src == dst) return 0;
-    for (size_t l = 0; l < 2 * (size_t)x->c.n_layers; l++) {
+    for (size_t l = 0; l < 2 * (size_t)x->c.n_layers * (size_t)x->tp; l++) { /* every plane */
         float *base = x->kv_pool + l * x->layer_kv_floats;
         memcpy(base + (size_t)dst * x->block_floats, base + (size_t)src * x->block_floats,
                x->block_floats * sizeof(float));
@@ -565,9 +763,10 @@ static int cpu_info(void *vctx, eng_backend_info *out) {
     } else {
         out->weight_bytes = x->m->w.arena_floats * sizeof(float);
     }
-    out->kv_bytes = 2 * (size_t)x->c.n_layers * x->layer_kv_floats * sizeof(float);
+    out->kv_bytes = 2 * (size_t)x->c.n_layers * (size_t)x->tp * x->layer_kv_floats * sizeof(float);
     out->work_bytes = x->work_bytes;
     out->n_threads = x->n_threads;
+    out->tp = x->tp;
     return 0;
 }
 

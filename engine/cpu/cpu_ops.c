@@ -154,31 +154,38 @@ void cpu_add(cpu_part pt, float *y, const float *x, size_t n) {
     for (int64_t i = lo; i < hi; i++) y[i] += x[i];
 }
 
-/* One BLAS call: y[n][ldy] (columns [0, out)) = x W^T (+ y); ldy >= out. */
-static void matmul_blas(float *y, int ldy, const float *x, const float *w, int n, int in, int out,
-                        int accumulate) {
+/* One BLAS call: y[n][ldy] (columns [0, out)) = x W^T (+ y); ldy >= out,
+ * rows of x ldx apart, rows of w ldw apart (both >= in). */
+static void matmul_blas(float *y, int ldy, const float *x, int ldx, const float *w, int ldw, int n,
+                        int in, int out, int accumulate) {
     if (n == 1) {
         /* OpenBLAS 0.3.21 sgemm has no gemv fast path for one row. */
         if (!accumulate) memset(y, 0, (size_t)out * sizeof(float));
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x, 1, 1.0f, y, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, ldw, x, 1, 1.0f, y, 1);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, w, ldw,
                 accumulate ? 1.0f : 0.0f, y, ldy);
 }
 
-void cpu_matmul_ld(cpu_part pt, float *y, int ldy, const float *x, const float *w, int n, int in,
-                   int out, int accumulate) {
+void cpu_matmul_strided(cpu_part pt, float *y, int ldy, const float *x, int ldx, const float *w,
+                        int ldw, int n, int in, int out, int accumulate) {
     if (n <= 0) return;
     if ((size_t)out * in < SPLIT_MIN || out < 2 * 16) {
-        if (pt.ith == 0) matmul_blas(y, ldy, x, w, n, in, out, accumulate);
+        if (pt.ith == 0) matmul_blas(y, ldy, x, ldx, w, ldw, n, in, out, accumulate);
         return;
     }
     /* slices of whole 16-row groups keep every slice SIMD friendly */
     int64_t o0, o1;
     cpu_pool_range(out, 16, pt.ith, pt.nth, &o0, &o1);
     if (o1 > o0)
-        matmul_blas(y + o0, ldy, x, w + (size_t)o0 * in, n, in, (int)(o1 - o0), accumulate);
+        matmul_blas(y + o0, ldy, x, ldx, w + (size_t)o0 * ldw, ldw, n, in, (int)(o1 - o0),
+                    accumulate);
+}
+
+void cpu_matmul_ld(cpu_part pt, float *y, int ldy, const float *x, const float *w, int n, int in,
+                   int out, int accumulate) {
+    cpu_matmul_strided(pt, y, ldy, x, in, w, in, n, in, out, accumulate);
 }
 
 void cpu_matmul(cpu_part pt, float *y, const float *x, const float *w, int n, int in, int out,

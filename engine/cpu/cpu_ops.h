@@ -75,6 +75,14 @@ void cpu_matmul(cpu_part pt, float *y /* [n][out] */, const float *x /* [n][in] 
 void cpu_matmul_ld(cpu_part pt, float *y /* [n][ldy] */, int ldy, const float *x /* [n][in] */,
                    const float *w /* [out][in] */, int n, int in, int out, int accumulate);
 
+/* cpu_matmul_ld over strided operands: row i of x at x + i * ldx (ldx >= in)
+ * and row o of w at w + o * ldw (ldw >= in), so w may be a column slice of a
+ * wider matrix (a tensor-parallel shard of wo / w_down: engine/cpu/cpu_tp.h).
+ * With ldx = ldw = in it is cpu_matmul_ld, call for call. */
+void cpu_matmul_strided(cpu_part pt, float *y /* [n][ldy] */, int ldy,
+                        const float *x /* [n][ldx] */, int ldx, const float *w /* [out][ldw] */,
+                        int ldw, int n, int in, int out, int accumulate);
+
 /* Name of the kernel set OpenBLAS chose at load time ("Haswell", "SkylakeX",
  * ...). "Prescott" means OpenBLAS 0.3.21 did not recognize the CPU (e.g.
  * Intel family 6 model 207) and fell back to SSE3 kernels, about 2x slower:

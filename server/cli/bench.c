@@ -114,6 +114,8 @@ static void usage(void) {
             "  --prefill-chunk N      prompt tokens per sequence per step (default 512)\n"
             "  --kv-blocks N          KV pool blocks (default: 1 GiB of KV)\n"
             "  --threads N            CPU threads (default: all cores)\n"
+            "  --tensor-parallel-size N  shard every layer over N ranks (default 1: none;\n"
+            "                         CPU: fp32 weights, the ranks in one process)\n"
             "  --device D             auto (default: CUDA when a GPU is visible), cpu, cuda\n"
             "  --dtype T              bf16 (GPU default) or fp32\n"
             "  --quant Q              weights: auto (default: the file's own precision), fp32,\n"
@@ -334,7 +336,8 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
 
 int srv_cmd_bench(int argc, char **argv) {
     enum { O_NREQ = 256, O_IN, O_OUT, O_SEED, O_MAXSEQS, O_MAXBT, O_CHUNK, O_KVB, O_THREADS,
-           O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING, O_DEVICE, O_DTYPE, O_MEMU, O_QUANT };
+           O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING, O_DEVICE, O_DTYPE, O_MEMU, O_QUANT,
+           O_TP };
     static struct option opts[] = {
         {"model", 1, 0, 'm'}, {"num-requests", 1, 0, O_NREQ}, {"input-len", 1, 0, O_IN},
         {"output-len", 1, 0, O_OUT}, {"seed", 1, 0, O_SEED}, {"max-num-seqs", 1, 0, O_MAXSEQS},
@@ -345,6 +348,7 @@ int srv_cmd_bench(int argc, char **argv) {
         {"top-p", 1, 0, O_SAMPLING}, {"top-k", 1, 0, O_SAMPLING}, {"min-p", 1, 0, O_SAMPLING},
         {"device", 1, 0, O_DEVICE}, {"dtype", 1, 0, O_DTYPE},
         {"gpu-memory-utilization", 1, 0, O_MEMU}, {"quant", 1, 0, O_QUANT},
+        {"tensor-parallel-size", 1, 0, O_TP},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     const char *device = NULL, *dtype = NULL;
     bench_opts o = {.n_req = 256, .in_lo = 100, .in_hi = 1024, .out_lo = 100, .out_hi = 1024,
@@ -375,6 +379,7 @@ int srv_cmd_bench(int argc, char **argv) {
         case O_DEVICE: device = optarg; break;
         case O_DTYPE: dtype = optarg; break;
         case O_QUANT: bad |= eng_quant_parse(optarg, &o.cfg.quant) != 0; break;
+        case O_TP: bad |= (o.cfg.tp = atoi(optarg)) < 1 || o.cfg.tp > ENG_TP_MAX; break;
         case O_MEMU: o.cfg.mem_util = atof(optarg); bad |= !(o.cfg.mem_util > 0 && o.cfg.mem_util <= 1); break;
         case 'h': usage(); return 0;
         default: usage(); return 2;

@@ -37,6 +37,7 @@ static void usage(FILE *f) {
             "            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
             "            [--stop STR]... [--logprobs N] [--ignore-eos] [--threads T] [--ids]\n"
             "            [--device auto|cpu|cuda] [--dtype bf16|fp32] [--quant auto|fp32|int8|q4]\n"
+            "            [--tensor-parallel-size N]\n"
             "  bench     --model M [--num-requests N] [--input-len A:B] [--output-len A:B]\n"
             "            [--max-num-seqs N] [--kv-blocks N] [--json] [--prefix] (see bench --help)\n"
             "  serve     --model M [--host H] [--port P] [--config FILE] (OpenAI-compatible\n"
@@ -168,7 +169,7 @@ static void gen_on_event(void *ud, const eng_event *ev) {
 /* The command line of `nanoinfer generate`. */
 typedef struct gen_args {
     const char *model, *prompt, *system, *device, *dtype, *quant;
-    int max_tokens, chat, threads, ignore_eos, print_ids;
+    int max_tokens, chat, threads, ignore_eos, print_ids, tp;
     cli_list stop;
     smp_params sp;
 } gen_args;
@@ -197,6 +198,8 @@ static const cli_opt g_gen_opts[] = {
     {"dtype", 0, CLI_OPT_STR, GA(dtype), 0, 0, NULL, "T", "bf16 (GPU default) or fp32"},
     {"quant", 0, CLI_OPT_STR, GA(quant), 0, 0, NULL, "Q",
      "weights: auto (default: the file's own precision), fp32, int8, q4"},
+    {"tensor-parallel-size", 0, CLI_OPT_INT, GA(tp), 1, ENG_TP_MAX, NULL, "N",
+     "shard every layer over N ranks (1: none; CPU: fp32 weights, in one process)"},
 };
 #undef GA
 
@@ -204,6 +207,7 @@ static const cli_opt g_gen_opts[] = {
 static int gen_parse(int argc, char **argv, gen_args *a, eng_quant *quant, int *done) {
     memset(a, 0, sizeof *a);
     a->max_tokens = 64;
+    a->tp = 1;
     a->sp = smp_params_default();
     a->sp.temperature = 0; /* generate is for reproducible one-shot runs: greedy unless asked */
     *done = 1;
@@ -265,6 +269,7 @@ static int gen_engine(eng_engine **e, const mdl_model *m, const eng_backend *be,
     eng_config cfg;
     eng_config_default(&cfg);
     cfg.n_threads = a->threads;
+    cfg.tp = a->tp;
     cfg.quant = quant;
     eng_dtype_parse(a->dtype, &cfg.dtype); /* validated by eng_backend_select */
     cfg.max_num_seqs = 1;

@@ -17,6 +17,7 @@
 
 #include "tokenizer/chat.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/tp.h"
 #include "engine/util/util.h"
 #include "srv_log.h"
 #include "srv_reasoning.h"
@@ -67,6 +68,10 @@ static const key_def g_keys[] = {
     {"no-prefix-cache", T_BOOL, F(no_prefix_cache), 0, 0, 0, NULL, NULL,
      "disable automatic prefix caching"},
     {"threads", T_INT, F(threads), 0, 0, 1024, "0", "N", "CPU threads for compute (0: all cores)"},
+    {"tensor-parallel-size", T_INT, F(tensor_parallel_size), 0, 1, ENG_TP_MAX, "1", "N",
+     "shard every layer over N ranks (Megatron-style: heads, FFN columns, vocabulary);\n"
+     "N must divide the model's attention heads, KV heads and FFN width. CPU backend:\n"
+     "the ranks run in one process, fp32 weights only; CUDA: not built yet (needs NCCL)"},
     {"shutdown-timeout", T_REAL, F(shutdown_timeout), 0, 0, 86400, "30", "SECONDS",
      "on SIGTERM/SIGINT, how long in-flight requests may finish before they are aborted"},
     {"log-level", T_LEVEL, F(log_level), 0, 0, 0, "info", "LEVEL", "error, warn, info or debug"},
@@ -491,6 +496,9 @@ int srv_config_validate(const srv_config *c, char *err, size_t errlen) {
                        "max-num-seqs (%d) must not exceed max-batched-tokens (%d): every running "
                        "sequence needs a token per step",
                        c->max_num_seqs, c->max_batched_tokens);
+    if (c->tensor_parallel_size > 1 && !strcmp(c->backend, "cuda"))
+        return ni_fail(err, errlen, NI_EINVAL, "tensor-parallel-size: %s (device = cpu runs it)",
+                       ENG_TP_NO_CUDA);
 #ifndef NI_USE_CUDA
     if (!strcmp(c->backend, "cuda"))
         return ni_fail(err, errlen, NI_EINVAL,
@@ -560,15 +568,16 @@ void srv_config_log(const srv_config *c) {
     srv_log(SRV_LOG_INFO,
             "config: model=%s host=%s port=%d api-key=%s max-body=%lld max-queue=%d "
             "max-num-seqs=%d max-batched-tokens=%d prefill-chunk=%d kv-blocks=%d block-size=%d "
-            "max-model-len=%d prefix-cache=%s threads=%d shutdown-timeout=%gs log-level=%s "
+            "max-model-len=%d prefix-cache=%s threads=%d tensor-parallel-size=%d "
+            "shutdown-timeout=%gs log-level=%s "
             "max-tokens-default=%d max-stream-buffer=%lld max-connections=%d idle-timeout=%gs "
             "health-timeout=%gs chat-template=%s reasoning-parser=%s device=%s webui=%s",
             c->model, c->host, c->port,
             c->api_key[0] ? (c->api_key_from_env ? "(set, from env)" : "(set)") : "(none)",
             c->max_body, c->max_queue, c->max_num_seqs, c->max_batched_tokens, c->prefill_chunk,
             c->kv_blocks, c->block_size, c->max_model_len, c->no_prefix_cache ? "off" : "on",
-            c->threads, c->shutdown_timeout, srv_log_level_name(c->log_level),
-            c->max_tokens_default, c->max_stream_buffer, c->max_connections, c->idle_timeout,
-            c->health_timeout, c->chat_template, c->reasoning_parser, c->backend,
-            c->no_webui ? "off" : "on");
+            c->threads, c->tensor_parallel_size, c->shutdown_timeout,
+            srv_log_level_name(c->log_level), c->max_tokens_default, c->max_stream_buffer,
+            c->max_connections, c->idle_timeout, c->health_timeout, c->chat_template,
+            c->reasoning_parser, c->backend, c->no_webui ? "off" : "on");
 }

@@ -50,10 +50,11 @@ typedef struct srv_config {
     int block_size;
     int max_model_len; /* 0 = the model's context */
     int no_prefix_cache;
-    int no_webui;            /* 1 = no web chat page at / (srv_web.h) */
-    int threads;             /* 0 = all cores */
-    double shutdown_timeout; /* seconds */
-    int log_level;           /* enum srv_log_level */
+    int no_webui;             /* 1 = no web chat page at / (srv_web.h) */
+    int threads;              /* 0 = all cores */
+    int tensor_parallel_size; /* tensor-parallel ranks (eng_config.tp), 1 = none */
+    double shutdown_timeout;  /* seconds */
+    int log_level;            /* enum srv_log_level */
     int max_tokens_default;
     long long max_stream_buffer; /* bytes buffered per connection before a slow reader is cut */
     int max_connections;

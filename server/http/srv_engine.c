@@ -133,6 +133,7 @@ void *srv_engine_main(void *arg) {
         ec.n_blocks = s->cfg.kv_blocks;
         ec.prefix_cache = !s->cfg.no_prefix_cache;
         ec.n_threads = s->cfg.threads;
+        ec.tp = s->cfg.tensor_parallel_size;
         eng_quant_parse(s->cfg.quant, &ec.quant); /* validated with the config */
         ec.max_seq_len = s->cfg.max_model_len;
         ec.mem_util = s->cfg.gpu_memory_utilization;
