@@ -11,6 +11,9 @@
  * Prefix experiments: requests arrive one per engine step (so earlier
  * prompts' blocks are computed and registered before later ones look them
  * up), each run on a fresh engine with the cache on and off.
+ *
+ * With --url the command is the serving benchmark of a running server
+ * instead (server/cli/bench_http.c); nothing here runs then.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -105,6 +108,8 @@ typedef struct bench_opts {
 static void usage(void) {
     fprintf(stderr,
             "usage: nanoinfer bench --model M [options]\n"
+            "       nanoinfer bench --url URL [options]   serving benchmark of a running server\n"
+            "                                             (nanoinfer bench --url URL --help)\n"
             "  --num-requests N       requests (default 256)\n"
             "  --input-len A:B        prompt length uniform in [A, B] (default 100:1024)\n"
             "  --output-len A:B       output length uniform in [A, B] (default 100:1024)\n"
@@ -335,6 +340,9 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
 }
 
 int srv_cmd_bench(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--url") || !strncmp(argv[i], "--url=", 6))
+            return srv_cmd_bench_http(argc, argv);
     enum { O_NREQ = 256, O_IN, O_OUT, O_SEED, O_MAXSEQS, O_MAXBT, O_CHUNK, O_KVB, O_THREADS,
            O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING, O_DEVICE, O_DTYPE, O_MEMU, O_QUANT,
            O_TP };

@@ -12,8 +12,16 @@
 #include "engine/backend/sampler.h"
 #include "server/http/srv_server.h"
 
-/* nanoinfer bench: offline throughput and prefix-cache experiments. */
+/* nanoinfer bench: offline throughput and prefix-cache experiments; with
+ * --url anywhere in argv, the serving benchmark (srv_cmd_bench_http). */
 int srv_cmd_bench(int argc, char **argv);
+
+/* nanoinfer bench --url URL: the serving benchmark client of a running
+ * OpenAI-compatible server (server/cli/bench_http.c). argv[0] is the
+ * subcommand name. Returns 0 when every request of every run succeeded, 1 on
+ * a runtime error or failed requests, 2 on a usage error, 130 when
+ * interrupted (the runs so far are still reported and written). */
+int srv_cmd_bench_http(int argc, char **argv);
 
 /* nanoinfer chat: interactive terminal chat against a running server (server/cli/srv_chat.c). */
 int srv_cmd_chat(int argc, char **argv);
