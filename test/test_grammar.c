@@ -333,6 +333,7 @@ static const char *const k_schemas[] = {
     "{\"type\":\"integer\",\"minimum\":-1000000,\"maximum\":-999}",
     "{\"type\":\"integer\",\"exclusiveMinimum\":9}",
     "{\"type\":\"number\",\"minimum\":0}",
+    "{\"type\":\"number\",\"exclusiveMinimum\":0}",
     "{}",
     "{\"type\":\"array\",\"prefixItems\":[{\"type\":\"string\"},{\"type\":\"integer\"}]}",
     "{\"type\":\"object\",\"properties\":{\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\"]},\"maxItems\":0}},\"required\":[\"tags\"],\"additionalProperties\":false}",

@@ -337,9 +337,13 @@ static int numeric_schema(sc *c, const json_t *s, int integer) {
     if (json_object_get(s, "multipleOf")) return sc_fail(c, NI_EINVAL, "%s", "'multipleOf' is not supported");
     if (!integer) {
         if (mx || emx) return sc_fail(c, NI_EINVAL, "%s", "'maximum' on a number is not supported (use integer)");
-        if (emn) return sc_fail(c, NI_EINVAL, "%s", "'exclusiveMinimum' on a number is not supported");
+        if (emn && !(json_is_number(emn) && json_number_value(emn) == 0))
+            return sc_fail(c, NI_EINVAL, "%s", "'exclusiveMinimum' on a number is only supported as 0");
         if (mn && !(json_is_number(mn) && json_number_value(mn) == 0))
             return sc_fail(c, NI_EINVAL, "%s", "'minimum' on a number is only supported as 0");
+        if (emn) /* > 0: a nonzero digit somewhere before the exponent */
+            return regex_rule(c, "([1-9][0-9]{0,15}(\\.[0-9]{1,16})?|0\\.[0-9]{0,15}[1-9])"
+                                 "([eE][-+]?[0-9]{1,2})?");
         return number_rule(c, 0, mn != NULL);
     }
     int has_lo = 0, has_hi = 0;
