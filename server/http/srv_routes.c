@@ -26,7 +26,8 @@
  * answered on the socket directly (MHD accepts no response in mid-body): the
  * 413 is written, the write side shut down so the client sees the end of the
  * reply, and the body drained for up to DRAIN_S seconds / another
- * DISCARD_FACTOR x max-body while the client reads it; then MHD closes.
+ * DRAIN_FACTOR x the discard cap in all while the client reads it; then MHD
+ * closes.
  *
  * A generation request (srv_gen) is parsed, tokenized and handed to eng_add
  * inside the access handler. Then:
@@ -82,6 +83,8 @@
 
 #define DISCARD_FACTOR 16 /* oversized uploads: read at most this x max-body, twice */
 #define DRAIN_S 5.0       /* after a 413 written mid-body: the longest drain */
+#define DRAIN_FACTOR 8    /* ... and at most this x the discard cap in all (a client that
+                           * sends a body just over 2x the cap must still read its 413) */
 
 enum route {
     R_NONE,
@@ -726,7 +729,8 @@ static int answer_raw_413(srv_server *s, srv_conn *c, const char *version) {
 static enum MHD_Result discard_body(srv_server *s, srv_conn *c, size_t n, const char *version) {
     c->discarded += n;
     if (c->answered_raw) { /* draining after the 413 */
-        if (c->discarded > 2 * discard_cap(s) || ni_now() - c->t_answered > DRAIN_S) return MHD_NO;
+        if (c->discarded > DRAIN_FACTOR * discard_cap(s) || ni_now() - c->t_answered > DRAIN_S)
+            return MHD_NO;
         return MHD_YES;
     }
     if (c->discarded <= discard_cap(s)) return MHD_YES;
