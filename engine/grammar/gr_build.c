@@ -82,6 +82,30 @@ const char *gr_builder_error(const gr_builder *b) { return b->err[0] ? b->err : 
 
 const gr_limits *gr_b_limits(const gr_builder *b) { return &b->lim; }
 
+int gr_utf8_decode(const unsigned char *s, size_t left, uint32_t *cp) {
+    uint32_t c = s[0];
+    int len = 1;
+    if (c >= 0xC0 && c < 0xE0 && left >= 2) {
+        c = (c & 31) << 6 | (s[1] & 63);
+        len = 2;
+    } else if (c >= 0xE0 && c < 0xF0 && left >= 3) {
+        c = (c & 15) << 12 | (s[1] & 63) << 6 | (s[2] & 63);
+        len = 3;
+    } else if (c >= 0xF0 && left >= 4) {
+        c = (c & 7) << 18 | (s[1] & 63) << 12 | (s[2] & 63) << 6 | (s[3] & 63);
+        len = 4;
+    }
+    *cp = c;
+    return len;
+}
+
+int gr_hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 int gr_b_rule(gr_builder *b, const char *name) {
     if (b->n_rules >= b->lim.max_rules)
         return gr_b_fail(b, NI_ERANGE, "grammar too large: more than %d rules", b->lim.max_rules);

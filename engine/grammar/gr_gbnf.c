@@ -64,13 +64,6 @@ static int rule_starts(const gp *p) {
     return k + 2 < p->n + 0 && memcmp(p->s + k, "::=", 3) == 0;
 }
 
-static int hexv(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* One (possibly escaped) character as a code point. */
 static int gp_char(gp *p, uint32_t *out) {
     if (p->i >= p->n) return gp_fail(p, "unexpected end");
@@ -90,21 +83,14 @@ static int gp_char(gp *p, uint32_t *out) {
         }
         uint32_t v = 0;
         for (int k = 0; k < digits; k++) {
-            if (p->i >= p->n || hexv(p->s[p->i]) < 0) return gp_fail(p, "bad hex escape");
-            v = v * 16 + (uint32_t)hexv(p->s[p->i++]);
+            if (p->i >= p->n || gr_hexval(p->s[p->i]) < 0) return gp_fail(p, "bad hex escape");
+            v = v * 16 + (uint32_t)gr_hexval(p->s[p->i++]);
         }
         if (v > 0x10FFFF) return gp_fail(p, "code point out of range");
         *out = v;
         return 0;
     }
-    uint32_t c = s[0];
-    size_t left = p->n - p->i;
-    int len = 1;
-    if (c >= 0xC0 && c < 0xE0 && left >= 2) { c = (c & 31) << 6 | (s[1] & 63); len = 2; }
-    else if (c >= 0xE0 && c < 0xF0 && left >= 3) { c = (c & 15) << 12 | (s[1] & 63) << 6 | (s[2] & 63); len = 3; }
-    else if (c >= 0xF0 && left >= 4) { c = (c & 7) << 18 | (s[1] & 63) << 12 | (s[2] & 63) << 6 | (s[3] & 63); len = 4; }
-    p->i += (size_t)len;
-    *out = c;
+    p->i += (size_t)gr_utf8_decode(s, p->n - p->i, out);
     return 0;
 }
 

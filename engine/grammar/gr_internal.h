@@ -11,6 +11,7 @@
 #ifndef NI_GR_INTERNAL_H
 #define NI_GR_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "grammar.h"
@@ -35,6 +36,14 @@ struct gr_grammar {
     uint8_t (*sets)[32];
     int n_sets;
 };
+
+/* Decodes the UTF-8 code point at s[0..left) (left >= 1) into *cp and
+ * returns its length; an invalid lead byte is taken as Latin-1 (length 1).
+ * Shared by the regex and GBNF readers. */
+int gr_utf8_decode(const unsigned char *s, size_t left, uint32_t *cp);
+
+/* The value of hex digit c, or -1. */
+int gr_hexval(int c);
 
 /* The builder's limits (for the front ends). */
 const gr_limits *gr_b_limits(const gr_builder *b);

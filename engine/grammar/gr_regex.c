@@ -37,31 +37,18 @@ static int rx_fail(rx *p, const char *what) {
     return gr_b_fail(p->b, NI_EINVAL, "regex: %s at offset %zu", what, p->i);
 }
 
-/* Decodes one UTF-8 code point at p->i (invalid bytes are taken as Latin-1). */
+/* The UTF-8 code point at p->i (invalid bytes are taken as Latin-1). */
 static uint32_t rx_cp(rx *p) {
-    const unsigned char *s = p->s + p->i;
-    size_t left = p->n - p->i;
-    uint32_t c = s[0];
-    int len = 1;
-    if (c >= 0xC0 && c < 0xE0 && left >= 2) { c = (c & 31) << 6 | (s[1] & 63); len = 2; }
-    else if (c >= 0xE0 && c < 0xF0 && left >= 3) { c = (c & 15) << 12 | (s[1] & 63) << 6 | (s[2] & 63); len = 3; }
-    else if (c >= 0xF0 && left >= 4) { c = (c & 7) << 18 | (s[1] & 63) << 12 | (s[2] & 63) << 6 | (s[3] & 63); len = 4; }
-    p->i += (size_t)len;
+    uint32_t c;
+    p->i += (size_t)gr_utf8_decode(p->s + p->i, p->n - p->i, &c);
     return c;
-}
-
-static int hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
 }
 
 static int rx_hex(rx *p, int digits, uint32_t *out) {
     uint32_t v = 0;
     for (int k = 0; k < digits; k++) {
-        if (p->i >= p->n || hexval(p->s[p->i]) < 0) return rx_fail(p, "bad hex escape");
-        v = v * 16 + (uint32_t)hexval(p->s[p->i++]);
+        if (p->i >= p->n || gr_hexval(p->s[p->i]) < 0) return rx_fail(p, "bad hex escape");
+        v = v * 16 + (uint32_t)gr_hexval(p->s[p->i++]);
     }
     *out = v;
     return 0;
@@ -117,7 +104,7 @@ static int rx_escape_char(rx *p, uint32_t *out) {
             p->i++;
             uint32_t v = 0;
             int k = 0;
-            while (p->i < p->n && hexval(p->s[p->i]) >= 0 && k < 6) v = v * 16 + (uint32_t)hexval(p->s[p->i++]), k++;
+            while (p->i < p->n && gr_hexval(p->s[p->i]) >= 0 && k < 6) v = v * 16 + (uint32_t)gr_hexval(p->s[p->i++]), k++;
             if (k == 0 || p->i >= p->n || p->s[p->i] != '}') return rx_fail(p, "bad \\u{} escape");
             p->i++;
             *out = v;
