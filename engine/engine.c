@@ -711,14 +711,17 @@ static int needs_host_sampling(const eng_engine *e, const eng_req *r) {
            r->sp.frequency_penalty != 0.0f || (r->gm != NULL && !e->be->sample_masks);
 }
 
-/* Masks logits (one row) with the grammar mask of s's state, timing it for
- * eng_stats. Returns 0 or the matcher's NI_E* code. */
-static int apply_grammar(eng_engine *e, eng_seq *s, float *logits) {
+/* The grammar mask of s's state, counted and timed for eng_stats: applied to
+ * the logits row (host path, logits != NULL) or copied into dst (device path:
+ * the matcher's cache may reuse its slot for a sibling before be->sample).
+ * Returns 0 or the matcher's NI_E* code. */
+static int grammar_mask(eng_engine *e, eng_seq *s, float *logits, uint32_t *dst) {
     const double t0 = ni_now();
     const uint32_t *allow;
     int rc = gr_matcher_mask(s->req->gm, s->gs, &allow);
     if (rc) return rc;
-    gr_apply_mask(logits, e->vocab, allow);
+    if (logits) gr_apply_mask(logits, e->vocab, allow);
+    else memcpy(dst, allow, (size_t)e->mask_words * sizeof *dst);
     e->st.grammar_masks++;
     e->st.grammar_seconds += ni_now() - t0;
     return 0;
@@ -737,19 +740,14 @@ static int sample_on_device(eng_engine *e, int nb) {
         /* The masks are computed here, after forward() returned: a device backend
          * returns from forward(logits = NULL) without waiting for the GPU, so this
          * CPU work overlaps the forward pass; be->sample then waits for both. */
-        if (r->gm) { /* copied: the matcher's cache may reuse the slot for a sibling */
-            const double t0 = ni_now();
-            const uint32_t *m;
-            int rc = gr_matcher_mask(r->gm, s->gs, &m);
+        if (r->gm) {
+            uint32_t *dst = e->d_masks + (size_t)i * (size_t)e->mask_words;
+            int rc = grammar_mask(e, s, NULL, dst);
             if (rc) {
                 req_fail(e, r, rc);
                 continue;
             }
-            uint32_t *dst = e->d_masks + (size_t)i * (size_t)e->mask_words;
-            memcpy(dst, m, (size_t)e->mask_words * sizeof *dst);
             allow = dst;
-            e->st.grammar_masks++;
-            e->st.grammar_seconds += ni_now() - t0;
         }
         if (r->n > 1 && !r->forked) {
             if (fork_siblings(e, s)) continue;
@@ -787,7 +785,7 @@ static int sample_seq(eng_engine *e, eng_seq *s, float *logits) {
     eng_req *r = s->req;
     smp_result res;
     if (r->gm) { /* siblings not forked yet share s's state (the start) */
-        int rc = apply_grammar(e, s, logits);
+        int rc = grammar_mask(e, s, logits, NULL);
         if (rc) {
             req_fail(e, r, rc);
             return rc;
