@@ -38,25 +38,6 @@
 
 static tu_rng g_rng;
 
-/* A vocabulary of the 256 single bytes plus one end token (256): masks are
- * then byte sets, which the random walks use. */
-static gr_vocab *byte_vocab(void) {
-    static char bytes[256];
-    static const char *ptr[257];
-    static size_t lens[257];
-    for (int i = 0; i < 256; i++) {
-        bytes[i] = (char)i;
-        ptr[i] = &bytes[i];
-        lens[i] = 1;
-    }
-    ptr[256] = "";
-    lens[256] = 0;
-    int32_t end = 256;
-    gr_vocab *v;
-    assert_int_equal(gr_vocab_new(&v, 257, ptr, lens, &end, 1), 0);
-    return v;
-}
-
 static int accepts(gr_matcher *m, const char *s, size_t n) {
     gr_state st = gr_matcher_feed(m, gr_matcher_start(m), s, n);
     assert_true(st != GR_ERROR);
@@ -103,7 +84,7 @@ static const char *const k_wide[] = {"\xC3\xA9", "\xC3\xA0", "\xE4\xB8\x80", "\x
 
 static void test_regex_vs_pcre2(void **state) {
     (void)state;
-    gr_vocab *v = byte_vocab();
+    gr_vocab *v = tu_byte_vocab();
     char buf[512], err[256];
     for (size_t i = 0; i < NI_ARRAY_LEN(k_regexes); i++) {
         const char *re = k_regexes[i];
@@ -166,7 +147,7 @@ static const char k_expr[] =
 
 static void test_gbnf(void **state) {
     (void)state;
-    gr_vocab *v = byte_vocab();
+    gr_vocab *v = tu_byte_vocab();
     char err[256];
     gr_grammar *g;
     if (gr_compile_gbnf(k_expr, strlen(k_expr), NULL, &g, err, sizeof err)) fail_msg("%s", err);
@@ -341,7 +322,7 @@ static const char *const k_schemas[] = {
 
 static void test_schema_walks(void **state) {
     (void)state;
-    gr_vocab *v = byte_vocab();
+    gr_vocab *v = tu_byte_vocab();
     static char buf[8192];
     char err[256], why[64];
     for (size_t i = 0; i < NI_ARRAY_LEN(k_schemas); i++) {
@@ -502,7 +483,7 @@ static void test_refusals(void **state) {
 
 static void test_mem_cap(void **state) {
     (void)state;
-    gr_vocab *v = byte_vocab();
+    gr_vocab *v = tu_byte_vocab();
     gr_grammar *g;
     char err[256];
     assert_int_equal(gr_compile_json_object(NULL, &g, err, sizeof err), 0);

@@ -79,6 +79,25 @@ uint64_t tu_seed(tu_rng *r, const char *prog) {
     return seed;
 }
 
+/* ---- grammars ---------------------------------------------------------------- */
+
+gr_vocab *tu_byte_vocab(void) {
+    static char bytes[256];
+    const char *ptr[257];
+    size_t lens[257];
+    for (int i = 0; i < 256; i++) {
+        bytes[i] = (char)i;
+        ptr[i] = &bytes[i];
+        lens[i] = 1;
+    }
+    ptr[256] = "";
+    lens[256] = 0;
+    int32_t end = 256;
+    gr_vocab *v = NULL;
+    assert_int_equal(gr_vocab_new(&v, 257, ptr, lens, &end, 1), 0);
+    return v;
+}
+
 /* ---- error metrics and checks ------------------------------------------------ */
 
 static const char *const k_metric_name[] = {"max rel err", "NMSE", "L2 rel err"};

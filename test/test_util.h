@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "engine/backend/backend.h"
+#include "engine/grammar/grammar.h"
 #include "engine/model/model.h"
 
 /* The environment variable that fixes the seed of a randomised run. Named
@@ -66,6 +67,13 @@ void tu_permutation(tu_rng *r, int32_t *perm, int n);
  * else the clock; prints "<prog>: seed N (NI_TEST_SEED to reproduce)" on
  * stdout. Returns the seed. */
 uint64_t tu_seed(tu_rng *r, const char *prog);
+
+/* ---- grammars ---------------------------------------------------------------- */
+
+/* A vocabulary of the 256 single bytes (token i = byte i) plus one end token
+ * (256), so that a grammar mask is a byte set (random walks, acceptance
+ * checks). Asserts the allocation; free with gr_vocab_free. */
+gr_vocab *tu_byte_vocab(void);
 
 /* ---- error metrics and checks ------------------------------------------------ */
 

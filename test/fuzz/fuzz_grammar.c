@@ -4,7 +4,7 @@
  * json_loadb, choices split at '\n'); the bytes up to the first NUL are its
  * text, the bytes after it drive the matcher. A compiler must refuse with a
  * one-line message or give a grammar; a grammar then gets a matcher over the
- * 256 single-byte tokens plus an end token (as test_grammar.c's byte_vocab)
+ * 256 single-byte tokens plus an end token (as test_util's tu_byte_vocab)
  * with a 4 MiB cache cap, which is fed the driving bytes as tokens and then
  * walked along the masks, the driving bytes choosing among the allowed
  * bytes. Failures (__builtin_trap), besides crashes, leaks and overflows:
