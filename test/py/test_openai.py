@@ -30,11 +30,11 @@ MODEL_DIR = "test/models/tiny-llama3"
 class Server:
     """A `nanoinfer serve` child process on 127.0.0.1 and a free port."""
 
-    def __init__(self, *args):
-        self.log = tempfile.NamedTemporaryFile(prefix="ni_openai_", suffix=".log", delete=False)
+    def __init__(self, *args, start_timeout=30, log_prefix="ni_openai_"):
+        self.log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
         self.proc = subprocess.Popen([BIN, "serve", "--port", "0", *args], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
+        deadline = time.time() + start_timeout
         self.port = None
         while time.time() < deadline and self.port is None:
             if self.proc.poll() is not None:

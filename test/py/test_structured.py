@@ -35,9 +35,7 @@ import copy
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.request
@@ -46,7 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 from jsonschema import Draft202012Validator
 
-BIN = os.path.join(os.environ.get("BUILD", "build"), "nanoinfer")
+sys.path.insert(0, os.path.dirname(__file__))
+import test_openai  # noqa: E402  (the shared server helper)
+
 REAL_MODEL = os.environ.get("NI_MODEL") or "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_MODEL = "test/models/tiny-llama3"
 DATA = "test/data"
@@ -63,38 +63,12 @@ CORPUS = load("schemas.json")
 BAD = load("bad_schemas.json")
 
 
-class Server:
-    """A `nanoinfer serve` child process on 127.0.0.1 and a free port."""
+class Server(test_openai.Server):
+    """test_openai's server helper, with a longer start-up allowance (the real model under
+    load) and the metrics / client accessors these tests use."""
 
     def __init__(self, *args):
-        self.log = tempfile.NamedTemporaryFile(prefix="ni_structured_", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([BIN, "serve", "--port", "0", *args], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        self.port = None
-        while time.time() < deadline and self.port is None:
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited: " + self.read_log())
-            m = re.search(r"listening on http://[^\s]*:(\d+)\s", self.read_log())
-            if m:
-                self.port = int(m.group(1))
-            else:
-                time.sleep(0.05)
-        if self.port is None:
-            raise RuntimeError("server did not start: " + self.read_log())
-        self.url = f"http://127.0.0.1:{self.port}"
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                time.sleep(0.05)
-        raise RuntimeError("server never became healthy: " + self.read_log())
-
-    def read_log(self):
-        with open(self.log.name, errors="replace") as f:
-            return f.read()
+        super().__init__(*args, start_timeout=60, log_prefix="ni_structured_")
 
     def metrics(self):
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
@@ -108,12 +82,6 @@ class Server:
 
     def client(self):
         return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=600)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.unlink(self.log.name)
 
 
 def schema_errors(schema, text):
