@@ -40,7 +40,7 @@ typedef struct sc {
     gr_builder *b;
     const json_t *root;
     int depth;
-    int ws, chr, string, number, integer, value, boolean, null;
+    int ws, chr, string, number, integer, nonneg, value, boolean, null; /* shared rules, -1 unmade */
     struct {
         const json_t *node;
         int rule;
@@ -94,12 +94,13 @@ static int string_rule(sc *c) {
     return c->string;
 }
 
+/* Numbers (integer: no fraction or exponent; nonneg: non-negative numbers,
+ * the only number bound supported). */
 static int number_rule(sc *c, int integer, int nonneg) {
     char re[160];
     snprintf(re, sizeof re, "%s(0|[1-9][0-9]{0,15})%s", nonneg ? "" : "-?",
              integer ? "" : "(\\.[0-9]{1,16})?([eE][-+]?[0-9]{1,2})?");
-    if (nonneg) return regex_rule(c, re);
-    int *slot = integer ? &c->integer : &c->number;
+    int *slot = nonneg ? &c->nonneg : integer ? &c->integer : &c->number;
     if (*slot < 0) *slot = regex_rule(c, re);
     return *slot;
 }
@@ -742,7 +743,8 @@ static sc *sc_new(gr_builder *b, const json_t *schema) {
     if (!c) return NULL;
     c->b = b;
     c->root = schema;
-    c->ws = c->chr = c->string = c->number = c->integer = c->value = c->boolean = c->null = -1;
+    c->ws = c->chr = c->string = c->number = c->integer = c->nonneg = c->value = c->boolean =
+        c->null = -1;
     return c;
 }
 
