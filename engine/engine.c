@@ -277,23 +277,31 @@ static void req_fail(eng_engine *e, eng_req *r, int code) {
 static int grammar_vocab(eng_engine *e) {
     const tok_tokenizer *t = e->m->tok;
     if (!t) return 0; /* no tokenizer: no constrained requests (eng_add refuses them) */
-    int n = e->vocab, n_ends = 0, rc = NI_ENOMEM;
-    int cap = tok_max_token_bytes(t) + 1;
-    char *data = malloc((size_t)n * (size_t)cap);
+    const int n = e->vocab, nt = tok_vocab_size(t), cap = tok_max_token_bytes(t) + 1;
+    int n_ends = 0, rc = NI_ENOMEM;
+    char *one = malloc((size_t)cap), *data = NULL;
     const char **ptr = malloc((size_t)n * sizeof *ptr);
-    size_t *lens = malloc((size_t)n * sizeof *lens);
+    size_t *lens = malloc((size_t)n * sizeof *lens), total = 0;
     int32_t *ends = malloc((size_t)n * sizeof *ends);
-    if (data && ptr && lens && ends) {
-        for (int i = 0; i < n; i++) {
-            ptr[i] = data + (size_t)i * (size_t)cap;
-            int k = i < tok_vocab_size(t) && !tok_is_special(t, i)
-                        ? tok_token_bytes(t, i, data + (size_t)i * (size_t)cap, (size_t)cap)
-                        : 0;
+    if (one && ptr && lens && ends) {
+        for (int i = 0; i < n; i++) { /* lengths first: the bytes go into one exact buffer */
+            int k = i < nt && !tok_is_special(t, i) ? tok_token_bytes(t, i, one, (size_t)cap) : 0;
             lens[i] = k > 0 ? (size_t)k : 0;
-            if (i < tok_vocab_size(t) && tok_is_eog(t, i)) ends[n_ends++] = i;
+            total += lens[i];
+            if (i < nt && tok_is_eog(t, i)) ends[n_ends++] = i;
+        }
+        data = malloc(total + 1);
+    }
+    if (data) {
+        size_t at = 0;
+        for (int i = 0; i < n; i++) {
+            ptr[i] = data + at;
+            if (lens[i]) tok_token_bytes(t, i, data + at, lens[i]);
+            at += lens[i];
         }
         rc = gr_vocab_new(&e->gvocab, n, ptr, lens, ends, n_ends);
     }
+    free(one);
     free(data);
     free(ptr);
     free(lens);
