@@ -52,9 +52,9 @@
 #endif
 
 int cu_att_plan(cu_att_item *items, int n_seqs, const int32_t *seq_start, const int32_t *pos0,
-                int G, int *max_ctx) {
+                int G, int *max_ctx, int *max_nq) {
     const int qt = G >= ROWS ? 1 : ROWS / G;
-    int n = 0, mc = 0;
+    int n = 0, mc = 0, mq = 0;
     for (int s = 0; s < n_seqs; s++) {
         const int len = seq_start[s + 1] - seq_start[s];
         for (int q0 = 0; q0 < len; q0 += qt) {
@@ -62,9 +62,11 @@ int cu_att_plan(cu_att_item *items, int n_seqs, const int32_t *seq_start, const 
             cu_att_item it = {seq_start[s] + q0, nq, pos0[s] + q0, s};
             items[n++] = it;
             if (pos0[s] + q0 + nq > mc) mc = pos0[s] + q0 + nq;
+            if (nq > mq) mq = nq;
         }
     }
     *max_ctx = mc;
+    *max_nq = mq;
     return n;
 }
 

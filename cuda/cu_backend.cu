@@ -83,6 +83,7 @@ typedef struct cu_fwd {
     const int32_t *tables;    /* [..][ts] */
     int ts;
     int n_splits;
+    int max_nq;               /* most query tokens of any attention item */
     const int32_t *lm_rows;   /* [n_lm] rows of x wanting logits, or NULL: rows 0..n_lm-1 */
     int n_lm;
 } cu_fwd;
@@ -163,7 +164,8 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
         CU_TRY(mark(x, CU_PH_ROPE));
         const cu_att_args aa = {x->att,    x->qkv,    x->qkv_dim, kc,          vc,
                                 f->items,  f->tables, f->ts,      f->n_items,  f->n_splits,
-                                x->part,   c->n_heads, c->n_kv_heads, hd,      bs};
+                                x->part,   c->n_heads, c->n_kv_heads, hd,      bs,
+                                f->max_nq};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
         CU_TRY(mm(x, x->x, D, x->att, x->q_dim, L->wo, L->s_o, n, x->q_dim, D, 1.0f));
@@ -244,8 +246,9 @@ static int forward_general(cu_ctx *x, const eng_batch *b, float *logits) {
         const int need = (b->pos0[s] + (s1 - s0) + bs - 1) / bs;
         if (need > ts) ts = need;
     }
-    int max_ctx = 0;
-    const int n_items = cu_att_plan(items, b->n_seqs, b->seq_start, b->pos0, G, &max_ctx);
+    int max_ctx = 0, max_nq = 0;
+    const int n_items =
+        cu_att_plan(items, b->n_seqs, b->seq_start, b->pos0, G, &max_ctx, &max_nq);
     const size_t off_lm = 3 * (size_t)n + 4 * (size_t)n_items;
     int32_t *lm_rows = mh + off_lm;
     int n_want = 0;
@@ -279,6 +282,7 @@ static int forward_general(cu_ctx *x, const eng_batch *b, float *logits) {
                       (const cu_att_item *)(x->meta_d + 3 * n),
                       n_items,  x->meta_d + off_tbl,
                       ts,       n_splits,
+                      max_nq,
                       x->meta_d + off_lm,
                       n_want};
     x->prof_kind = 1;
@@ -301,6 +305,7 @@ static int enqueue_decode(cu_ctx *x, int bi) {
                       x->meta_d + 7 * dc,
                       x->tbl_cap,
                       x->bucket_splits[bi],
+                      1,
                       NULL,
                       B};
     return enqueue_layers(x, &f);

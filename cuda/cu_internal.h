@@ -185,9 +185,10 @@ typedef struct cu_att_item {
 
 /* Cuts every sequence of a batch into items of at most CU_ATT_ROWS / G query
  * tokens (G = n_heads / n_kv). items must hold n_tokens entries. Returns the
- * item count; *max_ctx gets the longest context of any item. */
+ * item count; *max_ctx gets the longest context of any item, *max_nq the
+ * most query tokens of any item (1: a pure decode batch). */
 int cu_att_plan(cu_att_item *items, int n_seqs, const int32_t *seq_start, const int32_t *pos0,
-                int G, int *max_ctx);
+                int G, int *max_ctx, int *max_nq);
 
 /* Split-K factor for a call: 1 when n_items * n_kv blocks fill the device,
  * else enough splits of the key range to give ~2 blocks per SM, bounded by
@@ -211,6 +212,7 @@ typedef struct cu_att_args {
     int n_items, n_splits;     /* n_splits > 1 needs part */
     float *part;               /* [n_items*n_splits][cu_att_part_floats] or NULL */
     int n_heads, n_kv, hd, block_size;
+    int max_nq;                /* most query tokens of any item (1: decode only) */
 } cu_att_args;
 
 /* Causal GQA attention over the paged cache with online softmax (never a

@@ -222,8 +222,8 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     }
     cu_att_item *items = (cu_att_item *)malloc((size_t)n * sizeof(cu_att_item));
     if (!items) return NI_ENOMEM;
-    int max_ctx = 0;
-    const int n_items = cu_att_plan(items, n_seqs, seq_start, pos0, G, &max_ctx);
+    int max_ctx = 0, max_nq = 0;
+    const int n_items = cu_att_plan(items, n_seqs, seq_start, pos0, G, &max_ctx, &max_nq);
     int dev = 0, n_sm = 0;
     cudaGetDevice(&dev);
     if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
@@ -252,7 +252,7 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
         CU_TRY(dpart.alloc((size_t)n_items * splits * cu_att_part_floats(n_kv, hd) * 4));
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
-                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size};
+                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq};
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
