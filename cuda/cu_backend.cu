@@ -137,8 +137,45 @@ void cu_prof_print(const cu_ctx *x) {
     }
 }
 
+/* k_gemv for this projection? Only decode-sized batches of the BF16 path
+ * (x->gemv), and shapes cu_gemv_ok takes. */
+static int use_gemv(const cu_ctx *x, int n, int in, int out, const void *w, const void *in_x,
+                    int ldx) {
+    return x->gemv && cu_gemv_ok(n, in, out, w, in_x, ldx);
+}
+
+/* y = rmsnorm(xf rows) W^T (FP32 y, ldy), fused (k_gemv) or rmsnorm into xb + mm. */
+static int norm_proj(cu_ctx *x, float *y, int ldy, const int32_t *rows, const float *norm_w,
+                     const void *w, const float *scale, int n, int out, int ph_norm) {
+    const int D = x->c.dim;
+    if (!scale && use_gemv(x, n, D, out, w, x->x, D)) {
+        const cu_gemv_args g = {(const cu_bf16 *)w, n, D, out, NULL, x->x, rows, norm_w,
+                                x->c.norm_eps, D, y, ldy, 0, 0};
+        return cu_launch_gemv(x->st, &g, x->n_sm);
+    }
+    void *xin = rows ? x->xl : x->xb;
+    CU_TRY(cu_launch_rmsnorm(x->st, xin, x->dtype, x->x, NULL, rows, norm_w, n, D,
+                             x->c.norm_eps));
+    CU_TRY(mark(x, ph_norm));
+    return mm(x, y, ldy, xin, D, w, scale, n, D, out, 0.0f);
+}
+
+/* x += a W^T for a T [n][in] input a (the residual add fused). */
+static int res_proj(cu_ctx *x, const void *a, int in, const void *w, const float *scale, int n) {
+    const int D = x->c.dim;
+    if (!scale && use_gemv(x, n, in, D, w, a, in)) {
+        const cu_gemv_args g = {(const cu_bf16 *)w, n, in, D, a, NULL, NULL, NULL, 0.0f,
+                                in, x->x, D, 1, 0};
+        return cu_launch_gemv(x->st, &g, x->n_sm);
+    }
+    return mm(x, x->x, D, a, in, w, scale, n, in, D, 1.0f);
+}
+
 /* Enqueues embed .. LM head (logits_d rows 0..n_lm-1); no host work, no
- * synchronization, so it can be captured into a graph. */
+ * synchronization, so it can be captured into a graph. With x->gemv and
+ * n <= CU_GEMV_MAX_ROWS the RMSNorms and the SwiGLU run inside the
+ * projections' k_gemv launches (the profile then books them under the
+ * projection's phase). */
 static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
     const mdl_config *c = &x->c;
     const int n = f->n, D = c->dim, hd = c->head_dim, H = c->hidden_dim;
@@ -151,10 +188,8 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
         char *kc = (char *)x->kv + (size_t)(2 * l) * x->plane_bytes;
         char *vc = kc + x->plane_bytes;
 
-        CU_TRY(cu_launch_rmsnorm(x->st, x->xb, dt, x->x, NULL, NULL, L->attn_norm, n, D,
-                                 c->norm_eps));
-        CU_TRY(mark(x, CU_PH_NORM));
-        CU_TRY(mm(x, x->qkv, x->qkv_dim, x->xb, D, L->wqkv, L->s_qkv, n, D, x->qkv_dim, 0.0f));
+        CU_TRY(norm_proj(x, x->qkv, x->qkv_dim, NULL, L->attn_norm, L->wqkv, L->s_qkv, n,
+                         x->qkv_dim, CU_PH_NORM));
         CU_TRY(mark(x, CU_PH_QKV));
         const cu_rope_args ra = {x->qkv,     x->qkv_dim, f->pos,       f->slot,
                                  x->cos_tab, x->sin_tab, L->q_norm,    L->k_norm,
@@ -168,23 +203,27 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
                                 f->max_nq};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
-        CU_TRY(mm(x, x->x, D, x->att, x->q_dim, L->wo, L->s_o, n, x->q_dim, D, 1.0f));
+        CU_TRY(res_proj(x, x->att, x->q_dim, L->wo, L->s_o, n));
         CU_TRY(mark(x, CU_PH_WO));
 
-        CU_TRY(cu_launch_rmsnorm(x->st, x->xb, dt, x->x, NULL, NULL, L->ffn_norm, n, D,
-                                 c->norm_eps));
-        CU_TRY(mark(x, CU_PH_NORM));
-        CU_TRY(mm(x, x->gu, 2 * H, x->xb, D, L->wgu, L->s_gu, n, D, 2 * H, 0.0f));
-        CU_TRY(mark(x, CU_PH_GU));
-        CU_TRY(cu_launch_swiglu(x->st, x->act, dt, x->gu, n, H));
-        CU_TRY(mark(x, CU_PH_SWIGLU));
-        CU_TRY(mm(x, x->x, D, x->act, H, L->wdown, L->s_down, n, H, D, 1.0f));
+        if (!L->s_gu && use_gemv(x, n, D, H, L->wgu, x->x, D)) {
+            const cu_gemv_args g = {(const cu_bf16 *)L->wgu, n, D, H, NULL, x->x, NULL,
+                                    L->ffn_norm, c->norm_eps, D, x->act, H, 0, 1};
+            CU_TRY(cu_launch_gemv(x->st, &g, x->n_sm));
+            CU_TRY(mark(x, CU_PH_GU));
+        } else {
+            CU_TRY(norm_proj(x, x->gu, 2 * H, NULL, L->ffn_norm, L->wgu, L->s_gu, n, 2 * H,
+                             CU_PH_NORM));
+            CU_TRY(mark(x, CU_PH_GU));
+            CU_TRY(cu_launch_swiglu(x->st, x->act, dt, x->gu, n, H));
+            CU_TRY(mark(x, CU_PH_SWIGLU));
+        }
+        CU_TRY(res_proj(x, x->act, H, L->wdown, L->s_down, n));
         CU_TRY(mark(x, CU_PH_DOWN));
     }
     if (f->n_lm > 0) {
-        CU_TRY(cu_launch_rmsnorm(x->st, x->xl, dt, x->x, NULL, f->lm_rows, x->out_norm, f->n_lm,
-                                 D, c->norm_eps));
-        CU_TRY(mm(x, x->logits_d, V, x->xl, D, x->lm_head, x->lm_scale, f->n_lm, D, V, 0.0f));
+        CU_TRY(norm_proj(x, x->logits_d, V, f->lm_rows, x->out_norm, x->lm_head, x->lm_scale,
+                         f->n_lm, V, CU_PH_LM));
         CU_TRY(mark(x, CU_PH_LM));
     }
     return 0;

@@ -282,6 +282,7 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
     CUBLAS_CHECK(cublasCreate(&x->blas));
     CUBLAS_CHECK(cublasSetStream(x->blas, x->st));
     CU_TRY(cu_att_prepare());
+    CU_TRY(cu_gemv_prepare());
 
     /* weights */
     bump b = {NULL, 0};
@@ -378,6 +379,7 @@ typedef struct cu_settings {
     int graph_mode; /* GRAPHS_* */
     int splits;     /* forced attention split-K factor, 0 automatic */
     int prof;       /* per-phase profile */
+    int gemv;       /* fused GEMV kernels for decode-sized batches */
 } cu_settings;
 
 /* Fills *s from cf; NI_EINVAL / NI_EUNSUPPORTED with a message naming the
@@ -415,6 +417,7 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
     if (cf->att_splits < 0)
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_splits %d < 0", cf->att_splits);
     s->splits = cf->att_splits;
+    s->gemv = !cf->no_gemv;
     const int n_dev = cu_device_count();
     if (n_dev == 0) return ni_fail(err, errlen, NI_EUNSUPPORTED, "cuda backend: no CUDA device");
     s->dev = cf->device_index < 0 ? 0 : cf->device_index;
@@ -455,6 +458,7 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->quant = s->quant;
     x->graph_mode = s->graph_mode;
     x->prof = s->prof;
+    x->gemv = s->gemv && s->dtype == CU_DTYPE_BF16 && !s->quant;
     x->smp_cap = cf->max_seqs;
     x->smp_ent_cap = (size_t)c->vocab_size + 65536;
     x->dec_cap = cf->max_seqs < cf->max_batch_tokens ? cf->max_seqs : cf->max_batch_tokens;

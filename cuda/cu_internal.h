@@ -237,6 +237,42 @@ int cu_att_prepare(void);
 int cu_gemm(cublasHandle_t h, int dtype, float *y, int ldy, const void *x, int ldx, const void *w,
             int n, int in, int out, float beta);
 
+/* ---- cu_gemv.cu: BF16 weight-streaming GEMV with fused norm / epilogues ------- */
+
+/* Activation rows up to which the BF16 projections run k_gemv (decode). */
+#define CU_GEMV_MAX_ROWS 8
+
+typedef struct cu_gemv_args {
+    const cu_bf16 *w;      /* [out][in]; swiglu: [2*out][in], gate rows then up rows */
+    int n, in, out;        /* activation rows (1..CU_GEMV_MAX_ROWS), inputs, outputs */
+    /* input: BF16 rows x [n][ldx], or (xf != NULL) RMSNorm of FP32 residual rows
+     * xf[rows ? rows[i] : i][0..in) (row stride ldx) with weight norm_w and eps */
+    const void *x;
+    const float *xf;
+    const int32_t *rows;
+    const float *norm_w;
+    float eps;
+    int ldx;
+    /* output: FP32 y[n][ldy] = acc (or += acc when accumulate); swiglu: BF16
+     * y[n][ldy] = silu(gate) * up */
+    void *y;
+    int ldy;
+    int accumulate, swiglu;
+} cu_gemv_args;
+
+/* Whether k_gemv takes this shape: n <= CU_GEMV_MAX_ROWS, in % 8 == 0, the
+ * staged input fits shared memory, w (and x, ldx, when x != NULL) 16-byte
+ * aligned. Callers fall back to cu_gemm (+ rmsnorm / swiglu) otherwise. */
+int cu_gemv_ok(int n, int in, int out, const void *w, const void *x, int ldx);
+
+/* y = f(norm?(x) W^T) in one launch (see cu_gemv_args); n_sm sizes the grid.
+ * NI_EINVAL for a shape cu_gemv_ok refuses. */
+int cu_launch_gemv(cudaStream_t st, const cu_gemv_args *a, int n_sm);
+
+/* Raises k_gemv's dynamic shared-memory limit; once per device before any
+ * launch or capture. */
+int cu_gemv_prepare(void);
+
 /* ---- cu_quant.cu: int8 weights (W8A16) ---------------------------------------- */
 
 /* Activation rows up to which the int8 GEMM runs the GEMV kernel (decode);
@@ -415,6 +451,9 @@ typedef struct cu_ctx {
     int force_splits;           /* eng_backend_config.att_splits (0 = automatic) */
     int quant;                  /* 1: int8 projections and LM head (cu_quant.cu) */
     int graph_mode;             /* CU_GRAPHS_* (eng_backend_config.graphs) */
+    int gemv;                   /* BF16 without int8 and not no_gemv: projections of
+                                 * <= CU_GEMV_MAX_ROWS rows through k_gemv (fused norm /
+                                 * residual / SwiGLU) */
     cudaStream_t st;
     cublasHandle_t blas;
 

@@ -436,10 +436,56 @@ extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, in
     return 0;
 }
 
+static_assert(CU_OP_GEMV_MAX_ROWS == CU_GEMV_MAX_ROWS, "cu_ops.h mirrors cu_internal.h");
+
+extern "C" int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows,
+                          const float *norm_w, float eps, const float *w, int n, int in, int out,
+                          int mode) {
+    if (!y || !x || !w || n <= 0 || n > CU_GEMV_MAX_ROWS || in <= 0 || out <= 0 || mode < 0 ||
+        mode > 2 || (!norm_w && (rows || n_x != n)) || n_x < n)
+        return NI_EINVAL;
+    if (rows)
+        for (int i = 0; i < n; i++)
+            if (rows[i] < 0 || rows[i] >= n_x) return NI_EINVAL;
+    int dev = 0, n_sm = 0;
+    CU_CHECK(cudaGetDevice(&dev));
+    CU_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    CU_TRY(cu_gemv_prepare());
+    const size_t w_rows = (size_t)out * (mode == 2 ? 2 : 1);
+    dbuf dw, dx, drows, dnw, dy;
+    CU_TRY(put_t(dw, w, w_rows * in, CU_DTYPE_BF16));
+    if (norm_w) {
+        CU_TRY(put_f32(dx, x, (size_t)n_x * in));
+        CU_TRY(put_f32(dnw, norm_w, (size_t)in));
+        if (rows) CU_TRY(put_i32(drows, rows, (size_t)n));
+    } else {
+        CU_TRY(put_t(dx, x, (size_t)n * in, CU_DTYPE_BF16));
+    }
+    if (mode == 2) {
+        CU_TRY(dy.alloc((size_t)n * out * sizeof(cu_bf16)));
+        CU_CHECK(cudaMemset(dy.p, 0xff, (size_t)n * out * sizeof(cu_bf16))); /* NaN */
+    } else if (mode == 1) {
+        CU_TRY(put_f32(dy, y, (size_t)n * out));
+    } else {
+        CU_TRY(dy.alloc((size_t)n * out * 4));
+        CU_CHECK(cudaMemset(dy.p, 0xff, (size_t)n * out * 4));
+    }
+    const cu_gemv_args g = {dw.as<cu_bf16>(), n, in, out,
+                            norm_w ? NULL : dx.p, norm_w ? dx.as<float>() : NULL,
+                            drows.as<int32_t>(), dnw.as<float>(), eps, in, dy.p, out,
+                            mode == 1, mode == 2};
+    CU_TRY(cu_launch_gemv(0, &g, n_sm));
+    CU_CHECK(cudaDeviceSynchronize());
+    if (mode == 2) return get_t(y, dy, (size_t)n * out, CU_DTYPE_BF16);
+    CU_CHECK(cudaMemcpy(y, dy.p, (size_t)n * out * 4, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
 extern "C" int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters,
                                   double *us) {
-    if (!dtype_ok(dtype) || n <= 0 || in <= 0 || out <= 0 || mode < 0 || mode > 2 ||
-        iters <= 0 || iters > 1000 || !us)
+    if (!dtype_ok(dtype) || n <= 0 || in <= 0 || out <= 0 || mode < 0 || mode > 3 ||
+        iters <= 0 || iters > 1000 || !us || (mode == 3 && (dtype != CU_DTYPE_BF16 ||
+                                                           n > CU_GEMV_MAX_ROWS)))
         return NI_EINVAL;
     const size_t nw = (size_t)out * in, esz = cu_dtype_size(dtype);
     dbuf dx, dw, dq, ds, dy, ddeq, dtmp, dsrc;
@@ -456,7 +502,7 @@ extern "C" int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, i
     CU_TRY(rc);
     CU_TRY(dsrc.alloc(nw * 4));
     CU_CHECK(cudaMemset(dsrc.p, 0x3c, nw * 4)); /* 0.0117.. everywhere: timing only */
-    if (mode == 0) {
+    if (mode == 0 || mode == 3) {
         CU_TRY(dw.alloc(nw * esz));
         CU_TRY(cu_launch_convert(0, dw.p, dtype, dsrc.as<float>(), nw));
     } else {
@@ -472,6 +518,12 @@ extern "C" int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, i
     cublasHandle_t hb;
     CUBLAS_CHECK(cublasCreate(&hb));
     cu_quant_set_gemv(mode == 2 ? 1 : 0);
+    int n_sm = 0, dev = 0;
+    CU_CHECK(cudaGetDevice(&dev));
+    CU_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    if (mode == 3) CU_TRY(cu_gemv_prepare());
+    const cu_gemv_args g = {dw.as<cu_bf16>(), n, in, out, dx.p, NULL, NULL, NULL, 0.0f, in,
+                            dy.p, out, 0, 0};
     cudaEvent_t e0, e1;
     double t[1000];
     rc = 0;
@@ -481,6 +533,8 @@ extern "C" int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, i
         CU_CHECK(cudaEventRecord(e0, 0));
         if (mode == 0)
             rc = cu_gemm(hb, dtype, dy.as<float>(), out, dx.p, in, dw.p, n, in, out, 0.0f);
+        else if (mode == 3)
+            rc = cu_launch_gemv(0, &g, n_sm);
         else
             rc = cu_gemm_q8(hb, 0, dtype, dy.as<float>(), out, dx.p, in, dq.as<int8_t>(),
                             ds.as<float>(), n, in, out, 0.0f, ddeq.p, (size_t)64 << 20,

@@ -92,10 +92,23 @@ int cu_op_matmul_q8(float *y /* [n][out] */, const float *x /* [n][in] */,
 int cu_op_sample(const float *logits, int n_src, int vocab, const eng_sample_row *rows,
                  int n_rows, smp_result *out, float *probs /* [n_rows][vocab] or NULL */);
 
+/* Most activation rows of cu_op_gemv (the backend's CU_GEMV_MAX_ROWS). */
+#define CU_OP_GEMV_MAX_ROWS 8
+
+/* The fused BF16 GEMV (k_gemv, cu_launch_gemv), BF16 only, n <= 8 rows.
+ * Input: norm_w == NULL: x [n][in] as is (rows NULL, n_x == n); else the
+ * RMSNorm (weight norm_w, eps) of the FP32 rows x[rows ? rows[i] : i] of x
+ * [n_x][in]. mode 0: y [n][out] = in W^T; 1: y += in W^T (y holds the
+ * addend); 2: SwiGLU, w is [2*out][in] (gate rows, then up rows) and y [n][out]
+ * = silu(gate) * up. Twin: cpu_rmsnorm + cpu_matmul (+ cpu_swiglu). */
+int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows, const float *norm_w,
+               float eps, const float *w, int n, int in, int out, int mode);
+
 /* Times one projection y = x W^T on device data (median of iters, device
  * events) for n activation rows: mode 0 cuBLAS on T weights (cu_gemm), 1
  * the int8 path as the backend runs it (cu_gemm_q8: GEMV for n <= 16), 2
- * int8 always dequantized + cuBLAS. *us gets microseconds per call. */
+ * int8 always dequantized + cuBLAS, 3 the BF16 k_gemv (dtype BF16, n <= 8).
+ * *us gets microseconds per call. */
 int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters, double *us);
 
 /* Times cu_launch_sample alone (device events, median of iters launches

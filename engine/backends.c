@@ -133,6 +133,11 @@ int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *e
     if (c->att_splits == 0 && (v = env_value("NI_CUDA_ATT_SPLITS")) &&
         (rc = env_count("NI_CUDA_ATT_SPLITS", v, &c->att_splits, err, errlen)))
         return rc;
+    if (c->no_gemv == 0 && (v = env_value("NI_CUDA_GEMV"))) {
+        if (strcmp(v, "0") && strcmp(v, "1"))
+            return ni_fail(err, errlen, NI_EINVAL, "NI_CUDA_GEMV=%s: must be 0 or 1", v);
+        c->no_gemv = !strcmp(v, "0");
+    }
     if (c->profile == 0 && (v = env_value("NI_CUDA_PROFILE"))) c->profile = strcmp(v, "0") != 0;
     return 0;
 }

@@ -191,6 +191,79 @@ static void test_matmul(void **state) {
 #endif
 }
 
+/* ---- fused BF16 GEMV (decode projections) ------------------------------------ */
+
+/* k_gemv against its composed CPU twins: rmsnorm (with gather) -> matmul
+ * (-> +addend | swiglu), for every row count 1..8 and the three epilogues,
+ * on shapes with ragged row counts and inputs that are and are not a
+ * multiple of the 256 inputs a warp reads per step. */
+static void test_gemv(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    const int shapes[][2] = {{64, 97}, {576, 960}, {2048, 77}, {1544, 333}, {5632, 130}};
+    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++) {
+        const int in = shapes[si][0], out = shapes[si][1], n_x = 11;
+        for (int n = 1; n <= 8; n++)
+            for (int mode = 0; mode < 3; mode++)
+                for (int norm = 0; norm < 2; norm++) {
+                    const int w_rows = mode == 2 ? 2 * out : out;
+                    float *x = rand_buf((size_t)n_x * in, -2, 2);
+                    float *w = rand_buf((size_t)w_rows * in, -1, 1);
+                    float *nw = rand_buf(in, 0.5, 1.5), *y0 = rand_buf((size_t)n * out, -1, 1);
+                    int32_t rows[8];
+                    for (int i = 0; i < n; i++) rows[i] = (3 * i + 5) % n_x; /* distinct */
+                    const int gather = norm && (n & 1);
+                    /* twin */
+                    float *xin = nan_buf((size_t)n * in);
+                    if (norm) {
+                        float *g = nan_buf((size_t)n * in);
+                        for (int i = 0; i < n; i++)
+                            memcpy(g + (size_t)i * in, x + (size_t)(gather ? rows[i] : i) * in,
+                                   sizeof(float) * (size_t)in);
+                        cpu_rmsnorm(CPU_SERIAL, xin, g, nw, n, in, 1e-5f);
+                        free(g);
+                    } else {
+                        memcpy(xin, x, sizeof(float) * (size_t)n * in);
+                    }
+                    float *ref = copy_buf(y0, (size_t)n * out);
+                    if (mode == 2) {
+                        float *gu = nan_buf((size_t)n * w_rows);
+                        cpu_matmul(CPU_SERIAL, gu, xin, w, n, in, w_rows, 0);
+                        float *gate = nan_buf((size_t)n * out), *up = nan_buf((size_t)n * out);
+                        for (int i = 0; i < n; i++) {
+                            memcpy(gate + (size_t)i * out, gu + (size_t)i * w_rows,
+                                   sizeof(float) * (size_t)out);
+                            memcpy(up + (size_t)i * out, gu + (size_t)i * w_rows + out,
+                                   sizeof(float) * (size_t)out);
+                        }
+                        cpu_swiglu(CPU_SERIAL, ref, gate, up, n, out);
+                        free(gu); free(gate); free(up);
+                    } else {
+                        cpu_matmul(CPU_SERIAL, ref, xin, w, n, in, out, mode == 1);
+                    }
+                    float *got = mode == 1 ? copy_buf(y0, (size_t)n * out) : nan_buf((size_t)n * out);
+                    assert_int_equal(cu_op_gemv(got, x, norm ? n_x : n, gather ? rows : NULL,
+                                                norm ? nw : NULL, 1e-5f, w, n, in, out, mode),
+                                     0);
+                    char what[80];
+                    snprintf(what, sizeof what, "gemv n%d %dx%d %s%s%s", n, in, out,
+                             mode == 0 ? "store" : mode == 1 ? "add" : "swiglu",
+                             norm ? " +norm" : "", gather ? " gather" : "");
+                    if (n == 1 || n == 3 || n == 8)
+                        check_nmse(what, CU_DTYPE_BF16, got, ref, (size_t)n * out, 0);
+                    else
+                        tu_check(TU_NMSE, what, got, ref, (size_t)n * out, tol(CU_DTYPE_BF16, 0));
+                    free(x); free(w); free(nw); free(y0); free(xin); free(ref); free(got);
+                }
+    }
+    /* shapes the kernel refuses: in not a multiple of 8, more than 8 rows */
+    float z[16 * 8] = {0};
+    assert_int_equal(cu_op_gemv(z, z, 1, NULL, NULL, 0, z, 1, 12, 1, 0), NI_EINVAL);
+    assert_int_equal(cu_op_gemv(z, z, 9, NULL, NULL, 0, z, 9, 8, 1, 0), NI_EINVAL);
+#endif
+}
+
 /* ---- qk-norm + RoPE + KV store ------------------------------------------------ */
 
 #ifdef NI_USE_CUDA
@@ -372,6 +445,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed),   cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_swiglu),  cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_gemv),
         cmocka_unit_test(test_rope_kv), cmocka_unit_test(test_attention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

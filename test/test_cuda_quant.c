@@ -303,21 +303,25 @@ static void test_speed(void **state) {
     static const int shp[4][2] = {{2048, 3072}, {2048, 16384}, {8192, 2048}, {2048, 128256}};
     static const char *const names[4] = {"wqkv 3072x2048", "wgu 16384x2048", "wdown 2048x8192",
                                          "lm head 128256x2048"};
-    static const char *const modes[3] = {"bf16 cuBLAS", "int8 GEMV (backend)",
-                                         "int8 dequant+cuBLAS"};
+    static const char *const modes[4] = {"bf16 cuBLAS", "int8 GEMV (backend)",
+                                         "int8 dequant+cuBLAS", "bf16 k_gemv (backend)"};
     static const int ns[5] = {1, 2, 4, 8, 16};
     for (int si = 0; si < 4; si++) {
         const int in = shp[si][0], out = shp[si][1];
         printf("  %-20s", names[si]);
         for (int k = 0; k < 5; k++) printf("      n=%-2d", ns[k]);
         printf("   (us, GB/s of weights)\n");
-        for (int mode = 0; mode < 3; mode++) {
+        for (int mode = 0; mode < 4; mode++) {
             printf("    %-20s", modes[mode]);
             for (int k = 0; k < 5; k++) {
                 double us = 0;
+                if (mode == 3 && ns[k] > CU_OP_GEMV_MAX_ROWS) {
+                    printf("      -    ");
+                    continue;
+                }
                 assert_int_equal(cu_op_matmul_bench(ns[k], in, out, mode, CU_DTYPE_BF16, 20, &us),
                                  0);
-                const double bytes = (double)in * out * (mode == 0 ? 2 : 1);
+                const double bytes = (double)in * out * (mode == 0 || mode == 3 ? 2 : 1);
                 printf(" %5.0f/%4.0f", us, bytes / us * 1e-3);
             }
             printf("\n");
