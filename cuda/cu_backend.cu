@@ -141,7 +141,7 @@ void cu_prof_print(const cu_ctx *x) {
  * (x->gemv), and shapes cu_gemv_ok takes. */
 static int use_gemv(const cu_ctx *x, int n, int in, int out, const void *w, const void *in_x,
                     int ldx) {
-    return x->gemv && cu_gemv_ok(n, in, out, w, in_x, ldx);
+    return x->gemv && n <= CU_GEMV_BACKEND_ROWS && cu_gemv_ok(n, in, out, w, in_x, ldx);
 }
 
 /* y = rmsnorm(xf rows) W^T (FP32 y, ldy), fused (k_gemv) or rmsnorm into xb + mm. */
@@ -173,7 +173,7 @@ static int res_proj(cu_ctx *x, const void *a, int in, const void *w, const float
 
 /* Enqueues embed .. LM head (logits_d rows 0..n_lm-1); no host work, no
  * synchronization, so it can be captured into a graph. With x->gemv and
- * n <= CU_GEMV_MAX_ROWS the RMSNorms and the SwiGLU run inside the
+ * n <= CU_GEMV_BACKEND_ROWS the RMSNorms and the SwiGLU run inside the
  * projections' k_gemv launches (the profile then books them under the
  * projection's phase). */
 static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {

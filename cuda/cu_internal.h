@@ -239,8 +239,13 @@ int cu_gemm(cublasHandle_t h, int dtype, float *y, int ldy, const void *x, int l
 
 /* ---- cu_gemv.cu: BF16 weight-streaming GEMV with fused norm / epilogues ------- */
 
-/* Activation rows up to which the BF16 projections run k_gemv (decode). */
+/* Activation rows k_gemv takes, and up to which the backend uses it: measured
+ * on an H200 (test_cuda_quant), k_gemv streams weights at 2.6-4.1 TB/s for
+ * n <= 2 (cuBLAS: 0.65-3.7), but its FP32 FMAs bound it from n = 4 on
+ * (8 rows: 1.3-1.7 TB/s, slower than cuBLAS), so batches of 3+ rows keep
+ * cuBLAS until a tensor-core skinny GEMM exists. */
 #define CU_GEMV_MAX_ROWS 8
+#define CU_GEMV_BACKEND_ROWS 2
 
 typedef struct cu_gemv_args {
     const cu_bf16 *w;      /* [out][in]; swiglu: [2*out][in], gate rows then up rows */
