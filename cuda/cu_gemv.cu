@@ -41,6 +41,8 @@
 #define GV_UNROLL 4
 /* largest staged input: NB rows x in BF16 (227 KB is the sm_90 maximum) */
 #define GV_MAX_SMEM (160 * 1024)
+/* rows up to which the FP32-FMA kernel runs; above, k_gemv_tc */
+#define CU_GEMV_FMA_ROWS 2
 
 /* 16 bytes of weights, bypassing L1 (each weight is read once per launch). */
 __device__ __forceinline__ uint4 gv_ld_stream(const uint4 *p) {
@@ -70,9 +72,10 @@ __device__ __forceinline__ float gv_warp_allsum(float v) {
     return v;
 }
 
-/* Stages the NB input rows into xs (BF16 [NB][in]). */
+/* Stages the NB input rows into xs (BF16 [NB][ld8 * 8], ld8 >= in / 8:
+ * the k_gemv_tc layout pads rows by 16 bytes against bank conflicts). */
 template <int NB>
-__device__ __forceinline__ void gv_stage(const cu_gemv_args &a, cu_bf16 *xs) {
+__device__ __forceinline__ void gv_stage(const cu_gemv_args &a, cu_bf16 *xs, int ld8) {
     const int in = a.in, tid = threadIdx.x;
     const int in8 = in / 8;
     uint4 *xs4 = (uint4 *)xs;
@@ -119,13 +122,14 @@ __device__ __forceinline__ void gv_stage(const cu_gemv_args &a, cu_bf16 *xs) {
                 out.z = *(uint32_t *)&p2;
                 out.w = *(uint32_t *)&p3;
             }
-            xs4[e] = out;
+            xs4[r * ld8 + c] = out;
         }
     } else {
         for (int e = tid; e < NB * in8; e += GV_THREADS) {
             const int r = e / in8, c = e - r * in8;
-            xs4[e] = r < a.n ? ((const uint4 *)((const cu_bf16 *)a.x + (size_t)r * a.ldx))[c]
-                             : make_uint4(0, 0, 0, 0);
+            xs4[r * ld8 + c] = r < a.n
+                                   ? ((const uint4 *)((const cu_bf16 *)a.x + (size_t)r * a.ldx))[c]
+                                   : make_uint4(0, 0, 0, 0);
         }
     }
     __syncthreads();
@@ -135,7 +139,7 @@ template <int NB, bool SW>
 __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
     extern __shared__ uint4 gv_smem[];
     cu_bf16 *xs = (cu_bf16 *)gv_smem;
-    gv_stage<NB>(a, xs);
+    gv_stage<NB>(a, xs, a.in / 8);
     const int in8 = a.in / 8, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const uint4 *xs4 = (const uint4 *)xs;
     for (int o = blockIdx.x * GV_WARPS + warp; o < a.out; o += gridDim.x * GV_WARPS) {
@@ -182,6 +186,114 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
     }
 }
 
+/* ---- tensor-core variant for 3..8 rows ------------------------------------------
+ * The FP32-FMA kernel above is bound by its FMAs from 4 rows on; here one
+ * mma.sync.m16n8k16 (BF16 in, FP32 accumulate) does 16 output rows x 8
+ * activation rows x 16 inputs. A block owns a 16-row tile of W; its 8 warps
+ * split the inputs into 32-wide k-blocks (warp w takes kb = w, w + 8, ...),
+ * then the partial tiles are summed through shared memory and warp 0 runs
+ * the epilogue. Loads stay 16-byte: lane (g = lane / 4, t = lane % 4) reads
+ * W[row g][kb*32 + 8t .. +8) and W[row g + 8][same], and the 8 values feed
+ * two MMAs. The dot product does not care which logical k a memory k is
+ * assigned to as long as A and B agree, so step s uses words 2s and 2s + 1
+ * of both loads as the fragment's k pairs (2t, 2t+1) and (2t+8, 2t+9), and
+ * the B fragment (inputs, n = g) takes the same words of
+ * xs[g][kb*32 + 8t .. +8). Rows of xs are padded by 16 bytes so the 8 rows g
+ * read distinct banks. */
+#define GT_KB 32 /* inputs per k-block */
+
+__device__ __forceinline__ void gt_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
+                                       uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* c += the two MMAs of one k-block from the row-g / row-g+8 loads and x. */
+__device__ __forceinline__ void gt_kblock(float *c, uint4 wg, uint4 wg8, uint4 x) {
+    gt_mma(c, wg.x, wg8.x, wg.y, wg8.y, x.x, x.y);
+    gt_mma(c, wg.z, wg8.z, wg.w, wg8.w, x.z, x.w);
+}
+
+template <bool SW>
+__global__ void __launch_bounds__(GV_THREADS) k_gemv_tc(cu_gemv_args a) {
+    extern __shared__ uint4 gv_smem[];
+    cu_bf16 *xs = (cu_bf16 *)gv_smem;
+    const int ld8 = a.in / 8 + 1;
+    gv_stage<8>(a, xs, ld8);
+    float *red = (float *)(gv_smem + 8 * ld8); /* [GV_WARPS][SW ? 2 : 1][32][4] */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int n_kb = (a.in + GT_KB - 1) / GT_KB, n_tiles = (a.out + 15) / 16;
+    const uint4 *xs4 = (const uint4 *)xs;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        const int r0 = tile * 16 + g, r1 = r0 + 8;
+        /* rows past the end read row 0 (always valid) and are never stored */
+        const cu_bf16 *w0 = a.w + (size_t)(r0 < a.out ? r0 : 0) * a.in;
+        const cu_bf16 *w1 = a.w + (size_t)(r1 < a.out ? r1 : 0) * a.in;
+        const cu_bf16 *u0 = a.w + (size_t)(a.out + (r0 < a.out ? r0 : 0)) * a.in;
+        const cu_bf16 *u1 = a.w + (size_t)(a.out + (r1 < a.out ? r1 : 0)) * a.in;
+        float c[4] = {0, 0, 0, 0}, cu[4] = {0, 0, 0, 0};
+        for (int kb = warp; kb < n_kb; kb += 2 * GV_WARPS) {
+            const int k0 = kb * GT_KB + 8 * t, k1 = k0 + GV_WARPS * GT_KB;
+            const bool ok0 = k0 < a.in, ok1 = kb + GV_WARPS < n_kb && k1 < a.in;
+            const uint4 a00 = ok0 ? gv_ld_stream((const uint4 *)(w0 + k0)) : zero;
+            const uint4 a01 = ok0 ? gv_ld_stream((const uint4 *)(w1 + k0)) : zero;
+            const uint4 a10 = ok1 ? gv_ld_stream((const uint4 *)(w0 + k1)) : zero;
+            const uint4 a11 = ok1 ? gv_ld_stream((const uint4 *)(w1 + k1)) : zero;
+            uint4 b00 = zero, b01 = zero, b10 = zero, b11 = zero;
+            if (SW) {
+                b00 = ok0 ? gv_ld_stream((const uint4 *)(u0 + k0)) : zero;
+                b01 = ok0 ? gv_ld_stream((const uint4 *)(u1 + k0)) : zero;
+                b10 = ok1 ? gv_ld_stream((const uint4 *)(u0 + k1)) : zero;
+                b11 = ok1 ? gv_ld_stream((const uint4 *)(u1 + k1)) : zero;
+            }
+            const uint4 x0 = ok0 ? xs4[g * ld8 + k0 / 8] : zero;
+            const uint4 x1 = ok1 ? xs4[g * ld8 + k1 / 8] : zero;
+            gt_kblock(c, a00, a01, x0);
+            gt_kblock(c, a10, a11, x1);
+            if (SW) {
+                gt_kblock(cu, b00, b01, x0);
+                gt_kblock(cu, b10, b11, x1);
+            }
+        }
+        float *rw = red + (size_t)warp * (SW ? 2 : 1) * 128;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            rw[lane * 4 + i] = c[i];
+            if (SW) rw[128 + lane * 4 + i] = cu[i];
+        }
+        __syncthreads();
+        if (warp == 0) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float s = 0.0f, su = 0.0f;
+                for (int w = 0; w < GV_WARPS; w++) {
+                    s += red[(size_t)w * (SW ? 2 : 1) * 128 + lane * 4 + i];
+                    if (SW) su += red[(size_t)w * 256 + 128 + lane * 4 + i];
+                }
+                /* c[0], c[1]: row g, inputs 2t, 2t+1; c[2], c[3]: row g + 8 */
+                const int row = i < 2 ? r0 : r1, col = 2 * t + (i & 1);
+                if (row < a.out && col < a.n) {
+                    if (SW) {
+                        cu_bf16 *y = (cu_bf16 *)a.y + (size_t)col * a.ldy + row;
+                        *y = cu_fromf<cu_bf16>(s / (1.0f + expf(-s)) * su);
+                    } else {
+                        float *y = (float *)a.y + (size_t)col * a.ldy + row;
+                        *y = a.accumulate ? *y + s : s;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+}
+
+static size_t gt_smem_bytes(int in, bool sw) {
+    return 8 * ((size_t)in / 8 + 1) * 16 + (size_t)GV_WARPS * (sw ? 2 : 1) * 128 * 4;
+}
+
 static size_t gv_nb(int n) { return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8; }
 
 static size_t gv_smem_bytes(int n, int in) { return gv_nb(n) * (size_t)in * sizeof(cu_bf16); }
@@ -190,7 +302,9 @@ static bool gv_aligned(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 int cu_gemv_ok(int n, int in, int out, const void *w, const void *x, int ldx) {
     if (n < 1 || n > CU_GEMV_MAX_ROWS || in <= 0 || out <= 0 || in % 8) return 0;
-    if (gv_smem_bytes(n, in) > GV_MAX_SMEM || !gv_aligned(w)) return 0;
+    if (gv_smem_bytes(n, in) > GV_MAX_SMEM || gt_smem_bytes(in, true) > GV_MAX_SMEM ||
+        !gv_aligned(w))
+        return 0;
     if (x && (!gv_aligned(x) || ldx % 8)) return 0;
     return 1;
 }
@@ -210,6 +324,10 @@ int cu_gemv_prepare(void) {
     CU_TRY((gv_raise_smem<2, true>()));
     CU_TRY((gv_raise_smem<4, true>()));
     CU_TRY((gv_raise_smem<8, true>()));
+    CU_CHECK(cudaFuncSetAttribute(k_gemv_tc<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  GV_MAX_SMEM));
+    CU_CHECK(cudaFuncSetAttribute(k_gemv_tc<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  GV_MAX_SMEM));
     return 0;
 }
 
@@ -234,6 +352,17 @@ int cu_launch_gemv(cudaStream_t st, const cu_gemv_args *a, int n_sm) {
     const long rows_blocks = ((long)a->out + GV_WARPS - 1) / GV_WARPS;
     const long cap = (long)(n_sm > 0 ? n_sm : 132) * (a->n <= 2 ? 4 : 2);
     const unsigned grid = (unsigned)(rows_blocks < cap ? rows_blocks : cap);
+    if (a->n > CU_GEMV_FMA_ROWS) {
+        const long tiles = ((long)a->out + 15) / 16, tcap = (long)(n_sm > 0 ? n_sm : 132) * 2;
+        const unsigned tg = (unsigned)(tiles < tcap ? tiles : tcap);
+        const size_t ts = gt_smem_bytes(a->in, a->swiglu != 0);
+        if (a->swiglu)
+            k_gemv_tc<true><<<tg, GV_THREADS, ts, st>>>(*a);
+        else
+            k_gemv_tc<false><<<tg, GV_THREADS, ts, st>>>(*a);
+        CU_LAUNCH_CHECK(st);
+        return 0;
+    }
     const size_t smem = gv_smem_bytes(a->n, a->in);
     if (a->swiglu)
         gv_launch<true>(st, *a, grid, smem);

@@ -239,11 +239,13 @@ int cu_gemm(cublasHandle_t h, int dtype, float *y, int ldy, const void *x, int l
 
 /* ---- cu_gemv.cu: BF16 weight-streaming GEMV with fused norm / epilogues ------- */
 
-/* Activation rows k_gemv takes, and up to which the backend uses it: measured
- * on an H200 (test_cuda_quant), k_gemv streams weights at 2.6-4.1 TB/s for
- * n <= 2 (cuBLAS: 0.65-3.7), but its FP32 FMAs bound it from n = 4 on
- * (8 rows: 1.3-1.7 TB/s, slower than cuBLAS), so batches of 3+ rows keep
- * cuBLAS until a tensor-core skinny GEMM exists. */
+/* Activation rows cu_launch_gemv takes, and up to which the backend uses it.
+ * Measured on an H200 (test_cuda_quant, docs/perf.md): the FP32-FMA k_gemv
+ * (1-2 rows) streams weights at 2.7-4.2 TB/s against cuBLAS's 0.75-3.8; the
+ * tensor-core k_gemv_tc (3-8 rows) beats cuBLAS on wqkv but loses on
+ * w_down and the LM head (too few 16-row tiles per SM, a block reduction per
+ * tile), and end to end batches of 3-8 ran 12-15 % slower with it, so the
+ * backend keeps cuBLAS above 2 rows until k_gemv_tc splits K across blocks. */
 #define CU_GEMV_MAX_ROWS 8
 #define CU_GEMV_BACKEND_ROWS 2
 
