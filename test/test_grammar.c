@@ -353,6 +353,37 @@ static void test_schema_walks(void **state) {
     gr_vocab_free(v);
 }
 
+/* additionalProperties keys never reuse a declared name (seed 41 of the
+ * walks once wrote {"x": "..."} for x: integer + additionalProperties:
+ * string); prefixes, extensions and other keys stay allowed. */
+static void test_schema_additional_keys(void **state) {
+    (void)state;
+    gr_vocab *v = tu_byte_vocab();
+    char err[256];
+    json_error_t je;
+    json_t *s = json_loads("{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"},"
+                           "\"xyz\":{\"type\":\"integer\"},\"\":{\"type\":\"integer\"}},"
+                           "\"additionalProperties\":{\"type\":\"string\"}}", 0, &je);
+    assert_non_null(s);
+    gr_grammar *g;
+    if (gr_compile_schema(s, NULL, &g, err, sizeof err)) fail_msg("%s", err);
+    gr_matcher *m;
+    assert_int_equal(gr_matcher_new(&m, g, v, 0), 0);
+    static const char *const ok[] = {"{\"x\":1}", "{\"xy\":\"a\"}", "{\"xyzw\":\"a\"}",
+                                     "{\"y\":\"a\"}", "{\"x\":1,\"X\":\"b\"}", "{\"\":2}",
+                                     "{\"x\":1,\"xyz\":2,\"\\n\":\"c\"}"};
+    static const char *const bad[] = {"{\"x\":\"a\"}", "{\"xyz\":\"a\"}", "{\"\":\"a\"}",
+                                      "{\"x\":1,\"x\":\"a\"}", "{\"y\":\"a\",\"xyz\":\"b\"}"};
+    for (size_t i = 0; i < NI_ARRAY_LEN(ok); i++)
+        if (!accepts(m, ok[i], strlen(ok[i]))) fail_msg("refused %s", ok[i]);
+    for (size_t i = 0; i < NI_ARRAY_LEN(bad); i++)
+        if (accepts(m, bad[i], strlen(bad[i]))) fail_msg("accepted %s", bad[i]);
+    gr_matcher_free(m);
+    gr_grammar_free(g);
+    json_decref(s);
+    gr_vocab_free(v);
+}
+
 /* ---- masks against brute force over a toy vocabulary ---- */
 
 static void test_masks_brute_force(void **state) {
@@ -507,7 +538,8 @@ int main(void) {
     tu_seed(&g_rng, "test_grammar");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_regex_vs_pcre2),  cmocka_unit_test(test_gbnf),
-        cmocka_unit_test(test_schema_walks),    cmocka_unit_test(test_masks_brute_force),
+        cmocka_unit_test(test_schema_walks),
+        cmocka_unit_test(test_schema_additional_keys),    cmocka_unit_test(test_masks_brute_force),
         cmocka_unit_test(test_refusals),        cmocka_unit_test(test_mem_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -79,9 +79,12 @@ static int ws(sc *c) {
     return c->ws;
 }
 
+/* One escape sequence of a JSON string (no lone surrogate halves). */
+#define SC_ESCAPE_RE "\\\\([\"\\\\/bfnrt]|u([0-9a-cA-CeEfF][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))"
+
 static int string_rule(sc *c) {
     if (c->string < 0) {
-        c->chr = regex_rule(c, "[^\"\\\\\\x00-\\x1f]|\\\\([\"\\\\/bfnrt]|u([0-9a-cA-CeEfF][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))");
+        c->chr = regex_rule(c, "[^\"\\\\\\x00-\\x1f]|" SC_ESCAPE_RE);
         if (c->chr < 0) return c->chr;
         int body = gr_b_repeat(c->b, c->chr, 0, -1);
         if (body < 0) return body;
@@ -375,6 +378,83 @@ static int numeric_schema(sc *c, const json_t *s, int integer) {
     return int_range(c, has_lo, lo, has_hi, hi);
 }
 
+/* The trie node of the names idx[0..n) that share their first d bytes: the
+ * rest of a string key that is none of them (see key_not_in). body is
+ * "any characters" (the string rule's body). */
+static int trie_rule(sc *c, char *const *names, const int *idx, int n, size_t d, int body) {
+    gr_builder *b = c->b;
+    int terminal = 0, n_e = 0;
+    unsigned char edges[128];
+    for (int i = 0; i < n; i++) {
+        const unsigned char ch = (unsigned char)names[idx[i]][d];
+        if (!ch) {
+            terminal = 1;
+            continue;
+        }
+        int seen = 0;
+        for (int j = 0; j < n_e && !seen; j++) seen = edges[j] == ch;
+        if (!seen) edges[n_e++] = ch;
+    }
+    char cls[32 + 4 * 128];
+    int len = snprintf(cls, sizeof cls, "%s", "[^\"\\\\\\x00-\\x1f");
+    for (int j = 0; j < n_e; j++) len += snprintf(cls + len, sizeof cls - (size_t)len, "\\x%02x", edges[j]);
+    len += snprintf(cls + len, sizeof cls - (size_t)len, "]");
+    int r = gr_b_rule(b, NULL), rc = r < 0 ? r : 0;
+    if (!rc && !terminal) rc = gr_b_alt(b, r); /* the key may end here */
+    if (!rc) rc = gr_b_alt(b, r);              /* another character: anything after */
+    if (!rc) rc = gr_b_regex(b, r, cls, (size_t)len, 0);
+    if (!rc) rc = gr_b_ref(b, r, body);
+    if (!rc) rc = gr_b_alt(b, r); /* an escape: treated as leaving the names */
+    if (!rc) rc = gr_b_regex(b, r, SC_ESCAPE_RE, strlen(SC_ESCAPE_RE), 0);
+    if (!rc) rc = gr_b_ref(b, r, body);
+    int sub[SC_MAX_PROPS + 1];
+    for (int j = 0; j < n_e && !rc; j++) {
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if ((unsigned char)names[idx[i]][d] == edges[j]) sub[m++] = idx[i];
+        const int child = trie_rule(c, names, sub, m, d + 1, body);
+        if (child < 0) return child;
+        rc = gr_b_alt(b, r);
+        if (!rc) rc = gr_b_lit(b, r, (const char *)&edges[j], 1);
+        if (!rc) rc = gr_b_ref(b, r, child);
+    }
+    return rc ? rc : r;
+}
+
+/* A JSON string key that is none of the k declared property names: an
+ * additional property may not reuse a declared name (its value must match
+ * that property's schema, not additionalProperties'). A walk of the names'
+ * trie: at each node the key may close (unless a name ends there), follow an
+ * edge, or leave the names with any other character or an escape, after
+ * which anything may follow. Names that need escaping or hold non-ASCII
+ * bytes make it fall back to any string (the character classes work on code
+ * points, the trie on bytes): a documented gap, as is an escape that spells
+ * a name's character (\u0078 for "x"), which counts as leaving the names,
+ * and names longer than SC_TRIE_MAX_NAME bytes (the trie is walked
+ * recursively, one frame per byte). */
+#define SC_TRIE_MAX_NAME 128
+static int key_not_in(sc *c, char *const *names, int k) {
+    const int any = string_rule(c);
+    if (any < 0) return any;
+    int idx[SC_MAX_PROPS + 1];
+    for (int i = 0; i < k; i++) {
+        if (strlen(names[i]) > SC_TRIE_MAX_NAME) return any; /* bounds the recursion */
+        for (const unsigned char *p = (const unsigned char *)names[i]; *p; p++)
+            if (*p >= 0x80 || *p < 0x20 || *p == '"' || *p == '\\') return any;
+        idx[i] = i;
+    }
+    if (k == 0) return any;
+    int body = gr_b_repeat(c->b, c->chr, 0, -1);
+    if (body < 0) return body;
+    int t = trie_rule(c, names, idx, k, 0, body);
+    if (t < 0) return t;
+    int r = gr_b_rule(c->b, NULL), rc = r < 0 ? r : 0;
+    if (!rc) rc = gr_b_lit(c->b, r, "\"", 1);
+    if (!rc) rc = gr_b_ref(c->b, r, t);
+    if (!rc) rc = gr_b_lit(c->b, r, "\"", 1);
+    return rc ? rc : r;
+}
+
 /* member rule: "key" ws ":" ws value ws */
 static int member_rule(sc *c, const char *key, int value) {
     json_t *k = json_string(key);
@@ -411,6 +491,7 @@ static int object_schema(sc *c, const json_t *s) {
             return sc_fail(c, NI_EINVAL, "required property '%s' is not in 'properties'", name);
     }
     int members[SC_MAX_PROPS + 1];
+    char *names[SC_MAX_PROPS + 1];
     uint8_t required[SC_MAX_PROPS + 1] = {0};
     int i = 0;
     const char *key;
@@ -423,6 +504,7 @@ static int object_schema(sc *c, const json_t *s) {
         int m = member_rule(c, key, v);
         if (m < 0) return m;
         members[i] = m;
+        names[i] = (char *)key;
         for (size_t j = 0; req && j < json_array_size(req); j++)
             if (strcmp(json_string_value(json_array_get(req, j)), key) == 0) required[i] = 1;
         i++;
@@ -440,7 +522,7 @@ static int object_schema(sc *c, const json_t *s) {
             v = schema_rule(c, addl);
             c->path[mark] = 0;
         }
-        int s2 = string_rule(c);
+        int s2 = key_not_in(c, names, k);
         if (v < 0 || s2 < 0) return v < 0 ? v : s2;
         extra_first = gr_b_rule(b, NULL); /* string ws ":" ws v ws */
         if (extra_first < 0) return extra_first;
