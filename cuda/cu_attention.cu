@@ -278,5 +278,6 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (a->hd <= 0 || a->hd > CU_ATT_MAX_HD || a->n_kv <= 0 || a->n_heads % a->n_kv != 0 ||
         a->n_heads / a->n_kv > ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
+    if (cu_att_decode_ok(a)) return cu_launch_att_decode(st, a, dtype); /* cu_att_decode.cu */
     return dtype == CU_DTYPE_FP32 ? launch_att<float>(st, a) : launch_att<cu_bf16>(st, a);
 }

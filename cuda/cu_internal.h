@@ -222,6 +222,22 @@ typedef struct cu_att_args {
  * combine kernel merges them. */
 int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype);
 
+/* ---- cu_att_decode.cu: flash-decoding for max_nq == 1 ------------------------ */
+
+/* Whether the decode kernel takes a: max_nq == 1, head_dim 64 or 128,
+ * 16-byte aligned caches (and not disabled by cu_att_decode_enable). */
+int cu_att_decode_ok(const cu_att_args *a);
+
+/* cu_launch_attention's contract for a batch cu_att_decode_ok accepts
+ * (NI_EINVAL otherwise): k_att_decode, plus k_att_dcombine when
+ * n_splits > 1. Splits beyond an item's key tiles stay empty (not written,
+ * not read). Static shared memory only: nothing to prepare before capture. */
+int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* Benchmarks only: 0 sends decode batches to k_attention (the old kernel),
+ * 1 (default) to the decode kernel. Not thread-safe. */
+void cu_att_decode_enable(int on);
+
 /* Raises the attention kernels' dynamic shared-memory limit to what head_dim
  * CU_ATT_MAX_HD needs, on the current device; call once before capturing
  * launches into a graph (cu_launch_attention does it itself outside capture). */
