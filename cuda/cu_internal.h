@@ -200,6 +200,10 @@ int cu_att_choose_splits(int n_items, int n_kv, int max_ctx, int n_sm, int part_
  * n_kv * CU_ATT_ROWS * (hd + 2). */
 size_t cu_att_part_floats(int n_kv, int hd);
 
+/* Partial-result slots the backend allocates (min(128, 64 MiB / slot bytes),
+ * at least 1): the part_slots of cu_att_choose_splits. */
+int cu_att_part_slots(int n_kv, int hd);
+
 typedef struct cu_att_args {
     void *out;                 /* T [n_tokens][n_heads*hd] */
     const float *q;            /* [n_tokens][ldq], head h at h*hd (RoPE applied) */
