@@ -84,6 +84,15 @@ int cu_att_choose_splits(int n_items, int n_kv, int max_ctx, int n_sm, int part_
 
 size_t cu_att_part_floats(int n_kv, int hd) { return (size_t)n_kv * ROWS * (size_t)(hd + 2); }
 
+/* Split-K partial-result slots (item x split) and their byte budget. */
+#define PART_SLOTS_MAX 128
+#define PART_BUDGET ((size_t)64 << 20)
+
+int cu_att_part_slots(int n_kv, int hd) {
+    const size_t slots = PART_BUDGET / (cu_att_part_floats(n_kv, hd) * 4);
+    return (int)(slots < 1 ? 1 : slots > PART_SLOTS_MAX ? PART_SLOTS_MAX : slots);
+}
+
 static size_t att_smem_bytes(int hd) {
     const size_t hp = (size_t)hd + 1;
     return sizeof(float) * (ROWS * hp + 2 * TILE * hp + (size_t)ROWS * TILE + 3 * ROWS);
@@ -278,5 +287,6 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (a->hd <= 0 || a->hd > CU_ATT_MAX_HD || a->n_kv <= 0 || a->n_heads % a->n_kv != 0 ||
         a->n_heads / a->n_kv > ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
+    if (cu_att_decode_ok(a)) return cu_launch_att_decode(st, a, dtype); /* cu_att_decode.cu */
     return dtype == CU_DTYPE_FP32 ? launch_att<float>(st, a) : launch_att<cu_bf16>(st, a);
 }

@@ -37,9 +37,6 @@ extern "C" {
 #include "engine/backend/tp.h"
 }
 
-/* Split-K partial-result slots (item x split) and their byte budget. */
-#define PART_SLOTS_MAX 128
-#define PART_BUDGET ((size_t)64 << 20)
 /* cuBLAS workspace (the size NVIDIA recommends for Hopper). */
 #define BLAS_WS_BYTES ((size_t)32 << 20)
 /* Weight upload staging buffer (FP32 floats). */
@@ -449,9 +446,7 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->q_dim = c->n_heads * c->head_dim;
     x->kv_dim = c->n_kv_heads * c->head_dim;
     x->qkv_dim = x->q_dim + 2 * x->kv_dim;
-    const size_t slot_bytes = cu_att_part_floats(c->n_kv_heads, c->head_dim) * 4;
-    size_t slots = PART_BUDGET / slot_bytes;
-    x->part_slots = (int)(slots < 1 ? 1 : slots > PART_SLOTS_MAX ? PART_SLOTS_MAX : slots);
+    x->part_slots = cu_att_part_slots(c->n_kv_heads, c->head_dim);
     x->force_splits = s->splits;
     x->meta_cap = 7 * (size_t)cf->max_batch_tokens + (size_t)cf->max_seqs +
                   (size_t)cf->max_seqs * (size_t)x->tbl_cap;

@@ -200,6 +200,10 @@ int cu_att_choose_splits(int n_items, int n_kv, int max_ctx, int n_sm, int part_
  * n_kv * CU_ATT_ROWS * (hd + 2). */
 size_t cu_att_part_floats(int n_kv, int hd);
 
+/* Partial-result slots the backend allocates (min(128, 64 MiB / slot bytes),
+ * at least 1): the part_slots of cu_att_choose_splits. */
+int cu_att_part_slots(int n_kv, int hd);
+
 typedef struct cu_att_args {
     void *out;                 /* T [n_tokens][n_heads*hd] */
     const float *q;            /* [n_tokens][ldq], head h at h*hd (RoPE applied) */
@@ -221,6 +225,22 @@ typedef struct cu_att_args {
  * (flash-decoding): each split handles a range of key tiles into part, then a
  * combine kernel merges them. */
 int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* ---- cu_att_decode.cu: flash-decoding for max_nq == 1 ------------------------ */
+
+/* Whether the decode kernel takes a: max_nq == 1, head_dim 64 or 128,
+ * 16-byte aligned caches (and not disabled by cu_att_decode_enable). */
+int cu_att_decode_ok(const cu_att_args *a);
+
+/* cu_launch_attention's contract for a batch cu_att_decode_ok accepts
+ * (NI_EINVAL otherwise): k_att_decode, plus k_att_dcombine when
+ * n_splits > 1. Splits beyond an item's key tiles stay empty (not written,
+ * not read). Static shared memory only: nothing to prepare before capture. */
+int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* Benchmarks only: 0 sends decode batches to k_attention (the old kernel),
+ * 1 (default) to the decode kernel. Not thread-safe. */
+void cu_att_decode_enable(int on);
 
 /* Raises the attention kernels' dynamic shared-memory limit to what head_dim
  * CU_ATT_MAX_HD needs, on the current device; call once before capturing

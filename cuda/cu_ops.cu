@@ -55,6 +55,17 @@ int put_t(dbuf &d, const float *h, size_t n, int dtype) {
     return 0;
 }
 
+/* The median of t[0..n) (sorted in place): benchmark timings. */
+double median(double *t, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            const double sw = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = sw;
+        }
+    return t[n / 2];
+}
+
 int put_i32(dbuf &d, const int32_t *h, size_t n) {
     CU_TRY(d.alloc(n * 4));
     if (n) CU_CHECK(cudaMemcpy(d.p, h, n * 4, cudaMemcpyHostToDevice));
@@ -257,6 +268,80 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
 
+extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd,
+                                     int block_size, int split_ctx, int kernel, int dtype,
+                                     int iters, double *us, int *splits_used) {
+    if (!dtype_ok(dtype) || n_seqs <= 0 || ctx <= 0 || n_kv <= 0 || n_heads % n_kv ||
+        n_heads / n_kv > CU_ATT_ROWS || hd <= 0 || hd % 2 || hd > CU_ATT_MAX_HD ||
+        block_size <= 0 || split_ctx < 0 || kernel < 0 || kernel > 1 || iters <= 0 ||
+        iters > 1000 || !us || !splits_used)
+        return NI_EINVAL;
+    const int nb = (ctx + block_size - 1) / block_size, n_blocks = n_seqs * nb;
+    const size_t kvd = (size_t)n_kv * hd, esz = cu_dtype_size(dtype);
+    const size_t cache_bytes = (size_t)n_blocks * block_size * kvd * esz;
+    cu_att_item *items = (cu_att_item *)malloc((size_t)n_seqs * sizeof(cu_att_item));
+    int32_t *tab = (int32_t *)malloc((size_t)n_seqs * nb * sizeof(int32_t));
+    if (!items || !tab) {
+        free(items);
+        free(tab);
+        return NI_ENOMEM;
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        items[s] = (cu_att_item){s, 1, ctx - 1, s};
+        for (int b = 0; b < nb; b++) tab[(size_t)s * nb + b] = b * n_seqs + s; /* interleaved */
+    }
+    dbuf ditems, dtab, dq, dk, dv, dout, dpart, dflush;
+    int rc = put_i32(ditems, (const int32_t *)items, (size_t)n_seqs * 4);
+    if (!rc) rc = put_i32(dtab, tab, (size_t)n_seqs * nb);
+    free(items);
+    free(tab);
+    CU_TRY(rc);
+    /* constant data (0.0117.. everywhere): timing only, nothing depends on the values */
+    CU_TRY(dq.alloc((size_t)n_seqs * n_heads * hd * 4));
+    CU_CHECK(cudaMemset(dq.p, 0x3c, (size_t)n_seqs * n_heads * hd * 4));
+    CU_TRY(dk.alloc(cache_bytes));
+    CU_TRY(dv.alloc(cache_bytes));
+    CU_CHECK(cudaMemset(dk.p, 0x3c, cache_bytes));
+    CU_CHECK(cudaMemset(dv.p, 0x3c, cache_bytes));
+    CU_TRY(dout.alloc((size_t)n_seqs * n_heads * hd * esz));
+    int dev = 0, n_sm = 0;
+    CU_CHECK(cudaGetDevice(&dev));
+    CU_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    const int slots = cu_att_part_slots(n_kv, hd);
+    int splits = cu_att_choose_splits(n_seqs, n_kv, split_ctx ? split_ctx : ctx, n_sm, slots);
+    if ((long)splits * n_seqs > slots) splits = slots / n_seqs;
+    if (splits < 1) splits = 1;
+    *splits_used = splits;
+    if (splits > 1) CU_TRY(dpart.alloc((size_t)n_seqs * splits * cu_att_part_floats(n_kv, hd) * 4));
+    const size_t flush_bytes = (size_t)256 << 20; /* > L2: every launch reads the KV from HBM */
+    CU_TRY(dflush.alloc(flush_bytes));
+    CU_TRY(cu_att_prepare());
+    const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
+                           ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
+                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1};
+    cudaEvent_t e0, e1;
+    double t[1000];
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    cu_att_decode_enable(kernel);
+    for (int it = -3; it < iters && !rc; it++) {
+        if (cudaMemsetAsync(dflush.p, it & 0xff, flush_bytes, 0) != cudaSuccess) rc = NI_EIO;
+        if (!rc && cudaEventRecord(e0, 0) != cudaSuccess) rc = NI_EIO;
+        if (!rc) rc = cu_launch_attention(0, &a, dtype);
+        if (!rc && cudaEventRecord(e1, 0) != cudaSuccess) rc = NI_EIO;
+        if (!rc && cudaEventSynchronize(e1) != cudaSuccess) rc = NI_EIO;
+        float ms = 0;
+        if (!rc && cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) rc = NI_EIO;
+        if (it >= 0) t[it] = ms * 1e3;
+    }
+    cu_att_decode_enable(1);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    CU_TRY(rc);
+    *us = median(t, iters);
+    return 0;
+}
+
 extern "C" int cu_op_quantize_q8(int8_t *q, float *scale, const float *w, int rows, int cols) {
     if (rows <= 0 || cols <= 0) return NI_EINVAL;
     dbuf dw, dq, ds;
@@ -426,13 +511,7 @@ extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, in
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
-    for (int i = 1; i < iters; i++) /* insertion sort for the median */
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-            const double s = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = s;
-        }
-    *us = t[iters / 2];
+    *us = median(t, iters);
     return 0;
 }
 
@@ -550,12 +629,6 @@ extern "C" int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, i
     cudaEventDestroy(e1);
     cublasDestroy(hb);
     CU_TRY(rc);
-    for (int i = 1; i < iters; i++)
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-            const double sw = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = sw;
-        }
-    *us = t[iters / 2];
+    *us = median(t, iters);
     return 0;
 }

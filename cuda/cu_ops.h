@@ -111,6 +111,18 @@ int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows, const flo
  * *us gets microseconds per call. */
 int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters, double *us);
 
+/* Times one decode attention launch (cu_launch_attention with max_nq 1, plus
+ * its combine when split; device events, median of iters after a warm-up, L2
+ * flushed before each) on n_seqs sequences of ctx keys each (one query token
+ * at position ctx - 1, block tables interleaved across sequences, constant
+ * data): kernel 0 the tiled k_attention, 1 the decode kernel (cu_att_decode.cu;
+ * falls back to k_attention for shapes it does not take). The split factor is
+ * the backend's rule for split_ctx keys (0: ctx; a decode graph uses its
+ * max_pos); *splits_used gets it, *us microseconds per launch. */
+int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd, int block_size,
+                          int split_ctx, int kernel, int dtype, int iters, double *us,
+                          int *splits_used);
+
 /* Times cu_launch_sample alone (device events, median of iters launches
  * after a warm-up) on n_rows random logits rows of vocab, every row with
  * params p (no penalties). *us gets microseconds per launch. */

@@ -371,67 +371,110 @@ static void test_rope_kv(void **state) {
 
 /* ---- attention over the paged cache --------------------------------------------- */
 
+#ifdef NI_USE_CUDA
+/* One attention batch (sequence s: len[s] new tokens at positions p0[s] ..)
+ * over a cache of scrambled blocks of bs rows: cu_op_attention in both dtypes
+ * and every split factor of splits[] against cpu_attention. */
+static void att_check(const char *kind, int ns, const int *len, const int *p0, int bs, int nh,
+                      int nkv, int hd, const int *splits, int n_split) {
+    const int qd = nh * hd, kvd = nkv * hd;
+    int32_t *ss = malloc(sizeof(int32_t) * (ns + 1)), *pos0 = malloc(sizeof(int32_t) * ns);
+    int n = 0, max_blocks = 1, n_blocks = 7; /* 7 blocks no sequence owns */
+    for (int s = 0; s < ns; s++) {
+        ss[s] = n;
+        pos0[s] = p0[s];
+        n += len[s];
+        const int need = (p0[s] + len[s] + bs - 1) / bs;
+        if (need > max_blocks) max_blocks = need;
+        n_blocks += need;
+    }
+    ss[ns] = n;
+    int32_t *perm = malloc(sizeof(int32_t) * n_blocks);
+    int32_t *tables = malloc(sizeof(int32_t) * (size_t)ns * max_blocks);
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        const int j = tu_int(&g_rng, i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int s = 0, next = 0; s < ns; s++) /* distinct scattered blocks; unused entries 0 */
+        for (int b = 0; b < max_blocks; b++)
+            tables[(size_t)s * max_blocks + b] =
+                b < (p0[s] + len[s] + bs - 1) / bs ? perm[next++] : 0;
+    const size_t n_slots = (size_t)n_blocks * bs;
+    float *q = rand_buf((size_t)n * qd, -3, 3);
+    float *kc = rand_buf(n_slots * kvd, -3, 3), *vc = rand_buf(n_slots * kvd, -2, 2);
+    int32_t *tpos = malloc(sizeof(int32_t) * n), *tseq = malloc(sizeof(int32_t) * n);
+    int max_ctx = 0;
+    for (int s = 0; s < ns; s++)
+        for (int i = ss[s]; i < ss[s + 1]; i++) {
+            tpos[i] = p0[s] + i - ss[s];
+            tseq[i] = s;
+            if (tpos[i] + 1 > max_ctx) max_ctx = tpos[i] + 1;
+        }
+    const size_t scratch_n = cpu_attention_scratch(nh, nkv, hd, max_ctx);
+    float *ref = nan_buf((size_t)n * qd), *scratch = malloc(sizeof(float) * scratch_n);
+    const cpu_kv_layer kv = {kc, vc, bs, kvd};
+    const cpu_tok_map map = {n, tpos, tseq, tables, max_blocks};
+    cpu_attention(CPU_SERIAL, ref, q, &kv, &map, nh, nkv, hd, scratch, scratch_n);
+    for (int t = 0; t < 2; t++)
+        for (int sp = 0; sp < n_split; sp++) {
+            float *got = nan_buf((size_t)n * qd);
+            assert_int_equal(cu_op_attention(got, q, kc, vc, n_blocks, bs, ns, ss, pos0, tables,
+                                             max_blocks, nh, nkv, hd, splits[sp], k_dtypes[t]),
+                             0);
+            char what[96];
+            snprintf(what, sizeof what, "%s h%d kv%d hd%d bs%d splits %d", kind, nh, nkv, hd, bs,
+                     splits[sp]);
+            check_nmse(what, k_dtypes[t], got, ref, (size_t)n * qd, 1e-9);
+            free(got);
+        }
+    free(q); free(kc); free(vc); free(tpos); free(tseq); free(ref); free(scratch);
+    free(ss); free(pos0); free(perm); free(tables);
+}
+#endif
+
 static void test_attention(void **state) {
     (void)state;
     tu_require_gpu();
 #ifdef NI_USE_CUDA
     /* n_heads, n_kv, head_dim: GQA 4, MHA, GQA 8 at hd 128, qwen3-0.6B shape, odd hd */
     const int shapes[][3] = {{8, 2, 64}, {4, 4, 16}, {16, 2, 128}, {16, 8, 128}, {6, 3, 24}};
-    enum { NS = 5 };
     /* a mixed batch: long prefill from 0, decode at 300, a chunk at 40, decode at 5,
      * a 70-token chunk at 131 (several items per sequence) */
-    const int len[NS] = {50, 1, 17, 1, 70}, p0[NS] = {0, 300, 40, 5, 131};
-    const int bs = 16, max_blocks = 20, n_blocks = NS * max_blocks + 7;
-    int32_t ss[NS + 1], pos0[NS], tables[NS * 20], perm[NS * 20 + 7];
-    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++) {
-        const int nh = shapes[si][0], nkv = shapes[si][1], hd = shapes[si][2];
-        const int qd = nh * hd, kvd = nkv * hd;
-        int n = 0;
-        for (int s = 0; s < NS; s++) {
-            ss[s] = n;
-            pos0[s] = p0[s];
-            n += len[s];
-        }
-        ss[NS] = n;
-        for (int i = 0; i < n_blocks; i++) perm[i] = i;
-        for (int i = n_blocks - 1; i > 0; i--) {
-            const int j = tu_int(&g_rng, i + 1), t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
-        }
-        memcpy(tables, perm, sizeof tables);
-        const size_t n_slots = (size_t)n_blocks * bs;
-        float *q = rand_buf((size_t)n * qd, -3, 3);
-        float *kc = rand_buf(n_slots * kvd, -3, 3), *vc = rand_buf(n_slots * kvd, -2, 2);
-        int32_t *tpos = malloc(sizeof(int32_t) * n), *tseq = malloc(sizeof(int32_t) * n);
-        int max_ctx = 0;
-        for (int s = 0; s < NS; s++)
-            for (int i = ss[s]; i < ss[s + 1]; i++) {
-                tpos[i] = p0[s] + i - ss[s];
-                tseq[i] = s;
-                if (tpos[i] + 1 > max_ctx) max_ctx = tpos[i] + 1;
-            }
-        const size_t scratch_n = cpu_attention_scratch(nh, nkv, hd, max_ctx);
-        float *ref = nan_buf((size_t)n * qd), *scratch = malloc(sizeof(float) * scratch_n);
-        const cpu_kv_layer kv = {kc, vc, bs, kvd};
-        const cpu_tok_map map = {n, tpos, tseq, tables, max_blocks};
-        cpu_attention(CPU_SERIAL, ref, q, &kv, &map, nh, nkv, hd, scratch, scratch_n);
-        const int splits[] = {0, 1, 3, 7};
-        for (int t = 0; t < 2; t++)
-            for (size_t sp = 0; sp < NI_ARRAY_LEN(splits); sp++) {
-                float *got = nan_buf((size_t)n * qd);
-                assert_int_equal(cu_op_attention(got, q, kc, vc, n_blocks, bs, NS, ss, pos0,
-                                                 tables, max_blocks, nh, nkv, hd, splits[sp],
-                                                 k_dtypes[t]),
-                                 0);
-                char what[80];
-                snprintf(what, sizeof what, "attention h%d kv%d hd%d splits %d", nh, nkv, hd,
-                         splits[sp]);
-                check_nmse(what, k_dtypes[t], got, ref, (size_t)n * qd, 1e-9);
-                free(got);
-            }
-        free(q); free(kc); free(vc); free(tpos); free(tseq); free(ref); free(scratch);
+    const int len[] = {50, 1, 17, 1, 70}, p0[] = {0, 300, 40, 5, 131};
+    const int splits[] = {0, 1, 3, 7};
+    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
+        att_check("attention", (int)NI_ARRAY_LEN(len), len, p0, 16, shapes[si][0],
+                  shapes[si][1], shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
+#endif
+}
+
+/* A decode-only batch (every sequence one token: max_nq == 1, the decode
+ * kernel of cu_att_decode.cu for hd 64 / 128, k_attention otherwise), contexts
+ * around the 32-key tiles and long ones, two block sizes, G = 1..16, split
+ * factors that leave most splits empty for the short contexts. */
+static void test_attention_decode(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    /* n_heads, n_kv, hd: G 1, 3 (SmolLM2), 8 (TinyLlama), 4 (Llama-3.2-1B), 2 (Qwen3-0.6B),
+     * 8 at hd 128, 12 and 16 (two row groups), and the generic path's hd 16 / 24 */
+    const int shapes[][3] = {{4, 4, 64},   {9, 3, 64}, {32, 4, 64}, {32, 8, 64},
+                             {16, 8, 128}, {8, 1, 128}, {12, 1, 64}, {32, 2, 128},
+                             {4, 2, 16},   {6, 3, 24}};
+    const int ctx[] = {1, 2, 31, 32, 33, 200, 1000, 4097};
+    enum { NS = 8 };
+    int len[NS], p0[NS];
+    for (int s = 0; s < NS; s++) {
+        len[s] = 1;
+        p0[s] = ctx[s] - 1;
     }
+    const int splits[] = {0, 1, 3, 7, 64}, bsz[] = {16, 7};
+    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
+        for (size_t b = 0; b < NI_ARRAY_LEN(bsz); b++)
+            att_check("decode att", NS, len, p0, bsz[b], shapes[si][0], shapes[si][1],
+                      shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
 #endif
 }
 
@@ -447,6 +490,7 @@ int main(void) {
         cmocka_unit_test(test_swiglu),  cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_gemv),
         cmocka_unit_test(test_rope_kv), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

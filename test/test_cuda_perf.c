@@ -16,6 +16,14 @@
  *      the device time of a step plus launch latency;
  *   E  (with NI_PERF_PROFILE set) as B but eager with NI_CUDA_PROFILE: the
  *      backend prints its per-phase device time table to stderr.
+ * test_attention_kernels (runs when NI_PERF_MODEL is unset or NI_PERF_ATT=1;
+ * needs only a GPU): one decode attention launch (plus its combine) of the
+ * tiled k_attention against the decode kernel of cu_att_decode.cu, BF16,
+ * for the TinyLlama / Llama-3.2-1B / Qwen3-0.6B / SmolLM2-135M head shapes,
+ * 1 / 64 / 256 sequences at 200 and 4000 keys of context, with the split
+ * factor of the general path (from the context) and of a decode graph
+ * (from max_pos 32768), and the KV bytes read per second (L2 flushed
+ * before every launch, so these are HBM reads).
  * The greedy tokens of A, B and C must agree (the logits are identical
  * for B and C, and A differs only in the attention split-K of the
  * unpadded general path: a near tie could flip, so agreement >= 99% is
@@ -39,6 +47,7 @@
 #include "test_util.h"
 #ifdef NI_USE_CUDA
 #include "cuda/cu.h"
+#include "cuda/cu_ops.h"
 #endif
 
 #ifdef NI_USE_CUDA
@@ -200,7 +209,50 @@ static void test_decode_steps(void **state) {
 #endif
 }
 
+static void test_attention_kernels(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    const char *on = getenv("NI_PERF_ATT");
+    if (on ? strcmp(on, "1") != 0 : getenv("NI_PERF_MODEL") != NULL) {
+        printf("SKIP: NI_PERF_ATT=1 times the attention kernels\n");
+        skip();
+        return;
+    }
+    static const struct {
+        const char *name;
+        int nh, nkv, hd;
+    } shapes[] = {{"TinyLlama-1.1B", 32, 4, 64},
+                  {"Llama-3.2-1B", 32, 8, 64},
+                  {"Qwen3-0.6B", 16, 8, 128},
+                  {"SmolLM2-135M", 9, 3, 64}};
+    const int seqs[] = {1, 64, 256}, ctxs[] = {200, 4000}, split_ctx[] = {0, 32768};
+    printf("  decode attention, bf16, block size 16, one launch + combine (us), KV GB/s\n");
+    printf("  %-15s %5s %5s %-6s %6s %10s %10s %7s %9s\n", "shape", "seqs", "ctx", "splits",
+           "", "old us", "new us", "speedup", "new GB/s");
+    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
+        for (size_t ci = 0; ci < NI_ARRAY_LEN(ctxs); ci++)
+            for (size_t qi = 0; qi < NI_ARRAY_LEN(seqs); qi++)
+                for (size_t pi = 0; pi < NI_ARRAY_LEN(split_ctx); pi++) {
+                    const int S = seqs[qi], C = ctxs[ci];
+                    double us[2];
+                    int sp[2];
+                    for (int k = 0; k < 2; k++)
+                        assert_int_equal(cu_op_attention_bench(S, C, shapes[si].nh,
+                                                               shapes[si].nkv, shapes[si].hd, 16,
+                                                               split_ctx[pi], k, CU_DTYPE_BF16,
+                                                               20, &us[k], &sp[k]),
+                                         0);
+                    const double bytes = 2.0 * S * C * shapes[si].nkv * shapes[si].hd * 2;
+                    printf("  %-15s %5d %5d %-6s %6d %10.1f %10.1f %6.2fx %9.0f\n",
+                           shapes[si].name, S, C, split_ctx[pi] ? "graph" : "auto", sp[1], us[0],
+                           us[1], us[0] / us[1], bytes / (us[1] * 1e3));
+                }
+#endif
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_decode_steps)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_attention_kernels),
+                                       cmocka_unit_test(test_decode_steps)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

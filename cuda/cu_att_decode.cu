@@ -1,0 +1,358 @@
+/*
+ * cu_att_decode.cu - flash-decoding GQA attention for decode batches (every
+ * work item has at most one query token: cu_att_args.max_nq == 1, the whole
+ * decode-graph path), over the paged KV cache, FP32 math. cu_launch_attention
+ * (cu_attention.cu) dispatches here when cu_att_decode_ok accepts the shape;
+ * same contract and CPU twin (cpu_attention) as k_attention.
+ *
+ * Work decomposition: block (item, kv head x row group, split); the R query
+ * rows of the block (R = 1, 2, 4 or 8 compile-time, G = n_heads / n_kv rows
+ * per kv head cut into ceil(G / R) row groups, so G up to CU_ATT_ROWS works
+ * and G <= 8 reads every K/V element once) share every K/V load. 4 warps per
+ * block; the split's keys are walked in chunks of CK keys, warp w taking
+ * chunks w, w + 4, ... (no block barrier inside the loop). Per chunk:
+ *   - K: lane-per-key (P lanes per key when a row is longer than 128 bytes:
+ *     P = 2 for BF16 hd 128, 2 / 4 for FP32 hd 64 / 128, so CK = 32 / P):
+ *     each lane issues 8 16-byte loads of its key's row and dots it with the
+ *     R q rows, held in shared memory as FP32 pre-scaled by log2(e)/sqrt(hd)
+ *     (warp-uniform broadcast reads); P > 1 lanes add their partial dots with
+ *     xor shuffles. No shuffles per element, no integer division per element.
+ *   - V: the same keys, lanes split the row into 16-byte columns (hd 64
+ *     BF16: 8 lanes per key, 4 keys per instruction), again 8 loads per
+ *     lane, issued together with the K loads so a chunk costs one memory
+ *     round trip; the cache slot of each V key comes from the K lane by a
+ *     shuffle. The block-table entries of the next chunk are fetched while
+ *     the current chunk computes.
+ *   - online softmax in the log2 domain (exp2f): warp max per row, p per key
+ *     to a per-warp shared row [CK][R], acc[R][VE] per lane rescaled once per
+ *     chunk; l is kept per lane and summed at the end.
+ * Then the warp's KPI key groups are summed with shuffles, the 4 warps are
+ * merged (log-sum-exp) through shared memory, and the block writes
+ * out = O / L (one split) or unnormalized O and (M, L) to its split-K slot
+ * of the partial workspace (the k_attention layout: slot (item, split), kv
+ * head, row = the query head's index in its group; M in log2 units).
+ *
+ * Split-K: keys are partitioned among splits in CU_ATT_TILE-key tiles with
+ * exactly k_attention's rule (per = ceil(tiles / n_splits)), so the split
+ * factor the decode graphs fix at capture (cu_att_choose_splits on max_pos)
+ * leaves the extra splits of short contexts empty: such a block exits at
+ * once and writes nothing, and k_att_dcombine, which recomputes the number
+ * of non-empty splits ceil(tiles / per) from the item's own length, never
+ * reads them. Items with n_q == 0 (decode-graph padding) read and write
+ * nothing in either kernel.
+ *
+ * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 64 or
+ * 128, 16-byte aligned caches (every row is then 16-byte aligned). Static
+ * shared memory <= 26 KB; __launch_bounds__(128, 3) keeps three blocks (12
+ * warps, each with 16 16-byte loads in flight) per SM.
+ */
+#include <math.h>
+
+#include "cu_internal.h"
+
+#define DT 128
+#define DW (DT / 32)
+#define FULL 0xffffffffu
+
+/* Benchmarks only (cu_att_decode_enable): 0 sends decode batches to k_attention. */
+static int g_enabled = 1;
+
+void cu_att_decode_enable(int on) { g_enabled = on != 0; }
+
+/* 16 bytes of the cache as FP32: 4 floats or 8 BF16 (element 0 in the low half). */
+template <typename T> struct dvec;
+template <> struct dvec<float> {
+    static constexpr int N = 4;
+    static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
+        f[0] = __uint_as_float(u.x);
+        f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
+    }
+};
+template <> struct dvec<cu_bf16> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+
+/* Non-empty splits of an item with n_ctx keys: the first ceil(tiles / per). */
+__device__ __forceinline__ int dec_per(int n_ctx, int n_splits) {
+    const int tiles = (n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE;
+    return (tiles + n_splits - 1) / n_splits;
+}
+
+template <typename T, int R, int HD>
+__global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a) {
+    constexpr int VE = dvec<T>::N;             /* elements per 16-byte load */
+    constexpr int NCH = HD / VE;               /* 16-byte columns per row */
+    constexpr int P = NCH >= 8 ? NCH / 8 : 1;  /* lanes per key for q . k */
+    constexpr int CK = 32 / P;                 /* keys per warp chunk */
+    constexpr int NK = NCH / P;                /* K loads per lane per chunk */
+    constexpr int KPI = 32 / NCH;              /* keys per V load instruction */
+    constexpr int NV = CK / KPI;               /* V loads per lane per chunk */
+    constexpr int QW = NK * VE;                /* q elements one lane part covers */
+    constexpr int QP = QW + 4;                 /* padded: the P parts hit distinct banks */
+    static_assert(NCH <= 32 && 32 % NCH == 0 && CK % KPI == 0 && CU_ATT_TILE % CK == 0,
+                  "unsupported head_dim");
+
+    __shared__ __align__(16) float qs[R][P * QP];
+    __shared__ __align__(16) float ps[DW][CK][R];
+    __shared__ __align__(16) float wacc[DW][R][HD];
+    __shared__ float wm[DW][R], wl[DW][R];
+
+    const cu_att_item it = a.items[blockIdx.x];
+    if (it.n_q <= 0) return; /* decode-graph padding */
+    const int G = a.n_heads / a.n_kv, nrg = (G + R - 1) / R;
+    const int kvh = blockIdx.y / nrg, r0 = (blockIdx.y - kvh * nrg) * R;
+    const int nr = min(R, G - r0);
+    const int n_ctx = it.pos_first + 1;
+    const int per = dec_per(n_ctx, a.n_splits);
+    const int k0 = blockIdx.z * per * CU_ATT_TILE;
+    if (k0 >= n_ctx) return; /* empty split: k_att_dcombine does not read it */
+    const int k1 = min(n_ctx, k0 + per * CU_ATT_TILE);
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+
+    const float qscale = 1.4426950408889634f / sqrtf((float)HD);
+    const float *qg = a.q + (size_t)it.tok0 * a.ldq + (size_t)(kvh * G + r0) * HD;
+    for (int e = tid; e < R * HD; e += DT) {
+        const int r = e / HD, d = e % HD;
+        qs[r][(d / QW) * QP + d % QW] = r < nr ? qg[(size_t)r * HD + d] * qscale : 0.0f;
+    }
+    __syncthreads();
+
+    const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
+    const int bs = a.block_size;
+    const size_t kvd = (size_t)a.n_kv * HD;
+    const T *kc = (const T *)a.k_cache + (size_t)kvh * HD;
+    const T *vc = (const T *)a.v_cache + (size_t)kvh * HD;
+    const int kl = lane / P, kp = lane % P;     /* q . k: key in the chunk, part of its row */
+    const int kg = lane / NCH, dc = lane % NCH; /* P V: key group, 16-byte column */
+
+    float m[R], l[R], acc[R][VE];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < VE; e++) acc[r][e] = 0.0f;
+    }
+
+    int c0 = k0 + w * CK;
+    int key = c0 + kl;
+    int slot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
+    for (; c0 < k1; c0 += DW * CK) {
+        const bool kval = key < k1;
+        uint4 kr[NK], vr[NV];
+        const uint4 *kp4 = (const uint4 *)(kc + (size_t)slot * kvd) + kp * NK;
+#pragma unroll
+        for (int i = 0; i < NK; i++) kr[i] = kval ? __ldg(kp4 + i) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int i = 0; i < NV; i++) {
+            const int j = kg + i * KPI; /* key of this load within the chunk */
+            const int sj = __shfl_sync(FULL, slot, j * P);
+            vr[i] = c0 + j < k1 ? __ldg((const uint4 *)(vc + (size_t)sj * kvd) + dc)
+                                : make_uint4(0, 0, 0, 0);
+        }
+        /* the next chunk's table entry, while this one computes */
+        key = c0 + DW * CK + kl;
+        const int nslot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
+
+        float s[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) s[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < NK; i++) {
+            float kf[VE];
+            dvec<T>::unpack(kr[i], kf);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const float4 *q4 = (const float4 *)&qs[r][kp * QP + i * VE];
+#pragma unroll
+                for (int e = 0; e < VE / 4; e++) {
+                    const float4 qv = q4[e];
+                    s[r] = fmaf(qv.x, kf[4 * e], s[r]);
+                    s[r] = fmaf(qv.y, kf[4 * e + 1], s[r]);
+                    s[r] = fmaf(qv.z, kf[4 * e + 2], s[r]);
+                    s[r] = fmaf(qv.w, kf[4 * e + 3], s[r]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+#pragma unroll
+            for (int o = 1; o < P; o <<= 1) s[r] += __shfl_xor_sync(FULL, s[r], o);
+            if (!kval) s[r] = -INFINITY;
+            /* the chunk's first key (c0 < k1) is valid: mx and mn are finite */
+            const float mn = fmaxf(m[r], cu_warp_max(s[r]));
+            const float al = exp2f(m[r] - mn); /* 0 on the first chunk */
+            const float p = exp2f(s[r] - mn);  /* 0 for keys beyond k1 */
+            l[r] = l[r] * al + (kp == 0 ? p : 0.0f);
+            m[r] = mn;
+            s[r] = p;
+#pragma unroll
+            for (int e = 0; e < VE; e++) acc[r][e] *= al;
+        }
+        if (kp == 0) {
+#pragma unroll
+            for (int r = 0; r < R; r++) ps[w][kl][r] = s[r];
+        }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < NV; i++) {
+            const int j = kg + i * KPI;
+            float vf[VE], pr[R];
+            dvec<T>::unpack(vr[i], vf);
+            if constexpr (R % 4 == 0) {
+#pragma unroll
+                for (int r = 0; r < R; r += 4) {
+                    const float4 p4 = *(const float4 *)&ps[w][j][r];
+                    pr[r] = p4.x;
+                    pr[r + 1] = p4.y;
+                    pr[r + 2] = p4.z;
+                    pr[r + 3] = p4.w;
+                }
+            } else {
+#pragma unroll
+                for (int r = 0; r < R; r++) pr[r] = ps[w][j][r];
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int e = 0; e < VE; e++) acc[r][e] = fmaf(pr[r], vf[e], acc[r][e]);
+        }
+        __syncwarp(); /* every lane has read ps before the next chunk rewrites it */
+        slot = nslot;
+    }
+
+    /* warp merge: l over all lanes, acc over the KPI key groups of a column */
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        l[r] = cu_warp_sum(l[r]);
+#pragma unroll
+        for (int o = NCH; o < 32; o <<= 1)
+#pragma unroll
+            for (int e = 0; e < VE; e++) acc[r][e] += __shfl_xor_sync(FULL, acc[r][e], o);
+    }
+    if (kg == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int e = 0; e < VE; e += 4)
+                *(float4 *)&wacc[w][r][dc * VE + e] =
+                    make_float4(acc[r][e], acc[r][e + 1], acc[r][e + 2], acc[r][e + 3]);
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            wm[w][r] = m[r]; /* -inf for a warp that had no chunk */
+            wl[w][r] = l[r];
+        }
+    }
+    __syncthreads();
+
+    /* block merge (warp 0 always had a chunk, so M is finite) */
+    const int qd = a.n_heads * HD;
+    float *pa = NULL; /* this block's split-K slot */
+    if (a.n_splits > 1)
+        pa = a.part + (((size_t)blockIdx.x * a.n_splits + blockIdx.z) * a.n_kv + kvh) *
+                          ((size_t)CU_ATT_ROWS * (HD + 2));
+    for (int e = tid; e < nr * HD; e += DT) {
+        const int r = e / HD, d = e % HD;
+        float M = -INFINITY;
+#pragma unroll
+        for (int v = 0; v < DW; v++) M = fmaxf(M, wm[v][r]);
+        float L = 0.0f, O = 0.0f;
+#pragma unroll
+        for (int v = 0; v < DW; v++) {
+            if (wm[v][r] == -INFINITY) continue;
+            const float f = exp2f(wm[v][r] - M);
+            L = fmaf(wl[v][r], f, L);
+            O = fmaf(wacc[v][r][d], f, O);
+        }
+        const int row = r0 + r; /* the query head's index in its kv group */
+        if (a.n_splits == 1) {
+            ((T *)a.out)[(size_t)it.tok0 * qd + (size_t)(kvh * G + row) * HD + d] =
+                cu_fromf<T>(O / L);
+        } else {
+            pa[(size_t)row * HD + d] = O;
+            if (d == 0) {
+                pa[(size_t)CU_ATT_ROWS * HD + 2 * row] = M;
+                pa[(size_t)CU_ATT_ROWS * HD + 2 * row + 1] = L;
+            }
+        }
+    }
+}
+
+/* Merges the non-empty splits of each (item, kv head): out = sum O 2^(M_z - M)
+ * / sum L 2^(M_z - M) per row. */
+template <typename T>
+__global__ void __launch_bounds__(DT) k_att_dcombine(cu_att_args a) {
+    const cu_att_item it = a.items[blockIdx.x];
+    if (it.n_q <= 0) return;
+    const int kvh = blockIdx.y, hd = a.hd, G = a.n_heads / a.n_kv, qd = a.n_heads * hd;
+    const int n_ctx = it.pos_first + 1;
+    const int per = dec_per(n_ctx, a.n_splits);
+    const int nz = ((n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE + per - 1) / per;
+    const size_t slot_floats = (size_t)CU_ATT_ROWS * (hd + 2);
+    const float *base = a.part + ((size_t)blockIdx.x * a.n_splits * a.n_kv + kvh) * slot_floats;
+    const size_t zstride = (size_t)a.n_kv * slot_floats; /* next split of the same item */
+    const float *ml = base + (size_t)CU_ATT_ROWS * hd;
+    for (int e = threadIdx.x; e < G * hd; e += DT) {
+        const int r = e / hd, d = e - r * hd;
+        float M = -INFINITY;
+        for (int z = 0; z < nz; z++) M = fmaxf(M, ml[z * zstride + 2 * r]);
+        float L = 0.0f, O = 0.0f;
+        for (int z = 0; z < nz; z++) {
+            const float f = exp2f(ml[z * zstride + 2 * r] - M);
+            L = fmaf(ml[z * zstride + 2 * r + 1], f, L);
+            O = fmaf(base[z * zstride + (size_t)r * hd + d], f, O);
+        }
+        ((T *)a.out)[(size_t)it.tok0 * qd + (size_t)(kvh * G + r) * hd + d] = cu_fromf<T>(O / L);
+    }
+}
+
+int cu_att_decode_ok(const cu_att_args *a) {
+    return g_enabled && a->max_nq == 1 && (a->hd == 64 || a->hd == 128) &&
+           (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
+}
+
+template <typename T, int R, int HD>
+static int launch_dec(cudaStream_t st, const cu_att_args *a) {
+    const int G = a->n_heads / a->n_kv, nrg = (G + R - 1) / R;
+    const dim3 grid((unsigned)a->n_items, (unsigned)(a->n_kv * nrg), (unsigned)a->n_splits);
+    k_att_decode<T, R, HD><<<grid, DT, 0, st>>>(*a);
+    CU_LAUNCH_CHECK(st);
+    if (a->n_splits > 1) {
+        k_att_dcombine<T><<<dim3((unsigned)a->n_items, (unsigned)a->n_kv), DT, 0, st>>>(*a);
+        CU_LAUNCH_CHECK(st);
+    }
+    return 0;
+}
+
+/* Rows per block: G itself up to 2, else 4 or 8 (G = 3: one idle row; G > 8:
+ * several row groups, each re-reading the kv head's keys). */
+template <typename T, int HD>
+static int launch_hd(cudaStream_t st, const cu_att_args *a) {
+    const int G = a->n_heads / a->n_kv;
+    if (G == 1) return launch_dec<T, 1, HD>(st, a);
+    if (G == 2) return launch_dec<T, 2, HD>(st, a);
+    if (G <= 4) return launch_dec<T, 4, HD>(st, a);
+    return launch_dec<T, 8, HD>(st, a);
+}
+
+int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {
+    if (!cu_att_decode_ok(a) || a->n_kv <= 0 || a->n_heads % a->n_kv != 0 ||
+        a->n_heads / a->n_kv > CU_ATT_ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
+        return NI_EINVAL;
+    if (a->n_items <= 0) return 0;
+    if (dtype == CU_DTYPE_FP32)
+        return a->hd == 64 ? launch_hd<float, 64>(st, a) : launch_hd<float, 128>(st, a);
+    return a->hd == 64 ? launch_hd<cu_bf16, 64>(st, a) : launch_hd<cu_bf16, 128>(st, a);
+}
