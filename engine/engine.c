@@ -93,6 +93,7 @@ struct eng_engine {
     eng_event_fn fn;
     void *ud;
     int vocab, max_seq_len, max_blocks;
+    int fatal;                 /* eng_fatal_error: the sticky NI_EIO of a lost device, or 0 */
     gr_vocab *gvocab;          /* the vocabulary trie of constrained decoding */
 
     /* inbox (shared with other threads, under mu) */
@@ -848,16 +849,28 @@ static void batch_add(eng_engine *e, int *nb, int *nt, eng_seq *s, int n_new) {
 }
 
 /* Ends every request with a row in the current batch (e->b_n rows) with
- * ENG_FINISH_ERROR, empties the batch and returns rc (a backend failure). */
+ * ENG_FINISH_ERROR, empties the batch and returns rc (a backend failure).
+ * NI_EIO means the device is gone (engine.h's policy): it sticks, and every
+ * live request ends with it, not only the batch's. */
 static int fail_batch(eng_engine *e, int rc) {
     for (int i = 0; i < e->b_n; i++)
         if (e->b_seq[i]) req_fail(e, e->b_seq[i]->req, rc);
     e->b_n = 0;
+    if (rc == NI_EIO) {
+        e->fatal = rc;
+        while (e->live) req_fail(e, e->live, rc);
+    }
     return rc;
 }
 
+int eng_fatal_error(const eng_engine *e) { return e->fatal; }
+
 int eng_step(eng_engine *e) {
     drain_inbox(e);
+    if (e->fatal) { /* the backend is not called again */
+        while (e->live) req_fail(e, e->live, e->fatal);
+        return e->fatal;
+    }
     const eng_config *c = &e->cfg;
     int budget = c->max_batched_tokens, nb = 0, nt = 0;
 
@@ -934,6 +947,7 @@ int eng_step(eng_engine *e) {
     }
     if (on_device) {
         const int src = sample_on_device(e, nb); /* ends the requests it fails */
+        if (src == NI_EIO) return fail_batch(e, src); /* the rest of the batch too */
         if (src && !rc) rc = src;
     } else {
         for (int i = 0; i < nb; i++)

@@ -39,6 +39,10 @@
 #include "srv_metrics.h"
 #include "srv_util.h"
 
+/* After a fatal engine error, how long the server still answers (503, so
+ * that health probes and load balancers see why) before it exits 1. */
+#define FATAL_LINGER_S 2.0
+
 /* ================= engine thread ================= */
 
 void srv_evq_free(ev_queue *q) {
@@ -160,8 +164,20 @@ void *srv_engine_main(void *arg) {
         heartbeat(s);
         int n = eng_step(s->eng);
         publish_stats(s);
-        if (n < 0) srv_log(SRV_LOG_ERROR, "engine step failed: %s", ni_strerror(n));
-        if (n == 0) eng_wait_work(s->eng, 50);
+        const int fatal = eng_fatal_error(s->eng);
+        if (fatal && !atomic_load_explicit(&s->engine_fatal, memory_order_relaxed)) {
+            /* engine.h's policy: the device is gone; the loop drains and exits 1 */
+            srv_log(SRV_LOG_ERROR,
+                    "engine: the backend failed for good (%s: device lost or unusable); failing "
+                    "every request, draining and exiting so that the service is restarted",
+                    ni_strerror(fatal));
+            atomic_store_explicit(&s->engine_fatal, fatal, memory_order_release);
+            notify_loop(s);
+        } else if (n < 0 && !fatal) {
+            srv_log(SRV_LOG_ERROR, "engine step failed: %s (the batch's requests failed)",
+                    ni_strerror(n));
+        }
+        if (n == 0 || fatal) eng_wait_work(s->eng, 50); /* a failed engine has nothing to run */
     }
     return NULL;
 }
@@ -445,6 +461,11 @@ void srv_on_async(uv_async_t *h) {
         srv_log(SRV_LOG_ERROR, "cannot load the model: %s", s->fail_msg);
         s->exit_code = 1;
         srv_schedule_stop(s);
+    }
+    if (atomic_load_explicit(&s->engine_fatal, memory_order_acquire) && !s->fatal_seen) {
+        s->fatal_seen = 1;
+        s->exit_code = 1; /* so that systemd / Docker restart the server */
+        srv_drain(s, "engine failed", FATAL_LINGER_S);
     }
     pthread_mutex_lock(&s->evq_mu);
     ev_queue tmp = s->evq;

@@ -168,6 +168,8 @@ struct srv_server {
     atomic_int state; /* ST_* (release on READY) */
     atomic_int running;
     atomic_llong heartbeat_us;
+    atomic_int engine_fatal; /* eng_fatal_error once the backend failed for good, else 0 */
+    int fatal_seen;          /* loop: that failure started the drain */
     mdl_model model;
     eng_engine *eng;
     const eng_backend *backend;
@@ -197,6 +199,7 @@ struct srv_server {
     srv_metrics metrics;
     long long start_time;
     int draining, stopping, exit_code, shutdown_aborted;
+    double drain_until; /* srv_drain with linger: no stop before this ni_now() */
     int failing_streak; /* generations in a row that ended in an engine error */
     int engine_stuck;   /* shutdown gave up joining the engine thread */
     int poll_inited;
@@ -223,6 +226,13 @@ void srv_check_drained(srv_server *s);
 
 /* Stops the daemon on the next loop turn (never inside an MHD callback); idempotent. */
 void srv_schedule_stop(srv_server *s);
+
+/* Stops accepting connections and stops once the generations in flight are
+ * done or --shutdown-timeout passed (SIGTERM's path; why starts the log
+ * line). With linger > 0 (a failed engine) it keeps listening instead,
+ * answering every request 503, and stops after linger seconds (the
+ * generations in flight have ended with errors by then). */
+void srv_drain(srv_server *s, const char *why, double linger);
 
 /* ---- srv_engine.c ---- */
 
