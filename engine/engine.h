@@ -163,7 +163,8 @@ typedef struct eng_error {
 int eng_add(eng_engine *e, const eng_request *r, eng_error *err);
 
 /* Requests an abort (any thread); the request finishes with ENG_FINISH_ABORT
- * and its blocks are freed within the next eng_step. Unknown ids are ignored. */
+ * and its blocks are freed within the next eng_step, however many aborts are
+ * pending. Unknown ids are ignored. Allocates nothing, so it cannot fail. */
 void eng_abort(eng_engine *e, uint64_t id);
 
 /* Runs one scheduling iteration on the driving thread (forward + sampling).
