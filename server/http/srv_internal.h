@@ -39,6 +39,7 @@
 #include "engine/model/model.h"
 #include "srv_api.h"
 #include "srv_config.h"
+#include "srv_evq.h"
 #include "srv_metrics.h"
 #include "srv_reasoning.h"
 #include "srv_util.h"
@@ -47,25 +48,6 @@
 
 enum { ST_LOADING = 0, ST_READY = 1, ST_FAILED = 2 };
 
-/* One engine event, copied on the engine thread. text lives in the queue's arena. */
-typedef struct ev_rec {
-    uint64_t id;
-    int index, token, finish, n_prompt, n_generated, n_cached;
-    int error; /* eng_event.error */
-    double t;
-    size_t text_off;
-    int text_len;
-    int has_lp;
-    smp_result lp;
-} ev_rec;
-
-typedef struct ev_queue {
-    ev_rec *v;
-    size_t n, cap;
-    char *text;
-    size_t text_len, text_cap;
-    uint64_t lost; /* events dropped for lack of memory */
-} ev_queue;
 
 typedef struct srv_server srv_server;
 typedef struct srv_conn srv_conn;
@@ -244,8 +226,6 @@ void *srv_engine_main(void *arg);
  * engine event into its generation, then runs MHD if connections were resumed. */
 void srv_on_async(uv_async_t *h);
 
-/* Frees an event queue's memory and zeroes it. */
-void srv_evq_free(ev_queue *q);
 
 /* 1 once the model is loaded and the loop has applied it (on_ready ran). */
 int srv_is_ready(srv_server *s);
