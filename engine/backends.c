@@ -1,10 +1,15 @@
 /*
  * backends.c - choosing a backend once, by name, so that the engine and every
  * front end (generate, bench, serve) stay unaware of CUDA; and the one place
- * the backend settings are read from the environment (eng_backend_config_env).
+ * the backend settings are read from the environment (eng_backend_config_env);
+ * and the fault-injection wrapper tests use to make a backend fail on cue
+ * (NI_DEBUG_FAULT, see eng_backend_select), so the engine's and the server's
+ * error paths run on the CPU backend without the engine knowing.
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,6 +55,74 @@ int eng_dtype_parse(const char *name, eng_dtype *out) {
     return 0;
 }
 
+/* ---- fault injection (NI_DEBUG_FAULT) ---------------------------------------- */
+
+/* One plan per process: the wrapped table, which forward() calls fail
+ * (1-based, [first, last]) and with what. */
+static struct {
+    eng_backend table;        /* the real backend's, forward replaced */
+    const eng_backend *real;
+    long first, last;
+    int code;
+    atomic_long calls;
+} fault;
+
+static int fault_forward(void *ctx, const eng_batch *b, float *logits) {
+    const long k = atomic_fetch_add(&fault.calls, 1) + 1;
+    if (k >= fault.first && k <= fault.last) return fault.code;
+    return fault.real->forward(ctx, b, logits);
+}
+
+/* Parses "forward:N[-M][:eio|:enomem]" into the plan. eio (the default) is
+ * a lost device: calls N..M fail, every later one too when -M is left out
+ * (a CUDA error is sticky); enomem is transient: N..M, or N alone. */
+static int fault_parse(const char *v, char *err, size_t errlen) {
+    char kind[16] = "eio";
+    long first = 0, last = -1;
+    int used = 0;
+    const char *p = v;
+    if (strncmp(p, "forward:", 8)) goto bad;
+    p += 8;
+    if (sscanf(p, "%ld%n", &first, &used) != 1 || first < 1) goto bad;
+    p += used;
+    if (*p == '-') {
+        if (sscanf(p + 1, "%ld%n", &last, &used) != 1 || last < first) goto bad;
+        p += 1 + used;
+    }
+    if (*p == ':') {
+        size_t n = strlen(p + 1);
+        if (n == 0 || n >= sizeof kind) goto bad;
+        memcpy(kind, p + 1, n + 1);
+    } else if (*p) {
+        goto bad;
+    }
+    if (!strcmp(kind, "eio"))
+        fault.code = NI_EIO;
+    else if (!strcmp(kind, "enomem"))
+        fault.code = NI_ENOMEM;
+    else
+        goto bad;
+    fault.first = first;
+    fault.last = last >= 0 ? last : fault.code == NI_EIO ? LONG_MAX : first;
+    return 0;
+bad:
+    return ni_fail(err, errlen, NI_EINVAL,
+                   "NI_DEBUG_FAULT=%s: must be forward:N[-M][:eio|:enomem] (N >= 1)", v);
+}
+
+/* be, or be behind the NI_DEBUG_FAULT wrapper when that variable is set
+ * (NULL with a message when it is malformed). */
+static const eng_backend *with_faults(const eng_backend *be, char *err, size_t errlen) {
+    const char *v = getenv("NI_DEBUG_FAULT");
+    if (!v || !*v) return be;
+    if (fault_parse(v, err, errlen)) return NULL;
+    fault.real = be;
+    fault.table = *be;
+    fault.table.forward = fault_forward;
+    atomic_store(&fault.calls, 0);
+    return &fault.table;
+}
+
 const eng_backend *eng_backend_select(const char *device, const char *dtype, char *err,
                                       size_t errlen) {
     if (!device) device = "auto";
@@ -64,7 +137,8 @@ const eng_backend *eng_backend_select(const char *device, const char *dtype, cha
         return NULL;
     }
 #ifdef NI_USE_CUDA
-    if (strcmp(device, "cpu") && cu_device_count() > 0) return &eng_backend_cuda;
+    if (strcmp(device, "cpu") && cu_device_count() > 0)
+        return with_faults(&eng_backend_cuda, err, errlen);
     if (want_cuda) {
         ni_fail(err, errlen, NI_EUNSUPPORTED, "device: cuda requested but no GPU is visible");
         return NULL;
@@ -80,7 +154,7 @@ const eng_backend *eng_backend_select(const char *device, const char *dtype, cha
         ni_fail(err, errlen, NI_EUNSUPPORTED, "dtype: the CPU backend computes in fp32 only");
         return NULL;
     }
-    return &eng_backend_cpu;
+    return with_faults(&eng_backend_cpu, err, errlen);
 }
 
 /* ---- the environment ------------------------------------------------------- */

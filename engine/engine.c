@@ -76,7 +76,14 @@ struct eng_req {
     eng_seq *seqs[ENG_MAX_N];
     struct eng_req *next_live, *prev_live;
     struct eng_req *next_inbox;
+    struct eng_req *next_id;   /* chain of e->by_id (under e->mu) */
+    int in_index;              /* 1 while in e->by_id */
+    int abort_asked;           /* eng_abort named it (under e->mu) */
+    int aborting;              /* engine thread: abort_asked seen by drain_inbox */
 };
+
+/* Buckets of the id index eng_abort searches (a power of two). */
+enum { ID_BUCKETS = 1024 };
 
 typedef struct seq_list {
     eng_seq *head, *tail;
@@ -93,14 +100,17 @@ struct eng_engine {
     eng_event_fn fn;
     void *ud;
     int vocab, max_seq_len, max_blocks;
+    int fatal;                 /* eng_fatal_error: the sticky NI_EIO of a lost device, or 0 */
     gr_vocab *gvocab;          /* the vocabulary trie of constrained decoding */
 
     /* inbox (shared with other threads, under mu) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     eng_req *inbox_head, *inbox_tail;
-    uint64_t *aborts;          /* [abort_cap] */
-    int n_aborts, abort_cap;
+    /* every request from eng_add until it is freed, by id: eng_abort marks
+     * the request itself, so an abort needs no memory and cannot be lost */
+    eng_req *by_id[ID_BUCKETS];
+    int abort_pending;         /* some request has abort_asked set */
 
     /* engine-thread state */
     eng_req *live;             /* live requests (doubly linked) */
@@ -188,6 +198,18 @@ static void req_free(eng_req *r) {
     free(r);
 }
 
+/* Frees r after taking it out of the id index (any request eng_add queued). */
+static void req_release(eng_engine *e, eng_req *r) {
+    if (r->in_index) {
+        pthread_mutex_lock(&e->mu);
+        eng_req **pp = &e->by_id[r->id & (ID_BUCKETS - 1)];
+        while (*pp != r) pp = &(*pp)->next_id;
+        *pp = r->next_id;
+        pthread_mutex_unlock(&e->mu);
+    }
+    req_free(r);
+}
+
 static void seq_free(eng_engine *e, eng_seq *s) {
     if (!s) return;
     kv_seq_destroy(e->kv, &s->kv);
@@ -245,7 +267,7 @@ static void seq_finish(eng_engine *e, eng_seq *s) {
         else e->live = r->next_live;
         if (r->next_live) r->next_live->prev_live = r->prev_live;
         e->n_live--;
-        req_free(r);
+        req_release(e, r);
     }
 }
 
@@ -427,14 +449,14 @@ void eng_free(eng_engine *e) {
     eng_req *r = e->inbox_head;
     while (r) {
         eng_req *nx = r->next_inbox;
-        req_free(r);
+        req_release(e, r);
         r = nx;
     }
     if (e->bctx) e->be->free(e->bctx);
     kv_free(e->kv);
     free(e->b_tokens); free(e->b_start); free(e->b_pos0); free(e->b_tables);
     free(e->b_want); free(e->b_seq); free(e->b_new); free(e->logits);
-    free(e->logits_tmp); free(e->smp_scratch); free(e->aborts);
+    free(e->logits_tmp); free(e->smp_scratch);
     free(e->d_rows); free(e->d_seq); free(e->d_res); free(e->d_masks);
     gr_vocab_free(e->gvocab);
     pthread_mutex_destroy(&e->mu);
@@ -549,6 +571,10 @@ static int add_checked(eng_engine *e, const eng_request *q, gr_grammar *grammar,
     if (e->inbox_tail) e->inbox_tail->next_inbox = r;
     else e->inbox_head = r;
     e->inbox_tail = r;
+    eng_req **b = &e->by_id[r->id & (ID_BUCKETS - 1)];
+    r->next_id = *b;
+    *b = r;
+    r->in_index = 1;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     return 0;
@@ -556,16 +582,13 @@ static int add_checked(eng_engine *e, const eng_request *q, gr_grammar *grammar,
 
 void eng_abort(eng_engine *e, uint64_t id) {
     pthread_mutex_lock(&e->mu);
-    if (e->n_aborts == e->abort_cap) {
-        int nc = e->abort_cap ? 2 * e->abort_cap : 64;
-        uint64_t *p = realloc(e->aborts, (size_t)nc * sizeof(uint64_t));
-        if (p) {
-            e->aborts = p;
-            e->abort_cap = nc;
+    for (eng_req *r = e->by_id[id & (ID_BUCKETS - 1)]; r; r = r->next_id)
+        if (r->id == id) {
+            r->abort_asked = 1;
+            e->abort_pending = 1;
+            pthread_cond_signal(&e->cv);
+            break;
         }
-    }
-    if (e->n_aborts < e->abort_cap) e->aborts[e->n_aborts++] = id;
-    pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -579,7 +602,7 @@ void eng_wait_work(eng_engine *e, int timeout_ms) {
         ts.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&e->mu);
-    if (!e->inbox_head && !e->n_aborts) pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+    if (!e->inbox_head && !e->abort_pending) pthread_cond_timedwait(&e->cv, &e->mu, &ts);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -589,14 +612,8 @@ static void drain_inbox(eng_engine *e) {
     pthread_mutex_lock(&e->mu);
     eng_req *r = e->inbox_head;
     e->inbox_head = e->inbox_tail = NULL;
-    int na = e->n_aborts;
-    uint64_t ids[256];
-    int take = NI_MIN(na, 256);
-    if (take) { /* e->aborts is NULL until the first abort */
-        memcpy(ids, e->aborts, (size_t)take * sizeof(uint64_t));
-        memmove(e->aborts, e->aborts + take, (size_t)(na - take) * sizeof(uint64_t));
-    }
-    e->n_aborts = na - take;
+    const int aborts = e->abort_pending;
+    e->abort_pending = 0;
     pthread_mutex_unlock(&e->mu);
 
     while (r) {
@@ -617,19 +634,23 @@ static void drain_inbox(eng_engine *e) {
             else e->live = r->next_live;
             if (r->next_live) r->next_live->prev_live = r->prev_live;
             e->n_live--;
-            req_free(r);
+            req_release(e, r);
         } else {
             s->state = SEQ_WAITING;
             list_push_back(&e->waiting, s);
         }
         r = nx;
     }
-    for (int i = 0; i < take; i++)
-        for (eng_req *q = e->live; q; q = q->next_live)
-            if (q->id == ids[i]) {
-                req_finish_all(e, q, ENG_FINISH_ABORT);
-                break;
-            }
+    if (!aborts) return;
+    /* every request asked to abort, the ones just queued included: marked
+     * under the lock, ended outside it (seq_finish takes it to unindex) */
+    pthread_mutex_lock(&e->mu);
+    for (eng_req *q = e->live; q; q = q->next_live) q->aborting = q->abort_asked;
+    pthread_mutex_unlock(&e->mu);
+    for (eng_req *q = e->live, *nx; q; q = nx) {
+        nx = q->next_live;
+        if (q->aborting) req_finish_all(e, q, ENG_FINISH_ABORT);
+    }
 }
 
 /* ---- output ---- */
@@ -848,16 +869,28 @@ static void batch_add(eng_engine *e, int *nb, int *nt, eng_seq *s, int n_new) {
 }
 
 /* Ends every request with a row in the current batch (e->b_n rows) with
- * ENG_FINISH_ERROR, empties the batch and returns rc (a backend failure). */
+ * ENG_FINISH_ERROR, empties the batch and returns rc (a backend failure).
+ * NI_EIO means the device is gone (engine.h's policy): it sticks, and every
+ * live request ends with it, not only the batch's. */
 static int fail_batch(eng_engine *e, int rc) {
     for (int i = 0; i < e->b_n; i++)
         if (e->b_seq[i]) req_fail(e, e->b_seq[i]->req, rc);
     e->b_n = 0;
+    if (rc == NI_EIO) {
+        e->fatal = rc;
+        while (e->live) req_fail(e, e->live, rc);
+    }
     return rc;
 }
 
+int eng_fatal_error(const eng_engine *e) { return e->fatal; }
+
 int eng_step(eng_engine *e) {
     drain_inbox(e);
+    if (e->fatal) { /* the backend is not called again */
+        while (e->live) req_fail(e, e->live, e->fatal);
+        return e->fatal;
+    }
     const eng_config *c = &e->cfg;
     int budget = c->max_batched_tokens, nb = 0, nt = 0;
 
@@ -934,6 +967,7 @@ int eng_step(eng_engine *e) {
     }
     if (on_device) {
         const int src = sample_on_device(e, nb); /* ends the requests it fails */
+        if (src == NI_EIO) return fail_batch(e, src); /* the rest of the batch too */
         if (src && !rc) rc = src;
     } else {
         for (int i = 0; i < nb; i++)

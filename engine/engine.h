@@ -163,13 +163,23 @@ typedef struct eng_error {
 int eng_add(eng_engine *e, const eng_request *r, eng_error *err);
 
 /* Requests an abort (any thread); the request finishes with ENG_FINISH_ABORT
- * and its blocks are freed within the next eng_step. Unknown ids are ignored. */
+ * and its blocks are freed within the next eng_step, however many aborts are
+ * pending. Unknown ids are ignored. Allocates nothing, so it cannot fail. */
 void eng_abort(eng_engine *e, uint64_t id);
 
 /* Runs one scheduling iteration on the driving thread (forward + sampling).
  * Returns the number of live requests after the step (0 = idle), or a
- * negative code on a backend failure (affected requests get ERROR events). */
+ * negative code on a backend failure (affected requests get ERROR events).
+ * Failure policy: NI_EIO from the backend (forward, copy_block, sample) is
+ * fatal - the device is lost - and sticks (eng_fatal_error): from then on
+ * every step ends all live requests with it without calling the backend,
+ * and returns it. Any other code (NI_ENOMEM, NI_EINVAL, NI_ERANGE) fails
+ * the requests of that batch and the engine goes on. */
 int eng_step(eng_engine *e);
+
+/* The fatal backend error (NI_EIO) that made the engine unusable, or 0
+ * (driving thread). A front end should report it and restart the process. */
+int eng_fatal_error(const eng_engine *e);
 
 /* Blocks (up to timeout_ms) until the inbox is non-empty; for an idle engine thread. */
 void eng_wait_work(eng_engine *e, int timeout_ms);

@@ -693,6 +693,41 @@ req GET /health
 check "NaN model: /health 503 (engine failing every request)" test "$STATUS/$(jbody .status)" = "503/engine failing every request"
 kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID" 2>/dev/null
+# a backend that fails for good (NI_DEBUG_FAULT: the 2nd forward and every later one
+# return NI_EIO, a lost device): 500 JSON, 503 after, logged, exit 1 (issue 14)
+NI_DEBUG_FAULT=forward:2 start_server fatal --model "$TINY" || exit 1
+req POST /v1/completions '{"prompt":"hi","max_tokens":1}'
+check "fatal fault: the request before it succeeds" test "$STATUS" = 200
+req POST /v1/completions '{"prompt":"hi","max_tokens":4}'
+check "fatal fault: the request fails with 500 JSON ($STATUS)" \
+  test "$STATUS/$(jbody .error.message)" = "500/generation failed inside the engine (see the server log)"
+req GET /health
+check "fatal fault: /health 503 ($STATUS)" test "$STATUS" = 503
+req POST /v1/completions '{"prompt":"hi","max_tokens":1}'
+check "fatal fault: new requests 503 naming the engine" \
+  test "$STATUS/$(jbody .error.message)" = "503/the engine failed (see the server log); restarting"
+wait "$SRV_PID"
+rc=$?
+check "fatal fault: the server exits 1 ($rc)" test $rc -eq 1
+check "fatal fault: the cause is logged" grep -q 'backend failed for good (I/O error' "$TMP/fatal.log"
+# a transient failure (NI_ENOMEM from forwards 2..4): those requests fail, /health is 503
+# after three in a row, and the next success makes it 200 again
+NI_DEBUG_FAULT=forward:2-4:enomem start_server transient --model "$TINY" || exit 1
+req POST /v1/completions '{"prompt":"hi","max_tokens":1}'
+check "transient fault: the request before it succeeds" test "$STATUS" = 200
+for _ in 1 2 3; do req POST /v1/completions '{"prompt":"hi","max_tokens":1}'; done
+check "transient fault: requests fail with 500" test "$STATUS" = 500
+req GET /health
+check "transient fault: /health 503 while every request fails" test "$STATUS" = 503
+req POST /v1/completions '{"prompt":"hi","max_tokens":1}'
+check "transient fault: the engine recovers" test "$STATUS" = 200
+req GET /health
+check "transient fault: /health 200 again" test "$STATUS" = 200
+check "transient fault: logged" grep -q 'engine step failed: out of memory' "$TMP/transient.log"
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID"
+rc=$?
+check "transient fault: a normal exit after it ($rc)" test $rc -eq 0
 # --request-timeout: a client trickling its request one byte at a time is cut off
 start_server trickle --model "$TINY" --request-timeout 2 || exit 1
 python3 test/py/slow_headers.py "$SRV_PORT" 10 2 >"$TMP/trickle.out" 2>&1

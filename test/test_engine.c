@@ -330,6 +330,47 @@ static void test_abort(void **state) {
     eng_free(e);
 }
 
+static int g_aborted; /* test_many_aborts: ABORT finishes seen */
+
+static void count_aborts(void *ud, const eng_event *ev) {
+    (void)ud;
+    if (ev->finish == ENG_FINISH_ABORT) g_aborted++;
+}
+
+/* Many aborts at once (more than any fixed batch of ids): every one takes
+ * effect within the next step, waiting and running requests alike. */
+static void test_many_aborts(void **state) {
+    (void)state;
+    enum { N = 700 };
+    eng_config cfg;
+    eng_config_default(&cfg);
+    cfg.n_blocks = 256;
+    cfg.max_num_seqs = 8;
+    cfg.n_threads = 1;
+    eng_engine *e = NULL;
+    char err[256];
+    assert_int_equal(eng_init(&e, &g_model, &eng_backend_cpu, &cfg, count_aborts, NULL, err,
+                              sizeof err),
+                     0);
+    int32_t p[8];
+    make_prompt(p, 8, 11);
+    for (int i = 0; i < N; i++) {
+        eng_request r = req_greedy((uint64_t)i, p, 8, 50);
+        add_ok(e, &r);
+    }
+    assert_int_equal(eng_step(e), N); /* 8 running, the rest waiting */
+    g_aborted = 0;
+    for (int i = N - 1; i >= 0; i--) eng_abort(e, (uint64_t)i);
+    eng_abort(e, N + 5); /* unknown: ignored */
+    assert_int_equal(eng_step(e), 0);
+    assert_int_equal(g_aborted, N);
+    eng_stats st;
+    eng_get_stats(e, &st);
+    assert_int_equal(st.kv.blocks_used, 0);
+    assert_int_equal(st.n_running + st.n_waiting, 0);
+    eng_free(e);
+}
+
 /* Stop strings: pick a substring of a greedy output that spans a token
  * boundary; rerunning with it as stop gives exactly the text before it. */
 static void test_stop_string(void **state) {
@@ -439,30 +480,32 @@ static void test_parallel_samples(void **state) {
 }
 
 /* The CPU backend with a copy_block that fails like a device would. */
-static int g_copy_calls;
+static int g_copy_calls, g_copy_code;
 
 static int copy_block_fails(void *ctx, int src, int dst) {
     (void)ctx, (void)src, (void)dst;
     g_copy_calls++;
-    return NI_EIO;
+    return g_copy_code;
 }
 
 /* A failing copy-on-write ends the request that needed it and every request
  * batched before it in that step with ENG_FINISH_ERROR, eng_step returns the
- * backend's code, and a request not yet batched goes on unharmed.
+ * backend's code; when the code is transient (NI_ENOMEM) a request not yet
+ * batched goes on unharmed, when it is NI_EIO (a lost device) every request
+ * ends and so does every later one, without another backend call.
  * copy_block is reached with n = 2 when the prompt's last block is partial
  * (21 tokens, blocks of 16) and max_tokens >= 2: the fork shares that block,
  * and the first decode step of sample 0 must copy it before writing into it.
  * (A prompt of a multiple of 16 tokens would give a fresh block instead.)
  * Order of the running list: A, B#0, C (admitted), then B#1 (forked), so in
  * step 2 A is batched before B#0 fails and C is not batched yet. */
-static void test_copy_block_failure(void **state) {
-    (void)state;
+static void copy_block_failure(int code) {
     static collector a;
     memset(&a, 0, sizeof a);
     eng_backend failing = eng_backend_cpu;
     failing.copy_block = copy_block_fails;
     g_copy_calls = 0;
+    g_copy_code = code;
     int32_t pa[10], pb[21], pc[12];
     make_prompt(pa, 10, 11);
     make_prompt(pb, 21, 22);
@@ -484,14 +527,30 @@ static void test_copy_block_failure(void **state) {
     assert_int_equal(a.o[1][0].n, 1);
     assert_int_equal(a.o[1][1].n, 1);
 
-    assert_int_equal(eng_step(e), NI_EIO);
+    assert_int_equal(eng_step(e), code);
     assert_int_equal(g_copy_calls, 1);
     assert_int_equal(a.o[1][0].finish, ENG_FINISH_ERROR);
     assert_int_equal(a.o[1][1].finish, ENG_FINISH_ERROR);
     assert_int_equal(a.o[0][0].finish, ENG_FINISH_ERROR); /* batched before the failure */
     assert_int_equal(a.o[0][0].n, 1);
-    assert_int_equal(a.o[2][0].finish, ENG_FINISH_NONE); /* not batched yet */
     eng_stats st;
+    if (code == NI_EIO) { /* fatal: C too, now and any request after */
+        assert_int_equal(eng_fatal_error(e), NI_EIO);
+        assert_int_equal(a.o[2][0].finish, ENG_FINISH_ERROR);
+        eng_request rd = req_greedy(3, pc, 12, 5);
+        add_ok(e, &rd);
+        assert_int_equal(eng_step(e), NI_EIO);
+        assert_int_equal(a.o[3][0].finish, ENG_FINISH_ERROR);
+        assert_int_equal(a.o[3][0].n, 0);
+        eng_get_stats(e, &st);
+        assert_int_equal(st.n_running + st.n_waiting, 0);
+        assert_int_equal(st.kv.blocks_used, 0);
+        assert_int_equal(g_copy_calls, 1);
+        eng_free(e);
+        return;
+    }
+    assert_int_equal(eng_fatal_error(e), 0);
+    assert_int_equal(a.o[2][0].finish, ENG_FINISH_NONE); /* not batched yet */
     eng_get_stats(e, &st);
     assert_int_equal(st.n_running + st.n_waiting, 1);
 
@@ -500,6 +559,12 @@ static void test_copy_block_failure(void **state) {
     assert_int_equal(a.o[2][0].n, 5);
     assert_int_equal(g_copy_calls, 1);
     eng_free(e);
+}
+
+static void test_copy_block_failure(void **state) {
+    (void)state;
+    copy_block_failure(NI_ENOMEM);
+    copy_block_failure(NI_EIO);
 }
 
 /* --quant auto resolves from the file's storage type through the backend's
@@ -558,6 +623,7 @@ int main(void) {
         cmocka_unit_test(test_chunked_prefill),  cmocka_unit_test(test_preemption),
         cmocka_unit_test(test_reject_too_large), cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_prefix_cache),     cmocka_unit_test(test_abort),
+        cmocka_unit_test(test_many_aborts),
         cmocka_unit_test(test_stop_string),      cmocka_unit_test(test_stop_ids_and_length),
         cmocka_unit_test(test_parallel_samples), cmocka_unit_test(test_copy_block_failure),
         cmocka_unit_test(test_quant_auto),

@@ -134,10 +134,13 @@ typedef struct eng_backend {
      * Returns 0 or a negative NI_E* code with a message in err. */
     int (*init)(void **ctx, const mdl_model *m, const eng_backend_config *c,
                 char *err, size_t errlen);
-    /* See the contract above. Returns 0 or a negative NI_E* code. */
+    /* See the contract above. Returns 0 or a negative NI_E* code: NI_EIO
+     * means the device is unusable (a CUDA error is sticky: illegal address,
+     * Xid, lost device) and the engine stops using the backend for good
+     * (eng_fatal_error); any other code fails this batch only. */
     int (*forward)(void *ctx, const eng_batch *b, float *logits);
     /* Copies KV block src to dst in every layer (copy-on-write of a shared
-     * partial block). */
+     * partial block). Returns 0 or a code as forward's. */
     int (*copy_block)(void *ctx, int src, int dst);
     void (*free)(void *ctx);
     /* Optional (NULL: the engine sizes the pool itself): how many KV blocks
@@ -172,7 +175,12 @@ extern const eng_backend eng_backend_cpu;
  * when this build has it and a GPU is visible, else CPU); dtype "bf16",
  * "fp32" or NULL (the backend's default: bf16 on the GPU, fp32 on the CPU,
  * which only computes in fp32). Returns the function table, or NULL with a
- * message naming the parameter when the choice is invalid or unavailable. */
+ * message naming the parameter when the choice is invalid or unavailable.
+ * For tests: with NI_DEBUG_FAULT=forward:N[-M][:eio|:enomem] set, the table
+ * returned wraps the backend's and its forward() calls N..M (1-based,
+ * counted over the process) return NI_EIO (default; no -M: every call from
+ * N on, like a lost device) or NI_ENOMEM (no -M: call N only); a malformed
+ * value gives NULL with a message. */
 const eng_backend *eng_backend_select(const char *device, const char *dtype, char *err,
                                       size_t errlen);
 

@@ -14,6 +14,8 @@
  * call), then calls uv_async_send. Async sends coalesce, so srv_on_async
  * drains EVERYTHING queued per wake-up; it swaps the queue for an empty one
  * under the lock, so the engine never waits while the loop writes responses.
+ * The queues have a fixed size (srv_evq.h): when the loop falls behind, the
+ * engine thread waits for its drain rather than lose an event.
  *
  * Applying events (loop thread): an event finds its srv_gen by request id,
  * never through a pointer the engine holds, so a late event for a freed
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #include "tokenizer/chat.h"
@@ -39,61 +42,47 @@
 #include "srv_metrics.h"
 #include "srv_util.h"
 
+/* After a fatal engine error, how long the server still answers (503, so
+ * that health probes and load balancers see why) before it exits 1. */
+#define FATAL_LINGER_S 2.0
+
 /* ================= engine thread ================= */
 
-void srv_evq_free(ev_queue *q) {
-    free(q->v);
-    free(q->text);
-    memset(q, 0, sizeof *q);
-}
+/* Events and text bytes each of the two event queues holds (allocated once,
+ * at start): a full queue makes the engine thread wait for the loop's drain. */
+#define EVQ_EVENTS 4096
+#define EVQ_TEXT ((size_t)1 << 20)
 
-/* Engine thread: copy the event (its pointers are only valid during the call). */
+static void notify_loop(srv_server *s);
+
+/* Engine thread: copy the event (its pointers are only valid during the call).
+ * Never drops it while the server runs: a full queue waits for the loop
+ * (srv_evq.h), since a lost finish would leak its request for good. */
 static void on_engine_event(void *ud, const eng_event *ev) {
     srv_server *s = ud;
-    double t = ni_now();
+    const double t = ni_now();
+    for (;;) {
+        pthread_mutex_lock(&s->evq_mu);
+        int rc = srv_evq_push(&s->evq, ev, t);
+        if (rc && !atomic_load_explicit(&s->running, memory_order_acquire)) {
+            s->evq.lost++; /* stopping: nobody drains any more */
+            rc = 0;
+        }
+        pthread_mutex_unlock(&s->evq_mu);
+        notify_loop(s);
+        if (!rc) return;
+        struct timespec ts = {0, 200000}; /* 0.2 ms: rare, a burst the loop has not taken yet */
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Engine thread, before the model loads: both queues at their fixed size. */
+static int evq_alloc(srv_server *s) {
     pthread_mutex_lock(&s->evq_mu);
-    ev_queue *q = &s->evq;
-    int ok = 1;
-    if (q->n == q->cap) {
-        size_t nc = q->cap ? q->cap * 2 : 256;
-        ev_rec *p = realloc(q->v, nc * sizeof *p);
-        if (p)
-            q->v = p, q->cap = nc;
-        else
-            ok = 0;
-    }
-    size_t tl = ev->text_len > 0 ? (size_t)ev->text_len : 0;
-    if (ok && q->text_len + tl > q->text_cap) {
-        size_t nc = q->text_cap ? q->text_cap : 4096;
-        while (nc < q->text_len + tl) nc *= 2;
-        char *p = realloc(q->text, nc);
-        if (p)
-            q->text = p, q->text_cap = nc;
-        else
-            ok = 0;
-    }
-    if (ok) {
-        ev_rec *r = &q->v[q->n++];
-        r->id = ev->id;
-        r->index = ev->index;
-        r->token = ev->token;
-        r->finish = ev->finish;
-        r->error = ev->error;
-        r->n_prompt = ev->n_prompt;
-        r->n_generated = ev->n_generated;
-        r->n_cached = ev->n_cached;
-        r->t = t;
-        r->text_off = q->text_len;
-        r->text_len = (int)tl;
-        if (tl) memcpy(q->text + q->text_len, ev->text, tl);
-        q->text_len += tl;
-        r->has_lp = ev->lp != NULL;
-        if (ev->lp) r->lp = *ev->lp;
-    } else {
-        q->lost++;
-    }
+    int rc = srv_evq_alloc(&s->evq, EVQ_EVENTS, EVQ_TEXT);
+    if (!rc) rc = srv_evq_alloc(&s->evq_loop, EVQ_EVENTS, EVQ_TEXT);
     pthread_mutex_unlock(&s->evq_mu);
-    uv_async_send(&s->async);
+    return rc;
 }
 
 static void publish_stats(srv_server *s) {
@@ -120,7 +109,9 @@ void *srv_engine_main(void *arg) {
     char err[512];
     double t0 = ni_now();
     heartbeat(s);
-    int rc = mdl_load(&s->model, s->cfg.model, err, sizeof err);
+    int rc = evq_alloc(s);
+    if (rc) ni_fail(err, sizeof err, rc, "out of memory for the engine event queues");
+    if (!rc) rc = mdl_load(&s->model, s->cfg.model, err, sizeof err);
     if (!rc && !s->model.tok)
         rc = ni_fail(err, sizeof err, NI_EFORMAT, "%s: the model has no tokenizer", s->cfg.model);
     if (!rc) {
@@ -160,8 +151,20 @@ void *srv_engine_main(void *arg) {
         heartbeat(s);
         int n = eng_step(s->eng);
         publish_stats(s);
-        if (n < 0) srv_log(SRV_LOG_ERROR, "engine step failed: %s", ni_strerror(n));
-        if (n == 0) eng_wait_work(s->eng, 50);
+        const int fatal = eng_fatal_error(s->eng);
+        if (fatal && !atomic_load_explicit(&s->engine_fatal, memory_order_relaxed)) {
+            /* engine.h's policy: the device is gone; the loop drains and exits 1 */
+            srv_log(SRV_LOG_ERROR,
+                    "engine: the backend failed for good (%s: device lost or unusable); failing "
+                    "every request, draining and exiting so that the service is restarted",
+                    ni_strerror(fatal));
+            atomic_store_explicit(&s->engine_fatal, fatal, memory_order_release);
+            notify_loop(s);
+        } else if (n < 0 && !fatal) {
+            srv_log(SRV_LOG_ERROR, "engine step failed: %s (the batch's requests failed)",
+                    ni_strerror(n));
+        }
+        if (n == 0 || fatal) eng_wait_work(s->eng, 50); /* a failed engine has nothing to run */
     }
     return NULL;
 }
@@ -446,22 +449,24 @@ void srv_on_async(uv_async_t *h) {
         s->exit_code = 1;
         srv_schedule_stop(s);
     }
+    if (atomic_load_explicit(&s->engine_fatal, memory_order_acquire) && !s->fatal_seen) {
+        s->fatal_seen = 1;
+        s->exit_code = 1; /* so that systemd / Docker restart the server */
+        srv_drain(s, "engine failed", FATAL_LINGER_S);
+    }
     pthread_mutex_lock(&s->evq_mu);
     ev_queue tmp = s->evq;
     s->evq = s->evq_loop;
     s->evq_loop = tmp;
     pthread_mutex_unlock(&s->evq_mu);
     ev_queue *q = &s->evq_loop;
-    if (q->lost) {
-        srv_log(SRV_LOG_ERROR, "out of memory: %llu engine events lost",
-                (unsigned long long)q->lost);
-        q->lost = 0;
+    if (q->cut) {
+        srv_log(SRV_LOG_ERROR, "%llu engine events had text over %zu bytes: cut",
+                (unsigned long long)q->cut, q->text_cap);
+        q->cut = 0;
     }
     for (size_t i = 0; i < q->n; i++) handle_event(s, &q->v[i], q->text + q->v[i].text_off);
-    q->n = 0;
-    q->text_len = 0;
-    if (q->cap > 65536 || q->text_cap > ((size_t)16 << 20))
-        srv_evq_free(q); /* do not keep a burst's memory */
+    srv_evq_clear(q);
     if (s->need_run) srv_mhd_run(s);
     if (s->draining) srv_check_drained(s);
 }

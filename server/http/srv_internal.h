@@ -39,6 +39,7 @@
 #include "engine/model/model.h"
 #include "srv_api.h"
 #include "srv_config.h"
+#include "srv_evq.h"
 #include "srv_metrics.h"
 #include "srv_reasoning.h"
 #include "srv_util.h"
@@ -47,25 +48,6 @@
 
 enum { ST_LOADING = 0, ST_READY = 1, ST_FAILED = 2 };
 
-/* One engine event, copied on the engine thread. text lives in the queue's arena. */
-typedef struct ev_rec {
-    uint64_t id;
-    int index, token, finish, n_prompt, n_generated, n_cached;
-    int error; /* eng_event.error */
-    double t;
-    size_t text_off;
-    int text_len;
-    int has_lp;
-    smp_result lp;
-} ev_rec;
-
-typedef struct ev_queue {
-    ev_rec *v;
-    size_t n, cap;
-    char *text;
-    size_t text_len, text_cap;
-    uint64_t lost; /* events dropped for lack of memory */
-} ev_queue;
 
 typedef struct srv_server srv_server;
 typedef struct srv_conn srv_conn;
@@ -168,6 +150,8 @@ struct srv_server {
     atomic_int state; /* ST_* (release on READY) */
     atomic_int running;
     atomic_llong heartbeat_us;
+    atomic_int engine_fatal; /* eng_fatal_error once the backend failed for good, else 0 */
+    int fatal_seen;          /* loop: that failure started the drain */
     mdl_model model;
     eng_engine *eng;
     const eng_backend *backend;
@@ -197,6 +181,7 @@ struct srv_server {
     srv_metrics metrics;
     long long start_time;
     int draining, stopping, exit_code, shutdown_aborted;
+    double drain_until; /* srv_drain with linger: no stop before this ni_now() */
     int failing_streak; /* generations in a row that ended in an engine error */
     int engine_stuck;   /* shutdown gave up joining the engine thread */
     int poll_inited;
@@ -224,6 +209,13 @@ void srv_check_drained(srv_server *s);
 /* Stops the daemon on the next loop turn (never inside an MHD callback); idempotent. */
 void srv_schedule_stop(srv_server *s);
 
+/* Stops accepting connections and stops once the generations in flight are
+ * done or --shutdown-timeout passed (SIGTERM's path; why starts the log
+ * line). With linger > 0 (a failed engine) it keeps listening instead,
+ * answering every request 503, and stops after linger seconds (the
+ * generations in flight have ended with errors by then). */
+void srv_drain(srv_server *s, const char *why, double linger);
+
 /* ---- srv_engine.c ---- */
 
 /* Engine thread body (pthread start routine, arg is the srv_server): loads the
@@ -234,8 +226,6 @@ void *srv_engine_main(void *arg);
  * engine event into its generation, then runs MHD if connections were resumed. */
 void srv_on_async(uv_async_t *h);
 
-/* Frees an event queue's memory and zeroes it. */
-void srv_evq_free(ev_queue *q);
 
 /* 1 once the model is loaded and the loop has applied it (on_ready ran). */
 int srv_is_ready(srv_server *s);

@@ -744,7 +744,9 @@ static enum MHD_Result discard_body(srv_server *s, srv_conn *c, size_t n, const 
  * when a response was queued already. */
 static int early_checks(srv_server *s, srv_conn *c, const char *version) {
     if (s->draining) {
-        respond_errorf(c, 503, NULL, NULL, "the server is shutting down");
+        respond_errorf(c, 503, NULL, NULL,
+                       s->fatal_seen ? "the engine failed (see the server log); restarting"
+                                     : "the server is shutting down");
         return 1;
     }
     if (c->route == R_NONE) {

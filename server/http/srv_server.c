@@ -294,7 +294,7 @@ static void do_stop(uv_timer_t *t) {
 }
 
 void srv_check_drained(srv_server *s) {
-    if (s->draining && s->n_gen_conns == 0) srv_schedule_stop(s);
+    if (s->draining && s->n_gen_conns == 0 && ni_now() >= s->drain_until) srv_schedule_stop(s);
 }
 
 static void on_shutdown_timeout(uv_timer_t *t) {
@@ -329,10 +329,22 @@ static void on_signal(uv_signal_t *h, int signum) {
         srv_schedule_stop(s);
         return;
     }
+    srv_drain(s, strsignal(signum), 0);
+}
+
+void srv_drain(srv_server *s, const char *why, double linger) {
+    if (s->draining || s->stopping) return;
     s->draining = 1;
+    if (linger > 0) { /* listening on, answering 503, so that probes see why */
+        s->drain_until = ni_now() + linger;
+        srv_log(SRV_LOG_INFO, "%s: answering 503 for %gs, then stopping", why, linger);
+        uv_timer_start(&s->shutdown_timer, on_shutdown_timeout, (uint64_t)(linger * 1000), 0);
+        srv_check_drained(s);
+        return;
+    }
     srv_log(SRV_LOG_INFO,
             "%s: no longer accepting connections; %d requests in flight (waiting up to %gs)",
-            strsignal(signum), s->n_gen_conns, s->cfg.shutdown_timeout);
+            why, s->n_gen_conns, s->cfg.shutdown_timeout);
     if (s->mhd) {
         MHD_socket fd = MHD_quiesce_daemon(s->mhd);
         if (fd != MHD_INVALID_SOCKET) close(fd);
