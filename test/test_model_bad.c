@@ -8,7 +8,8 @@
  * test/models/tiny-llama2 copied in). The valid form of each must load; each
  * defect must be refused with a negative NI_E* code and one message line
  * naming the file and the offending key or tensor:
- *   1. a metadata value of the wrong type (rope.freq_base as a string);
+ *   1. a metadata value of the wrong type (rope.freq_base as a string or a
+ *      bool, general.architecture or tokenizer.chat_template not a string);
  *   2. tensors of a layer beyond block_count / num_hidden_layers;
  *   3. a tokenizer vocabulary that disagrees with token_embd's rows;
  *   4. a config.json architecture outside the LLaMA family;
@@ -325,6 +326,8 @@ static void test_valid_files_load(void **state) {
 
 /* ----------------------------------------------------------------- cases */
 
+static void chat_template_u32(gwriter *w) { g_u32(w, "tokenizer.chat_template", 7); }
+
 /* 1. A number stored as a string used to fall back to the default silently. */
 static void test_metadata_wrong_type(void **state) {
     (void)state;
@@ -334,6 +337,15 @@ static void test_metadata_wrong_type(void **state) {
     g = gspec_valid();
     g.eps_type = GGUF_VT_STRING;
     gguf_refused(&g, NI_EFORMAT, "'llama.attention.layer_norm_rms_epsilon'", "string");
+    g = gspec_valid(); /* gguf_get_float reads a bool as 0 / 1: true ran with theta 1 */
+    g.freq_type = GGUF_VT_BOOL;
+    gguf_refused(&g, NI_EFORMAT, "'llama.rope.freq_base' has type bool", NULL);
+    g = gspec_valid(); /* was "missing general.architecture" */
+    g.arch_type = GGUF_VT_UINT32;
+    gguf_refused(&g, NI_EFORMAT, "'general.architecture' has type uint32", NULL);
+    g = gspec_valid(); /* was no chat template, silently */
+    g.extra_kv = chat_template_u32;
+    gguf_refused(&g, NI_EFORMAT, "'tokenizer.chat_template' has type uint32", NULL);
     hspec h = hspec_valid();
     h.rope_theta = "\"500000\"";
     hf_refused(&h, NI_EFORMAT, "rope_theta", "string");

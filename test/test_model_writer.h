@@ -40,7 +40,8 @@ typedef struct gspec {
     int n_tokens;       /* tokenizer.ggml.tokens entries */
     int embd_rows;      /* token_embd.weight rows */
     int vocab_key;      /* > 0: llama.vocab_size */
-    uint32_t freq_type; /* type of llama.rope.freq_base: FLOAT32, UINT32 or STRING */
+    uint32_t arch_type; /* type of general.architecture: STRING, or UINT32 (the value 1) */
+    uint32_t freq_type; /* type of llama.rope.freq_base: FLOAT32, UINT32, STRING or BOOL */
     uint32_t eps_type;  /* type of llama.attention.layer_norm_rms_epsilon: FLOAT32 or STRING */
     uint64_t ctx_len;   /* > 0: llama.context_length as UINT64 (else UINT32 2048) */
     const char *poison; /* tensor whose element 1 becomes poison_val */
@@ -61,6 +62,7 @@ static inline gspec gspec_valid(void) {
                    .tensor_layers = 2,
                    .n_tokens = 64,
                    .embd_rows = 64,
+                   .arch_type = GGUF_VT_STRING,
                    .freq_type = GGUF_VT_FLOAT32,
                    .eps_type = GGUF_VT_FLOAT32,
                    .embd_type = GGUF_T_F32,
@@ -116,8 +118,9 @@ static inline void g_tensor(gwriter *w, const char *name, uint64_t rows, uint64_
 
 static inline void write_gguf(const gspec *s) {
     gwriter w = {.s = s};
-    g_key(&w, "general.architecture", GGUF_VT_STRING);
-    w_str(&w.kv, "llama");
+    g_key(&w, "general.architecture", s->arch_type);
+    if (s->arch_type == GGUF_VT_STRING) w_str(&w.kv, "llama");
+    else w_u32(&w.kv, 1);
     g_u32(&w, "llama.block_count", (uint32_t)s->block_count);
     g_u32(&w, "llama.embedding_length", D);
     g_u32(&w, "llama.feed_forward_length", FF);
@@ -134,6 +137,8 @@ static inline void write_gguf(const gspec *s) {
         w_str(&w.kv, "500000");
     else if (s->freq_type == GGUF_VT_UINT32)
         w_u32(&w.kv, 500000);
+    else if (s->freq_type == GGUF_VT_BOOL)
+        w_u8(&w.kv, 1);
     else
         w_f32(&w.kv, 500000.0f);
     g_key(&w, "llama.attention.layer_norm_rms_epsilon", s->eps_type);

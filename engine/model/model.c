@@ -184,7 +184,8 @@ static const char *vtype_name(uint32_t t) {
 
 /* Integer metadata "<arch>.<suffix>" in [lo, hi] into *out; when absent, dflt
  * (or an error when required). A present key of another type is an error,
- * not the default: a value the converter wrote must not be ignored. */
+ * not the default: a value the converter wrote must not be ignored. A bool
+ * is not a number here, though gguf_get_int reads it as 0 / 1. */
 static int gguf_int(loader *L, const char *arch, const char *suffix, int required, int dflt, int lo,
                     int hi, int *out) {
     char key[160];
@@ -198,7 +199,7 @@ static int gguf_int(loader *L, const char *arch, const char *suffix, int require
         return 0;
     }
     int64_t v;
-    if (gguf_get_int(&L->g, key, &v) != 0) {
+    if (kv->type == GGUF_VT_BOOL || gguf_get_int(&L->g, key, &v) != 0) {
         if (kv->type == GGUF_VT_UINT64) /* the one integer gguf_get_int cannot hold */
             return ni_fail(L->err, L->errlen, NI_EFORMAT,
                            "%s: metadata '%s' is %llu, out of range [%d, %d]", L->path, key,
@@ -216,7 +217,8 @@ static int gguf_int(loader *L, const char *arch, const char *suffix, int require
 }
 
 /* Numeric metadata "<arch>.<suffix>" into *out, dflt when absent; any other
- * type is an error (a freq_base stored as a string once ran with 10000). */
+ * type, bool included, is an error (a freq_base stored as a string once ran
+ * with 10000; as the bool true it would run with 1). */
 static int gguf_flt(loader *L, const char *arch, const char *suffix, float dflt, float *out) {
     char key[160];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
@@ -224,7 +226,7 @@ static int gguf_flt(loader *L, const char *arch, const char *suffix, float dflt,
     double v;
     if (!kv)
         v = dflt;
-    else if (gguf_get_float(&L->g, key, &v) != 0)
+    else if (kv->type == GGUF_VT_BOOL || gguf_get_float(&L->g, key, &v) != 0)
         return ni_fail(L->err, L->errlen, NI_EFORMAT,
                        "%s: metadata '%s' has type %s, expected a number", L->path, key,
                        vtype_name(kv->type));
@@ -234,9 +236,14 @@ static int gguf_flt(loader *L, const char *arch, const char *suffix, float dflt,
 
 static int config_from_gguf(loader *L, mdl_config *c) {
     gguf_str a;
-    if (gguf_get_str(&L->g, "general.architecture", &a))
+    const gguf_kv *akv = gguf_find(&L->g, "general.architecture");
+    if (!akv)
         return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: missing general.architecture",
                        L->path);
+    if (gguf_get_str(&L->g, "general.architecture", &a))
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: metadata 'general.architecture' has type %s, expected a string",
+                       L->path, vtype_name(akv->type));
     char arch[32];
     if (gguf_str_eq(a, "llama")) {
         c->arch = MDL_ARCH_LLAMA;
@@ -904,6 +911,11 @@ int mdl_load(mdl_model *m, const char *path, char *err, size_t errlen) {
     if (L.is_gguf) {
         rc = tok_load_gguf(&m->tok, &L.g, err, errlen);
         gguf_str ct;
+        const gguf_kv *ctk = gguf_find(&L.g, "tokenizer.chat_template");
+        if (!rc && ctk && ctk->type != GGUF_VT_STRING) /* not "no template": a broken one */
+            rc = ni_fail(err, errlen, NI_EFORMAT,
+                         "%s: metadata 'tokenizer.chat_template' has type %s, expected a string",
+                         path, vtype_name(ctk->type));
         if (!rc && gguf_get_str(&L.g, "tokenizer.chat_template", &ct) == 0 &&
             ct.len < (1u << 20))
             m->chat_template = strndup(ct.ptr, ct.len);
