@@ -8,7 +8,8 @@
  * test/models/tiny-llama2 copied in). The valid form of each must load; each
  * defect must be refused with a negative NI_E* code and one message line
  * naming the file and the offending key or tensor:
- *   1. a metadata value of the wrong type (rope.freq_base as a string);
+ *   1. a metadata value of the wrong type (rope.freq_base as a string or a
+ *      bool, general.architecture or tokenizer.chat_template not a string);
  *   2. tensors of a layer beyond block_count / num_hidden_layers;
  *   3. a tokenizer vocabulary that disagrees with token_embd's rows;
  *   4. a config.json architecture outside the LLaMA family;
@@ -16,7 +17,12 @@
  *   6. NaN / Inf in a norm weight;
  *   7. a safetensors header one byte short or long, misaligned, overlapping,
  *      all-zero, gapped or trailing tensor data; GGUF misaligned, overlapping
- *      and all-zero tensor offsets.
+ *      and all-zero tensor offsets, gaps, bytes left after the last tensor;
+ *   8. a general.alignment the data does not follow (alignment 1 over data
+ *      padded to 32: every weight read shifted); alignment 1 or 8 with data
+ *      laid out for it loads, with the same weights;
+ *   9. token_embd's type id changed without its data (F32 bytes called F16
+ *      or BF16); real F16 / BF16 embeddings load, with the same weights.
  * The refusal lines are printed, so a run shows what a user would read.
  */
 #include <setjmp.h>
@@ -320,6 +326,8 @@ static void test_valid_files_load(void **state) {
 
 /* ----------------------------------------------------------------- cases */
 
+static void chat_template_u32(gwriter *w) { g_u32(w, "tokenizer.chat_template", 7); }
+
 /* 1. A number stored as a string used to fall back to the default silently. */
 static void test_metadata_wrong_type(void **state) {
     (void)state;
@@ -329,6 +337,15 @@ static void test_metadata_wrong_type(void **state) {
     g = gspec_valid();
     g.eps_type = GGUF_VT_STRING;
     gguf_refused(&g, NI_EFORMAT, "'llama.attention.layer_norm_rms_epsilon'", "string");
+    g = gspec_valid(); /* gguf_get_float reads a bool as 0 / 1: true ran with theta 1 */
+    g.freq_type = GGUF_VT_BOOL;
+    gguf_refused(&g, NI_EFORMAT, "'llama.rope.freq_base' has type bool", NULL);
+    g = gspec_valid(); /* was "missing general.architecture" */
+    g.arch_type = GGUF_VT_UINT32;
+    gguf_refused(&g, NI_EFORMAT, "'general.architecture' has type uint32", NULL);
+    g = gspec_valid(); /* was no chat template, silently */
+    g.extra_kv = chat_template_u32;
+    gguf_refused(&g, NI_EFORMAT, "'tokenizer.chat_template' has type uint32", NULL);
     hspec h = hspec_valid();
     h.rope_theta = "\"500000\"";
     hf_refused(&h, NI_EFORMAT, "rope_theta", "string");
@@ -474,6 +491,82 @@ static void test_gguf_offsets(void **state) {
     gguf_refused(&g, NI_EFORMAT, "'output_norm.weight'", "overlap");
     g.offsets = OFF_ZERO;
     gguf_refused(&g, NI_EFORMAT, "overlap", NULL);
+    /* bytes no tensor accounts for: between two tensors, before the first,
+     * after the last (its padding to the alignment is allowed) */
+    g.offsets = OFF_GAP;
+    gguf_refused(&g, NI_EFORMAT, "32 unused bytes between tensors 'token_embd.weight'",
+                 "'output_norm.weight'");
+    g.offsets = OFF_FIRST_NOT_0;
+    gguf_refused(&g, NI_EFORMAT, "first tensor 'token_embd.weight'", "offset 32");
+    g = gspec_valid();
+    g.trailing = 8;
+    gguf_refused(&g, NI_EFORMAT, "8 bytes after the last tensor 'blk.1.ffn_down.weight'", NULL);
+}
+
+/* The weights of m equal those of gspec_valid(): what a file laid out
+ * differently, or stored in another type, must load to. */
+static void expect_valid_weights(const mdl_model *m) {
+    assert_int_equal(m->cfg.n_layers, 2);
+    for (uint64_t k = 0; k < 64ull * D; k++)
+        if (m->w.tok_embd[k] != weight(0, k))
+            fail_msg("token_embd[%llu] = %g, want %g", (unsigned long long)k,
+                     (double)m->w.tok_embd[k], (double)weight(0, k));
+    for (uint64_t k = 0; k < (uint64_t)FF * D; k++) /* the last tensor: blk.1.ffn_down */
+        if (m->w.layers[1].w_down[k] != weight(19, k))
+            fail_msg("blk.1.ffn_down[%llu] = %g, want %g", (unsigned long long)k,
+                     (double)m->w.layers[1].w_down[k], (double)weight(19, k));
+    assert_true(m->w.out_norm[0] == 1.0f && m->w.layers[1].ffn_norm[D - 1] == 1.0f);
+}
+
+/* 8. general.alignment decides where the data starts. The GGUF spec asks
+ * for a multiple of 8, llama.cpp (and gguf_open) take any power of two, and
+ * the tensors are read bytewise, so 1 is readable; what must not load is an
+ * alignment the writer did not pad for (the probe set 1 in a file padded to
+ * 32: the data section then starts up to 31 bytes early, every weight is read
+ * shifted, and garbage or NaN came out of generate). */
+static void test_gguf_alignment(void **state) {
+    (void)state;
+    mdl_model m;
+    static const uint32_t ok[] = {1, 8, 32, 64};
+    for (size_t i = 0; i < NI_ARRAY_LEN(ok); i++) {
+        gspec g = gspec_valid();
+        g.align = g.data_align = ok[i];
+        write_gguf(&g);
+        expect_load(g_path, &m);
+        expect_valid_weights(&m);
+        mdl_free(&m);
+    }
+    gspec g = gspec_valid();
+    g.align = 1; /* over data padded to 32 */
+    gguf_refused(&g, NI_EFORMAT, "general.alignment 1", "after the last tensor");
+    g.align = 8;
+    gguf_refused(&g, NI_EFORMAT, "general.alignment 8", "after the last tensor");
+}
+
+/* 9. F16 and BF16 embeddings are legal (and load exactly: the test weights
+ * are multiples of 1/64); the probe's files changed the type id alone. */
+static void test_embedding_types(void **state) {
+    (void)state;
+    mdl_model m;
+    static const uint32_t types[] = {GGUF_T_F16, GGUF_T_BF16};
+    for (size_t i = 0; i < NI_ARRAY_LEN(types); i++) {
+        gspec g = gspec_valid();
+        g.embd_type = types[i];
+        write_gguf(&g);
+        expect_load(g_path, &m);
+        expect_valid_weights(&m);
+        mdl_free(&m);
+        /* F32 data recorded as F16 / BF16: half its bytes are read, the rest
+         * is a gap before the next tensor */
+        g = gspec_valid();
+        g.embd_claim = (int)types[i];
+        gguf_refused(&g, NI_EFORMAT, "'token_embd.weight'", "gap");
+        /* F16 data recorded as F32: twice its bytes, into the next tensor */
+        g = gspec_valid();
+        g.embd_type = types[i];
+        g.embd_claim = GGUF_T_F32;
+        gguf_refused(&g, NI_EFORMAT, "'token_embd.weight'", "overlap");
+    }
 }
 
 int main(void) {
@@ -488,6 +581,8 @@ int main(void) {
         cmocka_unit_test(test_safetensors_header),
         cmocka_unit_test(test_safetensors_offsets),
         cmocka_unit_test(test_gguf_offsets),
+        cmocka_unit_test(test_gguf_alignment),
+        cmocka_unit_test(test_embedding_types),
     };
     tu_filters();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -8,8 +8,9 @@
  *      FP32 arena (so an error is reported before any big allocation);
  *   3. dequantize every tensor into the arena (parallel over tensors).
  * Step 2 also checks what no single tensor shows: tensors of layers past the
- * layer count, GGUF tensors sharing bytes, a GGUF vocabulary whose size is
- * not the embedding's row count; step 3 refuses NaN / Inf in norm weights.
+ * layer count, GGUF tensors that do not tile the data section (shared
+ * bytes, gaps, bytes left at the end), a GGUF vocabulary whose size is not
+ * the embedding's row count; step 3 refuses NaN / Inf in norm weights.
  * Tensor views are resolved through a small `src_tensor` abstraction so the
  * plan/fill code is shared by both formats. Nothing is read from the mapping
  * before its bounds were validated by gguf.c / safetensors.c.
@@ -183,7 +184,8 @@ static const char *vtype_name(uint32_t t) {
 
 /* Integer metadata "<arch>.<suffix>" in [lo, hi] into *out; when absent, dflt
  * (or an error when required). A present key of another type is an error,
- * not the default: a value the converter wrote must not be ignored. */
+ * not the default: a value the converter wrote must not be ignored. A bool
+ * is not a number here, though gguf_get_int reads it as 0 / 1. */
 static int gguf_int(loader *L, const char *arch, const char *suffix, int required, int dflt, int lo,
                     int hi, int *out) {
     char key[160];
@@ -197,7 +199,7 @@ static int gguf_int(loader *L, const char *arch, const char *suffix, int require
         return 0;
     }
     int64_t v;
-    if (gguf_get_int(&L->g, key, &v) != 0) {
+    if (kv->type == GGUF_VT_BOOL || gguf_get_int(&L->g, key, &v) != 0) {
         if (kv->type == GGUF_VT_UINT64) /* the one integer gguf_get_int cannot hold */
             return ni_fail(L->err, L->errlen, NI_EFORMAT,
                            "%s: metadata '%s' is %llu, out of range [%d, %d]", L->path, key,
@@ -215,7 +217,8 @@ static int gguf_int(loader *L, const char *arch, const char *suffix, int require
 }
 
 /* Numeric metadata "<arch>.<suffix>" into *out, dflt when absent; any other
- * type is an error (a freq_base stored as a string once ran with 10000). */
+ * type, bool included, is an error (a freq_base stored as a string once ran
+ * with 10000; as the bool true it would run with 1). */
 static int gguf_flt(loader *L, const char *arch, const char *suffix, float dflt, float *out) {
     char key[160];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
@@ -223,7 +226,7 @@ static int gguf_flt(loader *L, const char *arch, const char *suffix, float dflt,
     double v;
     if (!kv)
         v = dflt;
-    else if (gguf_get_float(&L->g, key, &v) != 0)
+    else if (kv->type == GGUF_VT_BOOL || gguf_get_float(&L->g, key, &v) != 0)
         return ni_fail(L->err, L->errlen, NI_EFORMAT,
                        "%s: metadata '%s' has type %s, expected a number", L->path, key,
                        vtype_name(kv->type));
@@ -233,9 +236,14 @@ static int gguf_flt(loader *L, const char *arch, const char *suffix, float dflt,
 
 static int config_from_gguf(loader *L, mdl_config *c) {
     gguf_str a;
-    if (gguf_get_str(&L->g, "general.architecture", &a))
+    const gguf_kv *akv = gguf_find(&L->g, "general.architecture");
+    if (!akv)
         return ni_fail(L->err, L->errlen, NI_EFORMAT, "%s: missing general.architecture",
                        L->path);
+    if (gguf_get_str(&L->g, "general.architecture", &a))
+        return ni_fail(L->err, L->errlen, NI_EFORMAT,
+                       "%s: metadata 'general.architecture' has type %s, expected a string",
+                       L->path, vtype_name(akv->type));
     char arch[32];
     if (gguf_str_eq(a, "llama")) {
         c->arch = MDL_ARCH_LLAMA;
@@ -650,31 +658,69 @@ static int tensor_off_cmp(const void *a, const void *b) {
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
-/* gguf_open lets tensors share bytes (a reader need not care), but in a
- * model file that means wrong offsets: ggml writes tensors one after the
- * other, and weights read from shared bytes alias each other (offsets all
- * zero make every tensor a view of the first). Sorted: O(n log n). */
-static int check_gguf_overlap(loader *L) {
-    uint64_t n = L->g.n_tensors;
-    if (n < 2) return 0;
+/* printf arguments of a GGUF tensor name under "%.*s" (at most 200 bytes). */
+#define TNAME(t) (int)NI_MIN((t)->name.len, 200), (t)->name.ptr
+
+/* gguf_open checks each tensor on its own (aligned, inside the file), so a
+ * reader may share bytes between tensors; a model file must not. ggml and
+ * gguf-py write the tensors one after the other, each padded to the
+ * alignment, and llama.cpp refuses any other offset. So, in offset order,
+ * the tensors must tile the data section: the first at 0, each next one at
+ * the end of the previous one rounded up to general.alignment, and the file
+ * must end within that padding after the last one. What this catches,
+ * beyond bounds: offsets all zero or overlapping (weights aliasing each
+ * other), a tensor type id changed without its data (F32 bytes read as F16
+ * leave a gap, Q4_1 bytes read as F16 overlap the next tensor), and a
+ * general.alignment that does not match the padding the writer used (the
+ * data section then starts where the writer did not put it and every
+ * weight is read shifted: here the tensors still tile, but bytes are left
+ * over at the end). Sorted: O(n log n). */
+static int check_gguf_layout(loader *L) {
+    uint64_t n = L->g.n_tensors, a = L->g.alignment;
+    if (n < 1) return 0;
     const gguf_tensor **v = malloc(n * sizeof(*v));
     if (!v) return ni_fail(L->err, L->errlen, NI_ENOMEM, "%s: out of memory", L->path);
     for (uint64_t i = 0; i < n; i++) v[i] = &L->g.tensors[i];
     qsort(v, n, sizeof(*v), tensor_off_cmp);
     int rc = 0;
+    if (v[0]->offset != 0)
+        rc = ni_fail(L->err, L->errlen, NI_EFORMAT,
+                     "%s: the first tensor '%.*s' starts at data offset %llu, not 0 (wrong tensor "
+                     "offsets)",
+                     L->path, TNAME(v[0]), (unsigned long long)v[0]->offset);
     for (uint64_t i = 1; i < n && !rc; i++) {
-        const gguf_tensor *a = v[i - 1], *b = v[i];
-        if (b->offset - a->offset < a->nbytes)
+        const gguf_tensor *p = v[i - 1], *t = v[i];
+        /* gguf_open placed both inside the file: no sum below can wrap */
+        uint64_t end = p->offset + p->nbytes, next = (end + a - 1) / a * a;
+        if (t->offset < end)
             rc = ni_fail(L->err, L->errlen, NI_EFORMAT,
-                         "%s: tensors '%.*s' (offset %llu, %llu bytes) and '%.*s' (offset %llu) "
-                         "overlap",
-                         L->path, (int)NI_MIN(a->name.len, 200), a->name.ptr,
-                         (unsigned long long)a->offset, (unsigned long long)a->nbytes,
-                         (int)NI_MIN(b->name.len, 200), b->name.ptr, (unsigned long long)b->offset);
+                         "%s: tensors '%.*s' (offset %llu, %llu bytes of %s) and '%.*s' (offset "
+                         "%llu) overlap",
+                         L->path, TNAME(p), (unsigned long long)p->offset,
+                         (unsigned long long)p->nbytes, gguf_type_name(p->type), TNAME(t),
+                         (unsigned long long)t->offset);
+        else if (t->offset > next)
+            rc = ni_fail(L->err, L->errlen, NI_EFORMAT,
+                         "%s: %llu unused bytes between tensors '%.*s' (offset %llu, %llu bytes of "
+                         "%s) and '%.*s' (offset %llu): a gap (wrong offsets, or a wrong tensor "
+                         "type)",
+                         L->path, (unsigned long long)(t->offset - end), TNAME(p),
+                         (unsigned long long)p->offset, (unsigned long long)p->nbytes,
+                         gguf_type_name(p->type), TNAME(t), (unsigned long long)t->offset);
     }
+    const gguf_tensor *last = v[n - 1];
+    uint64_t end = last->offset + last->nbytes, pad = (end + a - 1) / a * a - end,
+             left = L->g.size - L->g.data_offset - end;
+    if (!rc && left > pad)
+        rc = ni_fail(L->err, L->errlen, NI_EFORMAT,
+                     "%s: %llu bytes after the last tensor '%.*s' that no tensor accounts for "
+                     "(general.alignment %llu does not match the file's padding, or the tensor "
+                     "offsets are wrong)",
+                     L->path, (unsigned long long)left, TNAME(last), (unsigned long long)a);
     free(v);
     return rc;
 }
+#undef TNAME
 
 static int plan_weights(loader *L, mdl_model *m) {
     const mdl_config *c = &m->cfg;
@@ -686,7 +732,7 @@ static int plan_weights(loader *L, mdl_model *m) {
     if (!w->layers) return ni_fail(L->err, L->errlen, NI_ENOMEM, "%s: out of memory", L->path);
     const int G = L->is_gguf;
     int rc = check_layer_count(L, c);
-    if (!rc && G) rc = check_gguf_overlap(L);
+    if (!rc && G) rc = check_gguf_layout(L);
     if (rc) return rc;
 #define P(dst, name, r, cc) \
     if ((rc = plan(L, dst, name, r, cc, 0))) return rc
@@ -865,6 +911,11 @@ int mdl_load(mdl_model *m, const char *path, char *err, size_t errlen) {
     if (L.is_gguf) {
         rc = tok_load_gguf(&m->tok, &L.g, err, errlen);
         gguf_str ct;
+        const gguf_kv *ctk = gguf_find(&L.g, "tokenizer.chat_template");
+        if (!rc && ctk && ctk->type != GGUF_VT_STRING) /* not "no template": a broken one */
+            rc = ni_fail(err, errlen, NI_EFORMAT,
+                         "%s: metadata 'tokenizer.chat_template' has type %s, expected a string",
+                         path, vtype_name(ctk->type));
         if (!rc && gguf_get_str(&L.g, "tokenizer.chat_template", &ct) == 0 &&
             ct.len < (1u << 20))
             m->chat_template = strndup(ct.ptr, ct.len);

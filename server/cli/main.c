@@ -150,9 +150,10 @@ typedef struct gen_state {
     const tok_tokenizer *tok;
     int print_ids;
     int finish;
+    int error; /* the NI_E* code of an ENG_FINISH_ERROR event */
     int n_gen;
     int32_t first_tok;
-    double t_first;
+    double t_first; /* when the first token came; unset (0) while n_gen == 0 */
 } gen_state;
 
 static void gen_on_event(void *ud, const eng_event *ev) {
@@ -168,6 +169,7 @@ static void gen_on_event(void *ud, const eng_event *ev) {
     }
     fflush(stdout);
     if (ev->finish) g->finish = ev->finish;
+    if (ev->finish == ENG_FINISH_ERROR) g->error = ev->error;
 }
 
 /* The command line of `nanoinfer generate`. */
@@ -334,15 +336,27 @@ static int cmd_generate(int argc, char **argv) {
     }
     double t1 = ni_now();
     printf("\n");
-    if (rc < 0) fprintf(stderr, "error: forward failed: %s\n", ni_strerror(rc));
-    fprintf(stderr,
-            "[%d prompt tokens, prefill %.1f ms (%.1f tok/s); %d generated, decode %.2f tok/s]\n",
-            n_prompt, (g.t_first - t0) * 1e3, n_prompt / (g.t_first - t0), g.n_gen,
-            g.n_gen > 1 ? (g.n_gen - 1) / (t1 - g.t_first) : 0.0);
+    int failed = rc < 0 || g.finish == ENG_FINISH_ERROR;
+    if (failed) {
+        int code = rc < 0 ? rc : g.error;
+        fprintf(stderr, "error: generation failed after %d tokens: %s%s\n", g.n_gen,
+                ni_strerror(code),
+                code == NI_ERANGE ? " (no finite logit: NaN/Inf in the model's output; check the "
+                                    "weights)"
+                                  : "");
+    } else if (g.n_gen > 0) {
+        /* t_first is set by the first token only: with none there is no
+         * prefill time to print (it read as minus the uptime) */
+        fprintf(stderr,
+                "[%d prompt tokens, prefill %.1f ms (%.1f tok/s); %d generated, decode %.2f "
+                "tok/s]\n",
+                n_prompt, (g.t_first - t0) * 1e3, n_prompt / (g.t_first - t0), g.n_gen,
+                g.n_gen > 1 ? (g.n_gen - 1) / (t1 - g.t_first) : 0.0);
+    }
     eng_free(e);
     free(ids);
     mdl_free(&m);
-    return rc < 0 || g.finish == ENG_FINISH_ERROR ? 1 : 0;
+    return failed;
 }
 
 /* OpenBLAS picks its kernels and OpenMP its idle policy from the environment
