@@ -41,8 +41,10 @@
  * reads them. Items with n_q == 0 (decode-graph padding) read and write
  * nothing in either kernel.
  *
- * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 64 or
- * 128, 16-byte aligned caches (every row is then 16-byte aligned). Static
+ * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 16, 32,
+ * 64 or 128 (a row is 1..32 16-byte columns and 32 lanes divide evenly; the
+ * tiny test models have 16 and 32), 16-byte aligned caches (every row is
+ * then 16-byte aligned). Static
  * shared memory <= 26 KB; __launch_bounds__(128, 3) keeps three blocks (12
  * warps, each with 16 16-byte loads in flight) per SM.
  */
@@ -319,7 +321,8 @@ __global__ void __launch_bounds__(DT) k_att_dcombine(cu_att_args a) {
 }
 
 int cu_att_decode_ok(const cu_att_args *a) {
-    return g_enabled && a->max_nq == 1 && (a->hd == 64 || a->hd == 128) &&
+    return g_enabled && a->max_nq == 1 &&
+           (a->hd == 16 || a->hd == 32 || a->hd == 64 || a->hd == 128) &&
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }
 
@@ -352,7 +355,18 @@ int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {
         a->n_heads / a->n_kv > CU_ATT_ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
     if (a->n_items <= 0) return 0;
-    if (dtype == CU_DTYPE_FP32)
-        return a->hd == 64 ? launch_hd<float, 64>(st, a) : launch_hd<float, 128>(st, a);
-    return a->hd == 64 ? launch_hd<cu_bf16, 64>(st, a) : launch_hd<cu_bf16, 128>(st, a);
+    if (dtype == CU_DTYPE_FP32) {
+        switch (a->hd) {
+        case 16: return launch_hd<float, 16>(st, a);
+        case 32: return launch_hd<float, 32>(st, a);
+        case 64: return launch_hd<float, 64>(st, a);
+        default: return launch_hd<float, 128>(st, a);
+        }
+    }
+    switch (a->hd) {
+    case 16: return launch_hd<cu_bf16, 16>(st, a);
+    case 32: return launch_hd<cu_bf16, 32>(st, a);
+    case 64: return launch_hd<cu_bf16, 64>(st, a);
+    default: return launch_hd<cu_bf16, 128>(st, a);
+    }
 }
