@@ -121,14 +121,6 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     const int k1 = min(n_ctx, k0 + per * CU_ATT_TILE);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 
-    const float qscale = 1.4426950408889634f / sqrtf((float)HD);
-    const float *qg = a.q + (size_t)it.tok0 * a.ldq + (size_t)(kvh * G + r0) * HD;
-    for (int e = tid; e < R * HD; e += DT) {
-        const int r = e / HD, d = e % HD;
-        qs[r][(d / QW) * QP + d % QW] = r < nr ? qg[(size_t)r * HD + d] * qscale : 0.0f;
-    }
-    __syncthreads();
-
     const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
     const int bs = a.block_size;
     const size_t kvd = (size_t)a.n_kv * HD;
@@ -136,6 +128,18 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     const T *vc = (const T *)a.v_cache + (size_t)kvh * HD;
     const int kl = lane / P, kp = lane % P;     /* q . k: key in the chunk, part of its row */
     const int kg = lane / NCH, dc = lane % NCH; /* P V: key group, 16-byte column */
+    /* the first chunk's table entry is in flight while q is staged */
+    int c0 = k0 + w * CK;
+    int key = c0 + kl;
+    int slot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
+
+    const float qscale = 1.4426950408889634f / sqrtf((float)HD);
+    const float *qg = a.q + (size_t)it.tok0 * a.ldq + (size_t)(kvh * G + r0) * HD;
+    for (int e = tid; e < R * HD; e += DT) {
+        const int r = e / HD, d = e % HD;
+        qs[r][(d / QW) * QP + d % QW] = r < nr ? qg[(size_t)r * HD + d] * qscale : 0.0f;
+    }
+    __syncthreads();
 
     float m[R], l[R], acc[R][VE];
 #pragma unroll
@@ -146,9 +150,6 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
         for (int e = 0; e < VE; e++) acc[r][e] = 0.0f;
     }
 
-    int c0 = k0 + w * CK;
-    int key = c0 + kl;
-    int slot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
     for (; c0 < k1; c0 += DW * CK) {
         const bool kval = key < k1;
         uint4 kr[NK], vr[NV];
