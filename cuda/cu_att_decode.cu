@@ -32,13 +32,16 @@
  * of the partial workspace (the k_attention layout: slot (item, split), kv
  * head, row = the query head's index in its group; M in log2 units).
  *
- * Split-K: keys are partitioned among splits in CU_ATT_TILE-key tiles with
- * exactly k_attention's rule (per = ceil(tiles / n_splits)), so the split
- * factor the decode graphs fix at capture (cu_att_choose_splits on max_pos)
- * leaves the extra splits of short contexts empty: such a block exits at
- * once and writes nothing, and k_att_dcombine, which recomputes the number
- * of non-empty splits ceil(tiles / per) from the item's own length, never
- * reads them. Items with n_q == 0 (decode-graph padding) read and write
+ * Split-K: keys are partitioned among splits in CU_ATT_TILE-key tiles,
+ * per = max(ceil(tiles / n_splits), 4) tiles per split (k_attention's rule,
+ * but at least one 32-key chunk per warp: fewer partials to merge, no idle
+ * warps), so the split factor the decode graphs fix at capture
+ * (cu_att_choose_splits on max_pos) leaves the extra splits of short contexts
+ * empty: such a block exits at once and writes nothing, and k_att_dcombine,
+ * which recomputes the number of non-empty splits ceil(tiles / per) from the
+ * item's own length, never reads them. The combine computes each row's split
+ * weights once (a warp per row, lanes over splits, in shared memory), then
+ * sums each element over the splits with 8 loads in flight. Items with n_q == 0 (decode-graph padding) read and write
  * nothing in either kernel.
  *
  * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 16, 32,
@@ -55,6 +58,12 @@
 #define DT 128
 #define DW (DT / 32)
 #define FULL 0xffffffffu
+/* the combine: threads per block, split weights kept in shared memory */
+#define CT 256
+#define CMAX 8192
+/* Fewest key tiles per split: one 32-key chunk per warp (fewer splits to merge
+ * at short contexts, no warp left idle by a 1-tile split). */
+#define MIN_TILES DW
 
 /* Benchmarks only (cu_att_decode_enable): 0 sends decode batches to k_attention. */
 static int g_enabled = 1;
@@ -84,10 +93,12 @@ template <> struct dvec<cu_bf16> {
     }
 };
 
-/* Non-empty splits of an item with n_ctx keys: the first ceil(tiles / per). */
+/* Key tiles per split of an item with n_ctx keys: ceil(tiles / n_splits), at
+ * least MIN_TILES; the non-empty splits are the first ceil(tiles / per). */
 __device__ __forceinline__ int dec_per(int n_ctx, int n_splits) {
     const int tiles = (n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE;
-    return (tiles + n_splits - 1) / n_splits;
+    const int per = (tiles + n_splits - 1) / n_splits;
+    return per > MIN_TILES ? per : MIN_TILES;
 }
 
 template <typename T, int R, int HD>
@@ -293,31 +304,61 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     }
 }
 
-/* Merges the non-empty splits of each (item, kv head): out = sum O 2^(M_z - M)
- * / sum L 2^(M_z - M) per row. */
+/* Merges the non-empty splits of each (item, kv head): out = sum_z O_z w_z with
+ * w_z = 2^(M_z - M) / sum_z L_z 2^(M_z - M) per row. Block (item, kv head,
+ * CT-element slice of the [G][hd] rows): a warp per row first computes the
+ * weights of every split into shared memory (lanes over splits), then each
+ * thread sums one element over the splits, 8 independent loads in flight
+ * (the partials were just written: L2 hits). So the latency is ~nz / 8 L2
+ * round trips, not nz per element and pass. More than CMAX weights (only
+ * with a forced split factor far above the backend's 64): per element. */
 template <typename T>
-__global__ void __launch_bounds__(DT) k_att_dcombine(cu_att_args a) {
+__global__ void __launch_bounds__(CT) k_att_dcombine(cu_att_args a) {
+    __shared__ float wz[CMAX]; /* [nz][G] */
     const cu_att_item it = a.items[blockIdx.x];
     if (it.n_q <= 0) return;
     const int kvh = blockIdx.y, hd = a.hd, G = a.n_heads / a.n_kv, qd = a.n_heads * hd;
+    const int e0 = blockIdx.z * CT;
+    if (e0 >= G * hd) return;
     const int n_ctx = it.pos_first + 1;
     const int per = dec_per(n_ctx, a.n_splits);
     const int nz = ((n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE + per - 1) / per;
     const size_t slot_floats = (size_t)CU_ATT_ROWS * (hd + 2);
     const float *base = a.part + ((size_t)blockIdx.x * a.n_splits * a.n_kv + kvh) * slot_floats;
     const size_t zstride = (size_t)a.n_kv * slot_floats; /* next split of the same item */
-    const float *ml = base + (size_t)CU_ATT_ROWS * hd;
-    for (int e = threadIdx.x; e < G * hd; e += DT) {
-        const int r = e / hd, d = e - r * hd;
+    const float *ml = base + (size_t)CU_ATT_ROWS * hd;   /* (M, L) pairs per row */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int e = e0 + tid, r = e / hd;
+    T *out = (T *)a.out + (size_t)it.tok0 * qd + (size_t)kvh * G * hd;
+    if (nz * G <= CMAX) {
+        const int rlo = e0 / hd, rhi = min(G, (e0 + CT - 1) / hd + 1); /* rows of this slice */
+        for (int rr = rlo + warp; rr < rhi; rr += CT / 32) {
+            float M = -INFINITY, L = 0.0f;
+            for (int z = lane; z < nz; z += 32) M = fmaxf(M, ml[z * zstride + 2 * rr]);
+            M = cu_warp_max(M);
+            for (int z = lane; z < nz; z += 32)
+                L = fmaf(ml[z * zstride + 2 * rr + 1], exp2f(ml[z * zstride + 2 * rr] - M), L);
+            L = cu_warp_sum(L);
+            for (int z = lane; z < nz; z += 32)
+                wz[z * G + rr] = exp2f(ml[z * zstride + 2 * rr] - M) / L;
+        }
+        __syncthreads();
+        if (e < G * hd) {
+            float O = 0.0f;
+#pragma unroll 8
+            for (int z = 0; z < nz; z++) O = fmaf(wz[z * G + r], base[z * zstride + e], O);
+            out[e] = cu_fromf<T>(O);
+        }
+    } else if (e < G * hd) {
         float M = -INFINITY;
         for (int z = 0; z < nz; z++) M = fmaxf(M, ml[z * zstride + 2 * r]);
         float L = 0.0f, O = 0.0f;
         for (int z = 0; z < nz; z++) {
             const float f = exp2f(ml[z * zstride + 2 * r] - M);
             L = fmaf(ml[z * zstride + 2 * r + 1], f, L);
-            O = fmaf(base[z * zstride + (size_t)r * hd + d], f, O);
+            O = fmaf(base[z * zstride + e], f, O);
         }
-        ((T *)a.out)[(size_t)it.tok0 * qd + (size_t)(kvh * G + r) * hd + d] = cu_fromf<T>(O / L);
+        out[e] = cu_fromf<T>(O / L);
     }
 }
 
@@ -334,7 +375,9 @@ static int launch_dec(cudaStream_t st, const cu_att_args *a) {
     k_att_decode<T, R, HD><<<grid, DT, 0, st>>>(*a);
     CU_LAUNCH_CHECK(st);
     if (a->n_splits > 1) {
-        k_att_dcombine<T><<<dim3((unsigned)a->n_items, (unsigned)a->n_kv), DT, 0, st>>>(*a);
+        const unsigned slices = (unsigned)((G * a->hd + CT - 1) / CT);
+        const dim3 cgrid((unsigned)a->n_items, (unsigned)a->n_kv, slices);
+        k_att_dcombine<T><<<cgrid, CT, 0, st>>>(*a);
         CU_LAUNCH_CHECK(st);
     }
     return 0;
