@@ -32,17 +32,22 @@
  * of the partial workspace (the k_attention layout: slot (item, split), kv
  * head, row = the query head's index in its group; M in log2 units).
  *
- * Split-K: keys are partitioned among splits in CU_ATT_TILE-key tiles with
- * exactly k_attention's rule (per = ceil(tiles / n_splits)), so the split
- * factor the decode graphs fix at capture (cu_att_choose_splits on max_pos)
- * leaves the extra splits of short contexts empty: such a block exits at
- * once and writes nothing, and k_att_dcombine, which recomputes the number
- * of non-empty splits ceil(tiles / per) from the item's own length, never
- * reads them. Items with n_q == 0 (decode-graph padding) read and write
+ * Split-K: keys are partitioned among splits in CU_ATT_TILE-key tiles,
+ * per = max(ceil(tiles / n_splits), 4) tiles per split (k_attention's rule,
+ * but at least one 32-key chunk per warp: fewer partials to merge, no idle
+ * warps), so the split factor the decode graphs fix at capture
+ * (cu_att_choose_splits on max_pos) leaves the extra splits of short contexts
+ * empty: such a block exits at once and writes nothing, and k_att_dcombine,
+ * which recomputes the number of non-empty splits ceil(tiles / per) from the
+ * item's own length, never reads them. The combine computes each row's split
+ * weights once (a warp per row, lanes over splits, in shared memory), then
+ * sums each element over the splits with 8 loads in flight. Items with n_q == 0 (decode-graph padding) read and write
  * nothing in either kernel.
  *
- * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 64 or
- * 128, 16-byte aligned caches (every row is then 16-byte aligned). Static
+ * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 16, 32,
+ * 64 or 128 (a row is 1..32 16-byte columns and 32 lanes divide evenly; the
+ * tiny test models have 16 and 32), 16-byte aligned caches (every row is
+ * then 16-byte aligned). Static
  * shared memory <= 26 KB; __launch_bounds__(128, 3) keeps three blocks (12
  * warps, each with 16 16-byte loads in flight) per SM.
  */
@@ -53,6 +58,12 @@
 #define DT 128
 #define DW (DT / 32)
 #define FULL 0xffffffffu
+/* the combine: threads per block, split weights kept in shared memory */
+#define CT 256
+#define CMAX 8192
+/* Fewest key tiles per split: one 32-key chunk per warp (fewer splits to merge
+ * at short contexts, no warp left idle by a 1-tile split). */
+#define MIN_TILES DW
 
 /* Benchmarks only (cu_att_decode_enable): 0 sends decode batches to k_attention. */
 static int g_enabled = 1;
@@ -82,10 +93,12 @@ template <> struct dvec<cu_bf16> {
     }
 };
 
-/* Non-empty splits of an item with n_ctx keys: the first ceil(tiles / per). */
+/* Key tiles per split of an item with n_ctx keys: ceil(tiles / n_splits), at
+ * least MIN_TILES; the non-empty splits are the first ceil(tiles / per). */
 __device__ __forceinline__ int dec_per(int n_ctx, int n_splits) {
     const int tiles = (n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE;
-    return (tiles + n_splits - 1) / n_splits;
+    const int per = (tiles + n_splits - 1) / n_splits;
+    return per > MIN_TILES ? per : MIN_TILES;
 }
 
 template <typename T, int R, int HD>
@@ -119,14 +132,6 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     const int k1 = min(n_ctx, k0 + per * CU_ATT_TILE);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 
-    const float qscale = 1.4426950408889634f / sqrtf((float)HD);
-    const float *qg = a.q + (size_t)it.tok0 * a.ldq + (size_t)(kvh * G + r0) * HD;
-    for (int e = tid; e < R * HD; e += DT) {
-        const int r = e / HD, d = e % HD;
-        qs[r][(d / QW) * QP + d % QW] = r < nr ? qg[(size_t)r * HD + d] * qscale : 0.0f;
-    }
-    __syncthreads();
-
     const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
     const int bs = a.block_size;
     const size_t kvd = (size_t)a.n_kv * HD;
@@ -134,6 +139,18 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     const T *vc = (const T *)a.v_cache + (size_t)kvh * HD;
     const int kl = lane / P, kp = lane % P;     /* q . k: key in the chunk, part of its row */
     const int kg = lane / NCH, dc = lane % NCH; /* P V: key group, 16-byte column */
+    /* the first chunk's table entry is in flight while q is staged */
+    int c0 = k0 + w * CK;
+    int key = c0 + kl;
+    int slot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
+
+    const float qscale = 1.4426950408889634f / sqrtf((float)HD);
+    const float *qg = a.q + (size_t)it.tok0 * a.ldq + (size_t)(kvh * G + r0) * HD;
+    for (int e = tid; e < R * HD; e += DT) {
+        const int r = e / HD, d = e % HD;
+        qs[r][(d / QW) * QP + d % QW] = r < nr ? qg[(size_t)r * HD + d] * qscale : 0.0f;
+    }
+    __syncthreads();
 
     float m[R], l[R], acc[R][VE];
 #pragma unroll
@@ -144,9 +161,6 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
         for (int e = 0; e < VE; e++) acc[r][e] = 0.0f;
     }
 
-    int c0 = k0 + w * CK;
-    int key = c0 + kl;
-    int slot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
     for (; c0 < k1; c0 += DW * CK) {
         const bool kval = key < k1;
         uint4 kr[NK], vr[NV];
@@ -290,36 +304,67 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     }
 }
 
-/* Merges the non-empty splits of each (item, kv head): out = sum O 2^(M_z - M)
- * / sum L 2^(M_z - M) per row. */
+/* Merges the non-empty splits of each (item, kv head): out = sum_z O_z w_z with
+ * w_z = 2^(M_z - M) / sum_z L_z 2^(M_z - M) per row. Block (item, kv head,
+ * CT-element slice of the [G][hd] rows): a warp per row first computes the
+ * weights of every split into shared memory (lanes over splits), then each
+ * thread sums one element over the splits, 8 independent loads in flight
+ * (the partials were just written: L2 hits). So the latency is ~nz / 8 L2
+ * round trips, not nz per element and pass. More than CMAX weights (only
+ * with a forced split factor far above the backend's 64): per element. */
 template <typename T>
-__global__ void __launch_bounds__(DT) k_att_dcombine(cu_att_args a) {
+__global__ void __launch_bounds__(CT) k_att_dcombine(cu_att_args a) {
+    __shared__ float wz[CMAX]; /* [nz][G] */
     const cu_att_item it = a.items[blockIdx.x];
     if (it.n_q <= 0) return;
     const int kvh = blockIdx.y, hd = a.hd, G = a.n_heads / a.n_kv, qd = a.n_heads * hd;
+    const int e0 = blockIdx.z * CT;
+    if (e0 >= G * hd) return;
     const int n_ctx = it.pos_first + 1;
     const int per = dec_per(n_ctx, a.n_splits);
     const int nz = ((n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE + per - 1) / per;
     const size_t slot_floats = (size_t)CU_ATT_ROWS * (hd + 2);
     const float *base = a.part + ((size_t)blockIdx.x * a.n_splits * a.n_kv + kvh) * slot_floats;
     const size_t zstride = (size_t)a.n_kv * slot_floats; /* next split of the same item */
-    const float *ml = base + (size_t)CU_ATT_ROWS * hd;
-    for (int e = threadIdx.x; e < G * hd; e += DT) {
-        const int r = e / hd, d = e - r * hd;
+    const float *ml = base + (size_t)CU_ATT_ROWS * hd;   /* (M, L) pairs per row */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int e = e0 + tid, r = e / hd;
+    T *out = (T *)a.out + (size_t)it.tok0 * qd + (size_t)kvh * G * hd;
+    if (nz * G <= CMAX) {
+        const int rlo = e0 / hd, rhi = min(G, (e0 + CT - 1) / hd + 1); /* rows of this slice */
+        for (int rr = rlo + warp; rr < rhi; rr += CT / 32) {
+            float M = -INFINITY, L = 0.0f;
+            for (int z = lane; z < nz; z += 32) M = fmaxf(M, ml[z * zstride + 2 * rr]);
+            M = cu_warp_max(M);
+            for (int z = lane; z < nz; z += 32)
+                L = fmaf(ml[z * zstride + 2 * rr + 1], exp2f(ml[z * zstride + 2 * rr] - M), L);
+            L = cu_warp_sum(L);
+            for (int z = lane; z < nz; z += 32)
+                wz[z * G + rr] = exp2f(ml[z * zstride + 2 * rr] - M) / L;
+        }
+        __syncthreads();
+        if (e < G * hd) {
+            float O = 0.0f;
+#pragma unroll 8
+            for (int z = 0; z < nz; z++) O = fmaf(wz[z * G + r], base[z * zstride + e], O);
+            out[e] = cu_fromf<T>(O);
+        }
+    } else if (e < G * hd) {
         float M = -INFINITY;
         for (int z = 0; z < nz; z++) M = fmaxf(M, ml[z * zstride + 2 * r]);
         float L = 0.0f, O = 0.0f;
         for (int z = 0; z < nz; z++) {
             const float f = exp2f(ml[z * zstride + 2 * r] - M);
             L = fmaf(ml[z * zstride + 2 * r + 1], f, L);
-            O = fmaf(base[z * zstride + (size_t)r * hd + d], f, O);
+            O = fmaf(base[z * zstride + e], f, O);
         }
-        ((T *)a.out)[(size_t)it.tok0 * qd + (size_t)(kvh * G + r) * hd + d] = cu_fromf<T>(O / L);
+        out[e] = cu_fromf<T>(O / L);
     }
 }
 
 int cu_att_decode_ok(const cu_att_args *a) {
-    return g_enabled && a->max_nq == 1 && (a->hd == 64 || a->hd == 128) &&
+    return g_enabled && a->max_nq == 1 &&
+           (a->hd == 16 || a->hd == 32 || a->hd == 64 || a->hd == 128) &&
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }
 
@@ -330,7 +375,9 @@ static int launch_dec(cudaStream_t st, const cu_att_args *a) {
     k_att_decode<T, R, HD><<<grid, DT, 0, st>>>(*a);
     CU_LAUNCH_CHECK(st);
     if (a->n_splits > 1) {
-        k_att_dcombine<T><<<dim3((unsigned)a->n_items, (unsigned)a->n_kv), DT, 0, st>>>(*a);
+        const unsigned slices = (unsigned)((G * a->hd + CT - 1) / CT);
+        const dim3 cgrid((unsigned)a->n_items, (unsigned)a->n_kv, slices);
+        k_att_dcombine<T><<<cgrid, CT, 0, st>>>(*a);
         CU_LAUNCH_CHECK(st);
     }
     return 0;
@@ -352,7 +399,18 @@ int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {
         a->n_heads / a->n_kv > CU_ATT_ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
     if (a->n_items <= 0) return 0;
-    if (dtype == CU_DTYPE_FP32)
-        return a->hd == 64 ? launch_hd<float, 64>(st, a) : launch_hd<float, 128>(st, a);
-    return a->hd == 64 ? launch_hd<cu_bf16, 64>(st, a) : launch_hd<cu_bf16, 128>(st, a);
+    if (dtype == CU_DTYPE_FP32) {
+        switch (a->hd) {
+        case 16: return launch_hd<float, 16>(st, a);
+        case 32: return launch_hd<float, 32>(st, a);
+        case 64: return launch_hd<float, 64>(st, a);
+        default: return launch_hd<float, 128>(st, a);
+        }
+    }
+    switch (a->hd) {
+    case 16: return launch_hd<cu_bf16, 16>(st, a);
+    case 32: return launch_hd<cu_bf16, 32>(st, a);
+    case 64: return launch_hd<cu_bf16, 64>(st, a);
+    default: return launch_hd<cu_bf16, 128>(st, a);
+    }
 }

@@ -2,7 +2,9 @@
  * cu_attention.cu - causal GQA attention over the paged KV cache for mixed
  * batches (prefill chunks and decode tokens in one launch), with online
  * softmax and optional split-K (flash-decoding). See cu_launch_attention in
- * cu_internal.h for the contract; CPU twin: cpu_attention.
+ * cu_internal.h for the contract; CPU twin: cpu_attention. Batches whose items
+ * all have one query token (max_nq == 1) go to the decode kernel of
+ * cu_att_decode.cu when it takes the head size (cu_att_decode_ok).
  *
  * Work decomposition: the host cuts each sequence's new tokens into items of
  * at most CU_ATT_ROWS / G consecutive query tokens (cu_att_plan); block

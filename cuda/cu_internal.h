@@ -228,7 +228,7 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype);
 
 /* ---- cu_att_decode.cu: flash-decoding for max_nq == 1 ------------------------ */
 
-/* Whether the decode kernel takes a: max_nq == 1, head_dim 64 or 128,
+/* Whether the decode kernel takes a: max_nq == 1, head_dim 16, 32, 64 or 128,
  * 16-byte aligned caches (and not disabled by cu_att_decode_enable). */
 int cu_att_decode_ok(const cu_att_args *a);
 

@@ -451,7 +451,7 @@ static void test_attention(void **state) {
 }
 
 /* A decode-only batch (every sequence one token: max_nq == 1, the decode
- * kernel of cu_att_decode.cu for hd 64 / 128, k_attention otherwise), contexts
+ * kernel of cu_att_decode.cu for hd 16 / 32 / 64 / 128, k_attention otherwise), contexts
  * around the 32-key tiles and long ones, two block sizes, G = 1..16, split
  * factors that leave most splits empty for the short contexts. */
 static void test_attention_decode(void **state) {
@@ -459,10 +459,11 @@ static void test_attention_decode(void **state) {
     tu_require_gpu();
 #ifdef NI_USE_CUDA
     /* n_heads, n_kv, hd: G 1, 3 (SmolLM2), 8 (TinyLlama), 4 (Llama-3.2-1B), 2 (Qwen3-0.6B),
-     * 8 at hd 128, 12 and 16 (two row groups), and the generic path's hd 16 / 24 */
+     * 8 at hd 128, 12 and 16 (two row groups), hd 16 / 32 (the tiny models), and the
+     * generic path's hd 24 */
     const int shapes[][3] = {{4, 4, 64},   {9, 3, 64}, {32, 4, 64}, {32, 8, 64},
                              {16, 8, 128}, {8, 1, 128}, {12, 1, 64}, {32, 2, 128},
-                             {4, 2, 16},   {6, 3, 24}};
+                             {4, 2, 16},   {8, 2, 32},  {6, 3, 24}};
     const int ctx[] = {1, 2, 31, 32, 33, 200, 1000, 4097};
     enum { NS = 8 };
     int len[NS], p0[NS];
