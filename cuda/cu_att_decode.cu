@@ -103,6 +103,8 @@ __device__ __forceinline__ int dec_per(int n_ctx, int n_splits) {
 
 template <typename T, int R, int HD>
 __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a) {
+    cu_pdl_trigger();
+    cu_pdl_wait(); /* first, on every path: q and the cache are activations */
     constexpr int VE = dvec<T>::N;             /* elements per 16-byte load */
     constexpr int NCH = HD / VE;               /* 16-byte columns per row */
     constexpr int P = NCH >= 8 ? NCH / 8 : 1;  /* lanes per key for q . k */
@@ -315,6 +317,8 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
 template <typename T>
 __global__ void __launch_bounds__(CT) k_att_dcombine(cu_att_args a) {
     __shared__ float wz[CMAX]; /* [nz][G] */
+    cu_pdl_trigger();
+    cu_pdl_wait(); /* before the early exits: see cu_launch_k */
     const cu_att_item it = a.items[blockIdx.x];
     if (it.n_q <= 0) return;
     const int kvh = blockIdx.y, hd = a.hd, G = a.n_heads / a.n_kv, qd = a.n_heads * hd;
@@ -372,12 +376,12 @@ template <typename T, int R, int HD>
 static int launch_dec(cudaStream_t st, const cu_att_args *a) {
     const int G = a->n_heads / a->n_kv, nrg = (G + R - 1) / R;
     const dim3 grid((unsigned)a->n_items, (unsigned)(a->n_kv * nrg), (unsigned)a->n_splits);
-    k_att_decode<T, R, HD><<<grid, DT, 0, st>>>(*a);
+    CU_CHECK(cu_launch_k(k_att_decode<T, R, HD>, grid, DT, 0, st, a->pdl, *a));
     CU_LAUNCH_CHECK(st);
     if (a->n_splits > 1) {
         const unsigned slices = (unsigned)((G * a->hd + CT - 1) / CT);
         const dim3 cgrid((unsigned)a->n_items, (unsigned)a->n_kv, slices);
-        k_att_dcombine<T><<<cgrid, CT, 0, st>>>(*a);
+        CU_CHECK(cu_launch_k(k_att_dcombine<T>, cgrid, CT, 0, st, a->pdl, *a));
         CU_LAUNCH_CHECK(st);
     }
     return 0;

@@ -150,7 +150,7 @@ static int norm_proj(cu_ctx *x, float *y, int ldy, const int32_t *rows, const fl
     const int D = x->c.dim;
     if (!scale && use_gemv(x, n, D, out, w, x->x, D)) {
         const cu_gemv_args g = {(const cu_bf16 *)w, n, D, out, NULL, x->x, rows, norm_w,
-                                x->c.norm_eps, D, y, ldy, 0, 0};
+                                x->c.norm_eps, D, y, ldy, 0, 0, x->pdl, 0, {}};
         return cu_launch_gemv(x->st, &g, x->n_sm);
     }
     void *xin = rows ? x->xl : x->xb;
@@ -165,7 +165,7 @@ static int res_proj(cu_ctx *x, const void *a, int in, const void *w, const float
     const int D = x->c.dim;
     if (!scale && use_gemv(x, n, in, D, w, a, in)) {
         const cu_gemv_args g = {(const cu_bf16 *)w, n, in, D, a, NULL, NULL, NULL, 0.0f,
-                                in, x->x, D, 1, 0};
+                                in, x->x, D, 1, 0, x->pdl, 0, {}};
         return cu_launch_gemv(x->st, &g, x->n_sm);
     }
     return mm(x, x->x, D, a, in, w, scale, n, in, D, 1.0f);
@@ -188,19 +188,30 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
         char *kc = (char *)x->kv + (size_t)(2 * l) * x->plane_bytes;
         char *vc = kc + x->plane_bytes;
 
-        CU_TRY(norm_proj(x, x->qkv, x->qkv_dim, NULL, L->attn_norm, L->wqkv, L->s_qkv, n,
-                         x->qkv_dim, CU_PH_NORM));
-        CU_TRY(mark(x, CU_PH_QKV));
         const cu_rope_args ra = {x->qkv,     x->qkv_dim, f->pos,       f->slot,
                                  x->cos_tab, x->sin_tab, L->q_norm,    L->k_norm,
                                  kc,         vc,         n,            c->n_heads,
-                                 c->n_kv_heads, hd,      c->rope_interleaved != 0, c->norm_eps};
-        CU_TRY(cu_launch_rope_kv(x->st, &ra, dt));
-        CU_TRY(mark(x, CU_PH_ROPE));
+                                 c->n_kv_heads, hd,      c->rope_interleaved != 0, c->norm_eps,
+                                 x->pdl};
+        if (x->fuse_rope && !L->s_qkv && !L->q_norm &&
+            use_gemv(x, n, D, x->qkv_dim, L->wqkv, x->x, D)) {
+            /* RMSNorm + QKV + RoPE + KV store in one launch */
+            const cu_gemv_args g = {(const cu_bf16 *)L->wqkv, n, D, x->qkv_dim, NULL, x->x,
+                                    NULL, L->attn_norm, c->norm_eps, D, x->qkv, x->qkv_dim,
+                                    0, 0, x->pdl, 1, ra};
+            CU_TRY(cu_launch_gemv(x->st, &g, x->n_sm));
+            CU_TRY(mark(x, CU_PH_QKV));
+        } else {
+            CU_TRY(norm_proj(x, x->qkv, x->qkv_dim, NULL, L->attn_norm, L->wqkv, L->s_qkv, n,
+                             x->qkv_dim, CU_PH_NORM));
+            CU_TRY(mark(x, CU_PH_QKV));
+            CU_TRY(cu_launch_rope_kv(x->st, &ra, dt));
+            CU_TRY(mark(x, CU_PH_ROPE));
+        }
         const cu_att_args aa = {x->att,    x->qkv,    x->qkv_dim, kc,          vc,
                                 f->items,  f->tables, f->ts,      f->n_items,  f->n_splits,
                                 x->part,   c->n_heads, c->n_kv_heads, hd,      bs,
-                                f->max_nq};
+                                f->max_nq, x->pdl};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
         CU_TRY(res_proj(x, x->att, x->q_dim, L->wo, L->s_o, n));
@@ -208,7 +219,7 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
 
         if (!L->s_gu && use_gemv(x, n, D, H, L->wgu, x->x, D)) {
             const cu_gemv_args g = {(const cu_bf16 *)L->wgu, n, D, H, NULL, x->x, NULL,
-                                    L->ffn_norm, c->norm_eps, D, x->act, H, 0, 1};
+                                    L->ffn_norm, c->norm_eps, D, x->act, H, 0, 1, x->pdl, 0, {}};
             CU_TRY(cu_launch_gemv(x->st, &g, x->n_sm));
             CU_TRY(mark(x, CU_PH_GU));
         } else {

@@ -25,6 +25,13 @@
  * with SwiGLU, the warp reads the gate row o and the up row hidden + o of
  * wgu and writes act[r][o] = bf16(silu(g) * u) (k_swiglu's formula).
  *
+ * ROPE mode (the QKV projection of models without qk-norm): a warp owns the
+ * two weight rows of one RoPE pair of one head (SwiGLU's two-row loop), and
+ * its epilogue rotates them (k_rope_kv's cos/sin tables) into y for q heads,
+ * or into the BF16 cache slot for k heads; v heads go to the cache as they
+ * are. With PDL the kernel waits for its predecessor before the prologue and
+ * releases its successor at the end (cu_launch_k in cu_internal.h).
+ *
  * The grid is capped at a few blocks per SM: more blocks would repeat the
  * prologue (each block reads its n input rows from L2) without adding
  * bandwidth. Invariants: in % 8 == 0; weights, the BF16 input rows and ldx
@@ -135,16 +142,73 @@ __device__ __forceinline__ void gv_stage(const cu_gemv_args &a, cu_bf16 *xs, int
     __syncthreads();
 }
 
-template <int NB, bool SW>
+/* Epilogue modes of k_gemv: one weight row per output (PLAIN), or two
+ * (SWIGLU: gate row o and up row out + o; ROPE: the two rows of RoPE pair o). */
+enum { GV_PLAIN, GV_SWIGLU, GV_ROPE };
+
+/* The weight rows of output (pair) o: rows ra and rb (rb unused for PLAIN).
+ * ROPE: pair o is head h = o / (hd/2), index k = o % (hd/2), rows (2k, 2k+1)
+ * interleaved or (k, k + hd/2) half-split, offset by h * hd. */
+template <int MODE>
+__device__ __forceinline__ void gv_rows(const cu_gemv_args &a, int o, int *ra, int *rb) {
+    if (MODE == GV_ROPE) {
+        const int half = a.rope.hd / 2, h = o / half, k = o - h * half;
+        *ra = h * a.rope.hd + (a.rope.interleaved ? 2 * k : k);
+        *rb = *ra + (a.rope.interleaved ? 1 : half);
+    } else {
+        *ra = o;
+        *rb = a.out + o;
+    }
+}
+
+/* ROPE epilogue for activation row r (lane r): s, s2 are rows ra, rb of the
+ * qkv projection. q heads are rotated into y (FP32, attention reads them
+ * there); k heads rotated and v heads copied to the BF16 cache slot of row r
+ * (nothing stored for slot < 0, a decode-graph padding row): k_rope_kv's math
+ * (cos/sin tables of the same host code), without the qk-norm. */
+__device__ __forceinline__ void gv_rope_store(const cu_gemv_args &a, int r, int o, int ra, int rb,
+                                              float s, float s2) {
+    const cu_rope_args &R = a.rope;
+    const int half = R.hd / 2, h = o / half, k = o - h * half;
+    if (h < R.n_heads + R.n_kv) {
+        const size_t t = (size_t)R.pos[r] * half + k;
+        const float cs = R.cos_tab[t], sn = R.sin_tab[t];
+        const float x0 = s * cs - s2 * sn, x1 = s * sn + s2 * cs;
+        if (h < R.n_heads) {
+            float *y = (float *)a.y + (size_t)r * a.ldy;
+            y[ra] = x0;
+            y[rb] = x1;
+            return;
+        }
+        s = x0;
+        s2 = x1;
+    }
+    const int32_t slot = R.slot[r];
+    if (slot < 0) return;
+    const int v = h >= R.n_heads + R.n_kv;
+    const int base = (v ? R.n_heads + R.n_kv : R.n_heads) * R.hd; /* first row of k (v) */
+    cu_bf16 *c = (cu_bf16 *)(v ? R.v_cache : R.k_cache) + (size_t)slot * (R.n_kv * R.hd);
+    c[ra - base] = cu_fromf<cu_bf16>(s);
+    c[rb - base] = cu_fromf<cu_bf16>(s2);
+}
+
+template <int NB, int MODE>
 __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
+    constexpr bool TWO = MODE != GV_PLAIN; /* two weight rows per output */
     extern __shared__ uint4 gv_smem[];
     cu_bf16 *xs = (cu_bf16 *)gv_smem;
-    gv_stage<NB>(a, xs, a.in / 8);
     const int in8 = a.in / 8, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_out = MODE == GV_ROPE ? a.out / 2 : a.out; /* outputs (pairs) */
+    /* PDL: wait for the previous kernel before reading activations; this
+     * block's dependents are released only at its end (see below) */
+    if (a.pdl) cu_pdl_wait();
+    gv_stage<NB>(a, xs, a.in / 8);
     const uint4 *xs4 = (const uint4 *)xs;
-    for (int o = blockIdx.x * GV_WARPS + warp; o < a.out; o += gridDim.x * GV_WARPS) {
-        const uint4 *wr = (const uint4 *)(a.w + (size_t)o * a.in);
-        const uint4 *wr2 = (const uint4 *)(a.w + (size_t)(a.out + o) * a.in);
+    for (int o = blockIdx.x * GV_WARPS + warp; o < n_out; o += gridDim.x * GV_WARPS) {
+        int ra, rb;
+        gv_rows<MODE>(a, o, &ra, &rb);
+        const uint4 *wr = (const uint4 *)(a.w + (size_t)ra * a.in);
+        const uint4 *wr2 = (const uint4 *)(a.w + (size_t)rb * a.in);
         float acc[NB], acc2[NB];
 #pragma unroll
         for (int r = 0; r < NB; r++) acc[r] = acc2[r] = 0.0f;
@@ -154,7 +218,7 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
             for (int u = 0; u < GV_UNROLL; u++) {
                 const int c = c0 + 32 * u;
                 wv[u] = c < in8 ? gv_ld_stream(wr + c) : make_uint4(0, 0, 0, 0);
-                if (SW) wv2[u] = c < in8 ? gv_ld_stream(wr2 + c) : make_uint4(0, 0, 0, 0);
+                if (TWO) wv2[u] = c < in8 ? gv_ld_stream(wr2 + c) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int u = 0; u < GV_UNROLL; u++) {
@@ -164,7 +228,7 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
                     for (int r = 0; r < NB; r++) {
                         const uint4 xv = xs4[r * in8 + c];
                         acc[r] = gv_dot8(wv[u], xv, acc[r]);
-                        if (SW) acc2[r] = gv_dot8(wv2[u], xv, acc2[r]);
+                        if (TWO) acc2[r] = gv_dot8(wv2[u], xv, acc2[r]);
                     }
                 }
             }
@@ -172,11 +236,13 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             const float s = gv_warp_allsum(acc[r]);
-            const float s2 = SW ? gv_warp_allsum(acc2[r]) : 0.0f;
+            const float s2 = TWO ? gv_warp_allsum(acc2[r]) : 0.0f;
             if (lane == r && r < a.n) {
-                if (SW) {
+                if (MODE == GV_SWIGLU) {
                     cu_bf16 *y = (cu_bf16 *)a.y + (size_t)r * a.ldy + o;
                     *y = cu_fromf<cu_bf16>(s / (1.0f + expf(-s)) * s2);
+                } else if (MODE == GV_ROPE) {
+                    gv_rope_store(a, r, o, ra, rb, s, s2);
                 } else {
                     float *y = (float *)a.y + (size_t)r * a.ldy + o;
                     *y = a.accumulate ? *y + s : s;
@@ -184,6 +250,11 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
             }
         }
     }
+    /* Released at the end, not the start: measured on the H200 (docs/perf.md),
+     * a next kernel resident from the start (or an L2 prefetch of its weights
+     * before its wait) slowed the 1B shape's decode by 8-15 %, while a release
+     * at the end keeps the launch latency hidden and costs nothing. */
+    if (a.pdl) cu_pdl_trigger();
 }
 
 /* ---- tensor-core variant for 3..8 rows ------------------------------------------
@@ -309,21 +380,24 @@ int cu_gemv_ok(int n, int in, int out, const void *w, const void *x, int ldx) {
     return 1;
 }
 
-template <int NB, bool SW> static int gv_raise_smem(void) {
-    CU_CHECK(cudaFuncSetAttribute(k_gemv<NB, SW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+template <int NB, int MODE> static int gv_raise_smem(void) {
+    CU_CHECK(cudaFuncSetAttribute(k_gemv<NB, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   GV_MAX_SMEM));
     return 0;
 }
 
+template <int MODE> static int gv_raise_mode(void) {
+    CU_TRY((gv_raise_smem<1, MODE>()));
+    CU_TRY((gv_raise_smem<2, MODE>()));
+    CU_TRY((gv_raise_smem<4, MODE>()));
+    CU_TRY((gv_raise_smem<8, MODE>()));
+    return 0;
+}
+
 int cu_gemv_prepare(void) {
-    CU_TRY((gv_raise_smem<1, false>()));
-    CU_TRY((gv_raise_smem<2, false>()));
-    CU_TRY((gv_raise_smem<4, false>()));
-    CU_TRY((gv_raise_smem<8, false>()));
-    CU_TRY((gv_raise_smem<1, true>()));
-    CU_TRY((gv_raise_smem<2, true>()));
-    CU_TRY((gv_raise_smem<4, true>()));
-    CU_TRY((gv_raise_smem<8, true>()));
+    CU_TRY(gv_raise_mode<GV_PLAIN>());
+    CU_TRY(gv_raise_mode<GV_SWIGLU>());
+    CU_TRY(gv_raise_mode<GV_ROPE>());
     CU_CHECK(cudaFuncSetAttribute(k_gemv_tc<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   GV_MAX_SMEM));
     CU_CHECK(cudaFuncSetAttribute(k_gemv_tc<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -331,13 +405,15 @@ int cu_gemv_prepare(void) {
     return 0;
 }
 
-template <bool SW>
-static void gv_launch(cudaStream_t st, const cu_gemv_args &a, unsigned grid, size_t smem) {
+template <int MODE>
+static cudaError_t gv_launch(cudaStream_t st, const cu_gemv_args &a, unsigned grid,
+                             size_t smem) {
+    const int p = a.pdl;
     switch (gv_nb(a.n)) {
-    case 1: k_gemv<1, SW><<<grid, GV_THREADS, smem, st>>>(a); break;
-    case 2: k_gemv<2, SW><<<grid, GV_THREADS, smem, st>>>(a); break;
-    case 4: k_gemv<4, SW><<<grid, GV_THREADS, smem, st>>>(a); break;
-    default: k_gemv<8, SW><<<grid, GV_THREADS, smem, st>>>(a); break;
+    case 1: return cu_launch_k(k_gemv<1, MODE>, grid, GV_THREADS, smem, st, p, a);
+    case 2: return cu_launch_k(k_gemv<2, MODE>, grid, GV_THREADS, smem, st, p, a);
+    case 4: return cu_launch_k(k_gemv<4, MODE>, grid, GV_THREADS, smem, st, p, a);
+    default: return cu_launch_k(k_gemv<8, MODE>, grid, GV_THREADS, smem, st, p, a);
     }
 }
 
@@ -347,9 +423,18 @@ int cu_launch_gemv(cudaStream_t st, const cu_gemv_args *a, int n_sm) {
         (a->xf && (!a->norm_w || a->ldx % 4 || !gv_aligned(a->xf) || !gv_aligned(a->norm_w))) ||
         (!a->xf && !a->x) || (a->swiglu && a->accumulate))
         return NI_EINVAL;
+    if (a->rope_on) {
+        const cu_rope_args &R = a->rope;
+        if (a->n > CU_GEMV_FMA_ROWS || a->swiglu || a->accumulate || R.hd <= 0 || R.hd % 2 ||
+            R.n_kv <= 0 || a->out != (R.n_heads + 2 * R.n_kv) * R.hd || a->ldy < R.n_heads * R.hd ||
+            !R.pos || !R.slot || !R.cos_tab || !R.sin_tab || !R.k_cache || !R.v_cache ||
+            R.q_norm || R.k_norm)
+            return NI_EINVAL;
+    }
     /* a few blocks per SM: enough warps in flight to cover the memory latency,
      * few enough that the repeated prologue stays cheap */
-    const long rows_blocks = ((long)a->out + GV_WARPS - 1) / GV_WARPS;
+    const long n_out = a->rope_on ? a->out / 2 : a->out;
+    const long rows_blocks = (n_out + GV_WARPS - 1) / GV_WARPS;
     const long cap = (long)(n_sm > 0 ? n_sm : 132) * (a->n <= 2 ? 4 : 2);
     const unsigned grid = (unsigned)(rows_blocks < cap ? rows_blocks : cap);
     if (a->n > CU_GEMV_FMA_ROWS) {
@@ -364,10 +449,9 @@ int cu_launch_gemv(cudaStream_t st, const cu_gemv_args *a, int n_sm) {
         return 0;
     }
     const size_t smem = gv_smem_bytes(a->n, a->in);
-    if (a->swiglu)
-        gv_launch<true>(st, *a, grid, smem);
-    else
-        gv_launch<false>(st, *a, grid, smem);
+    CU_CHECK(a->rope_on  ? gv_launch<GV_ROPE>(st, *a, grid, smem)
+             : a->swiglu ? gv_launch<GV_SWIGLU>(st, *a, grid, smem)
+                         : gv_launch<GV_PLAIN>(st, *a, grid, smem));
     CU_LAUNCH_CHECK(st);
     return 0;
 }

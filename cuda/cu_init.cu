@@ -377,6 +377,8 @@ typedef struct cu_settings {
     int splits;     /* forced attention split-K factor, 0 automatic */
     int prof;       /* per-phase profile */
     int gemv;       /* fused GEMV kernels for decode-sized batches */
+    int pdl;        /* programmatic dependent launch */
+    int fuse_rope;  /* RoPE + KV store in the QKV GEMV epilogue */
 } cu_settings;
 
 /* Fills *s from cf; NI_EINVAL / NI_EUNSUPPORTED with a message naming the
@@ -415,6 +417,8 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_splits %d < 0", cf->att_splits);
     s->splits = cf->att_splits;
     s->gemv = !cf->no_gemv;
+    s->pdl = !cf->no_pdl;
+    s->fuse_rope = !cf->no_fuse_rope;
     const int n_dev = cu_device_count();
     if (n_dev == 0) return ni_fail(err, errlen, NI_EUNSUPPORTED, "cuda backend: no CUDA device");
     s->dev = cf->device_index < 0 ? 0 : cf->device_index;
@@ -454,6 +458,8 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->graph_mode = s->graph_mode;
     x->prof = s->prof;
     x->gemv = s->gemv && s->dtype == CU_DTYPE_BF16 && !s->quant;
+    x->pdl = s->pdl;
+    x->fuse_rope = x->gemv && s->fuse_rope;
     x->smp_cap = cf->max_seqs;
     x->smp_ent_cap = (size_t)c->vocab_size + 65536;
     x->dec_cap = cf->max_seqs < cf->max_batch_tokens ? cf->max_seqs : cf->max_batch_tokens;

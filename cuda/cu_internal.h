@@ -106,6 +106,55 @@ __device__ __forceinline__ float cu_warp_max(float v) {
     return v;
 }
 
+/* ---- programmatic dependent launch (PDL, sm_90) --------------------------------
+ * A kernel launched with cu_launch_k(..., pdl = 1, ...) may start while the
+ * kernel before it in the stream is still running: its blocks become resident
+ * as soon as every block of the previous kernel has called cu_pdl_trigger (or
+ * exited), and cu_pdl_wait returns once the previous kernel has completed and
+ * its writes are visible. Because every kernel launched that way waits before
+ * it completes, "previous kernel complete" is transitive: after cu_pdl_wait,
+ * every earlier kernel of the stream is complete.
+ *
+ * The rule for a PDL kernel: before cu_pdl_wait it may only read memory that
+ * no kernel of the forward writes (weights, RoPE tables) and must not write
+ * global memory at all; a kernel launched with pdl must call cu_pdl_wait on
+ * every path that touches activations (every block, also one that exits
+ * early). What it buys: the next kernel's launch overlaps the tail of the
+ * previous one, the bubble between the ~6 launches of a decode layer. Where a
+ * kernel calls cu_pdl_trigger matters (k_gemv: at its end, see there).
+ * Without the launch attribute both calls are no-ops, so a PDL-aware kernel
+ * may be launched either way. */
+__device__ __forceinline__ void cu_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cu_pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Launches k<<<grid, block, smem, st>>>(args...), with the programmatic
+ * stream serialization attribute when pdl != 0 (k must follow the rule
+ * above). Returns the launch's cudaError_t. */
+template <typename... KP, typename... A>
+static inline cudaError_t cu_launch_k(void (*k)(KP...), dim3 grid, dim3 block, size_t smem,
+                                      cudaStream_t st, int pdl, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, args...);
+}
+
 /* ---- cu_elementwise.cu --------------------------------------------------- */
 
 /* dst[i] = (T)src[i] for i < n (round to nearest even for BF16). */
@@ -158,6 +207,7 @@ typedef struct cu_rope_args {
     void *v_cache;         /* T [n_slots][n_kv*hd] of one layer */
     int n, n_heads, n_kv, hd, interleaved;
     float eps;
+    int pdl; /* launched with PDL (cu_launch_k) */
 } cu_rope_args;
 
 /* Per token: optional per-head RMSNorm of q and k, RoPE of q (in place, FP32)
@@ -217,6 +267,7 @@ typedef struct cu_att_args {
     float *part;               /* [n_items*n_splits][cu_att_part_floats] or NULL */
     int n_heads, n_kv, hd, block_size;
     int max_nq;                /* most query tokens of any item (1: decode only) */
+    int pdl;                   /* the decode kernels launched with PDL (cu_launch_k) */
 } cu_att_args;
 
 /* Causal GQA attention over the paged cache with online softmax (never a
@@ -285,6 +336,15 @@ typedef struct cu_gemv_args {
     void *y;
     int ldy;
     int accumulate, swiglu;
+    int pdl; /* launch with programmatic dependent launch (see cu_launch_k); the
+              * FMA kernel only (k_gemv_tc launches plainly) */
+    /* rope_on: the QKV projection with k_rope_kv fused into the epilogue (n <=
+     * 2 rows, BF16 caches, no qk-norm; out = (n_heads + 2*n_kv) * hd): q heads
+     * are rotated into y (FP32, row stride ldy >= n_heads * hd), k heads rotated
+     * and v heads copied to rope's cache slots; rope.qkv / ld / n / eps / pdl
+     * are not read. */
+    int rope_on;
+    cu_rope_args rope;
 } cu_gemv_args;
 
 /* Whether k_gemv takes this shape: n <= CU_GEMV_MAX_ROWS, in % 8 == 0, the
@@ -478,6 +538,10 @@ typedef struct cu_ctx {
     int force_splits;           /* eng_backend_config.att_splits (0 = automatic) */
     int quant;                  /* 1: int8 projections and LM head (cu_quant.cu) */
     int graph_mode;             /* CU_GRAPHS_* (eng_backend_config.graphs) */
+    int fuse_rope;              /* gemv and BF16 and not NI_CUDA_FUSE_ROPE=0: the QKV k_gemv
+                                 * also does RoPE + the KV store (no k_rope_kv launch) */
+    int pdl;                    /* not no_pdl: decode projections and attention launched
+                                 * with programmatic dependent launch (cu_launch_k) */
     int gemv;                   /* BF16 without int8 and not no_gemv: projections of
                                  * <= CU_GEMV_MAX_ROWS rows through k_gemv (fused norm /
                                  * residual / SwiGLU) */

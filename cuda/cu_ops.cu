@@ -199,7 +199,7 @@ extern "C" int cu_op_rope_kv(float *q, const float *k, const float *v, const flo
     const cu_rope_args a = {dqkv.as<float>(), ld, dpos.as<int32_t>(), dslot.as<int32_t>(),
                             dcos.as<float>(), dsin.as<float>(), dqn.as<float>(), dkn.as<float>(),
                             dk.p, dv.p, n, c->n_heads, c->n_kv_heads, hd,
-                            c->rope_interleaved != 0, c->norm_eps};
+                            c->rope_interleaved != 0, c->norm_eps, 1};
     CU_TRY(cu_launch_rope_kv(0, &a, dtype));
     CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, dtype));
     CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, dtype));
@@ -263,7 +263,8 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
         CU_TRY(dpart.alloc((size_t)n_items * splits * cu_att_part_floats(n_kv, hd) * 4));
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
-                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq};
+                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq,
+                           1};
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
@@ -318,7 +319,7 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
     CU_TRY(cu_att_prepare());
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
-                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1};
+                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1, 0};
     cudaEvent_t e0, e1;
     double t[1000];
     CU_CHECK(cudaEventCreate(&e0));
@@ -517,6 +518,59 @@ extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, in
 
 static_assert(CU_OP_GEMV_MAX_ROWS == CU_GEMV_MAX_ROWS, "cu_ops.h mirrors cu_internal.h");
 
+extern "C" int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, const float *w,
+                               const mdl_config *c, const int32_t *pos, const int32_t *slot,
+                               int n, float *k_cache, float *v_cache, int n_slots) {
+    if (!q || !x || !norm_w || !w || !c || !pos || !slot || n <= 0 || n > 2 || c->dim <= 0 ||
+        c->head_dim <= 0 || c->head_dim % 2 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        n_slots <= 0)
+        return NI_EINVAL;
+    const int D = c->dim, hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
+    const int out = qd + 2 * kvd;
+    int max_pos = 1;
+    for (int i = 0; i < n; i++) {
+        if (pos[i] < 0 || slot[i] >= n_slots) return NI_EINVAL;
+        if (pos[i] + 1 > max_pos) max_pos = pos[i] + 1;
+    }
+    int dev = 0, n_sm = 0;
+    CU_CHECK(cudaGetDevice(&dev));
+    CU_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    CU_TRY(cu_gemv_prepare());
+    float *cs = NULL, *sn = NULL;
+    int rc = cu_rope_tables(c, NULL, max_pos, &cs, &sn);
+    dbuf dcos, dsin, dw, dx, dnw, dy, dpos, dslot, dk, dv;
+    if (!rc) rc = put_f32(dcos, cs, (size_t)max_pos * (hd / 2));
+    if (!rc) rc = put_f32(dsin, sn, (size_t)max_pos * (hd / 2));
+    free(cs);
+    free(sn);
+    CU_TRY(rc);
+    CU_TRY(put_t(dw, w, (size_t)out * D, CU_DTYPE_BF16));
+    CU_TRY(put_f32(dx, x, (size_t)n * D));
+    CU_TRY(put_f32(dnw, norm_w, (size_t)D));
+    CU_TRY(put_i32(dpos, pos, (size_t)n));
+    CU_TRY(put_i32(dslot, slot, (size_t)n));
+    CU_TRY(put_t(dk, k_cache, (size_t)n_slots * kvd, CU_DTYPE_BF16));
+    CU_TRY(put_t(dv, v_cache, (size_t)n_slots * kvd, CU_DTYPE_BF16));
+    CU_TRY(dy.alloc((size_t)n * out * 4));
+    CU_CHECK(cudaMemset(dy.p, 0xff, (size_t)n * out * 4)); /* NaN where nothing is written */
+    const cu_rope_args ra = {NULL, 0, dpos.as<int32_t>(), dslot.as<int32_t>(), dcos.as<float>(),
+                             dsin.as<float>(), NULL, NULL, dk.p, dv.p, n, c->n_heads,
+                             c->n_kv_heads, hd, c->rope_interleaved != 0, c->norm_eps, 1};
+    const cu_gemv_args g = {dw.as<cu_bf16>(), n, D, out, NULL, dx.as<float>(), NULL,
+                            dnw.as<float>(), c->norm_eps, D, dy.p, out, 0, 0, 1, 1, ra};
+    CU_TRY(cu_launch_gemv(0, &g, n_sm));
+    CU_CHECK(cudaDeviceSynchronize());
+    CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, CU_DTYPE_BF16));
+    CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, CU_DTYPE_BF16));
+    float *back = (float *)malloc((size_t)n * out * 4);
+    if (!back) return NI_ENOMEM;
+    rc = get_f32(back, dy, (size_t)n * out);
+    for (int i = 0; !rc && i < n; i++)
+        memcpy(q + (size_t)i * qd, back + (size_t)i * out, (size_t)qd * 4);
+    free(back);
+    return rc;
+}
+
 extern "C" int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows,
                           const float *norm_w, float eps, const float *w, int n, int in, int out,
                           int mode) {
@@ -552,7 +606,7 @@ extern "C" int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows
     const cu_gemv_args g = {dw.as<cu_bf16>(), n, in, out,
                             norm_w ? NULL : dx.p, norm_w ? dx.as<float>() : NULL,
                             drows.as<int32_t>(), dnw.as<float>(), eps, in, dy.p, out,
-                            mode == 1, mode == 2};
+                            mode == 1, mode == 2, 1 /* the PDL prologue too */, 0, {}};
     CU_TRY(cu_launch_gemv(0, &g, n_sm));
     CU_CHECK(cudaDeviceSynchronize());
     if (mode == 2) return get_t(y, dy, (size_t)n * out, CU_DTYPE_BF16);
@@ -602,7 +656,7 @@ extern "C" int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, i
     CU_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     if (mode == 3) CU_TRY(cu_gemv_prepare());
     const cu_gemv_args g = {dw.as<cu_bf16>(), n, in, out, dx.p, NULL, NULL, NULL, 0.0f, in,
-                            dy.p, out, 0, 0};
+                            dy.p, out, 0, 0, 0, 0, {}};
     cudaEvent_t e0, e1;
     double t[1000];
     rc = 0;

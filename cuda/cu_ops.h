@@ -104,6 +104,17 @@ int cu_op_sample(const float *logits, int n_src, int vocab, const eng_sample_row
 int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows, const float *norm_w,
                float eps, const float *w, int n, int in, int out, int mode);
 
+/* The QKV projection with RoPE and the KV store fused (k_gemv's rope
+ * epilogue, the decode path of one or two tokens, BF16, no qk-norm): the
+ * RMSNorm (norm_w, c->norm_eps) of the FP32 rows x [n][c->dim] times w
+ * [(n_heads + 2*n_kv) * hd][dim]; q [n][n_heads*hd] gets the rotated q heads,
+ * the BF16 caches (updated in place, as floats) the rotated k and the v of
+ * row i at slot[i] (slot < 0: not stored). n is 1 or 2. Twin: cpu_rmsnorm +
+ * cpu_matmul + cpu_rope_apply + cpu_kv_store. */
+int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, const float *w,
+                    const mdl_config *c, const int32_t *pos, const int32_t *slot, int n,
+                    float *k_cache /* [n_slots][n_kv*hd] */, float *v_cache, int n_slots);
+
 /* Times one projection y = x W^T on device data (median of iters, device
  * events) for n activation rows: mode 0 cuBLAS on T weights (cu_gemm), 1
  * the int8 path as the backend runs it (cu_gemm_q8: GEMV for n <= 16), 2

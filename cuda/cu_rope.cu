@@ -48,6 +48,8 @@ __device__ void rope_head(T *dst, const float *src, const float *nw, const float
 
 template <typename T>
 __global__ void k_rope_kv(cu_rope_args a) {
+    cu_pdl_trigger();
+    cu_pdl_wait(); /* everything below reads or writes activations */
     const int i = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int hd = a.hd, half = hd / 2, kvd = a.n_kv * hd;
     float *row = a.qkv + (size_t)i * a.ld;
@@ -78,9 +80,9 @@ __global__ void k_rope_kv(cu_rope_args a) {
 int cu_launch_rope_kv(cudaStream_t st, const cu_rope_args *a, int dtype) {
     if (a->n <= 0) return 0;
     if (dtype == CU_DTYPE_FP32)
-        k_rope_kv<float><<<a->n, ROPE_WARPS * 32, 0, st>>>(*a);
+        CU_CHECK(cu_launch_k(k_rope_kv<float>, a->n, ROPE_WARPS * 32, 0, st, a->pdl, *a));
     else
-        k_rope_kv<cu_bf16><<<a->n, ROPE_WARPS * 32, 0, st>>>(*a);
+        CU_CHECK(cu_launch_k(k_rope_kv<cu_bf16>, a->n, ROPE_WARPS * 32, 0, st, a->pdl, *a));
     CU_LAUNCH_CHECK(st);
     return 0;
 }

@@ -177,6 +177,17 @@ static int env_count(const char *name, const char *s, int *out, char *err, size_
     return 0;
 }
 
+/* A 0|1 switch whose "0" sets the field *off = 1 (a "no_" setting), read
+ * only while *off is still at its default 0. */
+static int env_off(const char *name, int *off, char *err, size_t errlen) {
+    const char *v;
+    if (*off != 0 || !(v = env_value(name))) return 0;
+    if (strcmp(v, "0") && strcmp(v, "1"))
+        return ni_fail(err, errlen, NI_EINVAL, "%s=%s: must be 0 or 1", name, v);
+    *off = !strcmp(v, "0");
+    return 0;
+}
+
 int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *err, size_t errlen) {
     if (!c || !be) return ni_fail(err, errlen, NI_EINVAL, "backend settings: NULL argument");
     if (!be->name || strcmp(be->name, "cuda")) return 0;
@@ -207,11 +218,10 @@ int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *e
     if (c->att_splits == 0 && (v = env_value("NI_CUDA_ATT_SPLITS")) &&
         (rc = env_count("NI_CUDA_ATT_SPLITS", v, &c->att_splits, err, errlen)))
         return rc;
-    if (c->no_gemv == 0 && (v = env_value("NI_CUDA_GEMV"))) {
-        if (strcmp(v, "0") && strcmp(v, "1"))
-            return ni_fail(err, errlen, NI_EINVAL, "NI_CUDA_GEMV=%s: must be 0 or 1", v);
-        c->no_gemv = !strcmp(v, "0");
-    }
+    if ((rc = env_off("NI_CUDA_GEMV", &c->no_gemv, err, errlen))) return rc;
+    if ((rc = env_off("NI_CUDA_PDL", &c->no_pdl, err, errlen)) ||
+        (rc = env_off("NI_CUDA_FUSE_ROPE", &c->no_fuse_rope, err, errlen)))
+        return rc;
     if (c->profile == 0 && (v = env_value("NI_CUDA_PROFILE"))) c->profile = strcmp(v, "0") != 0;
     return 0;
 }

@@ -369,6 +369,82 @@ static void test_rope_kv(void **state) {
 #endif
 }
 
+/* The QKV GEMV with the RoPE + KV-store epilogue against rmsnorm + matmul +
+ * rope + kv_store on the CPU: 1 and 2 rows, the three rotations without
+ * qk-norm, a padding row (slot -1) that must leave the caches alone. */
+static void test_gemv_rope(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    static const int variants[] = {R_LLAMA, R_INTERLEAVED, R_LLAMA3};
+    for (size_t vi = 0; vi < NI_ARRAY_LEN(variants); vi++)
+        for (int n = 1; n <= 2; n++)
+            for (int pad = 0; pad < n; pad++) {
+                mdl_config c = rope_cfg(variants[vi]);
+                c.dim = 256;
+                const int D = c.dim, hd = c.head_dim, qd = c.n_heads * hd;
+                const int kvd = c.n_kv_heads * hd, out = qd + 2 * kvd;
+                const int bs = 16, n_blocks = 8, n_slots = n_blocks * bs;
+                int32_t pos[2], seq[2] = {0, 1}, slot[2], tables[2 * 8] = {0};
+                for (int i = 0; i < n; i++) {
+                    pos[i] = tu_int(&g_rng, 5 * bs);
+                    const int blk = (3 * i + 1) % n_blocks;
+                    tables[i * 8 + pos[i] / bs] = blk;
+                    slot[i] = blk * bs + pos[i] % bs;
+                }
+                if (pad) slot[n - 1] = -1; /* a decode-graph padding row */
+                float *x = rand_buf((size_t)n * D, -2, 2), *nw = rand_buf(D, 0.5, 1.5);
+                float *w = rand_buf((size_t)out * D, -0.2, 0.2);
+                float *kc0 = rand_buf((size_t)n_slots * kvd, -1, 1);
+                float *vc0 = rand_buf((size_t)n_slots * kvd, -1, 1);
+                /* twin */
+                float *xn = nan_buf((size_t)n * D), *qkv = nan_buf((size_t)n * out);
+                cpu_rmsnorm(CPU_SERIAL, xn, x, nw, n, D, c.norm_eps);
+                cpu_matmul(CPU_SERIAL, qkv, xn, w, n, D, out, 0);
+                float *qr = nan_buf((size_t)n * qd), *kr = nan_buf((size_t)n * kvd);
+                float *vr = nan_buf((size_t)n * kvd);
+                for (int i = 0; i < n; i++) {
+                    memcpy(qr + (size_t)i * qd, qkv + (size_t)i * out, sizeof(float) * qd);
+                    memcpy(kr + (size_t)i * kvd, qkv + (size_t)i * out + qd, sizeof(float) * kvd);
+                    memcpy(vr + (size_t)i * kvd, qkv + (size_t)i * out + qd + kvd,
+                           sizeof(float) * kvd);
+                }
+                int max_pos = 1;
+                for (int i = 0; i < n; i++)
+                    if (pos[i] + 1 > max_pos) max_pos = pos[i] + 1;
+                cpu_rope rope;
+                assert_int_equal(cpu_rope_init(&rope, &c, max_pos), 0);
+                cpu_rope_apply(CPU_SERIAL, &rope, qr, pos, n, c.n_heads);
+                cpu_rope_apply(CPU_SERIAL, &rope, kr, pos, n, c.n_kv_heads);
+                cpu_rope_free(&rope);
+                float *kcr = copy_buf(kc0, (size_t)n_slots * kvd);
+                float *vcr = copy_buf(vc0, (size_t)n_slots * kvd);
+                const cpu_kv_layer kv = {kcr, vcr, bs, kvd};
+                const cpu_tok_map map = {n - pad, pos, seq, tables, 8}; /* the padding row last */
+                cpu_kv_store(CPU_SERIAL, &kv, &map, kr, vr);
+
+                float *qg = nan_buf((size_t)n * qd);
+                float *kcg = copy_buf(kc0, (size_t)n_slots * kvd);
+                float *vcg = copy_buf(vc0, (size_t)n_slots * kvd);
+                assert_int_equal(
+                    cu_op_gemv_rope(qg, x, nw, w, &c, pos, slot, n, kcg, vcg, n_slots), 0);
+                char what[80];
+                snprintf(what, sizeof what, "gemv+rope v%d n%d%s: q", variants[vi], n,
+                         pad ? " pad" : "");
+                check_nmse(what, CU_DTYPE_BF16, qg, qr, (size_t)n * qd, 0);
+                snprintf(what, sizeof what, "gemv+rope v%d n%d%s: k cache", variants[vi], n,
+                         pad ? " pad" : "");
+                check_nmse(what, CU_DTYPE_BF16, kcg, kcr, (size_t)n_slots * kvd, 0);
+                snprintf(what, sizeof what, "gemv+rope v%d n%d%s: v cache", variants[vi], n,
+                         pad ? " pad" : "");
+                check_nmse(what, CU_DTYPE_BF16, vcg, vcr, (size_t)n_slots * kvd, 0);
+                free(x); free(nw); free(w); free(kc0); free(vc0); free(xn); free(qkv);
+                free(qr); free(kr); free(vr); free(kcr); free(vcr); free(qg); free(kcg);
+                free(vcg);
+            }
+#endif
+}
+
 /* ---- attention over the paged cache --------------------------------------------- */
 
 #ifdef NI_USE_CUDA
@@ -490,7 +566,8 @@ int main(void) {
         cmocka_unit_test(test_embed),   cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_swiglu),  cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_gemv),
-        cmocka_unit_test(test_rope_kv), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_rope_kv), cmocka_unit_test(test_gemv_rope),
+        cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -94,6 +94,10 @@ typedef struct eng_backend_config {
                                    * >= 1 forced (debugging, tests) */
     int no_gemv;                  /* CUDA: 1 = decode projections through cuBLAS instead of
                                    * the fused GEMV kernels (A/B measurements); 0 default */
+    int no_fuse_rope;             /* CUDA: 1 = RoPE + KV store in their own kernel after the
+                                   * fused QKV GEMV (A/B measurements); 0 default */
+    int no_pdl;                   /* CUDA: 1 = no programmatic dependent launch between
+                                   * the decode kernels (A/B measurements); 0 default */
     int profile;                  /* CUDA: 1 = per-phase device-time table on stderr at free
                                    * (decode then runs eager); 0 off */
     int tp;                       /* tensor-parallel ranks (--tensor-parallel-size): 0 or 1 =
@@ -209,6 +213,8 @@ const char *eng_quant_name(eng_quant q);
  *   NI_CUDA_GRAPHS=1|on|0|off|eager  graphs, when ENG_GRAPHS_DEFAULT;
  *   NI_CUDA_ATT_SPLITS=<n>       att_splits (>= 0), when 0;
  *   NI_CUDA_GEMV=0|1             no_gemv = 1 for "0", when 0;
+ *   NI_CUDA_PDL=0|1              no_pdl = 1 for "0", when 0;
+ *   NI_CUDA_FUSE_ROPE=0|1        no_fuse_rope = 1 for "0", when 0;
  *   NI_CUDA_PROFILE=<v>          profile = 1 for any non-empty v but "0", when 0.
  * An unset or empty variable changes nothing. Returns 0, or NI_EINVAL with a
  * message naming the variable when a value does not parse (c may then be
