@@ -193,6 +193,15 @@ check "Authorization with the key then a NUL: 400" test "$(raw_status "b'Bearer 
 check "Authorization with the key then a NUL at the end: 400" test "$(raw_status "b'Bearer $KEY\\x00'")" = 400
 check "another header with a NUL: 400" test "$(raw_status "b'Bearer $KEY\\r\\nX-Y: a\\x00b'")" = 400
 check "another header with DEL: 400" test "$(raw_status "b'Bearer $KEY\\r\\nX-Y: a\\x7fb'")" = 400
+nulbody=$(python3 -c "import socket; s=socket.create_connection(('127.0.0.1', $SRV_PORT)); \
+s.sendall(b'GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer $KEY\x00x\r\n\r\n'); \
+import json; r=b''
+while True:
+    d=s.recv(4096)
+    if not d: break
+    r+=d
+print(json.loads(r.partition(b'\r\n\r\n')[2])['error']['type'])" 2>&1)
+check "a NUL in a header: OpenAI-style JSON error ($nulbody)" test "$nulbody" = invalid_request_error
 check "a TAB in a header is fine: 200" test "$(raw_status "b'Bearer $KEY\\r\\nX-Y: a\\tb'")" = 200
 check "bare LF line ends are fine: 200" test "$(raw_status "b'Bearer $KEY\\nX-Y: ab\\n'")" = 200
 
@@ -744,7 +753,22 @@ check "--header-timeout 2 cuts off 30 trickling clients: $(tail -1 "$TMP/trickle
 python3 test/py/slow_headers.py "$SRV_PORT" 10 2 body >"$TMP/trickle_body.out" 2>&1
 rc=$?
 check "--body-timeout 2 cuts off 10 clients trickling a body: $(tail -1 "$TMP/trickle_body.out")" test $rc -eq 0
-check "request timeouts are counted" test "$(metric nanoinfer_http_request_timeouts_total)" -ge 40
+# a garbage request line ("\0\xff\xfe GARBAGE"): libmicrohttpd waits for a request line
+# (it took 60 s to close); header-timeout answers it 408 JSON (issue 14)
+garbage=$(python3 -c "
+import json, socket, time
+s = socket.create_connection(('127.0.0.1', $SRV_PORT)); s.settimeout(6); t = time.time()
+s.sendall(b'\x00\xff\xfe GARBAGE\r\n\r\n'); r = b''
+while True:
+    d = s.recv(4096)
+    if not d: break
+    r += d
+h, _, b = r.partition(b'\r\n\r\n')
+print(h.split(b'\r\n')[0].decode(), json.loads(b)['error']['type'], round(time.time() - t))
+" 2>&1)
+check "garbage request line: 408 JSON by --header-timeout ($garbage)" \
+  bash -c "[[ '$garbage' =~ ^HTTP/1.1\ 408\ .*\ invalid_request_error\ [23]$ ]]"
+check "request timeouts are counted" test "$(metric nanoinfer_http_request_timeouts_total)" -ge 41
 kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID" 2>/dev/null
 # the deprecated --request-timeout still sets both deadlines
