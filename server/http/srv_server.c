@@ -35,6 +35,19 @@
  * the next write fails inside MHD). A request whose client is gone is
  * eng_abort()ed, which frees its KV blocks within the next engine step.
  *
+ * Slow clients and connection slots (issue 14): every connection has a
+ * srv_sock with its phase (headers, body, answering) and a total deadline
+ * for the first two (header-timeout, body-timeout; MHD's idle timeout
+ * restarts on every byte, these do not); the sweep answers a late client 408
+ * (JSON, written on the socket: MHD has no response to send before the
+ * request is complete) and shuts the socket down, which wakes MHD to close
+ * it. MHD is allowed max-connections + 1 connections: the newcomer that
+ * passes max-connections makes evict_one close the connection that has
+ * waited longest for its headers, so a slowloris or idle keep-alive
+ * connections cannot lock new clients out; with none waiting for headers,
+ * MHD stops accepting until a slot frees (listen fd back in its epoll set
+ * at the next run, which the close notification requests).
+ *
  * Shutdown (SIGTERM/SIGINT): stop accepting (MHD_quiesce_daemon), answer new
  * requests on kept-alive connections with 503, let in-flight requests finish
  * for up to shutdown-timeout, then abort the rest; once none is left, resume
