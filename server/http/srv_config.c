@@ -87,11 +87,11 @@ static const key_def g_keys[] = {
     {"idle-timeout", T_REAL, F(idle_timeout), 0, 0, 86400, "60", "SECONDS",
      "close connections idle this long (0: never)"},
     {"header-timeout", T_REAL, F(header_timeout), 0, 0, 86400, "30", "SECONDS",
-     "a client must send a request's headers within this, counted from the connection's\n"
-     "start or the end of its previous request (0: no limit); else 408 and close"},
+     "a client must send a request's headers within this of connecting (on a kept-alive\n"
+     "connection: of its previous request's end, plus idle-timeout; 0: no limit); else 408"},
     {"body-timeout", T_REAL, F(body_timeout), 0, 0, 86400, "60", "SECONDS",
-     "a client must send a request's whole body within this, counted from the end of its\n"
-     "headers (0: no limit); else 408 and close"},
+     "a client must send a request's whole body within this of its headers' end (a total,\n"
+     "not an idle timer; 0: no limit); else 408"},
     {"request-timeout", T_REAL, F(request_timeout), 0, 0, 86400, NULL, "SECONDS",
      "deprecated: sets both header-timeout and body-timeout"},
     {"health-timeout", T_REAL, F(health_timeout), 0, 0.1, 86400, "20", "SECONDS",
