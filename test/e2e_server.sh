@@ -179,15 +179,31 @@ start_server api --model "$TINY" --api-key "$KEY" --max-body 64KiB --kv-blocks 1
   --served-model-name tiny || exit 1
 API_PID=$SRV_PID
 AUTH=(-H "Authorization: Bearer $KEY")
-# control bytes after the key make it another key (issue 14): raw bytes, curl cannot send them.
-# (A NUL is still cut off by libmicrohttpd 0.9.75's header parser before we see the value.)
+# control bytes in a header value get a 400 (issue 14): "Bearer KEY\0x" is not the key KEY
+# (libmicrohttpd cuts a value at a NUL; the server finds it in the raw header block).
+# Raw bytes: curl cannot send them.
 raw_status() { # $1: the Authorization value's bytes (python literal)
   python3 -c "import socket,sys; s=socket.create_connection(('127.0.0.1', $SRV_PORT)); \
 s.sendall(b'GET /v1/models HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\nAuthorization: ' + $1 + b'\\r\\n\\r\\n'); \
 print(s.recv(64).split(b' ')[1].decode())"
 }
 check "Authorization with the key: 200" test "$(raw_status "b'Bearer $KEY'")" = 200
-check "Authorization with the key then a control byte: 401" test "$(raw_status "b'Bearer $KEY\\x01x'")" = 401
+check "Authorization with the key then a control byte: 400" test "$(raw_status "b'Bearer $KEY\\x01x'")" = 400
+check "Authorization with the key then a NUL: 400" test "$(raw_status "b'Bearer $KEY\\x00x'")" = 400
+check "Authorization with the key then a NUL at the end: 400" test "$(raw_status "b'Bearer $KEY\\x00'")" = 400
+check "another header with a NUL: 400" test "$(raw_status "b'Bearer $KEY\\r\\nX-Y: a\\x00b'")" = 400
+check "another header with DEL: 400" test "$(raw_status "b'Bearer $KEY\\r\\nX-Y: a\\x7fb'")" = 400
+nulbody=$(python3 -c "import socket; s=socket.create_connection(('127.0.0.1', $SRV_PORT)); \
+s.sendall(b'GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer $KEY\x00x\r\n\r\n'); \
+import json; r=b''
+while True:
+    d=s.recv(4096)
+    if not d: break
+    r+=d
+print(json.loads(r.partition(b'\r\n\r\n')[2])['error']['type'])" 2>&1)
+check "a NUL in a header: OpenAI-style JSON error ($nulbody)" test "$nulbody" = invalid_request_error
+check "a TAB in a header is fine: 200" test "$(raw_status "b'Bearer $KEY\\r\\nX-Y: a\\tb'")" = 200
+check "bare LF line ends are fine: 200" test "$(raw_status "b'Bearer $KEY\\nX-Y: ab\\n'")" = 200
 
 req GET /health
 check "/health 200" test "$STATUS" = 200
@@ -404,7 +420,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "${AUTH[@]}" -H 'Expect:' --data-b
 check "4 MiB body with Content-Length, no 100-continue -> 413 (got $code, curl exit $?)" test "$code" = 413
 python3 test/py/upload_limit.py "$SRV_PORT" 65536 "$KEY" >"$TMP/upload.out" 2>&1
 rc=$?
-check "raw-socket uploads over --max-body: 413 + clean close ($(grep -c '^ok' "$TMP/upload.out")/6 ok; $(grep FAIL "$TMP/upload.out" | head -1))" test $rc -eq 0
+check "raw-socket uploads over --max-body: 413 + clean close ($(grep -c "^ok" "$TMP/upload.out")/9 ok; $(grep FAIL "$TMP/upload.out" | head -1))" test $rc -eq 0
 req POST /v1/completions '{"prompt":"still alive","max_tokens":1}'
 check "server fine after 413s" test "$STATUS" = 200
 
@@ -728,12 +744,64 @@ kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID"
 rc=$?
 check "transient fault: a normal exit after it ($rc)" test $rc -eq 0
-# --request-timeout: a client trickling its request one byte at a time is cut off
-start_server trickle --model "$TINY" --request-timeout 2 || exit 1
-python3 test/py/slow_headers.py "$SRV_PORT" 10 2 >"$TMP/trickle.out" 2>&1
+# --header-timeout / --body-timeout: a client trickling its request one byte at a time gets
+# a 408 JSON error and is closed by the deadline; /health answers meanwhile (issue 14)
+start_server trickle --model "$TINY" --header-timeout 2 --body-timeout 2 || exit 1
+python3 test/py/slow_headers.py "$SRV_PORT" 30 2 headers >"$TMP/trickle.out" 2>&1
 rc=$?
-check "--request-timeout 2 cuts off trickling clients: $(tail -1 "$TMP/trickle.out")" test $rc -eq 0
-check "request timeouts are counted" test "$(metric nanoinfer_http_request_timeouts_total)" -ge 10
+check "--header-timeout 2 cuts off 30 trickling clients: $(tail -1 "$TMP/trickle.out")" test $rc -eq 0
+python3 test/py/slow_headers.py "$SRV_PORT" 10 2 body >"$TMP/trickle_body.out" 2>&1
+rc=$?
+check "--body-timeout 2 cuts off 10 clients trickling a body: $(tail -1 "$TMP/trickle_body.out")" test $rc -eq 0
+# a garbage request line ("\0\xff\xfe GARBAGE"): libmicrohttpd waits for a request line
+# (it took 60 s to close); header-timeout answers it 408 JSON (issue 14)
+garbage=$(python3 -c "
+import json, socket, time
+s = socket.create_connection(('127.0.0.1', $SRV_PORT)); s.settimeout(6); t = time.time()
+s.sendall(b'\x00\xff\xfe GARBAGE\r\n\r\n'); r = b''
+while True:
+    d = s.recv(4096)
+    if not d: break
+    r += d
+h, _, b = r.partition(b'\r\n\r\n')
+print(h.split(b'\r\n')[0].decode(), json.loads(b)['error']['type'], round(time.time() - t))
+" 2>&1)
+check "garbage request line: 408 JSON by --header-timeout ($garbage)" \
+  bash -c "[[ '$garbage' =~ ^HTTP/1.1\ 408\ .*\ invalid_request_error\ [23]$ ]]"
+check "request timeouts are counted" test "$(metric nanoinfer_http_request_timeouts_total)" -ge 41
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID" 2>/dev/null
+# the deprecated --request-timeout still sets both deadlines
+start_server trickle_old --model "$TINY" --request-timeout 2 || exit 1
+python3 test/py/slow_headers.py "$SRV_PORT" 5 2 body >"$TMP/trickle_old.out" 2>&1
+rc=$?
+check "--request-timeout 2 (deprecated) still cuts off a trickled body: $(tail -1 "$TMP/trickle_old.out")" test $rc -eq 0
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID" 2>/dev/null
+# at --max-connections a new client gets in: the connection that waited longest for its
+# headers is evicted (counted), not the newcomer queued until a timeout (issue 14)
+start_server evict --model "$TINY" --max-connections 10 --header-timeout 30 || exit 1
+python3 test/py/evict.py "$SRV_PORT" 40 >"$TMP/evict.out" 2>&1
+rc=$?
+check "--max-connections 10, 40 trickling clients: $(tail -1 "$TMP/evict.out")" test $rc -eq 0
+check "evictions are counted" test "$(metric nanoinfer_http_connections_evicted_total)" -ge 1
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID" 2>/dev/null
+# --max-connections-per-ip 2: a third connection from 127.0.0.1 is closed at once
+start_server perip --model "$TINY" --max-connections-per-ip 2 || exit 1
+perip=$(python3 -c "
+import socket
+held = [socket.create_connection(('127.0.0.1', $SRV_PORT)) for _ in range(2)]
+s = socket.create_connection(('127.0.0.1', $SRV_PORT)); s.settimeout(3)
+try:
+    s.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n'); r = s.recv(100)
+    print('closed' if r == b'' else 'answered')
+except ConnectionResetError: print('closed')
+except socket.timeout: print('timeout')
+" 2>&1)
+check "--max-connections-per-ip 2: a third connection is closed ($perip)" test "$perip" = closed
+req GET /health
+check "--max-connections-per-ip 2: /health 200 once they are gone" test "$STATUS" = 200
 kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID" 2>/dev/null
 # --idle-timeout 0.5 closes an idle connection (MHD counts whole seconds: 0.5 once meant never)

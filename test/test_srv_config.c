@@ -435,13 +435,45 @@ static void test_log_levels(void **state) {
     assert_string_equal(srv_log_level_name(SRV_LOG_DEBUG), "debug");
 }
 
+/* The connection deadlines and limits (issue 14): header-timeout and
+ * body-timeout default to 30 and 60 s; the deprecated request-timeout sets
+ * both (and a later key still wins); the per-address limit defaults to off. */
+static void test_connection_limits(void **state) {
+    (void)state;
+    srv_config c;
+    char err[256];
+    srv_config_default(&c);
+    assert_float_equal(c.header_timeout, 30, 0);
+    assert_float_equal(c.body_timeout, 60, 0);
+    assert_float_equal(c.idle_timeout, 60, 0);
+    assert_int_equal(c.max_connections, 1024);
+    assert_int_equal(c.max_connections_per_ip, 0);
+    assert_int_equal(srv_config_set(&c, "request-timeout", "5", err, sizeof err), 0);
+    assert_float_equal(c.header_timeout, 5, 0);
+    assert_float_equal(c.body_timeout, 5, 0);
+    assert_int_equal(srv_config_set(&c, "header_timeout", "2.5", err, sizeof err), 0);
+    assert_float_equal(c.header_timeout, 2.5, 0);
+    assert_float_equal(c.body_timeout, 5, 0);
+    srv_config_default(&c);
+    assert_int_equal(
+        srv_config_load_file(&c, write_tmp("body-timeout = 7\nrequest-timeout = 0\n"), err,
+                             sizeof err),
+        0);
+    assert_float_equal(c.header_timeout, 0, 0); /* 0: no limit, for both */
+    assert_float_equal(c.body_timeout, 0, 0);
+    assert_int_equal(srv_config_set(&c, "max-connections-per-ip", "8", err, sizeof err), 0);
+    assert_int_equal(c.max_connections_per_ip, 8);
+    assert_int_not_equal(srv_config_set(&c, "max-connections-per-ip", "-1", err, sizeof err), 0);
+    assert_int_not_equal(srv_config_set(&c, "body-timeout", "-1", err, sizeof err), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),     cmocka_unit_test(test_values),
         cmocka_unit_test(test_file),         cmocka_unit_test(test_args),
         cmocka_unit_test(test_validate),     cmocka_unit_test(test_device_alias),
         cmocka_unit_test(test_shipped_conf), cmocka_unit_test(test_log_levels),
-        cmocka_unit_test(test_sampling),
+        cmocka_unit_test(test_sampling),     cmocka_unit_test(test_connection_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

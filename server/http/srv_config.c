@@ -80,12 +80,20 @@ static const key_def g_keys[] = {
     {"max-stream-buffer", T_BYTES, F(max_stream_buffer), 0, 16384, 1 << 30, "4MiB", "BYTES",
      "output buffered per connection; a client reading slower is cut off"},
     {"max-connections", T_INT, F(max_connections), 0, 1, 1000000, "1024", "N",
-     "simultaneous HTTP connections"},
+     "simultaneous HTTP connections; at the limit the connection that has waited longest\n"
+     "for its request headers is closed to make room for a new one"},
+    {"max-connections-per-ip", T_INT, F(max_connections_per_ip), 0, 0, 1000000, "0", "N",
+     "simultaneous HTTP connections from one client address (0: no limit)"},
     {"idle-timeout", T_REAL, F(idle_timeout), 0, 0, 86400, "60", "SECONDS",
      "close connections idle this long (0: never)"},
-    {"request-timeout", T_REAL, F(request_timeout), 0, 0, 86400, "60", "SECONDS",
-     "a client must send each request's headers and body within this (0: no limit); a slow\n"
-     "sender is cut off instead of holding a connection slot"},
+    {"header-timeout", T_REAL, F(header_timeout), 0, 0, 86400, "30", "SECONDS",
+     "a client must send a request's headers within this of connecting (on a kept-alive\n"
+     "connection: of its previous request's end, plus idle-timeout; 0: no limit); else 408"},
+    {"body-timeout", T_REAL, F(body_timeout), 0, 0, 86400, "60", "SECONDS",
+     "a client must send a request's whole body within this of its headers' end (a total,\n"
+     "not an idle timer; 0: no limit); else 408"},
+    {"request-timeout", T_REAL, F(request_timeout), 0, 0, 86400, NULL, "SECONDS",
+     "deprecated: sets both header-timeout and body-timeout"},
     {"health-timeout", T_REAL, F(health_timeout), 0, 0.1, 86400, "20", "SECONDS",
      "/health fails when one engine step has been running longer than this"},
     {"chat-template", T_STYLE, F(chat_template), S(chat_template), 0, 0, "auto", "STYLE",
@@ -278,6 +286,8 @@ int srv_config_set(srv_config *c, const char *key, const char *val, char *err, s
             *(long long *)base = (long long)d;
         else
             *(double *)base = d;
+        if (k->off == F(request_timeout)) /* the deprecated key covers both phases */
+            c->header_timeout = c->body_timeout = d;
         return 0;
     }
     case T_BOOL: {
@@ -570,7 +580,8 @@ void srv_config_log(const srv_config *c) {
             "max-num-seqs=%d max-batched-tokens=%d prefill-chunk=%d kv-blocks=%d block-size=%d "
             "max-model-len=%d prefix-cache=%s threads=%d tensor-parallel-size=%d "
             "shutdown-timeout=%gs log-level=%s "
-            "max-tokens-default=%d max-stream-buffer=%lld max-connections=%d idle-timeout=%gs "
+            "max-tokens-default=%d max-stream-buffer=%lld max-connections=%d "
+            "max-connections-per-ip=%d idle-timeout=%gs header-timeout=%gs body-timeout=%gs "
             "health-timeout=%gs chat-template=%s reasoning-parser=%s device=%s webui=%s",
             c->model, c->host, c->port,
             c->api_key[0] ? (c->api_key_from_env ? "(set, from env)" : "(set)") : "(none)",
@@ -578,6 +589,7 @@ void srv_config_log(const srv_config *c) {
             c->kv_blocks, c->block_size, c->max_model_len, c->no_prefix_cache ? "off" : "on",
             c->threads, c->tensor_parallel_size, c->shutdown_timeout,
             srv_log_level_name(c->log_level), c->max_tokens_default, c->max_stream_buffer,
-            c->max_connections, c->idle_timeout, c->health_timeout, c->chat_template,
+            c->max_connections, c->max_connections_per_ip, c->idle_timeout, c->header_timeout,
+            c->body_timeout, c->health_timeout, c->chat_template,
             c->reasoning_parser, c->backend, c->no_webui ? "off" : "on");
 }

@@ -59,8 +59,13 @@ typedef struct srv_config {
     long long max_stream_buffer; /* bytes buffered per connection before a slow reader is cut */
     int max_connections;
     double idle_timeout;           /* seconds an idle keep-alive connection stays open */
-    double request_timeout;        /* seconds a client has to send a request's headers and body
-                                    * (0: no limit); nginx's client_header/body_timeout */
+    int max_connections_per_ip;    /* 0 = no limit (MHD_OPTION_PER_IP_CONNECTION_LIMIT) */
+    double header_timeout;         /* seconds from a request's start (the connection's, or the
+                                    * end of the previous request) to the end of its headers;
+                                    * 0 = none; nginx's client_header_timeout */
+    double body_timeout;           /* seconds from the end of the headers to the end of the
+                                    * body; 0 = none; nginx's client_body_timeout, but total */
+    double request_timeout;        /* deprecated: setting it sets both of the above */
     double health_timeout;         /* engine heartbeat age that makes /health fail */
     char chat_template[32];        /* "auto" or a chat.h style name */
     char reasoning_parser[16];     /* "auto" (qwen3 for the Qwen3 template, else none), "none",

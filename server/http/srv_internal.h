@@ -116,14 +116,26 @@ struct srv_conn {
 };
 
 /* One TCP connection, from MHD's connection-start notification to its close
- * (MHD's socket context): when its current request began, so that the sweep
- * can cut off a client that takes too long to send it (MHD's own idle
- * timeout restarts on every byte). */
+ * (MHD's socket context): which phase of a request it is in and by when that
+ * phase must end, so that the sweep can cut off a client that takes too long
+ * to send its headers (header-timeout) or its body (body-timeout); MHD's own
+ * idle timeout restarts on every byte, these deadlines never do. At
+ * max-connections the sweep of srv_server.c closes the one that has waited
+ * longest for its headers to make room. */
+enum srv_sock_phase {
+    SRV_SOCK_HEADERS = 0, /* waiting for (the rest of) a request's headers */
+    SRV_SOCK_BODY,        /* headers in, the body still arriving */
+    SRV_SOCK_ANSWERING    /* the request is complete: no deadline */
+};
+
 typedef struct srv_sock {
     struct MHD_Connection *mc;
-    double t_request;   /* connection start, or the end of its previous request */
-    int receiving;      /* 1 until the current request's body is complete */
-    int cut;            /* shut down by the sweep */
+    enum srv_sock_phase phase;
+    double t_phase;    /* when the phase began (ni_now) */
+    double deadline;   /* ni_now() by which the phase must end; 0 = none */
+    int n_requests;    /* requests completed on this connection */
+    int cut;           /* shut down by the sweep (timeout, eviction, early close) */
+    srv_conn *conn;    /* SRV_SOCK_BODY: the request being received */
     struct srv_sock *prev, *next;
 } srv_sock;
 
@@ -195,6 +207,16 @@ void srv_mhd_run(srv_server *s);
 /* Resumes a suspended c and marks s->need_run (the caller's MHD_run picks it up);
  * no-op when c is not suspended. */
 void srv_conn_resume(srv_conn *c);
+
+/* mc's srv_sock (MHD's socket context), or NULL (none could be allocated). */
+srv_sock *srv_sock_of(struct MHD_Connection *mc);
+
+/* Moves k (NULL: no-op) into phase ph, arming the deadline of that phase:
+ * header-timeout for SRV_SOCK_HEADERS (plus idle-timeout after a first
+ * request, as a kept-alive client may idle that long before it sends),
+ * body-timeout for SRV_SOCK_BODY (c: the request being received), none for
+ * SRV_SOCK_ANSWERING. */
+void srv_sock_phase(srv_server *s, srv_sock *k, enum srv_sock_phase ph, srv_conn *c);
 
 /* Suspends c (MHD stops calling back for it) until srv_conn_resume; idempotent. */
 void srv_conn_suspend(srv_conn *c);
@@ -276,6 +298,13 @@ void srv_build_final(srv_server *s, srv_gen *g, srv_conn *c);
 
 /* n fresh "call_..." ids (ids[i], pointed to by ptrs[i]) for tool calls. */
 void srv_tool_ids(srv_server *s, char (*ids)[32], const char **ptrs, int n);
+
+/* Writes a whole JSON error response (OpenAI error shape, Connection: close)
+ * with this status and message straight to socket fd, for a client MHD
+ * cannot answer at this point (mid-body, or before its headers are complete),
+ * counts it, and shuts the write side down. http10: HTTP/1.0 status line.
+ * Returns 0, or -1 when the socket took less than all of it. */
+int srv_answer_raw(srv_server *s, int fd, int http10, int status, const char *msg);
 
 /* MHD access handler (MHD_AccessHandlerCallback); cls is the srv_server. */
 enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char *url,

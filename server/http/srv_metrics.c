@@ -107,8 +107,13 @@ int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_load
            "Generations the engine ended with an error (NaN logits, out of memory, backend failure).",
            (double)m->engine_errors);
     scalar(&rc, o, "http_request_timeouts_total", "counter",
-           "Connections closed because a request was not received within request-timeout.",
+           "Connections closed because a request's headers or body were not received within "
+           "header-timeout / body-timeout.",
            (long long)m->request_timeouts);
+    scalar(&rc, o, "http_connections_evicted_total", "counter",
+           "Connections waiting for their request headers that were closed at max-connections "
+           "to make room for a new client.",
+           (long long)m->connections_evicted);
     scalar(&rc, o, "prompt_tokens_total", "counter", "Prompt tokens of accepted requests.",
            (double)m->prompt_tokens);
     scalar(&rc, o, "generation_tokens_total", "counter", "Generated tokens.", (double)m->generation_tokens);

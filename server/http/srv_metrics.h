@@ -45,7 +45,8 @@ typedef struct srv_metrics {
     uint64_t prompt_tokens;        /* prompt tokens of accepted requests */
     uint64_t generation_tokens;    /* tokens streamed back */
     int connections;               /* open HTTP connections (gauge) */
-    uint64_t request_timeouts;     /* connections cut off by request-timeout (counter) */
+    uint64_t request_timeouts;     /* connections cut off by header/body-timeout (counter) */
+    uint64_t connections_evicted;  /* closed at max-connections to make room (counter) */
     uint64_t engine_errors;        /* generations the engine ended with an error (counter) */
     int requests_in_flight;        /* accepted generation requests not finished (gauge) */
     srv_hist ttft, itl, e2e;

@@ -14,20 +14,18 @@
  * is dispatched.
  *
  * Bodies over max-body get a 413 the client can read. Answering while the
- * client still sends does not work with MHD 0.9.75: a response queued before
- * the body makes MHD skip the body and close the socket with the client's
- * bytes unread, which makes the kernel send a reset, and the client,
+ * client still sends does not work through MHD 0.9.75: a response queued
+ * before the body makes MHD skip the body and close the socket with the
+ * client's bytes unread, which makes the kernel send a reset, and the client,
  * typically still writing, loses the 413 with its receive buffer (ECONNRESET
  * / EPIPE; curl: "send failure"). So: with Expect: 100-continue and a
  * Content-Length over the limit the 413 goes out at once (the client sends
- * nothing before it); otherwise the excess is read and dropped, up to
- * DISCARD_FACTOR x max-body, and the 413 (Connection: close) follows the
- * body. A body longer than that (chunked, or a larger Content-Length) is
- * answered on the socket directly (MHD accepts no response in mid-body): the
- * 413 is written, the write side shut down so the client sees the end of the
- * reply, and the body drained for up to DRAIN_S seconds / another
- * DRAIN_FACTOR x the discard cap in all while the client reads it; then MHD
- * closes.
+ * nothing before it); otherwise, at the first body byte past the limit
+ * (whatever the framing: Content-Length, chunked, a huge chunk size), the
+ * 413 is written on the socket directly (MHD accepts no response in
+ * mid-body), the write side shut down so the client sees the end of the
+ * reply, and the body drained for up to DRAIN_S seconds / DRAIN_FACTOR x
+ * the discard cap in all while the client reads it; then MHD closes.
  *
  * A generation request (srv_gen) is parsed, tokenized and handed to eng_add
  * inside the access handler. Then:
@@ -81,7 +79,7 @@
 #include "srv_util.h"
 #include "srv_web.h"
 
-#define DISCARD_FACTOR 16 /* oversized uploads: read at most this x max-body, twice */
+#define DISCARD_FACTOR 16 /* oversized uploads: the discard cap is this x max-body */
 #define DRAIN_S 5.0       /* after a 413 written mid-body: the longest drain */
 #define DRAIN_FACTOR 8    /* ... and at most this x the discard cap in all (a client that
                            * sends a body just over 2x the cap must still read its 413) */
@@ -688,40 +686,52 @@ static int expects_continue(srv_conn *c, const char *version) {
     return e && !strcasecmp(e, "100-continue") && !strcmp(version, MHD_HTTP_VERSION_1_1);
 }
 
-/* The discard cap: what is read and dropped of an oversized body before the
- * 413 is written mid-body (and again while draining after it). */
+/* The discard cap: DRAIN_FACTOR x this is the most of an oversized body read
+ * and dropped after its 413. */
 static size_t discard_cap(const srv_server *s) { return (size_t)s->cfg.max_body * DISCARD_FACTOR; }
 
-/* Writes a 413 on c's socket in the middle of its body (see the top of the
- * file) and shuts the write side down. Returns 0, or -1 when the socket took
- * less than all of it (the connection is then closed). */
-static int answer_raw_413(srv_server *s, srv_conn *c, const char *version) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(c->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci || ci->connect_fd < 0) return -1;
+int srv_answer_raw(srv_server *s, int fd, int http10, int status, const char *msg) {
     srv_api_error e;
-    srv_api_fail(&e, 413, NULL, "request body too large (limit %lld bytes)", s->cfg.max_body);
+    srv_api_fail(&e, status, NULL, "%s", msg);
     json_t *o = srv_api_error_json(&e);
     char *txt = o ? json_dumps(o, SRV_JSON_FLAGS) : NULL;
     json_decref(o);
     if (!txt) return -1;
     char head[256];
     size_t bl = strlen(txt);
+    const char *reason = MHD_get_reason_phrase_for((unsigned)status);
     int hl = snprintf(head, sizeof head,
-                      "%s 413 Content Too Large\r\nConnection: close\r\n"
+                      "%s %d %s\r\nConnection: close\r\n"
                       "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                      strcmp(version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.1" : "HTTP/1.0", bl);
+                      http10 ? "HTTP/1.0" : "HTTP/1.1", status, reason ? reason : "Error", bl);
     struct iovec iov[2] = {{head, (size_t)hl}, {txt, bl}};
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-    /* nothing else was written on this socket: its send buffer takes it whole */
-    ssize_t w = sendmsg(ci->connect_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    /* nothing else was written for this request: the send buffer takes it whole */
+    ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     free(txt);
     if (w != (ssize_t)((size_t)hl + bl)) return -1;
-    shutdown(ci->connect_fd, SHUT_WR);
+    shutdown(fd, SHUT_WR);
+    srv_metrics_response(&s->metrics, status);
+    return 0;
+}
+
+/* Writes a 413 on c's socket in the middle of its body (see the top of the
+ * file). Returns 0, or -1 when the socket took less than all of it (the
+ * connection is then closed). */
+static int answer_raw_413(srv_server *s, srv_conn *c, const char *version) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci || ci->connect_fd < 0) return -1;
+    char msg[96];
+    snprintf(msg, sizeof msg, "request body too large (limit %lld bytes)", s->cfg.max_body);
+    if (srv_answer_raw(s, ci->connect_fd, !strcmp(version, MHD_HTTP_VERSION_1_0), 413, msg))
+        return -1;
     c->answered_raw = 1;
     c->t_answered = ni_now();
     c->status = 413;
-    srv_metrics_response(&s->metrics, 413);
+    /* a client that sends no more is closed by the sweep when the drain time is over */
+    srv_sock *k = srv_sock_of(c->mc);
+    if (k) k->deadline = c->t_answered + DRAIN_S;
     return 0;
 }
 
@@ -733,11 +743,65 @@ static enum MHD_Result discard_body(srv_server *s, srv_conn *c, size_t n, const 
             return MHD_NO;
         return MHD_YES;
     }
-    if (c->discarded <= discard_cap(s)) return MHD_YES;
+    /* the first byte past the limit, whatever the framing: a chunked body
+     * (or a chunk size like ffffffffffffffff) would otherwise be read and
+     * dropped to the discard cap before the client heard anything */
     if (answer_raw_413(s, c, version)) return MHD_NO;
-    srv_log(SRV_LOG_INFO, "%s %s: body over %zu bytes; answered 413, draining", c->method, c->path,
-            discard_cap(s));
+    srv_log(SRV_LOG_INFO, "%s %s: body over %lld bytes; answered 413, draining", c->method,
+            c->path, s->cfg.max_body);
     return MHD_YES;
+}
+
+/* Control bytes in request header values (issue 14). libmicrohttpd 0.9.75
+ * parses the header block in place and takes every value's length with
+ * strlen, so "Bearer sekret\0x" reaches us as "Bearer sekret": no API shows
+ * the NUL. The block is still there, though: it starts at the method (the
+ * request line's first byte) and spans REQUEST_HEADER_SIZE bytes, with each
+ * line's CRLF (or LF) and each name's colon overwritten by NULs, values in
+ * order. So between the end of a value and the next header's name there may
+ * be only its line end, 1 or 2 NULs; after the last value, that plus the
+ * empty line's, at most 4. Anything else there is the rest of a value cut at
+ * a NUL. Values MHD moved to its pool (obsolete line folding) cannot be
+ * placed and are refused too, as RFC 9112 5.2 allows. */
+typedef struct hdr_scan {
+    const char *lo, *hi; /* the header block */
+    const char *tail;    /* end of the previous value (NULL: none yet) */
+    int bad;
+} hdr_scan;
+
+static int nul_gap_ok(const char *from, const char *to, ptrdiff_t max) {
+    if (to < from || to - from > max) return 0;
+    for (const char *p = from; p < to; p++)
+        if (*p) return 0;
+    return 1;
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size) {
+    (void)kind;
+    (void)key_size;
+    hdr_scan *h = cls;
+    for (size_t i = 0; i < value_size; i++) {
+        unsigned char b = (unsigned char)value[i];
+        if ((b < 0x20 && b != '\t') || b == 0x7f) h->bad = 1;
+    }
+    if (key < h->lo || key >= h->hi || value < h->lo || value + value_size >= h->hi ||
+        (h->tail && !nul_gap_ok(h->tail, key, 2)))
+        h->bad = 1;
+    h->tail = value + value_size;
+    return h->bad ? MHD_NO : MHD_YES;
+}
+
+/* 1 when a header value of c's request holds a byte < 0x20 other than TAB,
+ * or 0x7f (method: the access handler's, the start of the header block). */
+static int bad_header_bytes(srv_conn *c, const char *method) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->mc, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (!ci) return 0;
+    hdr_scan h = {.lo = method, .hi = method + ci->header_size};
+    MHD_get_connection_values_n(c->mc, MHD_HEADER_KIND, scan_header, &h);
+    if (!h.bad && h.tail && !nul_gap_ok(h.tail, h.hi, 4)) h.bad = 1;
+    return h.bad;
 }
 
 /* First call for a request: decide everything that needs no body. Returns 1
@@ -776,33 +840,10 @@ static int early_checks(srv_server *s, srv_conn *c, const char *version) {
                                s->cfg.max_body);
                 return 1;
             }
-            /* read and drop it, then answer; past the cap: at the first byte */
-            c->too_big = 1;
-            if (n > (unsigned long long)discard_cap(s)) c->discarded = discard_cap(s);
+            c->too_big = 1; /* answered at its first byte (discard_body) */
         }
     }
     return 0;
-}
-
-static srv_sock *sock_of(struct MHD_Connection *mc) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    return ci ? ci->socket_context : NULL;
-}
-
-/* The current request's body is complete: no deadline until the next one. */
-static void sock_received(struct MHD_Connection *mc) {
-    srv_sock *k = sock_of(mc);
-    if (k) k->receiving = 0;
-}
-
-/* A request ended: the next one on this connection has request-timeout. */
-static void sock_next_request(struct MHD_Connection *mc) {
-    srv_sock *k = sock_of(mc);
-    if (k) {
-        k->receiving = 1;
-        k->t_request = ni_now();
-    }
 }
 
 static srv_conn *conn_new(srv_server *s, struct MHD_Connection *mc, const char *url,
@@ -853,11 +894,18 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char 
                                size_t *upload_size, void **req_cls) {
     srv_server *s = cls;
     srv_conn *c = *req_cls;
+    srv_sock *k = srv_sock_of(mc);
+    if (k && k->cut) return MHD_NO; /* timed out or evicted: MHD closes it */
     if (!c) {
         c = conn_new(s, mc, url, method);
         if (!c) return MHD_NO;
         *req_cls = c;
-        early_checks(s, c, version);
+        srv_sock_phase(s, k, SRV_SOCK_BODY, c);
+        if (bad_header_bytes(c, method))
+            respond_errorf(c, 400, NULL, NULL,
+                           "a request header holds a control character (NUL, CR, LF, DEL, ...)");
+        else
+            early_checks(s, c, version);
         return MHD_YES;
     }
     if (*upload_size) {
@@ -874,7 +922,7 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *mc, const char 
         }
         return discard_body(s, c, n, version);
     }
-    sock_received(mc);
+    srv_sock_phase(s, k, SRV_SOCK_ANSWERING, NULL);
     if (c->answered_raw) return MHD_NO; /* the 413 is out and the body read: close */
     if (c->status) return MHD_YES;      /* answered early; MHD is finishing the upload */
     if (c->gen) {                       /* resumed: a non-streaming generation finished */
@@ -926,6 +974,6 @@ void srv_on_completed(void *cls, struct MHD_Connection *mc, void **req_cls,
             c->prompt_tokens, c->completion_tokens, ni_now() - c->t_start, c->rid[0] ? " id=" : "",
             c->rid, lost ? " closed=" : "", lost ? why[(unsigned)toe < 6 ? (unsigned)toe : 1] : "");
     conn_free(s, c);
-    sock_next_request(mc);
+    srv_sock_phase(s, srv_sock_of(mc), SRV_SOCK_HEADERS, NULL);
     if (s->draining) srv_check_drained(s);
 }

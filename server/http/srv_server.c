@@ -35,6 +35,19 @@
  * the next write fails inside MHD). A request whose client is gone is
  * eng_abort()ed, which frees its KV blocks within the next engine step.
  *
+ * Slow clients and connection slots (issue 14): every connection has a
+ * srv_sock with its phase (headers, body, answering) and a total deadline
+ * for the first two (header-timeout, body-timeout; MHD's idle timeout
+ * restarts on every byte, these do not); the sweep answers a late client 408
+ * (JSON, written on the socket: MHD has no response to send before the
+ * request is complete) and shuts the socket down, which wakes MHD to close
+ * it. MHD is allowed max-connections + 1 connections: the newcomer that
+ * passes max-connections makes evict_one close the connection that has
+ * waited longest for its headers, so a slowloris or idle keep-alive
+ * connections cannot lock new clients out; with none waiting for headers,
+ * MHD stops accepting until a slot frees (listen fd back in its epoll set
+ * at the next run, which the close notification requests).
+ *
  * Shutdown (SIGTERM/SIGINT): stop accepting (MHD_quiesce_daemon), answer new
  * requests on kept-alive connections with 503, let in-flight requests finish
  * for up to shutdown-timeout, then abort the rest; once none is left, resume
@@ -137,6 +150,64 @@ void srv_conn_kill(srv_conn *c, int reason) {
     srv_conn_resume(c);
 }
 
+/* ================= connection phases, deadlines, eviction ================= */
+
+srv_sock *srv_sock_of(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+void srv_sock_phase(srv_server *s, srv_sock *k, enum srv_sock_phase ph, srv_conn *c) {
+    if (!k) return;
+    const double now = ni_now();
+    if (ph == SRV_SOCK_HEADERS && k->phase != SRV_SOCK_HEADERS) k->n_requests++;
+    k->phase = ph;
+    k->t_phase = now;
+    k->conn = ph == SRV_SOCK_BODY ? c : NULL;
+    double lim = ph == SRV_SOCK_HEADERS ? s->cfg.header_timeout
+                 : ph == SRV_SOCK_BODY  ? s->cfg.body_timeout
+                                        : 0;
+    if (lim > 0 && ph == SRV_SOCK_HEADERS && k->n_requests > 0) lim += s->cfg.idle_timeout;
+    k->deadline = lim > 0 ? now + lim : 0;
+}
+
+static int sock_fd(const srv_sock *k) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(k->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? ci->connect_fd : -1;
+}
+
+/* Closes k from the outside: shutdown() wakes MHD up (its epoll set sees the
+ * hang-up), it reads EOF and closes; the access handler refuses a request
+ * completed from bytes it had buffered (k->cut). */
+static void sock_cut(srv_sock *k, int fd) {
+    k->cut = 1;
+    shutdown(fd, SHUT_RDWR);
+}
+
+/* At more than max-connections (MHD admits one more, see start_http): closes
+ * the connection that has waited longest for its request headers (a kept-
+ * alive idle one or a slow sender), never `except` (the newcomer). Returns 1
+ * when one was closed; with none waiting for headers every slot is busy with
+ * a request and MHD stops accepting until one ends. */
+static int evict_one(srv_server *s, const srv_sock *except) {
+    if (s->metrics.connections <= s->cfg.max_connections) return 0;
+    srv_sock *victim = NULL;
+    for (srv_sock *k = s->socks; k; k = k->next)
+        if (k != except && !k->cut && k->phase == SRV_SOCK_HEADERS &&
+            (!victim || k->t_phase < victim->t_phase))
+            victim = k;
+    int fd = victim ? sock_fd(victim) : -1;
+    if (fd < 0) return 0;
+    sock_cut(victim, fd);
+    s->metrics.connections_evicted++;
+    srv_log(SRV_LOG_INFO,
+            "connection: at max-connections (%d); closed one that waited %.1fs for its request",
+            s->cfg.max_connections, ni_now() - victim->t_phase);
+    return 1;
+}
+
 /* ================= daemon callbacks ================= */
 
 static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_ctx,
@@ -146,14 +217,14 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_ct
         s->metrics.connections++;
         srv_sock *k = calloc(1, sizeof *k); /* no deadline for this one if NULL */
         if (k) {
-            k->mc = mc;
-            k->t_request = ni_now();
-            k->receiving = 1;
+            k->mc = mc; /* calloc: SRV_SOCK_HEADERS, no request yet: header-timeout from now */
+            srv_sock_phase(s, k, SRV_SOCK_HEADERS, NULL);
             k->next = s->socks;
             if (s->socks) s->socks->prev = k;
             s->socks = k;
         }
         *socket_ctx = k;
+        evict_one(s, k);
     } else {
         s->metrics.connections--;
         srv_sock *k = *socket_ctx;
@@ -219,31 +290,46 @@ static void on_sweep(uv_timer_t *t) {
             srv_conn_probe(c);
         }
     }
-    /* A client still sending its request after request-timeout is cut off:
-     * MHD's idle timeout restarts on every byte, so one byte every few
-     * seconds would hold the slot forever (issue 14). A client that shut
-     * its write side (or left) before its request was complete is closed:
-     * MHD takes a short read as "nothing more to read" and, its epoll set
-     * being edge-triggered, never looks again when the FIN came with the
-     * last bytes, so it would wait out the timeouts for the rest (issue 14).
-     * shutdown() wakes MHD up to close it. */
-    const double now = ni_now(), lim = s->cfg.request_timeout;
+    /* A client still sending its request's headers after header-timeout, or
+     * its body after body-timeout, is answered 408 (when nothing was sent
+     * for that request yet) and closed: MHD's idle timeout restarts on every
+     * byte, so one byte every few seconds would hold the slot forever
+     * (issue 14). A client that shut its write side (or left) before its
+     * request was complete is closed: MHD takes a short read as "nothing
+     * more to read" and, its epoll set being edge-triggered, never looks
+     * again when the FIN came with the last bytes, so it would wait out the
+     * timeouts for the rest (issue 14). */
+    const double now = ni_now();
     for (srv_sock *k = s->socks; k; k = k->next) {
-        if (!k->receiving || k->cut) continue;
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(k->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-        if (!ci || ci->connect_fd < 0) continue;
+        if (k->phase == SRV_SOCK_ANSWERING || k->cut) continue;
+        int fd = sock_fd(k);
+        if (fd < 0) continue;
         char b;
-        if (recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
-            k->cut = 1;
+        if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
             srv_log(SRV_LOG_INFO, "connection: client closed before its request was complete");
-        } else if (lim > 0 && now - k->t_request > lim) {
-            k->cut = 1;
+            sock_cut(k, fd);
+        } else if (k->deadline > 0 && now > k->deadline && k->conn && k->conn->answered_raw) {
+            sock_cut(k, fd); /* its 413 is out; the drain time is over */
+        } else if (k->deadline > 0 && now > k->deadline) {
+            int headers = k->phase == SRV_SOCK_HEADERS;
             s->metrics.request_timeouts++;
-            srv_log(SRV_LOG_INFO, "connection: request not received within %gs; closing", lim);
+            srv_log(SRV_LOG_INFO, "connection: request %s not received within %gs; closing",
+                    headers ? "headers" : "body",
+                    headers ? s->cfg.header_timeout : s->cfg.body_timeout);
+            const srv_conn *c = k->conn;
+            if (headers || (c && !c->status && !c->answered_raw)) {
+                char msg[96];
+                snprintf(msg, sizeof msg, "request %s not received within %g seconds",
+                         headers ? "headers" : "body",
+                         headers ? s->cfg.header_timeout : s->cfg.body_timeout);
+                srv_answer_raw(s, fd, 0, 408, msg);
+            }
+            sock_cut(k, fd);
         }
-        if (k->cut) shutdown(ci->connect_fd, SHUT_RDWR);
     }
+    /* a slot may be needed still: a connection that finished its request
+     * since the newcomer arrived now waits for headers and can go */
+    evict_one(s, NULL);
     /* Unconditionally: a safety net for whatever else could leave MHD
      * waiting for a run that no event asks for (cheap: 5 runs a second). */
     srv_mhd_run(s);
@@ -405,7 +491,11 @@ static int start_http(srv_server *s) {
         flags, 0, NULL, NULL, srv_on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
         MHD_OPTION_LISTEN_SOCKET, s->listen_fd, MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, s,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        /* one over: the newcomer that makes evict_one close the connection
+         * waiting longest for its headers (MHD refuses or stops accepting at
+         * its own limit, which would leave no room to decide) */
+        (unsigned)s->cfg.max_connections + 1, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)s->cfg.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
         /* MHD counts whole seconds and 0 means never: round a fraction up */
         (unsigned)ceil(s->cfg.idle_timeout), MHD_OPTION_END);
     if (!s->mhd) {

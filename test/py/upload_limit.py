@@ -11,7 +11,11 @@ Raw sockets (the server answers while the client may still be sending):
     reads: the server drains the rest, so the 413 still waits for it;
   - Content-Length 64 x MAX_BODY without Expect: answered at the first bytes;
   - Content-Length over the limit with Expect: 100-continue: answered at once,
-    the client sends no body.
+    the client sends no body;
+  - chunked 2 x MAX_BODY never ended, a chunk size of ffffffffffffffff with
+    2 x MAX_BODY of it, Content-Length 2 x MAX_BODY with 1.5 x sent: the
+    client then waits, and the 413 must come within 5 s (it is sent at the
+    first byte past the limit, whatever the framing; issue 14).
 Each: status 413, Connection: close, an OpenAI-style JSON error body
 ({"error": {"message", "type": "invalid_request_error", ...}}), then EOF
 (ECONNRESET is a failure). Then /health must answer 200.
@@ -45,7 +49,7 @@ def parse(raw):
     return status, hdr, body[:n]
 
 
-def run(name, head, total, chunked, polite, send_body=True):
+def run(name, head, total, chunked, polite, send_body=True, end=True, raw_body=None, wait=15):
     s = socket.create_connection(("127.0.0.1", PORT))
     s.sendall(head)
     got = threading.Event()
@@ -53,12 +57,16 @@ def run(name, head, total, chunked, polite, send_body=True):
 
     def sender():
         try:
+            if raw_body is not None:  # sent as is, then the client waits
+                s.sendall(raw_body)
+                sent[0] = total
+                return
             while send_body and sent[0] < total and not (polite and got.is_set()):
                 n = min(PIECE, total - sent[0])
                 data = b"x" * n
                 s.sendall(b"%x\r\n%s\r\n" % (n, data) if chunked else data)
                 sent[0] += n
-            if send_body and chunked and sent[0] == total:
+            if send_body and chunked and end and sent[0] == total:
                 s.sendall(b"0\r\n\r\n")
         except OSError as e:
             sent[1] = e
@@ -67,7 +75,7 @@ def run(name, head, total, chunked, polite, send_body=True):
     t.start()
     if not polite:
         t.join()
-    s.settimeout(15)
+    s.settimeout(wait)
     raw, how = b"", None
     try:
         while True:
@@ -126,6 +134,15 @@ ok &= run("Content-Length 64x max-body, no Expect",
 ok &= run("Content-Length 2x max-body, Expect: 100-continue",
           post(b"Content-Length: %d\r\nExpect: 100-continue\r\n" % (2 * MAX_BODY)), 2 * MAX_BODY,
           False, True, send_body=False)
+# the 413 must not wait for the end of the body (or for a timeout) whatever the framing
+ok &= run("chunked 2x max-body, never ended: 413 at the limit",
+          post(b"Transfer-Encoding: chunked\r\n"), 2 * MAX_BODY, True, True, end=False, wait=5)
+ok &= run("chunk size ffffffffffffffff, 2x max-body of it: 413 at the limit",
+          post(b"Transfer-Encoding: chunked\r\n"), 2 * MAX_BODY, True, True,
+          raw_body=b"ffffffffffffffff\r\n" + b"x" * (2 * MAX_BODY), wait=5)
+ok &= run("Content-Length 2x max-body, only 1.5x sent: 413 at the limit",
+          post(b"Content-Length: %d\r\n" % (2 * MAX_BODY)), 2 * MAX_BODY, False, True,
+          raw_body=b"x" * (3 * MAX_BODY // 2), wait=5)
 s = socket.create_connection(("127.0.0.1", PORT))
 s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
 s.settimeout(5)
