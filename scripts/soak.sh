@@ -4,8 +4,8 @@
 # Starts `nanoinfer serve` on the CPU backend (MODEL, default the `make model`
 # file when present, else the tiny test model) on a free loopback port, runs
 # test/py/soak_client.py at CONNS (default 64) connections: non-streamed and
-# streamed completions, streamed chat, and streams abandoned after their first
-# event. Samples the server's VmRSS every 2 s. Passes when:
+# streamed completions, streamed chat, streams abandoned after their first
+# event, and streams left unread for 0.5-2 s, then dropped. Samples the server's VmRSS every 2 s. Passes when:
 #   - the client saw zero socket errors, only 2xx and deliberate 429/503, no
 #     malformed body, and at least one completed request;
 #   - RSS at the end is < 5 % above RSS after the warm-up (the first fifth of
@@ -109,7 +109,7 @@ fi
 summary=$(python3 -c "
 import json, sys; c = json.load(open('$TMP/client.json'))
 print(' '.join('%s=%s' % (k, c[k]) for k in ('requests', 'ok', 'streamed', 'aborted', 'http_429',
-      'http_503', 'bad_status', 'socket_errors', 'bad_body', 'tokens')))" 2>/dev/null)
+      'http_503', 'stalled', 'bad_status', 'socket_errors', 'bad_body', 'tokens')))" 2>/dev/null)
 echo "soak: ${SECS}s conns=$CONNS model=$MODEL $summary rss_start_kb=$rss_start" \
      "rss_end_kb=$rss_end rss_max_kb=$rss_max growth=${growth}% kv_blocks_used=$kv health=$health"
 if [ "${#fails[@]}" -eq 0 ]; then status=0; echo "soak: PASS"; exit 0; fi

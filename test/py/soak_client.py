@@ -3,9 +3,10 @@
 
 CONNS threads, each with its own keep-alive HTTP/1.1 connection, send
 requests for SECONDS: non-streaming completions, streamed completions read to
-[DONE], streamed chat completions, and streams the client abandons after the
+[DONE], streamed chat completions, streams the client abandons after the
 first event (the socket is closed: the server must abort the request and free
-its KV blocks). Every response is checked: 2xx, or 429 / 503 (deliberate
+its KV blocks), and streams left unread for 0.5-2 s before the hang-up (their
+output piles up in the server's per-connection buffer, which must be freed). Every response is checked: 2xx, or 429 / 503 (deliberate
 back-pressure, counted apart). Anything else is a bad status; a connect,
 reset or read error on a request the client did not abandon is a socket
 error. Prints one JSON object with the counts; exits 1 if there was any
@@ -29,7 +30,7 @@ class Stats:
     def __init__(self):
         self.lock = threading.Lock()
         self.c = {"requests": 0, "ok": 0, "streamed": 0, "aborted": 0, "http_429": 0,
-                  "http_503": 0, "bad_status": 0, "socket_errors": 0, "bad_body": 0,
+                  "http_503": 0, "stalled": 0, "bad_status": 0, "socket_errors": 0, "bad_body": 0,
                   "tokens": 0}
         self.examples = []
 
@@ -45,7 +46,7 @@ def prompt(rng):
 
 
 def body_for(kind, rng):
-    max_tokens = rng.randint(1, 24)
+    max_tokens = rng.randint(16, 64) if kind == "stall" else rng.randint(1, 24)
     if kind == "chat":
         return "/v1/chat/completions", {
             "messages": [{"role": "user", "content": prompt(rng)}],
@@ -58,7 +59,7 @@ def worker(host, port, deadline, seed, st):
     rng = random.Random(seed)
     conn = None
     while time.monotonic() < deadline:
-        kind = rng.choices(["plain", "stream", "chat", "abort"], [4, 3, 2, 2])[0]
+        kind = rng.choices(["plain", "stream", "chat", "abort", "stall"], [4, 3, 2, 2, 1])[0]
         path, body = body_for(kind, rng)
         if conn is None:
             conn = http.client.HTTPConnection(host, port, timeout=120)
@@ -85,6 +86,12 @@ def worker(host, port, deadline, seed, st):
                 else:
                     st.add("ok")
                     st.add("tokens", o["usage"]["completion_tokens"])
+                continue
+            if kind == "stall":
+                time.sleep(rng.uniform(0.5, 2.0))  # nothing read: the server buffers
+                conn.close()
+                conn = None
+                st.add("stalled")
                 continue
             if kind == "abort":
                 resp.readline()  # the first SSE line, then hang up mid-stream
