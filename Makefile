@@ -54,7 +54,7 @@ CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/cli/*.c))
 TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(filter-out test/test_util.c,$(wildcard test/test_*.c)))
 TEST_UTIL := $(BUILD)/test/test_util.o
 
-.PHONY: all test test-seeds asan run bench format deps model clean check-tests check-deps
+.PHONY: all test test-seeds asan run bench format deps model clean check-tests check-deps soak
 all: $(BUILD)/nanoinfer
 
 $(BUILD)/libnanoinfer.a: $(LIB_OBJ)
@@ -118,6 +118,12 @@ test:
 SEEDS ?= 50
 test-seeds: $(TESTS)
 	@NI_MODEL=$(MODEL) BUILD=$(BUILD) bash test/test-seeds.sh $(SEEDS)
+
+# 10 minutes of mixed load on the real model (scripts/soak.sh: socket errors,
+# statuses, RSS growth, KV blocks, health); SOAK_SECONDS to change the length.
+SOAK_SECONDS ?= 600
+soak: model $(BUILD)/nanoinfer
+	@MODEL=$(MODEL) BUILD=$(BUILD) bash scripts/soak.sh $(SOAK_SECONDS)
 
 asan:
 	@$(MAKE) --no-print-directory check-tests BUILD=build/asan USE_CUDA=0 \

@@ -234,7 +234,8 @@ static eng_seq *seq_new(eng_engine *e, eng_req *r, int index, const int32_t *tok
     memcpy(s->tokens, tokens, (size_t)n * sizeof(int32_t));
     s->n_tokens = n;
     if (smp_state_init(&s->smp, &r->sp, e->vocab, r->prompt, r->n_prompt, r->fallback_seed,
-                       (uint32_t)index) != 0) {
+                       (uint32_t)index) != 0 ||
+        smp_reserve(&s->smp, r->max_tokens) != 0) { /* smp_accept then cannot fail */
         seq_free(e, s);
         return NULL;
     }
@@ -688,24 +689,48 @@ static int seq_accept_token(eng_engine *e, eng_seq *s, const smp_result *res) {
     s->tokens[s->n_tokens++] = tok;
     s->n_gen++;
     e->st.generated_tokens++;
-    smp_accept(&s->smp, tok);
+    const int arc = smp_accept(&s->smp, tok); /* reserved in seq_new: 0 unless a bug */
+    if (arc) {
+        r->error = arc;
+        emit(e, s, -1, "", 0, NULL, ENG_FINISH_ERROR);
+        seq_finish(e, s);
+        return 1;
+    }
 
     const int eog = !r->stop.ignore_eos && tok_is_eog(e->m->tok, tok);
     stop_reason why = stop_check_token(&r->stop, tok, eog, s->n_gen, s->n_tokens);
     int n = 0;
+    const char *text;
+    int len;
     if (why != STOP_REASON_STOP) { /* EOS and stop ids are never shown */
-        const int k = tok_stream_push(&s->ts, tok, e->dec, sizeof e->dec - DEC_FLUSH_ROOM);
-        if (k > 0) n = k;
+        /* A token's text is decoded in pieces that fit e->dec: all but the
+         * last go out as text-only events (token -1), so a token of any
+         * length keeps its text (one of 3,000 bytes was lost whole). */
+        size_t off = 0;
+        int more = 1;
+        while (more) {
+            const int k = tok_stream_push_part(&s->ts, tok, &off, &more, e->dec,
+                                               sizeof e->dec - DEC_FLUSH_ROOM);
+            if (k < 0) break; /* tok was sampled from the vocab: cannot happen */
+            n = k;
+            if (!more) break;
+            const stop_reason w =
+                stop_push_text(&s->out, &r->stop, STOP_REASON_NONE, e->dec, n, &text, &len);
+            n = 0;
+            if (w != STOP_REASON_NONE) { /* a stop string inside the token */
+                emit(e, s, tok, text, len, lp, finish_of(w));
+                seq_finish(e, s);
+                return 1;
+            }
+            if (len) emit(e, s, -1, text, len, NULL, ENG_FINISH_NONE);
+        }
     }
-    /* The decoder's held-back bytes go out when s ends, except after EOS / a
-     * stop id of a request without stop strings, which has always dropped
-     * them: kept so, for unchanged output. */
-    if (why == STOP_REASON_LENGTH || (why == STOP_REASON_STOP && r->stop.n_str > 0)) {
+    /* The decoder's held-back bytes go out when s ends, a hidden EOS or stop
+     * id included: an incomplete character becomes U+FFFD, as in tok_decode. */
+    if (why != STOP_REASON_NONE) {
         const int k = tok_stream_flush(&s->ts, e->dec + n, sizeof e->dec - (size_t)n);
         if (k > 0) n += k;
     }
-    const char *text;
-    int len;
     why = stop_push_text(&s->out, &r->stop, why, e->dec, n, &text, &len);
     emit(e, s, tok, text, len, lp, finish_of(why));
     if (why != STOP_REASON_NONE) {

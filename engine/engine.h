@@ -106,7 +106,10 @@ typedef struct eng_event {
     uint64_t id;
     void *user;
     int index;               /* which of the n samples */
-    int32_t token;           /* generated token, -1 on finish-only events */
+    int32_t token;           /* generated token, -1 on finish-only events and on the
+                              * leading text-only pieces of a token whose text is longer
+                              * than one event carries (~760 bytes; the token's own event
+                              * follows with the rest) */
     const char *text;        /* newly releasable text (may be empty; never a partial
                                 UTF-8 sequence nor a possible stop-string prefix) */
     int text_len;

@@ -12,7 +12,8 @@
 # server with one slot and a one-deep queue under 8 connections -> http_429
 # counted, ok + failed = num_prompts; no server -> exit 1 naming the address;
 # bad options -> exit 2; --help lists the options; and the offline `bench
-# --model` path still runs. The parsers themselves: test/test_srv_client.c.
+# --model` path still runs, --prefix included (prompts kept within the
+# context). The parsers themselves: test/test_srv_client.c.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BUILD=${BUILD:-build}
@@ -161,6 +162,13 @@ check "bench --help mentions --url" bash -c "'$BIN' bench --help 2>&1 | grep -q 
 # the offline path is unchanged
 timeout 120 "$BIN" bench --model "$TINY" --num-requests 4 --input-len 8 --output-len 4 --json >"$TMP/offline.out" 2>&1
 check "offline bench --model still runs" python3 -c "import json; r=json.load(open('$TMP/offline.out')); assert r['output_tokens']==16"
+# --prefix fits every prompt in the context (#10): the tiny model has 512
+# tokens, and 64 multi-turn requests once grew the history far past it
+timeout 300 "$BIN" bench --model "$TINY" --prefix --prefix-requests 64 --json >"$TMP/prefix.out" 2>&1
+check "bench --prefix --prefix-requests 64 fits a 512-token context" python3 -c "
+import json; r = json.load(open('$TMP/prefix.out')); assert len(r) == 4, r
+assert r[3]['experiment'] == 'growing multi-turn' and r[3]['restarts'] > 0, r[3]
+assert all(x['hit_rate'] > 0 for x in r if x['experiment'] != 'no shared prefix'), r"
 
 echo "e2e_bench: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -804,6 +804,22 @@ req GET /health
 check "--max-connections-per-ip 2: /health 200 once they are gone" test "$STATUS" = 200
 kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID" 2>/dev/null
+# a streamed echo whose first events exceed --max-stream-buffer gets a 400
+# JSON error up front (it was a stream cut with no error): n = 16 choices each
+# open with the echoed prompt, 400 control bytes = 2,400 bytes of JSON apiece
+start_server echobuf --model "$TINY" --max-stream-buffer 16384 || exit 1
+python3 -c "import json; print(json.dumps({'prompt': '\x01' * 400, 'echo': True, 'stream': True, \
+'n': 16, 'max_tokens': 2}))" >"$TMP/echo_req.json"
+code=$(curl -s -o "$TMP/echo_body" -w '%{http_code}' "$BASE/v1/completions" \
+  -H 'Content-Type: application/json' --data-binary @"$TMP/echo_req.json")
+check "stream echo over --max-stream-buffer: 400 ($code)" test "$code" = 400
+check "stream echo over --max-stream-buffer: JSON error naming echo" \
+  jq -e '.error.param == "echo" and (.error.message | test("max-stream-buffer"))' "$TMP/echo_body"
+code=$(curl -s -o "$TMP/echo_body2" -w '%{http_code}' "$BASE/v1/completions" \
+  -H 'Content-Type: application/json' -d '{"prompt":"hello","echo":true,"stream":true,"max_tokens":2}')
+check "a small stream echo still streams ($code)" grep -q '^data: \[DONE\]' "$TMP/echo_body2"
+kill "$SRV_PID" 2>/dev/null
+wait "$SRV_PID" 2>/dev/null
 # --idle-timeout 0.5 closes an idle connection (MHD counts whole seconds: 0.5 once meant never)
 start_server idle --model "$TINY" --idle-timeout 0.5 || exit 1
 closed=$(python3 -c "import socket,time; s=socket.create_connection(('127.0.0.1', $SRV_PORT)); \

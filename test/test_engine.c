@@ -3,7 +3,8 @@
  * committed tiny llama2-style model (test/models/tiny-llama2): chunked
  * prefill, preemption, prefix caching, batch invariance, aborts, stop
  * strings, n > 1, a failing backend (copy_block), and block accounting (no
- * leaks) after every scenario.
+ * leaks) after every scenario; with scripted logits, a hidden EOS after an
+ * incomplete character and a token longer than one event's text.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,9 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
+#include <limits.h>
+#include <unistd.h>
 
 #include "engine/engine.h"
 #include "engine/format/gguf.h"
@@ -618,6 +622,143 @@ static void test_quant_auto(void **state) {
     assert_int_equal(eng_quant_parse(NULL, &q), NI_EINVAL);
 }
 
+/* ---- scripted output: the CPU backend, with the logits of every sampled
+ * row pushed so that greedy picks g_script[k] at the k-th sampling step ---- */
+static int32_t g_script[4];
+static int g_script_n, g_script_at, g_script_v;
+
+static int forward_scripted(void *ctx, const eng_batch *b, float *logits) {
+    int rc = eng_backend_cpu.forward(ctx, b, logits);
+    if (rc || !logits) return rc;
+    int row = 0;
+    for (int i = 0; i < b->n_seqs; i++)
+        if (b->want_logits[i]) row++;
+    const int vocab = g_script_v;
+    const int32_t want = g_script[NI_MIN(g_script_at, g_script_n - 1)];
+    for (int r = 0; r < row; r++) logits[(size_t)r * (size_t)vocab + (size_t)want] = 1e6f;
+    g_script_at++;
+    return 0;
+}
+
+/* Runs one greedy request (prompt 4 tokens) on model m through the scripted
+ * backend; the events go to c->o[0][0]. */
+static void run_scripted(const mdl_model *m, collector *c, const int32_t *script, int n_script,
+                         int max_tokens, int ignore_eos, const char *stop) {
+    memset(c, 0, sizeof *c);
+    memcpy(g_script, script, (size_t)n_script * sizeof *script);
+    g_script_n = n_script;
+    g_script_at = 0;
+    g_script_v = m->cfg.vocab_size;
+    eng_backend be = eng_backend_cpu;
+    be.forward = forward_scripted;
+    eng_config cfg;
+    eng_config_default(&cfg);
+    cfg.n_blocks = 64;
+    cfg.n_threads = 1;
+    eng_engine *e = NULL;
+    char err[256];
+    int rc = eng_init(&e, m, &be, &cfg, on_event, c, err, sizeof err);
+    if (rc) fprintf(stderr, "eng_init: %s\n", err);
+    assert_int_equal(rc, 0);
+    const int32_t p[4] = {5, 6, 7, 8};
+    eng_request r = req_greedy(0, p, 4, max_tokens);
+    r.ignore_eos = ignore_eos;
+    if (stop) {
+        r.stop[0] = stop;
+        r.n_stop = 1;
+    }
+    add_ok(e, &r);
+    run_all(e);
+    eng_free(e);
+}
+
+/* A hidden EOS after an incomplete UTF-8 lead byte ends the text with U+FFFD
+ * (the byte was dropped: "" instead of tok_decode's U+FFFD). */
+static void test_eos_flushes_utf8_tail(void **state) {
+    (void)state;
+    const tok_tokenizer *t = g_model.tok;
+    int32_t lead = -1, eos = -1;
+    for (int32_t id = 0; id < tok_vocab_size(t); id++) {
+        char b[16];
+        if (lead < 0 && tok_token_bytes(t, id, b, sizeof b) == 1 && (unsigned char)b[0] == 0xE2)
+            lead = id;
+        if (eos < 0 && tok_is_eog(t, id)) eos = id;
+    }
+    assert_true(lead >= 0 && eos >= 0);
+    static collector c;
+    const int32_t script[2] = {lead, eos};
+    run_scripted(&g_model, &c, script, 2, 10, 0, NULL);
+    assert_int_equal(c.o[0][0].finish, ENG_FINISH_STOP);
+    assert_int_equal(c.o[0][0].n, 2);
+    assert_string_equal(c.o[0][0].text, "\xEF\xBF\xBD");
+    run_scripted(&g_model, &c, script, 2, 1, 0, NULL); /* max_tokens: flushed as before */
+    assert_int_equal(c.o[0][0].finish, ENG_FINISH_LENGTH);
+    assert_string_equal(c.o[0][0].text, "\xEF\xBF\xBD");
+}
+
+/* A token whose text (3,000 bytes) is longer than one event holds keeps all
+ * of it, also when a stop string starts inside it. The model: tiny-llama3
+ * with token 399 ("llo") renamed to the long text, written to a temporary
+ * directory (its weights and config linked). */
+#define LONG_TOK 3000
+static void test_long_token_text(void **state) {
+    (void)state;
+    char dir[] = "/tmp/ni_longtok.XXXXXX", path[512], src[PATH_MAX];
+    assert_non_null(mkdtemp(dir));
+    const char *links[] = {"config.json", "model.safetensors", "tokenizer_config.json"};
+    for (size_t i = 0; i < NI_ARRAY_LEN(links); i++) {
+        snprintf(path, sizeof path, "test/models/tiny-llama3/%s", links[i]);
+        assert_non_null(realpath(path, src));
+        snprintf(path, sizeof path, "%s/%s", dir, links[i]);
+        assert_int_equal(symlink(src, path), 0);
+    }
+    static char text[LONG_TOK + 1];
+    for (int i = 0; i < LONG_TOK; i++) text[i] = (char)('a' + i % 26);
+    text[2000] = text[2001] = 'Q'; /* the stop string below, once */
+    json_error_t je;
+    json_t *tj = json_load_file("test/models/tiny-llama3/tokenizer.json", 0, &je);
+    assert_non_null(tj);
+    json_t *model = json_object_get(tj, "model");
+    json_t *vocab = json_object_get(model, "vocab"), *merges = json_object_get(model, "merges");
+    assert_int_equal(json_integer_value(json_object_get(vocab, "llo")), 399);
+    json_object_del(vocab, "llo");
+    json_object_set_new(vocab, text, json_integer(399));
+    for (size_t i = 0; i < json_array_size(merges); i++)
+        if (!strcmp(json_string_value(json_array_get(merges, i)), "ll o")) json_array_remove(merges, i);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    assert_int_equal(json_dump_file(tj, path, 0), 0);
+    json_decref(tj);
+
+    mdl_model m;
+    char err[512];
+    int rc = mdl_load(&m, dir, err, sizeof err);
+    if (rc) fprintf(stderr, "mdl_load %s: %s\n", dir, err);
+    assert_int_equal(rc, 0);
+    char b[LONG_TOK + 8];
+    assert_int_equal(tok_token_bytes(m.tok, 399, b, sizeof b), LONG_TOK);
+
+    static collector c;
+    const int32_t script[1] = {399};
+    run_scripted(&m, &c, script, 1, 2, 1, NULL);
+    assert_int_equal(c.o[0][0].finish, ENG_FINISH_LENGTH);
+    assert_int_equal(c.o[0][0].n, 2);
+    assert_int_equal(c.o[0][0].text_len, 2 * LONG_TOK);
+    assert_memory_equal(c.o[0][0].text, text, LONG_TOK);
+    assert_memory_equal(c.o[0][0].text + LONG_TOK, text, LONG_TOK);
+
+    run_scripted(&m, &c, script, 1, 5, 1, "QQ");
+    assert_int_equal(c.o[0][0].finish, ENG_FINISH_STOP);
+    assert_int_equal(c.o[0][0].n, 1);
+    assert_int_equal(c.o[0][0].text_len, 2000);
+    assert_memory_equal(c.o[0][0].text, text, 2000);
+    mdl_free(&m);
+    for (size_t i = 0; i < NI_ARRAY_LEN(links) + 1; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, i < NI_ARRAY_LEN(links) ? links[i] : "tokenizer.json");
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunked_prefill),  cmocka_unit_test(test_preemption),
@@ -627,6 +768,8 @@ int main(void) {
         cmocka_unit_test(test_stop_string),      cmocka_unit_test(test_stop_ids_and_length),
         cmocka_unit_test(test_parallel_samples), cmocka_unit_test(test_copy_block_failure),
         cmocka_unit_test(test_quant_auto),
+        cmocka_unit_test(test_eos_flushes_utf8_tail),
+        cmocka_unit_test(test_long_token_text),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -429,6 +429,36 @@ static void test_validate(void **state) {
     assert_string_equal(bad, "vocab");
 }
 
+/* smp_reserve(n) makes the next n smp_accept calls allocation-free, so the
+ * engine's per-token accept cannot hit NI_ENOMEM; it clamps to the vocab and
+ * is a no-op without penalties. */
+static void test_reserve(void **state) {
+    (void)state;
+    const int V = 1000, N = 300;
+    const int32_t prompt[2] = {5, 7};
+    smp_params p = smp_params_default();
+    p.repetition_penalty = 1.3f;
+    smp_state s;
+    assert_int_equal(smp_state_init(&s, &p, V, prompt, 2, 0, 0), 0);
+    assert_int_equal(smp_reserve(&s, -1), NI_EINVAL);
+    assert_int_equal(smp_reserve(&s, N), 0);
+    const void *tab = s.tab;
+    const uint32_t cap = s.cap;
+    assert_true(cap >= 2 * (N + 2));
+    for (int i = 0; i < N; i++) assert_int_equal(smp_accept(&s, (i * 7 + 11) % V), 0);
+    assert_ptr_equal(s.tab, tab); /* no growth: nothing allocated per token */
+    assert_int_equal(s.cap, cap);
+    assert_int_equal(smp_reserve(&s, 1 << 30), 0); /* bounded by the vocab */
+    assert_true(s.cap <= 2048);
+    smp_state_free(&s);
+
+    p = smp_params_default(); /* no penalty: nothing to reserve */
+    assert_int_equal(smp_state_init(&s, &p, V, prompt, 2, 0, 0), 0);
+    assert_int_equal(smp_reserve(&s, N), 0);
+    assert_null(s.tab);
+    smp_state_free(&s);
+}
+
 static void test_state_errors(void **state) {
     (void)state;
     smp_params p = smp_params_default();
@@ -492,6 +522,7 @@ int main(void) {
         cmocka_unit_test(test_seed),
         cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_reserve),
         cmocka_unit_test(test_state_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

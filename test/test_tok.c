@@ -12,8 +12,9 @@
  *    and Metaspace tokenizer.json, and two tiny byte-level tokenizer.json
  *    (SmolLM2-style Digits+ByteLevel, LLaMA-3-style Split+ignore_merges+BOS)
  *  - decode == HF decode(skip_special_tokens=True), the streaming
- *    detokenizer (never a broken UTF-8 sequence, same text as decode),
- *    error paths and encode speed.
+ *    detokenizer (never a broken UTF-8 sequence, same text as decode; the
+ *    same text again when tokens are pushed in pieces, on random ids whose
+ *    seed is printed), error paths and encode speed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -357,6 +358,62 @@ static tok_tokenizer *load_hf_tok(const char *dir) {
 /* ------------------------------------------------------------------------ */
 /* tests                                                                     */
 /* ------------------------------------------------------------------------ */
+
+/* Random id sequences give the same text streamed whole (tok_stream_push)
+ * and in pieces of 8..18 bytes (tok_stream_push_part with a small cap), on
+ * a SentencePiece and a byte-level vocabulary: byte tokens, invalid and
+ * split UTF-8 included. */
+static void test_stream_pieces(void **state) {
+    (void)state;
+    tu_rng rng;
+    tu_seed(&rng, "test_tok");
+    const char *dirs[] = {"test/models/tiny-llama2", "test/models/tiny-llama3"};
+    for (size_t d = 0; d < NI_ARRAY_LEN(dirs); d++) {
+        tok_tokenizer *t = load_hf_tok(dirs[d]);
+        const int V = tok_vocab_size(t);
+        for (int rep = 0; rep < 200; rep++) {
+            int32_t ids[30];
+            tu_fill_int(&rng, ids, NI_ARRAY_LEN(ids), V);
+            tok_stream whole, part;
+            tok_stream_init(&whole, t);
+            tok_stream_init(&part, t);
+            char a[8192], b[8192], out[4096];
+            size_t na = 0, nb = 0;
+            const size_t cap = TOK_STREAM_PART_MIN + (size_t)tu_int(&rng, 33);
+            for (size_t i = 0; i < NI_ARRAY_LEN(ids); i++) {
+                int k = tok_stream_push(&whole, ids[i], out, sizeof out);
+                assert_true(k >= 0);
+                memcpy(a + na, out, (size_t)k), na += (size_t)k;
+                size_t off = 0;
+                int more = 1, pieces = 0;
+                while (more) {
+                    k = tok_stream_push_part(&part, ids[i], &off, &more, out, cap);
+                    assert_true(k >= 0 && (size_t)k <= cap);
+                    memcpy(b + nb, out, (size_t)k), nb += (size_t)k;
+                    assert_true(++pieces < 1000);
+                }
+            }
+            int k = tok_stream_flush(&whole, out, sizeof out);
+            memcpy(a + na, out, (size_t)k), na += (size_t)k;
+            k = tok_stream_flush(&part, out, sizeof out);
+            memcpy(b + nb, out, (size_t)k), nb += (size_t)k;
+            if (na != nb || memcmp(a, b, na))
+                fail_msg("%s rep %d cap %zu: %zu bytes whole, %zu in pieces", dirs[d], rep, cap, na, nb);
+            assert_true(valid_utf8(b, nb));
+        }
+        size_t off = 0;
+        int more;
+        char out[64];
+        tok_stream st;
+        tok_stream_init(&st, t);
+        assert_int_equal(tok_stream_push_part(&st, 0, &off, &more, out, TOK_STREAM_PART_MIN - 1),
+                         NI_ERANGE);
+        assert_int_equal(tok_stream_push_part(&st, V, &off, &more, out, sizeof out), NI_EINVAL);
+        off = 1u << 20;
+        assert_int_equal(tok_stream_push_part(&st, 0, &off, &more, out, sizeof out), NI_EINVAL);
+        tok_free(t);
+    }
+}
 
 static void test_smollm2_gguf(void **state) {
     (void)state;
@@ -861,7 +918,7 @@ int main(void) {
         cmocka_unit_test(test_bpe_tiny_digits), cmocka_unit_test(test_bpe_tiny_l3),
         cmocka_unit_test(test_stream_utf8),    cmocka_unit_test(test_api_edges),
         cmocka_unit_test(test_errors),         cmocka_unit_test(test_speed),
-        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_threads),        cmocka_unit_test(test_stream_pieces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

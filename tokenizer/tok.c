@@ -783,56 +783,80 @@ static size_t drain_pending(tok_stream *s, char *out, int per_byte) {
     return w;
 }
 
-int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap) {
-    if (!s || !s->t || (cap && !out)) return NI_EINVAL;
+int tok_stream_push_part(tok_stream *s, int32_t id, size_t *off, int *more, char *out,
+                         size_t cap) {
+    if (!s || !s->t || !off || !more || (cap && !out)) return NI_EINVAL;
     const tok_tokenizer *t = s->t;
     if (id < 0 || id >= t->n_vocab) return NI_EINVAL;
-    size_t n = t->dlen[id];
-    if (cap < 3 * (n + 8)) return NI_ERANGE;
-    s->n_seen++;
-    if (t->flags[id] & TOKF_SKIP) return 0;
+    if (cap < TOK_STREAM_PART_MIN) return NI_ERANGE;
+    const size_t n = t->dlen[id];
+    if (*off > n) return NI_EINVAL;
     const char *p = dbytes(t, id);
-    size_t w = 0;
-    if (t->dec == TOK_DEC_SPM) {
-        if (s->at_start && n) {
-            if (p[0] == ' ') p++, n--;
+    size_t i = *off;
+    *more = 0;
+    if (i == 0) { /* the token's first piece */
+        s->n_seen++;
+        if (t->flags[id] & TOKF_SKIP) {
+            *off = n;
+            return 0;
+        }
+        if (t->dec == TOK_DEC_SPM && s->at_start && n) {
+            if (p[0] == ' ') i = 1;
             s->at_start = 0;
         }
+    }
+    /* every input byte gives at most 3 output bytes (U+FFFD), and the held
+     * bytes of an earlier piece or token at most 24 more */
+    const size_t room = (cap - 24) / 3;
+    const size_t end = n - i > room ? i + room : n;
+    size_t w = 0;
+    if (t->dec == TOK_DEC_SPM) {
         if (t->byteval[id] >= 0) {
-            if (n) { /* 0 when the byte was the stripped leading space */
-                s->pending[s->pending_len++] = p[0];
+            if (i < n) { /* none left when the byte was the stripped leading space */
+                s->pending[s->pending_len++] = p[i];
                 w += drain_pending(s, out, 1);
             }
         } else {
             for (int j = 0; j < s->pending_len; j++) memcpy(out + w, FFFD, 3), w += 3;
             s->pending_len = 0;
-            memcpy(out + w, p, n);
-            w += n;
+            memcpy(out + w, p + i, end - i);
+            w += end - i;
         }
-        return (int)w;
+    } else {
+        /* byte-level: lossy UTF-8 over the concatenation, holding an incomplete
+         * tail (also one cut by the end of this piece) */
+        while (i < end) {
+            if (s->pending_len) {
+                s->pending[s->pending_len++] = p[i++];
+                w += drain_pending(s, out + w, 0);
+                continue;
+            }
+            int r = tok__utf8_check((const unsigned char *)p + i, end - i);
+            if (r > 0) {
+                memcpy(out + w, p + i, (size_t)r);
+                w += (size_t)r;
+                i += (size_t)r;
+            } else if (r < 0) {
+                memcpy(out + w, FFFD, 3);
+                w += 3;
+                i += (size_t)-r;
+            } else {
+                s->pending[s->pending_len++] = p[i++];
+            }
+        }
     }
-    /* byte-level: lossy UTF-8 over the concatenation, holding an incomplete tail */
-    size_t i = 0;
-    while (i < n) {
-        if (s->pending_len) {
-            s->pending[s->pending_len++] = p[i++];
-            w += drain_pending(s, out + w, 0);
-            continue;
-        }
-        int r = tok__utf8_check((const unsigned char *)p + i, n - i);
-        if (r > 0) {
-            memcpy(out + w, p + i, (size_t)r);
-            w += (size_t)r;
-            i += (size_t)r;
-        } else if (r < 0) {
-            memcpy(out + w, FFFD, 3);
-            w += 3;
-            i += (size_t)-r;
-        } else {
-            s->pending[s->pending_len++] = p[i++];
-        }
-    }
+    *off = t->dec == TOK_DEC_SPM && t->byteval[id] >= 0 ? n : end;
+    *more = *off < n;
     return (int)w;
+}
+
+int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap) {
+    if (!s || !s->t || (cap && !out)) return NI_EINVAL;
+    if (id < 0 || id >= s->t->n_vocab) return NI_EINVAL;
+    if (cap < 3 * ((size_t)s->t->dlen[id] + 8)) return NI_ERANGE;
+    size_t off = 0;
+    int more = 0; /* the whole token fits: one piece */
+    return tok_stream_push_part(s, id, &off, &more, out, cap);
 }
 
 int tok_stream_flush(tok_stream *s, char *out, size_t cap) {

@@ -94,6 +94,18 @@ void tok_stream_init(tok_stream *s, const tok_tokenizer *t);
  * tokens produce nothing. For valid UTF-8 the concatenated output equals
  * tok_decode() of the same ids; held-back bytes stay across special tokens. */
 int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap);
+/* Smallest cap tok_stream_push_part accepts. */
+#define TOK_STREAM_PART_MIN 48
+/* tok_stream_push for a token of any length, one piece at a time: call with
+ * *off = 0, then again with the same id while *more is 1. Each call writes
+ * the text completed by the next bytes of the token that fit in cap (at
+ * least (cap - 24) / 3 of them; cap >= TOK_STREAM_PART_MIN) and advances
+ * *off; an incomplete UTF-8 sequence cut by a piece's end is held like one
+ * cut by a token's end. The pieces' outputs concatenate to what
+ * tok_stream_push gives with a large enough cap. Returns the length written
+ * or NI_EINVAL / NI_ERANGE (cap too small). */
+int tok_stream_push_part(tok_stream *s, int32_t id, size_t *off, int *more, char *out,
+                         size_t cap);
 /* Flushes whatever is held back (an incomplete sequence becomes U+FFFD).
  * Needs cap >= 24; returns the bytes written or a negative code. */
 int tok_stream_flush(tok_stream *s, char *out, size_t cap);

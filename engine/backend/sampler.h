@@ -146,6 +146,14 @@ void smp_state_free(smp_state *s);
  * (tok outside [0, vocab)) or NI_ENOMEM (table growth failed; s unchanged). */
 int smp_accept(smp_state *s, int32_t tok);
 
+/* Grows s's table now so that the next n_output smp_accept() calls allocate
+ * nothing and cannot fail with NI_ENOMEM (the engine calls it when a
+ * sequence is created, with max_tokens: nothing is allocated per token).
+ * A no-op without penalties. The table then holds 2..4 slots of 8 bytes per
+ * min(n_output, vocab) token (128 KiB for max_tokens 8192). Returns 0,
+ * NI_EINVAL (n_output < 0) or NI_ENOMEM (s unchanged). */
+int smp_reserve(smp_state *s, int n_output);
+
 /* Advances s's RNG by the one draw smp_sample() makes per token (greedy
  * included) and returns it, a uniform double in [0, 1). For samplers that
  * run elsewhere (a GPU backend) but must consume the request's stream exactly

@@ -178,6 +178,14 @@ void smp_state_free(smp_state *s) {
     memset(s, 0, sizeof *s);
 }
 
+int smp_reserve(smp_state *s, int n_output) {
+    if (!s || n_output < 0) return NI_EINVAL;
+    if (!s->track_output || s->vocab < 1) return 0;
+    /* distinct tokens never exceed the vocabulary, however long the output */
+    const uint64_t need = NI_MIN((uint64_t)s->used + (uint64_t)n_output, (uint64_t)s->vocab);
+    return tab_reserve(s, need);
+}
+
 int smp_accept(smp_state *s, int32_t tok) {
     if (!s || tok < 0 || tok >= s->vocab) return NI_EINVAL;
     if (s->track_output) {

@@ -245,13 +245,27 @@ static int throughput(const mdl_model *m, bench_opts *o) {
 static int prefix_experiments(const mdl_model *m, bench_opts *o) {
     /* TURN is large enough that prefill, which the cache saves, outweighs the
      * 16 decode steps per turn, which it cannot. */
-    const int n = o->prefix_n, P = 512, OUT = 16, TURN = 192, SYS = 384;
+    /* Sizes fit the context (--max-model-len, else the model's): a 512-token
+     * model gets a 240-token base. The multi-turn history restarts from a
+     * fresh base conversation when the next turn would not fit (#10: 64
+     * requests once grew the prompt to 13,616 tokens). */
+    const int ctx = o->cfg.max_seq_len > 0 && o->cfg.max_seq_len < m->cfg.max_seq_len
+                        ? o->cfg.max_seq_len
+                        : m->cfg.max_seq_len;
+    const int n = o->prefix_n, OUT = 16, P = NI_MIN(512, (ctx - OUT) / 2), SYS = P * 3 / 4;
+    const int TURN = NI_MIN(192, NI_MAX(1, (ctx - P - 2 * OUT) / 4));
+    if (P < 8) {
+        fprintf(stderr, "error: the context (%d tokens) is too short for the prefix experiments\n",
+                ctx);
+        return 1;
+    }
+    int restarts = 0;
     const char *names[4] = {"identical prompt", "shared system prompt", "no shared prefix",
                             "growing multi-turn"};
     int32_t **prompts = calloc((size_t)n, sizeof(int32_t *));
     int *np = calloc((size_t)n, sizeof(int)), *no = calloc((size_t)n, sizeof(int));
     bench_ctx b = {.r = calloc((size_t)n, sizeof(bench_req))};
-    int cap = P + n * (TURN + OUT) + 16;
+    int cap = ctx + 16; /* a prompt never exceeds the context */
     for (int i = 0; i < n; i++) {
         prompts[i] = malloc((size_t)cap * sizeof(int32_t));
         b.r[i].out = malloc(OUT * sizeof(int32_t));
@@ -295,6 +309,12 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
                     if (i == 0) {
                         np[0] = P;
                         memcpy(prompts[0], base, (size_t)P * sizeof(int32_t));
+                    } else if (np[i - 1] + 2 * OUT + TURN > ctx) {
+                        /* a new conversation: its first turn is a fresh base */
+                        restarts += on;
+                        np[i] = P;
+                        for (int k = 0; k < P; k++)
+                            prompts[i][k] = rand_in(&s, 0, m->cfg.vocab_size - 1);
                     } else {
                         int len = np[i - 1];
                         memcpy(prompts[i], prompts[i - 1], (size_t)len * sizeof(int32_t));
@@ -326,11 +346,13 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
         }
         if (o->json)
             printf("%s{\"experiment\":\"%s\",\"hit_rate\":%.4f,\"time_on_s\":%.3f,"
-                   "\"time_off_s\":%.3f,\"speedup\":%.3f}", ex ? "," : "", names[ex], hit, t[1],
-                   t[0], t[0] / t[1]);
+                   "\"time_off_s\":%.3f,\"speedup\":%.3f,\"restarts\":%d}", ex ? "," : "", names[ex],
+                   hit, t[1], t[0], t[0] / t[1], ex == 3 ? restarts : 0);
         else
             printf("%-22s hit rate %5.1f%%  cache on %7.2f s  off %7.2f s  speedup %.2fx\n",
                    names[ex], 100 * hit, t[1], t[0], t[0] / t[1]);
+        if (ex == 3 && restarts && !o->json)
+            printf("%-22s %d conversation restarts (context %d tokens)\n", "", restarts, ctx);
         fflush(stdout);
     }
     if (o->json) printf("]\n");

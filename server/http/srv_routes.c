@@ -439,6 +439,19 @@ static int queue_full(srv_server *s) {
     return 0;
 }
 
+/* Bytes the first stream events of a streamed echo request take in the
+ * connection's output buffer (one per choice: the envelope and the prompt as
+ * a JSON string); 0 when the request streams no echo. An upper bound: 512
+ * bytes cover the envelope, ids and SSE framing. */
+static size_t echo_event_bytes(const srv_server *s, const srv_gen_req *rq) {
+    if (!rq->stream || !rq->echo) return 0;
+    json_t *str = json_stringn(rq->echo_text, rq->echo_len);
+    size_t n = str ? json_dumpb(str, NULL, 0, JSON_ENCODE_ANY) : 0;
+    json_decref(str);
+    if (!n) n = 6 * rq->echo_len + 2; /* every byte escaped, the worst case */
+    return (size_t)rq->n * (n + 512 + strlen(s->model_name));
+}
+
 static void handle_gen(srv_server *s, srv_conn *c, int kind) {
     json_t *body = parse_body(c);
     if (!body) return;
@@ -455,6 +468,18 @@ static void handle_gen(srv_server *s, srv_conn *c, int kind) {
     if (rc) {
         free(g);
         respond_error(c, &e);
+        return;
+    }
+    const size_t echo_bytes = echo_event_bytes(s, &g->rq);
+    if (echo_bytes > (size_t)s->cfg.max_stream_buffer) {
+        /* the stream's first write would overflow its own buffer: refuse it now,
+         * as JSON, instead of a stream cut with no error */
+        srv_gen_req_free(&g->rq);
+        free(g);
+        respond_errorf(c, 400, "echo", NULL,
+                       "echo: the echoed prompt needs %zu bytes of stream events, over "
+                       "--max-stream-buffer (%lld bytes); send it without echo or stream",
+                       echo_bytes, s->cfg.max_stream_buffer);
         return;
     }
     if (queue_full(s)) {
