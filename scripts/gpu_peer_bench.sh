@@ -27,7 +27,9 @@
 #
 # Environment: BUDGET (540), USE_CUDA (1; 0 = a CPU dry run of the whole
 # harness), PRESET/TYPE (tinyllama/f16), SMALL/SMALL_TYPE (smollm2/q4_1),
-# ROWS (see peer_bench.py --rows), BATCH_SIZES (64,256,512), SERVED_CONC (64),
+# BUILD_ONLY (1: stop after steps 1-4, e.g. a first call whose builds a
+# second call on the warm machine reuses), MEASURE_MIN (150: seconds kept for
+# step 5; the llama.cpp build is stopped then), ROWS (see peer_bench.py --rows), BATCH_SIZES (64,256,512), SERVED_CONC (64),
 # PEER_SRC (.peer), PEER_BUILD, NI_BUILD (build-g), NI_BIN / PEER_BIN (use
 # these binaries, build nothing), JOBS (nproc), BW_GBS (skip the bandwidth
 # measurement), STEP_LIMIT (120 s per measuring command), PY (python3).
@@ -141,7 +143,7 @@ PY
 fi
 
 # ---- wait for llama.cpp, leaving the measurements at least MEASURE_MIN seconds
-MEASURE_MIN=${MEASURE_MIN:-150}
+MEASURE_MIN=${MEASURE_MIN:-$([ "${BUILD_ONLY:-0}" = 1 ] && echo 15 || echo 150)}
 if [ -n "$PEER_PID" ]; then
   while kill -0 "$PEER_PID" 2>/dev/null && [ "$(left)" -gt "$MEASURE_MIN" ]; do sleep 2; done
   if kill -0 "$PEER_PID" 2>/dev/null; then
@@ -151,8 +153,9 @@ if [ -n "$PEER_PID" ]; then
   wait "$PEER_PID" 2>/dev/null
   tail -5 "$OUT/.peer_build.log" >> "$BLOG"
 fi
-peer_ok && log "llama.cpp ready ($PEER_BIN)" || log "llama.cpp binaries missing: its rows fail"
+for t in $PEER_TOOLS; do [ -x "$PEER_BIN/$t" ] || log "llama.cpp: no $PEER_BIN/$t (the rows that need it fail)"; done
 rm -f "$OUT/.peer_build.log" "$OUT/.ni_build.log"
+if [ "${BUILD_ONLY:-0}" = 1 ]; then log "BUILD_ONLY: done in $(( $(date +%s) - T0 ))s"; exit 0; fi
 
 # ---- 5. measure (the driver cuts every command to the deadline), then plot
 set -o pipefail
@@ -161,6 +164,7 @@ $PY scripts/peer_bench.py --ours "$NI_BIN" --peer-bin "$PEER_BIN" --model "$MODE
   --small-type "$SMALL_TYPE" --out "$OUT" --scratch /tmp/peer-scratch --deadline "$((DEADLINE - 8))" \
   --step-limit "${STEP_LIMIT:-120}" ${BW_GBS:+--bw-gbs "$BW_GBS"} --device-name "$DEV" \
   --rows "${ROWS:-decode1,prefill512,prefill4000,batched,small1,served}" \
-  --batch-sizes "${BATCH_SIZES:-64,256,512}" --served-conc "${SERVED_CONC:-64}" || log "peer_bench.py failed"
+  --batch-sizes "${BATCH_SIZES:-64,256,512}" --served-conc "${SERVED_CONC:-64}" \
+  $([ "$USE_CUDA" = 1 ] && echo --ours-arg=--device --ours-arg=cuda) || log "peer_bench.py failed"
 timeout 30 $PY scripts/plot_peer.py "$OUT/peer.json" "$OUT/peer_throughput.png" 2>&1 | tee -a "$BLOG"
 log "done in $(( $(date +%s) - T0 ))s"

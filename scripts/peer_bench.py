@@ -52,7 +52,6 @@ LABELS = {
     "batched256": "batched 128 in / 128 out, B = 256, total tok/s",
     "batched512": "batched 128 in / 128 out, B = 512, total tok/s (ours only)",
     "small1": "default-135M shape (SmolLM2 Q4_1), single stream",
-    "served64": "served HTTP, 128 in / 128 out, c = 64, out tok/s",
 }
 
 
@@ -101,7 +100,7 @@ class Bench:
         return p.stdout
 
     def put(self, row, engine, **kv):
-        r = self.rows.setdefault(row, {"label": LABELS[row]})
+        r = self.rows.setdefault(row, {"label": label(row)})
         r.setdefault(engine, {}).update(kv)
         self.save()
 
@@ -235,7 +234,7 @@ class Bench:
                 base = [self.a.ours, "bench", "--url", url, "--input-len", str(n),
                         "--output-len", str(n), "-q"]
                 self.run(base + ["--concurrency", "8", "--num-prompts", "8", "--seed", "1"], 60)
-                ok = self.run(base + ["--concurrency", str(conc), "--num-prompts", str(4 * conc),
+                ok = self.run(base + ["--concurrency", str(conc), "--num-prompts", str(2 * conc),
                                       "--seed", "2", "--json", jf], self.a.step_limit)
                 try:
                     j = json.load(open(jf))[0] if ok else None
@@ -269,7 +268,9 @@ class Bench:
                   os.path.basename(a.small_model or "-"), a.bw_gbs or "?"),
                  "", "| | llama.cpp | nanoinfer | ratio | roofline | ours / roofline |",
                  "|---|---|---|---|---|---|"]
-        for rid in LABELS:
+        order = list(LABELS) + sorted((k for k in self.rows if k not in LABELS),
+                                      key=lambda k: (len(k), k))
+        for rid in order:
             r = self.rows.get(rid)
             if not r:
                 continue
@@ -281,6 +282,16 @@ class Bench:
                 "%.0f %%" % (100 * o / rf) if o and rf else "-"))
         with open(os.path.join(a.out, "peer_table.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def label(rid):
+    if rid in LABELS:
+        return LABELS[rid]
+    if rid.startswith("batched"):
+        return "batched 128 in / 128 out, B = %s, total tok/s" % rid[len("batched"):]
+    if rid.startswith("served"):
+        return "served HTTP, 128 in / 128 out, c = %s, out tok/s" % rid[len("served"):]
+    return rid
 
 
 def fmt(v):

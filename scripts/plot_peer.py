@@ -45,7 +45,8 @@ def main():
     ax.set_ylabel("tok/s (B = 1: decode; B > 1: total, 128 in / 128 out)")
     ax.set_title("throughput vs batch size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.get_lines():
+        ax.legend()
     labels, ours, peer = [], [], []
     for rid, r in rows.items():
         labels.append(rid)
