@@ -90,7 +90,8 @@ else
     CUDA_FLAGS=""
   fi
   # shellcheck disable=SC2086
-  setsid bash -c "{ [ -f '$PEER_BUILD/CMakeCache.txt' ] || cmake -S '$PEER_SRC' -B '$PEER_BUILD' \
+  SETSID=$(command -v setsid || true)
+  $SETSID bash -c "{ [ -f '$PEER_BUILD/Makefile' ] || [ -f '$PEER_BUILD/build.ninja' ] || cmake -S '$PEER_SRC' -B '$PEER_BUILD' \
       $CUDA_FLAGS -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release; } && \
       cmake --build '$PEER_BUILD' -j$JOBS --target $PEER_TOOLS" > "$OUT/.peer_build.log" 2>&1 &
   PEER_PID=$!
@@ -148,7 +149,7 @@ if [ -n "$PEER_PID" ]; then
   while kill -0 "$PEER_PID" 2>/dev/null && [ "$(left)" -gt "$MEASURE_MIN" ]; do sleep 2; done
   if kill -0 "$PEER_PID" 2>/dev/null; then
     log "llama.cpp build still running at the measuring deadline: stopped (a later call resumes it)"
-    kill -- -"$PEER_PID" 2>/dev/null
+    kill -- -"$PEER_PID" 2>/dev/null || kill "$PEER_PID" 2>/dev/null
   fi
   wait "$PEER_PID" 2>/dev/null
   tail -5 "$OUT/.peer_build.log" >> "$BLOG"
@@ -166,5 +167,5 @@ $PY scripts/peer_bench.py --ours "$NI_BIN" --peer-bin "$PEER_BIN" --model "$MODE
   --rows "${ROWS:-decode1,prefill512,prefill4000,batched,small1,served}" \
   --batch-sizes "${BATCH_SIZES:-64,256,512}" --served-conc "${SERVED_CONC:-64}" \
   $([ "$USE_CUDA" = 1 ] && echo --ours-arg=--device --ours-arg=cuda) || log "peer_bench.py failed"
-timeout 30 $PY scripts/plot_peer.py "$OUT/peer.json" "$OUT/peer_throughput.png" 2>&1 | tee -a "$BLOG"
+timeout 20 $PY scripts/plot_peer.py "$OUT/peer.json" "$OUT/peer_throughput.png" 2>&1 | tee -a "$BLOG"
 log "done in $(( $(date +%s) - T0 ))s"

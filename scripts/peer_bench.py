@@ -28,7 +28,9 @@ Rows (tok/s; "ratio" = ours / llama.cpp):
                the same client (nanoinfer bench --url), 128 in / 128 out,
                out tok/s (--served).
 Roofline (with --bw-gbs, the measured copy bandwidth in GB/s): single stream:
-bw / weight bytes read per token; batched: B * bw / (weight bytes + KV bytes of
+bw / weight bytes read per token (small1: counted as BF16, what our CUDA
+backend holds a Q4_1 file as; --small-roof-type q4_1 counts the file's bytes);
+batched: B * bw / (weight bytes + KV bytes of
 the B sequences at their mean context), KV at 2 bytes per element.
 """
 import argparse
@@ -173,9 +175,10 @@ class Bench:
         kv_tok = p["layers"] * 2 * p["kv"] * (p["dim"] // p["heads"]) * 2
         return batch * self.a.bw_gbs * 1e9 / (w + batch * ctx * kv_tok)
 
-    def do_decode1(self, row, model, preset, ttype):
+    def do_decode1(self, row, model, preset, ttype, roof_type=None):
         n_in, n_out = self.a.decode_in, self.a.decode_out
-        self.put(row, "roofline", tok_s=self.roofline(preset, ttype, 1, n_in + n_out / 2))
+        self.put(row, "roofline", tok_s=self.roofline(preset, roof_type or ttype),
+                 bytes_as=roof_type or ttype)
         p = self.peer_batched(model, n_in, n_out, [1]).get(1)
         self.put(row, "peer", tok_s=p["speed_tg"] if p else None, raw=p)
         o = self.ours_decode1(model, n_in, n_out)
@@ -332,6 +335,9 @@ def main():
     ap.add_argument("--small-model", help="default-135M-shaped GGUF (smollm2 q4_1)")
     ap.add_argument("--small-preset", default="smollm2")
     ap.add_argument("--small-type", default="q4_1")
+    ap.add_argument("--small-roof-type", default="bf16",
+                    help="weight type of the small model's roofline: the CUDA backend widens "
+                         "Q4_1 to BF16 at load, so it reads BF16 bytes (default bf16)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--scratch", default="/tmp/peer-scratch", help="server logs, client JSON")
     ap.add_argument("--deadline", type=float, default=time.time() + 400, help="epoch seconds")
@@ -364,7 +370,7 @@ def main():
                 b.do_batched(a.model, a.preset, a.type, [int(x) for x in a.batch_sizes.split(",")])
             elif rid == "small1":
                 if a.small_model:
-                    b.do_decode1("small1", a.small_model, a.small_preset, a.small_type)
+                    b.do_decode1("small1", a.small_model, a.small_preset, a.small_type, a.small_roof_type)
             elif rid == "served":
                 b.do_served(a.model, a.served_conc)
             else:
