@@ -28,6 +28,7 @@ Usage:
   python3 scripts/gen_gguf_random.py --preset tinyllama --type f16 --out /tmp/tl.gguf
   python3 scripts/gen_gguf_random.py --info FILE      # print a GGUF's metadata
   python3 scripts/gen_gguf_random.py --list           # presets and their sizes
+  python3 scripts/gen_gguf_random.py --selftest       # encoders and a written file checked
 """
 import argparse
 import os
@@ -64,7 +65,7 @@ PRESETS = {
 
 # ---------------------------------------------------------------- reading
 class Reader:
-    """GGUF metadata (kv) reader; tensor infos are skipped (not needed)."""
+    """GGUF reader: metadata (kv) and tensor infos (name -> (ne, type, offset))."""
 
     def __init__(self, path):
         self.b = open(path, "rb").read()
@@ -79,6 +80,14 @@ class Reader:
             k = self.s()
             t = self.u("<I")
             self.kv[k] = (t, self.val(t))
+        self.tensors = {}
+        for _ in range(self.n_tensors):
+            name = self.s()
+            nd = self.u("<I")
+            ne = [self.u("<Q") for _ in range(nd)]
+            self.tensors[name] = (ne, self.u("<I"), self.u("<Q"))
+        al = self.kv.get("general.alignment", (VT_U32, ALIGN))[1]
+        self.data_start = (self.o + al - 1) // al * al
 
     def u(self, fmt):
         v = struct.unpack_from(fmt, self.b, self.o)[0]
@@ -305,6 +314,45 @@ def write(path, preset, ttype, seed, ctx, vocab_dir):
     return off
 
 
+def selftest():
+    """Checks the encoders against their definitions and a written file
+    against the reader; exits non-zero on the first mismatch."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(32 * 64, dtype=np.float32) * 0.02
+    blk = quant_q4_1(x)
+    d = blk[:, 0:2].copy().view(np.float16).astype(np.float32)[:, 0]
+    m = blk[:, 2:4].copy().view(np.float16).astype(np.float32)[:, 0]
+    q = np.concatenate([blk[:, 4:] & 15, blk[:, 4:] >> 4], axis=1).astype(np.float32)
+    err = np.abs(q * d[:, None] + m[:, None] - x.reshape(-1, 32)).max(axis=1)
+    bound = d * 0.5 + np.abs(m) * 2e-3 + 1e-7  # half a step, plus fp16 rounding of m
+    assert (err <= bound).all(), "q4_1 round trip error %g > %g" % (err.max(), bound.max())
+    b = f32_to_bf16(x).astype(np.uint32) << 16
+    rel = np.abs(b.view(np.float32) - x) / np.abs(x)
+    assert rel.max() <= 2.0 ** -8, "bf16 rounding error %g" % rel.max()
+    import tempfile
+    for t in ("f16", "bf16", "q4_1"):
+        with tempfile.TemporaryDirectory() as dd:
+            f = os.path.join(dd, "t.gguf")
+            write(f, "tiny", t, 0, 256, None)
+            r = Reader(f)
+            p = PRESETS["tiny"]
+            assert len(r.kv["tokenizer.ggml.tokens"][1][1]) == p["vocab"]
+            ts = tensors(p, t)
+            assert list(r.tensors) == [n for n, _, _ in ts]
+            end = 0
+            for name, ne, tt in ts:
+                ne2, id2, off = r.tensors[name]
+                assert ne2 == ne and id2 == TTYPES[tt][0] and off % ALIGN == 0 and off >= end
+                end = off + nbytes(ne, tt)
+            size = os.path.getsize(f)
+            assert r.data_start + end <= size < r.data_start + end + ALIGN, (size, end)
+            ne, _, off = r.tensors["output_norm.weight"]
+            with open(f, "rb") as fh:
+                fh.seek(r.data_start + off)
+                assert (np.frombuffer(fh.read(4 * ne[0]), "<f4") == 1).all()
+    print("selftest: ok (q4_1 and bf16 encoders, f16/bf16/q4_1 tiny files read back)")
+
+
 def info(path):
     r = Reader(path)
     print("%s: %d tensors, %d kv" % (path, r.n_tensors, len(r.kv)))
@@ -326,11 +374,14 @@ def main():
     ap.add_argument("--vocab-dir", help="folder of ggml-vocab-*.gguf (default: search)")
     ap.add_argument("--info", metavar="FILE", help="print FILE's metadata and exit")
     ap.add_argument("--list", action="store_true", help="list the presets and exit")
+    ap.add_argument("--selftest", action="store_true", help="check the writer and exit")
     ap.add_argument("--weight-bytes", action="store_true",
                     help="print the bytes of weights read per decode step and exit")
     a = ap.parse_args()
     if a.info:
         return info(a.info)
+    if a.selftest:
+        return selftest()
     if a.list:
         for n, p in sorted(PRESETS.items()):
             print("%-10s %s  f16 %.0f MB read per token" % (n, p, weight_bytes(p, "f16") / 1e6))
