@@ -377,6 +377,7 @@ typedef struct cu_settings {
     int splits;     /* forced attention split-K factor, 0 automatic */
     int prof;       /* per-phase profile */
     int gemv;       /* fused GEMV kernels for decode-sized batches */
+    cu_att_kernel att_kernel; /* attention kernel selection */
 } cu_settings;
 
 /* Fills *s from cf; NI_EINVAL / NI_EUNSUPPORTED with a message naming the
@@ -415,6 +416,10 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_splits %d < 0", cf->att_splits);
     s->splits = cf->att_splits;
     s->gemv = !cf->no_gemv;
+    if (cf->att_kernel < CU_ATT_AUTO || cf->att_kernel > CU_ATT_TC)
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_kernel %d is not 0, 1 or 2",
+                       cf->att_kernel);
+    s->att_kernel = (cu_att_kernel)cf->att_kernel;
     const int n_dev = cu_device_count();
     if (n_dev == 0) return ni_fail(err, errlen, NI_EUNSUPPORTED, "cuda backend: no CUDA device");
     s->dev = cf->device_index < 0 ? 0 : cf->device_index;
@@ -448,6 +453,7 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->qkv_dim = x->q_dim + 2 * x->kv_dim;
     x->part_slots = cu_att_part_slots(c->n_kv_heads, c->head_dim);
     x->force_splits = s->splits;
+    x->att_kernel = s->att_kernel;
     x->meta_cap = 7 * (size_t)cf->max_batch_tokens + (size_t)cf->max_seqs +
                   (size_t)cf->max_seqs * (size_t)x->tbl_cap;
     x->quant = s->quant;
