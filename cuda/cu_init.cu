@@ -484,6 +484,13 @@ int cu_backend_init(void **out, const mdl_model *m, const eng_backend_config *cf
                        cf->n_threads);
     cu_settings set;
     if ((rc = settings(cf, &set, err, errlen))) return rc;
+    const int hd = m->cfg.head_dim;
+    if (set.att_kernel == CU_ATT_TC &&
+        (set.dtype != CU_DTYPE_BF16 || (hd != 32 && hd != 64 && hd != 128)))
+        return ni_fail(err, errlen, NI_EINVAL,
+                       "cuda backend: att_kernel tc needs bf16 and head_dim 32, 64 or 128 "
+                       "(got %s, %d)",
+                       cu_dtype_name(set.dtype), hd);
 
     cu_ctx *x = (cu_ctx *)calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");
