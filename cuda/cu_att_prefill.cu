@@ -85,7 +85,9 @@ __device__ __forceinline__ void cp16(void *dst, const void *src, bool valid) {
                  : "memory");
 }
 
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 
 /* Waits until at most n of this thread's committed groups are pending. */
 template <int N> __device__ __forceinline__ void cp_wait() {
@@ -128,19 +130,18 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 /* ---- the kernel ------------------------------------------------------------ */
 
 template <int HD> struct pf_shape {
-    static constexpr int LDS = HD + 8;   /* padded shared row, BF16 elements */
-    static constexpr int CPR = HD / 8;   /* 16-byte chunks per cache row */
-    static constexpr int KS = HD / 16;   /* k16 steps of Q K^T */
-    static constexpr int DT = HD / 8;    /* n8 tiles of O */
-    static constexpr int NT = BN / 8;    /* n8 tiles of S */
+    static constexpr int LDS = HD + 8;        /* padded shared row, BF16 elements */
+    static constexpr int CPR = HD / 8;        /* 16-byte chunks per cache row */
+    static constexpr int KS = HD / 16;        /* k16 steps of Q K^T */
+    static constexpr int DT = HD / 8;         /* n8 tiles of O */
+    static constexpr int NT = BN / 8;         /* n8 tiles of S */
     static constexpr int CPT = BN * CPR / PT; /* K (and V) copies per thread per tile */
     static constexpr size_t SMEM = (size_t)(PROWS + 4 * BN) * LDS * sizeof(cu_bf16);
     static_assert(HD % 32 == 0 && DT % 2 == 0 && (BN * CPR) % PT == 0 && PT % CPR == 0,
                   "unsupported head_dim");
 };
 
-template <int HD>
-__global__ void __launch_bounds__(PT) k_att_prefill(cu_att_args a) {
+template <int HD> __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_args a) {
     using S = pf_shape<HD>;
     constexpr int LDS = S::LDS;
     extern __shared__ __align__(16) unsigned char pf_smem[];
@@ -186,8 +187,8 @@ __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_args a) {
         const int r = e / (HD / 2), d = (e % (HD / 2)) * 2;
         float x0 = 0.0f, x1 = 0.0f;
         if (r < R) {
-            const float *qp = a.q + (size_t)(it.tok0 + r / G) * a.ldq +
-                              (size_t)(kvh * G + r % G) * HD + d;
+            const float *qp =
+                a.q + (size_t)(it.tok0 + r / G) * a.ldq + (size_t)(kvh * G + r % G) * HD + d;
             x0 = qp[0] * qscale;
             x1 = qp[1] * qscale;
         }
@@ -287,8 +288,8 @@ __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_args a) {
 #pragma unroll
                 for (int j = 0; j < S::DT; j += 2) {
                     unsigned b[4]; /* (keys 16kk.., 16kk+8..) x d-tiles j, j+1 */
-                    ldsm4_t(b, vb + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDS +
-                                   j * 8 + (lane >> 4) * 8);
+                    ldsm4_t(b, vb + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDS + j * 8 +
+                                   (lane >> 4) * 8);
                     mma16816(o[j], pf[kk], b[0], b[1]);
                     mma16816(o[j + 1], pf[kk], b[2], b[3]);
                 }
@@ -336,8 +337,8 @@ __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_args a) {
 /* ---- host ------------------------------------------------------------------- */
 
 int cu_att_prefill_ok(const cu_att_args *a, int dtype) {
-    return dtype == CU_DTYPE_BF16 && (a->hd == 32 || a->hd == 64 || a->hd == 128) &&
-           a->n_kv > 0 && a->n_heads % a->n_kv == 0 && a->n_heads / a->n_kv <= PROWS &&
+    return dtype == CU_DTYPE_BF16 && (a->hd == 32 || a->hd == 64 || a->hd == 128) && a->n_kv > 0 &&
+           a->n_heads % a->n_kv == 0 && a->n_heads / a->n_kv <= PROWS &&
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }
 

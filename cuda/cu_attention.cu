@@ -277,12 +277,8 @@ int cu_launch_att_combine(cudaStream_t st, const cu_att_args *a, int dtype) {
     return 0;
 }
 
-template <typename T> static int cu_dtype_of_t() {
-    return sizeof(T) == 4 ? CU_DTYPE_FP32 : CU_DTYPE_BF16;
-}
-
 template <typename T>
-static int launch_att(cudaStream_t st, const cu_att_args *a) {
+static int launch_att(cudaStream_t st, const cu_att_args *a, int dtype) {
     const size_t smem = att_smem_bytes(a->hd);
     /* the limit is raised outside stream capture only (a graph's launches
      * rely on cu_att_prepare having run before the capture) */
@@ -294,7 +290,7 @@ static int launch_att(cudaStream_t st, const cu_att_args *a) {
     const dim3 grid((unsigned)a->n_items, (unsigned)a->n_kv, (unsigned)a->n_splits);
     k_attention<T><<<grid, NT, smem, st>>>(*a);
     CU_LAUNCH_CHECK(st);
-    if (a->n_splits > 1) CU_TRY(cu_launch_att_combine(st, a, cu_dtype_of_t<T>()));
+    if (a->n_splits > 1) CU_TRY(cu_launch_att_combine(st, a, dtype));
     return 0;
 }
 
@@ -309,6 +305,8 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype) {
         return cu_launch_att_prefill(st, a, dtype); /* cu_att_prefill.cu */
     }
     if (cu_att_decode_ok(a)) return cu_launch_att_decode(st, a, dtype); /* cu_att_decode.cu */
-    if (a->kernel == CU_ATT_AUTO && tc && a->max_nq > 1) return cu_launch_att_prefill(st, a, dtype);
-    return dtype == CU_DTYPE_FP32 ? launch_att<float>(st, a) : launch_att<cu_bf16>(st, a);
+    if (a->kernel == CU_ATT_AUTO && tc && a->max_nq > 1)
+        return cu_launch_att_prefill(st, a, dtype); /* prefill chunks on tensor cores */
+    return dtype == CU_DTYPE_FP32 ? launch_att<float>(st, a, dtype)
+                                  : launch_att<cu_bf16>(st, a, dtype);
 }

@@ -400,7 +400,8 @@ extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, i
     int splits = cu_att_choose_splits(n_items, n_kv, max_ctx, n_sm, slots);
     if ((long)splits * n_items > slots) splits = slots / n_items;
     if (splits < 1) splits = 1;
-    if (splits > 1) CU_TRY(dpart.alloc((size_t)n_items * splits * cu_att_part_floats(n_kv, hd) * 4));
+    if (splits > 1)
+        CU_TRY(dpart.alloc((size_t)n_items * splits * cu_att_part_floats(n_kv, hd) * 4));
     CU_TRY(cu_att_prepare());
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_items,

@@ -381,7 +381,8 @@ static void test_rope_kv(void **state) {
 /* One attention batch (sequence s: len[s] new tokens at positions p0[s] ..)
  * over a cache of scrambled blocks of bs rows: cu_op_attention with the
  * kernel selection kernel, in both dtypes (BF16 only for CU_ATT_TC; bound
- * TC_ATT_TOL wherever BF16 runs the TC kernel) and every split factor of splits[], against cpu_attention. */
+ * TC_ATT_TOL wherever BF16 runs the TC kernel) and every split factor of
+ * splits[], against cpu_attention. */
 static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int *len,
                       const int *p0, int bs, int nh, int nkv, int hd, const int *splits,
                       int n_split) {
@@ -452,6 +453,8 @@ static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int 
 }
 #endif
 
+/* The SIMT k_attention (forced with CU_ATT_SIMT, which AUTO would replace by
+ * the tensor-core kernel for BF16 at hd 64 / 128: test_attention_prefill). */
 static void test_attention(void **state) {
     (void)state;
     tu_require_gpu();
@@ -463,8 +466,9 @@ static void test_attention(void **state) {
     const int len[] = {50, 1, 17, 1, 70}, p0[] = {0, 300, 40, 5, 131};
     const int splits[] = {0, 1, 3, 7};
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
-        att_check("attention", CU_ATT_SIMT, (int)NI_ARRAY_LEN(len), len, p0, 16, shapes[si][0],
-                  shapes[si][1], shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
+        att_check("attention", CU_ATT_SIMT, (int)NI_ARRAY_LEN(len), len, p0, 16,
+                  shapes[si][0], shapes[si][1], shapes[si][2], splits,
+                  (int)NI_ARRAY_LEN(splits));
 #endif
 }
 
@@ -492,8 +496,8 @@ static void test_attention_decode(void **state) {
     const int splits[] = {0, 1, 3, 7, 64}, bsz[] = {16, 7};
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
         for (size_t b = 0; b < NI_ARRAY_LEN(bsz); b++)
-            att_check("decode att", CU_ATT_AUTO, NS, len, p0, bsz[b], shapes[si][0], shapes[si][1],
-                      shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
+            att_check("decode att", CU_ATT_AUTO, NS, len, p0, bsz[b], shapes[si][0],
+                      shapes[si][1], shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
 #endif
 }
 
@@ -528,8 +532,8 @@ static void test_attention_prefill(void **state) {
                   (int)NI_ARRAY_LEN(splits));
     }
     /* AUTO takes the TC kernel for a BF16 prefill batch: same bound holds */
-    att_check("auto prefill", CU_ATT_AUTO, (int)NI_ARRAY_LEN(la), la, pa, 16, 32, 4, 64, auto_split,
-              1);
+    att_check("auto prefill", CU_ATT_AUTO, (int)NI_ARRAY_LEN(la), la, pa, 16, 32, 4, 64,
+              auto_split, 1);
     /* the TC kernel refuses an FP32 cache and unsupported head dims */
     {
         const int32_t ss[2] = {0, 2}, p0[1] = {0}, tb[1] = {0};
