@@ -641,6 +641,7 @@ int main(void) {
     tu_seed(&g_rng, "test_cuda_backend");
     tu_print_gpu();
 #endif
+    tu_filters(); /* NI_TEST_FILTER=<glob> runs a subset */
 #define PER_MODEL(f, i) cmocka_unit_test_prestate(f, (void *)&tu_tiny_idx[i])
     const struct CMUnitTest tests[] = {
         PER_MODEL(test_vs_cpu, 0),         PER_MODEL(test_vs_cpu, 1),
