@@ -21,6 +21,8 @@
  *   graphs        decode CUDA graphs: DEFAULT / ON, OFF, EAGER (the padded
  *                 decode launches without capture; debugging and tests);
  *   att_splits    0: automatic attention split-K, >= 1 forced;
+ *   att_kernel    enum cu_att_kernel: which attention kernel prefill batches
+ *                 take (AUTO; SIMT / TC force one, for A/B runs);
  *   profile       1: per-phase device-time table on stderr at free (eager).
  * The backend also implements eng_backend.sample (cu_sample.cu): sampling
  * on the device from logits a forward(logits = NULL) left there, grammar
@@ -47,6 +49,20 @@ enum cu_dtype {
     CU_DTYPE_BF16 = 0, /* BF16 weights, GEMM inputs and KV cache; FP32 accumulation */
     CU_DTYPE_FP32 = 1, /* FP32 everywhere (SGEMM, no TF32) */
 };
+
+/* Attention kernel selection (eng_backend_config.att_kernel, NI_CUDA_ATT,
+ * cu_op_attention). AUTO: batches with one query token per item
+ * (max_nq == 1) take the decode kernel (cu_att_decode.cu), batches with
+ * prefill chunks in a BF16 cache the tensor-core kernel
+ * (cu_att_prefill.cu), everything else the SIMT k_attention. SIMT: never
+ * the tensor-core kernel. TC: the tensor-core kernel for every batch
+ * (decode-only ones too); shapes it does not take (FP32 cache, head_dim
+ * other than 32 / 64 / 128) fail with NI_EINVAL. */
+typedef enum cu_att_kernel {
+    CU_ATT_AUTO = 0,
+    CU_ATT_SIMT = 1,
+    CU_ATT_TC = 2,
+} cu_att_kernel;
 
 /* Number of usable CUDA devices (0 when there is no GPU or no driver; never
  * an error). */

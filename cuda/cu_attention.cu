@@ -4,7 +4,9 @@
  * softmax and optional split-K (flash-decoding). See cu_launch_attention in
  * cu_internal.h for the contract; CPU twin: cpu_attention. Batches whose items
  * all have one query token (max_nq == 1) go to the decode kernel of
- * cu_att_decode.cu when it takes the head size (cu_att_decode_ok).
+ * cu_att_decode.cu when it takes the head size (cu_att_decode_ok); batches
+ * with prefill chunks over a BF16 cache to the tensor-core kernel of
+ * cu_att_prefill.cu (cu_att_prefill_ok); cu_att_args.kernel forces a path.
  *
  * Work decomposition: the host cuts each sequence's new tokens into items of
  * at most CU_ATT_ROWS / G consecutive query tokens (cu_att_plan); block
@@ -261,11 +263,22 @@ int cu_att_prepare(void) {
                                   smem));
     CU_CHECK(cudaFuncSetAttribute(k_attention<cu_bf16>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return cu_att_prefill_prepare();
+}
+
+int cu_launch_att_combine(cudaStream_t st, const cu_att_args *a, int dtype) {
+    if (a->n_splits < 2 || !a->part) return NI_EINVAL;
+    const dim3 grid((unsigned)a->n_items, (unsigned)a->n_kv);
+    if (dtype == CU_DTYPE_FP32)
+        k_att_combine<float><<<grid, NT, 0, st>>>(*a);
+    else
+        k_att_combine<cu_bf16><<<grid, NT, 0, st>>>(*a);
+    CU_LAUNCH_CHECK(st);
     return 0;
 }
 
 template <typename T>
-static int launch_att(cudaStream_t st, const cu_att_args *a) {
+static int launch_att(cudaStream_t st, const cu_att_args *a, int dtype) {
     const size_t smem = att_smem_bytes(a->hd);
     /* the limit is raised outside stream capture only (a graph's launches
      * rely on cu_att_prepare having run before the capture) */
@@ -277,10 +290,7 @@ static int launch_att(cudaStream_t st, const cu_att_args *a) {
     const dim3 grid((unsigned)a->n_items, (unsigned)a->n_kv, (unsigned)a->n_splits);
     k_attention<T><<<grid, NT, smem, st>>>(*a);
     CU_LAUNCH_CHECK(st);
-    if (a->n_splits > 1) {
-        k_att_combine<T><<<dim3((unsigned)a->n_items, (unsigned)a->n_kv), NT, 0, st>>>(*a);
-        CU_LAUNCH_CHECK(st);
-    }
+    if (a->n_splits > 1) CU_TRY(cu_launch_att_combine(st, a, dtype));
     return 0;
 }
 
@@ -289,6 +299,14 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (a->hd <= 0 || a->hd > CU_ATT_MAX_HD || a->n_kv <= 0 || a->n_heads % a->n_kv != 0 ||
         a->n_heads / a->n_kv > ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
+    const int tc = cu_att_prefill_ok(a, dtype);
+    if (a->kernel == CU_ATT_TC) {
+        if (!tc) return NI_EINVAL;
+        return cu_launch_att_prefill(st, a, dtype); /* cu_att_prefill.cu */
+    }
     if (cu_att_decode_ok(a)) return cu_launch_att_decode(st, a, dtype); /* cu_att_decode.cu */
-    return dtype == CU_DTYPE_FP32 ? launch_att<float>(st, a) : launch_att<cu_bf16>(st, a);
+    if (a->kernel == CU_ATT_AUTO && tc && a->max_nq > 1)
+        return cu_launch_att_prefill(st, a, dtype); /* prefill chunks on tensor cores */
+    return dtype == CU_DTYPE_FP32 ? launch_att<float>(st, a, dtype)
+                                  : launch_att<cu_bf16>(st, a, dtype);
 }

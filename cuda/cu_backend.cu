@@ -211,7 +211,7 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
         const cu_att_args aa = {x->att,    x->qkv,    x->qkv_dim, kc,          vc,
                                 f->items,  f->tables, f->ts,      f->n_items,  f->n_splits,
                                 x->part,   c->n_heads, c->n_kv_heads, hd,      bs,
-                                f->max_nq, x->pdl};
+                                f->max_nq, x->att_kernel, x->pdl};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
         CU_TRY(res_proj(x, x->att, x->q_dim, L->wo, L->s_o, n));

@@ -379,6 +379,7 @@ typedef struct cu_settings {
     int gemv;       /* fused GEMV kernels for decode-sized batches */
     int pdl;        /* programmatic dependent launch */
     int fuse_rope;  /* RoPE + KV store in the QKV GEMV epilogue */
+    cu_att_kernel att_kernel; /* attention kernel selection */
 } cu_settings;
 
 /* Fills *s from cf; NI_EINVAL / NI_EUNSUPPORTED with a message naming the
@@ -419,6 +420,10 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
     s->gemv = !cf->no_gemv;
     s->pdl = !cf->no_pdl;
     s->fuse_rope = !cf->no_fuse_rope;
+    if (cf->att_kernel < CU_ATT_AUTO || cf->att_kernel > CU_ATT_TC)
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_kernel %d is not 0, 1 or 2",
+                       cf->att_kernel);
+    s->att_kernel = (cu_att_kernel)cf->att_kernel;
     const int n_dev = cu_device_count();
     if (n_dev == 0) return ni_fail(err, errlen, NI_EUNSUPPORTED, "cuda backend: no CUDA device");
     s->dev = cf->device_index < 0 ? 0 : cf->device_index;
@@ -452,6 +457,7 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->qkv_dim = x->q_dim + 2 * x->kv_dim;
     x->part_slots = cu_att_part_slots(c->n_kv_heads, c->head_dim);
     x->force_splits = s->splits;
+    x->att_kernel = s->att_kernel;
     x->meta_cap = 7 * (size_t)cf->max_batch_tokens + (size_t)cf->max_seqs +
                   (size_t)cf->max_seqs * (size_t)x->tbl_cap;
     x->quant = s->quant;
@@ -484,6 +490,13 @@ int cu_backend_init(void **out, const mdl_model *m, const eng_backend_config *cf
                        cf->n_threads);
     cu_settings set;
     if ((rc = settings(cf, &set, err, errlen))) return rc;
+    const int hd = m->cfg.head_dim;
+    if (set.att_kernel == CU_ATT_TC &&
+        (set.dtype != CU_DTYPE_BF16 || (hd != 32 && hd != 64 && hd != 128)))
+        return ni_fail(err, errlen, NI_EINVAL,
+                       "cuda backend: att_kernel tc needs bf16 and head_dim 32, 64 or 128 "
+                       "(got %s, %d)",
+                       cu_dtype_name(set.dtype), hd);
 
     cu_ctx *x = (cu_ctx *)calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");

@@ -267,6 +267,7 @@ typedef struct cu_att_args {
     float *part;               /* [n_items*n_splits][cu_att_part_floats] or NULL */
     int n_heads, n_kv, hd, block_size;
     int max_nq;                /* most query tokens of any item (1: decode only) */
+    cu_att_kernel kernel;      /* which kernel (cu.h); AUTO in the backend by default */
     int pdl;                   /* the decode kernels launched with PDL (cu_launch_k) */
 } cu_att_args;
 
@@ -274,8 +275,31 @@ typedef struct cu_att_args {
  * score matrix in memory): out[t][h] = softmax(q[t][h] . K / sqrt(hd)) V over
  * the positions [0, pos(t)] of t's sequence. n_splits > 1 runs split-K
  * (flash-decoding): each split handles a range of key tiles into part, then a
- * combine kernel merges them. */
+ * combine kernel merges them. a->kernel picks the kernel (enum
+ * cu_att_kernel, cu.h); NI_EINVAL for CU_ATT_TC on a shape
+ * cu_att_prefill_ok refuses. */
 int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* k_att_combine alone (the split-K merge of k_attention's partial layout:
+ * M in natural-log units, empty splits with M = -inf): for the prefill
+ * kernel's splits. a->n_splits > 1 and a->part required. */
+int cu_launch_att_combine(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* ---- cu_att_prefill.cu: tensor-core (mma.sync BF16) prefill attention ------- */
+
+/* Whether the tensor-core kernel takes a: BF16 cache, head_dim 32, 64 or
+ * 128, 16-byte aligned caches, G <= CU_ATT_ROWS. Any max_nq. */
+int cu_att_prefill_ok(const cu_att_args *a, int dtype);
+
+/* cu_launch_attention's contract (same items from cu_att_plan, same split-K
+ * partial layout, merged by cu_launch_att_combine) on tensor cores for a
+ * batch cu_att_prefill_ok accepts (NI_EINVAL otherwise). The dynamic
+ * shared-memory limit must have been raised by cu_att_prepare before a
+ * graph capture (it is raised here outside capture). */
+int cu_launch_att_prefill(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* Raises k_att_prefill's dynamic shared-memory limits (cu_att_prepare calls it). */
+int cu_att_prefill_prepare(void);
 
 /* ---- cu_att_decode.cu: flash-decoding for max_nq == 1 ------------------------ */
 
@@ -536,6 +560,7 @@ typedef struct cu_ctx {
     int q_dim, kv_dim, qkv_dim; /* n_heads*hd, n_kv_heads*hd, q_dim + 2*kv_dim */
     int part_slots;             /* split-K slots in part */
     int force_splits;           /* eng_backend_config.att_splits (0 = automatic) */
+    cu_att_kernel att_kernel;   /* eng_backend_config.att_kernel (NI_CUDA_ATT) */
     int quant;                  /* 1: int8 projections and LM head (cu_quant.cu) */
     int graph_mode;             /* CU_GRAPHS_* (eng_backend_config.graphs) */
     int fuse_rope;              /* gemv and BF16 and not NI_CUDA_FUSE_ROPE=0: the QKV k_gemv

@@ -216,7 +216,8 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
                                const float *v_cache, int n_blocks, int block_size, int n_seqs,
                                const int32_t *seq_start, const int32_t *pos0,
                                const int32_t *block_tables, int max_blocks, int n_heads, int n_kv,
-                               int hd, int n_splits, int dtype) {
+                               int hd, int n_splits, int dtype, cu_att_kernel kernel) {
+    if (kernel < CU_ATT_AUTO || kernel > CU_ATT_TC) return NI_EINVAL;
     if (!dtype_ok(dtype) || n_blocks <= 0 || block_size <= 0 || n_seqs <= 0 || max_blocks <= 0 ||
         n_heads <= 0 || n_kv <= 0 || n_heads % n_kv || hd <= 0 || hd % 2 || n_splits < 0)
         return NI_EINVAL;
@@ -264,9 +265,40 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq,
-                           1};
+                           kernel, 1};
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
+}
+
+/* Median device time (us) of iters cu_launch_attention calls after 3
+ * untimed ones, each preceded (untimed) by a memset of flush_bytes of flush
+ * when flush != NULL (evicts the KV from L2). */
+static int time_attention(const cu_att_args *a, int dtype, int iters, void *flush,
+                          size_t flush_bytes, double *us) {
+    cudaEvent_t e0, e1;
+    double t[1000];
+    CU_CHECK(cudaEventCreate(&e0));
+    if (cudaEventCreate(&e1) != cudaSuccess) {
+        cudaEventDestroy(e0);
+        CU_CHECK(cudaGetLastError());
+        return NI_EIO;
+    }
+    int rc = 0;
+    for (int it = -3; it < iters && !rc; it++) {
+        if (flush && cudaMemsetAsync(flush, it & 0xff, flush_bytes, 0) != cudaSuccess) rc = NI_EIO;
+        if (!rc && cudaEventRecord(e0, 0) != cudaSuccess) rc = NI_EIO;
+        if (!rc) rc = cu_launch_attention(0, a, dtype);
+        if (!rc && cudaEventRecord(e1, 0) != cudaSuccess) rc = NI_EIO;
+        if (!rc && cudaEventSynchronize(e1) != cudaSuccess) rc = NI_EIO;
+        float ms = 0;
+        if (!rc && cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) rc = NI_EIO;
+        if (it >= 0) t[it] = ms * 1e3;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    CU_TRY(rc);
+    *us = median(t, iters);
+    return 0;
 }
 
 extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd,
@@ -319,28 +351,63 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
     CU_TRY(cu_att_prepare());
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
-                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1, 0};
-    cudaEvent_t e0, e1;
-    double t[1000];
-    CU_CHECK(cudaEventCreate(&e0));
-    CU_CHECK(cudaEventCreate(&e1));
+                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1,
+                           CU_ATT_AUTO, 0};
     cu_att_decode_enable(kernel);
-    for (int it = -3; it < iters && !rc; it++) {
-        if (cudaMemsetAsync(dflush.p, it & 0xff, flush_bytes, 0) != cudaSuccess) rc = NI_EIO;
-        if (!rc && cudaEventRecord(e0, 0) != cudaSuccess) rc = NI_EIO;
-        if (!rc) rc = cu_launch_attention(0, &a, dtype);
-        if (!rc && cudaEventRecord(e1, 0) != cudaSuccess) rc = NI_EIO;
-        if (!rc && cudaEventSynchronize(e1) != cudaSuccess) rc = NI_EIO;
-        float ms = 0;
-        if (!rc && cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) rc = NI_EIO;
-        if (it >= 0) t[it] = ms * 1e3;
-    }
+    rc = time_attention(&a, dtype, iters, dflush.p, flush_bytes, us);
     cu_att_decode_enable(1);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    return rc;
+}
+
+extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, int hd,
+                                             cu_att_kernel kernel, int iters, double *us) {
+    if (n_tok <= 0 || n_kv <= 0 || n_heads % n_kv || n_heads / n_kv > CU_ATT_ROWS || hd <= 0 ||
+        hd % 2 || hd > CU_ATT_MAX_HD || (kernel != CU_ATT_SIMT && kernel != CU_ATT_TC) ||
+        iters <= 0 || iters > 1000 || !us)
+        return NI_EINVAL;
+    const int bs = 16, nb = (n_tok + bs - 1) / bs, G = n_heads / n_kv;
+    const size_t kvd = (size_t)n_kv * hd, cache_bytes = (size_t)nb * bs * kvd * 2;
+    const size_t qn = (size_t)n_tok * n_heads * hd;
+    cu_att_item *items = (cu_att_item *)malloc((size_t)n_tok * sizeof(cu_att_item));
+    int32_t *tab = (int32_t *)malloc((size_t)nb * sizeof(int32_t));
+    if (!items || !tab) {
+        free(items);
+        free(tab);
+        return NI_ENOMEM;
+    }
+    for (int b = 0; b < nb; b++) tab[b] = b;
+    const int32_t ss[2] = {0, n_tok}, p0[1] = {0};
+    int max_ctx = 0, max_nq = 0;
+    const int n_items = cu_att_plan(items, 1, ss, p0, G, &max_ctx, &max_nq);
+    dbuf ditems, dtab, dq, dk, dv, dout, dpart;
+    int rc = put_i32(ditems, (const int32_t *)items, (size_t)n_items * 4);
+    if (!rc) rc = put_i32(dtab, tab, (size_t)nb);
+    free(items);
+    free(tab);
     CU_TRY(rc);
-    *us = median(t, iters);
-    return 0;
+    /* constant data: timing only */
+    CU_TRY(dq.alloc(qn * 4));
+    CU_CHECK(cudaMemset(dq.p, 0x3c, qn * 4));
+    CU_TRY(dk.alloc(cache_bytes));
+    CU_TRY(dv.alloc(cache_bytes));
+    CU_CHECK(cudaMemset(dk.p, 0x3c, cache_bytes));
+    CU_CHECK(cudaMemset(dv.p, 0x3c, cache_bytes));
+    CU_TRY(dout.alloc(qn * 2));
+    int dev = 0, n_sm = 0;
+    CU_CHECK(cudaGetDevice(&dev));
+    CU_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    const int slots = cu_att_part_slots(n_kv, hd);
+    int splits = cu_att_choose_splits(n_items, n_kv, max_ctx, n_sm, slots);
+    if ((long)splits * n_items > slots) splits = slots / n_items;
+    if (splits < 1) splits = 1;
+    if (splits > 1)
+        CU_TRY(dpart.alloc((size_t)n_items * splits * cu_att_part_floats(n_kv, hd) * 4));
+    CU_TRY(cu_att_prepare());
+    const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
+                           ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_items,
+                           splits, dpart.as<float>(), n_heads, n_kv, hd, bs, max_nq,
+                           kernel, 0};
+    return time_attention(&a, CU_DTYPE_BF16, iters, NULL, 0, us);
 }
 
 extern "C" int cu_op_quantize_q8(int8_t *q, float *scale, const float *w, int rows, int cols) {

@@ -24,6 +24,7 @@ extern "C" {
 
 #include "engine/backend/backend.h"
 #include "engine/model/model.h"
+#include "cuda/cu.h"
 
 /* out[i] = table[tokens[i]] (table in T). Twin: cpu_embed. */
 int cu_op_embed(float *out /* [n][dim] */, const float *table /* [vocab][dim] */, int vocab,
@@ -59,7 +60,9 @@ int cu_op_rope_kv(float *q /* [n][n_heads*hd] */, const float *k /* [n][n_kv*hd]
 /* Paged causal GQA attention of a batch laid out like eng_batch (sequence s
  * has tokens seq_start[s] .. seq_start[s+1]-1 at positions pos0[s] ..), over
  * caches of n_blocks blocks of block_size rows (in T). n_splits: 0 picks the
- * backend's automatic split-K factor, >= 1 forces one. Twin: cpu_attention. */
+ * backend's automatic split-K factor, >= 1 forces one. kernel: the backend's
+ * selection (enum cu_att_kernel, cu.h; CU_ATT_TC on a shape the tensor-core
+ * kernel does not take returns NI_EINVAL). Twin: cpu_attention. */
 int cu_op_attention(float *out /* [n_tokens][n_heads*hd] */,
                     const float *q /* [n_tokens][n_heads*hd] */,
                     const float *k_cache /* [n_blocks*block_size][n_kv*hd] */,
@@ -67,7 +70,8 @@ int cu_op_attention(float *out /* [n_tokens][n_heads*hd] */,
                     int block_size, int n_seqs, const int32_t *seq_start /* [n_seqs+1] */,
                     const int32_t *pos0 /* [n_seqs] */,
                     const int32_t *block_tables /* [n_seqs][max_blocks] */, int max_blocks,
-                    int n_heads, int n_kv, int hd, int n_splits, int dtype);
+                    int n_heads, int n_kv, int hd, int n_splits, int dtype,
+                    cu_att_kernel kernel);
 
 /* Device int8 quantization of w [rows][cols] (cu_launch_quantize_rows):
  * q [rows][cols] and scale [rows] come back. Twin: scale = max|w| / 127,
@@ -133,6 +137,15 @@ int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters, d
 int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd, int block_size,
                           int split_ctx, int kernel, int dtype, int iters, double *us,
                           int *splits_used);
+
+/* Times one prefill attention call (cu_launch_attention, plus the combine
+ * when split; device events, median of iters after a warm-up) of one
+ * sequence of n_tok new tokens from position 0 (causal, BF16 cache, block
+ * size 16, blocks in order, constant data), items from cu_att_plan and the
+ * backend's split rule: kernel CU_ATT_SIMT (k_attention) or CU_ATT_TC (the
+ * tensor-core kernel). *us gets microseconds per call. */
+int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, int hd, cu_att_kernel kernel,
+                                  int iters, double *us);
 
 /* Times cu_launch_sample alone (device events, median of iters launches
  * after a warm-up) on n_rows random logits rows of vocab, every row with

@@ -218,6 +218,16 @@ int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *e
     if (c->att_splits == 0 && (v = env_value("NI_CUDA_ATT_SPLITS")) &&
         (rc = env_count("NI_CUDA_ATT_SPLITS", v, &c->att_splits, err, errlen)))
         return rc;
+    if (c->att_kernel == 0 && (v = env_value("NI_CUDA_ATT"))) {
+        if (!strcmp(v, "auto"))
+            c->att_kernel = 0;
+        else if (!strcmp(v, "simt"))
+            c->att_kernel = 1;
+        else if (!strcmp(v, "tc"))
+            c->att_kernel = 2;
+        else
+            return ni_fail(err, errlen, NI_EINVAL, "NI_CUDA_ATT=%s: must be auto, simt or tc", v);
+    }
     if ((rc = env_off("NI_CUDA_GEMV", &c->no_gemv, err, errlen))) return rc;
     if ((rc = env_off("NI_CUDA_PDL", &c->no_pdl, err, errlen)) ||
         (rc = env_off("NI_CUDA_FUSE_ROPE", &c->no_fuse_rope, err, errlen)))

@@ -573,11 +573,75 @@ static void test_invalid(void **state) {
 #endif
 }
 
+/* ---- attention kernel selection (NI_CUDA_ATT) -------------------------------------- */
+
+/* tiny-qwen3 (head_dim 32), BF16: a 100-token prompt prefilled in chunks of
+ * 37 (prefill items: the tensor-core kernel under AUTO and tc) then decode
+ * steps teacher-forced with the SIMT run's tokens; the logits of every step
+ * under NI_CUDA_ATT=tc and auto must match NI_CUDA_ATT=simt to a BF16 NMSE
+ * (the TC kernel also rounds q and P to BF16). Also: the variable's parsing,
+ * and tc refused at init for FP32 and for head_dim 16 (tiny-llama3). */
+static void test_att_kernel_select(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    tu_load_tiny(&m, 2);
+    enum { n_prompt = 100, n_steps = 8 };
+    const int V = m.cfg.vocab_size;
+    int32_t prompt[n_prompt], perm[N_BLOCKS], ts[n_steps], tk[n_steps];
+    tu_fill_int(&g_rng, prompt, n_prompt, V);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
+    float *ls = malloc(sizeof(float) * n_steps * V), *lk = malloc(sizeof(float) * n_steps * V);
+    const char *names[3] = {"simt", "tc", "auto"};
+    for (int k = 0; k < 3; k++) {
+        char err[256] = "";
+        setenv("NI_CUDA_ATT", names[k], 1);
+        eng_backend_config cf = be_config(CU_DTYPE_BF16);
+        assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), 0);
+        unsetenv("NI_CUDA_ATT");
+        assert_int_equal(cf.att_kernel, k == 0 ? CU_ATT_SIMT : k == 1 ? CU_ATT_TC : CU_ATT_AUTO);
+        void *g = be_init(&eng_backend_cuda, &m, &cf);
+        drive(&eng_backend_cuda, g, V, prompt, n_prompt, 37, n_steps, k ? ts : NULL, perm,
+              k ? tk : ts, k ? lk : ls);
+        eng_backend_cuda.free(g);
+        if (!k) continue;
+        for (int st = 0; st < n_steps; st++) {
+            char what[64];
+            snprintf(what, sizeof what, "NI_CUDA_ATT=%s step %d logits", names[k], st);
+            tu_check(TU_NMSE, what, lk + (size_t)st * V, ls + (size_t)st * V, V, 1e-3);
+        }
+        printf("  NI_CUDA_ATT=%s: logits of %d steps match simt\n", names[k], n_steps);
+    }
+    {
+        char err[256] = "";
+        setenv("NI_CUDA_ATT", "wmma", 1);
+        eng_backend_config cf = be_config(CU_DTYPE_BF16);
+        assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err),
+                         NI_EINVAL);
+        unsetenv("NI_CUDA_ATT");
+        void *bad = NULL;
+        cf = be_config(CU_DTYPE_FP32);
+        cf.att_kernel = CU_ATT_TC;
+        assert_int_equal(eng_backend_cuda.init(&bad, &m, &cf, err, sizeof err), NI_EINVAL);
+        mdl_model m16;
+        tu_load_tiny(&m16, 1);
+        cf = be_config(CU_DTYPE_BF16);
+        cf.att_kernel = CU_ATT_TC;
+        assert_int_equal(eng_backend_cuda.init(&bad, &m16, &cf, err, sizeof err), NI_EINVAL);
+        mdl_free(&m16);
+    }
+    free(ls); free(lk);
+    mdl_free(&m);
+#endif
+}
+
 int main(void) {
 #ifdef NI_USE_CUDA
     tu_seed(&g_rng, "test_cuda_backend");
     tu_print_gpu();
 #endif
+    tu_filters(); /* NI_TEST_FILTER=<glob> runs a subset */
 #define PER_MODEL(f, i) cmocka_unit_test_prestate(f, (void *)&tu_tiny_idx[i])
     const struct CMUnitTest tests[] = {
         PER_MODEL(test_vs_cpu, 0),         PER_MODEL(test_vs_cpu, 1),
@@ -586,6 +650,7 @@ int main(void) {
         PER_MODEL(test_mixed_batches, 0),  PER_MODEL(test_mixed_batches, 1),
         PER_MODEL(test_mixed_batches, 2),  cmocka_unit_test(test_copy_block),
         cmocka_unit_test(test_forced_splits), cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_att_kernel_select),
     };
 #undef PER_MODEL
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -448,15 +448,26 @@ static void test_gemv_rope(void **state) {
 /* ---- attention over the paged cache --------------------------------------------- */
 
 #ifdef NI_USE_CUDA
+/* NMSE bound of the tensor-core prefill kernel (BF16 only): q and the
+ * probabilities P are rounded to BF16 too (k_attention keeps both FP32), a
+ * few times the 1e-5 of the BF16 cache alone; a wrong fragment layout or
+ * mask gives ~1. */
+#define TC_ATT_TOL 5e-4
+
 /* One attention batch (sequence s: len[s] new tokens at positions p0[s] ..)
- * over a cache of scrambled blocks of bs rows: cu_op_attention in both dtypes
- * and every split factor of splits[] against cpu_attention. */
-static void att_check(const char *kind, int ns, const int *len, const int *p0, int bs, int nh,
-                      int nkv, int hd, const int *splits, int n_split) {
+ * over a cache of scrambled blocks of bs rows: cu_op_attention with the
+ * kernel selection kernel, in both dtypes (BF16 only for CU_ATT_TC; bound
+ * TC_ATT_TOL wherever BF16 runs the TC kernel) and every split factor of
+ * splits[], against cpu_attention. */
+static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int *len,
+                      const int *p0, int bs, int nh, int nkv, int hd, const int *splits,
+                      int n_split) {
     const int qd = nh * hd, kvd = nkv * hd;
     int32_t *ss = malloc(sizeof(int32_t) * (ns + 1)), *pos0 = malloc(sizeof(int32_t) * ns);
     int n = 0, max_blocks = 1, n_blocks = 7; /* 7 blocks no sequence owns */
+    int prefill = 0; /* AUTO then takes the TC kernel for BF16 at hd 32 / 64 / 128 */
     for (int s = 0; s < ns; s++) {
+        prefill |= len[s] > 1;
         ss[s] = n;
         pos0[s] = p0[s];
         n += len[s];
@@ -493,16 +504,24 @@ static void att_check(const char *kind, int ns, const int *len, const int *p0, i
     const cpu_kv_layer kv = {kc, vc, bs, kvd};
     const cpu_tok_map map = {n, tpos, tseq, tables, max_blocks};
     cpu_attention(CPU_SERIAL, ref, q, &kv, &map, nh, nkv, hd, scratch, scratch_n);
-    for (int t = 0; t < 2; t++)
+    for (int t = kernel == CU_ATT_TC ? 1 : 0; t < 2; t++)
         for (int sp = 0; sp < n_split; sp++) {
             float *got = nan_buf((size_t)n * qd);
             assert_int_equal(cu_op_attention(got, q, kc, vc, n_blocks, bs, ns, ss, pos0, tables,
-                                             max_blocks, nh, nkv, hd, splits[sp], k_dtypes[t]),
+                                             max_blocks, nh, nkv, hd, splits[sp], k_dtypes[t],
+                                             kernel),
                              0);
             char what[96];
             snprintf(what, sizeof what, "%s h%d kv%d hd%d bs%d splits %d", kind, nh, nkv, hd, bs,
                      splits[sp]);
-            check_nmse(what, k_dtypes[t], got, ref, (size_t)n * qd, 1e-9);
+            const int tc_hd = hd == 32 || hd == 64 || hd == 128;
+            const int on_tc = kernel == CU_ATT_TC || (kernel == CU_ATT_AUTO && prefill && tc_hd);
+            if (k_dtypes[t] == CU_DTYPE_BF16 && on_tc) {
+                const double e = tu_check(TU_NMSE, what, got, ref, (size_t)n * qd, TC_ATT_TOL);
+                printf("  %-40s tc bf16 nmse %.3g\n", what, e);
+            } else {
+                check_nmse(what, k_dtypes[t], got, ref, (size_t)n * qd, 1e-9);
+            }
             free(got);
         }
     free(q); free(kc); free(vc); free(tpos); free(tseq); free(ref); free(scratch);
@@ -510,6 +529,8 @@ static void att_check(const char *kind, int ns, const int *len, const int *p0, i
 }
 #endif
 
+/* The SIMT k_attention (forced with CU_ATT_SIMT, which AUTO would replace by
+ * the tensor-core kernel for BF16 at hd 64 / 128: test_attention_prefill). */
 static void test_attention(void **state) {
     (void)state;
     tu_require_gpu();
@@ -521,8 +542,9 @@ static void test_attention(void **state) {
     const int len[] = {50, 1, 17, 1, 70}, p0[] = {0, 300, 40, 5, 131};
     const int splits[] = {0, 1, 3, 7};
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
-        att_check("attention", (int)NI_ARRAY_LEN(len), len, p0, 16, shapes[si][0],
-                  shapes[si][1], shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
+        att_check("attention", CU_ATT_SIMT, (int)NI_ARRAY_LEN(len), len, p0, 16,
+                  shapes[si][0], shapes[si][1], shapes[si][2], splits,
+                  (int)NI_ARRAY_LEN(splits));
 #endif
 }
 
@@ -550,8 +572,59 @@ static void test_attention_decode(void **state) {
     const int splits[] = {0, 1, 3, 7, 64}, bsz[] = {16, 7};
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
         for (size_t b = 0; b < NI_ARRAY_LEN(bsz); b++)
-            att_check("decode att", NS, len, p0, bsz[b], shapes[si][0], shapes[si][1],
-                      shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
+            att_check("decode att", CU_ATT_AUTO, NS, len, p0, bsz[b], shapes[si][0],
+                      shapes[si][1], shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
+#endif
+}
+
+/* The tensor-core prefill kernel (cu_att_prefill.cu, forced with CU_ATT_TC;
+ * BF16) against cpu_attention: head dims 32 / 64 / 128, G = 1, 4, 8;
+ * batch A: four sequences of 1, 17, 100 and 513 new tokens (not multiples
+ * of the 64-key tile or of the items) after prefixes of 5, 0, 64 and 31
+ * cached tokens; batch B: a mixed batch of decode tokens (deep contexts,
+ * masked rows in the m16 tiles) and prefill chunks; batch C: decode only
+ * (the TC kernel on max_nq == 1). Block tables shuffled (att_check), two
+ * block sizes, split-K automatic, 1, 3 and 7 (empty and partly masked
+ * splits). The automatic selection must take the same kernel for A. */
+static void test_attention_prefill(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    /* n_heads, n_kv, hd: G 1 / 4 / 8 at hd 64 and 128 (TinyLlama 32/4/64,
+     * Llama-3-8B 32/8/128 in miniature), hd 32 */
+    const int shapes[][3] = {{4, 4, 64}, {16, 4, 64}, {16, 2, 64}, {4, 4, 128},
+                             {8, 2, 128}, {16, 2, 128}, {8, 2, 32}};
+    const int la[] = {1, 17, 100, 513}, pa[] = {5, 0, 64, 31};
+    const int lb[] = {1, 64, 1, 1, 33, 2}, pb[] = {300, 0, 1000, 7, 200, 63};
+    const int lc[] = {1, 1, 1}, pc[] = {0, 64, 700};
+    const int splits[] = {0, 1, 3, 7}, auto_split[] = {0};
+    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++) {
+        const int nh = shapes[si][0], nkv = shapes[si][1], hd = shapes[si][2];
+        att_check("tc prefill", CU_ATT_TC, (int)NI_ARRAY_LEN(la), la, pa, 16, nh, nkv, hd, splits,
+                  (int)NI_ARRAY_LEN(splits));
+        att_check("tc mixed", CU_ATT_TC, (int)NI_ARRAY_LEN(lb), lb, pb, 7, nh, nkv, hd, splits,
+                  (int)NI_ARRAY_LEN(splits));
+        att_check("tc decode", CU_ATT_TC, (int)NI_ARRAY_LEN(lc), lc, pc, 16, nh, nkv, hd, splits,
+                  (int)NI_ARRAY_LEN(splits));
+    }
+    /* AUTO takes the TC kernel for a BF16 prefill batch: same bound holds */
+    att_check("auto prefill", CU_ATT_AUTO, (int)NI_ARRAY_LEN(la), la, pa, 16, 32, 4, 64,
+              auto_split, 1);
+    /* the TC kernel refuses an FP32 cache and unsupported head dims */
+    {
+        const int32_t ss[2] = {0, 2}, p0[1] = {0}, tb[1] = {0};
+        float *q = rand_buf(2 * 4 * 24, -1, 1), *kc = rand_buf(16 * 2 * 24, -1, 1);
+        float *out = nan_buf(2 * 4 * 24);
+        assert_int_equal(cu_op_attention(out, q, kc, kc, 1, 16, 1, ss, p0, tb, 1, 4, 2, 24, 1,
+                                         CU_DTYPE_BF16, CU_ATT_TC),
+                         NI_EINVAL);
+        assert_int_equal(cu_op_attention(out, q, kc, kc, 1, 16, 1, ss, p0, tb, 1, 4, 2, 16, 1,
+                                         CU_DTYPE_FP32, CU_ATT_TC),
+                         NI_EINVAL);
+        free(q);
+        free(kc);
+        free(out);
+    }
 #endif
 }
 
@@ -568,7 +641,7 @@ int main(void) {
         cmocka_unit_test(test_gemv),
         cmocka_unit_test(test_rope_kv), cmocka_unit_test(test_gemv_rope),
         cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_attention_decode),
+        cmocka_unit_test(test_attention_decode), cmocka_unit_test(test_attention_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

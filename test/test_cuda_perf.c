@@ -24,6 +24,9 @@
  * factor of the general path (from the context) and, for one sequence, of a
  * decode graph (from max_pos 32768), and the KV bytes read per second (L2 flushed
  * before every launch, so these are HBM reads).
+ * test_attention_prefill_kernels (NI_PERF_ATT=1): prefill attention of one
+ * 512 / 4000-token sequence, SIMT k_attention vs the tensor-core kernel,
+ * TFLOP/s.
  * The greedy tokens of A, B and C must agree (the logits are identical
  * for B and C, and A differs only in the attention split-K of the
  * unpadded general path: a near tie could flip, so agreement >= 99% is
@@ -252,8 +255,48 @@ static void test_attention_kernels(void **state) {
 #endif
 }
 
+/* Prefill attention (NI_PERF_ATT=1, GPU only): one sequence of 512 and 4000
+ * new tokens from position 0, BF16, TinyLlama (32 q / 4 kv heads, hd 64) and
+ * Llama-3-8B (32 / 8, hd 128) head shapes, SIMT k_attention against the
+ * tensor-core kernel (cu_op_attention_prefill_bench); TFLOP/s of the causal
+ * attention math, 4 * hd * n_heads * n (n + 1) / 2. Reports only. */
+static void test_attention_prefill_kernels(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    const char *on = getenv("NI_PERF_ATT");
+    if (!on || strcmp(on, "1") != 0) {
+        printf("SKIP: NI_PERF_ATT=1 times the prefill attention kernels\n");
+        skip();
+        return;
+    }
+    static const struct {
+        const char *name;
+        int nh, nkv, hd;
+    } shapes[] = {{"TinyLlama-1.1B", 32, 4, 64}, {"Llama-3-8B", 32, 8, 128}};
+    const int toks[] = {512, 4000};
+    printf("  prefill attention, bf16, one sequence from position 0 (us, TFLOP/s)\n");
+    printf("  %-15s %5s %10s %8s %10s %8s %8s\n", "shape", "toks", "simt us", "TF/s", "tc us",
+           "TF/s", "speedup");
+    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
+        for (size_t ti = 0; ti < NI_ARRAY_LEN(toks); ti++) {
+            const int n = toks[ti];
+            double us[2];
+            const cu_att_kernel k[2] = {CU_ATT_SIMT, CU_ATT_TC};
+            for (int i = 0; i < 2; i++)
+                assert_int_equal(cu_op_attention_prefill_bench(n, shapes[si].nh, shapes[si].nkv,
+                                                               shapes[si].hd, k[i], 10, &us[i]),
+                                 0);
+            const double flop = 4.0 * shapes[si].hd * shapes[si].nh * (double)n * (n + 1) / 2;
+            printf("  %-15s %5d %10.1f %8.2f %10.1f %8.2f %7.2fx\n", shapes[si].name, n, us[0],
+                   flop / (us[0] * 1e6), us[1], flop / (us[1] * 1e6), us[0] / us[1]);
+        }
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_attention_kernels),
+                                       cmocka_unit_test(test_attention_prefill_kernels),
                                        cmocka_unit_test(test_decode_steps)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -92,6 +92,9 @@ typedef struct eng_backend_config {
     eng_graphs graphs;            /* decode CUDA graphs (CUDA) */
     int att_splits;               /* attention split-K factor (CUDA): 0 automatic,
                                    * >= 1 forced (debugging, tests) */
+    int att_kernel;               /* CUDA attention kernel of prefill batches: 0 automatic,
+                                   * 1 the SIMT kernels only, 2 the tensor-core prefill
+                                   * kernel (enum cu_att_kernel; A/B measurements) */
     int no_gemv;                  /* CUDA: 1 = decode projections through cuBLAS instead of
                                    * the fused GEMV kernels (A/B measurements); 0 default */
     int no_fuse_rope;             /* CUDA: 1 = RoPE + KV store in their own kernel after the
@@ -212,6 +215,7 @@ const char *eng_quant_name(eng_quant q);
  *   NI_CUDA_QUANT=int8|1|none|0  quant (int8 = 1), when 0;
  *   NI_CUDA_GRAPHS=1|on|0|off|eager  graphs, when ENG_GRAPHS_DEFAULT;
  *   NI_CUDA_ATT_SPLITS=<n>       att_splits (>= 0), when 0;
+ *   NI_CUDA_ATT=auto|simt|tc     att_kernel (0 / 1 / 2), when 0;
  *   NI_CUDA_GEMV=0|1             no_gemv = 1 for "0", when 0;
  *   NI_CUDA_PDL=0|1              no_pdl = 1 for "0", when 0;
  *   NI_CUDA_FUSE_ROPE=0|1        no_fuse_rope = 1 for "0", when 0;
