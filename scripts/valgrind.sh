@@ -14,7 +14,7 @@
 # Model: VALGRIND_MODEL, default test/models/tiny-llama3 (the committed tiny
 # model: memcheck is 20-50x slower than native, the real 135M model takes
 # minutes per request here). Log: build/valgrind/valgrind.log.
-# Time on the 2 shared CI cores: about 2-3 minutes, most of it the build.
+# Time here (2 shared cores): ~30 s for the -O1 build, ~15 s under memcheck.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 . test/test-env.sh
