@@ -61,7 +61,7 @@ wait_for() {
   local end
   end=$(calc "$(date +%s.%N) + $1 * ${NI_E2E_WAIT_SCALE:-1}"); shift
   until "$@" >/dev/null 2>&1; do
-    [ "$(calc "$(date +%s.%N) >= $end")" = 1 ] && return 1
+    [ "$(calc "($(date +%s.%N) >= $end)")" = 1 ] && return 1
     sleep 0.05
   done
 }
