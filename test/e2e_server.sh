@@ -57,11 +57,15 @@ calc() { awk "BEGIN { print $* }"; }
 # (1 on timeout). Waits are deadlines, never fixed sleeps: CI runs this on 2
 # loaded cores and against the ASan build (`make asan`), several times slower.
 # NI_E2E_WAIT_SCALE (default 1) multiplies every deadline.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# deadline_ms SECONDS: now + SECONDS * NI_E2E_WAIT_SCALE, in integer milliseconds
+# (awk's print would round a float to 6 digits)
+deadline_ms() { awk -v n="$(now_ms)" -v s="$1" -v k="${NI_E2E_WAIT_SCALE:-1}" 'BEGIN { printf "%.0f", n + s * k * 1000 }'; }
 wait_for() {
   local end
-  end=$(calc "$(date +%s.%N) + $1 * ${NI_E2E_WAIT_SCALE:-1}"); shift
+  end=$(deadline_ms "$1"); shift
   until "$@" >/dev/null 2>&1; do
-    [ "$(calc "($(date +%s.%N) >= $end)")" = 1 ] && return 1
+    [ "$(now_ms)" -ge "$end" ] && return 1
     sleep 0.05
   done
 }
@@ -81,8 +85,8 @@ start_server() {
   PIDS+=("$SRV_PID")
   SRV_PORT=
   local end
-  end=$(calc "$(date +%s) + 60 * ${NI_E2E_WAIT_SCALE:-1}")
-  while [ "$(date +%s)" -lt "${end%.*}" ]; do
+  end=$(deadline_ms 60)
+  while [ "$(now_ms)" -lt "$end" ]; do
     SRV_PORT=$(grep -o 'listening on http://[^ ]*' "$log" | sed 's/.*://')
     [ -n "$SRV_PORT" ] && break
     kill -0 "$SRV_PID" 2>/dev/null || break
