@@ -4,6 +4,8 @@
 #   make test         deps + model + check-deps + every test (the one test command)
 #   make check-deps   every #include points down the layer order (docs/design.md)
 #   make asan         build + tests under AddressSanitizer/UBSan (build/asan/)
+#   make valgrind     the server under valgrind memcheck for a few requests (build/valgrind/)
+#   make check-docker hadolint on docker/Dockerfile (build/hadolint venv)
 #   make run          deps + model + build, then `nanoinfer serve` on the default model
 #   make bench        offline benchmark on the default model
 #   make format       clang-format every C/C++/CUDA source
@@ -54,7 +56,7 @@ CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/cli/*.c))
 TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(filter-out test/test_util.c,$(wildcard test/test_*.c)))
 TEST_UTIL := $(BUILD)/test/test_util.o
 
-.PHONY: all test test-seeds asan run bench format deps model clean check-tests check-deps soak
+.PHONY: all test test-seeds asan valgrind check-docker run bench format deps model clean check-tests check-deps soak
 all: $(BUILD)/nanoinfer
 
 $(BUILD)/libnanoinfer.a: $(LIB_OBJ)
@@ -125,10 +127,32 @@ SOAK_SECONDS ?= 600
 soak: model $(BUILD)/nanoinfer
 	@MODEL=$(MODEL) BUILD=$(BUILD) bash scripts/soak.sh $(SOAK_SECONDS)
 
+# ASan + UBSan at -O2 (at -O1 GCC's -Wformat-truncation reports false
+# positives); -fno-sanitize-recover=all makes any UB report fail the test.
+# The SmolLM2 runs of test_q8 and the e2e scripts in ASAN_E2E_SKIP are too slow
+# under ASan on CI's 2 cores: they skip there with a message (NI_TEST_SKIP_SLOW,
+# NI_E2E_SKIP) and keep running in `make test`. e2e_structured's schema corpus
+# on SmolLM2 takes over 10 minutes under ASan (the grammar matcher's masks);
+# every other e2e script runs against the sanitized binary.
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+ASAN_E2E_SKIP ?= e2e_structured
 asan:
-	@$(MAKE) --no-print-directory check-tests BUILD=build/asan USE_CUDA=0 \
-	  OPT="-O1 -march=x86-64-v3 -fsanitize=address,undefined -fno-omit-frame-pointer" \
-	  LDFLAGS="-fsanitize=address,undefined"
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory model
+	@NI_TEST_SKIP_SLOW=1 NI_E2E_SKIP="$(ASAN_E2E_SKIP)" \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(MAKE) --no-print-directory check-tests BUILD=build/asan USE_CUDA=0 \
+	  OPT="-O2 -march=x86-64-v3 $(ASAN_FLAGS)" LDFLAGS="$(ASAN_FLAGS)"
+
+# scripts/valgrind.sh: CPU build at -O1 -g without sanitizers, the tiny test
+# model, a few requests and an abort, SIGTERM; fails on any error or definite leak.
+valgrind:
+	@$(MAKE) --no-print-directory deps
+	@bash scripts/valgrind.sh
+
+check-docker:
+	@bash scripts/check-docker.sh
 
 run:
 	@$(MAKE) --no-print-directory deps

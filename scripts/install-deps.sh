@@ -4,7 +4,11 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libuv1-dev libjansson-dev libpcre2-dev
       libsentencepiece-dev libcmocka-dev libopenblas-dev curl unzip python3 python3-pip
-      python3-venv wrk jq chromium chromium-driver python3-selenium nginx)
+      python3-venv wrk jq chromium chromium-driver python3-selenium nginx
+      clang libclang-rt-dev valgrind)
+# clang + libclang-rt-dev: `make fuzz` (libFuzzer, libclang_rt.fuzzer*.a is in
+# Debian 12's libclang-rt-14-dev, which libclang-rt-dev pulls in); valgrind:
+# `make valgrind` (scripts/valgrind.sh).
 # chromium + chromium-driver + python3-selenium: the browser test of the web
 # chat page (test/e2e_web.sh); Debian 12 packages Selenium 4.8 as python3-selenium.
 # nginx: test/e2e_replicas.sh runs its own nginx from a temporary directory; the

@@ -53,6 +53,24 @@ bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 check() { local d=$1; shift; if "$@" >/dev/null 2>&1; then ok; else bad "$d"; fi; }
 # calc EXPR: floating-point arithmetic / comparisons (1 or 0) without bc
 calc() { awk "BEGIN { print $* }"; }
+# wait_for SECONDS CMD...: polls CMD until it succeeds or SECONDS have passed
+# (1 on timeout). Waits are deadlines, never fixed sleeps: CI runs this on 2
+# loaded cores and against the ASan build (`make asan`), several times slower.
+# NI_E2E_WAIT_SCALE (default 1) multiplies every deadline.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# deadline_ms SECONDS: now + SECONDS * NI_E2E_WAIT_SCALE, in integer milliseconds
+# (awk's print would round a float to 6 digits)
+deadline_ms() { awk -v n="$(now_ms)" -v s="$1" -v k="${NI_E2E_WAIT_SCALE:-1}" 'BEGIN { printf "%.0f", n + s * k * 1000 }'; }
+wait_for() {
+  local end
+  end=$(deadline_ms "$1"); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(now_ms)" -ge "$end" ] && return 1
+    sleep 0.05
+  done
+}
+health_is() { [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$BASE/health")" = "$1" ]; }
+metric_is() { [ "$(metric "$1")" = "$2" ]; }
 section() { printf -- '-- %s (%ss)\n' "$1" "$(calc "int(($(date +%s.%N) - $T0) * 10) / 10")"; }
 for tool in curl jq python3; do
   command -v $tool >/dev/null || { echo "FAIL: $tool is required (make deps)"; exit 1; }
@@ -66,7 +84,9 @@ start_server() {
   SRV_PID=$!
   PIDS+=("$SRV_PID")
   SRV_PORT=
-  for _ in $(seq 1 400); do
+  local end
+  end=$(deadline_ms 60)
+  while [ "$(now_ms)" -lt "$end" ]; do
     SRV_PORT=$(grep -o 'listening on http://[^ ]*' "$log" | sed 's/.*://')
     [ -n "$SRV_PORT" ] && break
     kill -0 "$SRV_PID" 2>/dev/null || break
@@ -74,10 +94,7 @@ start_server() {
   done
   [ -n "$SRV_PORT" ] || { echo "server did not start:"; cat "$log"; return 1; }
   BASE=http://127.0.0.1:$SRV_PORT
-  for _ in $(seq 1 400); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/health")" = 200 ] && return 0
-    sleep 0.025
-  done
+  wait_for 60 health_is 200 && return 0
   echo "server never became healthy:"; cat "$log"; return 1
 }
 
@@ -557,7 +574,7 @@ else
   Q='{"prompt":"Count slowly:","max_tokens":200,"ignore_eos":true}'
   curl -s "$BASE/v1/completions" -d "$Q" -o /dev/null & CLIENTS+=($!)
   curl -s "$BASE/v1/completions" -d "$Q" -o /dev/null & CLIENTS+=($!)
-  for _ in $(seq 1 100); do [ "$(metric nanoinfer_requests_in_flight)" = 2 ] && break; sleep 0.05; done
+  wait_for 30 metric_is nanoinfer_requests_in_flight 2
   req POST /v1/completions "$Q"
   check "queue full -> 429 (got $STATUS)" test "$STATUS" = 429
   check "429 error type" test "$(jbody .error.type)" = rate_limit_error
@@ -565,7 +582,7 @@ else
   kill -9 "${CLIENTS[@]}" 2>/dev/null
   wait "${CLIENTS[@]}" 2>/dev/null
   CLIENTS=()
-  for _ in $(seq 1 100); do [ "$(metric nanoinfer_requests_in_flight)" = 0 ] && break; sleep 0.05; done
+  wait_for 30 metric_is nanoinfer_requests_in_flight 0
   req POST /v1/completions '{"prompt":"after","max_tokens":1}'
   check "accepting again once the queue drained" test "$STATUS" = 200
   kill "$SRV_PID"
@@ -590,8 +607,7 @@ else
   else
     check "/health 503 'engine stalled' during a ${took}s step (--health-timeout 0.3)" test -n "$seen"
   fi
-  for _ in $(seq 1 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/health")" = 200 ] && break; sleep 0.05; done
-  check "/health 200 again after the step" test "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/health")" = 200
+  check "/health 200 again after the step" wait_for 60 health_is 200
   kill "$SRV_PID"
 
   # ====================================================================
@@ -612,11 +628,9 @@ else
     curl -s "$BASE/v1/chat/completions" -o /dev/null \
       -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Essay $i\"}],\"max_tokens\":400,\"ignore_eos\":true}" & CLIENTS+=($!)
   done
-  for _ in $(seq 1 400); do
-    n=0; for i in $(seq 1 50); do [ -s "$TMP/dc/$i" ] && n=$((n + 1)); done
-    [ $n -eq 50 ] && break
-    sleep 0.05
-  done
+  streams_started() { n=0; for i in $(seq 1 50); do [ -s "$TMP/dc/$i" ] && n=$((n + 1)); done; [ $n -eq 50 ]; }
+  wait_for 60 streams_started
+  streams_started
   check "50 streams are mid-generation ($n streaming)" test "$n" -eq 50
   used=$(metric nanoinfer_kv_blocks_used)
   check "KV blocks in use while streaming ($used)" test "${used:-0}" -gt 0
@@ -629,10 +643,8 @@ else
   kill -9 "${CLIENTS[@]}" 2>/dev/null
   wait "${CLIENTS[@]}" 2>/dev/null
   CLIENTS=()
-  for _ in $(seq 1 300); do
-    [ "$(metric nanoinfer_kv_blocks_used)" = 0 ] && [ "$(metric nanoinfer_requests_in_flight)" = 0 ] && break
-    sleep 0.05
-  done
+  drained() { metric_is nanoinfer_kv_blocks_used 0 && metric_is nanoinfer_requests_in_flight 0; }
+  wait_for 60 drained
   check "KV blocks back to 0 after the clients died" test "$(metric nanoinfer_kv_blocks_used)" = 0
   check "no request left in flight" test "$(metric nanoinfer_requests_in_flight)" = 0
   check "55 disconnects counted" test "$(metric 'nanoinfer_requests_aborted_total{reason="disconnect"}')" -ge 55
@@ -645,7 +657,7 @@ else
   # SIGTERM: in-flight requests complete, new connections are refused, exit 0
   curl -s "$BASE/v1/completions" -o "$TMP/drain.json" -w '%{http_code}' \
     -d '{"prompt":"Drain me","max_tokens":24,"ignore_eos":true}' >"$TMP/drain.code" & C1=$!
-  for _ in $(seq 1 100); do [ "$(metric nanoinfer_requests_in_flight)" = 1 ] && break; sleep 0.02; done
+  wait_for 30 metric_is nanoinfer_requests_in_flight 1
   kill -TERM "$REAL_PID"
   sleep 0.2
   check "refuses new connections while draining" \
@@ -661,7 +673,7 @@ else
   start_server timeout --model "$REAL" --shutdown-timeout 1 || exit 1
   curl -sN "$BASE/v1/completions" -o "$TMP/abort.sse" \
     -d '{"prompt":"Long story:","max_tokens":2000,"ignore_eos":true,"stream":true}' & C1=$!
-  for _ in $(seq 1 200); do [ -s "$TMP/abort.sse" ] && break; sleep 0.02; done
+  wait_for 30 test -s "$TMP/abort.sse"
   t0=$(date +%s.%N)
   kill -TERM "$SRV_PID"
   wait "$SRV_PID"
@@ -677,7 +689,7 @@ else
   start_server twice --model "$REAL" --shutdown-timeout 60 || exit 1
   curl -sN "$BASE/v1/completions" -o /dev/null \
     -d '{"prompt":"Long story:","max_tokens":2000,"ignore_eos":true,"stream":true}' & CLIENTS+=($!)
-  for _ in $(seq 1 100); do [ "$(metric nanoinfer_requests_in_flight)" = 1 ] && break; sleep 0.02; done
+  wait_for 30 metric_is nanoinfer_requests_in_flight 1
   kill -INT "$SRV_PID"; sleep 0.2; kill -INT "$SRV_PID"
   t0=$(date +%s)
   wait "$SRV_PID"

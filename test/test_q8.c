@@ -432,6 +432,7 @@ static void on_sm(void *ud, const eng_event *ev) {
 static void test_smollm2_quant(void **s) {
     const int quant = *(const int *)*s;
     printf("  quant %d (%s)\n", quant, quant == 1 ? "int8" : "4-bit layers, int8 LM head");
+    tu_skip_if_slow("SmolLM2 teacher forcing + greedy over 30 prompts");
     mdl_model m;
     json_t *g = tu_load_smollm2(&m);
     char err[512];

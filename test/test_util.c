@@ -197,6 +197,14 @@ const char *tu_model_path(void) {
     return m && *m ? m : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
+void tu_skip_if_slow(const char *what) {
+    const char *v = getenv("NI_TEST_SKIP_SLOW");
+    if (v && strcmp(v, "1") == 0) {
+        printf("SKIP: %s is slow under NI_TEST_SKIP_SLOW=1 (make test runs it)\n", what);
+        skip();
+    }
+}
+
 const char *tu_require_model(void) {
     const char *path = tu_model_path();
     if (access(path, R_OK) != 0) {

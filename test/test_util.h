@@ -124,6 +124,12 @@ void tu_require_gpu(void);
  * GPU is visible; prints nothing otherwise. */
 void tu_print_gpu(void);
 
+/* Skips the calling test when NI_TEST_SKIP_SLOW=1 (set by `make asan`: the
+ * sanitized build runs these minutes-long checks too slowly for CI), printing
+ * "SKIP: <what> is slow under NI_TEST_SKIP_SLOW=1 (make test runs it)".
+ * `make test` leaves the variable unset, so the coverage stays there. */
+void tu_skip_if_slow(const char *what);
+
 /* The default real model: NI_MODEL when set and non-empty, else
  * models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched by `make model`). */
 const char *tu_model_path(void);

@@ -346,7 +346,10 @@ static int cmp_i32(const void *a, const void *b) {
 /* Interns the state (m->tmp, m->accept). Returns its id, GR_DEAD, or < GR_DEAD. */
 static gr_state intern_state(gr_matcher *m) {
     if (m->n_tmp == 0 && !m->accept) return GR_DEAD;
-    qsort(m->tmp, (size_t)m->n_tmp, sizeof *m->tmp, cmp_i32);
+    /* an accepting state with no items has n_tmp == 0 and m->tmp may still be
+     * NULL: qsort/memcmp/memcpy must not see a NULL pointer even for 0 bytes
+     * (C11 7.1.4, and UBSan's nonnull check) */
+    if (m->n_tmp > 1) qsort(m->tmp, (size_t)m->n_tmp, sizeof *m->tmp, cmp_i32);
     int n = 0;
     for (int i = 0; i < m->n_tmp; i++)
         if (n == 0 || m->tmp[n - 1] != m->tmp[i]) m->tmp[n++] = m->tmp[i];
@@ -361,7 +364,7 @@ static gr_state intern_state(gr_matcher *m) {
     for (; m->st_hash[k] >= 0; k = (k + 1) & mask) {
         const gr_st *s = &m->st[m->st_hash[k]];
         if (s->accept == m->accept && s->n == (uint32_t)n &&
-            memcmp(m->items + s->off, m->tmp, (size_t)n * sizeof(int32_t)) == 0)
+            (n == 0 || memcmp(m->items + s->off, m->tmp, (size_t)n * sizeof(int32_t)) == 0))
             return m->st_hash[k];
     }
     size_t cap = (size_t)m->cap_st;
@@ -373,7 +376,7 @@ static gr_state intern_state(gr_matcher *m) {
     if (rc) return set_err(m, rc);
     gr_state id = m->n_st++;
     m->st[id] = (gr_st){(uint32_t)m->n_items, (uint32_t)n, -1, (uint8_t)m->accept};
-    memcpy(m->items + m->n_items, m->tmp, (size_t)n * sizeof(int32_t));
+    if (n > 0) memcpy(m->items + m->n_items, m->tmp, (size_t)n * sizeof(int32_t));
     m->n_items += (size_t)n;
     m->st_hash[k] = id;
     return id;
