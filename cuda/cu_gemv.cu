@@ -199,12 +199,33 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
     cu_bf16 *xs = (cu_bf16 *)gv_smem;
     const int in8 = a.in / 8, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n_out = MODE == GV_ROPE ? a.out / 2 : a.out; /* outputs (pairs) */
+    const int stride = gridDim.x * GV_WARPS;
+    /* Software pipeline across rows: the first chunk of a warp's next row is
+     * loaded while the current row's last chunk computes and reduces, and the
+     * very first one before the prologue (weights are never written by a
+     * forward, so before the PDL wait too): the DRAM latency overlaps the
+     * staging of the input and the butterfly reductions. */
+    uint4 pw[GV_UNROLL], pw2[GV_UNROLL];
+    auto preload = [&](int o2) {
+        int qa, qb;
+        gv_rows<MODE>(a, o2, &qa, &qb);
+        const uint4 *p1 = (const uint4 *)(a.w + (size_t)qa * a.in);
+        const uint4 *p2 = (const uint4 *)(a.w + (size_t)qb * a.in);
+#pragma unroll
+        for (int u = 0; u < GV_UNROLL; u++) {
+            const int c = lane + 32 * u;
+            pw[u] = c < in8 ? gv_ld_stream(p1 + c) : make_uint4(0, 0, 0, 0);
+            if (TWO) pw2[u] = c < in8 ? gv_ld_stream(p2 + c) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    int o = blockIdx.x * GV_WARPS + warp;
+    if (o < n_out) preload(o);
     /* PDL: wait for the previous kernel before reading activations; this
      * block's dependents are released only at its end (see below) */
     if (a.pdl) cu_pdl_wait();
     gv_stage<NB>(a, xs, a.in / 8);
     const uint4 *xs4 = (const uint4 *)xs;
-    for (int o = blockIdx.x * GV_WARPS + warp; o < n_out; o += gridDim.x * GV_WARPS) {
+    for (; o < n_out; o += stride) {
         int ra, rb;
         gv_rows<MODE>(a, o, &ra, &rb);
         const uint4 *wr = (const uint4 *)(a.w + (size_t)ra * a.in);
@@ -214,12 +235,24 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
         for (int r = 0; r < NB; r++) acc[r] = acc2[r] = 0.0f;
         for (int c0 = lane; c0 < in8; c0 += 32 * GV_UNROLL) {
             uint4 wv[GV_UNROLL], wv2[GV_UNROLL];
+            if (c0 == lane) {
 #pragma unroll
-            for (int u = 0; u < GV_UNROLL; u++) {
-                const int c = c0 + 32 * u;
-                wv[u] = c < in8 ? gv_ld_stream(wr + c) : make_uint4(0, 0, 0, 0);
-                if (TWO) wv2[u] = c < in8 ? gv_ld_stream(wr2 + c) : make_uint4(0, 0, 0, 0);
+                for (int u = 0; u < GV_UNROLL; u++) {
+                    wv[u] = pw[u];
+                    if (TWO) wv2[u] = pw2[u];
+                }
+            } else {
+#pragma unroll
+                for (int u = 0; u < GV_UNROLL; u++) {
+                    const int c = c0 + 32 * u;
+                    wv[u] = c < in8 ? gv_ld_stream(wr + c) : make_uint4(0, 0, 0, 0);
+                    if (TWO) wv2[u] = c < in8 ? gv_ld_stream(wr2 + c) : make_uint4(0, 0, 0, 0);
+                }
             }
+            /* the row's last chunk (c0 + 32 * GV_UNROLL >= in8 for every lane
+             * at once, since c0 - lane is warp-uniform): start the next row */
+            if (c0 - lane + 32 * GV_UNROLL >= in8 && o + stride < n_out)
+                preload(o + stride);
 #pragma unroll
             for (int u = 0; u < GV_UNROLL; u++) {
                 const int c = c0 + 32 * u;
