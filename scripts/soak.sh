@@ -125,6 +125,9 @@ if [ "$fault_mode" = fatal ]; then
   [ -n "$t_exit" ] && ! awk -v d="$delay" -v l="$FAULT_EXIT_S" 'BEGIN{exit !(d >= 0 && d <= l)}' &&
     fails+=("the server exited ${delay}s after the fault (limit ${FAULT_EXIT_S}s)")
   grep -q 'backend failed for good' "$TMP/server.log" || fails+=("the cause is not logged")
+  # a sanitizer report exits 1 as well: that exit must not pass for the fault's
+  ! grep -qE 'ERROR: [A-Za-z]+Sanitizer|runtime error:' "$TMP/server.log" ||
+    fails+=("sanitizer report in the server log")
   summary=$(python3 -c "
 import json; c = json.load(open('$TMP/client.json'))
 print(' '.join('%s=%s' % (k, c[k]) for k in ('requests', 'ok', 'errors_500', 'errors_503',

@@ -9,11 +9,14 @@
 #   2. forward:200-230:enomem (transient): the batches of those forwards fail
 #      with the same errors, later requests complete, KV blocks go back to 0
 #      and /health is 200 again.
+# First the client's own checks against a misbehaving fake server (a hang, a
+# 200 cut short, a non-JSON 500 must each count as a failure).
 # The fault fires after a second or two of load on 2 CPU cores; SECONDS bounds
 # a run that never sees it.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 rc=0
+python3 test/py/soak_client.py --self-test || rc=1
 MODEL=test/models/tiny-llama3 SOAK_FAULT=forward:200 bash scripts/soak.sh 60 || rc=1
 MODEL=test/models/tiny-llama3 SOAK_FAULT=forward:200-230:enomem bash scripts/soak.sh 10 || rc=1
 exit $rc

@@ -2,7 +2,8 @@
 """soak_client.py - mixed load for scripts/soak.sh (standard library only).
 
 CONNS threads, each with its own keep-alive HTTP/1.1 connection, send
-requests for SECONDS: non-streaming completions, streamed completions read to
+requests for SECONDS: non-streaming completions (with n = 2 or 3 as well in
+fault mode), streamed completions read to
 [DONE], streamed chat completions, streams the client abandons after the
 first event (the socket is closed: the server must abort the request and free
 its KV blocks), and streams left unread for 0.5-2 s before the hang-up (their
@@ -29,9 +30,16 @@ streams then, and every socket has a 15 s timeout (a hang is a failure):
 The JSON adds errors_500, errors_503, error_events, after_exit, health_503,
 health_other, timeouts, ok_after_fault, t_first_fault (epoch seconds).
 
+--self-test runs the fault checks against a local fake server that
+misbehaves (a 500 in HTML, a stream whose finish is "error" with no error
+event, an error event with no [DONE], a 200 cut short, a hang) and passes
+when each is counted as a failure and a well-behaved fake counts none.
+
 Usage: soak_client.py BASE_URL SECONDS [CONNS] [SEED] [FAULT]
+       soak_client.py --self-test
 """
 import http.client
+import http.server
 import json
 import os
 import random
@@ -78,8 +86,11 @@ def body_for(kind, rng):
         return "/v1/chat/completions", {
             "messages": [{"role": "user", "content": prompt(rng)}],
             "max_tokens": max_tokens, "stream": True, "temperature": 0.8}
-    return "/v1/completions", {"prompt": prompt(rng), "max_tokens": max_tokens,
-                               "stream": kind != "plain", "temperature": rng.choice([0, 0.7])}
+    body = {"prompt": prompt(rng), "max_tokens": max_tokens,
+            "stream": kind not in ("plain", "multi"), "temperature": rng.choice([0, 0.7])}
+    if kind == "multi":  # n > 1: forked sequences sharing the prompt's KV blocks
+        body["n"] = rng.choice([2, 3])
+    return "/v1/completions", body
 
 
 FAULT_TIMEOUT = 15  # seconds a fault-mode socket may wait: a hang is a failure
@@ -123,7 +134,7 @@ def worker(host, port, deadline, seed, st, mode=None, pid=0):
     rng = random.Random(seed)
     kinds, weights = ["plain", "stream", "chat", "abort", "stall"], [4, 3, 2, 2, 1]
     if mode:  # every request must reach an outcome that can be checked
-        kinds, weights = kinds[:3], weights[:3]
+        kinds, weights = kinds[:3] + ["multi"], weights[:3] + [2]
     conn = None
     while time.monotonic() < deadline:
         kind = rng.choices(kinds, weights)[0]
@@ -167,9 +178,13 @@ def worker(host, port, deadline, seed, st, mode=None, pid=0):
             if not body["stream"]:
                 o = json.loads(resp.read())
                 cut = None
+                n = body.get("n", 1)
                 if o.get("choices") and "usage" in o:
-                    cut = complete(o["choices"][0].get("finish_reason"),
-                                   o["usage"].get("completion_tokens"), body["max_tokens"])
+                    cut = len(o["choices"]) != n and "%d of %d choices" % (len(o["choices"]), n)
+                    for c in o["choices"]:  # completion_tokens sums the choices
+                        cut = cut or complete(c.get("finish_reason"),
+                                              o["usage"].get("completion_tokens") if n == 1
+                                              else None, body["max_tokens"])
                 if not o.get("choices") or "usage" not in o:
                     st.add("bad_body", example="no choices/usage: %r" % (o,))
                 elif cut:
@@ -270,7 +285,73 @@ def health_poller(host, port, deadline, st, mode, pid, stop):
         time.sleep(0.05)
 
 
+class FakeServer(http.server.BaseHTTPRequestHandler):
+    """Answers every POST the way self.server.how says (self_test)."""
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, status, ctype, body):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        how = self.server.how
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        n, max_tokens = req.get("n", 1), req["max_tokens"]
+        err = json.dumps({"error": {"message": "failed", "type": "server_error"}}).encode()
+        if how == "hang":
+            time.sleep(3)
+            return
+        if how == "html_500":
+            return self.send(500, "text/html", b"<html>internal error</html>")
+        if not req.get("stream"):
+            if how == "cut":  # one choice, "length" before max_tokens
+                return self.send(200, "application/json", json.dumps({
+                    "choices": [{"text": "x", "finish_reason": "length"}],
+                    "usage": {"completion_tokens": max_tokens - 1}}).encode())
+            if how == "good":
+                return self.send(200, "application/json", json.dumps({
+                    "choices": [{"text": "x", "finish_reason": "stop"}] * n,
+                    "usage": {"completion_tokens": n}}).encode())
+            return self.send(500, "application/json", err)
+        chunk = {"choices": [{"text": "x", "finish_reason": None}]}
+        end = {"choices": [{"text": "", "finish_reason": "error" if how == "cut" else "stop"}]}
+        sse = [chunk, end] + ([json.loads(err)] if how == "error_no_done" else [])
+        body = b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in sse)
+        self.send(200, "text/event-stream", body + (b"" if how == "error_no_done" else
+                                                    b"data: [DONE]\n\n"))
+
+
+def self_test():
+    """Each misbehaviour must be counted where expected; the good fake never."""
+    global FAULT_TIMEOUT
+    FAULT_TIMEOUT = 1
+    expect = {"good": None, "html_500": "bad_body", "cut": "bad_body",
+              "error_no_done": "bad_body", "hang": "timeouts"}
+    failed = 0
+    for how, key in expect.items():
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+        srv.how = how
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        st = Stats()
+        worker("127.0.0.1", srv.server_address[1], time.monotonic() + 1.5, 7, st, "transient")
+        srv.shutdown()
+        srv.server_close()
+        c = st.c
+        bad = c["socket_errors"] + c["bad_status"] + c["bad_body"] + c["timeouts"]
+        ok = (bad == 0 and c["ok"] > 0) if key is None else c[key] > 0
+        print("self-test %-14s %s: %s" % (how, "ok" if ok else "FAILED",
+                                        {k: v for k, v in c.items() if v}))
+        failed += not ok
+    return 1 if failed else 0
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
