@@ -22,8 +22,10 @@
 #
 # SOAK_FAULT=forward:N[-M][:eio|:enomem] injects a backend failure
 # (NI_DEBUG_FAULT, engine/backends.c) mid-load; the client runs its fault mode
-# (test/py/soak_client.py: plain, streamed and chat requests, 15 s socket
-# timeouts) and the criteria change:
+# (test/py/soak_client.py: plain with n 1-3, streamed and chat requests; a
+# request still open 15 s after a fatal fault, or silent for 15 s in a
+# transient one (SOAK_CLIENT_TIMEOUT: raise it for a big model), is a hang)
+# and the criteria change:
 #   - eio (a lost device, fatal): every request ends complete or with a 500 /
 #     503 OpenAI error (an SSE error event then [DONE] for a stream), none
 #     hangs, none is cut short; /health answers 503 before the exit; the

@@ -15,14 +15,16 @@ socket error, bad status or malformed body, else 0.
 
 FAULT (argument 5) checks a server with an injected backend failure
 (NI_DEBUG_FAULT, scripts/soak.sh's SOAK_FAULT); no abandoned or unread
-streams then, and every socket has a 15 s timeout (a hang is a failure):
+streams then, and a hang is a failure: a request still open FAULT_HANG_S
+(15 s) after a fatal fault, or a socket silent for SOAK_CLIENT_TIMEOUT (env,
+default 15 s) in a transient one:
   fatal:PID   a lost device. Every request ends complete (before the fault)
               or with an OpenAI-shaped error: a 500 / 503 JSON body, or for a
               stream an SSE error event then [DONE]. After its first 503 a
               connection stops (later requests are answered; it has seen
-              that). A refused or dropped connection counts only once the
-              server (PID) has exited, within 2 s; a 200 cut short is a
-              failure. A /health poller must see 503 before the exit. Ends
+              that). A refused or dropped connection is excused only for a
+              request sent after the fault and once the server (PID) has
+              exited, within 2 s; a 200 cut short is a failure. A /health poller must see 503 before the exit. Ends
               when every connection has stopped (or at SECONDS).
   transient   a passing failure (enomem): failed requests end with the same
               errors, and the server must serve complete requests after the
@@ -63,6 +65,37 @@ class Stats:
                   "ok_after_fault": 0}
         self.examples = []
         self.t_first_fault = None
+        self.inflight = {}  # worker thread -> [time sent, connection, cut as hung]
+
+    def track(self, conn):
+        """A request goes out on conn (fatal mode's watchdog watches it)."""
+        with self.lock:
+            self.inflight[threading.get_ident()] = [time.time(), conn, False]
+
+    def untrack(self):
+        """The request has ended: True when the watchdog cut it as hung."""
+        with self.lock:
+            e = self.inflight.pop(threading.get_ident(), None)
+        return bool(e and e[2])
+
+    def cut_hung(self, hang_s):
+        """A request still open hang_s after the later of its sending and the
+        first failed request is hung: counted, and its socket shut so that
+        its worker wakes up."""
+        now = time.time()
+        with self.lock:
+            if self.t_first_fault is None:
+                return
+            for e in self.inflight.values():
+                if not e[2] and now - max(e[0], self.t_first_fault) > hang_s:
+                    e[2] = True
+                    self.c["timeouts"] += 1
+                    if len(self.examples) < 10:
+                        self.examples.append("a request open %.0f s after the fault" % hang_s)
+                    try:
+                        e[1].sock.shutdown(socket.SHUT_RDWR)
+                    except (AttributeError, OSError):
+                        pass
 
     def fault_seen(self):
         with self.lock:
@@ -93,7 +126,10 @@ def body_for(kind, rng):
     return "/v1/completions", body
 
 
-FAULT_TIMEOUT = 15  # seconds a fault-mode socket may wait: a hang is a failure
+# a transient fault's socket timeout (a hang is a failure); a fatal fault's
+# requests may be slow before it, but none may stay open FAULT_HANG_S after it
+FAULT_TIMEOUT = float(os.environ.get("SOAK_CLIENT_TIMEOUT", 15))
+FAULT_HANG_S = 15
 
 
 def server_gone(pid, within):
@@ -136,13 +172,17 @@ def worker(host, port, deadline, seed, st, mode=None, pid=0):
     if mode:  # every request must reach an outcome that can be checked
         kinds, weights = kinds[:3] + ["multi"], weights[:3] + [2]
     conn = None
-    while time.monotonic() < deadline:
+    watchdog_cut = False  # the watchdog cut the last request as hung: stop
+    while time.monotonic() < deadline and not watchdog_cut:
         kind = rng.choices(kinds, weights)[0]
         path, body = body_for(kind, rng)
         if conn is None:
-            conn = http.client.HTTPConnection(host, port, timeout=FAULT_TIMEOUT if mode else 120)
+            conn = http.client.HTTPConnection(
+                host, port, timeout=FAULT_TIMEOUT if mode == "transient" else 120)
         st.add("requests")
         answered = False  # a status line came: a drop after it is never excused
+        t_sent = time.time()
+        st.track(conn)
         try:
             conn.request("POST", path, json.dumps(body),
                          {"Content-Type": "application/json"})
@@ -245,27 +285,38 @@ def worker(host, port, deadline, seed, st, mode=None, pid=0):
             else:
                 st.add("bad_body", example="%s stream ended without [DONE]" % path)
         except TimeoutError as e:
-            st.add("timeouts", example="%s %s: no answer in %ds: %r" % (kind, path, FAULT_TIMEOUT, e))
+            st.add("timeouts", example="%s %s: no answer in %gs: %r" % (kind, path, FAULT_TIMEOUT, e))
             conn.close()
             conn = None
         except (OSError, http.client.HTTPException, ValueError) as e:
             conn.close()
             conn = None
+            if st.untrack():
+                watchdog_cut = True
+                continue  # counted by the watchdog
+            # only a request sent after the fault may meet a server gone: one
+            # in flight at the fault must be answered
             if mode == "fatal" and not answered and not isinstance(e, ValueError) and \
+                    st.t_first_fault is not None and t_sent >= st.t_first_fault and \
                     server_gone(pid, 2.0):
                 st.add("after_exit")
                 break
             st.add("socket_errors", example="%s %s: %r" % (kind, path, e))
+        finally:
+            watchdog_cut = st.untrack() or watchdog_cut
     if conn is not None:
         conn.close()
 
 
 def health_poller(host, port, deadline, st, mode, pid, stop):
     """Polls /health every 50 ms on a fresh connection until stop is set (or,
-    for a fatal fault, the server has exited)."""
+    for a fatal fault, the server has exited); for a fatal fault also cuts
+    the requests that hang after it (Stats.cut_hung)."""
     while time.monotonic() < deadline and not stop.is_set():
         if mode == "fatal" and server_gone(pid, 0):
             return
+        if mode == "fatal":
+            st.cut_hung(FAULT_HANG_S)
         conn = http.client.HTTPConnection(host, port, timeout=5)
         try:
             conn.request("GET", "/health")
@@ -297,8 +348,17 @@ class FakeServer(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self):  # /health of a failed server
+        self.send(503, "application/json", b'{"status": "failed"}')
+
     def do_POST(self):
         how = self.server.how
+        self.server.count += 1
+        if how == "hang_after_fault":  # a 500 error, then no answer
+            how = "html_500" if self.server.count == 1 else "hang"
+            if how == "html_500":
+                return self.send(500, "application/json", json.dumps(
+                    {"error": {"message": "failed", "type": "server_error"}}).encode())
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         n, max_tokens = req.get("n", 1), req["max_tokens"]
         err = json.dumps({"error": {"message": "failed", "type": "server_error"}}).encode()
@@ -327,17 +387,27 @@ class FakeServer(http.server.BaseHTTPRequestHandler):
 
 def self_test():
     """Each misbehaviour must be counted where expected; the good fake never."""
-    global FAULT_TIMEOUT
-    FAULT_TIMEOUT = 1
+    global FAULT_TIMEOUT, FAULT_HANG_S
+    FAULT_TIMEOUT = FAULT_HANG_S = 1
     expect = {"good": None, "html_500": "bad_body", "cut": "bad_body",
-              "error_no_done": "bad_body", "hang": "timeouts"}
+              "error_no_done": "bad_body", "hang": "timeouts", "hang_after_fault": "timeouts"}
     failed = 0
     for how, key in expect.items():
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
-        srv.how = how
+        srv.how, srv.count = how, 0
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         st = Stats()
-        worker("127.0.0.1", srv.server_address[1], time.monotonic() + 1.5, 7, st, "transient")
+        # hang_after_fault: a fatal fault's watchdog (in the /health poller)
+        mode = "fatal" if how == "hang_after_fault" else "transient"
+        stop = threading.Event()
+        hp = threading.Thread(target=health_poller, args=("127.0.0.1", srv.server_address[1],
+                              time.monotonic() + 5, st, mode, os.getpid(), stop))
+        if mode == "fatal":
+            hp.start()
+        worker("127.0.0.1", srv.server_address[1], time.monotonic() + 1.5, 7, st, mode, os.getpid())
+        stop.set()
+        if mode == "fatal":
+            hp.join()
         srv.shutdown()
         srv.server_close()
         c = st.c
