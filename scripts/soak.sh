@@ -93,7 +93,7 @@ python3 test/py/soak_client.py "$BASE" "$SECS" "$CONNS" 1 $client_fault \
   >"$TMP/client.json" 2>"$TMP/client.err" &
 CLI_PID=$!
 t0=$(date +%s)
-rss_start= rss_last= rss_max=0 t_exit= tick=0
+rss_start='' rss_max=0 t_exit='' tick=0
 # every 0.1 s: the server's exit time (fault mode); every 2 s: its RSS
 while kill -0 "$CLI_PID" 2>/dev/null; do
   sleep 0.1
@@ -103,7 +103,6 @@ while kill -0 "$CLI_PID" 2>/dev/null; do
   echo "$(( $(date +%s) - t0 )) $r" >>"$TMP/rss.txt"
   [ "$r" -gt "$rss_max" ] && rss_max=$r
   [ -z "$rss_start" ] && [ $(( $(date +%s) - t0 )) -ge "$warm" ] && rss_start=$r
-  rss_last=$r
 done
 wait "$CLI_PID"; cli_rc=$?
 jfield() { python3 -c "import json; v = json.load(open('$TMP/client.json')).get('$1'); print('' if v is None else v)" 2>/dev/null; }
