@@ -115,8 +115,9 @@ test:
 	@$(MAKE) --no-print-directory model
 	@$(MAKE) --no-print-directory check-tests
 
-# Every randomised test over SEEDS consecutive seeds (default 50); not part of
-# `make test` (minutes); CUDA programs need the GPU machine.
+# Every randomised test over SEEDS consecutive seeds (default 50), then a table
+# per program; not part of `make test` (minutes); CUDA programs need the GPU
+# machine; the deterministic slow tests skip (SEEDS_SLOW=1 sweeps them too).
 SEEDS ?= 50
 test-seeds: $(TESTS)
 	@NI_MODEL=$(MODEL) BUILD=$(BUILD) bash test/test-seeds.sh $(SEEDS)
