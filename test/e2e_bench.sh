@@ -162,6 +162,10 @@ check "bench --help mentions --url" bash -c "'$BIN' bench --help 2>&1 | grep -q 
 # the offline path is unchanged
 timeout 120 "$BIN" bench --model "$TINY" --num-requests 4 --input-len 8 --output-len 4 --json >"$TMP/offline.out" 2>&1
 check "offline bench --model still runs" python3 -c "import json; r=json.load(open('$TMP/offline.out')); assert r['output_tokens']==16"
+check "offline bench: TPOT (time per output token after the first) within the latency" python3 -c "
+import json; r = json.load(open('$TMP/offline.out'))
+assert 0 < r['tpot_p50_ms'] <= r['tpot_p99_ms'] and r['tpot_mean_ms'] > 0, r
+assert r['tpot_mean_ms'] * 3 <= r['latency_p99_s'] * 1e3 + 1.0, r  # latency has 3 decimals"
 # --prefix fits every prompt in the context (#10): the tiny model has 512
 # tokens, and 64 multi-turn requests once grew the history far past it
 timeout 300 "$BIN" bench --model "$TINY" --prefix --prefix-requests 64 --json >"$TMP/prefix.out" 2>&1

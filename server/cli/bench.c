@@ -187,7 +187,8 @@ static int throughput(const mdl_model *m, bench_opts *o) {
     int *np = calloc((size_t)n, sizeof(int)), *no = calloc((size_t)n, sizeof(int));
     bench_ctx b = {.r = calloc((size_t)n, sizeof(bench_req)), .progress = isatty(2) && !o->json};
     double *lat = calloc((size_t)n, sizeof(double)), *ttft = calloc((size_t)n, sizeof(double));
-    if (!prompts || !np || !no || !b.r || !lat || !ttft) return 1;
+    double *tpot = calloc((size_t)n, sizeof(double));
+    if (!prompts || !np || !no || !b.r || !lat || !ttft || !tpot) return 1;
     uint64_t s = o->seed;
     long in_total = 0, out_total = 0;
     int max_ctx = o->cfg.max_seq_len ? o->cfg.max_seq_len : m->cfg.max_seq_len;
@@ -205,25 +206,33 @@ static int throughput(const mdl_model *m, bench_opts *o) {
     double el = run_engine(m, o, o->cfg.prefix_cache, prompts, np, no, n, 0, &b, &st);
     if (el < 0) return 1;
     long got = 0;
+    int n_tp = 0; /* requests with >= 2 output tokens: the ones with a TPOT */
     for (int i = 0; i < n; i++) {
         lat[i] = b.r[i].t_done - b.r[i].t_submit;
         ttft[i] = b.r[i].t_first - b.r[i].t_submit;
         got += b.r[i].n_out;
+        /* time per output token after the first: the decode rate of one
+         * request, free of its prefill and queueing (vLLM's TPOT) */
+        if (b.r[i].n_out > 1)
+            tpot[n_tp++] = (b.r[i].t_done - b.r[i].t_first) / (b.r[i].n_out - 1);
     }
-    double mean = 0, mttft = 0;
+    double mean = 0, mttft = 0, mtpot = 0;
     for (int i = 0; i < n; i++) mean += lat[i] / n, mttft += ttft[i] / n;
+    for (int i = 0; i < n_tp; i++) mtpot += tpot[i] / n_tp;
     double p50 = pct(lat, n, 0.5), p99 = pct(lat, n, 0.99), t50 = pct(ttft, n, 0.5),
            t99 = pct(ttft, n, 0.99);
+    const double tp50 = n_tp ? pct(tpot, n_tp, 0.5) : 0, tp99 = n_tp ? pct(tpot, n_tp, 0.99) : 0;
     if (got != out_total) fprintf(stderr, "warning: %ld output tokens, expected %ld\n", got, out_total);
     if (o->json) {
         printf("{\"model\":\"%s\",\"requests\":%d,\"input_tokens\":%ld,\"output_tokens\":%ld,"
                "\"elapsed_s\":%.3f,\"requests_per_s\":%.4f,\"output_tokens_per_s\":%.2f,"
                "\"total_tokens_per_s\":%.2f,\"latency_mean_s\":%.3f,\"latency_p50_s\":%.3f,"
                "\"latency_p99_s\":%.3f,\"ttft_mean_s\":%.3f,\"ttft_p50_s\":%.3f,"
-               "\"ttft_p99_s\":%.3f,\"backend\":\"%s\",\"preemptions\":%llu,\"steps\":%llu,\"max_num_seqs\":%d,"
+               "\"ttft_p99_s\":%.3f,\"tpot_mean_ms\":%.4f,\"tpot_p50_ms\":%.4f,"
+               "\"tpot_p99_ms\":%.4f,\"backend\":\"%s\",\"preemptions\":%llu,\"steps\":%llu,\"max_num_seqs\":%d,"
                "\"kv_blocks\":%d}\n",
                m->name, n, in_total, got, el, n / el, got / el, (in_total + got) / el, mean, p50,
-               p99, mttft, t50, t99, o->be->name, (unsigned long long)st.n_preemptions,
+               p99, mttft, t50, t99, mtpot * 1e3, tp50 * 1e3, tp99 * 1e3, o->be->name, (unsigned long long)st.n_preemptions,
                (unsigned long long)st.steps, o->cfg.max_num_seqs, st.kv.blocks_total);
     } else {
         printf("model %s, %d requests, %ld prompt + %ld output tokens, %.2f s\n", m->name, n,
@@ -232,12 +241,16 @@ static int throughput(const mdl_model *m, bench_opts *o) {
                got / el, (in_total + got) / el);
         printf("latency: mean %.2f s, p50 %.2f s, p99 %.2f s; TTFT mean %.2f s, p50 %.2f s, "
                "p99 %.2f s\n", mean, p50, p99, mttft, t50, t99);
+        if (n_tp)
+            printf("time per output token after the first: mean %.3f ms (%.1f tokens/s per "
+                   "request), p50 %.3f ms, p99 %.3f ms\n",
+                   mtpot * 1e3, 1.0 / mtpot, tp50 * 1e3, tp99 * 1e3);
         printf("engine: %s backend, %llu steps, %llu preemptions, %d KV blocks\n",
                o->be->name, (unsigned long long)st.steps, (unsigned long long)st.n_preemptions,
                st.kv.blocks_total);
     }
     for (int i = 0; i < n; i++) free(prompts[i]);
-    free(prompts); free(np); free(no); free(b.r); free(lat); free(ttft);
+    free(prompts); free(np); free(no); free(b.r); free(lat); free(ttft); free(tpot);
     return 0;
 }
 
