@@ -716,7 +716,8 @@ start_server nan --model "$TMP/nan-model" || exit 1
 for _ in 1 2 3; do req POST /v1/completions '{"prompt":"hi","max_tokens":4}'; done
 check "NaN model: requests fail with 500" test "$STATUS" = 500
 check "NaN model: the cause is logged" grep -q 'generation failed in the engine: .*no finite logit' "$TMP/nan.log"
-check "NaN model: engine errors counted" test "$(metric nanoinfer_engine_errors_total)" = 3
+check "NaN model: engine errors counted as kind nan" \
+  test "$(metric 'nanoinfer_engine_errors_total{kind="nan"}')/$(metric 'nanoinfer_engine_errors_total{kind="oom"}')" = 3/0
 req GET /health
 check "NaN model: /health 503 (engine failing every request)" test "$STATUS/$(jbody .status)" = "503/engine failing every request"
 kill "$SRV_PID" 2>/dev/null
@@ -752,6 +753,8 @@ check "transient fault: the engine recovers" test "$STATUS" = 200
 req GET /health
 check "transient fault: /health 200 again" test "$STATUS" = 200
 check "transient fault: logged" grep -q 'engine step failed: out of memory' "$TMP/transient.log"
+check "transient fault: engine errors counted as kind oom" \
+  test "$(metric 'nanoinfer_engine_errors_total{kind="oom"}')/$(metric 'nanoinfer_engine_errors_total{kind="nan"}')" = 3/0
 kill "$SRV_PID" 2>/dev/null
 wait "$SRV_PID"
 rc=$?

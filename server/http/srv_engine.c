@@ -381,7 +381,7 @@ static void handle_event(srv_server *s, const ev_rec *ev, const char *text) {
         if (ev->finish >= 0 && ev->finish < 5) s->metrics.finished[ev->finish]++;
         if (ev->finish == ENG_FINISH_ERROR && !g->any_error) {
             g->any_error = 1;
-            s->metrics.engine_errors++;
+            s->metrics.engine_errors[srv_engerr_kind_of(ev->error)]++;
             srv_log(SRV_LOG_ERROR, "%s: generation failed in the engine: %s%s", g->rid,
                     ni_strerror(ev->error),
                     ev->error == NI_ERANGE ? " (no finite logit: NaN/Inf in the model's output; "

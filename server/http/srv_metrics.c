@@ -47,6 +47,15 @@ void srv_metrics_response(srv_metrics *m, int status) {
 
 /* Every writer below is a no-op once *rc is non-zero, so a render is a flat
  * list of calls and the first srv_buf error is kept. */
+srv_engerr_kind srv_engerr_kind_of(int err) {
+    switch (err) {
+    case NI_ERANGE: return SRV_ENGERR_NAN;
+    case NI_ENOMEM: return SRV_ENGERR_OOM;
+    case NI_EIO: return SRV_ENGERR_BACKEND;
+    default: return SRV_ENGERR_OTHER;
+    }
+}
+
 static void head(int *rc, srv_buf *o, const char *name, const char *type, const char *help) {
     if (!*rc) *rc = srv_buf_printf(o, "# HELP nanoinfer_%s %s\n# TYPE nanoinfer_%s %s\n", name, help, name, type);
 }
@@ -103,9 +112,12 @@ int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_load
     scalar(&rc, o, "requests_in_flight", "gauge", "Accepted generation requests not yet finished.",
            m->requests_in_flight);
     scalar(&rc, o, "http_connections", "gauge", "Open HTTP connections.", m->connections);
-    scalar(&rc, o, "engine_errors_total", "counter",
-           "Generations the engine ended with an error (NaN logits, out of memory, backend failure).",
-           (double)m->engine_errors);
+    static const char *const ek[SRV_ENGERR_N] = {"nan", "oom", "backend", "other"};
+    head(&rc, o, "engine_errors_total", "counter",
+         "Generations the engine ended with an error, by kind (nan: no finite logit, oom: out of "
+         "memory, backend: backend failure, other).");
+    for (int i = 0; i < SRV_ENGERR_N; i++)
+        labeled(&rc, o, "engine_errors_total", "kind", ek[i], m->engine_errors[i]);
     scalar(&rc, o, "http_request_timeouts_total", "counter",
            "Connections closed because a request's headers or body were not received within "
            "header-timeout / body-timeout.",

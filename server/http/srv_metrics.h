@@ -30,6 +30,19 @@ typedef struct srv_hist {
     uint64_t count;
 } srv_hist;
 
+/* Why the engine ended a generation with an error (the kind label of
+ * nanoinfer_engine_errors_total): srv_engerr_kind maps the engine's code. */
+typedef enum srv_engerr_kind {
+    SRV_ENGERR_NAN,     /* NI_ERANGE: no finite logit (NaN / Inf in the model's output) */
+    SRV_ENGERR_OOM,     /* NI_ENOMEM: out of memory (host or device) */
+    SRV_ENGERR_BACKEND, /* NI_EIO: the backend failed (a CUDA error, a lost device) */
+    SRV_ENGERR_OTHER,
+    SRV_ENGERR_N
+} srv_engerr_kind;
+
+/* The kind of an engine error code (a negative NI_E* value). */
+srv_engerr_kind srv_engerr_kind_of(int err);
+
 enum srv_abort_reason {
     SRV_ABORT_DISCONNECT = 0,
     SRV_ABORT_SLOW_READER = 1,
@@ -47,7 +60,8 @@ typedef struct srv_metrics {
     int connections;               /* open HTTP connections (gauge) */
     uint64_t request_timeouts;     /* connections cut off by header/body-timeout (counter) */
     uint64_t connections_evicted;  /* closed at max-connections to make room (counter) */
-    uint64_t engine_errors;        /* generations the engine ended with an error (counter) */
+    uint64_t engine_errors[SRV_ENGERR_N]; /* generations the engine ended with an error,
+                                           * by kind (counter) */
     int requests_in_flight;        /* accepted generation requests not finished (gauge) */
     srv_hist ttft, itl, e2e;
 } srv_metrics;
