@@ -48,6 +48,8 @@ extern "C" {
 enum cu_dtype {
     CU_DTYPE_BF16 = 0, /* BF16 weights, GEMM inputs and KV cache; FP32 accumulation */
     CU_DTYPE_FP32 = 1, /* FP32 everywhere (SGEMM, no TF32) */
+    CU_DTYPE_FP8 = 2,  /* E4M3: a KV-cache element type only (--kv-cache-dtype fp8, with
+                        * BF16 compute), never a compute precision */
 };
 
 /* Attention kernel selection (eng_backend_config.att_kernel, NI_CUDA_ATT,

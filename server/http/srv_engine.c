@@ -126,6 +126,7 @@ void *srv_engine_main(void *arg) {
         ec.n_threads = s->cfg.threads;
         ec.tp = s->cfg.tensor_parallel_size;
         eng_quant_parse(s->cfg.quant, &ec.quant); /* validated with the config */
+        eng_kv_dtype_parse(s->cfg.kv_cache_dtype, &ec.kv_dtype); /* validated with the config */
         ec.max_seq_len = s->cfg.max_model_len;
         ec.mem_util = s->cfg.gpu_memory_utilization;
         const char *dtype = strcmp(s->cfg.dtype, "auto") ? s->cfg.dtype : NULL;
