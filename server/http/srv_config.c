@@ -108,8 +108,8 @@ static const key_def g_keys[] = {
     {"dtype", T_STR, F(dtype), S(dtype), 0, 0, "auto", "TYPE",
      "compute precision: auto (bf16 on the GPU, fp32 on the CPU), bf16, fp32"},
     {"kv-cache-dtype", T_STR, F(kv_cache_dtype), S(kv_cache_dtype), 0, 0, "auto", "TYPE",
-     "KV cache element type: auto (the compute dtype), bf16, fp8 (alias fp8_e4m3: E4M3 with\n"
-     "scale 1.0, half the bytes of bf16, so twice the KV blocks; CUDA with bf16 compute)"},
+     "KV cache element type: auto (the compute dtype), bf16, fp8 (alias fp8_e4m3):\n"
+     "E4M3 with scale 1.0, half the bytes of bf16, so twice the KV blocks (CUDA, bf16)"},
     {"quant", T_STR, F(quant), S(quant), 0, 0, "auto", "FORMAT",
      "weight format: auto (the model file's own: Q4_0/Q4_1 -> q4, Q8_0 -> int8, else fp32),\n"
      "fp32 (the reference), int8, q4 (4-bit; CPU only)"},
