@@ -308,6 +308,8 @@ static int time_attention(const cu_att_args *a, int dtype, int iters, void *flus
 extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd,
                                      int block_size, int split_ctx, int kernel, int dtype,
                                      int iters, double *us, int *splits_used) {
+    const int kv_fp8 = dtype == CU_DTYPE_FP8; /* BF16 compute over an E4M3 cache */
+    if (kv_fp8) dtype = CU_DTYPE_BF16;
     if (!dtype_ok(dtype) || n_seqs <= 0 || ctx <= 0 || n_kv <= 0 || n_heads % n_kv ||
         n_heads / n_kv > CU_ATT_ROWS || hd <= 0 || hd % 2 || hd > CU_ATT_MAX_HD ||
         block_size <= 0 || split_ctx < 0 || kernel < 0 || kernel > 1 || iters <= 0 ||
@@ -315,7 +317,8 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
         return NI_EINVAL;
     const int nb = (ctx + block_size - 1) / block_size, n_blocks = n_seqs * nb;
     const size_t kvd = (size_t)n_kv * hd, esz = cu_dtype_size(dtype);
-    const size_t cache_bytes = (size_t)n_blocks * block_size * kvd * esz;
+    const size_t cache_bytes =
+        (size_t)n_blocks * block_size * kvd * (kv_fp8 ? cu_dtype_size(CU_DTYPE_FP8) : esz);
     cu_att_item *items = (cu_att_item *)malloc((size_t)n_seqs * sizeof(cu_att_item));
     int32_t *tab = (int32_t *)malloc((size_t)n_seqs * nb * sizeof(int32_t));
     if (!items || !tab) {
@@ -356,7 +359,7 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1,
-                           CU_ATT_AUTO, 0, 0};
+                           CU_ATT_AUTO, 0, kv_fp8};
     cu_att_decode_enable(kernel);
     rc = time_attention(&a, dtype, iters, dflush.p, flush_bytes, us);
     cu_att_decode_enable(1);

@@ -142,7 +142,8 @@ int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters, d
  * data): kernel 0 the tiled k_attention, 1 the decode kernel (cu_att_decode.cu;
  * falls back to k_attention for shapes it does not take). The split factor is
  * the backend's rule for split_ctx keys (0: ctx; a decode graph uses its
- * max_pos); *splits_used gets it, *us microseconds per launch. */
+ * max_pos); *splits_used gets it, *us microseconds per launch. dtype
+ * CU_DTYPE_FP8: BF16 compute over an E4M3 cache (constant 0x3c bytes = 1.5). */
 int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd, int block_size,
                           int split_ctx, int kernel, int dtype, int iters, double *us,
                           int *splits_used);
