@@ -44,12 +44,17 @@
  * sums each element over the splits with 8 loads in flight. Items with n_q == 0 (decode-graph padding) read and write
  * nothing in either kernel.
  *
- * Cache element type C (k_att_decode<T, C, ...>): T, or E4M3 (cu_fp8,
- * kv_fp8, BF16 dtype only). The lane layout is generic in the elements per
- * 16-byte load (dvec<C>::N: 4 FP32, 8 BF16, 16 E4M3), so an E4M3 row is
- * half as many 16-byte columns as a BF16 one (hd 128: NCH 8, P 1, CK 32),
- * converted to FP32 in registers (cvt.f16x2.e4m3x2 then f16 -> f32). The
- * price is VE = 16 accumulators per row and lane (R = 8: 128 floats).
+ * Cache format C (k_att_decode<T, C, ...>, dvec<C>: element type, load type
+ * and elements per load): T with 16-byte loads, or E4M3 (kv_fp8, BF16 dtype
+ * only) in one of two layouts. The lane layout is generic in the elements
+ * per load VE: cu_fp8 loads 16 bytes = 16 elements, so a row is half the
+ * columns of a BF16 one (hd 128: NCH 8, P 1, CK 32) at the price of VE = 16
+ * accumulators per row and lane (R = 8: 128 floats; ptxas spills a little at
+ * hd 128, R >= 4); cu_fp8_l8 loads 8 bytes = 8 elements, exactly the BF16
+ * layout and register footprint with half the bytes per load. Both convert
+ * in registers (cvt.f16x2.e4m3x2, then f16 -> f32). cu_att_decode_fp8_wide
+ * picks one (default the 16-byte one; the op tests check both, the perf
+ * test times both).
  *
  * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 16, 32,
  * 64 or 128 (a row is 1..32 16-byte columns and 32 lanes divide evenly; the
@@ -77,9 +82,21 @@ static int g_enabled = 1;
 
 void cu_att_decode_enable(int on) { g_enabled = on != 0; }
 
-/* 16 bytes of the cache as FP32: 4 floats or 8 BF16 (element 0 in the low half). */
+/* E4M3 cache read with 8-byte loads (dvec<cu_fp8_l8>): a format tag. */
+struct cu_fp8_l8 {};
+
+/* Benchmarks and tests (cu_att_decode_fp8_wide): 1 reads E4M3 caches with
+ * 16-byte loads (cu_fp8), 0 with 8-byte loads (cu_fp8_l8). */
+static int g_fp8_wide = 1;
+
+void cu_att_decode_fp8_wide(int on) { g_fp8_wide = on != 0; }
+
+/* One load of the cache (L, N elements of E) as FP32: 4 floats or 8 BF16 in
+ * 16 bytes, 16 or 8 E4M3 in 16 or 8 bytes (element 0 in the low bits). */
 template <typename T> struct dvec;
 template <> struct dvec<float> {
+    using E = float;
+    using L = uint4;
     static constexpr int N = 4;
     static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
         f[0] = __uint_as_float(u.x);
@@ -89,6 +106,8 @@ template <> struct dvec<float> {
     }
 };
 template <> struct dvec<cu_bf16> {
+    using E = cu_bf16;
+    using L = uint4;
     static constexpr int N = 8;
     static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
         const unsigned w[4] = {u.x, u.y, u.z, u.w};
@@ -100,21 +119,35 @@ template <> struct dvec<cu_bf16> {
     }
 };
 
+/* 4 E4M3 of a 32-bit word as FP32 (byte 0 of each pair is element 0: .x). */
+__device__ __forceinline__ void fp8x4_unpack(unsigned w, float *f) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const __half2_raw h =
+            __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> (16 * j)), __NV_E4M3);
+        const float2 p = __half22float2(__half2(h));
+        f[2 * j] = p.x;
+        f[2 * j + 1] = p.y;
+    }
+}
 template <> struct dvec<cu_fp8> {
+    using E = cu_fp8;
+    using L = uint4;
     static constexpr int N = 16;
     static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
-        const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-#pragma unroll
-            for (int j = 0; j < 2; j++) { /* byte 0 of the pair is element 0 (.x) */
-                const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
-                    (__nv_fp8x2_storage_t)(w[i] >> (16 * j)), __NV_E4M3);
-                const float2 p = __half22float2(__half2(h));
-                f[4 * i + 2 * j] = p.x;
-                f[4 * i + 2 * j + 1] = p.y;
-            }
-        }
+        fp8x4_unpack(u.x, f);
+        fp8x4_unpack(u.y, f + 4);
+        fp8x4_unpack(u.z, f + 8);
+        fp8x4_unpack(u.w, f + 12);
+    }
+};
+template <> struct dvec<cu_fp8_l8> {
+    using E = cu_fp8;
+    using L = uint2;
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void unpack(const uint2 &u, float *f) {
+        fp8x4_unpack(u.x, f);
+        fp8x4_unpack(u.y, f + 4);
     }
 };
 
@@ -130,7 +163,9 @@ template <typename T, typename C, int R, int HD>
 __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a) {
     cu_pdl_trigger();
     cu_pdl_wait(); /* first, on every path: q and the cache are activations */
-    constexpr int VE = dvec<C>::N;             /* elements per 16-byte load */
+    using E = typename dvec<C>::E;             /* cache element */
+    using L = typename dvec<C>::L;             /* one load: 16 (cu_fp8_l8: 8) bytes */
+    constexpr int VE = dvec<C>::N;             /* elements per load */
     constexpr int NCH = HD / VE;               /* 16-byte columns per row */
     constexpr int P = NCH >= 8 ? NCH / 8 : 1;  /* lanes per key for q . k */
     constexpr int CK = 32 / P;                 /* keys per warp chunk */
@@ -162,8 +197,8 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
     const int bs = a.block_size;
     const size_t kvd = (size_t)a.n_kv * HD;
-    const C *kc = (const C *)a.k_cache + (size_t)kvh * HD;
-    const C *vc = (const C *)a.v_cache + (size_t)kvh * HD;
+    const E *kc = (const E *)a.k_cache + (size_t)kvh * HD;
+    const E *vc = (const E *)a.v_cache + (size_t)kvh * HD;
     const int kl = lane / P, kp = lane % P;     /* q . k: key in the chunk, part of its row */
     const int kg = lane / NCH, dc = lane % NCH; /* P V: key group, 16-byte column */
     /* the first chunk's table entry is in flight while q is staged */
@@ -190,16 +225,15 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
 
     for (; c0 < k1; c0 += DW * CK) {
         const bool kval = key < k1;
-        uint4 kr[NK], vr[NV];
-        const uint4 *kp4 = (const uint4 *)(kc + (size_t)slot * kvd) + kp * NK;
+        L kr[NK], vr[NV];
+        const L *kp4 = (const L *)(kc + (size_t)slot * kvd) + kp * NK;
 #pragma unroll
-        for (int i = 0; i < NK; i++) kr[i] = kval ? __ldg(kp4 + i) : make_uint4(0, 0, 0, 0);
+        for (int i = 0; i < NK; i++) kr[i] = kval ? __ldg(kp4 + i) : L{};
 #pragma unroll
         for (int i = 0; i < NV; i++) {
             const int j = kg + i * KPI; /* key of this load within the chunk */
             const int sj = __shfl_sync(FULL, slot, j * P);
-            vr[i] = c0 + j < k1 ? __ldg((const uint4 *)(vc + (size_t)sj * kvd) + dc)
-                                : make_uint4(0, 0, 0, 0);
+            vr[i] = c0 + j < k1 ? __ldg((const L *)(vc + (size_t)sj * kvd) + dc) : L{};
         }
         /* the next chunk's table entry, while this one computes */
         key = c0 + DW * CK + kl;
@@ -429,12 +463,20 @@ int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {
         return NI_EINVAL;
     if (a->kv_fp8 && dtype != CU_DTYPE_BF16) return NI_EINVAL; /* E4M3 caches: BF16 only */
     if (a->n_items <= 0) return 0;
-    if (a->kv_fp8) {
+    if (a->kv_fp8 && g_fp8_wide) {
         switch (a->hd) {
         case 16: return launch_hd<cu_bf16, cu_fp8, 16>(st, a);
         case 32: return launch_hd<cu_bf16, cu_fp8, 32>(st, a);
         case 64: return launch_hd<cu_bf16, cu_fp8, 64>(st, a);
         default: return launch_hd<cu_bf16, cu_fp8, 128>(st, a);
+        }
+    }
+    if (a->kv_fp8) {
+        switch (a->hd) {
+        case 16: return launch_hd<cu_bf16, cu_fp8_l8, 16>(st, a);
+        case 32: return launch_hd<cu_bf16, cu_fp8_l8, 32>(st, a);
+        case 64: return launch_hd<cu_bf16, cu_fp8_l8, 64>(st, a);
+        default: return launch_hd<cu_bf16, cu_fp8_l8, 128>(st, a);
         }
     }
     if (dtype == CU_DTYPE_FP32) {

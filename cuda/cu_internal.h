@@ -336,6 +336,11 @@ int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype);
  * 1 (default) to the decode kernel. Not thread-safe. */
 void cu_att_decode_enable(int on);
 
+/* Benchmarks and tests: how the decode kernel reads an E4M3 cache, 1
+ * (default) 16-byte loads of 16 elements, 0 8-byte loads of 8 (the BF16
+ * lane layout and register use). Not thread-safe. */
+void cu_att_decode_fp8_wide(int on);
+
 /* Raises the attention kernels' dynamic shared-memory limit to what head_dim
  * CU_ATT_MAX_HD needs, on the current device; call once before capturing
  * launches into a graph (cu_launch_attention does it itself outside capture). */

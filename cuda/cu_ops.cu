@@ -590,6 +590,8 @@ extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, in
     return 0;
 }
 
+extern "C" void cu_op_att_decode_fp8_wide(int on) { cu_att_decode_fp8_wide(on); }
+
 extern "C" int cu_op_round_fp8(float *x, size_t n) {
     if (!x) return NI_EINVAL;
     dbuf d;

@@ -124,6 +124,11 @@ int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, const float *
                     float *k_cache /* [n_slots][n_kv*hd] */, float *v_cache, int n_slots,
                     int kv_dtype);
 
+/* How the decode kernel reads an E4M3 cache (cu_att_decode_fp8_wide): 1
+ * (default) 16-byte loads, 0 8-byte loads. For tests and benchmarks; not
+ * thread-safe. */
+void cu_op_att_decode_fp8_wide(int on);
+
 /* x[0..n) rounded through the device's E4M3 conversion (cu_fromf<cu_fp8>:
  * the KV cache's) and back to FP32, in place. Twin: eng_fp8_e4m3_round. */
 int cu_op_round_fp8(float *x, size_t n);

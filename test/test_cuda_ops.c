@@ -655,23 +655,28 @@ static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int 
     float *ref8 = nan_buf((size_t)n * qd);
     const cpu_kv_layer kv8 = {kc8, vc8, bs, kvd};
     cpu_attention(CPU_SERIAL, ref8, q, &kv8, &map, nh, nkv, hd, scratch, scratch_n);
-    for (int sp = 0; sp < n_split; sp++) {
-        float *got = nan_buf((size_t)n * qd);
-        const int rc = cu_op_attention(got, q, kc8, vc8, n_blocks, bs, ns, ss, pos0, tables,
-                                       max_blocks, nh, nkv, hd, splits[sp], CU_DTYPE_FP8, kernel);
-        if (kernel == CU_ATT_TC) { /* cp.async cannot convert: no E4M3 on tensor cores */
-            assert_int_equal(rc, NI_EINVAL);
+    /* decode batches: both ways the decode kernel reads E4M3 (16- and 8-byte loads) */
+    for (int sp = 0; sp < n_split; sp++)
+        for (int wi = 0; wi < (prefill ? 1 : 2); wi++) {
+            cu_op_att_decode_fp8_wide(wi == 0);
+            float *got = nan_buf((size_t)n * qd);
+            const int rc = cu_op_attention(got, q, kc8, vc8, n_blocks, bs, ns, ss, pos0, tables,
+                                           max_blocks, nh, nkv, hd, splits[sp], CU_DTYPE_FP8,
+                                           kernel);
+            if (kernel == CU_ATT_TC) { /* cp.async cannot convert: no E4M3 on tensor cores */
+                assert_int_equal(rc, NI_EINVAL);
+                free(got);
+                continue;
+            }
+            assert_int_equal(rc, 0);
+            char what[96];
+            snprintf(what, sizeof what, "%s h%d kv%d hd%d bs%d splits %d%s", kind, nh, nkv, hd,
+                     bs, splits[sp], prefill ? "" : wi == 0 ? " 16B" : " 8B");
+            const double e = tu_check(TU_NMSE, what, got, ref8, (size_t)n * qd, 1e-4);
+            printf("  %-40s fp8 cache nmse %.3g\n", what, e);
             free(got);
-            break;
         }
-        assert_int_equal(rc, 0);
-        char what[96];
-        snprintf(what, sizeof what, "%s h%d kv%d hd%d bs%d splits %d", kind, nh, nkv, hd, bs,
-                 splits[sp]);
-        const double e = tu_check(TU_NMSE, what, got, ref8, (size_t)n * qd, 1e-4);
-        printf("  %-40s fp8 cache nmse %.3g\n", what, e);
-        free(got);
-    }
+    cu_op_att_decode_fp8_wide(1);
     free(kc8); free(vc8); free(ref8);
     for (int t = kernel == CU_ATT_TC ? 1 : 0; t < 2; t++)
         for (int sp = 0; sp < n_split; sp++) {
