@@ -15,6 +15,9 @@
  *   dtype         ENG_DTYPE_DEFAULT / BF16: BF16 weights / activations / KV
  *                 cache with FP32 accumulation; FP32: FP32 everywhere
  *                 (verification against the CPU backend);
+ *   kv_dtype      AUTO: the KV cache in dtype; BF16 (= AUTO with BF16); FP8:
+ *                 E4M3 with scale 1.0, half the bytes, BF16 dtype only
+ *                 (NI_EUNSUPPORTED otherwise; docs/cuda.md);
  *   device_index  the GPU (-1: device 0);
  *   quant         1: int8 projection and LM-head weights with per-row scales,
  *                 activations in dtype (W8A16 in BF16 mode); 0: none;
@@ -48,6 +51,8 @@ extern "C" {
 enum cu_dtype {
     CU_DTYPE_BF16 = 0, /* BF16 weights, GEMM inputs and KV cache; FP32 accumulation */
     CU_DTYPE_FP32 = 1, /* FP32 everywhere (SGEMM, no TF32) */
+    CU_DTYPE_FP8 = 2,  /* E4M3: a KV-cache element type only (--kv-cache-dtype fp8, with
+                        * BF16 compute), never a compute precision */
 };
 
 /* Attention kernel selection (eng_backend_config.att_kernel, NI_CUDA_ATT,

@@ -44,6 +44,18 @@
  * sums each element over the splits with 8 loads in flight. Items with n_q == 0 (decode-graph padding) read and write
  * nothing in either kernel.
  *
+ * Cache format C (k_att_decode<T, C, ...>, dvec<C>: element type, load type
+ * and elements per load): T with 16-byte loads, or E4M3 (kv_fp8, BF16 dtype
+ * only) in one of two layouts. The lane layout is generic in the elements
+ * per load VE: cu_fp8 loads 16 bytes = 16 elements, so a row is half the
+ * columns of a BF16 one (hd 128: NCH 8, P 1, CK 32) at the price of VE = 16
+ * accumulators per row and lane (R = 8: 128 floats; ptxas spills a little at
+ * hd 128, R >= 4); cu_fp8_l8 loads 8 bytes = 8 elements, exactly the BF16
+ * layout and register footprint with half the bytes per load. Both convert
+ * in registers (cvt.f16x2.e4m3x2, then f16 -> f32). cu_att_decode_fp8_wide
+ * picks one (default the 16-byte one; the op tests check both, the perf
+ * test times both).
+ *
  * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 16, 32,
  * 64 or 128 (a row is 1..32 16-byte columns and 32 lanes divide evenly; the
  * tiny test models have 16 and 32), 16-byte aligned caches (every row is
@@ -70,9 +82,21 @@ static int g_enabled = 1;
 
 void cu_att_decode_enable(int on) { g_enabled = on != 0; }
 
-/* 16 bytes of the cache as FP32: 4 floats or 8 BF16 (element 0 in the low half). */
+/* E4M3 cache read with 8-byte loads (dvec<cu_fp8_l8>): a format tag. */
+struct cu_fp8_l8 {};
+
+/* Benchmarks and tests (cu_att_decode_fp8_wide): 1 reads E4M3 caches with
+ * 16-byte loads (cu_fp8), 0 with 8-byte loads (cu_fp8_l8). */
+static int g_fp8_wide = 1;
+
+void cu_att_decode_fp8_wide(int on) { g_fp8_wide = on != 0; }
+
+/* One load of the cache (L, N elements of E) as FP32: 4 floats or 8 BF16 in
+ * 16 bytes, 16 or 8 E4M3 in 16 or 8 bytes (element 0 in the low bits). */
 template <typename T> struct dvec;
 template <> struct dvec<float> {
+    using E = float;
+    using L = uint4;
     static constexpr int N = 4;
     static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
         f[0] = __uint_as_float(u.x);
@@ -82,6 +106,8 @@ template <> struct dvec<float> {
     }
 };
 template <> struct dvec<cu_bf16> {
+    using E = cu_bf16;
+    using L = uint4;
     static constexpr int N = 8;
     static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
         const unsigned w[4] = {u.x, u.y, u.z, u.w};
@@ -93,6 +119,38 @@ template <> struct dvec<cu_bf16> {
     }
 };
 
+/* 4 E4M3 of a 32-bit word as FP32 (byte 0 of each pair is element 0: .x). */
+__device__ __forceinline__ void fp8x4_unpack(unsigned w, float *f) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const __half2_raw h =
+            __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> (16 * j)), __NV_E4M3);
+        const float2 p = __half22float2(__half2(h));
+        f[2 * j] = p.x;
+        f[2 * j + 1] = p.y;
+    }
+}
+template <> struct dvec<cu_fp8> {
+    using E = cu_fp8;
+    using L = uint4;
+    static constexpr int N = 16;
+    static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
+        fp8x4_unpack(u.x, f);
+        fp8x4_unpack(u.y, f + 4);
+        fp8x4_unpack(u.z, f + 8);
+        fp8x4_unpack(u.w, f + 12);
+    }
+};
+template <> struct dvec<cu_fp8_l8> {
+    using E = cu_fp8;
+    using L = uint2;
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void unpack(const uint2 &u, float *f) {
+        fp8x4_unpack(u.x, f);
+        fp8x4_unpack(u.y, f + 4);
+    }
+};
+
 /* Key tiles per split of an item with n_ctx keys: ceil(tiles / n_splits), at
  * least MIN_TILES; the non-empty splits are the first ceil(tiles / per). */
 __device__ __forceinline__ int dec_per(int n_ctx, int n_splits) {
@@ -101,11 +159,13 @@ __device__ __forceinline__ int dec_per(int n_ctx, int n_splits) {
     return per > MIN_TILES ? per : MIN_TILES;
 }
 
-template <typename T, int R, int HD>
+template <typename T, typename C, int R, int HD>
 __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a) {
     cu_pdl_trigger();
     cu_pdl_wait(); /* first, on every path: q and the cache are activations */
-    constexpr int VE = dvec<T>::N;             /* elements per 16-byte load */
+    using E = typename dvec<C>::E;             /* cache element */
+    using L = typename dvec<C>::L;             /* one load: 16 (cu_fp8_l8: 8) bytes */
+    constexpr int VE = dvec<C>::N;             /* elements per load */
     constexpr int NCH = HD / VE;               /* 16-byte columns per row */
     constexpr int P = NCH >= 8 ? NCH / 8 : 1;  /* lanes per key for q . k */
     constexpr int CK = 32 / P;                 /* keys per warp chunk */
@@ -137,8 +197,8 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
     const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
     const int bs = a.block_size;
     const size_t kvd = (size_t)a.n_kv * HD;
-    const T *kc = (const T *)a.k_cache + (size_t)kvh * HD;
-    const T *vc = (const T *)a.v_cache + (size_t)kvh * HD;
+    const E *kc = (const E *)a.k_cache + (size_t)kvh * HD;
+    const E *vc = (const E *)a.v_cache + (size_t)kvh * HD;
     const int kl = lane / P, kp = lane % P;     /* q . k: key in the chunk, part of its row */
     const int kg = lane / NCH, dc = lane % NCH; /* P V: key group, 16-byte column */
     /* the first chunk's table entry is in flight while q is staged */
@@ -165,16 +225,15 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
 
     for (; c0 < k1; c0 += DW * CK) {
         const bool kval = key < k1;
-        uint4 kr[NK], vr[NV];
-        const uint4 *kp4 = (const uint4 *)(kc + (size_t)slot * kvd) + kp * NK;
+        L kr[NK], vr[NV];
+        const L *kp4 = (const L *)(kc + (size_t)slot * kvd) + kp * NK;
 #pragma unroll
-        for (int i = 0; i < NK; i++) kr[i] = kval ? __ldg(kp4 + i) : make_uint4(0, 0, 0, 0);
+        for (int i = 0; i < NK; i++) kr[i] = kval ? __ldg(kp4 + i) : L{};
 #pragma unroll
         for (int i = 0; i < NV; i++) {
             const int j = kg + i * KPI; /* key of this load within the chunk */
             const int sj = __shfl_sync(FULL, slot, j * P);
-            vr[i] = c0 + j < k1 ? __ldg((const uint4 *)(vc + (size_t)sj * kvd) + dc)
-                                : make_uint4(0, 0, 0, 0);
+            vr[i] = c0 + j < k1 ? __ldg((const L *)(vc + (size_t)sj * kvd) + dc) : L{};
         }
         /* the next chunk's table entry, while this one computes */
         key = c0 + DW * CK + kl;
@@ -186,7 +245,7 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
 #pragma unroll
         for (int i = 0; i < NK; i++) {
             float kf[VE];
-            dvec<T>::unpack(kr[i], kf);
+            dvec<C>::unpack(kr[i], kf);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 const float4 *q4 = (const float4 *)&qs[r][kp * QP + i * VE];
@@ -224,7 +283,7 @@ __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a
         for (int i = 0; i < NV; i++) {
             const int j = kg + i * KPI;
             float vf[VE], pr[R];
-            dvec<T>::unpack(vr[i], vf);
+            dvec<C>::unpack(vr[i], vf);
             if constexpr (R % 4 == 0) {
 #pragma unroll
                 for (int r = 0; r < R; r += 4) {
@@ -372,11 +431,11 @@ int cu_att_decode_ok(const cu_att_args *a) {
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }
 
-template <typename T, int R, int HD>
+template <typename T, typename C, int R, int HD>
 static int launch_dec(cudaStream_t st, const cu_att_args *a) {
     const int G = a->n_heads / a->n_kv, nrg = (G + R - 1) / R;
     const dim3 grid((unsigned)a->n_items, (unsigned)(a->n_kv * nrg), (unsigned)a->n_splits);
-    CU_CHECK(cu_launch_k(k_att_decode<T, R, HD>, grid, DT, 0, st, a->pdl, *a));
+    CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD>, grid, DT, 0, st, a->pdl, *a));
     CU_LAUNCH_CHECK(st);
     if (a->n_splits > 1) {
         const unsigned slices = (unsigned)((G * a->hd + CT - 1) / CT);
@@ -389,32 +448,49 @@ static int launch_dec(cudaStream_t st, const cu_att_args *a) {
 
 /* Rows per block: G itself up to 2, else 4 or 8 (G = 3: one idle row; G > 8:
  * several row groups, each re-reading the kv head's keys). */
-template <typename T, int HD>
+template <typename T, typename C, int HD>
 static int launch_hd(cudaStream_t st, const cu_att_args *a) {
     const int G = a->n_heads / a->n_kv;
-    if (G == 1) return launch_dec<T, 1, HD>(st, a);
-    if (G == 2) return launch_dec<T, 2, HD>(st, a);
-    if (G <= 4) return launch_dec<T, 4, HD>(st, a);
-    return launch_dec<T, 8, HD>(st, a);
+    if (G == 1) return launch_dec<T, C, 1, HD>(st, a);
+    if (G == 2) return launch_dec<T, C, 2, HD>(st, a);
+    if (G <= 4) return launch_dec<T, C, 4, HD>(st, a);
+    return launch_dec<T, C, 8, HD>(st, a);
 }
 
 int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (!cu_att_decode_ok(a) || a->n_kv <= 0 || a->n_heads % a->n_kv != 0 ||
         a->n_heads / a->n_kv > CU_ATT_ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
+    if (a->kv_fp8 && dtype != CU_DTYPE_BF16) return NI_EINVAL; /* E4M3 caches: BF16 only */
     if (a->n_items <= 0) return 0;
+    if (a->kv_fp8 && g_fp8_wide) {
+        switch (a->hd) {
+        case 16: return launch_hd<cu_bf16, cu_fp8, 16>(st, a);
+        case 32: return launch_hd<cu_bf16, cu_fp8, 32>(st, a);
+        case 64: return launch_hd<cu_bf16, cu_fp8, 64>(st, a);
+        default: return launch_hd<cu_bf16, cu_fp8, 128>(st, a);
+        }
+    }
+    if (a->kv_fp8) {
+        switch (a->hd) {
+        case 16: return launch_hd<cu_bf16, cu_fp8_l8, 16>(st, a);
+        case 32: return launch_hd<cu_bf16, cu_fp8_l8, 32>(st, a);
+        case 64: return launch_hd<cu_bf16, cu_fp8_l8, 64>(st, a);
+        default: return launch_hd<cu_bf16, cu_fp8_l8, 128>(st, a);
+        }
+    }
     if (dtype == CU_DTYPE_FP32) {
         switch (a->hd) {
-        case 16: return launch_hd<float, 16>(st, a);
-        case 32: return launch_hd<float, 32>(st, a);
-        case 64: return launch_hd<float, 64>(st, a);
-        default: return launch_hd<float, 128>(st, a);
+        case 16: return launch_hd<float, float, 16>(st, a);
+        case 32: return launch_hd<float, float, 32>(st, a);
+        case 64: return launch_hd<float, float, 64>(st, a);
+        default: return launch_hd<float, float, 128>(st, a);
         }
     }
     switch (a->hd) {
-    case 16: return launch_hd<cu_bf16, 16>(st, a);
-    case 32: return launch_hd<cu_bf16, 32>(st, a);
-    case 64: return launch_hd<cu_bf16, 64>(st, a);
-    default: return launch_hd<cu_bf16, 128>(st, a);
+    case 16: return launch_hd<cu_bf16, cu_bf16, 16>(st, a);
+    case 32: return launch_hd<cu_bf16, cu_bf16, 32>(st, a);
+    case 64: return launch_hd<cu_bf16, cu_bf16, 64>(st, a);
+    default: return launch_hd<cu_bf16, cu_bf16, 128>(st, a);
     }
 }

@@ -337,7 +337,7 @@ template <int HD> __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_arg
 /* ---- host ------------------------------------------------------------------- */
 
 int cu_att_prefill_ok(const cu_att_args *a, int dtype) {
-    return dtype == CU_DTYPE_BF16 && (a->hd == 32 || a->hd == 64 || a->hd == 128) && a->n_kv > 0 &&
+    return dtype == CU_DTYPE_BF16 && !a->kv_fp8 && (a->hd == 32 || a->hd == 64 || a->hd == 128) && a->n_kv > 0 &&
            a->n_heads % a->n_kv == 0 && a->n_heads / a->n_kv <= PROWS &&
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }

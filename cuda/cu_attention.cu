@@ -31,6 +31,11 @@
  * them with the usual log-sum-exp rescaling. Without splits the block writes
  * acc / l directly.
  *
+ * Cache element type: C = T, or cu_fp8 (E4M3, scale 1.0) with kv_fp8 and a
+ * BF16 dtype; k_attention<T, C> converts at the tile load, so everything
+ * after it is the same FP32 math. FP8 caches never take the tensor-core
+ * kernel (cu_att_prefill_ok refuses them: cp.async cannot convert).
+ *
  * Invariants: every cache position < pos_first + n_q of the item's sequence
  * was written (earlier calls, or this call's rope_kv launch), and the block
  * table covers it; head_dim even and <= CU_ATT_MAX_HD; G <= CU_ATT_ROWS.
@@ -102,7 +107,7 @@ static size_t att_smem_bytes(int hd) {
     return sizeof(float) * (ROWS * hp + 2 * TILE * hp + (size_t)ROWS * TILE + 3 * ROWS);
 }
 
-template <typename T>
+template <typename T, typename C>
 __global__ void __launch_bounds__(NT, 2) k_attention(cu_att_args a) {
     extern __shared__ float smem[];
     const int hd = a.hd, hp = hd + 1, G = a.n_heads / a.n_kv, bs = a.block_size;
@@ -138,8 +143,8 @@ __global__ void __launch_bounds__(NT, 2) k_attention(cu_att_args a) {
     const int per = (n_tiles + a.n_splits - 1) / a.n_splits;
     const int t_begin = z * per, t_end = min(n_tiles, t_begin + per);
     const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
-    const T *kc = (const T *)a.k_cache + (size_t)kvh * hd;
-    const T *vc = (const T *)a.v_cache + (size_t)kvh * hd;
+    const C *kc = (const C *)a.k_cache + (size_t)kvh * hd;
+    const C *vc = (const C *)a.v_cache + (size_t)kvh * hd;
     __syncthreads();
 
     for (int tile = t_begin; tile < t_end; tile++) {
@@ -259,9 +264,11 @@ __global__ void __launch_bounds__(NT) k_att_combine(cu_att_args a) {
 
 int cu_att_prepare(void) {
     const int smem = (int)att_smem_bytes(CU_ATT_MAX_HD);
-    CU_CHECK(cudaFuncSetAttribute(k_attention<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  smem));
-    CU_CHECK(cudaFuncSetAttribute(k_attention<cu_bf16>,
+    CU_CHECK(cudaFuncSetAttribute(k_attention<float, float>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CU_CHECK(cudaFuncSetAttribute(k_attention<cu_bf16, cu_bf16>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CU_CHECK(cudaFuncSetAttribute(k_attention<cu_bf16, cu_fp8>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     return cu_att_prefill_prepare();
 }
@@ -277,7 +284,7 @@ int cu_launch_att_combine(cudaStream_t st, const cu_att_args *a, int dtype) {
     return 0;
 }
 
-template <typename T>
+template <typename T, typename C>
 static int launch_att(cudaStream_t st, const cu_att_args *a, int dtype) {
     const size_t smem = att_smem_bytes(a->hd);
     /* the limit is raised outside stream capture only (a graph's launches
@@ -285,10 +292,10 @@ static int launch_att(cudaStream_t st, const cu_att_args *a, int dtype) {
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     CU_CHECK(cudaStreamIsCapturing(st, &cs));
     if (cs == cudaStreamCaptureStatusNone)
-        CU_CHECK(cudaFuncSetAttribute(k_attention<T>,
+        CU_CHECK(cudaFuncSetAttribute(k_attention<T, C>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)a->n_items, (unsigned)a->n_kv, (unsigned)a->n_splits);
-    k_attention<T><<<grid, NT, smem, st>>>(*a);
+    k_attention<T, C><<<grid, NT, smem, st>>>(*a);
     CU_LAUNCH_CHECK(st);
     if (a->n_splits > 1) CU_TRY(cu_launch_att_combine(st, a, dtype));
     return 0;
@@ -299,6 +306,7 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (a->hd <= 0 || a->hd > CU_ATT_MAX_HD || a->n_kv <= 0 || a->n_heads % a->n_kv != 0 ||
         a->n_heads / a->n_kv > ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
+    if (a->kv_fp8 && dtype != CU_DTYPE_BF16) return NI_EINVAL; /* E4M3 caches: BF16 only */
     const int tc = cu_att_prefill_ok(a, dtype);
     if (a->kernel == CU_ATT_TC) {
         if (!tc) return NI_EINVAL;
@@ -307,6 +315,7 @@ int cu_launch_attention(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (cu_att_decode_ok(a)) return cu_launch_att_decode(st, a, dtype); /* cu_att_decode.cu */
     if (a->kernel == CU_ATT_AUTO && tc && a->max_nq > 1)
         return cu_launch_att_prefill(st, a, dtype); /* prefill chunks on tensor cores */
-    return dtype == CU_DTYPE_FP32 ? launch_att<float>(st, a, dtype)
-                                  : launch_att<cu_bf16>(st, a, dtype);
+    if (a->kv_fp8) return launch_att<cu_bf16, cu_fp8>(st, a, dtype);
+    return dtype == CU_DTYPE_FP32 ? launch_att<float, float>(st, a, dtype)
+                                  : launch_att<cu_bf16, cu_bf16>(st, a, dtype);
 }

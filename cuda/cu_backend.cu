@@ -192,7 +192,7 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
                                  x->cos_tab, x->sin_tab, L->q_norm,    L->k_norm,
                                  kc,         vc,         n,            c->n_heads,
                                  c->n_kv_heads, hd,      c->rope_interleaved != 0, c->norm_eps,
-                                 x->pdl};
+                                 x->pdl,     x->kv_fp8};
         if (x->fuse_rope && !L->s_qkv && !L->q_norm &&
             use_gemv(x, n, D, x->qkv_dim, L->wqkv, x->x, D)) {
             /* RMSNorm + QKV + RoPE + KV store in one launch */
@@ -211,7 +211,7 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
         const cu_att_args aa = {x->att,    x->qkv,    x->qkv_dim, kc,          vc,
                                 f->items,  f->tables, f->ts,      f->n_items,  f->n_splits,
                                 x->part,   c->n_heads, c->n_kv_heads, hd,      bs,
-                                f->max_nq, x->att_kernel, x->pdl};
+                                f->max_nq, x->att_kernel, x->pdl, x->kv_fp8};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
         CU_TRY(res_proj(x, x->att, x->q_dim, L->wo, L->s_o, n));
@@ -520,7 +520,7 @@ static int cu_copy_block(void *vctx, int src, int dst) {
     if (!x || src < 0 || src >= x->n_blocks || dst < 0 || dst >= x->n_blocks) return NI_EINVAL;
     if (src == dst) return 0;
     CU_CHECK(cudaSetDevice(x->dev));
-    const size_t block_bytes = (size_t)x->block_size * x->kv_dim * x->esz;
+    const size_t block_bytes = (size_t)x->block_size * x->kv_dim * x->kv_esz;
     return cu_launch_copy_block(x->st, x->kv, 2 * x->c.n_layers, x->plane_bytes, block_bytes, src,
                                 dst);
 }

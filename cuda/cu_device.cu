@@ -23,7 +23,10 @@ extern "C" int cu_device_describe(int dev, char *buf, size_t cap) {
 }
 
 extern "C" const char *cu_dtype_name(int dtype) {
-    return dtype == CU_DTYPE_BF16 ? "bf16" : dtype == CU_DTYPE_FP32 ? "fp32" : "?";
+    return dtype == CU_DTYPE_BF16   ? "bf16"
+           : dtype == CU_DTYPE_FP32 ? "fp32"
+           : dtype == CU_DTYPE_FP8  ? "fp8"
+                                    : "?";
 }
 
 extern "C" int cu_dtype_of(eng_dtype dtype) {

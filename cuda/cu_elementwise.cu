@@ -30,7 +30,10 @@ int cu_launch_convert(cudaStream_t st, void *dst, int dtype, const float *src, s
         CU_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, st));
         return 0;
     }
-    k_convert<cu_bf16><<<ew_blocks(n), EW_THREADS, 0, st>>>((cu_bf16 *)dst, src, n);
+    if (dtype == CU_DTYPE_FP8)
+        k_convert<cu_fp8><<<ew_blocks(n), EW_THREADS, 0, st>>>((cu_fp8 *)dst, src, n);
+    else
+        k_convert<cu_bf16><<<ew_blocks(n), EW_THREADS, 0, st>>>((cu_bf16 *)dst, src, n);
     CU_LAUNCH_CHECK(st);
     return 0;
 }
@@ -78,11 +81,11 @@ int cu_launch_swiglu(cudaStream_t st, void *out, int dtype, const float *gu, int
 }
 
 /* Block (plane p = blockIdx.y): words [0, block_words) of block src -> dst. */
-__global__ void k_copy_block(uint32_t *pool, size_t plane_words, size_t block_words, int src,
-                             int dst) {
-    uint32_t *plane = pool + (size_t)blockIdx.y * plane_words;
-    const uint32_t *s = plane + (size_t)src * block_words;
-    uint32_t *d = plane + (size_t)dst * block_words;
+template <typename W>
+__global__ void k_copy_block(W *pool, size_t plane_words, size_t block_words, int src, int dst) {
+    W *plane = pool + (size_t)blockIdx.y * plane_words;
+    const W *s = plane + (size_t)src * block_words;
+    W *d = plane + (size_t)dst * block_words;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < block_words;
          i += (size_t)gridDim.x * blockDim.x)
         d[i] = s[i];
@@ -91,12 +94,18 @@ __global__ void k_copy_block(uint32_t *pool, size_t plane_words, size_t block_wo
 int cu_launch_copy_block(cudaStream_t st, void *pool, int n_planes, size_t plane_bytes,
                          size_t block_bytes, int src, int dst) {
     if (n_planes <= 0 || block_bytes == 0) return 0;
-    if (plane_bytes % 4 || block_bytes % 4) return NI_EINVAL;
-    const size_t words = block_bytes / 4;
+    /* words when both sizes allow (BF16 / FP32 caches always, E4M3 ones when
+     * block_size * kv_dim % 4 == 0), else bytes */
+    const size_t w = plane_bytes % 4 || block_bytes % 4 ? 1 : 4;
+    const size_t words = block_bytes / w;
     unsigned gx = (unsigned)((words + EW_THREADS - 1) / EW_THREADS);
     if (gx > 64) gx = 64;
-    k_copy_block<<<dim3(gx, (unsigned)n_planes), EW_THREADS, 0, st>>>(
-        (uint32_t *)pool, plane_bytes / 4, words, src, dst);
+    const dim3 grid(gx, (unsigned)n_planes);
+    if (w == 4)
+        k_copy_block<<<grid, EW_THREADS, 0, st>>>((uint32_t *)pool, plane_bytes / 4, words, src,
+                                                  dst);
+    else
+        k_copy_block<<<grid, EW_THREADS, 0, st>>>((uint8_t *)pool, plane_bytes, words, src, dst);
     CU_LAUNCH_CHECK(st);
     return 0;
 }
@@ -114,7 +123,10 @@ int cu_launch_to_f32(cudaStream_t st, float *dst, const void *src, int dtype, si
         CU_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, st));
         return 0;
     }
-    k_to_f32<cu_bf16><<<ew_blocks(n), EW_THREADS, 0, st>>>(dst, (const cu_bf16 *)src, n);
+    if (dtype == CU_DTYPE_FP8)
+        k_to_f32<cu_fp8><<<ew_blocks(n), EW_THREADS, 0, st>>>(dst, (const cu_fp8 *)src, n);
+    else
+        k_to_f32<cu_bf16><<<ew_blocks(n), EW_THREADS, 0, st>>>(dst, (const cu_bf16 *)src, n);
     CU_LAUNCH_CHECK(st);
     return 0;
 }

@@ -28,8 +28,8 @@
  * ROPE mode (the QKV projection of models without qk-norm): a warp owns the
  * two weight rows of one RoPE pair of one head (SwiGLU's two-row loop), and
  * its epilogue rotates them (k_rope_kv's cos/sin tables) into y for q heads,
- * or into the BF16 cache slot for k heads; v heads go to the cache as they
- * are. With PDL the kernel waits for its predecessor before the prologue and
+ * or into the cache slot (BF16, or E4M3 with rope.kv_fp8) for k heads; v
+ * heads go to the cache as they are. With PDL the kernel waits for its predecessor before the prologue and
  * releases its successor at the end (cu_launch_k in cu_internal.h).
  *
  * The grid is capped at a few blocks per SM: more blocks would repeat the
@@ -163,7 +163,8 @@ __device__ __forceinline__ void gv_rows(const cu_gemv_args &a, int o, int *ra, i
 
 /* ROPE epilogue for activation row r (lane r): s, s2 are rows ra, rb of the
  * qkv projection. q heads are rotated into y (FP32, attention reads them
- * there); k heads rotated and v heads copied to the BF16 cache slot of row r
+ * there); k heads rotated and v heads copied to the cache slot of row r (BF16,
+ * or E4M3 with rope.kv_fp8)
  * (nothing stored for slot < 0, a decode-graph padding row): k_rope_kv's math
  * (cos/sin tables of the same host code), without the qk-norm. */
 __device__ __forceinline__ void gv_rope_store(const cu_gemv_args &a, int r, int o, int ra, int rb,
@@ -187,7 +188,14 @@ __device__ __forceinline__ void gv_rope_store(const cu_gemv_args &a, int r, int 
     if (slot < 0) return;
     const int v = h >= R.n_heads + R.n_kv;
     const int base = (v ? R.n_heads + R.n_kv : R.n_heads) * R.hd; /* first row of k (v) */
-    cu_bf16 *c = (cu_bf16 *)(v ? R.v_cache : R.k_cache) + (size_t)slot * (R.n_kv * R.hd);
+    const size_t off = (size_t)slot * (R.n_kv * R.hd);
+    if (R.kv_fp8) { /* warp-uniform: an E4M3 cache (--kv-cache-dtype fp8) */
+        cu_fp8 *c = (cu_fp8 *)(v ? R.v_cache : R.k_cache) + off;
+        c[ra - base] = cu_fromf<cu_fp8>(s);
+        c[rb - base] = cu_fromf<cu_fp8>(s2);
+        return;
+    }
+    cu_bf16 *c = (cu_bf16 *)(v ? R.v_cache : R.k_cache) + off;
     c[ra - base] = cu_fromf<cu_bf16>(s);
     c[rb - base] = cu_fromf<cu_bf16>(s2);
 }

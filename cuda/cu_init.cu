@@ -17,7 +17,9 @@
  *            are int8 [out][in] plus FP32 per-row scales; the embedding
  *            stays in T.
  *   KV pool  one cudaMalloc, [n_layers][2 (K, V)][n_blocks][block_size][kv_dim]
- *            in T (the CPU backend's layout), zeroed at init.
+ *            in T (the CPU backend's layout), or in E4M3 (one byte, scale
+ *            1.0) with kv_dtype FP8, zeroed at init; the planner sizes blocks
+ *            with the same element size (FP8: twice the blocks of BF16).
  *   work     one cudaMalloc: activations sized by max_batch_tokens (T) and
  *            max_seqs (S), the split-K attention workspace, the cuBLAS
  *            workspace, the batch metadata, the sampler's buffers (jobs,
@@ -308,7 +310,7 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
 
     /* KV pool */
     size_t pool = 0;
-    if (!mul_ok((size_t)x->n_blocks * x->block_size, (size_t)x->kv_dim * x->esz,
+    if (!mul_ok((size_t)x->n_blocks * x->block_size, (size_t)x->kv_dim * x->kv_esz,
                 &x->plane_bytes) ||
         !mul_ok(x->plane_bytes, 2 * (size_t)c->n_layers, &pool))
         return ni_fail(err, errlen, NI_ERANGE, "cuda backend: KV pool size overflows");
@@ -371,6 +373,7 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
  * init and the KV-capacity planner. */
 typedef struct cu_settings {
     int dtype;      /* enum cu_dtype */
+    int kv_fp8;     /* 1: E4M3 KV cache (kv_dtype FP8) */
     int dev;        /* device ordinal */
     int quant;      /* 1: int8 weights */
     int graph_mode; /* GRAPHS_* */
@@ -394,6 +397,16 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
     if (s->dtype < 0)
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: dtype %d is not bf16 or fp32",
                        (int)cf->dtype);
+    if (cf->kv_dtype != ENG_KV_AUTO && cf->kv_dtype != ENG_KV_BF16 && cf->kv_dtype != ENG_KV_FP8)
+        return ni_fail(err, errlen, NI_EINVAL, "cuda backend: kv_dtype %d is not auto, bf16 or fp8",
+                       (int)cf->kv_dtype);
+    if (cf->kv_dtype != ENG_KV_AUTO && s->dtype != CU_DTYPE_BF16)
+        return ni_fail(err, errlen, NI_EUNSUPPORTED,
+                       "kv-cache-dtype %s: the CUDA backend's %s compute keeps its KV cache in "
+                       "%s (bf16 and fp8 caches need --dtype bf16)",
+                       eng_kv_dtype_name(cf->kv_dtype), cu_dtype_name(s->dtype),
+                       cu_dtype_name(s->dtype));
+    s->kv_fp8 = cf->kv_dtype == ENG_KV_FP8;
     if (cf->quant != 0 && cf->quant != 1)
         return ni_fail(err, errlen, NI_EUNSUPPORTED,
                        "cuda backend: weight format %d unsupported (int8 or none)", cf->quant);
@@ -442,6 +455,8 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->c = *c;
     x->dtype = s->dtype;
     x->esz = cu_dtype_size(s->dtype);
+    x->kv_fp8 = s->kv_fp8;
+    x->kv_esz = s->kv_fp8 ? cu_dtype_size(CU_DTYPE_FP8) : x->esz;
     x->dev = s->dev;
     x->n_blocks = cf->n_blocks;
     x->block_size = cf->block_size;
@@ -492,11 +507,11 @@ int cu_backend_init(void **out, const mdl_model *m, const eng_backend_config *cf
     if ((rc = settings(cf, &set, err, errlen))) return rc;
     const int hd = m->cfg.head_dim;
     if (set.att_kernel == CU_ATT_TC &&
-        (set.dtype != CU_DTYPE_BF16 || (hd != 32 && hd != 64 && hd != 128)))
+        (set.dtype != CU_DTYPE_BF16 || set.kv_fp8 || (hd != 32 && hd != 64 && hd != 128)))
         return ni_fail(err, errlen, NI_EINVAL,
-                       "cuda backend: att_kernel tc needs bf16 and head_dim 32, 64 or 128 "
-                       "(got %s, %d)",
-                       cu_dtype_name(set.dtype), hd);
+                       "cuda backend: att_kernel tc needs a bf16 KV cache and head_dim 32, 64 "
+                       "or 128 (got %s cache, %d)",
+                       cu_dtype_name(set.kv_fp8 ? CU_DTYPE_FP8 : set.dtype), hd);
 
     cu_ctx *x = (cu_ctx *)calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");
@@ -548,7 +563,7 @@ int cu_backend_kv_blocks(const mdl_model *m, const eng_backend_config *cf, doubl
     CU_CHECK(cudaSetDevice(dev));
     CU_CHECK(cudaMemGetInfo(&free_b, &total_b));
     double budget = util * (double)total_b - (double)(total_b - free_b) - (double)need;
-    const double block_bytes = 2.0 * m->cfg.n_layers * cf->block_size * t.kv_dim * t.esz;
+    const double block_bytes = 2.0 * m->cfg.n_layers * cf->block_size * t.kv_dim * t.kv_esz;
     if (budget < block_bytes)
         return ni_fail(err, errlen, NI_ENOMEM,
                        "cuda backend: no GPU memory left for the KV cache (%.0f MiB free of "

@@ -17,7 +17,9 @@
  * their only callers. "dtype" arguments are enum cu_dtype and select the
  * element type of the buffers documented as "T": __nv_bfloat16 for
  * CU_DTYPE_BF16, float for CU_DTYPE_FP32. Buffers documented as float are
- * FP32 in both modes.
+ * FP32 in both modes. KV caches are documented as "C": T, or E4M3 FP8
+ * (cu_fp8, one byte, per-tensor scale 1.0) where the args say kv_fp8 (the
+ * --kv-cache-dtype fp8 option; only with BF16 compute).
  *
  * The backend context (cu_ctx, at the end) is shared by cu_init.cu, which
  * makes and frees it, and cu_backend.cu, which runs it.
@@ -27,6 +29,7 @@
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -80,19 +83,30 @@ extern "C" {
     } while (0)
 
 typedef __nv_bfloat16 cu_bf16;
+typedef __nv_fp8_e4m3 cu_fp8;
 
-/* Bytes of one element of a "T" buffer. */
-static inline size_t cu_dtype_size(int dtype) { return dtype == CU_DTYPE_FP32 ? 4 : 2; }
+/* Bytes of one element of a "T" (or, for CU_DTYPE_FP8, "C") buffer. */
+static inline size_t cu_dtype_size(int dtype) {
+    return dtype == CU_DTYPE_FP32 ? 4 : dtype == CU_DTYPE_FP8 ? 1 : 2;
+}
 
 /* ---- device-side conversions -------------------------------------------- */
 
 __device__ __forceinline__ float cu_tof(float x) { return x; }
 __device__ __forceinline__ float cu_tof(cu_bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float cu_tof(cu_fp8 x) { return (float)x; }
 
 template <typename T> __device__ __forceinline__ T cu_fromf(float x);
 template <> __device__ __forceinline__ float cu_fromf<float>(float x) { return x; }
 template <> __device__ __forceinline__ cu_bf16 cu_fromf<cu_bf16>(float x) {
     return __float2bfloat16_rn(x);
+}
+/* E4M3 with round-to-nearest-even and saturation to +-448 (vLLM's cache
+ * conversion with scale 1.0); the host twin is eng_fp8_e4m3_round. */
+template <> __device__ __forceinline__ cu_fp8 cu_fromf<cu_fp8>(float x) {
+    cu_fp8 r;
+    r.__x = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+    return r;
 }
 
 /* Sum over the 32 lanes of a warp (every lane gets the total). */
@@ -157,7 +171,8 @@ static inline cudaError_t cu_launch_k(void (*k)(KP...), dim3 grid, dim3 block, s
 
 /* ---- cu_elementwise.cu --------------------------------------------------- */
 
-/* dst[i] = (T)src[i] for i < n (round to nearest even for BF16). */
+/* dst[i] = (T)src[i] for i < n (round to nearest even for BF16; dtype
+ * CU_DTYPE_FP8: E4M3 as cu_fromf<cu_fp8>, for the test wrappers' caches). */
 int cu_launch_convert(cudaStream_t st, void *dst /* T [n] */, int dtype,
                       const float *src /* [n] */, size_t n);
 
@@ -176,8 +191,8 @@ int cu_launch_swiglu(cudaStream_t st, void *out /* T [n][hidden] */, int dtype,
                      const float *gu /* [n][2*hidden] */, int n, int hidden);
 
 /* KV copy-on-write: for each of n_planes planes of plane_bytes (one per
- * layer and K/V), copies block src to block dst (block_bytes each; both sizes
- * multiples of 4). */
+ * layer and K/V), copies block src to block dst (block_bytes each; any sizes:
+ * 4-byte words when both are multiples of 4, else bytes). */
 int cu_launch_copy_block(cudaStream_t st, void *pool /* [n_planes][plane_bytes] */, int n_planes,
                          size_t plane_bytes, size_t block_bytes, int src, int dst);
 
@@ -203,15 +218,17 @@ typedef struct cu_rope_args {
     const float *sin_tab;  /* [max_pos][hd/2] */
     const float *q_norm;   /* [hd] or NULL: qwen3 per-head RMSNorm of q (and k_norm of k) */
     const float *k_norm;   /* [hd] or NULL */
-    void *k_cache;         /* T [n_slots][n_kv*hd] of one layer */
-    void *v_cache;         /* T [n_slots][n_kv*hd] of one layer */
+    void *k_cache;         /* C [n_slots][n_kv*hd] of one layer */
+    void *v_cache;         /* C [n_slots][n_kv*hd] of one layer */
     int n, n_heads, n_kv, hd, interleaved;
     float eps;
-    int pdl; /* launched with PDL (cu_launch_k) */
+    int pdl;    /* launched with PDL (cu_launch_k) */
+    int kv_fp8; /* the caches are E4M3 (C = cu_fp8), else C = T */
 } cu_rope_args;
 
 /* Per token: optional per-head RMSNorm of q and k, RoPE of q (in place, FP32)
- * and k, then k and v written to the cache slot (converted to T). */
+ * and k, then k and v written to the cache slot (converted to C: T of dtype,
+ * or E4M3 when a->kv_fp8). */
 int cu_launch_rope_kv(cudaStream_t st, const cu_rope_args *a, int dtype);
 
 /* ---- cu_attention.cu -------------------------------------------------------- */
@@ -258,8 +275,8 @@ typedef struct cu_att_args {
     void *out;                 /* T [n_tokens][n_heads*hd] */
     const float *q;            /* [n_tokens][ldq], head h at h*hd (RoPE applied) */
     int ldq;
-    const void *k_cache;       /* T [n_slots][n_kv*hd] of one layer */
-    const void *v_cache;       /* T [n_slots][n_kv*hd] */
+    const void *k_cache;       /* C [n_slots][n_kv*hd] of one layer */
+    const void *v_cache;       /* C [n_slots][n_kv*hd] */
     const cu_att_item *items;  /* [n_items] */
     const int32_t *tables;     /* [n_seqs][tbl_stride] physical block ids */
     int tbl_stride;
@@ -269,6 +286,7 @@ typedef struct cu_att_args {
     int max_nq;                /* most query tokens of any item (1: decode only) */
     cu_att_kernel kernel;      /* which kernel (cu.h); AUTO in the backend by default */
     int pdl;                   /* the decode kernels launched with PDL (cu_launch_k) */
+    int kv_fp8;                /* C = E4M3 (BF16 dtype only: NI_EINVAL with FP32), else T */
 } cu_att_args;
 
 /* Causal GQA attention over the paged cache with online softmax (never a
@@ -287,7 +305,8 @@ int cu_launch_att_combine(cudaStream_t st, const cu_att_args *a, int dtype);
 
 /* ---- cu_att_prefill.cu: tensor-core (mma.sync BF16) prefill attention ------- */
 
-/* Whether the tensor-core kernel takes a: BF16 cache, head_dim 32, 64 or
+/* Whether the tensor-core kernel takes a: BF16 cache (not kv_fp8: cp.async
+ * cannot convert), head_dim 32, 64 or
  * 128, 16-byte aligned caches, G <= CU_ATT_ROWS. Any max_nq. */
 int cu_att_prefill_ok(const cu_att_args *a, int dtype);
 
@@ -316,6 +335,11 @@ int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype);
 /* Benchmarks only: 0 sends decode batches to k_attention (the old kernel),
  * 1 (default) to the decode kernel. Not thread-safe. */
 void cu_att_decode_enable(int on);
+
+/* Benchmarks and tests: how the decode kernel reads an E4M3 cache, 1
+ * (default) 16-byte loads of 16 elements, 0 8-byte loads of 8 (the BF16
+ * lane layout and register use). Not thread-safe. */
+void cu_att_decode_fp8_wide(int on);
 
 /* Raises the attention kernels' dynamic shared-memory limit to what head_dim
  * CU_ATT_MAX_HD needs, on the current device; call once before capturing
@@ -363,10 +387,10 @@ typedef struct cu_gemv_args {
     int pdl; /* launch with programmatic dependent launch (see cu_launch_k); the
               * FMA kernel only (k_gemv_tc launches plainly) */
     /* rope_on: the QKV projection with k_rope_kv fused into the epilogue (n <=
-     * 2 rows, BF16 caches, no qk-norm; out = (n_heads + 2*n_kv) * hd): q heads
-     * are rotated into y (FP32, row stride ldy >= n_heads * hd), k heads rotated
-     * and v heads copied to rope's cache slots; rope.qkv / ld / n / eps / pdl
-     * are not read. */
+     * 2 rows, BF16 or (rope.kv_fp8) E4M3 caches, no qk-norm; out =
+     * (n_heads + 2*n_kv) * hd): q heads are rotated into y (FP32, row stride
+     * ldy >= n_heads * hd), k heads rotated and v heads copied to rope's
+     * cache slots; rope.qkv / ld / n / eps / pdl are not read. */
     int rope_on;
     cu_rope_args rope;
 } cu_gemv_args;
@@ -553,6 +577,8 @@ typedef struct cu_ctx {
     mdl_config c;
     int dtype;                  /* enum cu_dtype */
     size_t esz;                 /* bytes of one T element */
+    int kv_fp8;                 /* KV cache in E4M3 (eng_backend_config.kv_dtype FP8) */
+    size_t kv_esz;              /* bytes of one cache element: 1 with kv_fp8, else esz */
     int dev, n_sm;
     int n_blocks, block_size, max_batch_tokens, max_seqs;
     int max_pos;                /* positions [0, max_pos) are allowed */
@@ -583,8 +609,8 @@ typedef struct cu_ctx {
     cu_layer_w *layers;         /* host array [n_layers] of device pointers */
 
     /* KV pool (one allocation) */
-    void *kv;                   /* T [n_layers][2][n_blocks][block_size][kv_dim] */
-    size_t plane_bytes;         /* n_blocks * block_size * kv_dim * esz: one layer's K (or V) */
+    void *kv;                   /* C [n_layers][2][n_blocks][block_size][kv_dim] */
+    size_t plane_bytes;         /* n_blocks * block_size * kv_dim * kv_esz: one layer's K (or V) */
 
     /* work buffers (one allocation) */
     void *work;

@@ -163,7 +163,7 @@ extern "C" int cu_op_rope_kv(float *q, const float *k, const float *v, const flo
                              const float *k_norm, const mdl_config *c, const float *rope_freqs,
                              const int32_t *pos, const int32_t *slot, int n, float *k_cache,
                              float *v_cache, int n_slots, int dtype) {
-    if (!dtype_ok(dtype) || n < 0 || !c || c->head_dim <= 0 || c->head_dim % 2 ||
+    if ((!dtype_ok(dtype) && dtype != CU_DTYPE_FP8) || n < 0 || !c || c->head_dim <= 0 || c->head_dim % 2 ||
         c->n_heads <= 0 || c->n_kv_heads <= 0 || n_slots <= 0)
         return NI_EINVAL;
     const int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
@@ -199,7 +199,8 @@ extern "C" int cu_op_rope_kv(float *q, const float *k, const float *v, const flo
     const cu_rope_args a = {dqkv.as<float>(), ld, dpos.as<int32_t>(), dslot.as<int32_t>(),
                             dcos.as<float>(), dsin.as<float>(), dqn.as<float>(), dkn.as<float>(),
                             dk.p, dv.p, n, c->n_heads, c->n_kv_heads, hd,
-                            c->rope_interleaved != 0, c->norm_eps, 1};
+                            c->rope_interleaved != 0, c->norm_eps, 1,
+                            dtype == CU_DTYPE_FP8};
     CU_TRY(cu_launch_rope_kv(0, &a, dtype));
     CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, dtype));
     CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, dtype));
@@ -218,6 +219,9 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
                                const int32_t *block_tables, int max_blocks, int n_heads, int n_kv,
                                int hd, int n_splits, int dtype, cu_att_kernel kernel) {
     if (kernel < CU_ATT_AUTO || kernel > CU_ATT_TC) return NI_EINVAL;
+    /* CU_DTYPE_FP8: BF16 compute over E4M3 caches (the backend's fp8 mode) */
+    const int kv_dt = dtype, kv_fp8 = dtype == CU_DTYPE_FP8;
+    if (kv_fp8) dtype = CU_DTYPE_BF16;
     if (!dtype_ok(dtype) || n_blocks <= 0 || block_size <= 0 || n_seqs <= 0 || max_blocks <= 0 ||
         n_heads <= 0 || n_kv <= 0 || n_heads % n_kv || hd <= 0 || hd % 2 || n_splits < 0)
         return NI_EINVAL;
@@ -256,8 +260,8 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     CU_TRY(rc);
     CU_TRY(put_i32(dtab, block_tables, (size_t)n_seqs * max_blocks));
     CU_TRY(put_f32(dq, q, (size_t)n * n_heads * hd));
-    CU_TRY(put_t(dk, k_cache, n_slots * kvd, dtype));
-    CU_TRY(put_t(dv, v_cache, n_slots * kvd, dtype));
+    CU_TRY(put_t(dk, k_cache, n_slots * kvd, kv_dt));
+    CU_TRY(put_t(dv, v_cache, n_slots * kvd, kv_dt));
     CU_TRY(dout.alloc((size_t)n * n_heads * hd * cu_dtype_size(dtype)));
     CU_CHECK(cudaMemset(dout.p, 0xff, (size_t)n * n_heads * hd * cu_dtype_size(dtype))); /* NaN */
     if (splits > 1)
@@ -265,7 +269,7 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq,
-                           kernel, 1};
+                           kernel, 1, kv_fp8};
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
@@ -304,6 +308,8 @@ static int time_attention(const cu_att_args *a, int dtype, int iters, void *flus
 extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd,
                                      int block_size, int split_ctx, int kernel, int dtype,
                                      int iters, double *us, int *splits_used) {
+    const int kv_fp8 = dtype == CU_DTYPE_FP8; /* BF16 compute over an E4M3 cache */
+    if (kv_fp8) dtype = CU_DTYPE_BF16;
     if (!dtype_ok(dtype) || n_seqs <= 0 || ctx <= 0 || n_kv <= 0 || n_heads % n_kv ||
         n_heads / n_kv > CU_ATT_ROWS || hd <= 0 || hd % 2 || hd > CU_ATT_MAX_HD ||
         block_size <= 0 || split_ctx < 0 || kernel < 0 || kernel > 1 || iters <= 0 ||
@@ -311,7 +317,8 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
         return NI_EINVAL;
     const int nb = (ctx + block_size - 1) / block_size, n_blocks = n_seqs * nb;
     const size_t kvd = (size_t)n_kv * hd, esz = cu_dtype_size(dtype);
-    const size_t cache_bytes = (size_t)n_blocks * block_size * kvd * esz;
+    const size_t cache_bytes =
+        (size_t)n_blocks * block_size * kvd * (kv_fp8 ? cu_dtype_size(CU_DTYPE_FP8) : esz);
     cu_att_item *items = (cu_att_item *)malloc((size_t)n_seqs * sizeof(cu_att_item));
     int32_t *tab = (int32_t *)malloc((size_t)n_seqs * nb * sizeof(int32_t));
     if (!items || !tab) {
@@ -352,7 +359,7 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1,
-                           CU_ATT_AUTO, 0};
+                           CU_ATT_AUTO, 0, kv_fp8};
     cu_att_decode_enable(kernel);
     rc = time_attention(&a, dtype, iters, dflush.p, flush_bytes, us);
     cu_att_decode_enable(1);
@@ -406,7 +413,7 @@ extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, i
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, bs, max_nq,
-                           kernel, 0};
+                           kernel, 0, 0};
     return time_attention(&a, CU_DTYPE_BF16, iters, NULL, 0, us);
 }
 
@@ -583,11 +590,22 @@ extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, in
     return 0;
 }
 
+extern "C" void cu_op_att_decode_fp8_wide(int on) { cu_att_decode_fp8_wide(on); }
+
+extern "C" int cu_op_round_fp8(float *x, size_t n) {
+    if (!x) return NI_EINVAL;
+    dbuf d;
+    CU_TRY(put_t(d, x, n, CU_DTYPE_FP8));
+    return get_t(x, d, n, CU_DTYPE_FP8);
+}
+
 static_assert(CU_OP_GEMV_MAX_ROWS == CU_GEMV_MAX_ROWS, "cu_ops.h mirrors cu_internal.h");
 
 extern "C" int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, const float *w,
                                const mdl_config *c, const int32_t *pos, const int32_t *slot,
-                               int n, float *k_cache, float *v_cache, int n_slots) {
+                               int n, float *k_cache, float *v_cache, int n_slots,
+                               int kv_dtype) {
+    if (kv_dtype != CU_DTYPE_BF16 && kv_dtype != CU_DTYPE_FP8) return NI_EINVAL;
     if (!q || !x || !norm_w || !w || !c || !pos || !slot || n <= 0 || n > 2 || c->dim <= 0 ||
         c->head_dim <= 0 || c->head_dim % 2 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
         n_slots <= 0)
@@ -616,19 +634,20 @@ extern "C" int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, co
     CU_TRY(put_f32(dnw, norm_w, (size_t)D));
     CU_TRY(put_i32(dpos, pos, (size_t)n));
     CU_TRY(put_i32(dslot, slot, (size_t)n));
-    CU_TRY(put_t(dk, k_cache, (size_t)n_slots * kvd, CU_DTYPE_BF16));
-    CU_TRY(put_t(dv, v_cache, (size_t)n_slots * kvd, CU_DTYPE_BF16));
+    CU_TRY(put_t(dk, k_cache, (size_t)n_slots * kvd, kv_dtype));
+    CU_TRY(put_t(dv, v_cache, (size_t)n_slots * kvd, kv_dtype));
     CU_TRY(dy.alloc((size_t)n * out * 4));
     CU_CHECK(cudaMemset(dy.p, 0xff, (size_t)n * out * 4)); /* NaN where nothing is written */
     const cu_rope_args ra = {NULL, 0, dpos.as<int32_t>(), dslot.as<int32_t>(), dcos.as<float>(),
                              dsin.as<float>(), NULL, NULL, dk.p, dv.p, n, c->n_heads,
-                             c->n_kv_heads, hd, c->rope_interleaved != 0, c->norm_eps, 1};
+                             c->n_kv_heads, hd, c->rope_interleaved != 0, c->norm_eps, 1,
+                             kv_dtype == CU_DTYPE_FP8};
     const cu_gemv_args g = {dw.as<cu_bf16>(), n, D, out, NULL, dx.as<float>(), NULL,
                             dnw.as<float>(), c->norm_eps, D, dy.p, out, 0, 0, 1, 1, ra};
     CU_TRY(cu_launch_gemv(0, &g, n_sm));
     CU_CHECK(cudaDeviceSynchronize());
-    CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, CU_DTYPE_BF16));
-    CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, CU_DTYPE_BF16));
+    CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, kv_dtype));
+    CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, kv_dtype));
     float *back = (float *)malloc((size_t)n * out * 4);
     if (!back) return NI_ENOMEM;
     rc = get_f32(back, dy, (size_t)n * out);

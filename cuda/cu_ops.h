@@ -48,8 +48,9 @@ int cu_op_matmul(float *y /* [n][out] */, const float *x /* [n][in] */,
 
 /* Fused qk-norm (when q_norm/k_norm are given) + RoPE (c's layout and
  * scaling, positions pos) of q (in place) and k, then k and v stored to the
- * cache rows slot[i] (caches in T, updated in place). Twin: cpu_head_rmsnorm +
- * cpu_rope_apply + cpu_kv_store. */
+ * cache rows slot[i] (caches in T, updated in place; dtype CU_DTYPE_FP8:
+ * E4M3 caches, uploaded and stored rounded through E4M3). Twin:
+ * cpu_head_rmsnorm + cpu_rope_apply + cpu_kv_store (+ eng_fp8_e4m3_round). */
 int cu_op_rope_kv(float *q /* [n][n_heads*hd] */, const float *k /* [n][n_kv*hd] */,
                   const float *v /* [n][n_kv*hd] */, const float *q_norm /* [hd] or NULL */,
                   const float *k_norm /* [hd] or NULL */, const mdl_config *c,
@@ -59,7 +60,9 @@ int cu_op_rope_kv(float *q /* [n][n_heads*hd] */, const float *k /* [n][n_kv*hd]
 
 /* Paged causal GQA attention of a batch laid out like eng_batch (sequence s
  * has tokens seq_start[s] .. seq_start[s+1]-1 at positions pos0[s] ..), over
- * caches of n_blocks blocks of block_size rows (in T). n_splits: 0 picks the
+ * caches of n_blocks blocks of block_size rows (in T; dtype CU_DTYPE_FP8: BF16
+ * compute over caches uploaded as E4M3, the backend's --kv-cache-dtype fp8
+ * mode, so the twin runs on the E4M3-rounded caches). n_splits: 0 picks the
  * backend's automatic split-K factor, >= 1 forces one. kernel: the backend's
  * selection (enum cu_att_kernel, cu.h; CU_ATT_TC on a shape the tensor-core
  * kernel does not take returns NI_EINVAL). Twin: cpu_attention. */
@@ -112,12 +115,23 @@ int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows, const flo
  * epilogue, the decode path of one or two tokens, BF16, no qk-norm): the
  * RMSNorm (norm_w, c->norm_eps) of the FP32 rows x [n][c->dim] times w
  * [(n_heads + 2*n_kv) * hd][dim]; q [n][n_heads*hd] gets the rotated q heads,
- * the BF16 caches (updated in place, as floats) the rotated k and the v of
- * row i at slot[i] (slot < 0: not stored). n is 1 or 2. Twin: cpu_rmsnorm +
- * cpu_matmul + cpu_rope_apply + cpu_kv_store. */
+ * the caches (kv_dtype CU_DTYPE_BF16 or CU_DTYPE_FP8; updated in place, as
+ * floats) the rotated k and the v of row i at slot[i] (slot < 0: not
+ * stored). n is 1 or 2. Twin: cpu_rmsnorm + cpu_matmul + cpu_rope_apply +
+ * cpu_kv_store (+ eng_fp8_e4m3_round). */
 int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, const float *w,
                     const mdl_config *c, const int32_t *pos, const int32_t *slot, int n,
-                    float *k_cache /* [n_slots][n_kv*hd] */, float *v_cache, int n_slots);
+                    float *k_cache /* [n_slots][n_kv*hd] */, float *v_cache, int n_slots,
+                    int kv_dtype);
+
+/* How the decode kernel reads an E4M3 cache (cu_att_decode_fp8_wide): 1
+ * (default) 16-byte loads, 0 8-byte loads. For tests and benchmarks; not
+ * thread-safe. */
+void cu_op_att_decode_fp8_wide(int on);
+
+/* x[0..n) rounded through the device's E4M3 conversion (cu_fromf<cu_fp8>:
+ * the KV cache's) and back to FP32, in place. Twin: eng_fp8_e4m3_round. */
+int cu_op_round_fp8(float *x, size_t n);
 
 /* Times one projection y = x W^T on device data (median of iters, device
  * events) for n activation rows: mode 0 cuBLAS on T weights (cu_gemm), 1
@@ -133,7 +147,8 @@ int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters, d
  * data): kernel 0 the tiled k_attention, 1 the decode kernel (cu_att_decode.cu;
  * falls back to k_attention for shapes it does not take). The split factor is
  * the backend's rule for split_ctx keys (0: ctx; a decode graph uses its
- * max_pos); *splits_used gets it, *us microseconds per launch. */
+ * max_pos); *splits_used gets it, *us microseconds per launch. dtype
+ * CU_DTYPE_FP8: BF16 compute over an E4M3 cache (constant 0x3c bytes = 1.5). */
 int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd, int block_size,
                           int split_ctx, int kernel, int dtype, int iters, double *us,
                           int *splits_used);

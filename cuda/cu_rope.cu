@@ -12,7 +12,9 @@
  * so no lane reads an element another lane writes. cos/sin come from tables
  * built on the host in double exactly as the CPU twin (cpu_rope_init, eng_rope_inv_freq), so
  * both backends rotate by bit-identical angles. CPU twins: cpu_head_rmsnorm,
- * cpu_rope_apply, cpu_kv_store.
+ * cpu_rope_apply, cpu_kv_store (an E4M3 cache: the same, each stored value
+ * rounded by eng_fp8_e4m3_round). The cache element type C is T, or cu_fp8
+ * with kv_fp8 (one template argument: q stays FP32 either way).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -79,7 +81,9 @@ __global__ void k_rope_kv(cu_rope_args a) {
 
 int cu_launch_rope_kv(cudaStream_t st, const cu_rope_args *a, int dtype) {
     if (a->n <= 0) return 0;
-    if (dtype == CU_DTYPE_FP32)
+    if (a->kv_fp8)
+        CU_CHECK(cu_launch_k(k_rope_kv<cu_fp8>, a->n, ROPE_WARPS * 32, 0, st, a->pdl, *a));
+    else if (dtype == CU_DTYPE_FP32)
         CU_CHECK(cu_launch_k(k_rope_kv<float>, a->n, ROPE_WARPS * 32, 0, st, a->pdl, *a));
     else
         CU_CHECK(cu_launch_k(k_rope_kv<cu_bf16>, a->n, ROPE_WARPS * 32, 0, st, a->pdl, *a));

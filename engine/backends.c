@@ -55,6 +55,27 @@ int eng_dtype_parse(const char *name, eng_dtype *out) {
     return 0;
 }
 
+int eng_kv_dtype_parse(const char *name, eng_kv_dtype *out) {
+    if (!name || !strcmp(name, "auto"))
+        *out = ENG_KV_AUTO;
+    else if (!strcmp(name, "bf16"))
+        *out = ENG_KV_BF16;
+    else if (!strcmp(name, "fp8") || !strcmp(name, "fp8_e4m3"))
+        *out = ENG_KV_FP8;
+    else
+        return NI_EINVAL;
+    return 0;
+}
+
+const char *eng_kv_dtype_name(eng_kv_dtype k) {
+    switch (k) {
+    case ENG_KV_AUTO: return "auto";
+    case ENG_KV_BF16: return "bf16";
+    case ENG_KV_FP8: return "fp8";
+    }
+    return "?";
+}
+
 /* ---- fault injection (NI_DEBUG_FAULT) ---------------------------------------- */
 
 /* One plan per process: the wrapped table, which forward() calls fail
@@ -195,6 +216,10 @@ int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *e
     if (c->dtype == ENG_DTYPE_DEFAULT && (v = env_value("NI_CUDA_DTYPE")) &&
         eng_dtype_parse(v, &c->dtype))
         return ni_fail(err, errlen, NI_EINVAL, "NI_CUDA_DTYPE=%s: must be bf16 or fp32", v);
+    if (c->kv_dtype == ENG_KV_AUTO && (v = env_value("NI_CUDA_KV_DTYPE")) &&
+        eng_kv_dtype_parse(v, &c->kv_dtype))
+        return ni_fail(err, errlen, NI_EINVAL,
+                       "NI_CUDA_KV_DTYPE=%s: must be auto, bf16, fp8 or fp8_e4m3", v);
     int rc;
     if (c->device_index < 0 && (v = env_value("NI_CUDA_DEVICE")) &&
         (rc = env_count("NI_CUDA_DEVICE", v, &c->device_index, err, errlen)))

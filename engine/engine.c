@@ -353,6 +353,7 @@ int eng_init(eng_engine **out, const mdl_model *m, const eng_backend *be, const 
                              .n_threads = cfg.n_threads,
                              .quant = cfg.quant,
                              .dtype = cfg.dtype,
+                             .kv_dtype = cfg.kv_dtype,
                              .device_index = cfg.device_index,
                              .graphs = cfg.graphs,
                              .att_splits = cfg.att_splits,

@@ -62,6 +62,8 @@ typedef struct eng_config {
      * eng_init lets the environment fill those left at their default
      * (eng_backend_config_env: NI_CUDA_* with the CUDA backend). */
     eng_dtype dtype;   /* default ENG_DTYPE_DEFAULT (eng_dtype_parse of --dtype) */
+    eng_kv_dtype kv_dtype; /* KV cache element type, default ENG_KV_AUTO
+                              (eng_kv_dtype_parse of --kv-cache-dtype) */
     int device_index;  /* GPU ordinal, default -1 (device 0) */
     eng_graphs graphs; /* decode CUDA graphs, default ENG_GRAPHS_DEFAULT */
     int att_splits;    /* attention split-K factor, default 0 (automatic) */

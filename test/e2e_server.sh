@@ -159,6 +159,16 @@ check "generate --tensor-parallel-size 2 says so" grep -q "tensor-parallel 2" "$
   >/dev/null 2>"$TMP/tp4.err"
 check "generate --tensor-parallel-size 4 (2 KV heads) is refused" \
   grep -q "tensor-parallel-size 4 does not divide" "$TMP/tp4.err"
+# --kv-cache-dtype: the CPU backend (FP32 cache) refuses fp8 with a message naming the option;
+# an unknown name is a usage error; the serve key validates
+"$BIN" generate --model "$TINY" --device cpu --prompt hi -n 2 --kv-cache-dtype fp8 \
+  >/dev/null 2>"$TMP/kv8.err"
+check "generate --kv-cache-dtype fp8 on the cpu is refused" \
+  grep -q "kv-cache-dtype fp8: the CPU backend keeps its KV cache in fp32" "$TMP/kv8.err"
+check "generate --kv-cache-dtype e5m2 is a usage error" \
+  test "$("$BIN" generate --model "$TINY" --prompt hi --kv-cache-dtype e5m2 >/dev/null 2>&1; echo $?)" = 2
+check "serve --kv-cache-dtype fp8_e4m3 validates" \
+  "$BIN" serve --model "$TINY" --kv-cache-dtype fp8_e4m3 --check-config
 printf 'backend = cpu\n' >"$TMP/alias.conf"
 check "config file key backend (alias) validates" \
   "$BIN" serve --config "$TMP/alias.conf" --model "$TINY" --check-config

@@ -24,7 +24,10 @@
  * (g) the int8 products are batch- and thread-invariant, so a batch of
  *     sequences (prefill + decode) gives bit-identical logits to each
  *     sequence alone, and 1, 2 and 3 threads agree bit for bit;
- * (h) quant values other than 0 and 1 are rejected.
+ * (h) quant values other than 0 and 1 are rejected;
+ * (i) a KV cache dtype other than auto is refused with NI_EUNSUPPORTED (the
+ *     CPU cache is FP32), --kv-cache-dtype names parse, and the host twin of
+ *     the CUDA E4M3 cache conversion gives the format's known values.
  * Random inputs are fresh each run (seed printed; NI_TEST_SEED reproduces).
  */
 #include <math.h>
@@ -39,6 +42,7 @@
 #include <cmocka.h>
 
 #include "engine/backend/backend.h"
+#include "engine/backend/twins.h"
 #include "engine/util/util.h"
 #include "test_util.h"
 
@@ -840,6 +844,48 @@ static void test_q8_config(void **state) {
     model_release(&m);
 }
 
+static void test_kv_dtype(void **state) {
+    (void)state;
+    const mdl_config c = variant_cfg(V_LLAMA);
+    mdl_model m;
+    model_build(&m, &c);
+    char err[256] = "";
+    for (int k = ENG_KV_BF16; k <= ENG_KV_FP8; k++) {
+        void *bad = NULL;
+        eng_backend_config cf = be_config(8, 0, 0);
+        cf.kv_dtype = (eng_kv_dtype)k;
+        assert_int_equal(eng_backend_cpu.init(&bad, &m, &cf, err, sizeof(err)), NI_EUNSUPPORTED);
+        assert_null(bad);
+        if (!strstr(err, "kv-cache-dtype") || !strstr(err, eng_kv_dtype_name(cf.kv_dtype)))
+            fail_msg("message does not name the setting: %s", err);
+    }
+    model_release(&m);
+    eng_kv_dtype k = ENG_KV_BF16;
+    assert_int_equal(eng_kv_dtype_parse(NULL, &k), 0);
+    assert_int_equal(k, ENG_KV_AUTO);
+    assert_int_equal(eng_kv_dtype_parse("fp8_e4m3", &k), 0);
+    assert_int_equal(k, ENG_KV_FP8);
+    assert_int_equal(eng_kv_dtype_parse("bf16", &k), 0);
+    assert_int_equal(k, ENG_KV_BF16);
+    assert_int_equal(eng_kv_dtype_parse("fp8_e5m2", &k), NI_EINVAL);
+    assert_int_equal(k, ENG_KV_BF16);
+    /* E4M3: max 448 (saturating), min normal 2^-6, subnormal step 2^-9, ties to even */
+    static const float io[][2] = {
+        {448.0f, 448.0f},     {449.0f, 448.0f},   {1e9f, 448.0f},       {INFINITY, 448.0f},
+        {-INFINITY, -448.0f}, {1.0f, 1.0f},       {1.0625f, 1.0f},      {1.1875f, 1.25f},
+        {1.0626f, 1.125f},    {-3.3f, -3.25f},    {0.015625f, 0.015625f}, {0.0029296875f, 0.00390625f},
+        {0.0009765625f, 0.0f}, {0.0009766f, 0.001953125f}, {1e-30f, 0.0f}, {240.0f, 240.0f},
+        {232.0f, 224.0f},     {248.0f, 256.0f},
+    };
+    for (size_t i = 0; i < NI_ARRAY_LEN(io); i++) {
+        const float r = eng_fp8_e4m3_round(io[i][0]);
+        if (r != io[i][1])
+            fail_msg("eng_fp8_e4m3_round(%.9g) = %.9g, want %.9g", io[i][0], r, io[i][1]);
+    }
+    assert_true(isnan(eng_fp8_e4m3_round(NAN)));
+    assert_true(signbit(eng_fp8_e4m3_round(-1e-30f)));
+}
+
 static const int k_variants[N_VARIANTS] = {V_LLAMA, V_LLAMA_INTERLEAVED_TIED, V_QWEN3, V_LLAMA3_SCALING};
 
 int main(void) {
@@ -865,6 +911,7 @@ int main(void) {
         PER_VARIANT(test_q8_batch_invariance, V_LLAMA),
         PER_VARIANT(test_q8_batch_invariance, V_QWEN3),
         cmocka_unit_test(test_q8_config),
+        cmocka_unit_test(test_kv_dtype),
     };
 #undef PER_VARIANT
     return cmocka_run_group_tests(tests, NULL, NULL);

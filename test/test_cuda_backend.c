@@ -19,7 +19,14 @@
  *   and == the CPU backend on the same batches; rows not wanted untouched;
  *   interleaved RoPE (cfg flag flipped on both backends); copy_block forks;
  *   forced split-K attention (NI_CUDA_ATT_SPLITS) == automatic; invalid
- *   input rejected.
+ *   input rejected;
+ *   FP8 (E4M3) KV cache against the BF16 cache (same BF16 weights and
+ *   compute), a 40-token prompt in 16-token chunks then 300 decode steps
+ *   teacher-forced on the BF16 run's greedy tokens: logits NMSE per step <
+ *   FP8_STEP_NMSE and mean < FP8_MEAN_NMSE, argmax agreement >= 95 % (see
+ *   fp8_agrees); the planner gives twice the KV blocks for the same memory;
+ *   copy_block on the E4M3 pool; fp8 with FP32 compute and with the
+ *   tensor-core kernel refused.
  * Random tokens are fresh each run (seed printed; NI_TEST_SEED reproduces).
  * Without a GPU every test skips with "no GPU"; in a CPU-only build with
  * "built without CUDA".
@@ -404,6 +411,184 @@ static void test_mixed_batches(void **state) {
 #endif
 }
 
+/* ---- FP8 (E4M3) KV cache ---------------------------------------------------------- */
+
+#ifdef NI_USE_CUDA
+/* Bounds of the E4M3 cache against the BF16 one. E4M3 keeps 3 mantissa bits
+ * (relative rounding error up to 1/16, ~2.4 % rms, vs 0.3 % for BF16), and
+ * these random 2-layer models carry each attention error straight into the
+ * logits. Measured before the GPU run by the same experiment on the CPU
+ * backend with its FP32 cache rounded through eng_fp8_e4m3_round (33 runs
+ * over the three models): mean NMSE 4.6e-4 .. 4.0e-3 (tiny-qwen3 highest),
+ * worst step 1.7e-2, identical argmax 89-99.7 % (random tiny models are
+ * full of near ties), every flip a near tie by fp8_agrees. A broken
+ * conversion, byte order or scale gives NMSE ~1. */
+#define FP8_STEP_NMSE 5e-2
+#define FP8_MEAN_NMSE 1e-2
+
+/* Whether step s's argmax agrees: the same token, or a flip where the BF16
+ * run's own gap between the two tokens is below twice the step's max |diff|
+ * (a near tie the cache rounding can flip; the int8 rule of test_backend.c).
+ * *exact counts the identical ones. */
+static int fp8_agrees(const float *lb, const float *l8, int V, int tb, int t8, int *exact) {
+    if (tb == t8) return ++*exact, 1;
+    double md = 0;
+    for (int i = 0; i < V; i++) md = fmax(md, fabs((double)lb[i] - l8[i]));
+    return (double)lb[tb] - lb[t8] < 2 * md;
+}
+#endif
+
+static void test_fp8_vs_bf16(void **state) {
+    const int idx = *(const int *)*state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    tu_load_tiny(&m, idx);
+    enum { n_prompt = 40, chunk = 16, n_steps = 300 };
+    const int V = m.cfg.vocab_size;
+    assert_true(n_prompt + n_steps <= m.cfg.max_seq_len && n_prompt + n_steps <= MAX_BLOCKS * BS);
+    int32_t prompt[n_prompt], perm[N_BLOCKS], tb[n_steps], t8[n_steps], tg[n_steps];
+    tu_fill_int(&g_rng, prompt, n_prompt, V);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
+    float *lb = malloc(sizeof(float) * n_steps * V), *l8 = malloc(sizeof(float) * n_steps * V);
+    eng_backend_config cf = be_config(CU_DTYPE_BF16);
+    void *g = be_init(&eng_backend_cuda, &m, &cf);
+    drive(&eng_backend_cuda, g, V, prompt, n_prompt, chunk, n_steps, NULL, perm, tb, lb);
+    eng_backend_cuda.free(g);
+    cf.kv_dtype = ENG_KV_FP8;
+    g = be_init(&eng_backend_cuda, &m, &cf);
+    drive(&eng_backend_cuda, g, V, prompt, n_prompt, chunk, n_steps, tb, perm + MAX_BLOCKS, t8,
+          l8);
+    eng_backend_cuda.free(g);
+    const char *label = tu_tiny_models[idx] + 12;
+    double worst = 0, sum = 0;
+    int agree = 0, exact = 0;
+    for (int s = 0; s < n_steps; s++) {
+        char what[96];
+        snprintf(what, sizeof what, "%s fp8 cache: step %d logits", label, s);
+        const float *a = lb + (size_t)s * V, *b = l8 + (size_t)s * V;
+        const double e = tu_check(TU_NMSE, what, b, a, V, FP8_STEP_NMSE);
+        sum += e;
+        if (e > worst) worst = e;
+        agree += fp8_agrees(a, b, V, tb[s], t8[s], &exact);
+    }
+    /* free-running greedy (informational): steps until the two paths part */
+    g = be_init(&eng_backend_cuda, &m, &cf);
+    drive(&eng_backend_cuda, g, V, prompt, n_prompt, chunk, n_steps, NULL, perm, tg, l8);
+    eng_backend_cuda.free(g);
+    int same = 0;
+    while (same < n_steps && tg[same] == tb[same]) same++;
+    printf("  %-12s fp8 vs bf16 cache, %d steps: logits NMSE mean %.3g max %.3g (bounds %.3g, "
+           "%.3g); argmax agreement %d/%d (%d identical, %d near-tie flips); free-running "
+           "greedy identical for %d steps\n",
+           label, n_steps, sum / n_steps, worst, FP8_MEAN_NMSE, FP8_STEP_NMSE, agree, n_steps,
+           exact, agree - exact, same);
+    if (!(sum / n_steps < FP8_MEAN_NMSE))
+        fail_msg("%s fp8: mean logits NMSE %.3g >= %.3g", label, sum / n_steps, FP8_MEAN_NMSE);
+    if (agree * 100 < 95 * n_steps)
+        fail_msg("%s fp8: argmax agreement %d/%d < 95%%", label, agree, n_steps);
+    free(lb); free(l8);
+    mdl_free(&m);
+#else
+    (void)idx;
+#endif
+}
+
+/* kv_blocks_for_memory with the E4M3 cache: twice the BF16 count for the same
+ * memory (+1 from the floor). A memory fraction small enough that neither
+ * count reaches the planner's cap of 2^22 blocks (these models' blocks are a
+ * few KiB); fp8 with FP32 compute and with the tensor-core kernel refused. */
+static void test_fp8_capacity(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    tu_load_tiny(&m, 1);
+    char err[256] = "";
+    int nb16 = 0, nb8 = 0, rc = 0;
+    double util = 0.9;
+    for (; util > 1e-3; util *= 0.95) { /* fine steps: the budget must not jump below 0 */
+        eng_backend_config cf = be_config(CU_DTYPE_BF16);
+        rc = eng_backend_cuda.kv_blocks_for_memory(&m, &cf, util, &nb16, err, sizeof err);
+        if (rc || nb16 < (1 << 20)) break;
+    }
+    if (rc) fail_msg("kv_blocks_for_memory bf16 at %.3g: %d %s", util, rc, err);
+    eng_backend_config cf = be_config(CU_DTYPE_BF16);
+    cf.kv_dtype = ENG_KV_FP8;
+    assert_int_equal(eng_backend_cuda.kv_blocks_for_memory(&m, &cf, util, &nb8, err, sizeof err),
+                     0);
+    printf("  KV blocks at gpu-memory-utilization %.3g: bf16 cache %d, fp8 cache %d (%.4fx)\n",
+           util, nb16, nb8, (double)nb8 / nb16);
+    if (nb8 != 2 * nb16 && nb8 != 2 * nb16 + 1)
+        fail_msg("fp8 cache: %d blocks, want 2 x %d (+1)", nb8, nb16);
+    /* NI_CUDA_KV_DTYPE fills an unset kv_dtype; a bad value is refused */
+    setenv("NI_CUDA_KV_DTYPE", "fp8_e4m3", 1);
+    cf = be_config(CU_DTYPE_BF16);
+    assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), 0);
+    assert_int_equal(cf.kv_dtype, ENG_KV_FP8);
+    setenv("NI_CUDA_KV_DTYPE", "int4", 1);
+    cf = be_config(CU_DTYPE_BF16);
+    assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), NI_EINVAL);
+    unsetenv("NI_CUDA_KV_DTYPE");
+    void *bad = NULL;
+    cf = be_config(CU_DTYPE_FP32);
+    cf.kv_dtype = ENG_KV_FP8;
+    assert_int_equal(eng_backend_cuda.init(&bad, &m, &cf, err, sizeof err), NI_EUNSUPPORTED);
+    assert_non_null(strstr(err, "kv-cache-dtype"));
+    assert_int_equal(eng_backend_cuda.kv_blocks_for_memory(&m, &cf, 0.5, &nb8, err, sizeof err),
+                     NI_EUNSUPPORTED);
+    mdl_model mq;
+    tu_load_tiny(&mq, 2); /* head_dim 32: the TC kernel's shape, refused for the fp8 cache */
+    cf = be_config(CU_DTYPE_BF16);
+    cf.kv_dtype = ENG_KV_FP8;
+    cf.att_kernel = CU_ATT_TC;
+    assert_int_equal(eng_backend_cuda.init(&bad, &mq, &cf, err, sizeof err), NI_EINVAL);
+    assert_null(bad);
+    mdl_free(&mq);
+    mdl_free(&m);
+#endif
+}
+
+/* copy_block over the E4M3 pool: forking a partial block (copy, then the
+ * branch's own token) gives the same logits, bit for bit, as prefilling the
+ * branch's prefix straight into its own blocks (the pool holds bytes; every
+ * kernel is deterministic and blind to physical block ids). */
+static void test_fp8_copy_block(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    tu_load_tiny(&m, 2);
+    const int V = m.cfg.vocab_size, T = 21; /* 1 full block + 5 tokens */
+    int32_t perm[N_BLOCKS], ta[MAX_BLOCKS], tb[MAX_BLOCKS], tok[T];
+    tu_permutation(&g_rng, perm, N_BLOCKS);
+    memcpy(ta, perm, sizeof ta);
+    memcpy(tb, perm, sizeof tb);
+    tb[1] = perm[MAX_BLOCKS]; /* B forks A's partial block 1 */
+    tu_fill_int(&g_rng, tok, T, V);
+    const int32_t nb = (tok[T - 1] + 1) % V;
+    float *scr = malloc(sizeof(float) * V), *got = malloc(sizeof(float) * V);
+    float *ref = malloc(sizeof(float) * V);
+    eng_backend_config cf = be_config(CU_DTYPE_BF16);
+    cf.kv_dtype = ENG_KV_FP8;
+    void *g = be_init(&eng_backend_cuda, &m, &cf);
+    assert_int_equal(run_one(&eng_backend_cuda, g, tok, T, 0, ta, scr), 0);
+    assert_int_equal(eng_backend_cuda.copy_block(g, ta[1], tb[1]), 0);
+    assert_int_equal(run_one(&eng_backend_cuda, g, &nb, 1, T, tb, got), 0);
+    eng_backend_cuda.free(g);
+    g = be_init(&eng_backend_cuda, &m, &cf);
+    assert_int_equal(run_one(&eng_backend_cuda, g, tok, T, 0, tb, scr), 0);
+    assert_int_equal(run_one(&eng_backend_cuda, g, &nb, 1, T, tb, ref), 0);
+    eng_backend_cuda.free(g);
+    const double e = tu_err(TU_MAX_REL, got, ref, V);
+    printf("  fp8 copy_block fork vs direct prefill: max rel diff %.3g (want 0)\n", e);
+    if (memcmp(got, ref, sizeof(float) * V))
+        fail_msg("fp8 copy_block: forked logits differ from the direct prefill (max rel %.3g)", e);
+    free(scr); free(got); free(ref);
+    mdl_free(&m);
+#endif
+}
+
 /* ---- copy_block ------------------------------------------------------------------ */
 
 static void test_copy_block(void **state) {
@@ -651,6 +836,9 @@ int main(void) {
         PER_MODEL(test_mixed_batches, 2),  cmocka_unit_test(test_copy_block),
         cmocka_unit_test(test_forced_splits), cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_att_kernel_select),
+        PER_MODEL(test_fp8_vs_bf16, 0),    PER_MODEL(test_fp8_vs_bf16, 1),
+        PER_MODEL(test_fp8_vs_bf16, 2),    cmocka_unit_test(test_fp8_capacity),
+        cmocka_unit_test(test_fp8_copy_block),
     };
 #undef PER_MODEL
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,7 +5,10 @@
  * NI_TEST_SEED reproduces). Outputs are poisoned with NaN before each call so
  * an unwritten element fails. Error measure: NMSE = sum (got - ref)^2 /
  * sum ref^2 over the whole output; thresholds: FP32 1e-10 (element-wise)
- * .. 1e-9 (reductions over long rows), BF16 1e-4.
+ * .. 1e-9 (reductions over long rows), BF16 1e-4. The E4M3 (FP8) KV cache:
+ * its conversion bit for bit against the host twin eng_fp8_e4m3_round, stores
+ * within one E4M3 step of the twin rounded through it, and attention over it
+ * against cpu_attention on the host-rounded cache (BF16 output bound).
  *
  * Without a GPU every test skips with "no GPU"; in a CPU-only build with
  * "built without CUDA".
@@ -21,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "engine/backend/twins.h"
 #include "engine/cpu/cpu_ops.h"
 #include "engine/util/util.h"
 #include "test_util.h"
@@ -64,7 +68,101 @@ static void check_nmse(const char *what, int dtype, const float *got, const floa
     const double e = tu_check(TU_NMSE, label, got, ref, n, tol(dtype, fp32_tol));
     printf("  %-40s %s nmse %.3g\n", what, cu_dtype_name(dtype), e);
 }
+
+/* NMSE bound of values stored to an E4M3 cache against their FP32 twin: 3
+ * mantissa bits give ~6e-4 for values spread over a binade (a BF16 input on
+ * top adds ~1e-5); a wrong byte order or scale gives ~1. */
+#define FP8_CACHE_TOL 2e-3
+
+/* Distance between adjacent E4M3 values at magnitude a: 2^-9 below 2^-6
+ * (subnormals), else 2^(floor(log2 a) - 3). */
+static double fp8_step(double a) {
+    if (a < 0.015625) return 1.0 / 512;
+    int e;
+    frexp(a, &e);
+    return ldexp(1.0, e - 4);
+}
+
+/* got: an E4M3 cache read back; ref: what its twin computed before the
+ * rounding. Every element must be eng_fp8_e4m3_round(ref) or, where the two
+ * FP32 computations differ by an ulp across a rounding boundary, an adjacent
+ * E4M3 value; at most max_off elements may be such neighbours. */
+static void check_fp8_cache(const char *what, const float *got, const float *ref, size_t n,
+                            size_t max_off) {
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float r = eng_fp8_e4m3_round(ref[i]);
+        if (got[i] == r) continue;
+        off++;
+        const double a = fmax(fabs((double)got[i]), fabs((double)r));
+        if (!(fabs((double)got[i] - r) <= fp8_step(a) * (1 + 1e-9)))
+            fail_msg("%s: element %zu is %.9g, the E4M3 twin %.9g (of %.9g): more than one "
+                     "E4M3 step apart",
+                     what, i, got[i], r, ref[i]);
+    }
+    printf("  %-40s fp8 %zu of %zu one E4M3 step off (at most %zu)\n", what, off, n, max_off);
+    if (off > max_off)
+        fail_msg("%s: %zu elements one E4M3 step off the twin, more than %zu", what, off,
+                 max_off);
+}
 #endif
+
+/* ---- E4M3 conversion ----------------------------------------------------------- */
+
+/* The device conversion of the FP8 KV cache against eng_fp8_e4m3_round, value
+ * for value: every finite E4M3 value, every midpoint between neighbours (the
+ * ties to even) and the floats either side of it, saturation above 448 and
+ * of infinities, subnormals and underflow, and random floats over 24
+ * binades. Signed zeros compare equal (the sign of a zero never matters to
+ * attention). */
+static void test_fp8_round(void **state) {
+    (void)state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    enum { NR = 4000, CAP = 127 * 8 + 64 + NR };
+    float *x = nan_buf(CAP), vals[127];
+    size_t n = 0;
+    for (int c = 0; c < 127; c++) { /* codes 0 .. 126 (127 is NaN): e4 m3 with bias 7 */
+        const int e = c >> 3, m = c & 7;
+        vals[c] = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
+    }
+    assert_true(vals[126] == 448.0f && vals[8] == 0.015625f && vals[1] == ldexpf(1, -9));
+    for (int c = 0; c < 127; c++)
+        for (int sg = 0; sg < 2; sg++) {
+            const float s = sg ? -1.0f : 1.0f;
+            x[n++] = s * vals[c];
+            if (c == 126) continue;
+            const float mid = 0.5f * (vals[c] + vals[c + 1]);
+            x[n++] = s * mid;
+            x[n++] = s * nextafterf(mid, 0.0f);
+            x[n++] = s * nextafterf(mid, INFINITY);
+        }
+    static const float special[] = {449.0f, 456.0f, 464.0f, 464.5f, 479.0f, 480.0f, 500.0f,
+                                    1e6f, 3.4e38f, INFINITY, 1e-30f, 1e-40f, 0.0009765625f,
+                                    0.0009765626f, 0.00292968750f, 0.0146484375f, 0.0151367188f};
+    for (size_t i = 0; i < NI_ARRAY_LEN(special); i++) {
+        x[n++] = special[i];
+        x[n++] = -special[i];
+    }
+    for (int i = 0; i < NR; i++) {
+        const float mag = exp2f((float)tu_uniform(&g_rng, -14.0, 10.0));
+        x[n++] = tu_int(&g_rng, 2) ? mag : -mag;
+    }
+    assert_true(n <= CAP);
+    float *y = copy_buf(x, n);
+    assert_int_equal(cu_op_round_fp8(y, n), 0);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float r = eng_fp8_e4m3_round(x[i]);
+        if (y[i] != r && bad++ < 10)
+            printf("  fp8 round: x %.9g (%a): device %.9g, host %.9g\n", x[i], x[i], y[i], r);
+    }
+    printf("  %-40s %zu values, %zu differ\n", "fp8 e4m3 round", n, bad);
+    assert_int_equal(bad, 0);
+    free(x);
+    free(y);
+#endif
+}
 
 /* ---- embed ---------------------------------------------------------------- */
 
@@ -363,6 +461,22 @@ static void test_rope_kv(void **state) {
             check_nmse(what, k_dtypes[t], vcg, vcr, (size_t)n_slots * kvd, 1e-12);
             free(qg); free(kcg); free(vcg);
         }
+        { /* E4M3 caches (q stays FP32): the twin's caches rounded through eng_fp8_e4m3_round */
+            float *qg = copy_buf(q, (size_t)n * qd);
+            float *kcg = copy_buf(kc0, (size_t)n_slots * kvd);
+            float *vcg = copy_buf(vc0, (size_t)n_slots * kvd);
+            assert_int_equal(cu_op_rope_kv(qg, k, vv, qn, kn, &c, NULL, pos, slot, n, kcg, vcg,
+                                           n_slots, CU_DTYPE_FP8),
+                             0);
+            char what[64];
+            snprintf(what, sizeof what, "rope %s: q (fp8 cache)", names[v]);
+            check_nmse(what, CU_DTYPE_FP32, qg, qr, (size_t)n * qd, 1e-10);
+            snprintf(what, sizeof what, "rope %s: k cache", names[v]);
+            check_fp8_cache(what, kcg, kcr, (size_t)n_slots * kvd, (size_t)n * kvd / 50);
+            snprintf(what, sizeof what, "rope %s: v cache", names[v]);
+            check_fp8_cache(what, vcg, vcr, (size_t)n_slots * kvd, 0); /* copied: exact */
+            free(qg); free(kcg); free(vcg);
+        }
         free(tables); free(q); free(k); free(vv); free(qn); free(kn); free(kc0); free(vc0);
         free(qr); free(kr); free(kcr); free(vcr);
     }
@@ -426,8 +540,9 @@ static void test_gemv_rope(void **state) {
                 float *qg = nan_buf((size_t)n * qd);
                 float *kcg = copy_buf(kc0, (size_t)n_slots * kvd);
                 float *vcg = copy_buf(vc0, (size_t)n_slots * kvd);
-                assert_int_equal(
-                    cu_op_gemv_rope(qg, x, nw, w, &c, pos, slot, n, kcg, vcg, n_slots), 0);
+                assert_int_equal(cu_op_gemv_rope(qg, x, nw, w, &c, pos, slot, n, kcg, vcg,
+                                                 n_slots, CU_DTYPE_BF16),
+                                 0);
                 char what[80];
                 snprintf(what, sizeof what, "gemv+rope v%d n%d%s: q", variants[vi], n,
                          pad ? " pad" : "");
@@ -438,6 +553,31 @@ static void test_gemv_rope(void **state) {
                 snprintf(what, sizeof what, "gemv+rope v%d n%d%s: v cache", variants[vi], n,
                          pad ? " pad" : "");
                 check_nmse(what, CU_DTYPE_BF16, vcg, vcr, (size_t)n_slots * kvd, 0);
+                /* E4M3 caches: the same epilogue storing E4M3. Against the twin within
+                 * FP8_CACHE_TOL, and element for element against the BF16 run's values
+                 * rounded through E4M3 (one step apart only where rounding the FP32 sum
+                 * to BF16 first moved it across an E4M3 midpoint: ~1 in 32) */
+                float *qg8 = nan_buf((size_t)n * qd);
+                float *kcg8 = copy_buf(kc0, (size_t)n_slots * kvd);
+                float *vcg8 = copy_buf(vc0, (size_t)n_slots * kvd);
+                assert_int_equal(cu_op_gemv_rope(qg8, x, nw, w, &c, pos, slot, n, kcg8, vcg8,
+                                                 n_slots, CU_DTYPE_FP8),
+                                 0);
+                const size_t nc = (size_t)n_slots * kvd;
+                snprintf(what, sizeof what, "gemv+rope v%d n%d%s: q (fp8)", variants[vi], n,
+                         pad ? " pad" : "");
+                check_nmse(what, CU_DTYPE_BF16, qg8, qr, (size_t)n * qd, 0);
+                snprintf(what, sizeof what, "gemv+rope v%d n%d%s: k fp8", variants[vi], n,
+                         pad ? " pad" : "");
+                double e8 = tu_check(TU_NMSE, what, kcg8, kcr, nc, FP8_CACHE_TOL);
+                printf("  %-40s fp8 nmse %.3g\n", what, e8);
+                check_fp8_cache(what, kcg8, kcg, nc, nc / 10);
+                snprintf(what, sizeof what, "gemv+rope v%d n%d%s: v fp8", variants[vi], n,
+                         pad ? " pad" : "");
+                e8 = tu_check(TU_NMSE, what, vcg8, vcr, nc, FP8_CACHE_TOL);
+                printf("  %-40s fp8 nmse %.3g\n", what, e8);
+                check_fp8_cache(what, vcg8, vcg, nc, nc / 10);
+                free(qg8); free(kcg8); free(vcg8);
                 free(x); free(nw); free(w); free(kc0); free(vc0); free(xn); free(qkv);
                 free(qr); free(kr); free(vr); free(kcr); free(vcr); free(qg); free(kcg);
                 free(vcg);
@@ -458,7 +598,10 @@ static void test_gemv_rope(void **state) {
  * over a cache of scrambled blocks of bs rows: cu_op_attention with the
  * kernel selection kernel, in both dtypes (BF16 only for CU_ATT_TC; bound
  * TC_ATT_TOL wherever BF16 runs the TC kernel) and every split factor of
- * splits[], against cpu_attention. */
+ * splits[], against cpu_attention; then BF16 over E4M3 caches (CU_DTYPE_FP8:
+ * the caches rounded through eng_fp8_e4m3_round on the host, so the upload
+ * is exact and the twin, cpu_attention on the rounded caches, differs only
+ * by the BF16 output: the BF16 bound), which CU_ATT_TC must refuse. */
 static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int *len,
                       const int *p0, int bs, int nh, int nkv, int hd, const int *splits,
                       int n_split) {
@@ -504,6 +647,37 @@ static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int 
     const cpu_kv_layer kv = {kc, vc, bs, kvd};
     const cpu_tok_map map = {n, tpos, tseq, tables, max_blocks};
     cpu_attention(CPU_SERIAL, ref, q, &kv, &map, nh, nkv, hd, scratch, scratch_n);
+    float *kc8 = copy_buf(kc, n_slots * kvd), *vc8 = copy_buf(vc, n_slots * kvd);
+    for (size_t i = 0; i < n_slots * kvd; i++) {
+        kc8[i] = eng_fp8_e4m3_round(kc8[i]);
+        vc8[i] = eng_fp8_e4m3_round(vc8[i]);
+    }
+    float *ref8 = nan_buf((size_t)n * qd);
+    const cpu_kv_layer kv8 = {kc8, vc8, bs, kvd};
+    cpu_attention(CPU_SERIAL, ref8, q, &kv8, &map, nh, nkv, hd, scratch, scratch_n);
+    /* decode batches: both ways the decode kernel reads E4M3 (16- and 8-byte loads) */
+    for (int sp = 0; sp < n_split; sp++)
+        for (int wi = 0; wi < (prefill ? 1 : 2); wi++) {
+            cu_op_att_decode_fp8_wide(wi == 0);
+            float *got = nan_buf((size_t)n * qd);
+            const int rc = cu_op_attention(got, q, kc8, vc8, n_blocks, bs, ns, ss, pos0, tables,
+                                           max_blocks, nh, nkv, hd, splits[sp], CU_DTYPE_FP8,
+                                           kernel);
+            if (kernel == CU_ATT_TC) { /* cp.async cannot convert: no E4M3 on tensor cores */
+                assert_int_equal(rc, NI_EINVAL);
+                free(got);
+                continue;
+            }
+            assert_int_equal(rc, 0);
+            char what[96];
+            snprintf(what, sizeof what, "%s h%d kv%d hd%d bs%d splits %d%s", kind, nh, nkv, hd,
+                     bs, splits[sp], prefill ? "" : wi == 0 ? " 16B" : " 8B");
+            const double e = tu_check(TU_NMSE, what, got, ref8, (size_t)n * qd, 1e-4);
+            printf("  %-40s fp8 cache nmse %.3g\n", what, e);
+            free(got);
+        }
+    cu_op_att_decode_fp8_wide(1);
+    free(kc8); free(vc8); free(ref8);
     for (int t = kernel == CU_ATT_TC ? 1 : 0; t < 2; t++)
         for (int sp = 0; sp < n_split; sp++) {
             float *got = nan_buf((size_t)n * qd);
@@ -636,7 +810,7 @@ int main(void) {
     /* NI_TEST_FILTER=<glob> runs a subset (e.g. under compute-sanitizer) */
     tu_filters();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_embed),   cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_fp8_round), cmocka_unit_test(test_embed), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_swiglu),  cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_gemv),
         cmocka_unit_test(test_rope_kv), cmocka_unit_test(test_gemv_rope),

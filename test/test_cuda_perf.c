@@ -230,27 +230,37 @@ static void test_attention_kernels(void **state) {
                   {"Qwen3-0.6B", 16, 8, 128},
                   {"SmolLM2-135M", 9, 3, 64}};
     const int seqs[] = {1, 64, 256}, ctxs[] = {200, 4000}, split_ctx[] = {0, 32768};
-    printf("  decode attention, bf16, block size 16, one launch + combine (us), KV GB/s\n");
-    printf("  %-15s %5s %5s %-6s %6s %10s %10s %7s %9s\n", "shape", "seqs", "ctx", "splits",
-           "", "old us", "new us", "speedup", "new GB/s");
+    printf("  decode attention, bf16, block size 16, one launch + combine (us), KV GB/s; "
+           "fp8: the decode kernel over an E4M3 cache (--kv-cache-dtype fp8) with 16-byte "
+           "and with 8-byte loads\n");
+    printf("  %-15s %5s %5s %-6s %6s %10s %10s %7s %9s %10s %9s %10s %9s\n", "shape", "seqs",
+           "ctx", "splits", "", "old us", "new us", "speedup", "new GB/s", "fp8 us", "fp8 GB/s",
+           "fp8/8B us", "8B GB/s");
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
         for (size_t ci = 0; ci < NI_ARRAY_LEN(ctxs); ci++)
             for (size_t qi = 0; qi < NI_ARRAY_LEN(seqs); qi++)
                 for (size_t pi = 0; pi < NI_ARRAY_LEN(split_ctx); pi++) {
                     const int S = seqs[qi], C = ctxs[ci];
                     if (S > 1 && split_ctx[pi]) continue; /* >= 64 sequences: never split */
-                    double us[2];
-                    int sp[2];
-                    for (int k = 0; k < 2; k++)
+                    double us[4];
+                    int sp[4];
+                    for (int k = 0; k < 4; k++) { /* old, new, fp8 16-byte, fp8 8-byte loads */
+                        cu_op_att_decode_fp8_wide(k != 3);
                         assert_int_equal(cu_op_attention_bench(S, C, shapes[si].nh,
                                                                shapes[si].nkv, shapes[si].hd, 16,
-                                                               split_ctx[pi], k, CU_DTYPE_BF16,
+                                                               split_ctx[pi], k ? 1 : 0,
+                                                               k >= 2 ? CU_DTYPE_FP8
+                                                                      : CU_DTYPE_BF16,
                                                                20, &us[k], &sp[k]),
                                          0);
+                    }
+                    cu_op_att_decode_fp8_wide(1);
                     const double bytes = 2.0 * S * C * shapes[si].nkv * shapes[si].hd * 2;
-                    printf("  %-15s %5d %5d %-6s %6d %10.1f %10.1f %6.2fx %9.0f\n",
+                    printf("  %-15s %5d %5d %-6s %6d %10.1f %10.1f %6.2fx %9.0f %10.1f %9.0f "
+                           "%10.1f %9.0f\n",
                            shapes[si].name, S, C, split_ctx[pi] ? "graph" : "auto", sp[1], us[0],
-                           us[1], us[0] / us[1], bytes / (us[1] * 1e3));
+                           us[1], us[0] / us[1], bytes / (us[1] * 1e3), us[2],
+                           bytes / 2 / (us[2] * 1e3), us[3], bytes / 2 / (us[3] * 1e3));
                 }
 #endif
 }

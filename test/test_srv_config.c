@@ -226,6 +226,18 @@ static void test_validate(void **state) {
     snprintf(c.api_key, sizeof c.api_key, "has space");
     assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
     assert_non_null(strstr(err, "api-key"));
+    c.api_key[0] = 0;
+    /* --kv-cache-dtype: vLLM's names (fp8_e4m3 an alias of fp8); anything else refused */
+    assert_string_equal(c.kv_cache_dtype, "auto");
+    static const char *const kv_ok[] = {"auto", "bf16", "fp8", "fp8_e4m3"};
+    for (size_t i = 0; i < NI_ARRAY_LEN(kv_ok); i++) {
+        snprintf(c.kv_cache_dtype, sizeof c.kv_cache_dtype, "%s", kv_ok[i]);
+        if (srv_config_validate(&c, err, sizeof err))
+            fail_msg("kv-cache-dtype %s refused: %s", kv_ok[i], err);
+    }
+    snprintf(c.kv_cache_dtype, sizeof c.kv_cache_dtype, "fp8_e5m2");
+    assert_int_not_equal(srv_config_validate(&c, err, sizeof err), 0);
+    assert_non_null(strstr(err, "kv-cache-dtype"));
 }
 
 /* The line must contain want; prints both on failure. */

@@ -47,6 +47,14 @@ typedef enum eng_dtype {
     ENG_DTYPE_FP32 = 2,    /* FP32 everywhere (the CPU backend's only precision) */
 } eng_dtype;
 
+/* Element type of the KV cache (eng_backend_config.kv_dtype, --kv-cache-dtype). */
+typedef enum eng_kv_dtype {
+    ENG_KV_AUTO = 0, /* the compute dtype (BF16 or FP32) */
+    ENG_KV_BF16 = 1, /* BF16 (CUDA with BF16 compute; the same as AUTO there) */
+    ENG_KV_FP8 = 2,  /* FP8 E4M3, per-tensor scale 1.0 (CUDA with BF16 compute only): half
+                      * the bytes of BF16, so twice the blocks for the same memory */
+} eng_kv_dtype;
+
 /* Decode CUDA graphs of the CUDA backend (eng_backend_config.graphs; the CPU
  * backend ignores it). */
 typedef enum eng_graphs {
@@ -88,6 +96,9 @@ typedef struct eng_backend_config {
     eng_quant quant;              /* weight format (never AUTO here: eng_init resolves it) */
     eng_dtype dtype;              /* compute precision (CUDA: BF16 or FP32; the CPU
                                    * backend computes in FP32 whatever is asked) */
+    eng_kv_dtype kv_dtype;        /* KV cache element type: AUTO, or (CUDA with BF16
+                                   * compute) BF16 / FP8; anything else is refused by init
+                                   * and kv_blocks_for_memory with NI_EUNSUPPORTED */
     int device_index;             /* GPU ordinal (CUDA); -1 = the default, device 0 */
     eng_graphs graphs;            /* decode CUDA graphs (CUDA) */
     int att_splits;               /* attention split-K factor (CUDA): 0 automatic,
@@ -197,6 +208,14 @@ const eng_backend *eng_backend_select(const char *device, const char *dtype, cha
  * (*out untouched). */
 int eng_dtype_parse(const char *name, eng_dtype *out);
 
+/* --kv-cache-dtype: NULL or "auto" -> ENG_KV_AUTO, "bf16" -> ENG_KV_BF16,
+ * "fp8" or "fp8_e4m3" -> ENG_KV_FP8. Returns 0, or NI_EINVAL for any other
+ * name (*out untouched). */
+int eng_kv_dtype_parse(const char *name, eng_kv_dtype *out);
+
+/* Short name of k ("auto", "bf16", "fp8"). */
+const char *eng_kv_dtype_name(eng_kv_dtype k);
+
 /* "auto", "fp32" (or "none"), "int8", "q4" -> *out. Returns 0 or NI_EINVAL. */
 int eng_quant_parse(const char *name, eng_quant *out);
 
@@ -211,6 +230,7 @@ const char *eng_quant_name(eng_quant q);
  * default. The variables apply to the backend named "cuda" only (c is
  * untouched for any other be):
  *   NI_CUDA_DTYPE=bf16|fp32      dtype, when ENG_DTYPE_DEFAULT;
+ *   NI_CUDA_KV_DTYPE=auto|bf16|fp8|fp8_e4m3  kv_dtype, when ENG_KV_AUTO;
  *   NI_CUDA_DEVICE=<n>           device_index (>= 0), when < 0;
  *   NI_CUDA_QUANT=int8|1|none|0  quant (int8 = 1), when 0;
  *   NI_CUDA_GRAPHS=1|on|0|off|eager  graphs, when ENG_GRAPHS_DEFAULT;

@@ -54,3 +54,20 @@ void eng_rope_inv_freq(const mdl_config *c, double *inv_freq) {
         }
     }
 }
+
+float eng_fp8_e4m3_round(float x) {
+    if (isnan(x)) return x;
+    const float a = fabsf(x);
+    float r;
+    if (a > 448.0f) {
+        r = 448.0f; /* the largest finite E4M3 (S.1111.110); the next code is NaN */
+    } else if (a < 0.015625f) {
+        r = rintf(a * 512.0f) / 512.0f; /* subnormals: steps of 2^-9 (exact scaling) */
+    } else {
+        int e;
+        frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1): the leading bit is 2^(e-1) */
+        const float q = ldexpf(1.0f, e - 4); /* 3 mantissa bits below it */
+        r = rintf(a / q) * q; /* rounding up to 2^e stays representable (a <= 448) */
+    }
+    return copysignf(r, x);
+}

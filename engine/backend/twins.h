@@ -2,8 +2,9 @@
  * twins.h - what the CPU reference backend and the CUDA backend must compute
  * identically, in one copy: the batch validation rules of forward(), the
  * RoPE inverse-frequency table (built on the host in double, so both rotate
- * by bit-identical angles) and the constants of the Cephes expf that the CPU
- * and GPU samplers evaluate op for op (bit-identical probabilities).
+ * by bit-identical angles), the host twin of the E4M3 KV-cache rounding and
+ * the constants of the Cephes expf that the CPU and GPU samplers evaluate op
+ * for op (bit-identical probabilities).
  *
  * Included from C and, inside extern "C", from CUDA C++ (cuda/); no device
  * code here, only host functions and constants.
@@ -55,5 +56,14 @@ int eng_batch_check(const eng_batch *b, const eng_batch_limits *lim);
  * exactly as HF's _compute_llama3_parameters (low frequencies divided by
  * factor, medium ones interpolated). */
 void eng_rope_inv_freq(const mdl_config *c, double *inv_freq /* [head_dim/2] */);
+
+/* x rounded to the nearest FP8 E4M3 value (1 sign, 4 exponent bits with bias
+ * 7, 3 mantissa bits; no infinities), as the CUDA backend's E4M3 KV cache
+ * stores it (__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)): round to
+ * nearest even, |x| > 448 and +-inf saturate to +-448, normals from 2^-6
+ * keep 4 significant bits, subnormals are multiples of 2^-9 (below 2^-10,
+ * and at it by the even rule, 0 with x's sign), NaN stays NaN. The host twin
+ * of that conversion: bit-exact for every float (tests of the fp8 cache). */
+float eng_fp8_e4m3_round(float x);
 
 #endif

@@ -328,6 +328,11 @@ static int cpu_init(void **out, const mdl_model *m, const eng_backend_config *cf
                        "max_seqs %d, n_threads %d, quant %d)",
                        cf->n_blocks, cf->block_size, cf->max_batch_tokens, cf->max_seqs,
                        cf->n_threads, cf->quant);
+    if (cf->kv_dtype != ENG_KV_AUTO)
+        return ni_fail(err, errlen, NI_EUNSUPPORTED,
+                       "kv-cache-dtype %s: the CPU backend keeps its KV cache in fp32 only (use "
+                       "--kv-cache-dtype auto, or --device cuda)",
+                       eng_kv_dtype_name(cf->kv_dtype));
     const int tp = cf->tp == 0 ? 1 : cf->tp;
     eng_tp_plan plan;
     if ((rc = eng_tp_plan_init(&plan, &m->cfg, tp, err, errlen))) return rc;

@@ -123,6 +123,8 @@ static void usage(void) {
             "                         CPU: fp32 weights, the ranks in one process)\n"
             "  --device D             auto (default: CUDA when a GPU is visible), cpu, cuda\n"
             "  --dtype T              bf16 (GPU default) or fp32\n"
+            "  --kv-cache-dtype T     KV cache: auto (the compute dtype), bf16, fp8 (E4M3;\n"
+            "                         CUDA with bf16: twice the KV blocks per byte)\n"
             "  --quant Q              weights: auto (default: the file's own precision), fp32,\n"
             "                         int8 or q4 (4-bit, CPU)\n"
             "  --gpu-memory-utilization F  fraction of GPU memory for weights + KV (0.9)\n"
@@ -380,7 +382,7 @@ int srv_cmd_bench(int argc, char **argv) {
             return srv_cmd_bench_http(argc, argv);
     enum { O_NREQ = 256, O_IN, O_OUT, O_SEED, O_MAXSEQS, O_MAXBT, O_CHUNK, O_KVB, O_THREADS,
            O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING, O_DEVICE, O_DTYPE, O_MEMU, O_QUANT,
-           O_TP };
+           O_TP, O_KVDT };
     static struct option opts[] = {
         {"model", 1, 0, 'm'}, {"num-requests", 1, 0, O_NREQ}, {"input-len", 1, 0, O_IN},
         {"output-len", 1, 0, O_OUT}, {"seed", 1, 0, O_SEED}, {"max-num-seqs", 1, 0, O_MAXSEQS},
@@ -391,7 +393,7 @@ int srv_cmd_bench(int argc, char **argv) {
         {"top-p", 1, 0, O_SAMPLING}, {"top-k", 1, 0, O_SAMPLING}, {"min-p", 1, 0, O_SAMPLING},
         {"device", 1, 0, O_DEVICE}, {"dtype", 1, 0, O_DTYPE},
         {"gpu-memory-utilization", 1, 0, O_MEMU}, {"quant", 1, 0, O_QUANT},
-        {"tensor-parallel-size", 1, 0, O_TP},
+        {"tensor-parallel-size", 1, 0, O_TP}, {"kv-cache-dtype", 1, 0, O_KVDT},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     const char *device = NULL, *dtype = NULL;
     bench_opts o = {.n_req = 256, .in_lo = 100, .in_hi = 1024, .out_lo = 100, .out_hi = 1024,
@@ -422,6 +424,7 @@ int srv_cmd_bench(int argc, char **argv) {
         case O_DEVICE: device = optarg; break;
         case O_DTYPE: dtype = optarg; break;
         case O_QUANT: bad |= eng_quant_parse(optarg, &o.cfg.quant) != 0; break;
+        case O_KVDT: bad |= eng_kv_dtype_parse(optarg, &o.cfg.kv_dtype) != 0; break;
         case O_TP: bad |= (o.cfg.tp = atoi(optarg)) < 1 || o.cfg.tp > ENG_TP_MAX; break;
         case O_MEMU: o.cfg.mem_util = atof(optarg); bad |= !(o.cfg.mem_util > 0 && o.cfg.mem_util <= 1); break;
         case 'h': usage(); return 0;

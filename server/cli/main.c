@@ -37,7 +37,7 @@ static void usage(FILE *f) {
             "            [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
             "            [--stop STR]... [--logprobs N] [--ignore-eos] [--threads T] [--ids]\n"
             "            [--device auto|cpu|cuda] [--dtype bf16|fp32] [--quant auto|fp32|int8|q4]\n"
-            "            [--tensor-parallel-size N]\n"
+            "            [--kv-cache-dtype auto|bf16|fp8] [--tensor-parallel-size N]\n"
             "  bench     --model M [--num-requests N] [--input-len A:B] [--output-len A:B]\n"
             "            [--max-num-seqs N] [--kv-blocks N] [--json] [--prefix] (see bench --help)\n"
             "  bench     --url URL [--endpoint completions|chat] [--concurrency 1,4,16]\n"
@@ -174,7 +174,7 @@ static void gen_on_event(void *ud, const eng_event *ev) {
 
 /* The command line of `nanoinfer generate`. */
 typedef struct gen_args {
-    const char *model, *prompt, *system, *device, *dtype, *quant;
+    const char *model, *prompt, *system, *device, *dtype, *quant, *kv_dtype;
     int max_tokens, chat, threads, ignore_eos, print_ids, tp;
     cli_list stop;
     smp_params sp;
@@ -204,6 +204,8 @@ static const cli_opt g_gen_opts[] = {
     {"dtype", 0, CLI_OPT_STR, GA(dtype), 0, 0, NULL, "T", "bf16 (GPU default) or fp32"},
     {"quant", 0, CLI_OPT_STR, GA(quant), 0, 0, NULL, "Q",
      "weights: auto (default: the file's own precision), fp32, int8, q4"},
+    {"kv-cache-dtype", 0, CLI_OPT_STR, GA(kv_dtype), 0, 0, NULL, "T",
+     "KV cache: auto (default: the compute dtype), bf16, fp8 (E4M3, scale 1; CUDA + bf16)"},
     {"tensor-parallel-size", 0, CLI_OPT_INT, GA(tp), 1, ENG_TP_MAX, NULL, "N",
      "shard every layer over N ranks (1: none; CPU: fp32 weights, in one process)"},
 };
@@ -231,6 +233,11 @@ static int gen_parse(int argc, char **argv, gen_args *a, eng_quant *quant, int *
     *quant = ENG_QUANT_AUTO;
     if (a->quant && eng_quant_parse(a->quant, quant)) {
         fprintf(stderr, "error: --quant must be auto, fp32, int8 or q4\n");
+        return 2;
+    }
+    eng_kv_dtype kv;
+    if (eng_kv_dtype_parse(a->kv_dtype, &kv)) {
+        fprintf(stderr, "error: --kv-cache-dtype must be auto, bf16, fp8 or fp8_e4m3\n");
         return 2;
     }
     *done = 0;
@@ -277,7 +284,8 @@ static int gen_engine(eng_engine **e, const mdl_model *m, const eng_backend *be,
     cfg.n_threads = a->threads;
     cfg.tp = a->tp;
     cfg.quant = quant;
-    eng_dtype_parse(a->dtype, &cfg.dtype); /* validated by eng_backend_select */
+    eng_dtype_parse(a->dtype, &cfg.dtype);          /* validated by eng_backend_select */
+    eng_kv_dtype_parse(a->kv_dtype, &cfg.kv_dtype); /* validated by gen_parse */
     cfg.max_num_seqs = 1;
     cfg.max_batched_tokens = NI_MAX(n_prompt, 16);
     cfg.prefill_chunk = cfg.max_batched_tokens;

@@ -73,6 +73,7 @@ typedef struct srv_config {
     char backend[16];              /* key device (alias backend): "auto", "cpu" or "cuda" */
     char dtype[8];                 /* "auto", "bf16" or "fp32" */
     char quant[8];                 /* "auto", "fp32", "int8" or "q4" (eng_quant_parse) */
+    char kv_cache_dtype[12];       /* "auto", "bf16", "fp8" or "fp8_e4m3" (eng_kv_dtype_parse) */
     double gpu_memory_utilization; /* fraction of GPU memory (KV pool sizing) */
     /* default sampling of requests that do not set a parameter; each only
      * when its bit is in sampling_set (else the model's, else the built-in) */

@@ -126,6 +126,7 @@ void *srv_engine_main(void *arg) {
         ec.n_threads = s->cfg.threads;
         ec.tp = s->cfg.tensor_parallel_size;
         eng_quant_parse(s->cfg.quant, &ec.quant); /* validated with the config */
+        eng_kv_dtype_parse(s->cfg.kv_cache_dtype, &ec.kv_dtype); /* validated with the config */
         ec.max_seq_len = s->cfg.max_model_len;
         ec.mem_util = s->cfg.gpu_memory_utilization;
         const char *dtype = strcmp(s->cfg.dtype, "auto") ? s->cfg.dtype : NULL;
@@ -433,10 +434,10 @@ static void on_ready(srv_server *s) {
     srv_fill_api_ctx(s);
     srv_log(SRV_LOG_INFO,
             "model %s loaded in %.2fs: %d layers, vocab %d, context %d, chat template %s, "
-            "reasoning parser %s, backend %s, KV pool %d tokens; ready",
+            "reasoning parser %s, backend %s, KV pool %d tokens (kv-cache-dtype %s); ready",
             s->model_name, s->load_seconds, m->cfg.n_layers, m->cfg.vocab_size, s->api.max_seq_len,
             chat_style_name(style), srv_reasoning_parser_name(s->api.reasoning_parser),
-            s->backend->name, s->api.kv_tokens);
+            s->backend->name, s->api.kv_tokens, s->cfg.kv_cache_dtype);
 }
 
 void srv_on_async(uv_async_t *h) {
