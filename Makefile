@@ -5,7 +5,8 @@
 #   make check-deps   every #include points down the layer order (docs/design.md)
 #   make asan         build + tests under AddressSanitizer/UBSan (build/asan/)
 #   make valgrind     the server under valgrind memcheck for a few requests (build/valgrind/)
-#   make check-docker hadolint on docker/Dockerfile (build/hadolint venv)
+#   make check-docker hadolint on docker/Dockerfile{,.cpu} (build/hadolint venv)
+#   make image-cpu    real CPU image build from a debootstrapped base + smoke run (podman, root)
 #   make run          deps + model + build, then `nanoinfer serve` on the default model
 #   make bench        offline benchmark on the default model
 #   make format       clang-format every C/C++/CUDA source
@@ -56,7 +57,7 @@ CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/cli/*.c))
 TESTS   := $(patsubst test/%.c,$(BUILD)/test/%,$(filter-out test/test_util.c,$(wildcard test/test_*.c)))
 TEST_UTIL := $(BUILD)/test/test_util.o
 
-.PHONY: all test test-seeds asan valgrind check-docker run bench format deps model clean check-tests check-deps soak
+.PHONY: all test test-seeds asan valgrind check-docker image-cpu run bench format deps model clean check-tests check-deps soak
 all: $(BUILD)/nanoinfer
 
 $(BUILD)/libnanoinfer.a: $(LIB_OBJ)
@@ -154,6 +155,10 @@ valgrind:
 
 check-docker:
 	@bash scripts/check-docker.sh
+
+# Minutes of apt + compile: by hand, not in .ci/run.
+image-cpu:
+	@bash scripts/build-image-cpu.sh
 
 run:
 	@$(MAKE) --no-print-directory deps
