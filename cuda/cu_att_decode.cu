@@ -457,40 +457,26 @@ static int launch_hd(cudaStream_t st, const cu_att_args *a) {
     return launch_dec<T, C, 8, HD>(st, a);
 }
 
+/* The head sizes cu_att_decode_ok takes, as compile-time HD. */
+template <typename T, typename C>
+static int launch_any_hd(cudaStream_t st, const cu_att_args *a) {
+    switch (a->hd) {
+    case 16: return launch_hd<T, C, 16>(st, a);
+    case 32: return launch_hd<T, C, 32>(st, a);
+    case 64: return launch_hd<T, C, 64>(st, a);
+    default: return launch_hd<T, C, 128>(st, a);
+    }
+}
+
 int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (!cu_att_decode_ok(a) || a->n_kv <= 0 || a->n_heads % a->n_kv != 0 ||
         a->n_heads / a->n_kv > CU_ATT_ROWS || a->n_splits < 1 || (a->n_splits > 1 && !a->part))
         return NI_EINVAL;
     if (a->kv_fp8 && dtype != CU_DTYPE_BF16) return NI_EINVAL; /* E4M3 caches: BF16 only */
     if (a->n_items <= 0) return 0;
-    if (a->kv_fp8 && g_fp8_wide) {
-        switch (a->hd) {
-        case 16: return launch_hd<cu_bf16, cu_fp8, 16>(st, a);
-        case 32: return launch_hd<cu_bf16, cu_fp8, 32>(st, a);
-        case 64: return launch_hd<cu_bf16, cu_fp8, 64>(st, a);
-        default: return launch_hd<cu_bf16, cu_fp8, 128>(st, a);
-        }
-    }
-    if (a->kv_fp8) {
-        switch (a->hd) {
-        case 16: return launch_hd<cu_bf16, cu_fp8_l8, 16>(st, a);
-        case 32: return launch_hd<cu_bf16, cu_fp8_l8, 32>(st, a);
-        case 64: return launch_hd<cu_bf16, cu_fp8_l8, 64>(st, a);
-        default: return launch_hd<cu_bf16, cu_fp8_l8, 128>(st, a);
-        }
-    }
-    if (dtype == CU_DTYPE_FP32) {
-        switch (a->hd) {
-        case 16: return launch_hd<float, float, 16>(st, a);
-        case 32: return launch_hd<float, float, 32>(st, a);
-        case 64: return launch_hd<float, float, 64>(st, a);
-        default: return launch_hd<float, float, 128>(st, a);
-        }
-    }
-    switch (a->hd) {
-    case 16: return launch_hd<cu_bf16, cu_bf16, 16>(st, a);
-    case 32: return launch_hd<cu_bf16, cu_bf16, 32>(st, a);
-    case 64: return launch_hd<cu_bf16, cu_bf16, 64>(st, a);
-    default: return launch_hd<cu_bf16, cu_bf16, 128>(st, a);
-    }
+    if (a->kv_fp8)
+        return g_fp8_wide ? launch_any_hd<cu_bf16, cu_fp8>(st, a)
+                          : launch_any_hd<cu_bf16, cu_fp8_l8>(st, a);
+    return dtype == CU_DTYPE_FP32 ? launch_any_hd<float, float>(st, a)
+                                  : launch_any_hd<cu_bf16, cu_bf16>(st, a);
 }

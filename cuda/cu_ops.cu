@@ -159,6 +159,31 @@ extern "C" int cu_op_matmul(float *y, const float *x, const float *w, int n, int
     return get_f32(y, dy, (size_t)n * out);
 }
 
+/* The device cos/sin tables of positions [0, max_pos) (cu_rope_tables, as
+ * the backend builds them). */
+static int put_rope_tables(dbuf &dcos, dbuf &dsin, const mdl_config *c, const float *rope_freqs,
+                           int max_pos) {
+    float *cs = NULL, *sn = NULL;
+    int rc = cu_rope_tables(c, rope_freqs, max_pos, &cs, &sn);
+    const size_t n = (size_t)max_pos * (c->head_dim / 2);
+    if (!rc) rc = put_f32(dcos, cs, n);
+    if (!rc) rc = put_f32(dsin, sn, n);
+    free(cs);
+    free(sn);
+    return rc;
+}
+
+/* q [n][qd] = the first qd floats of each row of the device rows d [n][ld]. */
+static int get_q_rows(float *q, const dbuf &d, int n, int ld, int qd) {
+    float *back = (float *)malloc((size_t)n * ld * 4 + 4);
+    if (!back) return NI_ENOMEM;
+    const int rc = get_f32(back, d, (size_t)n * ld);
+    for (int i = 0; !rc && i < n; i++)
+        memcpy(q + (size_t)i * qd, back + (size_t)i * ld, (size_t)qd * 4);
+    free(back);
+    return rc;
+}
+
 extern "C" int cu_op_rope_kv(float *q, const float *k, const float *v, const float *q_norm,
                              const float *k_norm, const mdl_config *c, const float *rope_freqs,
                              const int32_t *pos, const int32_t *slot, int n, float *k_cache,
@@ -180,16 +205,11 @@ extern "C" int cu_op_rope_kv(float *q, const float *k, const float *v, const flo
         memcpy(qkv + (size_t)i * ld + qd, k + (size_t)i * kvd, (size_t)kvd * 4);
         memcpy(qkv + (size_t)i * ld + qd + kvd, v + (size_t)i * kvd, (size_t)kvd * 4);
     }
-    float *cs = NULL, *sn = NULL;
-    int rc = cu_rope_tables(c, rope_freqs, max_pos, &cs, &sn);
     dbuf dqkv, dpos, dslot, dcos, dsin, dqn, dkn, dk, dv;
-    if (!rc) rc = put_f32(dqkv, qkv, (size_t)n * ld);
-    if (!rc) rc = put_f32(dcos, cs, (size_t)max_pos * (hd / 2));
-    if (!rc) rc = put_f32(dsin, sn, (size_t)max_pos * (hd / 2));
+    int rc = put_f32(dqkv, qkv, (size_t)n * ld);
     free(qkv);
-    free(cs);
-    free(sn);
     CU_TRY(rc);
+    CU_TRY(put_rope_tables(dcos, dsin, c, rope_freqs, max_pos));
     CU_TRY(put_i32(dpos, pos, (size_t)n));
     CU_TRY(put_i32(dslot, slot, (size_t)n));
     if (q_norm) CU_TRY(put_f32(dqn, q_norm, (size_t)hd));
@@ -204,13 +224,7 @@ extern "C" int cu_op_rope_kv(float *q, const float *k, const float *v, const flo
     CU_TRY(cu_launch_rope_kv(0, &a, dtype));
     CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, dtype));
     CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, dtype));
-    float *back = (float *)malloc((size_t)n * ld * 4 + 4);
-    if (!back) return NI_ENOMEM;
-    rc = get_f32(back, dqkv, (size_t)n * ld);
-    for (int i = 0; !rc && i < n; i++)
-        memcpy(q + (size_t)i * qd, back + (size_t)i * ld, (size_t)qd * 4);
-    free(back);
-    return rc;
+    return get_q_rows(q, dqkv, n, ld, qd);
 }
 
 extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
@@ -621,14 +635,8 @@ extern "C" int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, co
     CU_CHECK(cudaGetDevice(&dev));
     CU_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     CU_TRY(cu_gemv_prepare());
-    float *cs = NULL, *sn = NULL;
-    int rc = cu_rope_tables(c, NULL, max_pos, &cs, &sn);
     dbuf dcos, dsin, dw, dx, dnw, dy, dpos, dslot, dk, dv;
-    if (!rc) rc = put_f32(dcos, cs, (size_t)max_pos * (hd / 2));
-    if (!rc) rc = put_f32(dsin, sn, (size_t)max_pos * (hd / 2));
-    free(cs);
-    free(sn);
-    CU_TRY(rc);
+    CU_TRY(put_rope_tables(dcos, dsin, c, NULL, max_pos));
     CU_TRY(put_t(dw, w, (size_t)out * D, CU_DTYPE_BF16));
     CU_TRY(put_f32(dx, x, (size_t)n * D));
     CU_TRY(put_f32(dnw, norm_w, (size_t)D));
@@ -648,13 +656,7 @@ extern "C" int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, co
     CU_CHECK(cudaDeviceSynchronize());
     CU_TRY(get_t(k_cache, dk, (size_t)n_slots * kvd, kv_dtype));
     CU_TRY(get_t(v_cache, dv, (size_t)n_slots * kvd, kv_dtype));
-    float *back = (float *)malloc((size_t)n * out * 4);
-    if (!back) return NI_ENOMEM;
-    rc = get_f32(back, dy, (size_t)n * out);
-    for (int i = 0; !rc && i < n; i++)
-        memcpy(q + (size_t)i * qd, back + (size_t)i * out, (size_t)qd * 4);
-    free(back);
-    return rc;
+    return get_q_rows(q, dy, n, out, qd);
 }
 
 extern "C" int cu_op_gemv(float *y, const float *x, int n_x, const int32_t *rows,

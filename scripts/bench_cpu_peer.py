@@ -28,12 +28,14 @@ import http.client
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import free_port, wait_health  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly "
          "judge the boxing match near an old river bank under grey winter skies ").split()
@@ -69,28 +71,11 @@ def ours_bench(a, extra):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def wait_ready(port, proc, timeout=300):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
+    if not wait_health(port, proc, timeout):
         if proc.poll() is not None:
             sys.exit("error: server exited (%d)" % proc.returncode)
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit("error: server not ready after %ds" % timeout)
+        sys.exit("error: server not ready after %ds" % timeout)
 
 
 def serve_rate(port, conc, n_req, prompt):

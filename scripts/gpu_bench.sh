@@ -23,16 +23,7 @@ if ! make -j"$(nproc)" USE_CUDA=1 build/nanoinfer > "$OUT/bench_build.log" 2>&1;
   note "build FAILED"; tail -30 "$OUT/bench_build.log"; exit 1
 fi
 
-python3 - <<'PY' 2>&1 | tee -a "$res"
-import torch, time
-n = 1 << 30
-a = torch.empty(n, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)
-for _ in range(3): b.copy_(a)
-torch.cuda.synchronize(); t = time.time(); it = 20
-for _ in range(it): b.copy_(a)
-torch.cuda.synchronize(); dt = (time.time() - t) / it
-print(f"copy bandwidth: {2 * n / dt / 1e9:.1f} GB/s (read + write of 1 GiB, device to device)")
-PY
+python3 scripts/gpu_copy_bw.py 2>&1 | tee -a "$res"
 
 python3 - <<'PY' > "$OUT/bench_model.log" 2>&1
 import os, shutil, sys, torch

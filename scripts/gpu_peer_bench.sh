@@ -129,17 +129,7 @@ SMALL_MODEL=$(gen "$SMALL" "$SMALL_TYPE")
 
 # ---- 4. copy bandwidth
 if [ -z "${BW_GBS:-}" ] && [ "$USE_CUDA" = 1 ]; then
-  BW_GBS=$(timeout "$(lim 90)" $PY - <<'PY' 2>> "$BLOG"
-import torch, time
-n = 1 << 30
-a = torch.empty(n, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)
-for _ in range(3): b.copy_(a)
-torch.cuda.synchronize(); t = time.time(); it = 20
-for _ in range(it): b.copy_(a)
-torch.cuda.synchronize(); dt = (time.time() - t) / it
-print("%.1f" % (2 * n / dt / 1e9))
-PY
-)
+  BW_GBS=$(timeout "$(lim 90)" $PY scripts/gpu_copy_bw.py --plain 2>> "$BLOG")
   log "copy bandwidth: ${BW_GBS:-?} GB/s (read + write, 1 GiB device to device)"
 fi
 

@@ -34,17 +34,16 @@ batched: B * bw / (weight bytes + KV bytes of
 the B sequences at their mean context), KV at 2 bytes per element.
 """
 import argparse
-import http.client
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_gguf_random as gg  # noqa: E402  (presets and weight bytes)
+from serve_util import free_port, wait_health as wait_ready  # noqa: E402
 
 LABELS = {
     "decode1": "single-stream decode (128-token prompt, 256 out)",
@@ -299,30 +298,6 @@ def label(rid):
 
 def fmt(v):
     return "-" if not v else "%.0f" % v if v >= 100 else "%.1f" % v
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_ready(port, proc, timeout):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            return False
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def main():
