@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/backend/backend.h"
 #include "engine/util/util.h"
@@ -85,11 +86,16 @@ static struct {
     const eng_backend *real;
     long first, last;
     int code;
+    long step_us; /* NI_DEBUG_STEP_US: sleep this long before every forward */
     atomic_long calls;
 } fault;
 
 static int fault_forward(void *ctx, const eng_batch *b, float *logits) {
     const long k = atomic_fetch_add(&fault.calls, 1) + 1;
+    if (fault.step_us > 0) {
+        const struct timespec ts = {fault.step_us / 1000000, (fault.step_us % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+    }
     if (k >= fault.first && k <= fault.last) return fault.code;
     return fault.real->forward(ctx, b, logits);
 }
@@ -134,9 +140,23 @@ bad:
 /* be, or be behind the NI_DEBUG_FAULT wrapper when that variable is set
  * (NULL with a message when it is malformed). */
 static const eng_backend *with_faults(const eng_backend *be, char *err, size_t errlen) {
-    const char *v = getenv("NI_DEBUG_FAULT");
-    if (!v || !*v) return be;
-    if (fault_parse(v, err, errlen)) return NULL;
+    const char *v = getenv("NI_DEBUG_FAULT"), *d = getenv("NI_DEBUG_STEP_US");
+    const int has_fault = v && *v, has_delay = d && *d;
+    if (!has_fault && !has_delay) return be;
+    fault.first = 1;
+    fault.last = 0; /* no call fails unless NI_DEBUG_FAULT says so */
+    fault.step_us = 0;
+    if (has_fault && fault_parse(v, err, errlen)) return NULL;
+    if (has_delay) {
+        char *end = NULL;
+        errno = 0;
+        const long us = strtol(d, &end, 10);
+        if (errno || end == d || *end || us < 0 || us > 10000000) {
+            ni_fail(err, errlen, NI_EINVAL, "NI_DEBUG_STEP_US=%s: must be 0..10000000", d);
+            return NULL;
+        }
+        fault.step_us = us;
+    }
     fault.real = be;
     fault.table = *be;
     fault.table.forward = fault_forward;

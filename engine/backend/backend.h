@@ -197,8 +197,10 @@ extern const eng_backend eng_backend_cpu;
  * For tests: with NI_DEBUG_FAULT=forward:N[-M][:eio|:enomem] set, the table
  * returned wraps the backend's and its forward() calls N..M (1-based,
  * counted over the process) return NI_EIO (default; no -M: every call from
- * N on, like a lost device) or NI_ENOMEM (no -M: call N only); a malformed
- * value gives NULL with a message. */
+ * N on, like a lost device) or NI_ENOMEM (no -M: call N only); with
+ * NI_DEBUG_STEP_US=N every forward() first sleeps N microseconds (a slow
+ * device: tests that need requests to stay in flight); a malformed value of
+ * either gives NULL with a message. */
 const eng_backend *eng_backend_select(const char *device, const char *dtype, char *err,
                                       size_t errlen);
 

@@ -113,7 +113,11 @@ class Server:
             self.proc = subprocess.Popen(
                 [BIN, "serve", "--model", TINY, "--served-model-name", NAME, "--port", "0",
                  "--threads", "1", "--kv-blocks", "1024", "--max-num-seqs", "2"],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT,
+                # a slow device (1 ms per engine step): the tiny model would otherwise
+                # finish a 400-token request in a few ms, so "in flight at the SIGKILL /
+                # SIGTERM" depended on the poll catching a window of that size
+                env=dict(os.environ, NI_DEBUG_STEP_US="1000"))
         CHILDREN.append(self.proc)
         deadline = time.time() + 30
         self.port = None
