@@ -54,13 +54,19 @@
 #define EVQ_TEXT ((size_t)1 << 20)
 
 static void notify_loop(srv_server *s);
+static void publish_stats(srv_server *s);
 
 /* Engine thread: copy the event (its pointers are only valid during the call).
  * Never drops it while the server runs: a full queue waits for the loop
- * (srv_evq.h), since a lost finish would leak its request for good. */
+ * (srv_evq.h), since a lost finish would leak its request for good.
+ * A finish publishes the statistics first: a client that reads /metrics after
+ * its response must see its request's work (the step's own publish comes only
+ * after eng_step returns, so a fast client read the step before: one grammar
+ * mask short in e2e_structured). */
 static void on_engine_event(void *ud, const eng_event *ev) {
     srv_server *s = ud;
     const double t = ni_now();
+    if (ev->finish != ENG_FINISH_NONE) publish_stats(s);
     for (;;) {
         pthread_mutex_lock(&s->evq_mu);
         int rc = srv_evq_push(&s->evq, ev, t);
