@@ -52,6 +52,7 @@ TINY_MODEL = "test/models/tiny-llama3"
 DATA = "test/data"
 WORKERS = int(os.environ.get("NI_ST_WORKERS", "16"))
 MAX_LENGTH_SHARE = 0.10
+CORPUS_MAX_TOKENS = int(os.environ.get("NI_ST_MAX_TOKENS", "1024"))
 
 
 def load(name):
@@ -153,7 +154,7 @@ class RealModelTest(unittest.TestCase):
     @classmethod
     def corpus_one(cls, e):
         t0 = time.time()
-        r = cls.chat(messages=user(e["prompt"]), response_format=rf_schema(e), max_tokens=512, temperature=0.7, seed=7)
+        r = cls.chat(messages=user(e["prompt"]), response_format=rf_schema(e), max_tokens=CORPUS_MAX_TOKENS, temperature=0.7, seed=7)
         ch = r.choices[0]
         err = schema_errors(e["schema"], ch.message.content) if ch.finish_reason == "stop" else None
         return e["name"], ch.finish_reason, r.usage.completion_tokens, time.time() - t0, err, ch.message.content
@@ -169,7 +170,7 @@ class RealModelTest(unittest.TestCase):
         length = [r for r in results if r[1] == "length"]
         other = [r for r in results if r[1] not in ("stop", "length")]
         print(f"\n  corpus: {len(results)} schemas, {len(results) - len(length)} stop, {len(length)} length "
-              f"({', '.join(r[0] for r in length) or '-'}), {tokens} tokens, done after {wall:.1f} s", file=sys.stderr)
+              f"({', '.join(r[0] for r in length) or '-'}), {tokens} tokens, longest {max(r[2] for r in results)}, done after {wall:.1f} s", file=sys.stderr)
         self.assertEqual(invalid, [], "\n".join(f"{n}: {err}\n  output: {txt!r}" for n, _, _, _, err, txt in invalid))
         self.assertEqual(other, [], "unexpected finish reasons")
         self.assertLessEqual(len(length), MAX_LENGTH_SHARE * len(CORPUS),
