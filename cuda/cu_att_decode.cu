@@ -52,9 +52,12 @@
  * accumulators per row and lane (R = 8: 128 floats; ptxas spills a little at
  * hd 128, R >= 4); cu_fp8_l8 loads 8 bytes = 8 elements, exactly the BF16
  * layout and register footprint with half the bytes per load. Both convert
- * in registers (cvt.f16x2.e4m3x2, then f16 -> f32). cu_att_decode_fp8_wide
- * picks one (default the 16-byte one; the op tests check both, the perf
- * test times both).
+ * in registers (cvt.f16x2.e4m3x2, then f16 -> f32). By default head_dim
+ * picks: 16-byte loads up to hd 64, 8-byte loads at hd 128, where the 16
+ * accumulators per row spill (H200, test_cuda_perf: hd 64 at 4000 tokens
+ * 64 seqs 118 vs 129 us, 256 seqs 547 vs 619; hd 128 64 seqs at 200 tokens
+ * 27 vs 19 us, at 4000 221 vs 176; docs/perf.md). cu_att_decode_fp8_wide
+ * forces one (the op tests check both, the perf test times both).
  *
  * Limits (cu_att_decode_ok; other shapes take k_attention): head_dim 16, 32,
  * 64 or 128 (a row is 1..32 16-byte columns and 32 lanes divide evenly; the
@@ -86,10 +89,13 @@ void cu_att_decode_enable(int on) { g_enabled = on != 0; }
 struct cu_fp8_l8 {};
 
 /* Benchmarks and tests (cu_att_decode_fp8_wide): 1 reads E4M3 caches with
- * 16-byte loads (cu_fp8), 0 with 8-byte loads (cu_fp8_l8). */
-static int g_fp8_wide = 1;
+ * 16-byte loads (cu_fp8), 0 with 8-byte loads (cu_fp8_l8), -1 (default) by
+ * head_dim (fp8_wide_for). */
+static int g_fp8_wide = -1;
 
-void cu_att_decode_fp8_wide(int on) { g_fp8_wide = on != 0; }
+void cu_att_decode_fp8_wide(int on) { g_fp8_wide = on < 0 ? -1 : on != 0; }
+
+static bool fp8_wide_for(int head_dim) { return g_fp8_wide < 0 ? head_dim <= 64 : g_fp8_wide; }
 
 /* One load of the cache (L, N elements of E) as FP32: 4 floats or 8 BF16 in
  * 16 bytes, 16 or 8 E4M3 in 16 or 8 bytes (element 0 in the low bits). */
@@ -119,26 +125,15 @@ template <> struct dvec<cu_bf16> {
     }
 };
 
-/* 4 E4M3 of a 32-bit word as FP32 (byte 0 of each pair is element 0: .x). */
-__device__ __forceinline__ void fp8x4_unpack(unsigned w, float *f) {
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const __half2_raw h =
-            __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> (16 * j)), __NV_E4M3);
-        const float2 p = __half22float2(__half2(h));
-        f[2 * j] = p.x;
-        f[2 * j + 1] = p.y;
-    }
-}
 template <> struct dvec<cu_fp8> {
     using E = cu_fp8;
     using L = uint4;
     static constexpr int N = 16;
     static __device__ __forceinline__ void unpack(const uint4 &u, float *f) {
-        fp8x4_unpack(u.x, f);
-        fp8x4_unpack(u.y, f + 4);
-        fp8x4_unpack(u.z, f + 8);
-        fp8x4_unpack(u.w, f + 12);
+        cu_fp8x4_unpack(u.x, f);
+        cu_fp8x4_unpack(u.y, f + 4);
+        cu_fp8x4_unpack(u.z, f + 8);
+        cu_fp8x4_unpack(u.w, f + 12);
     }
 };
 template <> struct dvec<cu_fp8_l8> {
@@ -146,8 +141,8 @@ template <> struct dvec<cu_fp8_l8> {
     using L = uint2;
     static constexpr int N = 8;
     static __device__ __forceinline__ void unpack(const uint2 &u, float *f) {
-        fp8x4_unpack(u.x, f);
-        fp8x4_unpack(u.y, f + 4);
+        cu_fp8x4_unpack(u.x, f);
+        cu_fp8x4_unpack(u.y, f + 4);
     }
 };
 
@@ -475,7 +470,7 @@ int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {
     if (a->kv_fp8 && dtype != CU_DTYPE_BF16) return NI_EINVAL; /* E4M3 caches: BF16 only */
     if (a->n_items <= 0) return 0;
     if (a->kv_fp8)
-        return g_fp8_wide ? launch_any_hd<cu_bf16, cu_fp8>(st, a)
+        return fp8_wide_for(a->hd) ? launch_any_hd<cu_bf16, cu_fp8>(st, a)
                           : launch_any_hd<cu_bf16, cu_fp8_l8>(st, a);
     return dtype == CU_DTYPE_FP32 ? launch_any_hd<float, float>(st, a)
                                   : launch_any_hd<cu_bf16, cu_bf16>(st, a);

@@ -109,6 +109,18 @@ template <> __device__ __forceinline__ cu_fp8 cu_fromf<cu_fp8>(float x) {
     return r;
 }
 
+/* 4 E4M3 of a 32-bit word as FP32, exactly (byte 0 is element 0). */
+__device__ __forceinline__ void cu_fp8x4_unpack(unsigned w, float *f) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const __half2_raw h =
+            __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> (16 * j)), __NV_E4M3);
+        const float2 p = __half22float2(__half2(h));
+        f[2 * j] = p.x;
+        f[2 * j + 1] = p.y;
+    }
+}
+
 /* Sum over the 32 lanes of a warp (every lane gets the total). */
 __device__ __forceinline__ float cu_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -337,8 +349,8 @@ int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype);
 void cu_att_decode_enable(int on);
 
 /* Benchmarks and tests: how the decode kernel reads an E4M3 cache, 1
- * (default) 16-byte loads of 16 elements, 0 8-byte loads of 8 (the BF16
- * lane layout and register use). Not thread-safe. */
+ * 16-byte loads of 16 elements, 0 8-byte loads of 8 (the BF16 lane layout
+ * and register use), -1 (default) by head_dim. Not thread-safe. */
 void cu_att_decode_fp8_wide(int on);
 
 /* Raises the attention kernels' dynamic shared-memory limit to what head_dim

@@ -125,8 +125,8 @@ int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, const float *
                     int kv_dtype);
 
 /* How the decode kernel reads an E4M3 cache (cu_att_decode_fp8_wide): 1
- * (default) 16-byte loads, 0 8-byte loads. For tests and benchmarks; not
- * thread-safe. */
+ * 16-byte loads, 0 8-byte loads, -1 (default) by head_dim (16-byte up to 64).
+ * For tests and benchmarks; not thread-safe. */
 void cu_op_att_decode_fp8_wide(int on);
 
 /* x[0..n) rounded through the device's E4M3 conversion (cu_fromf<cu_fp8>:

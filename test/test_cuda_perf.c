@@ -254,7 +254,7 @@ static void test_attention_kernels(void **state) {
                                                                20, &us[k], &sp[k]),
                                          0);
                     }
-                    cu_op_att_decode_fp8_wide(1);
+                    cu_op_att_decode_fp8_wide(-1);
                     const double bytes = 2.0 * S * C * shapes[si].nkv * shapes[si].hd * 2;
                     printf("  %-15s %5d %5d %-6s %6d %10.1f %10.1f %6.2fx %9.0f %10.1f %9.0f "
                            "%10.1f %9.0f\n",
