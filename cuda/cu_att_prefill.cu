@@ -27,7 +27,10 @@
  *     key is past its own last row. K and V tiles are copied with cp.async
  *     (16 bytes per copy; each key's cache slot from the block table; keys
  *     beyond the context are zero-filled) into double-buffered shared memory:
- *     tile i+1 is in flight while tile i is computed.
+ *     tile i+1 is in flight while tile i is computed. An E4M3 cache (kv_fp8,
+ *     k_att_prefill<HD, true>) is read with plain 8-byte loads and converted
+ *     to BF16 on the way into the same shared layout (cp.async cannot
+ *     convert), so its next tile is not overlapped with the math.
  *     S = Q K^T: K rows [key][d] are the "col" B operand as stored
  *     (ldmatrix.x4, two 8-key n-tiles x one k16 step per instruction); 8
  *     n-tiles x hd/16 k-steps of mma per warp.
@@ -54,7 +57,7 @@
  * cu_att_prefill_prepare).
  *
  * Precision: q and P rounded to BF16 (k_attention keeps both in FP32), K/V
- * are the BF16 cache; scores, softmax, l and O accumulate in FP32.
+ * are the BF16 (or E4M3, exactly widened) cache; scores, softmax, l and O accumulate in FP32.
  * Invariants: those of k_attention (every cache position < pos_first + n_q
  * written and covered by the block table), head_dim 32 / 64 / 128, 16-byte
  * aligned caches (hd % 8 == 0 then keeps every row 16-byte aligned).
@@ -141,7 +144,27 @@ template <int HD> struct pf_shape {
                   "unsupported head_dim");
 };
 
-template <int HD> __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_args a) {
+/* 8 E4M3 cache elements (8 bytes at src) as 8 BF16 into shared memory (16
+ * bytes at dst), zeros when !valid. A plain load, not cp.async (which cannot
+ * convert): the thread waits for it, so an E4M3 tile is not prefetched behind
+ * the previous tile's math as a BF16 one is. E4M3 -> BF16 is exact. */
+__device__ __forceinline__ void ld8_fp8(cu_bf16 *dst, const unsigned char *src, bool valid) {
+    uint2 u = make_uint2(0u, 0u);
+    if (valid) u = __ldg((const uint2 *)src);
+    float f[8];
+    cu_fp8x4_unpack(u.x, f);
+    cu_fp8x4_unpack(u.y, f + 4);
+    uint4 o;
+    o.x = pack_bf16(f[0], f[1]);
+    o.y = pack_bf16(f[2], f[3]);
+    o.z = pack_bf16(f[4], f[5]);
+    o.w = pack_bf16(f[6], f[7]);
+    *(uint4 *)dst = o;
+}
+
+/* F8: the cache holds E4M3 (kv_fp8), converted while staged into shared
+ * memory; everything after the staging is the BF16 kernel. */
+template <int HD, bool F8> __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_args a) {
     using S = pf_shape<HD>;
     constexpr int LDS = S::LDS;
     extern __shared__ __align__(16) unsigned char pf_smem[];
@@ -158,6 +181,8 @@ template <int HD> __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_arg
     const size_t kvd = (size_t)a.n_kv * HD;
     const cu_bf16 *kc = (const cu_bf16 *)a.k_cache + (size_t)kvh * HD;
     const cu_bf16 *vc = (const cu_bf16 *)a.v_cache + (size_t)kvh * HD;
+    const unsigned char *kc8 = (const unsigned char *)a.k_cache + (size_t)kvh * HD;
+    const unsigned char *vc8 = (const unsigned char *)a.v_cache + (size_t)kvh * HD;
     const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
 
     const int n_tiles = (n_ctx + BN - 1) / BN;
@@ -175,8 +200,13 @@ template <int HD> __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_arg
             const bool ok = kp < n_ctx;
             size_t off = 0;
             if (ok) off = ((size_t)tbl[kp / bs] * bs + (size_t)(kp % bs)) * kvd + (size_t)col * 8;
-            cp16(kd + j * LDS + col * 8, kc + off, ok);
-            cp16(vd + j * LDS + col * 8, vc + off, ok);
+            if (F8) {
+                ld8_fp8(kd + j * LDS + col * 8, kc8 + off, ok);
+                ld8_fp8(vd + j * LDS + col * 8, vc8 + off, ok);
+            } else {
+                cp16(kd + j * LDS + col * 8, kc + off, ok);
+                cp16(vd + j * LDS + col * 8, vc + off, ok);
+            }
         }
     };
     if (t_begin < t_end) load_tile(t_begin, 0); /* in flight while q is staged */
@@ -337,13 +367,17 @@ template <int HD> __global__ void __launch_bounds__(PT) k_att_prefill(cu_att_arg
 /* ---- host ------------------------------------------------------------------- */
 
 int cu_att_prefill_ok(const cu_att_args *a, int dtype) {
-    return dtype == CU_DTYPE_BF16 && !a->kv_fp8 && (a->hd == 32 || a->hd == 64 || a->hd == 128) && a->n_kv > 0 &&
+    return dtype == CU_DTYPE_BF16 && (a->hd == 32 || a->hd == 64 || a->hd == 128) && a->n_kv > 0 &&
            a->n_heads % a->n_kv == 0 && a->n_heads / a->n_kv <= PROWS &&
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }
 
 template <int HD> static int prepare_hd() {
-    CU_CHECK(cudaFuncSetAttribute(k_att_prefill<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CU_CHECK(cudaFuncSetAttribute(k_att_prefill<HD, false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)pf_shape<HD>::SMEM));
+    CU_CHECK(cudaFuncSetAttribute(k_att_prefill<HD, true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)pf_shape<HD>::SMEM));
     return 0;
 }
@@ -359,7 +393,10 @@ template <int HD> static int launch_pf(cudaStream_t st, const cu_att_args *a) {
     CU_CHECK(cudaStreamIsCapturing(st, &cs));
     if (cs == cudaStreamCaptureStatusNone) CU_TRY(prepare_hd<HD>());
     const dim3 grid((unsigned)a->n_items, (unsigned)a->n_kv, (unsigned)a->n_splits);
-    k_att_prefill<HD><<<grid, PT, pf_shape<HD>::SMEM, st>>>(*a);
+    if (a->kv_fp8)
+        k_att_prefill<HD, true><<<grid, PT, pf_shape<HD>::SMEM, st>>>(*a);
+    else
+        k_att_prefill<HD, false><<<grid, PT, pf_shape<HD>::SMEM, st>>>(*a);
     CU_LAUNCH_CHECK(st);
     return 0;
 }

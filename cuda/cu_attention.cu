@@ -33,8 +33,8 @@
  *
  * Cache element type: C = T, or cu_fp8 (E4M3, scale 1.0) with kv_fp8 and a
  * BF16 dtype; k_attention<T, C> converts at the tile load, so everything
- * after it is the same FP32 math. FP8 caches never take the tensor-core
- * kernel (cu_att_prefill_ok refuses them: cp.async cannot convert).
+ * after it is the same FP32 math. The tensor-core kernel reads them too
+ * (converted to BF16 while staged, cu_att_prefill.cu).
  *
  * Invariants: every cache position < pos_first + n_q of the item's sequence
  * was written (earlier calls, or this call's rope_kv launch), and the block

@@ -507,11 +507,11 @@ int cu_backend_init(void **out, const mdl_model *m, const eng_backend_config *cf
     if ((rc = settings(cf, &set, err, errlen))) return rc;
     const int hd = m->cfg.head_dim;
     if (set.att_kernel == CU_ATT_TC &&
-        (set.dtype != CU_DTYPE_BF16 || set.kv_fp8 || (hd != 32 && hd != 64 && hd != 128)))
+        (set.dtype != CU_DTYPE_BF16 || (hd != 32 && hd != 64 && hd != 128)))
         return ni_fail(err, errlen, NI_EINVAL,
-                       "cuda backend: att_kernel tc needs a bf16 KV cache and head_dim 32, 64 "
-                       "or 128 (got %s cache, %d)",
-                       cu_dtype_name(set.kv_fp8 ? CU_DTYPE_FP8 : set.dtype), hd);
+                       "cuda backend: att_kernel tc needs bf16 compute (a bf16 or fp8 KV cache) "
+                       "and head_dim 32, 64 or 128 (got %s, %d)",
+                       cu_dtype_name(set.dtype), hd);
 
     cu_ctx *x = (cu_ctx *)calloc(1, sizeof(*x));
     if (!x) return ni_fail(err, errlen, NI_ENOMEM, "cuda backend: out of memory");
