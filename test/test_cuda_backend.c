@@ -398,7 +398,14 @@ static void test_mixed_batches(void **state) {
         char what[96];
         snprintf(what, sizeof what, "%s %s batched vs alone", tu_tiny_models[idx] + 12,
                  cu_dtype_name(dt));
-        compare_runs(what, bat, alone, V, dt == CU_DTYPE_FP32 ? 1e-5 : 1e-2, 0);
+        /* BF16: a mixed step's attention runs on the tensor-core prefill
+         * kernel where head_dim allows (tiny-qwen3's 32; the llamas' 16 take
+         * SIMT), which rounds q and P to BF16, while a lone decode step takes
+         * the FP32 decode kernel: on the H200, 50 seeds, max rel err 0.5-1.3 %
+         * and L2 rel err up to 1.0 %, so BF16 is held to the L2 bound used
+         * against the CPU. */
+        compare_runs(what, bat, alone, V, dt == CU_DTYPE_FP32 ? 1e-5 : 2e-2,
+                     dt == CU_DTYPE_BF16);
         snprintf(what, sizeof what, "%s %s batched vs cpu", tu_tiny_models[idx] + 12,
                  cu_dtype_name(dt));
         compare_runs(what, bat, cpu, V, dt == CU_DTYPE_FP32 ? 1e-4 : 2e-2, dt == CU_DTYPE_BF16);
@@ -538,12 +545,13 @@ static void test_fp8_capacity(void **state) {
     assert_int_equal(eng_backend_cuda.kv_blocks_for_memory(&m, &cf, 0.5, &nb8, err, sizeof err),
                      NI_EUNSUPPORTED);
     mdl_model mq;
-    tu_load_tiny(&mq, 2); /* head_dim 32: the TC kernel's shape, refused for the fp8 cache */
+    tu_load_tiny(&mq, 2); /* head_dim 32: the TC kernel's shape, which reads E4M3 too */
     cf = be_config(CU_DTYPE_BF16);
     cf.kv_dtype = ENG_KV_FP8;
     cf.att_kernel = CU_ATT_TC;
-    assert_int_equal(eng_backend_cuda.init(&bad, &mq, &cf, err, sizeof err), NI_EINVAL);
-    assert_null(bad);
+    assert_int_equal(eng_backend_cuda.init(&bad, &mq, &cf, err, sizeof err), 0);
+    assert_non_null(bad);
+    eng_backend_cuda.free(bad);
     mdl_free(&mq);
     mdl_free(&m);
 #endif
