@@ -29,7 +29,10 @@ repository root:
     python3 test/py/test_structured.py [-v]
 
 Environment: BUILD (default build) selects build/nanoinfer; NI_MODEL the real
-model; NI_ST_WORKERS the number of concurrent corpus requests (default 16).
+model; NI_ST_WORKERS the number of concurrent corpus requests (default 16);
+NI_ST_MAX_TOKENS the corpus replies' max_tokens (default 1024: at 512 the
+long schemas -- recursive trees, invoice, file system -- run out of room for
+about one sampled reply in ten).
 """
 import copy
 import json
