@@ -64,6 +64,8 @@
  */
 #include <math.h>
 
+#include <type_traits>
+
 #include "cu_internal.h"
 
 #define PT 128            /* threads per block: 4 warps x 16 query rows */
@@ -179,10 +181,9 @@ template <int HD, bool F8> __global__ void __launch_bounds__(PT) k_att_prefill(c
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
     const int bs = a.block_size;
     const size_t kvd = (size_t)a.n_kv * HD;
-    const cu_bf16 *kc = (const cu_bf16 *)a.k_cache + (size_t)kvh * HD;
-    const cu_bf16 *vc = (const cu_bf16 *)a.v_cache + (size_t)kvh * HD;
-    const unsigned char *kc8 = (const unsigned char *)a.k_cache + (size_t)kvh * HD;
-    const unsigned char *vc8 = (const unsigned char *)a.v_cache + (size_t)kvh * HD;
+    using C = typename std::conditional<F8, unsigned char, cu_bf16>::type; /* cache element */
+    const C *kc = (const C *)a.k_cache + (size_t)kvh * HD;
+    const C *vc = (const C *)a.v_cache + (size_t)kvh * HD;
     const int32_t *tbl = a.tables + (size_t)it.seq * a.tbl_stride;
 
     const int n_tiles = (n_ctx + BN - 1) / BN;
@@ -200,9 +201,9 @@ template <int HD, bool F8> __global__ void __launch_bounds__(PT) k_att_prefill(c
             const bool ok = kp < n_ctx;
             size_t off = 0;
             if (ok) off = ((size_t)tbl[kp / bs] * bs + (size_t)(kp % bs)) * kvd + (size_t)col * 8;
-            if (F8) {
-                ld8_fp8(kd + j * LDS + col * 8, kc8 + off, ok);
-                ld8_fp8(vd + j * LDS + col * 8, vc8 + off, ok);
+            if constexpr (F8) {
+                ld8_fp8(kd + j * LDS + col * 8, kc + off, ok);
+                ld8_fp8(vd + j * LDS + col * 8, vc + off, ok);
             } else {
                 cp16(kd + j * LDS + col * 8, kc + off, ok);
                 cp16(vd + j * LDS + col * 8, vc + off, ok);
@@ -372,14 +373,16 @@ int cu_att_prefill_ok(const cu_att_args *a, int dtype) {
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }
 
-template <int HD> static int prepare_hd() {
-    CU_CHECK(cudaFuncSetAttribute(k_att_prefill<HD, false>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)pf_shape<HD>::SMEM));
-    CU_CHECK(cudaFuncSetAttribute(k_att_prefill<HD, true>,
+template <int HD, bool F8> static int prepare_one() {
+    CU_CHECK(cudaFuncSetAttribute(k_att_prefill<HD, F8>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)pf_shape<HD>::SMEM));
     return 0;
+}
+
+template <int HD> static int prepare_hd() {
+    CU_TRY((prepare_one<HD, false>()));
+    return prepare_one<HD, true>();
 }
 
 int cu_att_prefill_prepare(void) {
@@ -388,17 +391,19 @@ int cu_att_prefill_prepare(void) {
     return prepare_hd<128>();
 }
 
-template <int HD> static int launch_pf(cudaStream_t st, const cu_att_args *a) {
+/* An uncaptured launch raises the limit of the one instance it runs. */
+template <int HD, bool F8> static int launch_pf(cudaStream_t st, const cu_att_args *a) {
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     CU_CHECK(cudaStreamIsCapturing(st, &cs));
-    if (cs == cudaStreamCaptureStatusNone) CU_TRY(prepare_hd<HD>());
+    if (cs == cudaStreamCaptureStatusNone) CU_TRY((prepare_one<HD, F8>()));
     const dim3 grid((unsigned)a->n_items, (unsigned)a->n_kv, (unsigned)a->n_splits);
-    if (a->kv_fp8)
-        k_att_prefill<HD, true><<<grid, PT, pf_shape<HD>::SMEM, st>>>(*a);
-    else
-        k_att_prefill<HD, false><<<grid, PT, pf_shape<HD>::SMEM, st>>>(*a);
+    k_att_prefill<HD, F8><<<grid, PT, pf_shape<HD>::SMEM, st>>>(*a);
     CU_LAUNCH_CHECK(st);
     return 0;
+}
+
+template <int HD> static int launch_hd(cudaStream_t st, const cu_att_args *a) {
+    return a->kv_fp8 ? launch_pf<HD, true>(st, a) : launch_pf<HD, false>(st, a);
 }
 
 int cu_launch_att_prefill(cudaStream_t st, const cu_att_args *a, int dtype) {
@@ -406,11 +411,11 @@ int cu_launch_att_prefill(cudaStream_t st, const cu_att_args *a, int dtype) {
         return NI_EINVAL;
     if (a->n_items <= 0) return 0;
     if (a->hd == 32)
-        CU_TRY(launch_pf<32>(st, a));
+        CU_TRY(launch_hd<32>(st, a));
     else if (a->hd == 64)
-        CU_TRY(launch_pf<64>(st, a));
+        CU_TRY(launch_hd<64>(st, a));
     else
-        CU_TRY(launch_pf<128>(st, a));
+        CU_TRY(launch_hd<128>(st, a));
     if (a->n_splits > 1) CU_TRY(cu_launch_att_combine(st, a, dtype));
     return 0;
 }

@@ -653,6 +653,9 @@ static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int 
         kc8[i] = eng_fp8_e4m3_round(kc8[i]);
         vc8[i] = eng_fp8_e4m3_round(vc8[i]);
     }
+    /* where the TC kernel runs (forced, or AUTO's choice for prefill batches): its bound */
+    const int on_tc = kernel == CU_ATT_TC ||
+                      (kernel == CU_ATT_AUTO && prefill && (hd == 32 || hd == 64 || hd == 128));
     float *ref8 = nan_buf((size_t)n * qd);
     const cpu_kv_layer kv8 = {kc8, vc8, bs, kvd};
     cpu_attention(CPU_SERIAL, ref8, q, &kv8, &map, nh, nkv, hd, scratch, scratch_n);
@@ -668,10 +671,8 @@ static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int 
             char what[96];
             snprintf(what, sizeof what, "%s h%d kv%d hd%d bs%d splits %d%s", kind, nh, nkv, hd,
                      bs, splits[sp], prefill ? "" : wi == 0 ? " 16B" : " 8B");
-            const int tc8 = kernel == CU_ATT_TC ||
-                            (kernel == CU_ATT_AUTO && prefill && (hd == 32 || hd == 64 || hd == 128));
-            const double e = tu_check(TU_NMSE, what, got, ref8, (size_t)n * qd, tc8 ? TC_ATT_TOL : 1e-4);
-            printf("  %-40s fp8 cache%s nmse %.3g\n", what, tc8 ? " (tc)" : "", e);
+            const double e = tu_check(TU_NMSE, what, got, ref8, (size_t)n * qd, on_tc ? TC_ATT_TOL : 1e-4);
+            printf("  %-40s fp8 cache%s nmse %.3g\n", what, on_tc ? " (tc)" : "", e);
             free(got);
         }
     cu_op_att_decode_fp8_wide(-1);
@@ -686,8 +687,6 @@ static void att_check(const char *kind, cu_att_kernel kernel, int ns, const int 
             char what[96];
             snprintf(what, sizeof what, "%s h%d kv%d hd%d bs%d splits %d", kind, nh, nkv, hd, bs,
                      splits[sp]);
-            const int tc_hd = hd == 32 || hd == 64 || hd == 128;
-            const int on_tc = kernel == CU_ATT_TC || (kernel == CU_ATT_AUTO && prefill && tc_hd);
             if (k_dtypes[t] == CU_DTYPE_BF16 && on_tc) {
                 const double e = tu_check(TU_NMSE, what, got, ref, (size_t)n * qd, TC_ATT_TOL);
                 printf("  %-40s tc bf16 nmse %.3g\n", what, e);
