@@ -31,6 +31,9 @@ static const char *type_for_status(int status) {
     case 404: return "not_found_error";
     case 429: return "rate_limit_error";
     case 503: return "service_unavailable";
+    case 501: /* an unsupported transfer coding, */
+    case 505: /* an HTTP version other than 1.x: the request, not the server */
+        return "invalid_request_error";
     default: return status >= 500 ? "internal_error" : "invalid_request_error";
     }
 }

@@ -1,12 +1,14 @@
 /*
  * srv_internal.h - private to server/http; not an API. The state shared by
- * the three files of the `nanoinfer serve` daemon:
+ * the files of the `nanoinfer serve` daemon:
  *   srv_server.c  the daemon: startup, listener, MHD driven from the uv loop,
  *                 connection suspend/resume, disconnect sweep, shutdown;
  *   srv_engine.c  the engine thread, the engine -> loop event queue, and the
  *                 loop-side application of engine events to generations;
  *   srv_routes.c  the MHD request callbacks: routing, auth, handlers,
- *                 responses, SSE.
+ *                 responses, SSE;
+ *   srv_accept.c  the listener, connection limits, and the check of each
+ *                 connection's first request head before MHD gets it.
  * srv_server.c's header comment is the overview (threads, crossings).
  *
  * Ownership: cfg is filled before the engine thread starts and read-only
@@ -32,6 +34,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "engine/backend/backend.h"
@@ -136,8 +139,29 @@ typedef struct srv_sock {
     int n_requests;    /* requests completed on this connection */
     int cut;           /* shut down by the sweep (timeout, eviction, early close) */
     srv_conn *conn;    /* SRV_SOCK_BODY: the request being received */
+    struct sockaddr_storage addr; /* the client's address (per-address limit) */
     struct srv_sock *prev, *next;
 } srv_sock;
+
+/* A connection accepted by srv_accept.c whose first request head has not
+ * passed srv_head_check yet: it is ours, not MHD's, until handed over
+ * (MHD_add_connection) or closed. answered: it failed the check (or its
+ * header-timeout) and got a JSON error; what the client still sends is read
+ * and dropped until EOF, linger_until or the drain cap (closing with unread
+ * bytes would reset the connection and could destroy the answer in flight). */
+typedef struct srv_gated {
+    int fd;
+    double t_accept;    /* ni_now() at accept: header-timeout counts from here */
+    double t_last;      /* when bytes last arrived (idle-timeout, as MHD's) */
+    size_t seen;        /* bytes of the head peeked so far */
+    int answered;
+    double linger_until; /* answered: closed by then at the latest */
+    size_t drained;      /* answered: bytes read and dropped */
+    int peer_shut;       /* EPOLLRDHUP seen: the client sends nothing more */
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    struct srv_gated *prev, *next;
+} srv_gated;
 
 /* This many generations in a row ending in an engine error (and none
  * succeeding) turn /health to 503: a model whose weights give NaN fails
@@ -155,6 +179,19 @@ struct srv_server {
     int listen_fd;
     int port;
     int need_run; /* connections were resumed: call MHD_run */
+
+    /* srv_accept.c: the listener and the first-request gate */
+    uv_poll_t listen_poll; /* listen_fd readable: accept */
+    uv_poll_t gate_poll;   /* gate_epfd readable: a gated connection has news */
+    int gate_epfd;         /* edge-triggered epoll set of the gated connections */
+    int listening;         /* listen_poll started */
+    int accept_stopped;    /* drained: the listener is closed for good */
+    int accept_inited;     /* listen_poll and gate_poll initialised */
+    double accept_retry_at; /* accept failed for lack of fds: retry then (ni_now) */
+    srv_gated *gated;      /* connections not yet handed to MHD */
+    int n_gated;
+    const srv_gated *handing; /* during MHD_add_connection: the one being handed over */
+    char *peek_buf;        /* SRV_HEAD_PEEK bytes, allocated once */
 
     /* engine side */
     pthread_t eng_thread;
@@ -237,6 +274,32 @@ void srv_schedule_stop(srv_server *s);
  * answering every request 503, and stops after linger seconds (the
  * generations in flight have ended with errors by then). */
 void srv_drain(srv_server *s, const char *why, double linger);
+
+/* ---- srv_accept.c (loop thread) ---- */
+
+/* Starts accepting on s->listen_fd (opened; owned by srv_accept from now).
+ * Returns 0 or -1 (logged). */
+int srv_accept_start(srv_server *s);
+
+/* The sweep's part (every SWEEP_MS): header-timeout (408) and linger ends of
+ * gated connections, a retry after accept ran out of fds. */
+void srv_accept_sweep(srv_server *s, double now);
+
+/* A connection closed somewhere (MHD's or ours): accept again if the limit
+ * had stopped it. */
+void srv_accept_resume(srv_server *s);
+
+/* Closes the listener for good (drain); gated connections go on to MHD. */
+void srv_accept_stop(srv_server *s);
+
+/* At stop: closes the listener, every gated connection and the handles. */
+void srv_accept_close(srv_server *s);
+
+/* At more than max-connections: closes the connection (gated or MHD's) that
+ * has waited longest for its request headers, never `except_sock` /
+ * `except_gated`. Returns 1 when one was closed (or cut: MHD closes it at
+ * its next run). */
+int srv_evict_one(srv_server *s, const srv_sock *except_sock, const srv_gated *except_gated);
 
 /* ---- srv_engine.c ---- */
 

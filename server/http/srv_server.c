@@ -22,7 +22,10 @@
  * MHD runs in external-event mode with its own epoll set (MHD_USE_EPOLL, no
  * internal thread): the loop watches MHD's epoll fd with a uv_poll_t and
  * calls MHD_run when it is readable, when the uv_timer armed from
- * MHD_get_timeout fires, and after resuming connections.
+ * MHD_get_timeout fires, and after resuming connections. MHD has no listen
+ * socket: srv_accept.c accepts, checks each connection's first request head
+ * (srv_head.c; MHD would answer a bad one with HTML or not at all) and hands
+ * the connection over with MHD_add_connection.
  *
  * Disconnects: MHD reports the end of every request through the completed
  * callback (also when a write fails); a suspended connection is invisible to
@@ -41,12 +44,12 @@
  * restarts on every byte, these do not); the sweep answers a late client 408
  * (JSON, written on the socket: MHD has no response to send before the
  * request is complete) and shuts the socket down, which wakes MHD to close
- * it. MHD is allowed max-connections + 1 connections: the newcomer that
- * passes max-connections makes evict_one close the connection that has
- * waited longest for its headers, so a slowloris or idle keep-alive
- * connections cannot lock new clients out; with none waiting for headers,
- * MHD stops accepting until a slot frees (listen fd back in its epoll set
- * at the next run, which the close notification requests).
+ * it. max-connections + 1 connections may be open (srv_accept.c counts
+ * them, its own and MHD's): the newcomer that passes max-connections makes
+ * srv_evict_one close the connection that has waited longest for its
+ * headers, so a slowloris or idle keep-alive connections cannot lock new
+ * clients out; with none waiting for headers, accepting stops until a
+ * connection closes (srv_accept_resume from the close notification).
  *
  * Shutdown (SIGTERM/SIGINT): stop accepting (MHD_quiesce_daemon), answer new
  * requests on kept-alive connections with 503, let in-flight requests finish
@@ -77,6 +80,7 @@
 #include "engine/util/util.h"
 #include "srv_server.h"
 #include "srv_config.h"
+#include "srv_head.h"
 #include "srv_internal.h"
 #include "srv_log.h"
 #include "srv_metrics.h"
@@ -186,28 +190,6 @@ static void sock_cut(srv_sock *k, int fd) {
     shutdown(fd, SHUT_RDWR);
 }
 
-/* At more than max-connections (MHD admits one more, see start_http): closes
- * the connection that has waited longest for its request headers (a kept-
- * alive idle one or a slow sender), never `except` (the newcomer). Returns 1
- * when one was closed; with none waiting for headers every slot is busy with
- * a request and MHD stops accepting until one ends. */
-static int evict_one(srv_server *s, const srv_sock *except) {
-    if (s->metrics.connections <= s->cfg.max_connections) return 0;
-    srv_sock *victim = NULL;
-    for (srv_sock *k = s->socks; k; k = k->next)
-        if (k != except && !k->cut && k->phase == SRV_SOCK_HEADERS &&
-            (!victim || k->t_phase < victim->t_phase))
-            victim = k;
-    int fd = victim ? sock_fd(victim) : -1;
-    if (fd < 0) return 0;
-    sock_cut(victim, fd);
-    s->metrics.connections_evicted++;
-    srv_log(SRV_LOG_INFO,
-            "connection: at max-connections (%d); closed one that waited %.1fs for its request",
-            s->cfg.max_connections, ni_now() - victim->t_phase);
-    return 1;
-}
-
 /* ================= daemon callbacks ================= */
 
 static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_ctx,
@@ -219,12 +201,16 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_ct
         if (k) {
             k->mc = mc; /* calloc: SRV_SOCK_HEADERS, no request yet: header-timeout from now */
             srv_sock_phase(s, k, SRV_SOCK_HEADERS, NULL);
+            if (s->handing) { /* from srv_accept.c: its header-timeout began at accept */
+                k->t_phase = s->handing->t_accept;
+                if (k->deadline > 0) k->deadline = k->t_phase + s->cfg.header_timeout;
+                k->addr = s->handing->addr;
+            }
             k->next = s->socks;
             if (s->socks) s->socks->prev = k;
             s->socks = k;
         }
         *socket_ctx = k;
-        evict_one(s, k);
     } else {
         s->metrics.connections--;
         srv_sock *k = *socket_ctx;
@@ -235,12 +221,8 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_ct
             free(k);
             *socket_ctx = NULL;
         }
-        /* At --max-connections MHD takes the listen fd out of its epoll set
-         * and puts it back only at the start of a later MHD_run. When the
-         * last connections close inside a run, nothing else would ask for
-         * one (no MHD timeout left, the epoll fd never readable): without
-         * this the listener stays shut for good (issue 14). */
-        s->need_run = 1;
+        /* a slot is free: the listener may have stopped at the limit */
+        srv_accept_resume(s);
     }
 }
 
@@ -329,7 +311,8 @@ static void on_sweep(uv_timer_t *t) {
     }
     /* a slot may be needed still: a connection that finished its request
      * since the newcomer arrived now waits for headers and can go */
-    evict_one(s, NULL);
+    srv_evict_one(s, NULL, NULL);
+    srv_accept_sweep(s, now);
     /* Unconditionally: a safety net for whatever else could leave MHD
      * waiting for a run that no event asks for (cheap: 5 runs a second). */
     srv_mhd_run(s);
@@ -347,9 +330,10 @@ static void do_stop(uv_timer_t *t) {
         if (c->gen) srv_gen_abort(s, c->gen, SRV_ABORT_SHUTDOWN);
         srv_conn_resume(c);
     }
+    srv_accept_close(s);
     if (s->mhd) {
         MHD_run(s->mhd);
-        MHD_stop_daemon(s->mhd); /* closes the listen socket unless quiesced */
+        MHD_stop_daemon(s->mhd);
         s->mhd = NULL;
     }
     /* the engine thread must be gone before the async handle closes */
@@ -431,10 +415,7 @@ void srv_drain(srv_server *s, const char *why, double linger) {
     srv_log(SRV_LOG_INFO,
             "%s: no longer accepting connections; %d requests in flight (waiting up to %gs)",
             why, s->n_gen_conns, s->cfg.shutdown_timeout);
-    if (s->mhd) {
-        MHD_socket fd = MHD_quiesce_daemon(s->mhd);
-        if (fd != MHD_INVALID_SOCKET) close(fd);
-    }
+    srv_accept_stop(s);
     uv_timer_start(&s->shutdown_timer, on_shutdown_timeout,
                    (uint64_t)(s->cfg.shutdown_timeout * 1000), 0);
     srv_check_drained(s);
@@ -486,25 +467,26 @@ static int open_listener(srv_server *s) {
 
 static int start_http(srv_server *s) {
     if (open_listener(s)) return -1;
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* no listen socket: connections come from srv_accept.c, which checks the
+     * first request's head before MHD sees it */
+    unsigned flags =
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
     s->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, srv_on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
-        MHD_OPTION_LISTEN_SOCKET, s->listen_fd, MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, s,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
-        /* one over: the newcomer that makes evict_one close the connection
-         * waiting longest for its headers (MHD refuses or stops accepting at
-         * its own limit, which would leave no room to decide) */
-        (unsigned)s->cfg.max_connections + 1, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)s->cfg.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
+        /* one over: the newcomer that makes srv_evict_one close the
+         * connection waiting longest for its headers (srv_accept.c counts) */
+        (unsigned)s->cfg.max_connections + 1, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        /* room for any head srv_head_check passes (MHD's default is 32 KiB
+         * for the head and the connection's buffers together) */
+        (size_t)(4 * SRV_HEAD_MAX), MHD_OPTION_CONNECTION_TIMEOUT,
         /* MHD counts whole seconds and 0 means never: round a fraction up */
         (unsigned)ceil(s->cfg.idle_timeout), MHD_OPTION_END);
     if (!s->mhd) {
         srv_log(SRV_LOG_ERROR, "cannot start the HTTP server (libmicrohttpd)");
-        close(s->listen_fd);
-        s->listen_fd = -1;
         return -1;
     }
-    s->listen_fd = -1; /* MHD owns it now */
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     if (!di || di->epoll_fd < 0) {
         srv_log(SRV_LOG_ERROR, "libmicrohttpd has no epoll fd");
@@ -520,6 +502,7 @@ static int start_http(srv_server *s) {
         srv_log(SRV_LOG_ERROR, "cannot poll libmicrohttpd's epoll fd");
         return -1;
     }
+    if (srv_accept_start(s)) return -1;
     const char *h = s->cfg.host;
     srv_log(SRV_LOG_INFO, "listening on http://%s%s%s:%d", strchr(h, ':') ? "[" : "", h,
             strchr(h, ':') ? "]" : "", s->port);
@@ -562,6 +545,7 @@ int srv_cmd_serve(int argc, char **argv) {
     srv_metrics_init(&s->metrics);
     s->start_time = (long long)time(NULL);
     s->listen_fd = -1;
+    s->gate_epfd = -1;
     snprintf(s->model_name, sizeof s->model_name, "%s", s->cfg.served_model_name);
     if (!s->model_name[0]) { /* until loaded: the path's basename */
         const char *b = strrchr(s->cfg.model, '/');
