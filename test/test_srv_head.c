@@ -32,6 +32,9 @@ typedef struct hcase {
     int status; /* SRV_HEAD_BAD */
 } hcase;
 
+/* a literal with embedded NULs and its length */
+#define LIT(s) s, sizeof(s) - 1
+
 #define POST "POST /v1/completions HTTP/1.1\r\nHost: t\r\n"
 
 static const hcase k_cases[] = {
@@ -81,8 +84,8 @@ static const hcase k_cases[] = {
     {"chunk size not hex", POST "Transfer-Encoding: chunked\r\n\r\nzz\r\n", 0, SRV_HEAD_BAD, 400},
     {"chunk size then junk", POST "Transfer-Encoding: chunked\r\n\r\n5 x\r\n", 0, SRV_HEAD_BAD,
      400},
-    {"garbage request line", "\0\xff\xfe GARBAGE\r\n\r\n", 19, SRV_HEAD_BAD, 400},
-    {"TLS hello", "\x16\x03\x01\x02\x00\x01", 6, SRV_HEAD_BAD, 400},
+    {"garbage request line", LIT("\0\xff\xfe GARBAGE\r\n\r\n"), SRV_HEAD_BAD, 400},
+    {"TLS hello", LIT("\x16\x03\x01\x02\x00\x01"), SRV_HEAD_BAD, 400},
     {"space first", " GET / HTTP/1.1\r\nHost: t\r\n\r\n", 0, SRV_HEAD_BAD, 400},
     {"two spaces", "GET  / HTTP/1.1\r\nHost: t\r\n\r\n", 0, SRV_HEAD_BAD, 400},
     {"no version", "GET /health\r\n\r\n", 0, SRV_HEAD_BAD, 400},
@@ -97,7 +100,7 @@ static const hcase k_cases[] = {
     {"empty name", "GET / HTTP/1.1\r\nHost: t\r\n: v\r\n\r\n", 0, SRV_HEAD_BAD, 400},
     {"space before colon", "GET / HTTP/1.1\r\nHost : t\r\n\r\n", 0, SRV_HEAD_BAD, 400},
     {"obs-fold", "GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\t2\r\n\r\n", 0, SRV_HEAD_BAD, 400},
-    {"NUL in a value", "GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\0x\r\n\r\n", 54,
+    {"NUL in a value", LIT("GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\0x\r\n\r\n"),
      SRV_HEAD_BAD, 400},
     {"DEL in a value", "GET / HTTP/1.1\r\nHost: t\r\nX: a\x7f\r\n\r\n", 0, SRV_HEAD_BAD, 400},
     {"bare CR", "GET / HTTP/1.1\r\nHost: t\r\nX: a\rb\r\n\r\n", 0, SRV_HEAD_BAD, 400},
