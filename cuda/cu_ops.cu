@@ -381,13 +381,14 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
 }
 
 extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, int hd,
-                                             cu_att_kernel kernel, int iters, double *us) {
+                                             cu_att_kernel kernel, int kv_fp8, int iters,
+                                             double *us) {
     if (n_tok <= 0 || n_kv <= 0 || n_heads % n_kv || n_heads / n_kv > CU_ATT_ROWS || hd <= 0 ||
         hd % 2 || hd > CU_ATT_MAX_HD || (kernel != CU_ATT_SIMT && kernel != CU_ATT_TC) ||
         iters <= 0 || iters > 1000 || !us)
         return NI_EINVAL;
     const int bs = 16, nb = (n_tok + bs - 1) / bs, G = n_heads / n_kv;
-    const size_t kvd = (size_t)n_kv * hd, cache_bytes = (size_t)nb * bs * kvd * 2;
+    const size_t kvd = (size_t)n_kv * hd, cache_bytes = (size_t)nb * bs * kvd * (kv_fp8 ? 1 : 2);
     const size_t qn = (size_t)n_tok * n_heads * hd;
     cu_att_item *items = (cu_att_item *)malloc((size_t)n_tok * sizeof(cu_att_item));
     int32_t *tab = (int32_t *)malloc((size_t)nb * sizeof(int32_t));
@@ -427,7 +428,7 @@ extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, i
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, bs, max_nq,
-                           kernel, 0, 0};
+                           kernel, 0, kv_fp8 ? 1 : 0};
     return time_attention(&a, CU_DTYPE_BF16, iters, NULL, 0, us);
 }
 

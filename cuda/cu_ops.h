@@ -155,12 +155,13 @@ int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd, in
 
 /* Times one prefill attention call (cu_launch_attention, plus the combine
  * when split; device events, median of iters after a warm-up) of one
- * sequence of n_tok new tokens from position 0 (causal, BF16 cache, block
- * size 16, blocks in order, constant data), items from cu_att_plan and the
- * backend's split rule: kernel CU_ATT_SIMT (k_attention) or CU_ATT_TC (the
- * tensor-core kernel). *us gets microseconds per call. */
+ * sequence of n_tok new tokens from position 0 (causal, block size 16,
+ * blocks in order, constant data; a BF16 cache, or E4M3 with kv_fp8), items
+ * from cu_att_plan and the backend's split rule: kernel CU_ATT_SIMT
+ * (k_attention) or CU_ATT_TC (the tensor-core kernel). *us gets
+ * microseconds per call. */
 int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, int hd, cu_att_kernel kernel,
-                                  int iters, double *us);
+                                  int kv_fp8, int iters, double *us);
 
 /* Times cu_launch_sample alone (device events, median of iters launches
  * after a warm-up) on n_rows random logits rows of vocab, every row with

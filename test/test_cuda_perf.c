@@ -268,8 +268,10 @@ static void test_attention_kernels(void **state) {
 /* Prefill attention (NI_PERF_ATT=1, GPU only): one sequence of 512 and 4000
  * new tokens from position 0, BF16, TinyLlama (32 q / 4 kv heads, hd 64) and
  * Llama-3-8B (32 / 8, hd 128) head shapes, SIMT k_attention against the
- * tensor-core kernel (cu_op_attention_prefill_bench); TFLOP/s of the causal
- * attention math, 4 * hd * n_heads * n (n + 1) / 2. Reports only. */
+ * tensor-core kernel (cu_op_attention_prefill_bench), and the tensor-core
+ * kernel over an E4M3 cache (--kv-cache-dtype fp8: plain loads widened to
+ * BF16, no cp.async); TFLOP/s of the causal attention math,
+ * 4 * hd * n_heads * n (n + 1) / 2. Reports only. */
 static void test_attention_prefill_kernels(void **state) {
     (void)state;
     tu_require_gpu();
@@ -285,21 +287,24 @@ static void test_attention_prefill_kernels(void **state) {
         int nh, nkv, hd;
     } shapes[] = {{"TinyLlama-1.1B", 32, 4, 64}, {"Llama-3-8B", 32, 8, 128}};
     const int toks[] = {512, 4000};
-    printf("  prefill attention, bf16, one sequence from position 0 (us, TFLOP/s)\n");
-    printf("  %-15s %5s %10s %8s %10s %8s %8s\n", "shape", "toks", "simt us", "TF/s", "tc us",
-           "TF/s", "speedup");
+    printf("  prefill attention, one sequence from position 0 (us, TFLOP/s); "
+           "BF16 cache on SIMT and tensor cores, E4M3 cache on tensor cores\n");
+    printf("  %-15s %5s %10s %8s %10s %8s %8s %12s %8s\n", "shape", "toks", "simt us", "TF/s",
+           "tc us", "TF/s", "speedup", "tc fp8 us", "TF/s");
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
         for (size_t ti = 0; ti < NI_ARRAY_LEN(toks); ti++) {
             const int n = toks[ti];
-            double us[2];
-            const cu_att_kernel k[2] = {CU_ATT_SIMT, CU_ATT_TC};
-            for (int i = 0; i < 2; i++)
+            double us[3];
+            const cu_att_kernel k[3] = {CU_ATT_SIMT, CU_ATT_TC, CU_ATT_TC};
+            for (int i = 0; i < 3; i++)
                 assert_int_equal(cu_op_attention_prefill_bench(n, shapes[si].nh, shapes[si].nkv,
-                                                               shapes[si].hd, k[i], 10, &us[i]),
+                                                               shapes[si].hd, k[i], i == 2, 10,
+                                                               &us[i]),
                                  0);
             const double flop = 4.0 * shapes[si].hd * shapes[si].nh * (double)n * (n + 1) / 2;
-            printf("  %-15s %5d %10.1f %8.2f %10.1f %8.2f %7.2fx\n", shapes[si].name, n, us[0],
-                   flop / (us[0] * 1e6), us[1], flop / (us[1] * 1e6), us[0] / us[1]);
+            printf("  %-15s %5d %10.1f %8.2f %10.1f %8.2f %7.2fx %12.1f %8.2f\n", shapes[si].name,
+                   n, us[0], flop / (us[0] * 1e6), us[1], flop / (us[1] * 1e6), us[0] / us[1],
+                   us[2], flop / (us[2] * 1e6));
         }
 #endif
 }
