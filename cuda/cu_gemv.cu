@@ -32,9 +32,10 @@
  * heads go to the cache as they are. With PDL the kernel waits for its predecessor before the prologue and
  * releases its successor at the end (cu_launch_k in cu_internal.h).
  *
- * The grid is capped at a few blocks per SM: more blocks would repeat the
- * prologue (each block reads its n input rows from L2) without adding
- * bandwidth. Invariants: in % 8 == 0; weights, the BF16 input rows and ldx
+ * The grid is what the SMs hold at once (register occupancy, at most 4
+ * blocks per SM): more blocks would repeat the prologue (each block reads
+ * its n input rows from L2) without adding bandwidth, and blocks beyond the
+ * resident ones would run as a second wave. Invariants: in % 8 == 0; weights, the BF16 input rows and ldx
  * 16-byte aligned / multiples of 8 (cu_gemv_ok checks them); with a row
  * gather the rows named are < the residual's rows. CPU twin: cpu_rmsnorm +
  * cpu_matmul (+ cpu_swiglu), test_cuda_ops.
@@ -241,26 +242,31 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
         float acc[NB], acc2[NB];
 #pragma unroll
         for (int r = 0; r < NB; r++) acc[r] = acc2[r] = 0.0f;
+        /* Double-buffered chunks: chunk c0 + 32 * GV_UNROLL is loaded while
+         * chunk c0 computes, so a warp keeps two chunks of loads in flight
+         * through a long row (w_down's 8192 inputs are 8 chunks) instead of
+         * one latency per chunk; the first chunk is the preloaded one. */
+        uint4 wv[GV_UNROLL], wv2[GV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GV_UNROLL; u++) {
+            wv[u] = pw[u];
+            if (TWO) wv2[u] = pw2[u];
+        }
         for (int c0 = lane; c0 < in8; c0 += 32 * GV_UNROLL) {
-            uint4 wv[GV_UNROLL], wv2[GV_UNROLL];
-            if (c0 == lane) {
-#pragma unroll
-                for (int u = 0; u < GV_UNROLL; u++) {
-                    wv[u] = pw[u];
-                    if (TWO) wv2[u] = pw2[u];
-                }
-            } else {
-#pragma unroll
-                for (int u = 0; u < GV_UNROLL; u++) {
-                    const int c = c0 + 32 * u;
-                    wv[u] = c < in8 ? gv_ld_stream(wr + c) : make_uint4(0, 0, 0, 0);
-                    if (TWO) wv2[u] = c < in8 ? gv_ld_stream(wr2 + c) : make_uint4(0, 0, 0, 0);
-                }
-            }
             /* the row's last chunk (c0 + 32 * GV_UNROLL >= in8 for every lane
              * at once, since c0 - lane is warp-uniform): start the next row */
-            if (c0 - lane + 32 * GV_UNROLL >= in8 && o + stride < n_out)
+            const bool last = c0 - lane + 32 * GV_UNROLL >= in8;
+            uint4 nv[GV_UNROLL], nv2[GV_UNROLL];
+            if (!last) {
+#pragma unroll
+                for (int u = 0; u < GV_UNROLL; u++) {
+                    const int c = c0 + 32 * (GV_UNROLL + u);
+                    nv[u] = c < in8 ? gv_ld_stream(wr + c) : make_uint4(0, 0, 0, 0);
+                    if (TWO) nv2[u] = c < in8 ? gv_ld_stream(wr2 + c) : make_uint4(0, 0, 0, 0);
+                }
+            } else if (o + stride < n_out) {
                 preload(o + stride);
+            }
 #pragma unroll
             for (int u = 0; u < GV_UNROLL; u++) {
                 const int c = c0 + 32 * u;
@@ -271,6 +277,13 @@ __global__ void __launch_bounds__(GV_THREADS) k_gemv(cu_gemv_args a) {
                         acc[r] = gv_dot8(wv[u], xv, acc[r]);
                         if (TWO) acc2[r] = gv_dot8(wv2[u], xv, acc2[r]);
                     }
+                }
+            }
+            if (!last) {
+#pragma unroll
+                for (int u = 0; u < GV_UNROLL; u++) {
+                    wv[u] = nv[u];
+                    if (TWO) wv2[u] = nv2[u];
                 }
             }
         }
@@ -421,9 +434,22 @@ int cu_gemv_ok(int n, int in, int out, const void *w, const void *x, int ldx) {
     return 1;
 }
 
+/* Blocks of k_gemv<NB, MODE> one SM holds at once as far as registers and
+ * threads allow ([log2 NB][MODE], from cu_gemv_prepare; 0 = unknown). The
+ * grid is sized to what is resident: a block that has to wait for a slot
+ * is a second wave, which doubles the latency of a short kernel (measured
+ * on the H200: the LM head lost 25 % when its kernel's registers went from
+ * 4 to 3 blocks per SM under a fixed grid of 4 per SM). */
+static int gv_occ[4][3];
+
+static int gv_nb_index(int nb) { return nb <= 1 ? 0 : nb <= 2 ? 1 : nb <= 4 ? 2 : 3; }
+
 template <int NB, int MODE> static int gv_raise_smem(void) {
     CU_CHECK(cudaFuncSetAttribute(k_gemv<NB, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   GV_MAX_SMEM));
+    int b = 0;
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, k_gemv<NB, MODE>, GV_THREADS, 0));
+    gv_occ[gv_nb_index(NB)][MODE] = b;
     return 0;
 }
 
@@ -433,6 +459,17 @@ template <int MODE> static int gv_raise_mode(void) {
     CU_TRY((gv_raise_smem<4, MODE>()));
     CU_TRY((gv_raise_smem<8, MODE>()));
     return 0;
+}
+
+/* Resident blocks per SM for a launch of mode with smem bytes of staged
+ * input: the register/thread bound, then the shared-memory one (228 KB per
+ * SM on sm_90, 1 KB of it reserved per block). */
+static long gv_blocks_per_sm(int nb, int mode, size_t smem) {
+    long b = gv_occ[gv_nb_index(nb)][mode];
+    if (b <= 0) b = 2; /* not prepared: the old default */
+    const long by_smem = (long)(228 * 1024) / (long)(smem + 1024);
+    if (b > by_smem) b = by_smem;
+    return b < 1 ? 1 : b;
 }
 
 int cu_gemv_prepare(void) {
@@ -472,11 +509,15 @@ int cu_launch_gemv(cudaStream_t st, const cu_gemv_args *a, int n_sm) {
             R.q_norm || R.k_norm)
             return NI_EINVAL;
     }
-    /* a few blocks per SM: enough warps in flight to cover the memory latency,
-     * few enough that the repeated prologue stays cheap */
+    /* as many blocks as the SMs hold at once, at most 4 per SM (enough warps
+     * in flight to cover the memory latency, few enough that the repeated
+     * prologue stays cheap), never a second wave (gv_occ) */
     const long n_out = a->rope_on ? a->out / 2 : a->out;
     const long rows_blocks = (n_out + GV_WARPS - 1) / GV_WARPS;
-    const long cap = (long)(n_sm > 0 ? n_sm : 132) * (a->n <= 2 ? 4 : 2);
+    const int mode = a->rope_on ? GV_ROPE : a->swiglu ? GV_SWIGLU : GV_PLAIN;
+    long per_sm = gv_blocks_per_sm((int)gv_nb(a->n), mode, gv_smem_bytes(a->n, a->in));
+    if (per_sm > 4) per_sm = 4;
+    const long cap = (long)(n_sm > 0 ? n_sm : 132) * per_sm;
     const unsigned grid = (unsigned)(rows_blocks < cap ? rows_blocks : cap);
     if (a->n > CU_GEMV_FMA_ROWS) {
         const long tiles = ((long)a->out + 15) / 16, tcap = (long)(n_sm > 0 ? n_sm : 132) * 2;
