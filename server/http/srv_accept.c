@@ -169,12 +169,13 @@ static void hand_over(srv_server *s, srv_gated *g) {
     gated_unlink(s, g);
     s->handing = g;
     /* MHD closes the socket whatever the outcome */
-    if (MHD_add_connection(s->mhd, g->fd, (const struct sockaddr *)&g->addr, g->addr_len) !=
-        MHD_YES)
-        srv_log(SRV_LOG_WARN, "connection: libmicrohttpd refused it: %s", strerror(errno));
+    const int ok =
+        MHD_add_connection(s->mhd, g->fd, (const struct sockaddr *)&g->addr, g->addr_len) == MHD_YES;
+    if (!ok) srv_log(SRV_LOG_WARN, "connection: libmicrohttpd refused it: %s", strerror(errno));
     s->handing = NULL;
     free(g);
     s->need_run = 1;
+    if (!ok) srv_accept_resume(s); /* one connection fewer: the listener may go on */
 }
 
 /* Something arrived on g (or it was just accepted): judge the head so far. */
