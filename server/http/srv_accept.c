@@ -62,7 +62,6 @@ static void gated_unlink(srv_server *s, srv_gated *g) {
     else
         s->gated = g->next;
     if (g->next) g->next->prev = g->prev;
-    s->n_gated--;
     s->metrics.connections--;
     epoll_ctl(s->gate_epfd, EPOLL_CTL_DEL, g->fd, NULL);
 }
@@ -102,9 +101,7 @@ int srv_evict_one(srv_server *s, const srv_sock *except_sock, const srv_gated *e
     srv_gated *vg = NULL;
     for (srv_gated *g = s->gated; g; g = g->next)
         if (g != except_gated && !g->answered && (!vg || g->t_accept < vg->t_accept)) vg = g;
-    const union MHD_ConnectionInfo *ci =
-        vk ? MHD_get_connection_info(vk->mc, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
-    int vk_fd = ci ? ci->connect_fd : -1;
+    const int vk_fd = vk ? srv_sock_fd(vk) : -1;
     if (vk_fd < 0) vk = NULL;
     if (!vk && !vg) return 0;
     double waited;
@@ -113,8 +110,7 @@ int srv_evict_one(srv_server *s, const srv_sock *except_sock, const srv_gated *e
         gated_close(s, vg);
     } else {
         waited = ni_now() - vk->t_phase;
-        vk->cut = 1; /* shutdown wakes MHD up: it reads EOF and closes */
-        shutdown(vk_fd, SHUT_RDWR);
+        srv_sock_cut(vk, vk_fd);
     }
     s->metrics.connections_evicted++;
     srv_log(SRV_LOG_INFO,
@@ -278,7 +274,6 @@ static void on_listen(uv_poll_t *p, int status, int events) {
         g->next = s->gated;
         if (s->gated) s->gated->prev = g;
         s->gated = g;
-        s->n_gated++;
         s->metrics.connections++;
         srv_evict_one(s, NULL, g);
         gate_check(s, g); /* the request often came with the handshake */
@@ -349,13 +344,8 @@ void srv_accept_stop(srv_server *s) {
 }
 
 void srv_accept_close(srv_server *s) {
-    srv_accept_stop(s);
-    while (s->gated) {
-        srv_gated *g = s->gated;
-        gated_unlink(s, g);
-        close(g->fd);
-        free(g);
-    }
+    srv_accept_stop(s); /* first: gated_close's resume is then a no-op */
+    while (s->gated) gated_close(s, s->gated);
     if (s->accept_inited && !uv_is_closing((uv_handle_t *)&s->gate_poll))
         uv_close((uv_handle_t *)&s->gate_poll, NULL);
     if (s->gate_epfd >= 0) close(s->gate_epfd);

@@ -26,10 +26,16 @@ static enum srv_head_verdict bad(srv_head_info *h, int status, const char *fmt, 
     return SRV_HEAD_BAD;
 }
 
+/* Too many bytes without the end of the request line (414) or of the head (431). */
+static enum srv_head_verdict too_long(srv_head_info *h, int in_request_line) {
+    return in_request_line
+               ? bad(h, 414, "request line too long (limit %d bytes)", SRV_HEAD_LINE_MAX)
+               : bad(h, 431, "request headers too large (limit %d bytes)", SRV_HEAD_MAX);
+}
+
 /* The request line [l, l + n) (no line end). */
 static enum srv_head_verdict request_line(const char *l, size_t n, srv_head_info *h) {
-    if (n > SRV_HEAD_LINE_MAX)
-        return bad(h, 414, "request line too long (limit %d bytes)", SRV_HEAD_LINE_MAX);
+    if (n > SRV_HEAD_LINE_MAX) return too_long(h, 1);
     size_t i = 0;
     while (i < n && is_tchar((unsigned char)l[i])) i++;
     if (i == 0 || i >= n || l[i] != ' ') return bad(h, 400, "malformed request line");
@@ -52,8 +58,7 @@ static enum srv_head_verdict partial_request_line(const char *l, size_t n, srv_h
     size_t i = 0;
     while (i < n && is_tchar((unsigned char)l[i])) i++;
     if (i < n && (i == 0 || l[i] != ' ')) return bad(h, 400, "malformed request line");
-    if (n > SRV_HEAD_LINE_MAX)
-        return bad(h, 414, "request line too long (limit %d bytes)", SRV_HEAD_LINE_MAX);
+    if (n > SRV_HEAD_LINE_MAX) return too_long(h, 1);
     return SRV_HEAD_MORE;
 }
 
@@ -173,22 +178,14 @@ enum srv_head_verdict srv_head_check(const char *p, size_t n, long long max_body
         const char *nl = memchr(p + pos, '\n', n - pos);
         if (!nl) {
             if (line == 0 && (r = partial_request_line(p + pos, n - pos, h))) return r;
-            if (n >= SRV_HEAD_MAX)
-                return line == 0 ? bad(h, 414, "request line too long (limit %d bytes)",
-                                       SRV_HEAD_LINE_MAX)
-                                 : bad(h, 431, "request headers too large (limit %d bytes)",
-                                       SRV_HEAD_MAX);
-            return SRV_HEAD_MORE;
+            return n >= SRV_HEAD_MAX ? too_long(h, line == 0) : SRV_HEAD_MORE;
         }
         size_t ln = (size_t)(nl - (p + pos));
         const char *l = p + pos;
         if (ln && l[ln - 1] == '\r') ln--;
         if (memchr(l, '\r', ln)) return bad(h, 400, "a bare CR in the request head");
         pos = (size_t)(nl - p) + 1;
-        if (pos - start > SRV_HEAD_MAX)
-            return line == 0
-                       ? bad(h, 414, "request line too long (limit %d bytes)", SRV_HEAD_LINE_MAX)
-                       : bad(h, 431, "request headers too large (limit %d bytes)", SRV_HEAD_MAX);
+        if (pos - start > SRV_HEAD_MAX) return too_long(h, line == 0);
         if (line == 0) {
             if ((r = request_line(l, ln, h))) return r;
             continue;

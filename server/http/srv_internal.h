@@ -189,7 +189,6 @@ struct srv_server {
     int accept_inited;     /* listen_poll and gate_poll initialised */
     double accept_retry_at; /* accept failed for lack of fds: retry then (ni_now) */
     srv_gated *gated;      /* connections not yet handed to MHD */
-    int n_gated;
     const srv_gated *handing; /* during MHD_add_connection: the one being handed over */
     char *peek_buf;        /* SRV_HEAD_PEEK bytes, allocated once */
 
@@ -254,6 +253,14 @@ srv_sock *srv_sock_of(struct MHD_Connection *mc);
  * body-timeout for SRV_SOCK_BODY (c: the request being received), none for
  * SRV_SOCK_ANSWERING. */
 void srv_sock_phase(srv_server *s, srv_sock *k, enum srv_sock_phase ph, srv_conn *c);
+
+/* k's socket, or -1 (MHD no longer knows the connection). */
+int srv_sock_fd(const srv_sock *k);
+
+/* Closes k from the outside: shutdown() wakes MHD up, it reads EOF and
+ * closes; the access handler refuses a request completed from bytes it had
+ * buffered (k->cut). fd: srv_sock_fd(k). */
+void srv_sock_cut(srv_sock *k, int fd);
 
 /* Suspends c (MHD stops calling back for it) until srv_conn_resume; idempotent. */
 void srv_conn_suspend(srv_conn *c);

@@ -176,7 +176,7 @@ void srv_sock_phase(srv_server *s, srv_sock *k, enum srv_sock_phase ph, srv_conn
     k->deadline = lim > 0 ? now + lim : 0;
 }
 
-static int sock_fd(const srv_sock *k) {
+int srv_sock_fd(const srv_sock *k) {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(k->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     return ci ? ci->connect_fd : -1;
@@ -185,7 +185,7 @@ static int sock_fd(const srv_sock *k) {
 /* Closes k from the outside: shutdown() wakes MHD up (its epoll set sees the
  * hang-up), it reads EOF and closes; the access handler refuses a request
  * completed from bytes it had buffered (k->cut). */
-static void sock_cut(srv_sock *k, int fd) {
+void srv_sock_cut(srv_sock *k, int fd) {
     k->cut = 1;
     shutdown(fd, SHUT_RDWR);
 }
@@ -284,14 +284,14 @@ static void on_sweep(uv_timer_t *t) {
     const double now = ni_now();
     for (srv_sock *k = s->socks; k; k = k->next) {
         if (k->phase == SRV_SOCK_ANSWERING || k->cut) continue;
-        int fd = sock_fd(k);
+        int fd = srv_sock_fd(k);
         if (fd < 0) continue;
         char b;
         if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
             srv_log(SRV_LOG_INFO, "connection: client closed before its request was complete");
-            sock_cut(k, fd);
+            srv_sock_cut(k, fd);
         } else if (k->deadline > 0 && now > k->deadline && k->conn && k->conn->answered_raw) {
-            sock_cut(k, fd); /* its 413 is out; the drain time is over */
+            srv_sock_cut(k, fd); /* its 413 is out; the drain time is over */
         } else if (k->deadline > 0 && now > k->deadline) {
             int headers = k->phase == SRV_SOCK_HEADERS;
             s->metrics.request_timeouts++;
@@ -306,7 +306,7 @@ static void on_sweep(uv_timer_t *t) {
                          headers ? s->cfg.header_timeout : s->cfg.body_timeout);
                 srv_answer_raw(s, fd, 0, 408, msg);
             }
-            sock_cut(k, fd);
+            srv_sock_cut(k, fd);
         }
     }
     /* a slot may be needed still: a connection that finished its request

@@ -16,6 +16,8 @@ import socket
 import sys
 import time
 
+from rawhttp import read_to_eof
+
 PORT = int(sys.argv[1])
 
 
@@ -27,17 +29,7 @@ def exchange(chunks, wait=4.0, gap=0.0):
         s.sendall(c)
         if gap:
             time.sleep(gap)
-    raw, how = b"", "eof"
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            raw += d
-    except ConnectionResetError:
-        how = "reset"
-    except socket.timeout:
-        how = "timeout"
+    raw, how = read_to_eof(s)
     s.close()
     return raw, how, time.time() - t
 

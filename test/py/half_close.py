@@ -20,6 +20,8 @@ import socket
 import sys
 import time
 
+from rawhttp import read_to_eof
+
 PORT = int(sys.argv[1])
 MAX_TOKENS = int(sys.argv[2])
 
@@ -31,17 +33,7 @@ def exchange(req, half_close_after, timeout=120):
     s.sendall(req[:half_close_after])
     s.shutdown(socket.SHUT_WR)
     s.settimeout(timeout)
-    raw, how = b"", "eof"
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            raw += d
-    except ConnectionResetError:
-        how = "reset"
-    except socket.timeout:
-        how = "timeout"
+    raw, how = read_to_eof(s)
     s.close()
     return raw, how, time.time() - t0
 
