@@ -98,6 +98,10 @@ typedef struct cu_backend_stats {
     long long graph_launches;     /* decode steps replayed from a graph */
     long long decode_steps;       /* steps that took the padded decode path */
     long long general_steps;      /* steps that took the general path */
+    long long persist_steps;      /* steps whose layers ran in the persistent decode
+                                   * kernel (one sequence, one token; cu_persist.cu) */
+    int persist;                  /* 1: the persistent decode kernel is enabled for this
+                                   * model and settings */
     long long sample_calls;       /* successful eng_backend.sample calls */
 } cu_backend_stats;
 

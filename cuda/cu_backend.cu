@@ -171,6 +171,43 @@ static int res_proj(cu_ctx *x, const void *a, int in, const void *w, const float
     return mm(x, x->x, D, a, in, w, scale, n, in, D, 1.0f);
 }
 
+/* The persistent decode kernel for this forward? One sequence, one token
+ * (the bucket-1 graph, or a one-token general step). */
+static int use_persist(const cu_ctx *x, const cu_fwd *f) {
+    return x->persist && f->n == 1 && f->n_items == 1 && f->max_nq == 1;
+}
+
+/* Every layer of a use_persist forward in one cooperative launch. */
+static int enqueue_persist(cu_ctx *x, const cu_fwd *f) {
+    const mdl_config *c = &x->c;
+    cu_persist_args p = {};
+    p.layers = x->ps_layers;
+    p.n_layers = c->n_layers;
+    p.dim = c->dim;
+    p.hidden = c->hidden_dim;
+    p.n_heads = c->n_heads;
+    p.n_kv = c->n_kv_heads;
+    p.hd = c->head_dim;
+    p.interleaved = c->rope_interleaved != 0;
+    p.eps = c->norm_eps;
+    p.x = x->x;
+    p.qkv = x->qkv;
+    p.att = x->att;
+    p.act = x->act;
+    p.part = x->part;
+    p.pos = f->pos;
+    p.slot = f->slot;
+    p.items = f->items;
+    p.tables = f->tables;
+    p.tbl_stride = f->ts;
+    p.n_splits = f->n_splits;
+    p.block_size = x->block_size;
+    p.cos_tab = x->cos_tab;
+    p.sin_tab = x->sin_tab;
+    p.bar = x->ps_bar;
+    return cu_launch_persist(x->st, &p, x->ps_grid);
+}
+
 /* Enqueues embed .. LM head (logits_d rows 0..n_lm-1); no host work, no
  * synchronization, so it can be captured into a graph. With x->gemv and
  * n <= CU_GEMV_BACKEND_ROWS the RMSNorms and the SwiGLU run inside the
@@ -183,7 +220,8 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
     CU_TRY(mark(x, CU_PH_START));
     CU_TRY(cu_launch_embed(x->st, x->x, x->tok_embd, dt, f->tok, n, D));
     CU_TRY(mark(x, CU_PH_EMBED));
-    for (int l = 0; l < c->n_layers; l++) {
+    if (use_persist(x, f)) CU_TRY(enqueue_persist(x, f)); /* never profiled: no marks */
+    for (int l = 0; l < c->n_layers && !use_persist(x, f); l++) {
         const cu_layer_w *L = &x->layers[l];
         char *kc = (char *)x->kv + (size_t)(2 * l) * x->plane_bytes;
         char *vc = kc + x->plane_bytes;
@@ -338,6 +376,7 @@ static int forward_general(cu_ctx *x, const eng_batch *b, float *logits) {
     x->prof_kind = 1;
     CU_TRY(enqueue_layers(x, &f));
     x->stats.general_steps++;
+    x->stats.persist_steps += use_persist(x, &f);
     return finish_forward(x, b, logits, n_want);
 }
 
@@ -433,6 +472,7 @@ static int forward_decode(cu_ctx *x, const eng_batch *b, float *logits) {
         CU_TRY(enqueue_decode(x, bi));
     }
     x->stats.decode_steps++;
+    x->stats.persist_steps += x->persist && B == 1;
     return finish_forward(x, b, logits, n);
 }
 

@@ -174,6 +174,8 @@ static void layout_work(cu_ctx *x, bump *b) {
     x->logits_d = (float *)take(b, S * (size_t)c->vocab_size * 4);
     x->part = (float *)take(b, (size_t)x->part_slots * cu_att_part_floats(c->n_kv_heads,
                                                                              c->head_dim) * 4);
+    x->ps_layers = (cu_persist_layer *)take(b, (size_t)c->n_layers * sizeof(cu_persist_layer));
+    x->ps_bar = (unsigned *)take(b, 2 * sizeof(unsigned));
     x->blas_ws = take(b, BLAS_WS_BYTES);
     x->meta_d = (int32_t *)take(b, x->meta_cap * 4);
     x->deq = x->quant ? take(b, CU_DEQ_BYTES) : NULL;
@@ -272,6 +274,41 @@ static int dev_alloc(void **p, size_t bytes, const char *what, char *err, size_t
     return 0;
 }
 
+/* The persistent decode kernel's layer table and grid; x->persist = 0 when
+ * cu_persist_grid does not take the model or device (the per-op path then
+ * runs every step). */
+static int persist_setup(cu_ctx *x) {
+    const mdl_config *c = &x->c;
+    cu_persist_args p = {};
+    p.n_layers = c->n_layers;
+    p.dim = c->dim;
+    p.hidden = c->hidden_dim;
+    p.n_heads = c->n_heads;
+    p.n_kv = c->n_kv_heads;
+    p.hd = c->head_dim;
+    const int rc = cu_persist_grid(&p, x->layers, x->n_sm, &x->ps_grid);
+    if (rc == NI_EUNSUPPORTED) {
+        x->persist = 0;
+        return 0;
+    }
+    if (rc) return rc;
+    cu_persist_layer *t = (cu_persist_layer *)calloc((size_t)c->n_layers, sizeof(*t));
+    if (!t) return NI_ENOMEM;
+    for (int l = 0; l < c->n_layers; l++) {
+        const cu_layer_w *L = &x->layers[l];
+        char *kc = (char *)x->kv + (size_t)(2 * l) * x->plane_bytes;
+        t[l] = (cu_persist_layer){(const cu_bf16 *)L->wqkv, (const cu_bf16 *)L->wo,
+                                  (const cu_bf16 *)L->wgu,  (const cu_bf16 *)L->wdown,
+                                  L->attn_norm,             L->ffn_norm,
+                                  kc,                       kc + x->plane_bytes};
+    }
+    const cudaError_t e =
+        cudaMemcpy(x->ps_layers, t, (size_t)c->n_layers * sizeof(*t), cudaMemcpyHostToDevice);
+    free(t);
+    CU_CHECK(e);
+    return 0;
+}
+
 static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
     const mdl_config *c = &x->c;
     int rc;
@@ -325,6 +362,7 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
     layout_work(x, &b);
     CU_CHECK(cudaMemset(x->work, 0, b.off));
     CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, BLAS_WS_BYTES));
+    if (x->persist && (rc = persist_setup(x)) != 0) return rc;
 
     CU_CHECK(cudaHostAlloc((void **)&x->meta_h, x->meta_cap * 4, cudaHostAllocDefault));
     CU_CHECK(cudaHostAlloc((void **)&x->logits_h,
@@ -365,6 +403,7 @@ static int setup(cu_ctx *x, const mdl_model *m, char *err, size_t errlen) {
     }
     x->stats.graph_mode = x->graph_mode;
     x->stats.quant = x->quant;
+    x->stats.persist = x->persist;
     CU_CHECK(cudaDeviceSynchronize());
     return 0;
 }
@@ -382,6 +421,7 @@ typedef struct cu_settings {
     int gemv;       /* fused GEMV kernels for decode-sized batches */
     int pdl;        /* programmatic dependent launch */
     int fuse_rope;  /* RoPE + KV store in the QKV GEMV epilogue */
+    int persist;    /* the persistent decode kernel for one-sequence steps */
     cu_att_kernel att_kernel; /* attention kernel selection */
 } cu_settings;
 
@@ -433,6 +473,7 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
     s->gemv = !cf->no_gemv;
     s->pdl = !cf->no_pdl;
     s->fuse_rope = !cf->no_fuse_rope;
+    s->persist = !cf->no_persist;
     if (cf->att_kernel < CU_ATT_AUTO || cf->att_kernel > CU_ATT_TC)
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_kernel %d is not 0, 1 or 2",
                        cf->att_kernel);
@@ -481,6 +522,8 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->gemv = s->gemv && s->dtype == CU_DTYPE_BF16 && !s->quant;
     x->pdl = s->pdl;
     x->fuse_rope = x->gemv && s->fuse_rope;
+    /* decided for good by setup (cu_persist_grid) */
+    x->persist = x->fuse_rope && s->persist && !s->kv_fp8 && !s->prof && !c->has_qk_norm;
     x->smp_cap = cf->max_seqs;
     x->smp_ent_cap = (size_t)c->vocab_size + 65536;
     x->dec_cap = cf->max_seqs < cf->max_batch_tokens ? cf->max_seqs : cf->max_batch_tokens;

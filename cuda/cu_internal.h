@@ -585,6 +585,48 @@ typedef struct cu_layer_w {
     float *s_down;     /* [dim] */
 } cu_layer_w;
 
+/* ---- cu_persist.cu --------------------------------------------------------- */
+
+/* One layer as the persistent decode kernel reads it (a device array of
+ * n_layers, filled once by init). */
+typedef struct cu_persist_layer {
+    const cu_bf16 *wqkv, *wo, *wgu, *wdown; /* cu_layer_w's, BF16 */
+    const float *attn_norm, *ffn_norm;
+    void *k_cache, *v_cache;                /* BF16 [n_slots][n_kv*hd] of this layer */
+} cu_persist_layer;
+
+typedef struct cu_persist_args {
+    const cu_persist_layer *layers; /* device [n_layers] */
+    int n_layers, dim, hidden, n_heads, n_kv, hd, interleaved;
+    float eps;
+    float *x;                       /* [1][dim] residual (the embedding on entry) */
+    float *qkv;                     /* [1][q_dim + 2 kv_dim] */
+    void *att;                      /* BF16 [1][q_dim] */
+    void *act;                      /* BF16 [1][hidden] */
+    float *part;                    /* split-K partials, >= n_splits slots */
+    const int32_t *pos, *slot;      /* [1] the token's position and cache slot */
+    const cu_att_item *items;       /* [1] */
+    const int32_t *tables;          /* [1][tbl_stride] */
+    int tbl_stride, n_splits, block_size;
+    const float *cos_tab, *sin_tab;
+    unsigned *bar;                  /* [2] barrier counters: zero before the first launch,
+                                     * left zero by every launch that completes */
+} cu_persist_args;
+
+/* Whether the persistent kernel takes this model shape (the shape fields of
+ * p; see cu_persist.cu for the scope) with these layer weights (alignment),
+ * and the cooperative grid it runs with on this device (*grid; sets the
+ * kernel's shared-memory limit, so call once at init before any capture).
+ * 0, NI_EUNSUPPORTED (shape or device not supported: use the per-op path) or
+ * a CUDA error code. */
+int cu_persist_grid(const cu_persist_args *p, const cu_layer_w *layers, int n_sm, int *grid);
+
+/* Enqueues the layers of one decode token (x in, x out) as one cooperative
+ * launch of grid blocks (from cu_persist_grid). No host synchronization:
+ * capturable. */
+int cu_launch_persist(cudaStream_t st, const cu_persist_args *p, int grid);
+
+
 typedef struct cu_ctx {
     mdl_config c;
     int dtype;                  /* enum cu_dtype */
@@ -605,6 +647,10 @@ typedef struct cu_ctx {
                                  * also does RoPE + the KV store (no k_rope_kv launch) */
     int pdl;                    /* not no_pdl: decode projections and attention launched
                                  * with programmatic dependent launch (cu_launch_k) */
+    int persist;                /* fuse_rope, BF16 cache, no qk-norm, not no_persist, not
+                                 * profiling, and cu_persist_grid accepted the model: one-token
+                                 * steps of one sequence run the persistent kernel */
+    int ps_grid;                /* its cooperative grid */
     int gemv;                   /* BF16 without int8 and not no_gemv: projections of
                                  * <= CU_GEMV_MAX_ROWS rows through k_gemv (fused norm /
                                  * residual / SwiGLU) */
@@ -635,6 +681,8 @@ typedef struct cu_ctx {
     void *xl;                   /* T [max_seqs][dim] normed last rows wanting logits */
     float *logits_d;            /* [max_seqs][vocab] */
     float *part;                /* [part_slots][cu_att_part_floats] split-K partials */
+    cu_persist_layer *ps_layers; /* [n_layers] the persistent kernel's layer table */
+    unsigned *ps_bar;           /* [2] its barrier counters (zeroed with the arena) */
     void *blas_ws;              /* [BLAS_WS_BYTES (cu_init.cu)] cuBLAS workspace */
     int32_t *meta_d;            /* [meta_cap] packed batch metadata (see forward) */
     size_t meta_cap;            /* int32 elements: 7*T + S + S*tbl_cap */

@@ -275,7 +275,8 @@ int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *e
     }
     if ((rc = env_off("NI_CUDA_GEMV", &c->no_gemv, err, errlen))) return rc;
     if ((rc = env_off("NI_CUDA_PDL", &c->no_pdl, err, errlen)) ||
-        (rc = env_off("NI_CUDA_FUSE_ROPE", &c->no_fuse_rope, err, errlen)))
+        (rc = env_off("NI_CUDA_FUSE_ROPE", &c->no_fuse_rope, err, errlen)) ||
+        (rc = env_off("NI_CUDA_PERSIST", &c->no_persist, err, errlen)))
         return rc;
     if (c->profile == 0 && (v = env_value("NI_CUDA_PROFILE"))) c->profile = strcmp(v, "0") != 0;
     return 0;

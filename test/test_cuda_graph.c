@@ -19,7 +19,8 @@
  * path's, which moves FP32 rounding and flips BF16 roundings of attention
  * outputs); logits rows not wanted stay untouched; the counters show every
  * decode step replayed (graphs), or none (eager / off), and one capture per
- * bucket used. Invalid NI_CUDA_GRAPHS is rejected. Random data is fresh each
+ * bucket used. Invalid NI_CUDA_GRAPHS is rejected. test_persist: the
+ * persistent decode kernel against the per-op kernels (see there). Random data is fresh each
  * run (seed printed; NI_TEST_SEED reproduces). Without a GPU the tests skip.
  */
 #include <math.h>
@@ -305,6 +306,125 @@ static void test_single_stream(void **state) {
 #endif
 }
 
+/* The persistent decode kernel (cuda/cu_persist.cu): one sequence decoding
+ * alone, BF16, against the per-op kernels (NI_CUDA_PERSIST=0). Contexts run
+ * from 200 to 319 keys, so the kernel's attention takes both of its paths
+ * (one split written directly up to 256 keys, split-K partials + combine
+ * phase above), also with 3 splits forced; graphs == eager bit for bit;
+ * the one-token general steps (graphs off) take it too. Models it does not
+ * take (qwen3: qk-norm) and FP32 report it off and run no step through it. */
+enum { PS_PROMPT = 200, PS_STEPS = 120, PS_BLOCKS = 24 };
+
+#ifdef NI_USE_CUDA
+static const eng_backend_config k_ps_cf = {
+    .n_blocks = 2 * PS_BLOCKS, .block_size = BS, .max_batch_tokens = 256, .max_seqs = 2};
+
+/* Prefill PS_PROMPT tokens, then PS_STEPS one-token steps; the logits of
+ * step st (st >= 1) in out[st * V] (step 0's are the prefill's). */
+static void ps_run(const mdl_model *m, int dtype, const char *graphs, const char *persist,
+                    const int32_t *tok, const int32_t *table, float *out,
+                    cu_backend_stats *st) {
+    eng_backend_config cf = k_ps_cf;
+    cf.dtype = cu_eng_dtype(dtype);
+    char err[256] = "";
+    void *g = NULL;
+    setenv("NI_CUDA_GRAPHS", graphs, 1);
+    setenv("NI_CUDA_PERSIST", persist, 1);
+    int rc = eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err);
+    unsetenv("NI_CUDA_GRAPHS");
+    unsetenv("NI_CUDA_PERSIST");
+    if (!rc) rc = eng_backend_cuda.init(&g, m, &cf, err, sizeof err);
+    if (rc) fail_msg("cuda init (graphs %s, persist %s): %d %s", graphs, persist, rc, err);
+    const int V = m->cfg.vocab_size;
+    const int32_t ss[2] = {0, PS_PROMPT}, p00[1] = {0};
+    const uint8_t w[1] = {1};
+    const eng_batch pb = {1, PS_PROMPT, tok, ss, p00, table, PS_BLOCKS, w};
+    assert_int_equal(eng_backend_cuda.forward(g, &pb, out), 0);
+    for (int s = 1; s < PS_STEPS; s++) {
+        const int32_t s1[2] = {0, 1}, p0[1] = {PS_PROMPT + s - 1};
+        const eng_batch db = {1, 1, &tok[PS_PROMPT + s - 1], s1, p0, table, PS_BLOCKS, w};
+        assert_int_equal(eng_backend_cuda.forward(g, &db, out + (size_t)s * V), 0);
+    }
+    assert_int_equal(cu_backend_get_stats(g, st), 0);
+    eng_backend_cuda.free(g);
+}
+#endif
+
+static void test_persist(void **state) {
+    const int idx = *(const int *)*state;
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    tu_load_tiny(&m, idx);
+    const int V = m.cfg.vocab_size;
+    const int takes = !m.cfg.has_qk_norm; /* what cu_persist.cu supports of the tiny models */
+    int32_t tok[PS_PROMPT + PS_STEPS], table[PS_BLOCKS];
+    for (int i = 0; i < PS_PROMPT + PS_STEPS; i++) tok[i] = tu_int(&g_rng, V);
+    int32_t perm[2 * PS_BLOCKS];
+    tu_permutation(&g_rng, perm, 2 * PS_BLOCKS);
+    for (int j = 0; j < PS_BLOCKS; j++) table[j] = perm[j];
+    const size_t n = (size_t)V * PS_STEPS;
+    float *on = malloc(sizeof(float) * n), *eg = malloc(sizeof(float) * n);
+    float *off = malloc(sizeof(float) * n), *gen = malloc(sizeof(float) * n);
+    cu_backend_stats s_on, s_eg, s_off, s_gen;
+    for (int f = 0; f < 2; f++) {
+        if (f) setenv("NI_CUDA_ATT_SPLITS", "3", 1);
+        ps_run(&m, CU_DTYPE_BF16, "1", "1", tok, table, on, &s_on);
+        ps_run(&m, CU_DTYPE_BF16, "eager", "1", tok, table, eg, &s_eg);
+        ps_run(&m, CU_DTYPE_BF16, "1", "0", tok, table, off, &s_off);
+        ps_run(&m, CU_DTYPE_BF16, "0", "1", tok, table, gen, &s_gen);
+        unsetenv("NI_CUDA_ATT_SPLITS");
+        double mr, l2;
+        int same;
+        const char *name = tu_tiny_models[idx] + 12, *tag = f ? " (3 splits forced)" : "";
+        printf("  %-12s persistent kernel %s, %lld of %d steps through it%s\n", name,
+               s_on.persist ? "on" : "off", s_on.persist_steps, PS_STEPS - 1, tag);
+        assert_int_equal(s_on.persist, takes);
+        assert_int_equal((int)s_on.persist_steps, takes ? PS_STEPS - 1 : 0);
+        assert_int_equal((int)s_eg.persist_steps, takes ? PS_STEPS - 1 : 0);
+        assert_int_equal((int)s_gen.persist_steps, takes ? PS_STEPS - 1 : 0);
+        assert_int_equal(s_off.persist, 0);
+        assert_int_equal((int)s_off.persist_steps, 0);
+        diff(on, eg, n, &mr, &l2, &same);
+        printf("    graphs vs eager: %s, max rel %.3g\n", same ? "bit-identical" : "DIFFERENT", mr);
+        if (!same) fail_msg("persistent graphs vs eager: max rel %.3g", mr);
+        diff(on, off, n, &mr, &l2, &same);
+        printf("    persistent vs per-op kernels: max rel %.3g, L2 rel %.3g\n", mr, l2);
+        if (!(l2 < 1e-2)) fail_msg("persistent vs per-op: L2 %.3g", l2);
+        diff(gen, off, n, &mr, &l2, &same);
+        printf("    general-path steps vs per-op kernels: max rel %.3g, L2 rel %.3g\n", mr, l2);
+        if (!(l2 < 1e-2)) fail_msg("general persistent vs per-op: L2 %.3g", l2);
+        /* the greedy token agrees where the per-op top two are apart */
+        int agree = 0, clear = 0;
+        for (int s = 1; s < PS_STEPS; s++) {
+            const float *a = on + (size_t)s * V, *b = off + (size_t)s * V;
+            int ia = 0, ib = 0;
+            for (int v = 1; v < V; v++) {
+                if (a[v] > a[ia]) ia = v;
+                if (b[v] > b[ib]) ib = v;
+            }
+            float second = -INFINITY;
+            for (int v = 0; v < V; v++)
+                if (v != ib && b[v] > second) second = b[v];
+            if (b[ib] - second > 1e-2f * fabsf(b[ib])) {
+                clear++;
+                agree += ia == ib;
+            }
+        }
+        printf("    argmax agrees on %d of %d clear steps\n", agree, clear);
+        assert_int_equal(agree, clear);
+    }
+    /* FP32 never takes it */
+    ps_run(&m, CU_DTYPE_FP32, "1", "1", tok, table, on, &s_on);
+    assert_int_equal(s_on.persist, 0);
+    assert_int_equal((int)s_on.persist_steps, 0);
+    free(on); free(eg); free(off); free(gen);
+    mdl_free(&m);
+#else
+    (void)idx;
+#endif
+}
+
 static void test_bad_env(void **state) {
     (void)state;
     tu_require_gpu();
@@ -319,6 +439,10 @@ static void test_bad_env(void **state) {
     assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), NI_EINVAL);
     printf("  bad NI_CUDA_GRAPHS: %s\n", err);
     unsetenv("NI_CUDA_GRAPHS");
+    setenv("NI_CUDA_PERSIST", "yes", 1);
+    assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), NI_EINVAL);
+    printf("  bad NI_CUDA_PERSIST: %s\n", err);
+    unsetenv("NI_CUDA_PERSIST");
     cf.graphs = (eng_graphs)9;
     assert_int_equal(eng_backend_cuda.init(&ctx, &m, &cf, err, sizeof err), NI_EINVAL);
     assert_null(ctx);
@@ -336,6 +460,9 @@ int main(void) {
         cmocka_unit_test_prestate(test_graphs, (void *)&tu_tiny_idx[1]),
         cmocka_unit_test_prestate(test_graphs, (void *)&tu_tiny_idx[2]),
         cmocka_unit_test(test_single_stream),
+        cmocka_unit_test_prestate(test_persist, (void *)&tu_tiny_idx[0]),
+        cmocka_unit_test_prestate(test_persist, (void *)&tu_tiny_idx[1]),
+        cmocka_unit_test_prestate(test_persist, (void *)&tu_tiny_idx[2]),
         cmocka_unit_test(test_bad_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
