@@ -39,7 +39,10 @@
  * (cu_att_choose_splits on max_pos) leaves the extra splits of short contexts
  * empty: such a block exits at once and writes nothing, and k_att_dcombine,
  * which recomputes the number of non-empty splits ceil(tiles / per) from the
- * item's own length, never reads them. The combine computes each row's split
+ * item's own length, never reads them. An item with a single non-empty
+ * split is normalised and written by that split's block (the combine skips
+ * it). The device code is in cu_att_decode.cuh (ad_unit, ad_combine_unit),
+ * shared with the persistent decode kernel. The combine computes each row's split
  * weights once (a warp per row, lanes over splits, in shared memory), then
  * sums each element over the splits with 8 loads in flight. Items with n_q == 0 (decode-graph padding) read and write
  * nothing in either kernel.

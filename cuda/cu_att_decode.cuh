@@ -68,13 +68,16 @@ template <> struct dvec<cu_fp8_l8> {
 };
 
 /* Key tiles per split of an item with n_ctx keys: ceil(tiles / n_splits), at
- * least NW (one 32-key chunk per warp of the ad_unit block: fewer splits to
- * merge at short contexts, no warp left idle by a 1-tile split); the
- * non-empty splits are the first ad_nz = ceil(tiles / per). */
-template <int NW> __device__ __forceinline__ int dec_per(int n_ctx, int n_splits) {
+ * least nw, one 32-key chunk per warp of the ad_unit block (fewer splits to
+ * merge at short contexts, no warp left idle by a 1-tile split); and when the
+ * whole context fits mt tiles (mt > nw: the persistent kernel), mt, so that
+ * it is one split and needs no combine. The non-empty splits are the first
+ * ad_nz = ceil(tiles / per). */
+__device__ __forceinline__ int dec_per(int n_ctx, int n_splits, int nw, int mt) {
     const int tiles = (n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE;
     const int per = (tiles + n_splits - 1) / n_splits;
-    return per > NW ? per : NW;
+    const int lo = tiles <= mt ? mt : nw;
+    return per > lo ? per : lo;
 }
 
 __device__ __forceinline__ int ad_nz(int n_ctx, int per) {
@@ -93,7 +96,8 @@ template <bool COH, typename L> __device__ __forceinline__ L ad_ld(const L *p) {
  * split), computed by the calling block's NW warps (blockDim.x == 32 * NW).
  * COH: the cache is read with coherent (L2) loads instead of the read-only
  * path, for a caller that wrote it earlier in the same kernel (the persistent
- * decode kernel). Block-uniform early returns; every thread must call. */
+ * decode kernel). Split sizes: dec_per with a.min_tiles. Block-uniform
+ * early returns; every thread must call. */
 template <typename T, typename C, int R, int HD, int NW, bool COH>
 __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, int bz) {
     constexpr int DT = 32 * NW, DW = NW;
@@ -122,7 +126,7 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
     const int kvh = by / nrg, r0 = (by - kvh * nrg) * R;
     const int nr = min(R, G - r0);
     const int n_ctx = it.pos_first + 1;
-    const int per = dec_per<NW>(n_ctx, a.n_splits);
+    const int per = dec_per(n_ctx, a.n_splits, NW, a.min_tiles);
     const int k0 = bz * per * CU_ATT_TILE;
     if (k0 >= n_ctx) return; /* empty split: k_att_dcombine does not read it */
     const int k1 = min(n_ctx, k0 + per * CU_ATT_TILE);
@@ -309,7 +313,7 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
  * (the partials were just written: L2 hits). So the latency is ~nz / 8 L2
  * round trips, not nz per element and pass. More than WZ weights (only
  * with a forced split factor far above the backend's 64): per element.
- * NW: the warps of the ad_unit that wrote the partials (its split sizes);
+ * NW: that of the ad_unit that wrote the partials (with a.min_tiles: the split sizes);
  * blockDim.x == CT. */
 template <typename T, int NW, int WZ>
 __device__ __forceinline__ void ad_combine_unit(const cu_att_args &a, int bx, int by, int bz) {
@@ -320,7 +324,7 @@ __device__ __forceinline__ void ad_combine_unit(const cu_att_args &a, int bx, in
     const int e0 = bz * CT;
     if (e0 >= G * hd) return;
     const int n_ctx = it.pos_first + 1;
-    const int per = dec_per<NW>(n_ctx, a.n_splits);
+    const int per = dec_per(n_ctx, a.n_splits, NW, a.min_tiles);
     const int nz = ad_nz(n_ctx, per);
     if (nz == 1) return; /* ad_unit wrote it */
     const size_t slot_floats = (size_t)CU_ATT_ROWS * (hd + 2);

@@ -86,6 +86,7 @@ typedef struct cu_fwd {
     int max_nq;               /* most query tokens of any attention item */
     const int32_t *lm_rows;   /* [n_lm] rows of x wanting logits, or NULL: rows 0..n_lm-1 */
     int n_lm;
+    int persist;              /* the layers in the persistent kernel (use_persist) */
 } cu_fwd;
 
 /* y = a W^T + beta y through cuBLAS, or the int8 path when scale != NULL. */
@@ -171,10 +172,12 @@ static int res_proj(cu_ctx *x, const void *a, int in, const void *w, const float
     return mm(x, x->x, D, a, in, w, scale, n, in, D, 1.0f);
 }
 
-/* The persistent decode kernel for this forward? One sequence, one token
- * (the bucket-1 graph, or a one-token general step). */
-static int use_persist(const cu_ctx *x, const cu_fwd *f) {
-    return x->persist && f->n == 1 && f->n_items == 1 && f->max_nq == 1;
+/* The persistent decode kernel for a forward of n tokens in n_items
+ * attention items with max_ctx keys at most? One sequence, one token (the
+ * bucket-1 graph, or a one-token general step), a context of at most
+ * CU_PS_MAX_CTX keys. */
+static int use_persist(const cu_ctx *x, int n, int n_items, int max_nq, int max_ctx) {
+    return x->persist && n == 1 && n_items == 1 && max_nq == 1 && max_ctx <= CU_PS_MAX_CTX;
 }
 
 /* Every layer of a use_persist forward in one cooperative launch. */
@@ -202,6 +205,10 @@ static int enqueue_persist(cu_ctx *x, const cu_fwd *f) {
     p.tbl_stride = f->ts;
     p.n_splits = f->n_splits;
     p.block_size = x->block_size;
+    /* up to 16 key tiles (512 keys, two chunks per warp) one split: no combine
+     * phase; longer contexts one chunk per warp and split. A forced split
+     * factor (tests) splits from 8 tiles on. */
+    p.min_tiles = x->force_splits > 0 ? 8 : CU_PS_MAX_CTX / CU_ATT_TILE;
     p.cos_tab = x->cos_tab;
     p.sin_tab = x->sin_tab;
     p.bar = x->ps_bar;
@@ -220,8 +227,8 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
     CU_TRY(mark(x, CU_PH_START));
     CU_TRY(cu_launch_embed(x->st, x->x, x->tok_embd, dt, f->tok, n, D));
     CU_TRY(mark(x, CU_PH_EMBED));
-    if (use_persist(x, f)) CU_TRY(enqueue_persist(x, f)); /* never profiled: no marks */
-    for (int l = 0; l < c->n_layers && !use_persist(x, f); l++) {
+    if (f->persist) CU_TRY(enqueue_persist(x, f)); /* never profiled: no marks */
+    for (int l = 0; l < c->n_layers && !f->persist; l++) {
         const cu_layer_w *L = &x->layers[l];
         char *kc = (char *)x->kv + (size_t)(2 * l) * x->plane_bytes;
         char *vc = kc + x->plane_bytes;
@@ -249,7 +256,7 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
         const cu_att_args aa = {x->att,    x->qkv,    x->qkv_dim, kc,          vc,
                                 f->items,  f->tables, f->ts,      f->n_items,  f->n_splits,
                                 x->part,   c->n_heads, c->n_kv_heads, hd,      bs,
-                                f->max_nq, x->att_kernel, x->pdl, x->kv_fp8};
+                                f->max_nq, x->att_kernel, x->pdl, x->kv_fp8, 0};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
         CU_TRY(res_proj(x, x->att, x->q_dim, L->wo, L->s_o, n));
@@ -372,18 +379,20 @@ static int forward_general(cu_ctx *x, const eng_batch *b, float *logits) {
                       ts,       n_splits,
                       max_nq,
                       x->meta_d + off_lm,
-                      n_want};
+                      n_want,
+                      use_persist(x, n, n_items, max_nq, max_ctx)};
     x->prof_kind = 1;
     CU_TRY(enqueue_layers(x, &f));
     x->stats.general_steps++;
-    x->stats.persist_steps += use_persist(x, &f);
+    x->stats.persist_steps += f.persist;
     return finish_forward(x, b, logits, n_want);
 }
 
 /* Decode bucket bi over the fixed decode metadata layout of meta_d:
  * tok [dec_cap] | pos [dec_cap] | slot [dec_cap] | items [4*dec_cap] |
- * tables [dec_cap][tbl_cap]; logits rows = batch rows. */
-static int enqueue_decode(cu_ctx *x, int bi) {
+ * tables [dec_cap][tbl_cap]; logits rows = batch rows. ps: through the
+ * persistent kernel (bucket 1 only). */
+static int enqueue_decode(cu_ctx *x, int bi, int ps) {
     const int B = x->bucket[bi], dc = x->dec_cap;
     const cu_fwd f = {B,
                       x->meta_d,
@@ -396,16 +405,18 @@ static int enqueue_decode(cu_ctx *x, int bi) {
                       x->bucket_splits[bi],
                       1,
                       NULL,
-                      B};
+                      B,
+                      ps};
     return enqueue_layers(x, &f);
 }
 
-/* Captures bucket bi's graph (thread-local capture mode: only this thread's
- * unsafe calls would invalidate it; the launchers make none). */
-static int capture_decode(cu_ctx *x, int bi) {
+/* Captures bucket bi's graph (ps: the persistent one of bucket 1) into *ge
+ * (thread-local capture mode: only this thread's unsafe calls would
+ * invalidate it; the launchers make none). */
+static int capture_decode(cu_ctx *x, int bi, int ps, cudaGraphExec_t *ge) {
     cudaGraph_t g = NULL;
     CU_CHECK(cudaStreamBeginCapture(x->st, cudaStreamCaptureModeThreadLocal));
-    int rc = enqueue_decode(x, bi);
+    int rc = enqueue_decode(x, bi, ps);
     const cudaError_t ec = cudaStreamEndCapture(x->st, &g);
     if (rc || ec != cudaSuccess) {
         if (g) cudaGraphDestroy(g);
@@ -417,9 +428,9 @@ static int capture_decode(cu_ctx *x, int bi) {
         cudaGetLastError();
         return rc;
     }
-    const cudaError_t ei = cudaGraphInstantiate(&x->gexec[bi], g, 0);
+    const cudaError_t ei = cudaGraphInstantiate(ge, g, 0);
     cudaGraphDestroy(g);
-    if (ei != cudaSuccess) x->gexec[bi] = NULL;
+    if (ei != cudaSuccess) *ge = NULL;
     CU_CHECK(ei);
     x->stats.graphs_captured++;
     return 0;
@@ -464,15 +475,17 @@ static int forward_decode(cu_ctx *x, const eng_batch *b, float *logits) {
                                (size_t)ts * 4, (size_t)ts * 4, (size_t)n,
                                cudaMemcpyHostToDevice, x->st));
     x->prof_kind = 0;
+    const int ps = use_persist(x, B, B, 1, b->pos0[0] + 1);
     if (x->graph_mode == CU_GRAPHS_ON) {
-        if (!x->gexec[bi]) CU_TRY(capture_decode(x, bi));
-        CU_CHECK(cudaGraphLaunch(x->gexec[bi], x->st));
+        cudaGraphExec_t *ge = ps ? &x->gexec_ps : &x->gexec[bi];
+        if (!*ge) CU_TRY(capture_decode(x, bi, ps, ge));
+        CU_CHECK(cudaGraphLaunch(*ge, x->st));
         x->stats.graph_launches++;
     } else {
-        CU_TRY(enqueue_decode(x, bi));
+        CU_TRY(enqueue_decode(x, bi, ps));
     }
     x->stats.decode_steps++;
-    x->stats.persist_steps += x->persist && B == 1;
+    x->stats.persist_steps += ps;
     return finish_forward(x, b, logits, n);
 }
 

@@ -169,8 +169,9 @@ __device__ __forceinline__ void gv_rope_store(const cu_gemv_args &a, int r, int 
 /* The k_gemv body for one block: bid of nblk blocks takes outputs (pairs)
  * bid * GV_WARPS + warp, stepping by nblk * GV_WARPS. wait() is called once,
  * after the first weight chunk is in flight and before any activation is read
- * (k_gemv: the PDL wait; the persistent decode kernel: its grid barrier). */
-template <int NB, int MODE, typename W>
+ * (k_gemv: the PDL wait; the persistent decode kernel: its grid barrier).
+ * U: 16-byte loads per lane and chunk (two chunks in flight per row). */
+template <int NB, int MODE, int U = GV_UNROLL, typename W>
 __device__ __forceinline__ void gv_run(const cu_gemv_args &a, int bid, int nblk, W wait) {
     constexpr bool TWO = MODE != GV_PLAIN; /* two weight rows per output */
     extern __shared__ uint4 gv_smem[];
@@ -183,14 +184,14 @@ __device__ __forceinline__ void gv_run(const cu_gemv_args &a, int bid, int nblk,
      * very first one before the prologue (weights are never written by a
      * forward, so before the PDL wait too): the DRAM latency overlaps the
      * staging of the input and the butterfly reductions. */
-    uint4 pw[GV_UNROLL], pw2[GV_UNROLL];
+    uint4 pw[U], pw2[U];
     auto preload = [&](int o2) {
         int qa, qb;
         gv_rows<MODE>(a, o2, &qa, &qb);
         const uint4 *p1 = (const uint4 *)(a.w + (size_t)qa * a.in);
         const uint4 *p2 = (const uint4 *)(a.w + (size_t)qb * a.in);
 #pragma unroll
-        for (int u = 0; u < GV_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             const int c = lane + 32 * u;
             pw[u] = c < in8 ? gv_ld_stream(p1 + c) : make_uint4(0, 0, 0, 0);
             if (TWO) pw2[u] = c < in8 ? gv_ld_stream(p2 + c) : make_uint4(0, 0, 0, 0);
@@ -209,25 +210,25 @@ __device__ __forceinline__ void gv_run(const cu_gemv_args &a, int bid, int nblk,
         float acc[NB], acc2[NB];
 #pragma unroll
         for (int r = 0; r < NB; r++) acc[r] = acc2[r] = 0.0f;
-        /* Double-buffered chunks: chunk c0 + 32 * GV_UNROLL is loaded while
+        /* Double-buffered chunks: chunk c0 + 32 * U is loaded while
          * chunk c0 computes, so a warp keeps two chunks of loads in flight
          * through a long row (w_down's 8192 inputs are 8 chunks) instead of
          * one latency per chunk; the first chunk is the preloaded one. */
-        uint4 wv[GV_UNROLL], wv2[GV_UNROLL];
+        uint4 wv[U], wv2[U];
 #pragma unroll
-        for (int u = 0; u < GV_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             wv[u] = pw[u];
             if (TWO) wv2[u] = pw2[u];
         }
-        for (int c0 = lane; c0 < in8; c0 += 32 * GV_UNROLL) {
-            /* the row's last chunk (c0 + 32 * GV_UNROLL >= in8 for every lane
+        for (int c0 = lane; c0 < in8; c0 += 32 * U) {
+            /* the row's last chunk (c0 + 32 * U >= in8 for every lane
              * at once, since c0 - lane is warp-uniform): start the next row */
-            const bool last = c0 - lane + 32 * GV_UNROLL >= in8;
-            uint4 nv[GV_UNROLL], nv2[GV_UNROLL];
+            const bool last = c0 - lane + 32 * U >= in8;
+            uint4 nv[U], nv2[U];
             if (!last) {
 #pragma unroll
-                for (int u = 0; u < GV_UNROLL; u++) {
-                    const int c = c0 + 32 * (GV_UNROLL + u);
+                for (int u = 0; u < U; u++) {
+                    const int c = c0 + 32 * (U + u);
                     nv[u] = c < in8 ? gv_ld_stream(wr + c) : make_uint4(0, 0, 0, 0);
                     if (TWO) nv2[u] = c < in8 ? gv_ld_stream(wr2 + c) : make_uint4(0, 0, 0, 0);
                 }
@@ -235,7 +236,7 @@ __device__ __forceinline__ void gv_run(const cu_gemv_args &a, int bid, int nblk,
                 preload(o + stride);
             }
 #pragma unroll
-            for (int u = 0; u < GV_UNROLL; u++) {
+            for (int u = 0; u < U; u++) {
                 const int c = c0 + 32 * u;
                 if (c < in8) {
 #pragma unroll
@@ -248,7 +249,7 @@ __device__ __forceinline__ void gv_run(const cu_gemv_args &a, int bid, int nblk,
             }
             if (!last) {
 #pragma unroll
-                for (int u = 0; u < GV_UNROLL; u++) {
+                for (int u = 0; u < U; u++) {
                     wv[u] = nv[u];
                     if (TWO) wv2[u] = nv2[u];
                 }

@@ -76,6 +76,7 @@ void cu_backend_free(void *vctx) {
     free(x->ev_ph);
     for (int i = 0; i < CU_MAX_BUCKETS; i++)
         if (x->gexec[i]) cudaGraphExecDestroy(x->gexec[i]);
+    if (x->gexec_ps) cudaGraphExecDestroy(x->gexec_ps);
     if (x->blas) cublasDestroy(x->blas);
     if (x->st) cudaStreamDestroy(x->st);
     cudaFree(x->wmem);
@@ -473,7 +474,7 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
     s->gemv = !cf->no_gemv;
     s->pdl = !cf->no_pdl;
     s->fuse_rope = !cf->no_fuse_rope;
-    s->persist = !cf->no_persist;
+    s->persist = cf->persist != 0;
     if (cf->att_kernel < CU_ATT_AUTO || cf->att_kernel > CU_ATT_TC)
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_kernel %d is not 0, 1 or 2",
                        cf->att_kernel);

@@ -299,6 +299,8 @@ typedef struct cu_att_args {
     cu_att_kernel kernel;      /* which kernel (cu.h); AUTO in the backend by default */
     int pdl;                   /* the decode kernels launched with PDL (cu_launch_k) */
     int kv_fp8;                /* C = E4M3 (BF16 dtype only: NI_EINVAL with FP32), else T */
+    int min_tiles;             /* decode kernel: a context of at most this many key tiles
+                                * is one split (dec_per in cu_att_decode.cuh); 0 = none */
 } cu_att_args;
 
 /* Causal GQA attention over the paged cache with online softmax (never a
@@ -608,10 +610,19 @@ typedef struct cu_persist_args {
     const cu_att_item *items;       /* [1] */
     const int32_t *tables;          /* [1][tbl_stride] */
     int tbl_stride, n_splits, block_size;
+    int min_tiles;                  /* contexts of <= min_tiles key tiles are one split
+                                     * (>= 8, the warps of a block; dec_per) */
     const float *cos_tab, *sin_tab;
     unsigned *bar;                  /* [2] barrier counters: zero before the first launch,
                                      * left zero by every launch that completes */
 } cu_persist_args;
+
+/* Longest context (keys) a step runs the persistent kernel for: up to here its
+ * attention is one split (min_tiles = CU_PS_MAX_CTX / CU_ATT_TILE), no
+ * combine phase. Longer contexts take the per-op kernels, whose attention
+ * spreads over more blocks: on the H200 the persistent kernel was 7 %
+ * slower at 4,000 keys (Llama-3.2-1B shape, docs/perf.md). */
+#define CU_PS_MAX_CTX 512
 
 /* Whether the persistent kernel takes this model shape (the shape fields of
  * p; see cu_persist.cu for the scope) with these layer weights (alignment),
@@ -647,7 +658,7 @@ typedef struct cu_ctx {
                                  * also does RoPE + the KV store (no k_rope_kv launch) */
     int pdl;                    /* not no_pdl: decode projections and attention launched
                                  * with programmatic dependent launch (cu_launch_k) */
-    int persist;                /* fuse_rope, BF16 cache, no qk-norm, not no_persist, not
+    int persist;                /* fuse_rope, BF16 cache, no qk-norm, persist asked for, not
                                  * profiling, and cu_persist_grid accepted the model: one-token
                                  * steps of one sequence run the persistent kernel */
     int ps_grid;                /* its cooperative grid */
@@ -718,6 +729,8 @@ typedef struct cu_ctx {
     int bucket[CU_MAX_BUCKETS];        /* ascending; the last is dec_cap */
     int bucket_splits[CU_MAX_BUCKETS]; /* attention split-K factor of each bucket */
     cudaGraphExec_t gexec[CU_MAX_BUCKETS]; /* NULL until captured */
+    cudaGraphExec_t gexec_ps;   /* bucket 1 through the persistent kernel (contexts
+                                 * <= CU_PS_MAX_CTX); NULL until captured */
     cu_backend_stats stats;
 
     /* eng_backend_config.profile */

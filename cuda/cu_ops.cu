@@ -283,7 +283,7 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq,
-                           kernel, 1, kv_fp8};
+                           kernel, 1, kv_fp8, 0};
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
@@ -373,7 +373,7 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1,
-                           CU_ATT_AUTO, 0, kv_fp8};
+                           CU_ATT_AUTO, 0, kv_fp8, 0};
     cu_att_decode_enable(kernel);
     rc = time_attention(&a, dtype, iters, dflush.p, flush_bytes, us);
     cu_att_decode_enable(1);
@@ -428,7 +428,7 @@ extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, i
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, bs, max_nq,
-                           kernel, 0, kv_fp8 ? 1 : 0};
+                           kernel, 0, kv_fp8 ? 1 : 0, 0};
     return time_attention(&a, CU_DTYPE_BF16, iters, NULL, 0, us);
 }
 

@@ -9,17 +9,21 @@
  * loads, drain), so SmolLM2-135M's 30 layers took ~0.6 ms per token at ~4 %
  * of the memory roofline, and even the 1B shape's small projections ran at
  * ~1 TB/s. Here the grid stays resident for the whole stack and the phases
- * are separated by grid barriers: a barrier costs about one L2 round trip
- * instead of a launch, and each block issues the first weight loads of its
- * next projection before it waits at the barrier (weights do not depend on
- * the previous phase), so the DRAM latency overlaps the barrier.
+ * are separated by grid barriers (0.65-0.8 us each, measured), and each
+ * block issues the first weight loads of its next projection, and the L2
+ * prefetch of its attention rows, before it waits at the barrier (weights
+ * and earlier cache rows do not depend on the previous phase). Measured on
+ * the H200 (docs/perf.md): the step 4-8 % faster on the SmolLM2 shape,
+ * neutral on the 1B shape, but not yet faster in `nanoinfer bench`, so the
+ * backend runs it only when asked (eng_backend_config.persist).
  *
  * Phases of layer l (all blocks take part in each, grid-stride over its work;
  * | is a grid barrier):
  *   QKV: k_gemv's ROPE body (RMSNorm prologue of x, q rotated into qkv,
  *        k rotated and v stored to the cache slot)                         |
  *   attention: k_att_decode's blocks (kv head x row group, split), computed
- *        by 8 warps; an item whose keys fit one split is written directly  |
+ *        by 8 warps; up to min_tiles key tiles the context is one split,
+ *        written directly, else splits of 8 tiles (one chunk a warp)      |
  *   [combine: k_att_dcombine's blocks, only when the item has > 1
  *        non-empty split (block-uniform test on the item's length)         |]
  *   wo:  x += att wo^T (k_gemv PLAIN, accumulate)                          |
@@ -27,13 +31,12 @@
  *   down: x += act w_down^T                                                | (next layer)
  * The code of each phase is the standalone kernels' own (cu_gemv.cuh,
  * cu_att_decode.cuh) with the block index and count passed in, so the two
- * paths compute the same function (the attention's split sizes differ: 8
- * warps a block here, so at least 8 key tiles per split, and the summation
- * order of split-K partials may differ in the last bit).
+ * paths compute the same function (the attention's split sizes differ, so
+ * its FP32 summation order, and a BF16 rounding of its output may flip).
  *
  * Barrier: one counter in global memory; barrier k (k-th of this launch)
  * completes when the counter reaches k * gridDim.x. A block arrives (block
- * sync, thread 0: fence + atomic add, the release) and later waits (thread 0
+ * sync, thread 0: red.release add) and later waits (thread 0
  * spins on an acquire load, then block sync). A second counter counts the
  * blocks that have passed their last barrier; the last one resets both, so
  * the next launch (stream order) starts from zero. Cooperative launch
@@ -43,11 +46,12 @@
  * here: COH).
  *
  * Scope (cu_persist_grid): BF16 weights and cache, no int8, no qk-norm,
- * head_dim 16, 32, 64 or 128 with G = n_heads / n_kv <= 8, one sequence;
- * the decode graph of bucket 1 and one-token general steps use it. Embed
+ * head_dim 16, 32, 64 or 128 with G = n_heads / n_kv <= 8, one sequence of
+ * at most CU_PS_MAX_CTX keys; the backend keeps a second bucket-1 decode
+ * graph for it and one-token general steps use it too. Embed
  * before and LM head after stay separate launches. CPU twin: the per-op
- * path (same ops, cpu_* twins); test_cuda_backend / test_cuda_graph compare
- * both ways.
+ * path (same ops, cpu_* twins); test_persist (test_cuda_graph) compares
+ * the two.
  */
 #include "cu_internal.h"
 #include "cu_att_decode.cuh"
@@ -59,6 +63,9 @@
 #define PS_WZ 512
 /* blocks per SM at most (registers: __launch_bounds__ below) */
 #define PS_PER_SM 1
+/* 16-byte loads per lane and chunk of the wo / down projections (gate/up and
+ * QKV read two rows per warp and keep k_gemv's 4) */
+#define PS_UNROLL 8
 
 struct ps_bar {
     unsigned *count;
@@ -69,8 +76,9 @@ struct ps_bar {
 __device__ __forceinline__ void ps_arrive(ps_bar &b) {
     __syncthreads(); /* the block's writes of this phase are done */
     if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(b.count, 1u);
+        /* release: the block's writes (ordered before by the block sync) are
+         * visible to whoever acquires the count */
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(b.count) : "memory");
     }
     b.gen++;
 }
@@ -87,6 +95,7 @@ __device__ __forceinline__ void ps_wait(const ps_bar &b) {
     __syncthreads();
 }
 
+
 template <int R, int HD>
 __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_args p) {
     ps_bar bar = {p.bar, gridDim.x, 0};
@@ -95,7 +104,9 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
     const int G = p.n_heads / p.n_kv, nrg = (G + R - 1) / R;
     const cu_att_item it = p.items[0];
     const int n_ctx = it.pos_first + 1;
-    const bool comb = it.n_q > 0 && ad_nz(n_ctx, dec_per<PS_WARPS>(n_ctx, p.n_splits)) > 1;
+    const int per = dec_per(n_ctx, p.n_splits, PS_WARPS, p.min_tiles);
+    const bool comb = it.n_q > 0 && ad_nz(n_ctx, per) > 1;
+    const int32_t *tbl = p.tables + (size_t)it.seq * p.tbl_stride;
     const int att_units = p.n_kv * nrg * p.n_splits;
     const int comb_units = p.n_kv * ((G * HD + CT - 1) / CT);
 
@@ -129,6 +140,25 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
             if (l > 0) ps_wait(bar); /* layer 0: x is the embedding, done before the launch */
         });
         ps_arrive(bar);
+        /* While the others finish the QKV phase: the cache rows of this
+         * block's attention keys into L2 (the earlier positions do not depend
+         * on this step; the newest row is written through L2 anyway). */
+        for (int u = bid; it.n_q > 0 && u < att_units; u += nb) {
+            const int kvh = (u % (p.n_kv * nrg)) / nrg, k0 = (u / (p.n_kv * nrg)) * per * CU_ATT_TILE;
+            if (k0 >= n_ctx) break; /* u grows with the split index */
+            const int k1 = min(n_ctx, k0 + per * CU_ATT_TILE);
+            for (int key = k0 + (int)threadIdx.x; key < k1; key += PS_THREADS) {
+                const size_t row = (size_t)(tbl[key / p.block_size] * p.block_size +
+                                            key % p.block_size) * kvd + (size_t)kvh * HD;
+                const char *kr = (const char *)((const cu_bf16 *)L.k_cache + row);
+                const char *vr = (const char *)((const cu_bf16 *)L.v_cache + row);
+#pragma unroll
+                for (int o = 0; o < HD * 2; o += 128) {
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(kr + o));
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + o));
+                }
+            }
+        }
 
         cu_att_args a = {};
         a.out = p.att;
@@ -147,6 +177,7 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
         a.hd = HD;
         a.block_size = p.block_size;
         a.max_nq = 1;
+        a.min_tiles = p.min_tiles;
         ps_wait(bar);
         for (int u = bid; u < att_units; u += nb) {
             ad_unit<cu_bf16, cu_bf16, R, HD, PS_WARPS, true>(a, 0, u % (p.n_kv * nrg),
@@ -173,7 +204,7 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
         g.y = p.x;
         g.ldy = p.dim;
         g.accumulate = 1;
-        gv_run<1, GV_PLAIN>(g, bid, nb, [&] { ps_wait(bar); });
+        gv_run<1, GV_PLAIN, PS_UNROLL>(g, bid, nb, [&] { ps_wait(bar); });
         ps_arrive(bar);
 
         g = cu_gemv_args{};
@@ -201,7 +232,7 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
         g.y = p.x;
         g.ldy = p.dim;
         g.accumulate = 1;
-        gv_run<1, GV_PLAIN>(g, bid, nb, [&] { ps_wait(bar); });
+        gv_run<1, GV_PLAIN, PS_UNROLL>(g, bid, nb, [&] { ps_wait(bar); });
         if (l + 1 < p.n_layers) ps_arrive(bar);
     }
     /* every block is past its last wait once it gets here: the last one to
@@ -272,7 +303,8 @@ int cu_persist_grid(const cu_persist_args *p, const cu_layer_w *layers, int n_sm
 }
 
 int cu_launch_persist(cudaStream_t st, const cu_persist_args *p, int grid) {
-    if (grid <= 0 || !ps_shape_ok(p) || p->n_splits < 1 || !p->bar || !p->layers)
+    if (grid <= 0 || !ps_shape_ok(p) || p->n_splits < 1 || p->min_tiles < PS_WARPS || !p->bar ||
+        !p->layers)
         return NI_EINVAL;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)grid);
@@ -288,3 +320,4 @@ int cu_launch_persist(cudaStream_t st, const cu_persist_args *p, int grid) {
     CU_LAUNCH_CHECK(st);
     return 0;
 }
+

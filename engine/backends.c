@@ -218,15 +218,20 @@ static int env_count(const char *name, const char *s, int *out, char *err, size_
     return 0;
 }
 
-/* A 0|1 switch whose "0" sets the field *off = 1 (a "no_" setting), read
- * only while *off is still at its default 0. */
-static int env_off(const char *name, int *off, char *err, size_t errlen) {
+/* A 0|1 switch read only while *field is still at its default 0: *field = 1
+ * when the value is `sets` ("0" for a "no_" setting, "1" for an opt-in). */
+static int env_switch(const char *name, const char *sets, int *field, char *err,
+                      size_t errlen) {
     const char *v;
-    if (*off != 0 || !(v = env_value(name))) return 0;
+    if (*field != 0 || !(v = env_value(name))) return 0;
     if (strcmp(v, "0") && strcmp(v, "1"))
         return ni_fail(err, errlen, NI_EINVAL, "%s=%s: must be 0 or 1", name, v);
-    *off = !strcmp(v, "0");
+    *field = !strcmp(v, sets);
     return 0;
+}
+
+static int env_off(const char *name, int *off, char *err, size_t errlen) {
+    return env_switch(name, "0", off, err, errlen);
 }
 
 int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *err, size_t errlen) {
@@ -276,7 +281,7 @@ int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *e
     if ((rc = env_off("NI_CUDA_GEMV", &c->no_gemv, err, errlen))) return rc;
     if ((rc = env_off("NI_CUDA_PDL", &c->no_pdl, err, errlen)) ||
         (rc = env_off("NI_CUDA_FUSE_ROPE", &c->no_fuse_rope, err, errlen)) ||
-        (rc = env_off("NI_CUDA_PERSIST", &c->no_persist, err, errlen)))
+        (rc = env_switch("NI_CUDA_PERSIST", "1", &c->persist, err, errlen)))
         return rc;
     if (c->profile == 0 && (v = env_value("NI_CUDA_PROFILE"))) c->profile = strcmp(v, "0") != 0;
     return 0;

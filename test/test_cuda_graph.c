@@ -307,11 +307,12 @@ static void test_single_stream(void **state) {
 }
 
 /* The persistent decode kernel (cuda/cu_persist.cu): one sequence decoding
- * alone, BF16, against the per-op kernels (NI_CUDA_PERSIST=0). Contexts run
- * from 200 to 319 keys, so the kernel's attention takes both of its paths
- * (one split written directly up to 256 keys, split-K partials + combine
- * phase above), also with 3 splits forced; graphs == eager bit for bit;
- * the one-token general steps (graphs off) take it too. Models it does not
+ * alone, BF16 (NI_CUDA_PERSIST=1), against the per-op kernels (the default,
+ * NI_CUDA_PERSIST=0). Contexts run from 200 to 319 keys: one split written
+ * directly (automatic splits: up to 512 keys), and with 3 splits forced
+ * (from 8 tiles a split) both paths, the direct one up to 256 keys, split-K
+ * partials + combine phase above; graphs == eager bit for bit; the one-token
+ * general steps (graphs off) take it too. Models it does not
  * take (qwen3: qk-norm) and FP32 report it off and run no step through it. */
 enum { PS_PROMPT = 200, PS_STEPS = 120, PS_BLOCKS = 24 };
 

@@ -112,9 +112,10 @@ typedef struct eng_backend_config {
                                    * fused QKV GEMV (A/B measurements); 0 default */
     int no_pdl;                   /* CUDA: 1 = no programmatic dependent launch between
                                    * the decode kernels (A/B measurements); 0 default */
-    int no_persist;               /* CUDA: 1 = one-sequence decode steps through the
-                                   * per-op kernels instead of the persistent decode
-                                   * kernel (A/B measurements); 0 default */
+    int persist;                  /* CUDA: 1 = one-sequence decode steps of up to 512 keys
+                                   * through the persistent decode kernel (experimental:
+                                   * faster decode steps, not yet a faster bench; see
+                                   * docs/cuda.md); 0 default: the per-op kernels */
     int profile;                  /* CUDA: 1 = per-phase device-time table on stderr at free
                                    * (decode then runs eager); 0 off */
     int tp;                       /* tensor-parallel ranks (--tensor-parallel-size): 0 or 1 =
@@ -244,7 +245,7 @@ const char *eng_quant_name(eng_quant q);
  *   NI_CUDA_GEMV=0|1             no_gemv = 1 for "0", when 0;
  *   NI_CUDA_PDL=0|1              no_pdl = 1 for "0", when 0;
  *   NI_CUDA_FUSE_ROPE=0|1        no_fuse_rope = 1 for "0", when 0;
- *   NI_CUDA_PERSIST=0|1          no_persist = 1 for "0", when 0;
+ *   NI_CUDA_PERSIST=0|1          persist = 1 for "1", when 0;
  *   NI_CUDA_PROFILE=<v>          profile = 1 for any non-empty v but "0", when 0.
  * An unset or empty variable changes nothing. Returns 0, or NI_EINVAL with a
  * message naming the variable when a value does not parse (c may then be
