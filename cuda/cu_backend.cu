@@ -206,9 +206,8 @@ static int enqueue_persist(cu_ctx *x, const cu_fwd *f) {
     p.n_splits = f->n_splits;
     p.block_size = x->block_size;
     /* up to 16 key tiles (512 keys, two chunks per warp) one split: no combine
-     * phase; longer contexts one chunk per warp and split. A forced split
-     * factor (tests) splits from 8 tiles on. */
-    p.min_tiles = x->force_splits > 0 ? 8 : CU_PS_MAX_CTX / CU_ATT_TILE;
+     * phase. A forced split factor (tests) splits from one chunk per warp on. */
+    p.min_tiles = x->force_splits > 0 ? 0 : CU_PS_MAX_CTX / CU_ATT_TILE;
     p.cos_tab = x->cos_tab;
     p.sin_tab = x->sin_tab;
     p.bar = x->ps_bar;

@@ -610,8 +610,8 @@ typedef struct cu_persist_args {
     const cu_att_item *items;       /* [1] */
     const int32_t *tables;          /* [1][tbl_stride] */
     int tbl_stride, n_splits, block_size;
-    int min_tiles;                  /* contexts of <= min_tiles key tiles are one split
-                                     * (>= 8, the warps of a block; dec_per) */
+    int min_tiles;                  /* contexts of <= min_tiles key tiles are one split,
+                                     * longer ones split from one chunk a warp (dec_per) */
     const float *cos_tab, *sin_tab;
     unsigned *bar;                  /* [2] barrier counters: zero before the first launch,
                                      * left zero by every launch that completes */

@@ -95,7 +95,6 @@ __device__ __forceinline__ void ps_wait(const ps_bar &b) {
     __syncthreads();
 }
 
-
 template <int R, int HD>
 __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_args p) {
     ps_bar bar = {p.bar, gridDim.x, 0};
@@ -144,12 +143,14 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
          * block's attention keys into L2 (the earlier positions do not depend
          * on this step; the newest row is written through L2 anyway). */
         for (int u = bid; it.n_q > 0 && u < att_units; u += nb) {
-            const int kvh = (u % (p.n_kv * nrg)) / nrg, k0 = (u / (p.n_kv * nrg)) * per * CU_ATT_TILE;
+            const int kvh = (u % (p.n_kv * nrg)) / nrg,
+                      k0 = (u / (p.n_kv * nrg)) * per * CU_ATT_TILE;
             if (k0 >= n_ctx) break; /* u grows with the split index */
             const int k1 = min(n_ctx, k0 + per * CU_ATT_TILE);
             for (int key = k0 + (int)threadIdx.x; key < k1; key += PS_THREADS) {
-                const size_t row = (size_t)(tbl[key / p.block_size] * p.block_size +
-                                            key % p.block_size) * kvd + (size_t)kvh * HD;
+                const size_t row =
+                    (size_t)(tbl[key / p.block_size] * p.block_size + key % p.block_size) * kvd +
+                    (size_t)kvh * HD;
                 const char *kr = (const char *)((const cu_bf16 *)L.k_cache + row);
                 const char *vr = (const char *)((const cu_bf16 *)L.v_cache + row);
 #pragma unroll
@@ -181,7 +182,7 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
         ps_wait(bar);
         for (int u = bid; u < att_units; u += nb) {
             ad_unit<cu_bf16, cu_bf16, R, HD, PS_WARPS, true>(a, 0, u % (p.n_kv * nrg),
-                                                            u / (p.n_kv * nrg));
+                                                             u / (p.n_kv * nrg));
             __syncthreads(); /* the unit's shared memory is free for the next one */
         }
         ps_arrive(bar);
@@ -251,11 +252,19 @@ typedef void (*ps_kernel)(cu_persist_args);
 static ps_kernel ps_pick(int G, int hd) {
     const int r = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : G <= 8 ? 8 : 0;
 #define PS_CASE(RR, H)                                                                             \
-    if (r == RR && hd == H) return k_persist<RR, H>;
-    PS_CASE(1, 16) PS_CASE(2, 16) PS_CASE(4, 16)
-    PS_CASE(1, 32) PS_CASE(2, 32) PS_CASE(4, 32)
-    PS_CASE(1, 64) PS_CASE(2, 64) PS_CASE(4, 64) PS_CASE(8, 64)
-    PS_CASE(4, 128) PS_CASE(8, 128)
+    if (r == RR && hd == H) return k_persist<RR, H>
+    PS_CASE(1, 16);
+    PS_CASE(2, 16);
+    PS_CASE(4, 16);
+    PS_CASE(1, 32);
+    PS_CASE(2, 32);
+    PS_CASE(4, 32);
+    PS_CASE(1, 64);
+    PS_CASE(2, 64);
+    PS_CASE(4, 64);
+    PS_CASE(8, 64);
+    PS_CASE(4, 128);
+    PS_CASE(8, 128);
 #undef PS_CASE
     return NULL;
 }
@@ -303,7 +312,7 @@ int cu_persist_grid(const cu_persist_args *p, const cu_layer_w *layers, int n_sm
 }
 
 int cu_launch_persist(cudaStream_t st, const cu_persist_args *p, int grid) {
-    if (grid <= 0 || !ps_shape_ok(p) || p->n_splits < 1 || p->min_tiles < PS_WARPS || !p->bar ||
+    if (grid <= 0 || !ps_shape_ok(p) || p->n_splits < 1 || p->min_tiles < 0 || !p->bar ||
         !p->layers)
         return NI_EINVAL;
     cudaLaunchConfig_t cfg = {};
@@ -320,4 +329,3 @@ int cu_launch_persist(cudaStream_t st, const cu_persist_args *p, int grid) {
     CU_LAUNCH_CHECK(st);
     return 0;
 }
-
