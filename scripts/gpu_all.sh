@@ -116,6 +116,11 @@ PY
     step "perf 1B bf16 S=1,16" "$PL" 120 env NI_PERF_PROFILE=1 NI_PERF_MODEL=/tmp/l1b NI_PERF_SEQS=1,16 NI_PERF_STEPS=128 $BIN/test_cuda_perf
     step "perf 1B int8 S=1,16" "$PL" 120 env NI_PERF_PROFILE=1 NI_CUDA_QUANT=int8 NI_PERF_MODEL=/tmp/l1b NI_PERF_SEQS=1,16 NI_PERF_STEPS=128 $BIN/test_cuda_perf
     step "perf smol bf16 S=1,64,256" "$PL" 150 env NI_PERF_PROFILE=1 NI_PERF_MODEL=/tmp/smol NI_PERF_SEQS=1,64,256 NI_PERF_STEPS=64 $BIN/test_cuda_perf
+    # the persistent decode kernel (opt-in) against the per-op kernels, interleaved
+    for r in 1 2; do for ps in 1 0; do
+      step "perf smol S=1 persist=$ps" "$PL" 60 env NI_CUDA_PERSIST=$ps NI_PERF_MODEL=/tmp/smol NI_PERF_SEQS=1 NI_PERF_STEPS=128 $BIN/test_cuda_perf
+      step "perf 1B S=1 persist=$ps" "$PL" 60 env NI_CUDA_PERSIST=$ps NI_PERF_MODEL=/tmp/l1b NI_PERF_SEQS=1 NI_PERF_STEPS=128 $BIN/test_cuda_perf
+    done; done
     if command -v nsys > /dev/null 2>&1; then
       NL=$OUT/nsys.log
       step "nsys 1B S=1" "$NL" 150 nsys profile -t cuda -o /tmp/p1b --force-overwrite true env NI_PERF_MODEL=/tmp/l1b NI_PERF_SEQS=1 NI_PERF_STEPS=64 $BIN/test_cuda_perf
@@ -151,10 +156,14 @@ PY
     run_bench "1B single, no graphs"   NI_CUDA_GRAPHS=0 -- $S1
     run_bench "1B single, int8+graphs" NI_CUDA_GRAPHS=1 -- $S1 --quant int8
     run_bench "1B single, int8 no graphs" NI_CUDA_GRAPHS=0 -- $S1 --quant int8
+    run_bench "1B single, persistent kernel" NI_CUDA_PERSIST=1 -- $S1
   fi
   if [ -f /tmp/smol/config.json ]; then
     run_bench "smol-shape 256 req, graphs"    NI_CUDA_GRAPHS=1 -- --model /tmp/smol
     run_bench "smol-shape 256 req, no graphs" NI_CUDA_GRAPHS=0 -- --model /tmp/smol
+    S1S="--model /tmp/smol --num-requests 1 --input-len 128 --output-len 256"
+    run_bench "smol-shape single, graphs" NI_CUDA_GRAPHS=1 -- $S1S
+    run_bench "smol-shape single, persistent" NI_CUDA_PERSIST=1 -- $S1S
   fi
   if [ -f /opt/smol.gguf ]; then
     run_bench "SmolLM2 gguf 256 req, graphs"    NI_CUDA_GRAPHS=1 -- --model /opt/smol.gguf
