@@ -94,7 +94,9 @@ eng_dtype cu_eng_dtype(int cu_dtype);
 typedef struct cu_backend_stats {
     int graph_mode;               /* 0 off, 1 graphs, 2 eager (from eng_backend_config.graphs) */
     int quant;                    /* 1: int8 weights */
-    int graphs_captured;          /* decode buckets captured so far */
+    int graphs_captured;          /* decode graphs captured so far */
+    int graphs_fine;              /* of which with fine attention chunks (a bucket has at
+                                   * most one graph of each kind) */
     long long graph_launches;     /* decode steps replayed from a graph */
     long long decode_steps;       /* steps that took the padded decode path */
     long long general_steps;      /* steps that took the general path */

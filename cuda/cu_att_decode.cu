@@ -32,10 +32,25 @@
  * of the partial workspace (the k_attention layout: slot (item, split), kv
  * head, row = the query head's index in its group; M in log2 units).
  *
+ * Fine chunks (cu_att_args.no_lat == 0), for small batches where a split's
+ * latency is its warps' serial work: when n_splits > 1 and the unsplit grid
+ * has at most CU_ATT_FINE_BLOCKS blocks, the launch takes
+ * k_att_decode<..., FINE>: P = 4 lanes per key (ad_chunk::FINE, BF16 hd 64:
+ * 8-key chunks, 2 K and 2 V loads per lane, a quarter of the serial work
+ * per warp) and splits of ad_lo tiles (1 at BF16 hd 64); k_att_dcombine
+ * gets the same lo. The backend asks for it (no_lat 0) only when every item
+ * then takes one chunk per warp (cu_att_decode_fine_keys): over longer
+ * splits the fine walk is 16-28 % slower than the coarse one (few loads per
+ * lane in flight, a softmax round per 8 keys), so a decode graph has a fine
+ * and a coarse variant per bucket. In both the first chunk's K/V loads are
+ * issued before q is staged. H200: SmolLM2-shape decode steps 3.4 % (1
+ * sequence) to 5.3 % (2) faster, the 1B shape 1.5-1.7 % (docs/perf.md).
+ *
  * Split-K: keys are partitioned among splits in CU_ATT_TILE-key tiles,
- * per = max(ceil(tiles / n_splits), 4) tiles per split (k_attention's rule,
- * but at least one 32-key chunk per warp: fewer partials to merge, no idle
- * warps), so the split factor the decode graphs fix at capture
+ * per = max(ceil(tiles / n_splits), lo) tiles per split (k_attention's rule,
+ * but lo = 4 with the coarse 32-key chunks: one chunk per warp, fewer
+ * partials to merge, no idle warps; lo = ad_lo of the fine chunks, 1 at
+ * BF16 hd 64), so the split factor the decode graphs fix at capture
  * (cu_att_choose_splits on max_pos) leaves the extra splits of short contexts
  * empty: such a block exits at once and writes nothing, and k_att_dcombine,
  * which recomputes the number of non-empty splits ceil(tiles / per) from the
@@ -78,19 +93,25 @@
 #define DW (DT / 32)
 /* the combine: split weights kept in shared memory */
 #define CMAX 8192
+/* the fine-chunk kernel takes grids of at most this many (item, kv head, row
+ * group) blocks before the split: a quarter of a 132-SM device (1-4
+ * sequences of the 1B / SmolLM2 shapes; at 64 sequences one split fills it) */
+#define CU_ATT_FINE_BLOCKS 32
 
-template <typename T, typename C, int R, int HD>
+template <typename T, typename C, int R, int HD, bool FINE>
 __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a) {
+    constexpr int CK = FINE ? ad_chunk<C, HD>::FINE : ad_chunk<C, HD>::COARSE;
     cu_pdl_trigger();
     cu_pdl_wait(); /* first, on every path: q and the cache are activations */
-    ad_unit<T, C, R, HD, DW, false>(a, blockIdx.x, blockIdx.y, blockIdx.z);
+    ad_unit<T, C, R, HD, DW, CK, false>(a, blockIdx.x, blockIdx.y, blockIdx.z,
+                                        ad_lo(DW, CK, FINE));
 }
 
 template <typename T>
-__global__ void __launch_bounds__(CT) k_att_dcombine(cu_att_args a) {
+__global__ void __launch_bounds__(CT) k_att_dcombine(cu_att_args a, int lo) {
     cu_pdl_trigger();
     cu_pdl_wait(); /* before the early exits: see cu_launch_k */
-    ad_combine_unit<T, DW, CMAX>(a, blockIdx.x, blockIdx.y, blockIdx.z);
+    ad_combine_unit<T, CMAX>(a, blockIdx.x, blockIdx.y, blockIdx.z, lo);
 }
 
 /* Benchmarks only (cu_att_decode_enable): 0 sends decode batches to k_attention. */
@@ -113,16 +134,52 @@ int cu_att_decode_ok(const cu_att_args *a) {
            (uintptr_t)a->k_cache % 16 == 0 && (uintptr_t)a->v_cache % 16 == 0;
 }
 
+/* Fine chunks: asked for, split, and an unsplit grid that is a small
+ * fraction of the device. */
+static bool fine_grid(const cu_att_args *a, int nrg) {
+    return !a->no_lat && a->n_splits > 1 && (long)a->n_items * a->n_kv * nrg <= CU_ATT_FINE_BLOCKS;
+}
+
+/* Rows per block for G (launch_hd's choice). */
+static int rows_for(int G) { return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8; }
+
+/* The fine chunk's keys for the cache format and head_dim (ad_chunk). */
+template <typename C> static int fine_ck(int hd) {
+    switch (hd) {
+    case 16: return ad_chunk<C, 16>::FINE;
+    case 32: return ad_chunk<C, 32>::FINE;
+    case 64: return ad_chunk<C, 64>::FINE;
+    default: return ad_chunk<C, 128>::FINE;
+    }
+}
+
+int cu_att_decode_fine_keys(const cu_att_args *a, int dtype) {
+    if (!cu_att_decode_ok(a) || a->n_kv <= 0 || a->n_heads % a->n_kv) return 0;
+    const int G = a->n_heads / a->n_kv, R = rows_for(G);
+    if (!fine_grid(a, (G + R - 1) / R)) return 0;
+    const int ck = a->kv_fp8 ? (fp8_wide_for(a->hd) ? fine_ck<cu_fp8>(a->hd)
+                                                    : fine_ck<cu_fp8_l8>(a->hd))
+                   : dtype == CU_DTYPE_FP32 ? fine_ck<float>(a->hd)
+                                            : fine_ck<cu_bf16>(a->hd);
+    return a->n_splits * ad_lo(DW, ck, true) * CU_ATT_TILE;
+}
+
 template <typename T, typename C, int R, int HD>
 static int launch_dec(cudaStream_t st, const cu_att_args *a) {
     const int G = a->n_heads / a->n_kv, nrg = (G + R - 1) / R;
     const dim3 grid((unsigned)a->n_items, (unsigned)(a->n_kv * nrg), (unsigned)a->n_splits);
-    CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD>, grid, DT, 0, st, a->pdl, *a));
+    const bool fine = fine_grid(a, nrg);
+    if (fine)
+        CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, true>, grid, DT, 0, st, a->pdl, *a));
+    else
+        CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, false>, grid, DT, 0, st, a->pdl, *a));
     CU_LAUNCH_CHECK(st);
     if (a->n_splits > 1) {
+        const int lo = fine ? ad_lo(DW, ad_chunk<C, HD>::FINE, true)
+                            : ad_lo(DW, ad_chunk<C, HD>::COARSE, false);
         const unsigned slices = (unsigned)((G * a->hd + CT - 1) / CT);
         const dim3 cgrid((unsigned)a->n_items, (unsigned)a->n_kv, slices);
-        CU_CHECK(cu_launch_k(k_att_dcombine<T>, cgrid, CT, 0, st, a->pdl, *a));
+        CU_CHECK(cu_launch_k(k_att_dcombine<T>, cgrid, CT, 0, st, a->pdl, *a, lo));
         CU_LAUNCH_CHECK(st);
     }
     return 0;

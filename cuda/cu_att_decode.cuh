@@ -1,9 +1,9 @@
 /*
  * cu_att_decode.cuh - the device side of the decode attention kernels
  * (cu_att_decode.cu): one block's work of k_att_decode (ad_unit) and of
- * k_att_dcombine (ad_combine_unit), parameterised by the warps per block and
- * the block coordinates, so that the persistent decode kernel (cu_persist.cu)
- * runs the same code between its grid barriers. Design, invariants and
+ * k_att_dcombine (ad_combine_unit), parameterised by the warps per block, the
+ * keys per warp chunk and the block coordinates, so that the persistent
+ * decode kernel (cu_persist.cu) runs the same code between its grid barriers. Design, invariants and
  * limits: cu_att_decode.cu. Private to cuda/; include after cu_internal.h.
  */
 #ifndef NI_CU_ATT_DECODE_CUH
@@ -68,16 +68,34 @@ template <> struct dvec<cu_fp8_l8> {
 };
 
 /* Key tiles per split of an item with n_ctx keys: ceil(tiles / n_splits), at
- * least nw, one 32-key chunk per warp of the ad_unit block (fewer splits to
- * merge at short contexts, no warp left idle by a 1-tile split); and when the
- * whole context fits mt tiles (mt > nw: the persistent kernel), mt, so that
- * it is one split and needs no combine. The non-empty splits are the first
- * ad_nz = ceil(tiles / per). */
-__device__ __forceinline__ int dec_per(int n_ctx, int n_splits, int nw, int mt) {
+ * least lo (ad_lo: the ad_unit block's warps times its chunk, in tiles: no
+ * warp left idle by a short split, fewer splits to merge at short contexts);
+ * and when the whole context fits mt tiles (mt > lo: the persistent
+ * kernel), mt, so that it is one split and needs no combine. The non-empty
+ * splits are the first ad_nz = ceil(tiles / per). */
+__device__ __forceinline__ int dec_per(int n_ctx, int n_splits, int lo, int mt) {
     const int tiles = (n_ctx + CU_ATT_TILE - 1) / CU_ATT_TILE;
     const int per = (tiles + n_splits - 1) / n_splits;
-    const int lo = tiles <= mt ? mt : nw;
-    return per > lo ? per : lo;
+    const int m = tiles <= mt ? mt : lo;
+    return per > m ? per : m;
+}
+
+/* Keys per warp chunk of ad_unit for cache format C and head_dim HD (P =
+ * 32 / CK lanes share a key's q . k; a row is NCH 16-byte columns):
+ *   coarse: lane-per-key up to 128-byte rows (P = NCH / 8, 8 K loads per
+ *     lane), the throughput shape: one warp does a whole tile's keys;
+ *   fine:   P = min(4, NCH): a quarter of the keys per chunk (BF16 hd 64:
+ *     8 keys, 2 K and 2 V loads per lane), for batches whose blocks do not
+ *     fill the device, where a split's latency is its warps' serial work;
+ *     with 4 warps a split can then be a single tile.
+ * ad_lo: the matching least tiles per split (dec_per's lo) for NW warps. */
+template <typename C, int HD> struct ad_chunk {
+    static constexpr int NCH = HD / dvec<C>::N;
+    static constexpr int COARSE = 32 / (NCH >= 8 ? NCH / 8 : 1);
+    static constexpr int FINE = 32 / (NCH < 4 ? NCH : 4);
+};
+__host__ __device__ constexpr int ad_lo(int nw, int ck, bool fine) {
+    return !fine ? nw : nw * ck >= CU_ATT_TILE ? nw * ck / CU_ATT_TILE : 1;
 }
 
 __device__ __forceinline__ int ad_nz(int n_ctx, int per) {
@@ -93,27 +111,28 @@ template <bool COH, typename L> __device__ __forceinline__ L ad_ld(const L *p) {
 }
 
 /* Block (bx, by, bz) of k_att_decode's grid (item, kv head x row group,
- * split), computed by the calling block's NW warps (blockDim.x == 32 * NW).
- * COH: the cache is read with coherent (L2) loads instead of the read-only
- * path, for a caller that wrote it earlier in the same kernel (the persistent
- * decode kernel). Split sizes: dec_per with a.min_tiles. Block-uniform
- * early returns; every thread must call. */
-template <typename T, typename C, int R, int HD, int NW, bool COH>
-__device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, int bz) {
+ * split), computed by the calling block's NW warps (blockDim.x == 32 * NW),
+ * CK keys per warp chunk (ad_chunk), splits of at least lo tiles (ad_lo;
+ * dec_per with a.min_tiles). COH: the cache is read with coherent (L2)
+ * loads instead of the read-only path, for a caller that wrote it earlier in
+ * the same kernel (the persistent decode kernel). Block-uniform early
+ * returns; every thread must call. */
+template <typename T, typename C, int R, int HD, int NW, int CK, bool COH>
+__device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, int bz, int lo) {
     constexpr int DT = 32 * NW, DW = NW;
     using E = typename dvec<C>::E;             /* cache element */
     using L = typename dvec<C>::L;             /* one load: 16 (cu_fp8_l8: 8) bytes */
     constexpr int VE = dvec<C>::N;             /* elements per load */
     constexpr int NCH = HD / VE;               /* 16-byte columns per row */
-    constexpr int P = NCH >= 8 ? NCH / 8 : 1;  /* lanes per key for q . k */
-    constexpr int CK = 32 / P;                 /* keys per warp chunk */
+    constexpr int P = 32 / CK;                 /* lanes per key for q . k */
     constexpr int NK = NCH / P;                /* K loads per lane per chunk */
     constexpr int KPI = 32 / NCH;              /* keys per V load instruction */
     constexpr int NV = CK / KPI;               /* V loads per lane per chunk */
     constexpr int QW = NK * VE;                /* q elements one lane part covers */
     constexpr int QP = QW + 4;                 /* padded: the P parts hit distinct banks */
-    static_assert(NCH <= 32 && 32 % NCH == 0 && CK % KPI == 0 && CU_ATT_TILE % CK == 0,
-                  "unsupported head_dim");
+    static_assert(NCH <= 32 && 32 % NCH == 0 && 32 % CK == 0 && NCH % P == 0 && NK >= 1 &&
+                      NK <= 8 && NV >= 1 && CU_ATT_TILE % CK == 0,
+                  "unsupported head_dim / chunk");
 
     __shared__ __align__(16) float qs[R][P * QP];
     __shared__ __align__(16) float ps[DW][CK][R];
@@ -126,7 +145,7 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
     const int kvh = by / nrg, r0 = (by - kvh * nrg) * R;
     const int nr = min(R, G - r0);
     const int n_ctx = it.pos_first + 1;
-    const int per = dec_per(n_ctx, a.n_splits, NW, a.min_tiles);
+    const int per = dec_per(n_ctx, a.n_splits, lo, a.min_tiles);
     const int k0 = bz * per * CU_ATT_TILE;
     if (k0 >= n_ctx) return; /* empty split: k_att_dcombine does not read it */
     const int k1 = min(n_ctx, k0 + per * CU_ATT_TILE);
@@ -139,10 +158,26 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
     const E *vc = (const E *)a.v_cache + (size_t)kvh * HD;
     const int kl = lane / P, kp = lane % P;     /* q . k: key in the chunk, part of its row */
     const int kg = lane / NCH, dc = lane % NCH; /* P V: key group, 16-byte column */
-    /* the first chunk's table entry is in flight while q is staged */
     int c0 = k0 + w * CK;
-    int key = c0 + kl;
-    int slot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
+
+    /* The chunk at c0 (slot: this lane's key's cache slot) into kr / vr,
+     * zero past k1. The first chunk's loads are issued before q is staged,
+     * so that the two memory round trips overlap. */
+    L kr[NK], vr[NV];
+    auto slot_of = [&](int key) { return key < k1 ? tbl[key / bs] * bs + key % bs : 0; };
+    int slot = slot_of(c0 + kl);
+    auto load = [&]() {
+        const L *k4 = (const L *)(kc + (size_t)slot * kvd) + kp * NK;
+#pragma unroll
+        for (int i = 0; i < NK; i++) kr[i] = c0 + kl < k1 ? ad_ld<COH>(k4 + i) : L{};
+#pragma unroll
+        for (int i = 0; i < NV; i++) {
+            const int j = kg + i * KPI; /* key of this load within the chunk */
+            const int sj = __shfl_sync(FULL, slot, j * P);
+            vr[i] = c0 + j < k1 ? ad_ld<COH>((const L *)(vc + (size_t)sj * kvd) + dc) : L{};
+        }
+    };
+    if (c0 < k1) load();
 
     const float qscale = 1.4426950408889634f / sqrtf((float)HD);
     const float *qg = a.q + (size_t)it.tok0 * a.ldq + (size_t)(kvh * G + r0) * HD;
@@ -161,21 +196,10 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
         for (int e = 0; e < VE; e++) acc[r][e] = 0.0f;
     }
 
-    for (; c0 < k1; c0 += DW * CK) {
-        const bool kval = key < k1;
-        L kr[NK], vr[NV];
-        const L *kp4 = (const L *)(kc + (size_t)slot * kvd) + kp * NK;
-#pragma unroll
-        for (int i = 0; i < NK; i++) kr[i] = kval ? ad_ld<COH>(kp4 + i) : L{};
-#pragma unroll
-        for (int i = 0; i < NV; i++) {
-            const int j = kg + i * KPI; /* key of this load within the chunk */
-            const int sj = __shfl_sync(FULL, slot, j * P);
-            vr[i] = c0 + j < k1 ? ad_ld<COH>((const L *)(vc + (size_t)sj * kvd) + dc) : L{};
-        }
+    while (c0 < k1) { /* kr / vr hold the chunk at c0 */
+        const bool kval = c0 + kl < k1;
         /* the next chunk's table entry, while this one computes */
-        key = c0 + DW * CK + kl;
-        const int nslot = key < k1 ? tbl[key / bs] * bs + key % bs : 0;
+        const int nslot = slot_of(c0 + DW * CK + kl);
 
         float s[R];
 #pragma unroll
@@ -241,7 +265,9 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
                 for (int e = 0; e < VE; e++) acc[r][e] = fmaf(pr[r], vf[e], acc[r][e]);
         }
         __syncwarp(); /* every lane has read ps before the next chunk rewrites it */
+        c0 += DW * CK;
         slot = nslot;
+        if (c0 < k1) load();
     }
 
     /* warp merge: l over all lanes, acc over the KPI key groups of a column */
@@ -313,10 +339,11 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
  * (the partials were just written: L2 hits). So the latency is ~nz / 8 L2
  * round trips, not nz per element and pass. More than WZ weights (only
  * with a forced split factor far above the backend's 64): per element.
- * NW: that of the ad_unit that wrote the partials (with a.min_tiles: the split sizes);
- * blockDim.x == CT. */
-template <typename T, int NW, int WZ>
-__device__ __forceinline__ void ad_combine_unit(const cu_att_args &a, int bx, int by, int bz) {
+ * lo: that of the ad_unit blocks that wrote the partials (with a.min_tiles:
+ * the split sizes); blockDim.x == CT. */
+template <typename T, int WZ>
+__device__ __forceinline__ void ad_combine_unit(const cu_att_args &a, int bx, int by, int bz,
+                                                int lo) {
     __shared__ float wz[WZ]; /* [nz][G] */
     const cu_att_item it = a.items[bx];
     if (it.n_q <= 0) return;
@@ -324,7 +351,7 @@ __device__ __forceinline__ void ad_combine_unit(const cu_att_args &a, int bx, in
     const int e0 = bz * CT;
     if (e0 >= G * hd) return;
     const int n_ctx = it.pos_first + 1;
-    const int per = dec_per(n_ctx, a.n_splits, NW, a.min_tiles);
+    const int per = dec_per(n_ctx, a.n_splits, lo, a.min_tiles);
     const int nz = ad_nz(n_ctx, per);
     if (nz == 1) return; /* ad_unit wrote it */
     const size_t slot_floats = (size_t)CU_ATT_ROWS * (hd + 2);

@@ -87,6 +87,7 @@ typedef struct cu_fwd {
     const int32_t *lm_rows;   /* [n_lm] rows of x wanting logits, or NULL: rows 0..n_lm-1 */
     int n_lm;
     int persist;              /* the layers in the persistent kernel (use_persist) */
+    int att_fine;             /* decode attention may take fine key chunks (att_fine) */
 } cu_fwd;
 
 /* y = a W^T + beta y through cuBLAS, or the int8 path when scale != NULL. */
@@ -180,6 +181,24 @@ static int use_persist(const cu_ctx *x, int n, int n_items, int max_nq, int max_
     return x->persist && n == 1 && n_items == 1 && max_nq == 1 && max_ctx <= CU_PS_MAX_CTX;
 }
 
+/* Whether the decode attention of a forward with n_items items, n_splits
+ * splits and max_ctx keys at most takes the fine key chunks: allowed
+ * (att_lat), a decode batch, and every item one fine chunk per warp
+ * (cu_att_decode_fine_keys; longer contexts are faster coarse). */
+static int att_fine(const cu_ctx *x, int n_items, int n_splits, int max_nq, int max_ctx) {
+    if (!x->att_lat || max_nq != 1) return 0;
+    cu_att_args a = {};
+    a.k_cache = a.v_cache = x->kv; /* every layer's plane is 16-byte aligned like it */
+    a.n_items = n_items;
+    a.n_splits = n_splits;
+    a.n_heads = x->c.n_heads;
+    a.n_kv = x->c.n_kv_heads;
+    a.hd = x->c.head_dim;
+    a.max_nq = 1;
+    a.kv_fp8 = x->kv_fp8;
+    return max_ctx <= cu_att_decode_fine_keys(&a, x->dtype);
+}
+
 /* Every layer of a use_persist forward in one cooperative launch. */
 static int enqueue_persist(cu_ctx *x, const cu_fwd *f) {
     const mdl_config *c = &x->c;
@@ -255,7 +274,8 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
         const cu_att_args aa = {x->att,    x->qkv,    x->qkv_dim, kc,          vc,
                                 f->items,  f->tables, f->ts,      f->n_items,  f->n_splits,
                                 x->part,   c->n_heads, c->n_kv_heads, hd,      bs,
-                                f->max_nq, x->att_kernel, x->pdl, x->kv_fp8, 0};
+                                f->max_nq, x->att_kernel, x->pdl, x->kv_fp8, 0,
+                                !f->att_fine};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
         CU_TRY(res_proj(x, x->att, x->q_dim, L->wo, L->s_o, n));
@@ -379,7 +399,8 @@ static int forward_general(cu_ctx *x, const eng_batch *b, float *logits) {
                       max_nq,
                       x->meta_d + off_lm,
                       n_want,
-                      use_persist(x, n, n_items, max_nq, max_ctx)};
+                      use_persist(x, n, n_items, max_nq, max_ctx),
+                      att_fine(x, n_items, n_splits, max_nq, max_ctx)};
     x->prof_kind = 1;
     CU_TRY(enqueue_layers(x, &f));
     x->stats.general_steps++;
@@ -390,8 +411,8 @@ static int forward_general(cu_ctx *x, const eng_batch *b, float *logits) {
 /* Decode bucket bi over the fixed decode metadata layout of meta_d:
  * tok [dec_cap] | pos [dec_cap] | slot [dec_cap] | items [4*dec_cap] |
  * tables [dec_cap][tbl_cap]; logits rows = batch rows. ps: through the
- * persistent kernel (bucket 1 only). */
-static int enqueue_decode(cu_ctx *x, int bi, int ps) {
+ * persistent kernel (bucket 1 only); fine: attention with fine key chunks. */
+static int enqueue_decode(cu_ctx *x, int bi, int ps, int fine) {
     const int B = x->bucket[bi], dc = x->dec_cap;
     const cu_fwd f = {B,
                       x->meta_d,
@@ -405,17 +426,18 @@ static int enqueue_decode(cu_ctx *x, int bi, int ps) {
                       1,
                       NULL,
                       B,
-                      ps};
+                      ps,
+                      fine};
     return enqueue_layers(x, &f);
 }
 
-/* Captures bucket bi's graph (ps: the persistent one of bucket 1) into *ge
- * (thread-local capture mode: only this thread's unsafe calls would
- * invalidate it; the launchers make none). */
-static int capture_decode(cu_ctx *x, int bi, int ps, cudaGraphExec_t *ge) {
+/* Captures bucket bi's graph (ps: the persistent one of bucket 1; fine: the
+ * one with fine attention chunks) into *ge (thread-local capture mode: only
+ * this thread's unsafe calls would invalidate it; the launchers make none). */
+static int capture_decode(cu_ctx *x, int bi, int ps, int fine, cudaGraphExec_t *ge) {
     cudaGraph_t g = NULL;
     CU_CHECK(cudaStreamBeginCapture(x->st, cudaStreamCaptureModeThreadLocal));
-    int rc = enqueue_decode(x, bi, ps);
+    int rc = enqueue_decode(x, bi, ps, fine);
     const cudaError_t ec = cudaStreamEndCapture(x->st, &g);
     if (rc || ec != cudaSuccess) {
         if (g) cudaGraphDestroy(g);
@@ -432,6 +454,7 @@ static int capture_decode(cu_ctx *x, int bi, int ps, cudaGraphExec_t *ge) {
     if (ei != cudaSuccess) *ge = NULL;
     CU_CHECK(ei);
     x->stats.graphs_captured++;
+    x->stats.graphs_fine += fine;
     return 0;
 }
 
@@ -446,10 +469,11 @@ static int forward_decode(cu_ctx *x, const eng_batch *b, float *logits) {
     int32_t *tok = mh, *pos = mh + dc, *slot = mh + 2 * dc;
     cu_att_item *items = (cu_att_item *)(mh + 3 * dc);
     int32_t *tables = mh + 7 * dc; /* compact [n][ts] here, [n][tbl_cap] on the device */
-    int ts = 1;
+    int ts = 1, max_ctx = 1;
     for (int s = 0; s < n; s++) {
         const int need = b->pos0[s] / bs + 1;
         if (need > ts) ts = need;
+        if (b->pos0[s] + 1 > max_ctx) max_ctx = b->pos0[s] + 1;
     }
     for (int s = 0; s < n; s++) {
         const int32_t *tb = b->block_tables + (size_t)s * b->max_blocks;
@@ -475,13 +499,14 @@ static int forward_decode(cu_ctx *x, const eng_batch *b, float *logits) {
                                cudaMemcpyHostToDevice, x->st));
     x->prof_kind = 0;
     const int ps = use_persist(x, B, B, 1, b->pos0[0] + 1);
+    const int fine = !ps && att_fine(x, B, x->bucket_splits[bi], 1, max_ctx);
     if (x->graph_mode == CU_GRAPHS_ON) {
-        cudaGraphExec_t *ge = ps ? &x->gexec_ps : &x->gexec[bi];
-        if (!*ge) CU_TRY(capture_decode(x, bi, ps, ge));
+        cudaGraphExec_t *ge = ps ? &x->gexec_ps : fine ? &x->gexec_fine[bi] : &x->gexec[bi];
+        if (!*ge) CU_TRY(capture_decode(x, bi, ps, fine, ge));
         CU_CHECK(cudaGraphLaunch(*ge, x->st));
         x->stats.graph_launches++;
     } else {
-        CU_TRY(enqueue_decode(x, bi, ps));
+        CU_TRY(enqueue_decode(x, bi, ps, fine));
     }
     x->stats.decode_steps++;
     x->stats.persist_steps += ps;

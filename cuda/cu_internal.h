@@ -301,6 +301,10 @@ typedef struct cu_att_args {
     int kv_fp8;                /* C = E4M3 (BF16 dtype only: NI_EINVAL with FP32), else T */
     int min_tiles;             /* decode kernel: a context of at most this many key tiles
                                 * is one split (dec_per in cu_att_decode.cuh); 0 = none */
+    int no_lat;                /* decode kernel: 1 = coarse key chunks only (the
+                                * throughput shape); 0: fine chunks where the grid is
+                                * small (cu_att_decode.cu; the backend sets 0 only when
+                                * cu_att_decode_fine_keys covers the batch's contexts) */
 } cu_att_args;
 
 /* Causal GQA attention over the paged cache with online softmax (never a
@@ -339,6 +343,15 @@ int cu_att_prefill_prepare(void);
 /* Whether the decode kernel takes a: max_nq == 1, head_dim 16, 32, 64 or 128,
  * 16-byte aligned caches (and not disabled by cu_att_decode_enable). */
 int cu_att_decode_ok(const cu_att_args *a);
+
+/* The longest context (keys) for which a decode launch of a (with
+ * no_lat 0) walks every item in one fine chunk per warp: n_splits fine
+ * splits of ad_lo tiles each; 0 when the launch would take the coarse
+ * chunks anyway (a split factor of 1, a grid of more than
+ * CU_ATT_FINE_BLOCKS blocks, a shape cu_att_decode_ok refuses). Longer
+ * contexts should run coarse (no_lat 1): fine chunks over several tiles per
+ * split are slower than the coarse ones (docs/cuda.md). */
+int cu_att_decode_fine_keys(const cu_att_args *a, int dtype);
 
 /* cu_launch_attention's contract for a batch cu_att_decode_ok accepts
  * (NI_EINVAL otherwise): k_att_decode, plus k_att_dcombine when
@@ -658,6 +671,8 @@ typedef struct cu_ctx {
                                  * also does RoPE + the KV store (no k_rope_kv launch) */
     int pdl;                    /* not no_pdl: decode projections and attention launched
                                  * with programmatic dependent launch (cu_launch_k) */
+    int att_lat;                /* not no_att_lat: decode attention may take fine key
+                                 * chunks (cu_att_args.no_lat = 0) */
     int persist;                /* fuse_rope, BF16 cache, no qk-norm, persist asked for, not
                                  * profiling, and cu_persist_grid accepted the model: one-token
                                  * steps of one sequence run the persistent kernel */
@@ -729,6 +744,8 @@ typedef struct cu_ctx {
     int bucket[CU_MAX_BUCKETS];        /* ascending; the last is dec_cap */
     int bucket_splits[CU_MAX_BUCKETS]; /* attention split-K factor of each bucket */
     cudaGraphExec_t gexec[CU_MAX_BUCKETS]; /* NULL until captured */
+    cudaGraphExec_t gexec_fine[CU_MAX_BUCKETS]; /* the same with fine attention chunks
+                                 * (contexts up to cu_att_decode_fine_keys; att_fine) */
     cudaGraphExec_t gexec_ps;   /* bucket 1 through the persistent kernel (contexts
                                  * <= CU_PS_MAX_CTX); NULL until captured */
     cu_backend_stats stats;

@@ -15,6 +15,10 @@ extern "C" {
 #include "cu_ops.h"
 }
 
+/* cu_op_att_decode_lat: the wrappers' cu_att_args.no_lat (tests and
+ * benchmarks; not thread-safe). */
+static int g_att_no_lat = 0;
+
 namespace {
 
 /* A device allocation freed when it goes out of scope. */
@@ -283,7 +287,7 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq,
-                           kernel, 1, kv_fp8, 0};
+                           kernel, 1, kv_fp8, 0, g_att_no_lat};
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
@@ -370,10 +374,12 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
     const size_t flush_bytes = (size_t)256 << 20; /* > L2: every launch reads the KV from HBM */
     CU_TRY(dflush.alloc(flush_bytes));
     CU_TRY(cu_att_prepare());
-    const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
-                           ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
-                           splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1,
-                           CU_ATT_AUTO, 0, kv_fp8, 0};
+    cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
+                     ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
+                     splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1,
+                     CU_ATT_AUTO, 0, kv_fp8, 0, g_att_no_lat};
+    /* the backend's rule (att_fine): fine chunks only where they take one pass */
+    if (ctx > cu_att_decode_fine_keys(&a, kv_fp8 ? CU_DTYPE_BF16 : dtype)) a.no_lat = 1;
     cu_att_decode_enable(kernel);
     rc = time_attention(&a, dtype, iters, dflush.p, flush_bytes, us);
     cu_att_decode_enable(1);
@@ -428,7 +434,7 @@ extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, i
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, bs, max_nq,
-                           kernel, 0, kv_fp8 ? 1 : 0, 0};
+                           kernel, 0, kv_fp8 ? 1 : 0, 0, g_att_no_lat};
     return time_attention(&a, CU_DTYPE_BF16, iters, NULL, 0, us);
 }
 
@@ -606,6 +612,8 @@ extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, in
 }
 
 extern "C" void cu_op_att_decode_fp8_wide(int on) { cu_att_decode_fp8_wide(on); }
+
+extern "C" void cu_op_att_decode_lat(int on) { g_att_no_lat = !on; }
 
 extern "C" int cu_op_round_fp8(float *x, size_t n) {
     if (!x) return NI_EINVAL;

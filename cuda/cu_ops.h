@@ -129,6 +129,11 @@ int cu_op_gemv_rope(float *q, const float *x, const float *norm_w, const float *
  * For tests and benchmarks; not thread-safe. */
 void cu_op_att_decode_fp8_wide(int on);
 
+/* Whether the attention wrappers below let the decode kernel take fine key
+ * chunks for short contexts of small batches (cu_att_args.no_lat = !on;
+ * cu_att_decode.cu); default 1. For tests and benchmarks; not thread-safe. */
+void cu_op_att_decode_lat(int on);
+
 /* x[0..n) rounded through the device's E4M3 conversion (cu_fromf<cu_fp8>:
  * the KV cache's) and back to FP32, in place. Twin: eng_fp8_e4m3_round. */
 int cu_op_round_fp8(float *x, size_t n);
@@ -147,7 +152,10 @@ int cu_op_matmul_bench(int n, int in, int out, int mode, int dtype, int iters, d
  * data): kernel 0 the tiled k_attention, 1 the decode kernel (cu_att_decode.cu;
  * falls back to k_attention for shapes it does not take). The split factor is
  * the backend's rule for split_ctx keys (0: ctx; a decode graph uses its
- * max_pos); *splits_used gets it, *us microseconds per launch. dtype
+ * max_pos), and the fine key chunks are taken where the backend would take
+ * them (cu_att_decode_fine_keys covers ctx; never with
+ * cu_op_att_decode_lat(0)); *splits_used gets it, *us microseconds per
+ * launch. dtype
  * CU_DTYPE_FP8: BF16 compute over an E4M3 cache (constant 0x3c bytes = 1.5). */
 int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv, int hd, int block_size,
                           int split_ctx, int kernel, int dtype, int iters, double *us,

@@ -181,15 +181,15 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
         a.min_tiles = p.min_tiles;
         ps_wait(bar);
         for (int u = bid; u < att_units; u += nb) {
-            ad_unit<cu_bf16, cu_bf16, R, HD, PS_WARPS, true>(a, 0, u % (p.n_kv * nrg),
-                                                             u / (p.n_kv * nrg));
+            ad_unit<cu_bf16, cu_bf16, R, HD, PS_WARPS, ad_chunk<cu_bf16, HD>::COARSE, true>(
+                a, 0, u % (p.n_kv * nrg), u / (p.n_kv * nrg), PS_WARPS);
             __syncthreads(); /* the unit's shared memory is free for the next one */
         }
         ps_arrive(bar);
         if (comb) { /* block-uniform: every block takes this barrier or none does */
             ps_wait(bar);
             for (int u = bid; u < comb_units; u += nb) {
-                ad_combine_unit<cu_bf16, PS_WARPS, PS_WZ>(a, 0, u % p.n_kv, u / p.n_kv);
+                ad_combine_unit<cu_bf16, PS_WZ>(a, 0, u % p.n_kv, u / p.n_kv, PS_WARPS);
                 __syncthreads();
             }
             ps_arrive(bar);

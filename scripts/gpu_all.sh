@@ -8,7 +8,8 @@
 #
 # Binaries: .gpu/bin/ when present and runnable (built on the development
 # machine with `bash scripts/gpu_all.sh --prebuild`, x86-64, the same nvcc),
-# else `make USE_CUDA=1` here. Carry .gpu. Logs under $OUT.
+# else `make USE_CUDA=1` here (gpu_bins, scripts/gpu_lib.sh). Carry .gpu.
+# Logs under $OUT. Models: scripts/gpu_models.py.
 #
 # Benchmarks (random-init models built with transformers, BF16 weights):
 #   - Llama-3.2-1B shape, 1 request, 128 prompt + 512 output tokens:
@@ -37,46 +38,9 @@ for a in "$@"; do
   [ "$a" = --skip-bench ] && SKIP_BENCH=1
   [ "$a" = --perf ] && PERF=1 && SKIP_MEM=1
 done
-OUT=${OUT:-$PWD/gpu_logs}
-mkdir -p "$OUT"
 # shellcheck disable=SC1091
-source scripts/gpu_env.sh
-BUDGET=${BUDGET_S:-560}
-T0=$(date +%s)
-left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
-sum=$OUT/summary.txt
-: > "$sum"
-note() { echo "$*" | tee -a "$sum"; }
-note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
-
-BIN=.gpu/bin
-if ! [ -x $BIN/test_cuda ] || ! $BIN/test_cuda > /dev/null 2>&1; then
-  s=$(date +%s)
-  if make -j"$(nproc)" USE_CUDA=1 build/nanoinfer $(for t in $TESTS; do echo build/test/$t; done) > "$OUT/build.log" 2>&1; then
-    note "build here: ok ($(( $(date +%s) - s )) s)"
-  else
-    note "build: FAILED"; tail -30 "$OUT/build.log"; exit 1
-  fi
-  mkdir -p /tmp/nibin && cp build/nanoinfer /tmp/nibin/ && for t in $TESTS; do cp build/test/$t /tmp/nibin/; done
-  BIN=/tmp/nibin
-else
-  note "prebuilt binaries from .gpu/bin"
-fi
-
-status=0
-step() { # name log timeout cmd...
-  local name=$1 log=$2 to=$3; shift 3
-  local l; l=$(left)
-  if [ "$l" -lt 20 ]; then note "$(printf '%-26s SKIPPED (time budget)' "$name")"; return; fi
-  [ "$to" -gt "$l" ] && to=$l
-  local s; s=$(date +%s)
-  echo "===== $name: $*" >> "$log"
-  timeout "$to" "$@" >> "$log" 2>&1
-  local rc=$?
-  local res="ok"; [ $rc -ne 0 ] && res="FAILED rc=$rc" && status=1
-  [ $rc -eq 124 ] && res="TIMEOUT after ${to}s"
-  note "$(printf '%-26s %-18s %4d s' "$name" "$res" $(( $(date +%s) - s )))"
-}
+source scripts/gpu_lib.sh
+gpu_bins "$TESTS"
 
 TL=$OUT/tests.log
 if [ "$PERF" = 0 ]; then
@@ -87,30 +51,7 @@ fi
 
 if [ "$SKIP_BENCH" = 0 ]; then
   ML=$OUT/model.log
-  step "build random models" "$ML" 150 env PYTHONUNBUFFERED=1 python3 - <<'PY'
-import os, shutil, sys, torch
-sys.path.insert(0, "scripts")
-from gpu_reference import make_config
-from transformers import LlamaConfig, LlamaForCausalLM
-def save(cfg, d):
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        m = LlamaForCausalLM(cfg)
-    m = m.to(torch.bfloat16)
-    shutil.rmtree(d, ignore_errors=True)
-    m.save_pretrained(d, safe_serialization=True)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join("test/models/tiny-llama3", f), d)
-    print(d, "params", sum(p.numel() for p in m.parameters()), flush=True)
-cfg = make_config("llama3")
-cfg.max_position_embeddings = 8192
-save(cfg, "/tmp/l1b")
-smol = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                   tie_word_embeddings=True, rope_theta=100000.0, max_position_embeddings=8192,
-                   rms_norm_eps=1e-5)
-save(smol, "/tmp/smol")
-PY
+  step "build random models" "$ML" 150 env PYTHONUNBUFFERED=1 python3 scripts/gpu_models.py
   if true; then
     PL=$OUT/perf.log
     step "perf 1B bf16 S=1,16" "$PL" 120 env NI_PERF_PROFILE=1 NI_PERF_MODEL=/tmp/l1b NI_PERF_SEQS=1,16 NI_PERF_STEPS=128 $BIN/test_cuda_perf

@@ -766,6 +766,70 @@ static void test_invalid(void **state) {
 #endif
 }
 
+/* ---- decode attention's latency shape (NI_CUDA_ATT_LAT) ---------------------------- */
+
+/* One-sequence decode steps through the decode graphs (many splits at this
+ * context: the fine-chunk kernel) against NI_CUDA_ATT_LAT=0 (the coarse
+ * chunks), teacher-forced on the first run's tokens after a 300-token
+ * prompt: FP32 logits equal to summation order (max rel 1e-4), BF16 to an
+ * NMSE of 1e-4 (a BF16 rounding of the attention output may flip). Also:
+ * the variable's parsing. */
+static void test_att_lat(void **state) {
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    tu_load_tiny(&m, *(const int *)*state);
+    enum { n_prompt = 300, n_steps = 24 };
+    const int V = m.cfg.vocab_size;
+    int32_t prompt[n_prompt], perm[N_BLOCKS], ts[n_steps], tk[n_steps];
+    tu_fill_int(&g_rng, prompt, n_prompt, V);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
+    float *la = malloc(sizeof(float) * n_steps * V), *lb = malloc(sizeof(float) * n_steps * V);
+    const int dts[2] = {CU_DTYPE_FP32, CU_DTYPE_BF16};
+    const char *vals[2] = {NULL, "0"}; /* no_att_lat 0, 1 */
+    for (int d = 0; d < 2; d++)
+        for (int k = 0; k < 2; k++) { /* k = 0: the default, the reference */
+            char err[256] = "";
+            eng_backend_config cf = be_config(dts[d]);
+            if (k) setenv("NI_CUDA_ATT_LAT", vals[k], 1);
+            assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), 0);
+            unsetenv("NI_CUDA_ATT_LAT");
+            assert_int_equal(cf.no_att_lat, k);
+            void *g = be_init(&eng_backend_cuda, &m, &cf);
+            drive(&eng_backend_cuda, g, V, prompt, n_prompt, 128, n_steps, k ? ts : NULL, perm,
+                  k ? tk : ts, k ? lb : la);
+            eng_backend_cuda.free(g);
+            if (!k) continue;
+            double worst = 0;
+            for (int st = 0; st < n_steps; st++) {
+                char what[80];
+                snprintf(what, sizeof what, "%s NI_CUDA_ATT_LAT=%s step %d logits",
+                         d ? "bf16" : "fp32", vals[k], st);
+                const float *got = lb + (size_t)st * V, *want = la + (size_t)st * V;
+                const double e = d ? tu_check(TU_NMSE, what, got, want, V, 1e-4)
+                                   : tu_check(TU_MAX_REL, what, got, want, V, 1e-4);
+                if (e > worst) worst = e;
+            }
+            printf("  %s: %d decode steps, NI_CUDA_ATT_LAT=%s vs default: worst %s %.3g\n",
+                   d ? "bf16" : "fp32", n_steps, vals[k], d ? "nmse" : "max rel", worst);
+        }
+    {
+        char err[256] = "";
+        eng_backend_config cf = be_config(CU_DTYPE_BF16);
+        setenv("NI_CUDA_ATT_LAT", "fast", 1);
+        assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err),
+                         NI_EINVAL);
+        unsetenv("NI_CUDA_ATT_LAT");
+        printf("  bad NI_CUDA_ATT_LAT: %s\n", err);
+    }
+    free(la);
+    free(lb);
+    mdl_free(&m);
+#else
+    (void)state;
+#endif
+}
+
 /* ---- attention kernel selection (NI_CUDA_ATT) -------------------------------------- */
 
 /* tiny-qwen3 (head_dim 32), BF16: a 100-token prompt prefilled in chunks of
@@ -844,6 +908,8 @@ int main(void) {
         PER_MODEL(test_mixed_batches, 2),  cmocka_unit_test(test_copy_block),
         cmocka_unit_test(test_forced_splits), cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_att_kernel_select),
+        PER_MODEL(test_att_lat, 0),        PER_MODEL(test_att_lat, 1),
+        PER_MODEL(test_att_lat, 2),
         PER_MODEL(test_fp8_vs_bf16, 0),    PER_MODEL(test_fp8_vs_bf16, 1),
         PER_MODEL(test_fp8_vs_bf16, 2),    cmocka_unit_test(test_fp8_capacity),
         cmocka_unit_test(test_fp8_copy_block),

@@ -20,10 +20,11 @@
  * needs only a GPU): one decode attention launch (plus its combine) of the
  * tiled k_attention against the decode kernel of cu_att_decode.cu, BF16,
  * for the TinyLlama / Llama-3.2-1B / Qwen3-0.6B / SmolLM2-135M head shapes,
- * 1 / 64 / 256 sequences at 200 and 4000 keys of context, with the split
+ * 1 / 4 / 64 / 256 sequences at 200, 1000 and 4000 keys of context, with the split
  * factor of the general path (from the context) and, for one sequence, of a
  * decode graph (from max_pos 32768), and the KV bytes read per second (L2 flushed
- * before every launch, so these are HBM reads).
+ * before every launch, so these are HBM reads); "thru": the decode kernel
+ * in its throughput shape only (cu_op_att_decode_lat(0): coarse chunks).
  * test_attention_prefill_kernels (NI_PERF_ATT=1): prefill attention of one
  * 512 / 4000-token sequence, SIMT k_attention vs the tensor-core kernel,
  * TFLOP/s.
@@ -229,37 +230,40 @@ static void test_attention_kernels(void **state) {
                   {"Llama-3.2-1B", 32, 8, 64},
                   {"Qwen3-0.6B", 16, 8, 128},
                   {"SmolLM2-135M", 9, 3, 64}};
-    const int seqs[] = {1, 64, 256}, ctxs[] = {200, 4000}, split_ctx[] = {0, 32768};
+    const int seqs[] = {1, 4, 64, 256}, ctxs[] = {200, 1000, 4000}, split_ctx[] = {0, 32768};
     printf("  decode attention, bf16, block size 16, one launch + combine (us), KV GB/s; "
            "fp8: the decode kernel over an E4M3 cache (--kv-cache-dtype fp8) with 16-byte "
            "and with 8-byte loads\n");
-    printf("  %-15s %5s %5s %-6s %6s %10s %10s %7s %9s %10s %9s %10s %9s\n", "shape", "seqs",
-           "ctx", "splits", "", "old us", "new us", "speedup", "new GB/s", "fp8 us", "fp8 GB/s",
-           "fp8/8B us", "8B GB/s");
+    printf("  %-15s %5s %5s %-6s %6s %10s %10s %7s %9s %10s %10s %9s %10s %9s\n", "shape",
+           "seqs", "ctx", "splits", "", "old us", "new us", "speedup", "new GB/s", "thru us",
+           "fp8 us", "fp8 GB/s", "fp8/8B us", "8B GB/s");
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
         for (size_t ci = 0; ci < NI_ARRAY_LEN(ctxs); ci++)
             for (size_t qi = 0; qi < NI_ARRAY_LEN(seqs); qi++)
                 for (size_t pi = 0; pi < NI_ARRAY_LEN(split_ctx); pi++) {
                     const int S = seqs[qi], C = ctxs[ci];
-                    if (S > 1 && split_ctx[pi]) continue; /* >= 64 sequences: never split */
-                    double us[4];
-                    int sp[4];
-                    for (int k = 0; k < 4; k++) { /* old, new, fp8 16-byte, fp8 8-byte loads */
+                    if (S > 4 && split_ctx[pi]) continue; /* >= 64 sequences: never split */
+                    double us[5];
+                    int sp[5];
+                    /* old, new, fp8 16-byte, fp8 8-byte loads, new in its throughput shape */
+                    for (int k = 0; k < 5; k++) {
                         cu_op_att_decode_fp8_wide(k != 3);
+                        cu_op_att_decode_lat(k != 4); /* 4: the throughput shape */
                         assert_int_equal(cu_op_attention_bench(S, C, shapes[si].nh,
                                                                shapes[si].nkv, shapes[si].hd, 16,
                                                                split_ctx[pi], k ? 1 : 0,
-                                                               k >= 2 ? CU_DTYPE_FP8
-                                                                      : CU_DTYPE_BF16,
+                                                               k == 2 || k == 3 ? CU_DTYPE_FP8
+                                                                                : CU_DTYPE_BF16,
                                                                20, &us[k], &sp[k]),
                                          0);
                     }
                     cu_op_att_decode_fp8_wide(-1);
+                    cu_op_att_decode_lat(1);
                     const double bytes = 2.0 * S * C * shapes[si].nkv * shapes[si].hd * 2;
-                    printf("  %-15s %5d %5d %-6s %6d %10.1f %10.1f %6.2fx %9.0f %10.1f %9.0f "
-                           "%10.1f %9.0f\n",
+                    printf("  %-15s %5d %5d %-6s %6d %10.1f %10.1f %6.2fx %9.0f %10.1f %10.1f "
+                           "%9.0f %10.1f %9.0f\n",
                            shapes[si].name, S, C, split_ctx[pi] ? "graph" : "auto", sp[1], us[0],
-                           us[1], us[0] / us[1], bytes / (us[1] * 1e3), us[2],
+                           us[1], us[0] / us[1], bytes / (us[1] * 1e3), us[4], us[2],
                            bytes / 2 / (us[2] * 1e3), us[3], bytes / 2 / (us[3] * 1e3));
                 }
 #endif

@@ -112,6 +112,9 @@ typedef struct eng_backend_config {
                                    * fused QKV GEMV (A/B measurements); 0 default */
     int no_pdl;                   /* CUDA: 1 = no programmatic dependent launch between
                                    * the decode kernels (A/B measurements); 0 default */
+    int no_att_lat;               /* CUDA: 1 = decode attention in its throughput shape only
+                                   * (no fine key chunks for short contexts of small
+                                   * batches; A/B measurements); 0 default */
     int persist;                  /* CUDA: 1 = one-sequence decode steps of up to 512 keys
                                    * through the persistent decode kernel (experimental:
                                    * faster decode steps, not yet a faster bench; see
@@ -245,6 +248,7 @@ const char *eng_quant_name(eng_quant q);
  *   NI_CUDA_GEMV=0|1             no_gemv = 1 for "0", when 0;
  *   NI_CUDA_PDL=0|1              no_pdl = 1 for "0", when 0;
  *   NI_CUDA_FUSE_ROPE=0|1        no_fuse_rope = 1 for "0", when 0;
+ *   NI_CUDA_ATT_LAT=0|1          no_att_lat = 1 for "0", when 0;
  *   NI_CUDA_PERSIST=0|1          persist = 1 for "1", when 0;
  *   NI_CUDA_PROFILE=<v>          profile = 1 for any non-empty v but "0", when 0.
  * An unset or empty variable changes nothing. Returns 0, or NI_EINVAL with a

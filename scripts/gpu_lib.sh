@@ -1,0 +1,58 @@
+# gpu_lib.sh - sourced by the one-call GPU scripts (gpu_all.sh,
+# gpu_att_lat.sh) after `cd` to the repository root: the GPU environment
+# (gpu_env.sh), a time budget with a summary file, step() to run one timed
+# and bounded command, and the binaries to run (gpu_bins).
+# Before sourcing: OUT (log folder, default ./gpu_logs), BUDGET_S (seconds,
+# default 560). Defines: sum (summary.txt), T0, left, note, step, status
+# (1 once a step failed), gpu_bins.
+OUT=${OUT:-$PWD/gpu_logs}
+mkdir -p "$OUT"
+# shellcheck disable=SC1091
+source scripts/gpu_env.sh
+BUDGET=${BUDGET_S:-560}
+T0=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+sum=$OUT/summary.txt
+: > "$sum"
+note() { echo "$*" | tee -a "$sum"; }
+note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
+
+status=0
+# step name log timeout cmd...: runs cmd (appending to log) within what is
+# left of the budget; a summary line says ok / FAILED rc / TIMEOUT / SKIPPED.
+step() {
+  local name=$1 log=$2 to=$3; shift 3
+  local l; l=$(left)
+  if [ "$l" -lt 20 ]; then note "$(printf '%-30s SKIPPED (time budget)' "$name")"; return; fi
+  [ "$to" -gt "$l" ] && to=$l
+  local s; s=$(date +%s)
+  echo "===== $name: $*" >> "$log"
+  timeout "$to" "$@" >> "$log" 2>&1
+  local rc=$?
+  local res="ok"; [ $rc -ne 0 ] && res="FAILED rc=$rc" && status=1
+  [ $rc -eq 124 ] && res="TIMEOUT after ${to}s"
+  note "$(printf '%-30s %-18s %4d s' "$name" "$res" $(( $(date +%s) - s )))"
+}
+
+# gpu_bins "test programs...": sets BIN to a folder holding nanoinfer and
+# them: .gpu/bin when its binaries run here (built on the development
+# machine, `gpu_all.sh --prebuild`; or unpacked from .gpu/bins.tar.xz, the
+# stripped binaries compressed under the carry limit), else a fresh
+# `make USE_CUDA=1` (exits on a failed build).
+gpu_bins() {
+  local tests=$1
+  BIN=.gpu/bin
+  [ -f .gpu/bins.tar.xz ] && mkdir -p $BIN && tar xJf .gpu/bins.tar.xz -C $BIN
+  if [ -x $BIN/nanoinfer ] && $BIN/nanoinfer --version > /dev/null 2>&1; then
+    note "prebuilt binaries from .gpu/bin"
+    return
+  fi
+  local s; s=$(date +%s)
+  if make -j"$(nproc)" USE_CUDA=1 build/nanoinfer $(for t in $tests; do echo build/test/$t; done) > "$OUT/build.log" 2>&1; then
+    note "build here: ok ($(( $(date +%s) - s )) s)"
+  else
+    note "build: FAILED"; tail -30 "$OUT/build.log"; exit 1
+  fi
+  mkdir -p /tmp/nibin && cp build/nanoinfer /tmp/nibin/ && for t in $tests; do cp build/test/$t /tmp/nibin/; done
+  BIN=/tmp/nibin
+}
