@@ -224,9 +224,12 @@ static int enqueue_persist(cu_ctx *x, const cu_fwd *f) {
     p.tbl_stride = f->ts;
     p.n_splits = f->n_splits;
     p.block_size = x->block_size;
-    /* up to 16 key tiles (512 keys, two chunks per warp) one split: no combine
-     * phase. A forced split factor (tests) splits from one chunk per warp on. */
-    p.min_tiles = x->force_splits > 0 ? 0 : CU_PS_MAX_CTX / CU_ATT_TILE;
+    /* coarse chunks: up to 16 key tiles (512 keys, two chunks per warp) one
+     * split, no combine phase; fine chunks: splits of 2 tiles (one chunk per
+     * warp), spread over the grid, and the combine. A forced split factor
+     * (tests) splits from one chunk per warp on. */
+    p.fine = x->att_lat;
+    p.min_tiles = x->force_splits > 0 || p.fine ? 0 : CU_PS_MAX_CTX / CU_ATT_TILE;
     p.cos_tab = x->cos_tab;
     p.sin_tab = x->sin_tab;
     p.bar = x->ps_bar;

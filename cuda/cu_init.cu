@@ -289,6 +289,7 @@ static int persist_setup(cu_ctx *x) {
     p.n_heads = c->n_heads;
     p.n_kv = c->n_kv_heads;
     p.hd = c->head_dim;
+    p.fine = x->att_lat; /* enqueue_persist's choice */
     const int rc = cu_persist_grid(&p, x->layers, x->n_sm, &x->ps_grid);
     if (rc == NI_EUNSUPPORTED) {
         x->persist = 0;

@@ -625,6 +625,9 @@ typedef struct cu_persist_args {
     int tbl_stride, n_splits, block_size;
     int min_tiles;                  /* contexts of <= min_tiles key tiles are one split,
                                      * longer ones split from one chunk a warp (dec_per) */
+    int fine;                       /* attention in fine key chunks (cu_att_decode.cuh
+                                     * ad_chunk; splits of 2 tiles): fixed at init, the
+                                     * kernel cu_persist_grid sized the grid for */
     const float *cos_tab, *sin_tab;
     unsigned *bar;                  /* [2] barrier counters: zero before the first launch,
                                      * left zero by every launch that completes */

@@ -22,8 +22,11 @@
  *   QKV: k_gemv's ROPE body (RMSNorm prologue of x, q rotated into qkv,
  *        k rotated and v stored to the cache slot)                         |
  *   attention: k_att_decode's blocks (kv head x row group, split), computed
- *        by 8 warps; up to min_tiles key tiles the context is one split,
- *        written directly, else splits of 8 tiles (one chunk a warp)      |
+ *        by 8 warps; coarse chunks (p.fine 0): up to min_tiles key tiles
+ *        the context is one split, written directly, else splits of 8
+ *        tiles (one chunk a warp); fine chunks (p.fine, the backend's
+ *        default with the per-op fine chunks): splits of 2 tiles (8 warps
+ *        x 8 keys), a unit per block, then the combine                  |
  *   [combine: k_att_dcombine's blocks, only when the item has > 1
  *        non-empty split (block-uniform test on the item's length)         |]
  *   wo:  x += att wo^T (k_gemv PLAIN, accumulate)                          |
@@ -95,15 +98,17 @@ __device__ __forceinline__ void ps_wait(const ps_bar &b) {
     __syncthreads();
 }
 
-template <int R, int HD>
+template <int R, int HD, bool FINE>
 __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_args p) {
+    constexpr int CK = FINE ? ad_chunk<cu_bf16, HD>::FINE : ad_chunk<cu_bf16, HD>::COARSE;
+    constexpr int LO = ad_lo(PS_WARPS, CK, FINE); /* least key tiles per split */
     ps_bar bar = {p.bar, gridDim.x, 0};
     const int bid = blockIdx.x, nb = gridDim.x;
     const int qd = p.n_heads * HD, kvd = p.n_kv * HD, qkvd = qd + 2 * kvd;
     const int G = p.n_heads / p.n_kv, nrg = (G + R - 1) / R;
     const cu_att_item it = p.items[0];
     const int n_ctx = it.pos_first + 1;
-    const int per = dec_per(n_ctx, p.n_splits, PS_WARPS, p.min_tiles);
+    const int per = dec_per(n_ctx, p.n_splits, LO, p.min_tiles);
     const bool comb = it.n_q > 0 && ad_nz(n_ctx, per) > 1;
     const int32_t *tbl = p.tables + (size_t)it.seq * p.tbl_stride;
     const int att_units = p.n_kv * nrg * p.n_splits;
@@ -181,15 +186,15 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
         a.min_tiles = p.min_tiles;
         ps_wait(bar);
         for (int u = bid; u < att_units; u += nb) {
-            ad_unit<cu_bf16, cu_bf16, R, HD, PS_WARPS, ad_chunk<cu_bf16, HD>::COARSE, true>(
-                a, 0, u % (p.n_kv * nrg), u / (p.n_kv * nrg), PS_WARPS);
+            ad_unit<cu_bf16, cu_bf16, R, HD, PS_WARPS, CK, true>(a, 0, u % (p.n_kv * nrg),
+                                                                 u / (p.n_kv * nrg), LO);
             __syncthreads(); /* the unit's shared memory is free for the next one */
         }
         ps_arrive(bar);
         if (comb) { /* block-uniform: every block takes this barrier or none does */
             ps_wait(bar);
             for (int u = bid; u < comb_units; u += nb) {
-                ad_combine_unit<cu_bf16, PS_WZ>(a, 0, u % p.n_kv, u / p.n_kv, PS_WARPS);
+                ad_combine_unit<cu_bf16, PS_WZ>(a, 0, u % p.n_kv, u / p.n_kv, LO);
                 __syncthreads();
             }
             ps_arrive(bar);
@@ -247,12 +252,12 @@ __global__ void __launch_bounds__(PS_THREADS, PS_PER_SM) k_persist(cu_persist_ar
 
 typedef void (*ps_kernel)(cu_persist_args);
 
-/* The instantiation for (G, head_dim), or NULL: R is G rounded up to 1, 2, 4
- * or 8 (k_att_decode's row groups). */
-static ps_kernel ps_pick(int G, int hd) {
+/* The instantiation for (G, head_dim, fine), or NULL: R is G rounded up to
+ * 1, 2, 4 or 8 (k_att_decode's row groups). */
+static ps_kernel ps_pick(int G, int hd, int fine) {
     const int r = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : G <= 8 ? 8 : 0;
 #define PS_CASE(RR, H)                                                                             \
-    if (r == RR && hd == H) return k_persist<RR, H>
+    if (r == RR && hd == H) return fine ? k_persist<RR, H, true> : k_persist<RR, H, false>
     PS_CASE(1, 16);
     PS_CASE(2, 16);
     PS_CASE(4, 16);
@@ -279,7 +284,7 @@ static size_t ps_smem(const cu_persist_args *p) {
 /* The shape checks of cu_persist_grid (what the kernel's phases assume). */
 static int ps_shape_ok(const cu_persist_args *p) {
     if (p->n_layers < 1 || p->n_kv <= 0 || p->n_heads % p->n_kv ||
-        !ps_pick(p->n_heads / p->n_kv, p->hd))
+        !ps_pick(p->n_heads / p->n_kv, p->hd, p->fine))
         return 0;
     return p->dim % 8 == 0 && p->hidden % 8 == 0 && ps_smem(p) <= GV_MAX_SMEM;
 }
@@ -300,7 +305,7 @@ int cu_persist_grid(const cu_persist_args *p, const cu_layer_w *layers, int n_sm
     CU_CHECK(cudaGetDevice(&dev));
     CU_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
     if (!coop) return NI_EUNSUPPORTED;
-    const ps_kernel k = ps_pick(p->n_heads / p->n_kv, p->hd);
+    const ps_kernel k = ps_pick(p->n_heads / p->n_kv, p->hd, p->fine);
     const size_t smem = ps_smem(p);
     CU_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int per = 0;
@@ -325,7 +330,7 @@ int cu_launch_persist(cudaStream_t st, const cu_persist_args *p, int grid) {
     at[0].val.cooperative = 1;
     cfg.attrs = at;
     cfg.numAttrs = 1;
-    CU_CHECK(cudaLaunchKernelEx(&cfg, ps_pick(p->n_heads / p->n_kv, p->hd), *p));
+    CU_CHECK(cudaLaunchKernelEx(&cfg, ps_pick(p->n_heads / p->n_kv, p->hd, p->fine), *p));
     CU_LAUNCH_CHECK(st);
     return 0;
 }

@@ -6,7 +6,8 @@
 # "new" against "thru", the coarse chunks), then on the random-init shapes
 # of scripts/gpu_models.py (Llama-3.2-1B, SmolLM2-135M) NI_CUDA_ATT_LAT=1 / 0
 # interleaved: test_cuda_perf decode steps at 1, 2 and 4 sequences and
-# `nanoinfer bench` single streams (TPOT p50). Inside BUDGET_S (default
+# `nanoinfer bench` single streams (TPOT p50); the same at 1 sequence with
+# the persistent decode kernel (NI_CUDA_PERSIST=1). Inside BUDGET_S (default
 # 560 s); steps that would not fit are skipped and say so. Logs under $OUT
 # (summary.txt, tests.log, perf.log, bench.log, model.log, build.log).
 # Binaries: gpu_bins (scripts/gpu_lib.sh): carry .gpu, with the stripped
@@ -40,6 +41,8 @@ if [ "$SKIP_TESTS" = 0 ]; then
   done
   step "memcheck: attention decode" "$TL" 120 env NI_TEST_FILTER=test_attention_decode \
     compute-sanitizer --tool memcheck --error-exitcode 7 $BIN/test_cuda_ops
+  step "memcheck: persistent kernel" "$TL" 120 env NI_TEST_FILTER=test_persist \
+    compute-sanitizer --tool memcheck --error-exitcode 7 $BIN/test_cuda_graph
 fi
 step "attention kernel table" "$PL" 120 env NI_PERF_ATT=1 NI_TEST_FILTER=test_attention_kernels $BIN/test_cuda_perf
 
@@ -67,6 +70,16 @@ for r in $(seq 1 "$ROUNDS"); do
   for lat in 1 0; do
     bench "smol single lat=$lat" NI_CUDA_ATT_LAT=$lat -- --model /tmp/smol --num-requests 1 --input-len 128 --output-len 256
     bench "1B single lat=$lat" NI_CUDA_ATT_LAT=$lat -- --model /tmp/l1b --num-requests 1 --input-len 128 --output-len 256
+  done
+done
+# the persistent decode kernel (opt-in) with fine / coarse attention chunks
+for r in $(seq 1 "$ROUNDS"); do
+  for lat in 1 0; do
+    step "perf smol S=1 persist lat=$lat" "$PL" 60 env NI_CUDA_PERSIST=1 NI_CUDA_ATT_LAT=$lat NI_PERF_MODEL=/tmp/smol NI_PERF_SEQS=1 NI_PERF_STEPS=128 $BIN/test_cuda_perf
+    step "perf 1B S=1 persist lat=$lat" "$PL" 60 env NI_CUDA_PERSIST=1 NI_CUDA_ATT_LAT=$lat NI_PERF_MODEL=/tmp/l1b NI_PERF_SEQS=1 NI_PERF_STEPS=128 $BIN/test_cuda_perf
+  done
+  for lat in 1 0; do
+    bench "smol single persist lat=$lat" NI_CUDA_PERSIST=1 NI_CUDA_ATT_LAT=$lat -- --model /tmp/smol --num-requests 1 --input-len 128 --output-len 256
   done
 done
 for lat in 1 0; do

@@ -312,12 +312,13 @@ static void test_single_stream(void **state) {
 
 /* The persistent decode kernel (cuda/cu_persist.cu): one sequence decoding
  * alone, BF16 (NI_CUDA_PERSIST=1), against the per-op kernels (the default,
- * NI_CUDA_PERSIST=0). Contexts run from 200 to 319 keys: one split written
- * directly (automatic splits: up to 512 keys), and with 3 splits forced
- * (from 8 tiles a split) both paths, the direct one up to 256 keys, split-K
- * partials + combine phase above; graphs == eager bit for bit; the one-token
- * general steps (graphs off) take it too. Models it does not
- * take (qwen3: qk-norm) and FP32 report it off and run no step through it. */
+ * NI_CUDA_PERSIST=0). Contexts run from 200 to 319 keys. Three runs: the
+ * default fine attention chunks (2-tile splits: 4-5 per kv head, split-K
+ * partials + combine phase); 3 splits forced; NI_CUDA_ATT_LAT=0, the coarse
+ * chunks (automatic splits: one split written directly up to 512 keys).
+ * Graphs == eager bit for bit; the one-token general steps (graphs off)
+ * take it too. Models it does not take (qwen3: qk-norm) and FP32 report it
+ * off and run no step through it. */
 enum { PS_PROMPT = 200, PS_STEPS = 120, PS_BLOCKS = 24 };
 
 #ifdef NI_USE_CUDA
@@ -372,16 +373,19 @@ static void test_persist(void **state) {
     float *on = malloc(sizeof(float) * n), *eg = malloc(sizeof(float) * n);
     float *off = malloc(sizeof(float) * n), *gen = malloc(sizeof(float) * n);
     cu_backend_stats s_on, s_eg, s_off, s_gen;
-    for (int f = 0; f < 2; f++) {
-        if (f) setenv("NI_CUDA_ATT_SPLITS", "3", 1);
+    for (int f = 0; f < 3; f++) {
+        if (f == 1) setenv("NI_CUDA_ATT_SPLITS", "3", 1);
+        if (f == 2) setenv("NI_CUDA_ATT_LAT", "0", 1);
         ps_run(&m, CU_DTYPE_BF16, "1", "1", tok, table, on, &s_on);
         ps_run(&m, CU_DTYPE_BF16, "eager", "1", tok, table, eg, &s_eg);
         ps_run(&m, CU_DTYPE_BF16, "1", "0", tok, table, off, &s_off);
         ps_run(&m, CU_DTYPE_BF16, "0", "1", tok, table, gen, &s_gen);
         unsetenv("NI_CUDA_ATT_SPLITS");
+        unsetenv("NI_CUDA_ATT_LAT");
         double mr, l2;
         int same;
-        const char *name = tu_tiny_models[idx] + 12, *tag = f ? " (3 splits forced)" : "";
+        const char *name = tu_tiny_models[idx] + 12;
+        const char *tag = f == 1 ? " (3 splits forced)" : f == 2 ? " (coarse chunks)" : "";
         printf("  %-12s persistent kernel %s, %lld of %d steps through it%s\n", name,
                s_on.persist ? "on" : "off", s_on.persist_steps, PS_STEPS - 1, tag);
         assert_int_equal(s_on.persist, takes);
