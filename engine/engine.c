@@ -818,7 +818,9 @@ static int sample_on_device(eng_engine *e, int nb) {
         e->d_seq[nr++] = s;
     }
     if (nr == 0) return 0;
+    const double t0 = ni_now();
     int rc = e->be->sample(e->bctx, e->d_rows, nr, e->d_res);
+    e->st.backend_seconds += ni_now() - t0;
     for (int k = 0; k < nr; k++) {
         eng_seq *s = e->d_seq[k];
         if (!s) continue;
@@ -911,7 +913,17 @@ static int fail_batch(eng_engine *e, int rc) {
 
 int eng_fatal_error(const eng_engine *e) { return e->fatal; }
 
+static int step_once(eng_engine *e);
+
 int eng_step(eng_engine *e) {
+    const double t0 = ni_now();
+    const int rc = step_once(e);
+    e->st.step_seconds += ni_now() - t0;
+    return rc;
+}
+
+/* eng_step's work (eng_step adds its wall time to the stats). */
+static int step_once(eng_engine *e) {
     drain_inbox(e);
     if (e->fatal) { /* the backend is not called again */
         while (e->live) req_fail(e, e->live, e->fatal);
@@ -937,7 +949,9 @@ int eng_step(eng_engine *e) {
         kv_copy cow;
         if (kv_seq_reserve(e->kv, &s->kv, target, &cow) != 0) break;
         if (cow.src >= 0) {
+            const double t0 = ni_now();
             const int rc = e->be->copy_block(e->bctx, cow.src, cow.dst);
+            e->st.backend_seconds += ni_now() - t0;
             if (rc) { /* a device error: end s and everything batched so far */
                 e->b_n = nb;
                 req_fail(e, s->req, rc); /* clears its batch rows */
@@ -976,7 +990,9 @@ int eng_step(eng_engine *e) {
     int on_device = e->be->sample != NULL;
     for (int i = 0; i < nb && on_device; i++)
         if (e->b_want[i] && e->b_seq[i] && needs_host_sampling(e, e->b_seq[i]->req)) on_device = 0;
+    const double t0 = ni_now();
     int rc = e->be->forward(e->bctx, &b, on_device ? NULL : e->logits);
+    e->st.backend_seconds += ni_now() - t0;
     e->st.steps++;
     if (rc) return fail_batch(e, rc);
     /* Commit KV first for the whole batch (so forks see committed state), then sample. */

@@ -137,6 +137,13 @@ typedef struct eng_stats {
     uint64_t steps;
     uint64_t grammar_masks;      /* token masks applied (constrained requests) */
     double grammar_seconds;      /* time spent computing and applying them */
+    double step_seconds;         /* wall time inside eng_step */
+    double backend_seconds;      /* of which inside the backend's forward / sample /
+                                  * copy_block calls: on a device backend whose forward
+                                  * returns before the device is done, mostly waiting for
+                                  * it; step - backend is the engine's own host work per
+                                  * step (scheduling, KV bookkeeping, token handling,
+                                  * events), part of it overlapping the device */
 } eng_stats;
 
 typedef struct eng_engine eng_engine;

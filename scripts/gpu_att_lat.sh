@@ -60,7 +60,8 @@ bench() { # label env... -- args...
   echo "$j" >> "$BL"
   local tp; tp=$(echo "$j" | grep -o '"tpot_p50_ms":[0-9.]*' | cut -d: -f2)
   local ot; ot=$(echo "$j" | grep -o '"output_tokens_per_s":[0-9.]*' | cut -d: -f2)
-  note "$(printf '%-30s TPOT p50 %s ms  %s out tok/s' "$label" "${tp:-FAILED}" "${ot:-?}")"
+  local hm; hm=$(echo "$j" | grep -o '"step_host_ms":[0-9.]*' | cut -d: -f2)
+  note "$(printf '%-30s TPOT p50 %s ms  %s out tok/s  host %s ms/step' "$label" "${tp:-FAILED}" "${ot:-?}" "${hm:-?}")"
 }
 for r in $(seq 1 "$ROUNDS"); do
   for lat in 1 0; do

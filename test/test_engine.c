@@ -129,6 +129,10 @@ static void run_all(eng_engine *e) {
     eng_get_stats(e, &st);
     assert_int_equal(st.kv.blocks_used, 0); /* no leak: every block released */
     assert_int_equal(st.n_running + st.n_waiting, 0);
+    /* step time covers the backend calls inside it; any step with a batch
+     * called the backend (forward), which takes measurable time */
+    assert_true(st.backend_seconds >= 0 && st.backend_seconds <= st.step_seconds);
+    if (st.steps > 0) assert_true(st.backend_seconds > 0);
 }
 
 static void add_ok(eng_engine *e, const eng_request *r) {

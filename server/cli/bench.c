@@ -225,6 +225,10 @@ static int throughput(const mdl_model *m, bench_opts *o) {
            t99 = pct(ttft, n, 0.99);
     const double tp50 = n_tp ? pct(tpot, n_tp, 0.5) : 0, tp99 = n_tp ? pct(tpot, n_tp, 0.99) : 0;
     if (got != out_total) fprintf(stderr, "warning: %ld output tokens, expected %ld\n", got, out_total);
+    /* engine time per step: inside the backend (device waits), and the rest */
+    const double per = st.steps ? 1e3 / (double)st.steps : 0;
+    const double backend_ms = st.backend_seconds * per;
+    const double host_ms = (st.step_seconds - st.backend_seconds) * per;
     if (o->json) {
         printf("{\"model\":\"%s\",\"requests\":%d,\"input_tokens\":%ld,\"output_tokens\":%ld,"
                "\"elapsed_s\":%.3f,\"requests_per_s\":%.4f,\"output_tokens_per_s\":%.2f,"
@@ -232,10 +236,11 @@ static int throughput(const mdl_model *m, bench_opts *o) {
                "\"latency_p99_s\":%.3f,\"ttft_mean_s\":%.3f,\"ttft_p50_s\":%.3f,"
                "\"ttft_p99_s\":%.3f,\"tpot_mean_ms\":%.4f,\"tpot_p50_ms\":%.4f,"
                "\"tpot_p99_ms\":%.4f,\"backend\":\"%s\",\"preemptions\":%llu,\"steps\":%llu,\"max_num_seqs\":%d,"
-               "\"kv_blocks\":%d}\n",
+               "\"kv_blocks\":%d,\"step_host_ms\":%.4f,\"step_backend_ms\":%.4f}\n",
                m->name, n, in_total, got, el, n / el, got / el, (in_total + got) / el, mean, p50,
                p99, mttft, t50, t99, mtpot * 1e3, tp50 * 1e3, tp99 * 1e3, o->be->name, (unsigned long long)st.n_preemptions,
-               (unsigned long long)st.steps, o->cfg.max_num_seqs, st.kv.blocks_total);
+               (unsigned long long)st.steps, o->cfg.max_num_seqs, st.kv.blocks_total,
+               host_ms, backend_ms);
     } else {
         printf("model %s, %d requests, %ld prompt + %ld output tokens, %.2f s\n", m->name, n,
                in_total, got, el);
@@ -247,9 +252,10 @@ static int throughput(const mdl_model *m, bench_opts *o) {
             printf("time per output token after the first: mean %.3f ms (%.1f tokens/s per "
                    "request), p50 %.3f ms, p99 %.3f ms\n",
                    mtpot * 1e3, 1.0 / mtpot, tp50 * 1e3, tp99 * 1e3);
-        printf("engine: %s backend, %llu steps, %llu preemptions, %d KV blocks\n",
+        printf("engine: %s backend, %llu steps, %llu preemptions, %d KV blocks; per step "
+               "%.3f ms in the backend, %.3f ms of engine host work\n",
                o->be->name, (unsigned long long)st.steps, (unsigned long long)st.n_preemptions,
-               st.kv.blocks_total);
+               st.kv.blocks_total, backend_ms, host_ms);
     }
     for (int i = 0; i < n; i++) free(prompts[i]);
     free(prompts); free(np); free(no); free(b.r); free(lat); free(ttft); free(tpot);

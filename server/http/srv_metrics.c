@@ -164,6 +164,11 @@ int srv_metrics_render(const srv_metrics *m, const eng_stats *st, int model_load
            "Engine-thread time spent computing and applying those masks.", st->grammar_seconds);
     scalar(&rc, o, "engine_steps_total", "counter", "Engine scheduling steps with a forward pass.",
            (double)st->steps);
+    scalar(&rc, o, "engine_step_seconds_total", "counter", "Engine-thread wall time in steps.",
+           st->step_seconds);
+    scalar(&rc, o, "engine_backend_seconds_total", "counter",
+           "Of which inside the backend (forward, sampling, block copies; device waits).",
+           st->backend_seconds);
     return rc;
 }
 
