@@ -5,7 +5,8 @@
  * and a GPU is present; reports, checks only that the modes agree.
  *
  * For each batch size S in NI_PERF_SEQS (default "1,64,256"): S sequences
- * with random 128-token prompts (prefilled in 2048-token chunks), then
+ * with random prompts of NI_PERF_PROMPT tokens (default 128; prefilled in
+ * 2048-token chunks), then
  * NI_PERF_STEPS (default 64) timed decode steps after 8 untimed ones (the
  * graphs are captured there), every sequence one token a step, greedy:
  *   A  NI_CUDA_GRAPHS=0, logits to the host, CPU smp_sample per row (what
@@ -55,7 +56,12 @@
 #endif
 
 #ifdef NI_USE_CUDA
-enum { PROMPT = 128, WARM = 8, BS = 16, MAXB = 2048 };
+enum { WARM = 8, BS = 16, MAXB = 2048 };
+
+/* prompt tokens per sequence (NI_PERF_PROMPT, 1..MAXB; default 128): the
+ * decode steps then attend over g_prompt + WARM .. g_prompt + WARM + steps
+ * keys (the bench workload of docs/perf.md: 128 + 256) */
+static int g_prompt = 128;
 
 typedef struct run_out {
     double ms_step;
@@ -65,7 +71,7 @@ typedef struct run_out {
 /* mode: 'A'..'E' as above; BF16; the rest of the environment (NI_CUDA_QUANT,
  * NI_CUDA_DEVICE, ...) mapped onto the config as eng_init does. */
 static void run_mode(const mdl_model *m, int S, int steps, char mode, run_out *o) {
-    const int V = m->cfg.vocab_size, total = PROMPT + WARM + steps + 1;
+    const int V = m->cfg.vocab_size, total = g_prompt + WARM + steps + 1;
     const int mb = (total + BS - 1) / BS;
     eng_backend_config cf = {.n_blocks = S * mb,
                              .block_size = BS,
@@ -94,21 +100,21 @@ static void run_mode(const mdl_model *m, int S, int steps, char mode, run_out *o
     assert_int_equal(smp_state_init(&st, &gp, V, NULL, 0, 1, 0), 0);
     for (int i = 0; i < S * mb; i++) tables[i] = i;
     uint64_t z = 42;
-    /* prefill: groups of MAXB / PROMPT sequences */
-    const int per = MAXB / PROMPT;
+    /* prefill: groups of MAXB / g_prompt sequences */
+    const int per = MAXB / g_prompt;
     for (int s0 = 0; s0 < S; s0 += per) {
         const int n = S - s0 < per ? S - s0 : per;
         for (int i = 0; i < n; i++) {
-            ss[i] = i * PROMPT;
+            ss[i] = i * g_prompt;
             p0[i] = 0;
             want[i] = 1;
-            for (int k = 0; k < PROMPT; k++) {
+            for (int k = 0; k < g_prompt; k++) {
                 z = z * 6364136223846793005ULL + 1442695040888963407ULL;
-                flat[i * PROMPT + k] = (int32_t)((z >> 33) % (uint64_t)V);
+                flat[i * g_prompt + k] = (int32_t)((z >> 33) % (uint64_t)V);
             }
         }
-        ss[n] = n * PROMPT;
-        const eng_batch b = {n, n * PROMPT, flat, ss, p0, tables + (size_t)s0 * mb, mb, want};
+        ss[n] = n * g_prompt;
+        const eng_batch b = {n, n * g_prompt, flat, ss, p0, tables + (size_t)s0 * mb, mb, want};
         assert_int_equal(eng_backend_cuda.forward(ctx, &b, lg), 0);
         for (int i = 0; i < n; i++) {
             smp_result r;
@@ -126,7 +132,7 @@ static void run_mode(const mdl_model *m, int S, int steps, char mode, run_out *o
     double t0 = 0;
     for (int step = 0; step < WARM + steps; step++) {
         if (step == WARM) t0 = ni_now();
-        for (int i = 0; i < S; i++) p0[i] = PROMPT + step;
+        for (int i = 0; i < S; i++) p0[i] = g_prompt + step;
         const eng_batch b = {S, S, tok, ss, p0, tables, mb, want};
         if (mode == 'A' || mode == 'B' || mode == 'E') {
             assert_int_equal(eng_backend_cuda.forward(ctx, &b, lg), 0);
@@ -169,12 +175,18 @@ static void test_decode_steps(void **state) {
     mdl_model m;
     char err[512] = "";
     if (mdl_load(&m, path, err, sizeof err)) fail_msg("load %s: %s", path, err);
+    if (getenv("NI_PERF_PROMPT")) {
+        g_prompt = atoi(getenv("NI_PERF_PROMPT"));
+        if (g_prompt < 1 || g_prompt > MAXB) fail_msg("NI_PERF_PROMPT must be 1..%d", MAXB);
+    }
     const char *sv = getenv("NI_PERF_SEQS");
     const int steps = getenv("NI_PERF_STEPS") ? atoi(getenv("NI_PERF_STEPS")) : 64;
     char list[128];
     snprintf(list, sizeof list, "%s", sv ? sv : "1,64,256");
-    printf("  model %s (%d layers, dim %d, vocab %d), bf16, %d timed decode steps\n", path,
-           m.cfg.n_layers, m.cfg.dim, m.cfg.vocab_size, steps);
+    printf("  model %s (%d layers, dim %d, vocab %d), bf16, %d-token prompts, %d timed decode "
+           "steps\n",
+           path,
+           m.cfg.n_layers, m.cfg.dim, m.cfg.vocab_size, g_prompt, steps);
     printf("  %5s %34s %34s %34s %24s\n", "seqs", "A: no graphs, host logits + CPU",
            "B: graphs, host logits + CPU", "C: graphs + GPU sampler", "D: graphs, no sampling");
     for (char *tokp = strtok(list, ","); tokp; tokp = strtok(NULL, ",")) {
