@@ -3,8 +3,9 @@
  * (cu_att_decode.cu): one block's work of k_att_decode (ad_unit) and of
  * k_att_dcombine (ad_combine_unit), parameterised by the warps per block, the
  * keys per warp chunk and the block coordinates, so that the persistent
- * decode kernel (cu_persist.cu) runs the same code between its grid barriers. Design, invariants and
- * limits: cu_att_decode.cu. Private to cuda/; include after cu_internal.h.
+ * decode kernel (cu_persist.cu) runs the same code between its grid
+ * barriers. Design, invariants and limits: cu_att_decode.cu. Private to
+ * cuda/; include after cu_internal.h.
  */
 #ifndef NI_CU_ATT_DECODE_CUH
 #define NI_CU_ATT_DECODE_CUH
