@@ -43,7 +43,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_gguf_random as gg  # noqa: E402  (presets and weight bytes)
-from serve_util import free_port, wait_health as wait_ready  # noqa: E402
+from serve_util import free_port, stop, wait_health as wait_ready  # noqa: E402
 
 LABELS = {
     "decode1": "single-stream decode (128-token prompt, 256 out)",
@@ -247,12 +247,7 @@ class Bench:
                          ttft_p50_ms=j["ttft_ms"]["p50"] if j else None,
                          failed=j["failed"] if j else None)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop(proc)
                 logf.close()
                 with open(slog, errors="replace") as f:
                     self.log.write("--- server (%s) log tail ---\n%s\n" % (engine, f.read()[-3000:]))

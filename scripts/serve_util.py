@@ -1,7 +1,8 @@
 """serve_util.py - helpers the benchmark scripts share to run a server on
-loopback: a free TCP port, and a wait until /health answers 200."""
+loopback: a free TCP port, a wait until /health answers 200, and a stop."""
 import http.client
 import socket
+import subprocess
 import time
 
 
@@ -30,3 +31,14 @@ def wait_health(port, proc, timeout, poll=0.2):
             pass
         time.sleep(poll)
     return False
+
+
+def stop(proc, timeout=20):
+    """Terminates proc (SIGTERM: a server's graceful shutdown), killing it
+    when it has not exited after timeout seconds; waits for it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

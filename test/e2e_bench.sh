@@ -12,8 +12,8 @@
 # server with one slot and a one-deep queue under 8 connections -> http_429
 # counted, ok + failed = num_prompts; no server -> exit 1 naming the address;
 # bad options -> exit 2; --help lists the options; and the offline `bench
-# --model` path still runs, --prefix included (prompts kept within the
-# context). The parsers themselves: test/test_srv_client.c.
+# --model` path still runs, --warmup (untimed, uncounted) and --prefix
+# included (prompts kept within the context). The parsers themselves: test/test_srv_client.c.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BUILD=${BUILD:-build}
@@ -166,6 +166,15 @@ check "offline bench: TPOT (time per output token after the first) within the la
 import json; r = json.load(open('$TMP/offline.out'))
 assert 0 < r['tpot_p50_ms'] <= r['tpot_p99_ms'] and r['tpot_mean_ms'] > 0, r
 assert r['tpot_mean_ms'] * 3 <= r['latency_p99_s'] * 1e3 + 1.0, r  # latency has 3 decimals"
+# --warmup runs untimed requests first: the timed run's counts are the same
+# as without it (same steps, tokens), and the engine's time split is reported
+timeout 120 "$BIN" bench --model "$TINY" --num-requests 4 --input-len 8 --output-len 4 --warmup 6 --json >"$TMP/warm.out" 2>&1
+check "offline bench --warmup: the warm-up is not counted" python3 -c "
+import json; r = json.load(open('$TMP/warm.out')); o = json.load(open('$TMP/offline.out'))
+assert r['output_tokens'] == 16 and r['input_tokens'] == o['input_tokens'], (r, o)
+assert r['steps'] == o['steps'], (r['steps'], o['steps'])
+assert r['step_backend_ms'] > 0 and r['step_host_ms'] >= 0, r"
+check "bench --warmup -1 is refused" bash -c "! '$BIN' bench --model '$TINY' --warmup -1 >/dev/null 2>&1"
 # --prefix fits every prompt in the context (#10): the tiny model has 512
 # tokens, and 64 multi-turn requests once grew the history far past it
 timeout 300 "$BIN" bench --model "$TINY" --prefix --prefix-requests 64 --json >"$TMP/prefix.out" 2>&1

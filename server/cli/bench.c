@@ -8,6 +8,13 @@
  * submitted at t=0 and the engine is stepped until idle. Latency = finish
  * time - submit time; TTFT = first token time - submit time.
  *
+ * --warmup N first runs N requests through the same engine, untimed and
+ * uncounted (prompts of the workload's lengths from another seed, outputs
+ * of 1..N tokens, so the batch shrinks through every decode size on the
+ * way and a device backend has captured its graphs and initialised its
+ * libraries before the clock starts, as a served engine has after its
+ * first requests).
+ *
  * Prefix experiments: requests arrive one per engine step (so earlier
  * prompts' blocks are computed and registered before later ones look them
  * up), each run on a fresh engine with the cache on and off.
@@ -33,7 +40,7 @@ typedef struct bench_req {
 } bench_req;
 
 typedef struct bench_ctx {
-    bench_req *r;
+    bench_req *r;              /* [n_req]: events of other ids (warm-up) are ignored */
     int n_done;
     int n_req;
     long out_tokens;
@@ -43,6 +50,7 @@ typedef struct bench_ctx {
 
 static void on_event(void *ud, const eng_event *ev) {
     bench_ctx *b = ud;
+    if (ev->id >= (uint64_t)b->n_req) return; /* a warm-up request */
     bench_req *q = &b->r[ev->id];
     double now = ni_now();
     if (ev->token >= 0) {
@@ -100,6 +108,7 @@ typedef struct bench_opts {
     const char *model;
     const eng_backend *be;     /* chosen once by --device / --dtype */
     int n_req, in_lo, in_hi, out_lo, out_hi, json, prefix, prefix_n;
+    int warmup;                /* --warmup: untimed requests first (throughput only) */
     uint64_t seed;
     smp_params sp;
     eng_config cfg;
@@ -114,6 +123,8 @@ static void usage(void) {
             "  --input-len A:B        prompt length uniform in [A, B] (default 100:1024)\n"
             "  --output-len A:B       output length uniform in [A, B] (default 100:1024)\n"
             "  --seed S               workload seed (default 0)\n"
+            "  --warmup N             N untimed requests first (outputs of 1..N tokens: every\n"
+            "                         decode batch size up to N; default 0)\n"
             "  --max-num-seqs N       running sequences (default 256)\n"
             "  --max-batched-tokens N tokens per step (default 2048)\n"
             "  --prefill-chunk N      prompt tokens per sequence per step (default 512)\n"
@@ -135,11 +146,55 @@ static void usage(void) {
             "  --prefix-requests N    requests per prefix experiment (default 16)\n");
 }
 
+/* The warm-up of --warmup: w requests (ids n, n+1, ...: on_event ignores
+ * them) of random prompts with the workload's lengths (seed ^ a constant,
+ * so not the timed prompts: the prefix cache cannot serve those), request i
+ * generating i + 1 tokens, stepped until idle. Returns 0 or -1. */
+static int warm_up(eng_engine *e, const mdl_model *m, const bench_opts *o, int n, int w) {
+    const int max_ctx = o->cfg.max_seq_len ? o->cfg.max_seq_len : m->cfg.max_seq_len;
+    uint64_t s = o->seed ^ 0x77a2b3c4d5e6f708ull;
+    int32_t *p = malloc((size_t)o->in_hi * sizeof(int32_t));
+    if (!p) return -1;
+    for (int i = 0; i < w; i++) {
+        int np = rand_in(&s, o->in_lo, o->in_hi);
+        const int no = NI_MIN(i + 1, NI_MAX(1, max_ctx - np));
+        if (np + no > max_ctx) np = NI_MAX(1, max_ctx - no);
+        for (int k = 0; k < np; k++) p[k] = rand_in(&s, 0, m->cfg.vocab_size - 1);
+        eng_request rq = {.id = (uint64_t)(n + i), .prompt = p, .n_prompt = np, .sp = o->sp,
+                          .max_tokens = no, .n = 1, .ignore_eos = 1,
+                          .fallback_seed = o->seed + (uint64_t)(n + i)};
+        eng_error ee;
+        if (eng_add(e, &rq, &ee)) { /* the engine copies the prompt */
+            fprintf(stderr, "error: warm-up request %d: %s\n", i, ee.msg);
+            free(p);
+            return -1;
+        }
+    }
+    free(p);
+    int live;
+    while ((live = eng_step(e)) > 0) {}
+    if (live < 0) fprintf(stderr, "error: warm-up step failed: %s\n", ni_strerror(live));
+    return live < 0 ? -1 : 0;
+}
+
+/* a - b for the counters a run accumulates (the warm-up's taken out). */
+static void stats_minus(eng_stats *a, const eng_stats *b) {
+    a->n_preemptions -= b->n_preemptions;
+    a->prompt_tokens -= b->prompt_tokens;
+    a->generated_tokens -= b->generated_tokens;
+    a->steps -= b->steps;
+    a->grammar_masks -= b->grammar_masks;
+    a->grammar_seconds -= b->grammar_seconds;
+    a->step_seconds -= b->step_seconds;
+    a->backend_seconds -= b->backend_seconds;
+}
+
 /* Runs one engine over the given prompts; arrival: all at once (stagger = 0)
- * or one per step. Fills b->r timings. Returns elapsed seconds or < 0. */
+ * or one per step; warmup requests first (warm_up). Fills b->r timings.
+ * Returns elapsed seconds or < 0. */
 static double run_engine(const mdl_model *m, const bench_opts *o, int prefix_cache,
                          int32_t **prompts, const int *n_prompt, const int *n_out, int n,
-                         int stagger, bench_ctx *b, eng_stats *st_out) {
+                         int stagger, int warmup, bench_ctx *b, eng_stats *st_out) {
     eng_config cfg = o->cfg;
     cfg.prefix_cache = prefix_cache;
     eng_engine *e = NULL;
@@ -151,6 +206,14 @@ static double run_engine(const mdl_model *m, const bench_opts *o, int prefix_cac
     b->n_done = 0;
     b->out_tokens = 0;
     b->n_req = n;
+    eng_stats w0 = {0};
+    if (warmup > 0) {
+        if (warm_up(e, m, o, n, warmup)) {
+            eng_free(e);
+            return -1;
+        }
+        eng_get_stats(e, &w0);
+    }
     b->t0 = ni_now();
     int next = 0;
     do {
@@ -178,7 +241,10 @@ static double run_engine(const mdl_model *m, const bench_opts *o, int prefix_cac
         if (live == 0 && next == n) break;
     } while (1);
     double el = ni_now() - b->t0;
-    if (st_out) eng_get_stats(e, st_out);
+    if (st_out) {
+        eng_get_stats(e, st_out);
+        stats_minus(st_out, &w0);
+    }
     eng_free(e);
     return el;
 }
@@ -205,7 +271,7 @@ static int throughput(const mdl_model *m, bench_opts *o) {
         out_total += no[i];
     }
     eng_stats st;
-    double el = run_engine(m, o, o->cfg.prefix_cache, prompts, np, no, n, 0, &b, &st);
+    double el = run_engine(m, o, o->cfg.prefix_cache, prompts, np, no, n, 0, o->warmup, &b, &st);
     if (el < 0) return 1;
     long got = 0;
     int n_tp = 0; /* requests with >= 2 output tokens: the ones with a TPOT */
@@ -311,7 +377,7 @@ static int prefix_experiments(const mdl_model *m, bench_opts *o) {
                         prompts[i][k] = shared ? base[k] : rand_in(&s, 0, m->cfg.vocab_size - 1);
                     }
                 }
-                el = run_engine(m, o, on, prompts, np, no, n, 1, &b, &st);
+                el = run_engine(m, o, on, prompts, np, no, n, 1, 0, &b, &st);
                 if (el < 0) return 1;
             } else {
                 /* Turn i = turn i-1's prompt + its actual reply + TURN new user
@@ -388,7 +454,7 @@ int srv_cmd_bench(int argc, char **argv) {
             return srv_cmd_bench_http(argc, argv);
     enum { O_NREQ = 256, O_IN, O_OUT, O_SEED, O_MAXSEQS, O_MAXBT, O_CHUNK, O_KVB, O_THREADS,
            O_NOPC, O_JSON, O_PREFIX, O_PREFIXN, O_SAMPLING, O_DEVICE, O_DTYPE, O_MEMU, O_QUANT,
-           O_TP, O_KVDT };
+           O_TP, O_KVDT, O_WARMUP };
     static struct option opts[] = {
         {"model", 1, 0, 'm'}, {"num-requests", 1, 0, O_NREQ}, {"input-len", 1, 0, O_IN},
         {"output-len", 1, 0, O_OUT}, {"seed", 1, 0, O_SEED}, {"max-num-seqs", 1, 0, O_MAXSEQS},
@@ -400,6 +466,7 @@ int srv_cmd_bench(int argc, char **argv) {
         {"device", 1, 0, O_DEVICE}, {"dtype", 1, 0, O_DTYPE},
         {"gpu-memory-utilization", 1, 0, O_MEMU}, {"quant", 1, 0, O_QUANT},
         {"tensor-parallel-size", 1, 0, O_TP}, {"kv-cache-dtype", 1, 0, O_KVDT},
+        {"warmup", 1, 0, O_WARMUP},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     const char *device = NULL, *dtype = NULL;
     bench_opts o = {.n_req = 256, .in_lo = 100, .in_hi = 1024, .out_lo = 100, .out_hi = 1024,
@@ -432,6 +499,7 @@ int srv_cmd_bench(int argc, char **argv) {
         case O_QUANT: bad |= eng_quant_parse(optarg, &o.cfg.quant) != 0; break;
         case O_KVDT: bad |= eng_kv_dtype_parse(optarg, &o.cfg.kv_dtype) != 0; break;
         case O_TP: bad |= (o.cfg.tp = atoi(optarg)) < 1 || o.cfg.tp > ENG_TP_MAX; break;
+        case O_WARMUP: bad |= (o.warmup = atoi(optarg)) < 0 || o.warmup > 65536; break;
         case O_MEMU: o.cfg.mem_util = atof(optarg); bad |= !(o.cfg.mem_util > 0 && o.cfg.mem_util <= 1); break;
         case 'h': usage(); return 0;
         default: usage(); return 2;
