@@ -634,8 +634,9 @@ typedef struct cu_persist_args {
 } cu_persist_args;
 
 /* Longest context (keys) a step runs the persistent kernel for: up to here its
- * attention is one split (min_tiles = CU_PS_MAX_CTX / CU_ATT_TILE), no
- * combine phase. Longer contexts take the per-op kernels, whose attention
+ * coarse attention is one split (min_tiles = CU_PS_MAX_CTX / CU_ATT_TILE), no
+ * combine phase, and its fine attention one chunk per warp (8 splits of 2
+ * tiles at most). Longer contexts take the per-op kernels, whose attention
  * spreads over more blocks: on the H200 the persistent kernel was 7 %
  * slower at 4,000 keys (Llama-3.2-1B shape, docs/perf.md). */
 #define CU_PS_MAX_CTX 512
