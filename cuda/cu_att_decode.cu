@@ -140,28 +140,14 @@ static bool fine_grid(const cu_att_args *a, int nrg) {
     return !a->no_lat && a->n_splits > 1 && (long)a->n_items * a->n_kv * nrg <= CU_ATT_FINE_BLOCKS;
 }
 
-/* Rows per block for G (launch_hd's choice). */
-static int rows_for(int G) { return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8; }
-
-/* The fine chunk's keys for the cache format and head_dim (ad_chunk). */
-template <typename C> static int fine_ck(int hd) {
-    switch (hd) {
-    case 16: return ad_chunk<C, 16>::FINE;
-    case 32: return ad_chunk<C, 32>::FINE;
-    case 64: return ad_chunk<C, 64>::FINE;
-    default: return ad_chunk<C, 128>::FINE;
-    }
-}
-
 int cu_att_decode_fine_keys(const cu_att_args *a, int dtype) {
     if (!cu_att_decode_ok(a) || a->n_kv <= 0 || a->n_heads % a->n_kv) return 0;
-    const int G = a->n_heads / a->n_kv, R = rows_for(G);
+    const int G = a->n_heads / a->n_kv, R = ad_rows(G);
     if (!fine_grid(a, (G + R - 1) / R)) return 0;
-    const int ck = a->kv_fp8 ? (fp8_wide_for(a->hd) ? fine_ck<cu_fp8>(a->hd)
-                                                    : fine_ck<cu_fp8_l8>(a->hd))
-                   : dtype == CU_DTYPE_FP32 ? fine_ck<float>(a->hd)
-                                            : fine_ck<cu_bf16>(a->hd);
-    return a->n_splits * ad_lo(DW, ck, true) * CU_ATT_TILE;
+    /* a row's loads (dvec: 16 bytes, E4M3 8 with the narrow loads) */
+    const int row_bytes = a->hd * (a->kv_fp8 ? 1 : dtype == CU_DTYPE_FP32 ? 4 : 2);
+    const int nch = row_bytes / (a->kv_fp8 && !fp8_wide_for(a->hd) ? 8 : 16);
+    return a->n_splits * ad_lo(DW, ad_fine_ck(nch), true) * CU_ATT_TILE;
 }
 
 template <typename T, typename C, int R, int HD>
@@ -185,15 +171,16 @@ static int launch_dec(cudaStream_t st, const cu_att_args *a) {
     return 0;
 }
 
-/* Rows per block: G itself up to 2, else 4 or 8 (G = 3: one idle row; G > 8:
- * several row groups, each re-reading the kv head's keys). */
+/* Rows per block: ad_rows (G > 8: several row groups, each re-reading the
+ * kv head's keys). */
 template <typename T, typename C, int HD>
 static int launch_hd(cudaStream_t st, const cu_att_args *a) {
-    const int G = a->n_heads / a->n_kv;
-    if (G == 1) return launch_dec<T, C, 1, HD>(st, a);
-    if (G == 2) return launch_dec<T, C, 2, HD>(st, a);
-    if (G <= 4) return launch_dec<T, C, 4, HD>(st, a);
-    return launch_dec<T, C, 8, HD>(st, a);
+    switch (ad_rows(a->n_heads / a->n_kv)) {
+    case 1: return launch_dec<T, C, 1, HD>(st, a);
+    case 2: return launch_dec<T, C, 2, HD>(st, a);
+    case 4: return launch_dec<T, C, 4, HD>(st, a);
+    default: return launch_dec<T, C, 8, HD>(st, a);
+    }
 }
 
 /* The head sizes cu_att_decode_ok takes, as compile-time HD. */

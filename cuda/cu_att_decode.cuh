@@ -90,11 +90,20 @@ __device__ __forceinline__ int dec_per(int n_ctx, int n_splits, int lo, int mt) 
  *     fill the device, where a split's latency is its warps' serial work;
  *     with 4 warps a split can then be a single tile.
  * ad_lo: the matching least tiles per split (dec_per's lo) for NW warps. */
+__host__ __device__ constexpr int ad_coarse_ck(int nch) { return 32 / (nch >= 8 ? nch / 8 : 1); }
+__host__ __device__ constexpr int ad_fine_ck(int nch) { return 32 / (nch < 4 ? nch : 4); }
 template <typename C, int HD> struct ad_chunk {
     static constexpr int NCH = HD / dvec<C>::N;
-    static constexpr int COARSE = 32 / (NCH >= 8 ? NCH / 8 : 1);
-    static constexpr int FINE = 32 / (NCH < 4 ? NCH : 4);
+    static constexpr int COARSE = ad_coarse_ck(NCH);
+    static constexpr int FINE = ad_fine_ck(NCH);
 };
+
+/* Query rows per decode block for G heads per kv head: G itself up to 2,
+ * else 4 or 8 (G = 3: one idle row; G > 8: several row groups). The R of
+ * k_att_decode and of the persistent kernel. */
+__host__ __device__ constexpr int ad_rows(int G) {
+    return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+}
 __host__ __device__ constexpr int ad_lo(int nw, int ck, bool fine) {
     return !fine ? nw : nw * ck >= CU_ATT_TILE ? nw * ck / CU_ATT_TILE : 1;
 }

@@ -74,10 +74,10 @@ void cu_backend_free(void *vctx) {
         if (x->ev[i]) cudaEventDestroy(x->ev[i]);
     free(x->ev);
     free(x->ev_ph);
-    for (int i = 0; i < CU_MAX_BUCKETS; i++)
+    for (int i = 0; i < CU_MAX_BUCKETS; i++) {
         if (x->gexec[i]) cudaGraphExecDestroy(x->gexec[i]);
-    for (int i = 0; i < CU_MAX_BUCKETS; i++)
         if (x->gexec_fine[i]) cudaGraphExecDestroy(x->gexec_fine[i]);
+    }
     if (x->gexec_ps) cudaGraphExecDestroy(x->gexec_ps);
     if (x->blas) cublasDestroy(x->blas);
     if (x->st) cudaStreamDestroy(x->st);

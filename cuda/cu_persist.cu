@@ -255,7 +255,7 @@ typedef void (*ps_kernel)(cu_persist_args);
 /* The instantiation for (G, head_dim, fine), or NULL: R is G rounded up to
  * 1, 2, 4 or 8 (k_att_decode's row groups). */
 static ps_kernel ps_pick(int G, int hd, int fine) {
-    const int r = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : G <= 8 ? 8 : 0;
+    const int r = G <= 8 ? ad_rows(G) : 0;
 #define PS_CASE(RR, H)                                                                             \
     if (r == RR && hd == H) return fine ? k_persist<RR, H, true> : k_persist<RR, H, false>
     PS_CASE(1, 16);

@@ -78,17 +78,8 @@ if [ "$SKIP_BENCH" = 0 ]; then
   BL=$OUT/bench.log
   run_bench() { # label env... -- args...
     local label=$1; shift
-    local envs=()
-    while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
-    local l; l=$(left)
-    if [ "$l" -lt 40 ]; then note "$(printf '%-34s SKIPPED (time budget)' "$label")"; return; fi
-    local to=180; [ $to -gt "$l" ] && to=$l
-    echo "===== $label: ${envs[*]} nanoinfer bench $*" >> "$BL"
-    local j
-    j=$(env "${envs[@]}" timeout "$to" $BIN/nanoinfer bench --device cuda --json "$@" 2>> "$BL" | tail -1)
-    echo "$j" >> "$BL"
-    local tps; tps=$(echo "$j" | grep -o '"output_tokens_per_s":[0-9.]*' | cut -d: -f2)
-    local el; el=$(echo "$j" | grep -o '"elapsed_s":[0-9.]*' | cut -d: -f2)
+    bench_json "$label" "$BL" 180 40 "$@" || return
+    local tps el; tps=$(json_field output_tokens_per_s); el=$(json_field elapsed_s)
     note "$(printf '%-34s %10s output tok/s  (%s s)' "$label" "${tps:-FAILED}" "${el:-?}")"
   }
   if [ -f /tmp/l1b/config.json ]; then

@@ -50,17 +50,9 @@ step "build random models" "$OUT/model.log" 150 env PYTHONUNBUFFERED=1 python3 s
 
 bench() { # label env... -- args...
   local label=$1; shift
-  local envs=()
-  while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
-  local l; l=$(left)
-  if [ "$l" -lt 30 ]; then note "$(printf '%-30s SKIPPED (time budget)' "$label")"; return; fi
-  echo "===== $label: ${envs[*]} nanoinfer bench $*" >> "$BL"
-  local j
-  j=$(env "${envs[@]}" timeout 90 $BIN/nanoinfer bench --device cuda --json "$@" 2>> "$BL" | tail -1)
-  echo "$j" >> "$BL"
-  local tp; tp=$(echo "$j" | grep -o '"tpot_p50_ms":[0-9.]*' | cut -d: -f2)
-  local ot; ot=$(echo "$j" | grep -o '"output_tokens_per_s":[0-9.]*' | cut -d: -f2)
-  local hm; hm=$(echo "$j" | grep -o '"step_host_ms":[0-9.]*' | cut -d: -f2)
+  bench_json "$label" "$BL" 90 30 "$@" || return
+  local tp ot hm
+  tp=$(json_field tpot_p50_ms); ot=$(json_field output_tokens_per_s); hm=$(json_field step_host_ms)
   note "$(printf '%-30s TPOT p50 %s ms  %s out tok/s  host %s ms/step' "$label" "${tp:-FAILED}" "${ot:-?}" "${hm:-?}")"
 }
 for r in $(seq 1 "$ROUNDS"); do

@@ -4,7 +4,7 @@
 # and bounded command, and the binaries to run (gpu_bins).
 # Before sourcing: OUT (log folder, default ./gpu_logs), BUDGET_S (seconds,
 # default 560). Defines: sum (summary.txt), T0, left, note, step, status
-# (1 once a step failed), gpu_bins.
+# (1 once a step failed), bench_json / json_field, gpu_bins.
 OUT=${OUT:-$PWD/gpu_logs}
 mkdir -p "$OUT"
 # shellcheck disable=SC1091
@@ -33,6 +33,26 @@ step() {
   [ $rc -eq 124 ] && res="TIMEOUT after ${to}s"
   note "$(printf '%-30s %-18s %4d s' "$name" "$res" $(( $(date +%s) - s )))"
 }
+
+# bench_json label log timeout min_left env... -- args...: one `nanoinfer
+# bench --device cuda --json args` with the env assignments, logged, within
+# timeout (and the budget); sets BENCH_J to its JSON line ("" when it
+# failed) and returns 0, or notes SKIPPED and returns 1 when less than
+# min_left seconds of the budget are left.
+# json_field name: a number of BENCH_J ("" when absent).
+bench_json() {
+  local label=$1 log=$2 to=$3 min=$4; shift 4
+  local envs=()
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+  local l; l=$(left)
+  BENCH_J=
+  if [ "$l" -lt "$min" ]; then note "$(printf '%-34s SKIPPED (time budget)' "$label")"; return 1; fi
+  [ "$to" -gt "$l" ] && to=$l
+  echo "===== $label: ${envs[*]} nanoinfer bench $*" >> "$log"
+  BENCH_J=$(env "${envs[@]}" timeout "$to" $BIN/nanoinfer bench --device cuda --json "$@" 2>> "$log" | tail -1)
+  echo "$BENCH_J" >> "$log"
+}
+json_field() { echo "$BENCH_J" | grep -o "\"$1\":[0-9.]*" | cut -d: -f2; }
 
 # gpu_bins "test programs...": sets BIN to a folder holding nanoinfer and
 # them: .gpu/bin when its binaries run here (built on the development
