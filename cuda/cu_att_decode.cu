@@ -46,6 +46,16 @@
  * issued before q is staged. H200: SmolLM2-shape decode steps 3.4 % (1
  * sequence) to 5.3 % (2) faster, the 1B shape 1.5-1.7 % (docs/perf.md).
  *
+ * Staged coarse chunks (cu_att_args.stage == 1, NI_CUDA_ATT_STAGE=1;
+ * opt-in until verified on the GPU): with 16-byte cache loads the coarse
+ * launch takes k_att_decode<..., NS = 1>, whose warps copy each chunk into
+ * their own 8 KB of dynamic shared memory by cp.async (L2 only) instead of
+ * register loads, then read the same values back: results equal bit for
+ * bit. H200 kernel benchmarks: up to 24 % faster at long contexts of 64
+ * sequences, 7 % at 256 x 200 keys (1B shape), 2-5 % slower in 6 of 51
+ * cells, all long contexts (docs/perf.md). The 32 KB per block need
+ * cu_att_decode_prepare (the default limit is 48 KB with the static arrays).
+ *
  * Split-K: keys are partitioned among splits in CU_ATT_TILE-key tiles,
  * per = max(ceil(tiles / n_splits), lo) tiles per split (k_attention's rule,
  * but lo = 4 with the coarse 32-key chunks: one chunk per warp, fewer
@@ -98,13 +108,26 @@
  * sequences of the 1B / SmolLM2 shapes; at 64 sequences one split fills it) */
 #define CU_ATT_FINE_BLOCKS 32
 
-template <typename T, typename C, int R, int HD, bool FINE>
+/* NS = 1 (cu_att_args.stage) takes the coarse chunks only, and only with
+ * 16-byte loads: the fine ones are a single chunk per warp (nothing to
+ * overlap), and cp.async has no 8-byte L2-only form. */
+template <typename C, bool FINE> constexpr bool ad_can_stage() {
+    return !FINE && sizeof(typename dvec<C>::L) == 16;
+}
+
+template <typename T, typename C, int R, int HD, bool FINE, int NS>
 __global__ void __launch_bounds__(DT, R >= 8 ? 2 : 3) k_att_decode(cu_att_args a) {
     constexpr int CK = FINE ? ad_chunk<C, HD>::FINE : ad_chunk<C, HD>::COARSE;
+    extern __shared__ uint4 ad_stg[];
     cu_pdl_trigger();
     cu_pdl_wait(); /* first, on every path: q and the cache are activations */
-    ad_unit<T, C, R, HD, DW, CK, false>(a, blockIdx.x, blockIdx.y, blockIdx.z,
-                                        ad_lo(DW, CK, FINE));
+    ad_unit<T, C, R, HD, DW, CK, false, NS>(a, blockIdx.x, blockIdx.y, blockIdx.z,
+                                            ad_lo(DW, CK, FINE), ad_stg);
+}
+
+/* Dynamic shared memory of k_att_decode<T, C, R, HD, false, 1>: 32 KB. */
+template <typename C, int HD> constexpr size_t ad_smem() {
+    return ad_stage<C, HD, DW, ad_chunk<C, HD>::COARSE, 1>::BYTES;
 }
 
 template <typename T>
@@ -156,9 +179,16 @@ static int launch_dec(cudaStream_t st, const cu_att_args *a) {
     const dim3 grid((unsigned)a->n_items, (unsigned)(a->n_kv * nrg), (unsigned)a->n_splits);
     const bool fine = fine_grid(a, nrg);
     if (fine)
-        CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, true>, grid, DT, 0, st, a->pdl, *a));
-    else
-        CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, false>, grid, DT, 0, st, a->pdl, *a));
+        CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, true, 0>, grid, DT, 0, st, a->pdl, *a));
+    else if constexpr (ad_can_stage<C, false>()) {
+        if (a->stage)
+            CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, false, 1>, grid, DT,
+                                 ad_smem<C, HD>(), st, a->pdl, *a));
+        else
+            CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, false, 0>, grid, DT, 0, st, a->pdl,
+                                 *a));
+    } else
+        CU_CHECK(cu_launch_k(k_att_decode<T, C, R, HD, false, 0>, grid, DT, 0, st, a->pdl, *a));
     CU_LAUNCH_CHECK(st);
     if (a->n_splits > 1) {
         const int lo = fine ? ad_lo(DW, ad_chunk<C, HD>::FINE, true)
@@ -192,6 +222,36 @@ static int launch_any_hd(cudaStream_t st, const cu_att_args *a) {
     case 64: return launch_hd<T, C, 64>(st, a);
     default: return launch_hd<T, C, 128>(st, a);
     }
+}
+
+/* Raises the dynamic shared-memory limit of every staged k_att_decode the
+ * dispatch below can launch: a chunk per warp is 32 KB per block, which with
+ * the static arrays of R = 8 passes the default 48 KB. Before any capture
+ * (cu_att_prepare calls it). */
+template <typename T, typename C, int R, int HD> static int prep_one(void) {
+    if constexpr (ad_can_stage<C, false>())
+        CU_CHECK(cudaFuncSetAttribute(k_att_decode<T, C, R, HD, false, 1>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)ad_smem<C, HD>()));
+    return 0;
+}
+template <typename T, typename C, int HD> static int prep_hd(void) {
+    CU_TRY((prep_one<T, C, 1, HD>()));
+    CU_TRY((prep_one<T, C, 2, HD>()));
+    CU_TRY((prep_one<T, C, 4, HD>()));
+    return prep_one<T, C, 8, HD>();
+}
+template <typename T, typename C> static int prep_any_hd(void) {
+    CU_TRY((prep_hd<T, C, 16>()));
+    CU_TRY((prep_hd<T, C, 32>()));
+    CU_TRY((prep_hd<T, C, 64>()));
+    return prep_hd<T, C, 128>();
+}
+
+int cu_att_decode_prepare(void) {
+    CU_TRY((prep_any_hd<float, float>()));
+    CU_TRY((prep_any_hd<cu_bf16, cu_bf16>()));
+    return prep_any_hd<cu_bf16, cu_fp8>(); /* cu_fp8_l8 is never staged */
 }
 
 int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype) {

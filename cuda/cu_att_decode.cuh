@@ -120,15 +120,35 @@ template <bool COH, typename L> __device__ __forceinline__ L ad_ld(const L *p) {
         return __ldg(p);
 }
 
+/* cp.async of 16 bytes into shared memory, L1 bypassed; zero-filled (nothing
+ * read from src, which must still be a valid address) when !ok. */
+__device__ __forceinline__ void ad_cp16(void *dst, const void *src, bool ok) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src),
+                 "r"(ok ? 16 : 0)
+                 : "memory");
+}
+
+/* Dynamic shared memory of ad_unit with NS (0 or 1) staged chunks per warp,
+ * NW warps: every lane's NK K and NV V loads of a chunk (16 loads of 16
+ * bytes: 8 KB per warp, whatever the format and head_dim). */
+template <typename C, int HD, int NW, int CK, int NS> struct ad_stage {
+    static constexpr int NCH = HD / dvec<C>::N, P = 32 / CK, NK = NCH / P;
+    static constexpr int NV = CK / (32 / NCH);
+    static constexpr size_t BYTES = (size_t)NS * NW * (NK + NV) * 32 * 16;
+};
+
 /* Block (bx, by, bz) of k_att_decode's grid (item, kv head x row group,
  * split), computed by the calling block's NW warps (blockDim.x == 32 * NW),
  * CK keys per warp chunk (ad_chunk), splits of at least lo tiles (ad_lo;
  * dec_per with a.min_tiles). COH: the cache is read with coherent (L2)
  * loads instead of the read-only path, for a caller that wrote it earlier in
- * the same kernel (the persistent decode kernel). Block-uniform early
- * returns; every thread must call. */
-template <typename T, typename C, int R, int HD, int NW, int CK, bool COH>
-__device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, int bz, int lo) {
+ * the same kernel (the persistent decode kernel). NS = 1: the chunks are
+ * staged in stg (ad_stage<...>::BYTES of dynamic shared memory) by cp.async,
+ * see below. Block-uniform early returns; every thread must call. */
+template <typename T, typename C, int R, int HD, int NW, int CK, bool COH, int NS = 0>
+__device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, int bz, int lo,
+                                        uint4 *stg = nullptr) {
     constexpr int DT = 32 * NW, DW = NW;
     using E = typename dvec<C>::E;             /* cache element */
     using L = typename dvec<C>::L;             /* one load: 16 (cu_fp8_l8: 8) bytes */
@@ -187,7 +207,32 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
             vr[i] = c0 + j < k1 ? ad_ld<COH>((const L *)(vc + (size_t)sj * kvd) + dc) : L{};
         }
     };
-    if (c0 < k1) load();
+    /* NS = 1 (16-byte loads only): a chunk goes through this warp's stage in
+     * shared memory by cp.async (L2 only, no L1 allocation, no register held
+     * while in flight) instead of register loads: the same one chunk in
+     * flight per warp, measured faster on the H200 (docs/perf.md). Each lane
+     * reads back only what it copied itself, so its own wait_group orders it:
+     * no warp barrier. */
+    static_assert(NS == 0 || (NS == 1 && sizeof(L) == 16), "staged chunks: 16-byte loads");
+    constexpr int SL = (NK + NV) * 32; /* loads of one warp's stage */
+    uint4 *wst = NS ? stg + (size_t)w * SL : nullptr;
+    auto issue = [&]() { /* the chunk at c0 (lane slot: slot) into the stage */
+        const uint4 *k4 = (const uint4 *)(kc + (size_t)slot * kvd) + kp * NK;
+#pragma unroll
+        for (int i = 0; i < NK; i++) ad_cp16(wst + i * 32 + lane, k4 + i, c0 + kl < k1);
+#pragma unroll
+        for (int i = 0; i < NV; i++) {
+            const int j = kg + i * KPI;
+            const int sj = __shfl_sync(FULL, slot, j * P);
+            ad_cp16(wst + (NK + i) * 32 + lane, (const uint4 *)(vc + (size_t)sj * kvd) + dc,
+                    c0 + j < k1);
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    };
+    if (c0 < k1) {
+        if constexpr (NS) issue();
+        else load();
+    }
 
     const float qscale = 1.4426950408889634f / sqrtf((float)HD);
     const float *qg = a.q + (size_t)it.tok0 * a.ldq + (size_t)(kvh * G + r0) * HD;
@@ -210,6 +255,13 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
         const bool kval = c0 + kl < k1;
         /* the next chunk's table entry, while this one computes */
         const int nslot = slot_of(c0 + DW * CK + kl);
+        if constexpr (NS) {
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
+#pragma unroll
+            for (int i = 0; i < NK; i++) kr[i] = wst[i * 32 + lane];
+#pragma unroll
+            for (int i = 0; i < NV; i++) vr[i] = wst[(NK + i) * 32 + lane];
+        }
 
         float s[R];
 #pragma unroll
@@ -277,7 +329,10 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
         __syncwarp(); /* every lane has read ps before the next chunk rewrites it */
         c0 += DW * CK;
         slot = nslot;
-        if (c0 < k1) load();
+        if (c0 < k1) { /* the stage was read back above: free to refill */
+            if constexpr (NS) issue();
+            else load();
+        }
     }
 
     /* warp merge: l over all lanes, acc over the KPI key groups of a column */

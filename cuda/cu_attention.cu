@@ -270,6 +270,7 @@ int cu_att_prepare(void) {
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     CU_CHECK(cudaFuncSetAttribute(k_attention<cu_bf16, cu_fp8>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CU_TRY(cu_att_decode_prepare());
     return cu_att_prefill_prepare();
 }
 

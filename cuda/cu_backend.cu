@@ -278,7 +278,7 @@ static int enqueue_layers(cu_ctx *x, const cu_fwd *f) {
                                 f->items,  f->tables, f->ts,      f->n_items,  f->n_splits,
                                 x->part,   c->n_heads, c->n_kv_heads, hd,      bs,
                                 f->max_nq, x->att_kernel, x->pdl, x->kv_fp8, 0,
-                                !f->att_fine};
+                                !f->att_fine, x->att_stage};
         CU_TRY(cu_launch_attention(x->st, &aa, dt));
         CU_TRY(mark(x, CU_PH_ATT));
         CU_TRY(res_proj(x, x->att, x->q_dim, L->wo, L->s_o, n));

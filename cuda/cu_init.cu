@@ -427,6 +427,7 @@ typedef struct cu_settings {
     int fuse_rope;  /* RoPE + KV store in the QKV GEMV epilogue */
     int persist;    /* the persistent decode kernel for one-sequence steps */
     int att_lat;    /* fine key chunks in decode attention (not cu_att_args.no_lat) */
+    int att_stage;  /* decode attention's coarse chunks through shared memory */
     cu_att_kernel att_kernel; /* attention kernel selection */
 } cu_settings;
 
@@ -480,6 +481,7 @@ static int settings(const eng_backend_config *cf, cu_settings *s, char *err, siz
     s->fuse_rope = !cf->no_fuse_rope;
     s->persist = cf->persist != 0;
     s->att_lat = !cf->no_att_lat;
+    s->att_stage = cf->att_stage != 0;
     if (cf->att_kernel < CU_ATT_AUTO || cf->att_kernel > CU_ATT_TC)
         return ni_fail(err, errlen, NI_EINVAL, "cuda backend: att_kernel %d is not 0, 1 or 2",
                        cf->att_kernel);
@@ -528,6 +530,7 @@ static void ctx_derive(cu_ctx *x, const mdl_model *m, const eng_backend_config *
     x->gemv = s->gemv && s->dtype == CU_DTYPE_BF16 && !s->quant;
     x->pdl = s->pdl;
     x->att_lat = s->att_lat;
+    x->att_stage = s->att_stage;
     x->fuse_rope = x->gemv && s->fuse_rope;
     /* decided for good by setup (cu_persist_grid) */
     x->persist = x->fuse_rope && s->persist && !s->kv_fp8 && !s->prof && !c->has_qk_norm;

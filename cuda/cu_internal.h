@@ -305,6 +305,9 @@ typedef struct cu_att_args {
                                 * throughput shape); 0: fine chunks where the grid is
                                 * small (cu_att_decode.cu; the backend sets 0 only when
                                 * cu_att_decode_fine_keys covers the batch's contexts) */
+    int stage;                 /* decode kernel: 1 = the coarse chunks staged in shared
+                                * memory by cp.async (16-byte cache loads; the same
+                                * results bit for bit), 0 = register loads */
 } cu_att_args;
 
 /* Causal GQA attention over the paged cache with online softmax (never a
@@ -356,8 +359,14 @@ int cu_att_decode_fine_keys(const cu_att_args *a, int dtype);
 /* cu_launch_attention's contract for a batch cu_att_decode_ok accepts
  * (NI_EINVAL otherwise): k_att_decode, plus k_att_dcombine when
  * n_splits > 1. Splits beyond an item's key tiles stay empty (not written,
- * not read). Static shared memory only: nothing to prepare before capture. */
+ * not read). The coarse chunks are staged in dynamic shared memory, over
+ * the default limit for R = 8: cu_att_decode_prepare must have run
+ * (cu_att_prepare calls it) before a launch or a capture. */
 int cu_launch_att_decode(cudaStream_t st, const cu_att_args *a, int dtype);
+
+/* Raises the dynamic shared-memory limit of every decode kernel variant.
+ * Returns 0 or NI_EIO. */
+int cu_att_decode_prepare(void);
 
 /* Benchmarks only: 0 sends decode batches to k_attention (the old kernel),
  * 1 (default) to the decode kernel. Not thread-safe. */
@@ -677,6 +686,7 @@ typedef struct cu_ctx {
                                  * with programmatic dependent launch (cu_launch_k) */
     int att_lat;                /* not no_att_lat: decode attention may take fine key
                                  * chunks (cu_att_args.no_lat = 0) */
+    int att_stage;              /* eng_backend_config.att_stage: cu_att_args.stage */
     int persist;                /* fuse_rope, BF16 cache, no qk-norm, persist asked for, not
                                  * profiling, and cu_persist_grid accepted the model: one-token
                                  * steps of one sequence run the persistent kernel */

@@ -18,6 +18,8 @@ extern "C" {
 /* cu_op_att_decode_lat: the wrappers' cu_att_args.no_lat (tests and
  * benchmarks; not thread-safe). */
 static int g_att_no_lat = 0;
+/* cu_op_att_decode_stage: the wrappers' cu_att_args.stage. */
+static int g_att_stage = 0;
 
 namespace {
 
@@ -287,7 +289,8 @@ extern "C" int cu_op_attention(float *out, const float *q, const float *k_cache,
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), max_blocks, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, max_nq,
-                           kernel, 1, kv_fp8, 0, g_att_no_lat};
+                           kernel, 1, kv_fp8, 0, g_att_no_lat, g_att_stage};
+    CU_TRY(cu_att_prepare());
     CU_TRY(cu_launch_attention(0, &a, dtype));
     return get_t(out, dout, (size_t)n * n_heads * hd, dtype);
 }
@@ -377,7 +380,7 @@ extern "C" int cu_op_attention_bench(int n_seqs, int ctx, int n_heads, int n_kv,
     cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                      ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_seqs,
                      splits, dpart.as<float>(), n_heads, n_kv, hd, block_size, 1,
-                     CU_ATT_AUTO, 0, kv_fp8, 0, g_att_no_lat};
+                     CU_ATT_AUTO, 0, kv_fp8, 0, g_att_no_lat, g_att_stage};
     /* the backend's rule (att_fine): fine chunks only where they take one pass */
     if (ctx > cu_att_decode_fine_keys(&a, kv_fp8 ? CU_DTYPE_BF16 : dtype)) a.no_lat = 1;
     cu_att_decode_enable(kernel);
@@ -434,7 +437,7 @@ extern "C" int cu_op_attention_prefill_bench(int n_tok, int n_heads, int n_kv, i
     const cu_att_args a = {dout.p, dq.as<float>(), n_heads * hd, dk.p, dv.p,
                            ditems.as<cu_att_item>(), dtab.as<int32_t>(), nb, n_items,
                            splits, dpart.as<float>(), n_heads, n_kv, hd, bs, max_nq,
-                           kernel, 0, kv_fp8 ? 1 : 0, 0, g_att_no_lat};
+                           kernel, 0, kv_fp8 ? 1 : 0, 0, g_att_no_lat, g_att_stage};
     return time_attention(&a, CU_DTYPE_BF16, iters, NULL, 0, us);
 }
 
@@ -614,6 +617,8 @@ extern "C" int cu_op_sample_bench(int vocab, int n_rows, const smp_params *p, in
 extern "C" void cu_op_att_decode_fp8_wide(int on) { cu_att_decode_fp8_wide(on); }
 
 extern "C" void cu_op_att_decode_lat(int on) { g_att_no_lat = !on; }
+
+extern "C" void cu_op_att_decode_stage(int on) { g_att_stage = on != 0; }
 
 extern "C" int cu_op_round_fp8(float *x, size_t n) {
     if (!x) return NI_EINVAL;

@@ -134,6 +134,11 @@ void cu_op_att_decode_fp8_wide(int on);
  * cu_att_decode.cu); default 1. For tests and benchmarks; not thread-safe. */
 void cu_op_att_decode_lat(int on);
 
+/* Whether the attention wrappers below stage the decode kernel's coarse
+ * key chunks in shared memory (cu_att_args.stage = on); default 0. For
+ * tests and benchmarks; not thread-safe. */
+void cu_op_att_decode_stage(int on);
+
 /* x[0..n) rounded through the device's E4M3 conversion (cu_fromf<cu_fp8>:
  * the KV cache's) and back to FP32, in place. Twin: eng_fp8_e4m3_round. */
 int cu_op_round_fp8(float *x, size_t n);

@@ -282,6 +282,7 @@ int eng_backend_config_env(eng_backend_config *c, const eng_backend *be, char *e
     if ((rc = env_off("NI_CUDA_PDL", &c->no_pdl, err, errlen)) ||
         (rc = env_off("NI_CUDA_FUSE_ROPE", &c->no_fuse_rope, err, errlen)) ||
         (rc = env_off("NI_CUDA_ATT_LAT", &c->no_att_lat, err, errlen)) ||
+        (rc = env_switch("NI_CUDA_ATT_STAGE", "1", &c->att_stage, err, errlen)) ||
         (rc = env_switch("NI_CUDA_PERSIST", "1", &c->persist, err, errlen)))
         return rc;
     if (c->profile == 0 && (v = env_value("NI_CUDA_PROFILE"))) c->profile = strcmp(v, "0") != 0;

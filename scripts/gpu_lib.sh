@@ -39,7 +39,8 @@ step() {
 # timeout (and the budget); sets BENCH_J to its JSON line ("" when it
 # failed) and returns 0, or notes SKIPPED and returns 1 when less than
 # min_left seconds of the budget are left.
-# json_field name: a number of BENCH_J ("" when absent).
+# json_field name: a number of BENCH_J ("" when absent). NANOINFER, when
+# set, names the nanoinfer binary (an A/B build) instead of $BIN/nanoinfer.
 bench_json() {
   local label=$1 log=$2 to=$3 min=$4; shift 4
   local envs=()
@@ -49,7 +50,7 @@ bench_json() {
   if [ "$l" -lt "$min" ]; then note "$(printf '%-34s SKIPPED (time budget)' "$label")"; return 1; fi
   [ "$to" -gt "$l" ] && to=$l
   echo "===== $label: ${envs[*]} nanoinfer bench $*" >> "$log"
-  BENCH_J=$(env "${envs[@]}" timeout "$to" $BIN/nanoinfer bench --device cuda --json "$@" 2>> "$log" | tail -1)
+  BENCH_J=$(env "${envs[@]}" timeout "$to" ${NANOINFER:-$BIN/nanoinfer} bench --device cuda --json "$@" 2>> "$log" | tail -1)
   echo "$BENCH_J" >> "$log"
 }
 json_field() { echo "$BENCH_J" | grep -o "\"$1\":[0-9.]*" | cut -d: -f2; }

@@ -766,6 +766,72 @@ static void test_invalid(void **state) {
 #endif
 }
 
+/* ---- decode attention's staged chunks (NI_CUDA_ATT_STAGE) -------------------------- */
+
+#ifdef NI_USE_CUDA
+/* var=val must make eng_backend_config_env fail with NI_EINVAL (and say why). */
+static void bad_env(const char *var, const char *val) {
+    char err[256] = "";
+    eng_backend_config cf = be_config(CU_DTYPE_BF16);
+    setenv(var, val, 1);
+    assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), NI_EINVAL);
+    unsetenv(var);
+    printf("  bad %s: %s\n", var, err);
+}
+#endif
+
+/* One sequence's decode steps through the graphs after a 300-token prompt
+ * (teacher-forced on the first run's tokens), the coarse chunks
+ * (NI_CUDA_ATT_LAT=0) over one split (NI_CUDA_ATT_SPLITS=1: every warp walks
+ * several chunks, so its stage is refilled) in both runs, read through
+ * shared memory (NI_CUDA_ATT_STAGE=1) against register loads: the same
+ * values in the same order, so the logits must be equal bit for bit (FP32
+ * and BF16). Also: the variable's parsing. */
+static void test_att_stage(void **state) {
+    tu_require_gpu();
+#ifdef NI_USE_CUDA
+    mdl_model m;
+    tu_load_tiny(&m, *(const int *)*state);
+    enum { n_prompt = 300, n_steps = 16 };
+    const int V = m.cfg.vocab_size;
+    int32_t prompt[n_prompt], perm[N_BLOCKS], ts[n_steps], tk[n_steps];
+    tu_fill_int(&g_rng, prompt, n_prompt, V);
+    tu_permutation(&g_rng, perm, N_BLOCKS);
+    float *la = malloc(sizeof(float) * n_steps * V), *lb = malloc(sizeof(float) * n_steps * V);
+    const int dts[2] = {CU_DTYPE_FP32, CU_DTYPE_BF16};
+    for (int d = 0; d < 2; d++)
+        for (int k = 0; k < 2; k++) { /* k = 0: register loads, the reference */
+            char err[256] = "";
+            eng_backend_config cf = be_config(dts[d]);
+            setenv("NI_CUDA_ATT_LAT", "0", 1);
+            setenv("NI_CUDA_ATT_SPLITS", "1", 1);
+            if (k) setenv("NI_CUDA_ATT_STAGE", "1", 1);
+            assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), 0);
+            unsetenv("NI_CUDA_ATT_LAT");
+            unsetenv("NI_CUDA_ATT_SPLITS");
+            unsetenv("NI_CUDA_ATT_STAGE");
+            assert_int_equal(cf.att_stage, k);
+            void *g = be_init(&eng_backend_cuda, &m, &cf);
+            drive(&eng_backend_cuda, g, V, prompt, n_prompt, 128, n_steps, k ? ts : NULL, perm,
+                  k ? tk : ts, k ? lb : la);
+            eng_backend_cuda.free(g);
+            if (!k) continue;
+            long differ = 0;
+            for (size_t i = 0; i < (size_t)n_steps * V; i++) differ += la[i] != lb[i];
+            printf("  %s: %d decode steps, NI_CUDA_ATT_STAGE=1 vs 0: %ld of %zu logits differ\n",
+                   d ? "bf16" : "fp32", n_steps, differ, (size_t)n_steps * V);
+            assert_int_equal(differ, 0);
+            for (int st = 0; st < n_steps; st++) assert_int_equal(tk[st], ts[st]);
+        }
+    bad_env("NI_CUDA_ATT_STAGE", "yes");
+    free(la);
+    free(lb);
+    mdl_free(&m);
+#else
+    (void)state;
+#endif
+}
+
 /* ---- decode attention's latency shape (NI_CUDA_ATT_LAT) ---------------------------- */
 
 /* One-sequence decode steps through the decode graphs (many splits at this
@@ -813,15 +879,7 @@ static void test_att_lat(void **state) {
             printf("  %s: %d decode steps, NI_CUDA_ATT_LAT=%s vs default: worst %s %.3g\n",
                    d ? "bf16" : "fp32", n_steps, vals[k], d ? "nmse" : "max rel", worst);
         }
-    {
-        char err[256] = "";
-        eng_backend_config cf = be_config(CU_DTYPE_BF16);
-        setenv("NI_CUDA_ATT_LAT", "fast", 1);
-        assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err),
-                         NI_EINVAL);
-        unsetenv("NI_CUDA_ATT_LAT");
-        printf("  bad NI_CUDA_ATT_LAT: %s\n", err);
-    }
+    bad_env("NI_CUDA_ATT_LAT", "fast");
     free(la);
     free(lb);
     mdl_free(&m);
@@ -909,7 +967,8 @@ int main(void) {
         cmocka_unit_test(test_forced_splits), cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_att_kernel_select),
         PER_MODEL(test_att_lat, 0),        PER_MODEL(test_att_lat, 1),
-        PER_MODEL(test_att_lat, 2),
+        PER_MODEL(test_att_lat, 2),        PER_MODEL(test_att_stage, 0),
+        PER_MODEL(test_att_stage, 1),      PER_MODEL(test_att_stage, 2),
         PER_MODEL(test_fp8_vs_bf16, 0),    PER_MODEL(test_fp8_vs_bf16, 1),
         PER_MODEL(test_fp8_vs_bf16, 2),    cmocka_unit_test(test_fp8_capacity),
         cmocka_unit_test(test_fp8_copy_block),

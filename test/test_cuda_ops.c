@@ -722,7 +722,8 @@ static void test_attention(void **state) {
 /* A decode-only batch (every sequence one token: max_nq == 1, the decode
  * kernel of cu_att_decode.cu for hd 16 / 32 / 64 / 128, k_attention otherwise), contexts
  * around the 32-key tiles and long ones, two block sizes, G = 1..16, split
- * factors that leave most splits empty for the short contexts. */
+ * factors that leave most splits empty for the short contexts; all of it
+ * again with the coarse chunks staged through shared memory (stage 1). */
 static void test_attention_decode(void **state) {
     (void)state;
     tu_require_gpu();
@@ -741,10 +742,16 @@ static void test_attention_decode(void **state) {
         p0[s] = ctx[s] - 1;
     }
     const int splits[] = {0, 1, 3, 7, 64}, bsz[] = {16, 7};
-    for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
-        for (size_t b = 0; b < NI_ARRAY_LEN(bsz); b++)
-            att_check("decode att", CU_ATT_AUTO, NS, len, p0, bsz[b], shapes[si][0],
-                      shapes[si][1], shapes[si][2], splits, (int)NI_ARRAY_LEN(splits));
+    /* stage 1: the coarse chunks through shared memory (cu_att_args.stage) */
+    for (int stage = 0; stage < 2; stage++) {
+        cu_op_att_decode_stage(stage);
+        for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
+            for (size_t b = 0; b < NI_ARRAY_LEN(bsz); b++)
+                att_check(stage ? "decode att staged" : "decode att", CU_ATT_AUTO, NS, len, p0,
+                          bsz[b], shapes[si][0], shapes[si][1], shapes[si][2], splits,
+                          (int)NI_ARRAY_LEN(splits));
+    }
+    cu_op_att_decode_stage(0);
 #endif
 }
 

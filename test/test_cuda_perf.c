@@ -25,7 +25,9 @@
  * factor of the general path (from the context) and, for one sequence, of a
  * decode graph (from max_pos 32768), and the KV bytes read per second (L2 flushed
  * before every launch, so these are HBM reads); "thru": the decode kernel
- * in its throughput shape only (cu_op_att_decode_lat(0): coarse chunks).
+ * in its throughput shape only (cu_op_att_decode_lat(0): coarse chunks);
+ * "stage": as "new" with the coarse chunks staged in shared memory
+ * (cu_op_att_decode_stage(1), NI_CUDA_ATT_STAGE=1).
  * test_attention_prefill_kernels (NI_PERF_ATT=1): prefill attention of one
  * 512 / 4000-token sequence, SIMT k_attention vs the tensor-core kernel,
  * TFLOP/s.
@@ -246,21 +248,23 @@ static void test_attention_kernels(void **state) {
     printf("  decode attention, bf16, block size 16, one launch + combine (us), KV GB/s; "
            "fp8: the decode kernel over an E4M3 cache (--kv-cache-dtype fp8) with 16-byte "
            "and with 8-byte loads\n");
-    printf("  %-15s %5s %5s %-6s %6s %10s %10s %7s %9s %10s %10s %9s %10s %9s\n", "shape",
-           "seqs", "ctx", "splits", "", "old us", "new us", "speedup", "new GB/s", "thru us",
-           "fp8 us", "fp8 GB/s", "fp8/8B us", "8B GB/s");
+    printf("  %-15s %5s %5s %-6s %6s %10s %10s %7s %9s %10s %10s %9s %10s %9s %10s %9s\n",
+           "shape", "seqs", "ctx", "splits", "", "old us", "new us", "speedup", "new GB/s",
+           "thru us", "fp8 us", "fp8 GB/s", "fp8/8B us", "8B GB/s", "stage us", "stg GB/s");
     for (size_t si = 0; si < NI_ARRAY_LEN(shapes); si++)
         for (size_t ci = 0; ci < NI_ARRAY_LEN(ctxs); ci++)
             for (size_t qi = 0; qi < NI_ARRAY_LEN(seqs); qi++)
                 for (size_t pi = 0; pi < NI_ARRAY_LEN(split_ctx); pi++) {
                     const int S = seqs[qi], C = ctxs[ci];
                     if (S > 4 && split_ctx[pi]) continue; /* >= 64 sequences: never split */
-                    double us[5];
-                    int sp[5];
-                    /* old, new, fp8 16-byte, fp8 8-byte loads, new in its throughput shape */
-                    for (int k = 0; k < 5; k++) {
+                    double us[6];
+                    int sp[6];
+                    /* old, new, fp8 16-byte, fp8 8-byte loads, new in its throughput shape,
+                     * new with the coarse chunks staged in shared memory */
+                    for (int k = 0; k < 6; k++) {
                         cu_op_att_decode_fp8_wide(k != 3);
                         cu_op_att_decode_lat(k != 4); /* 4: the throughput shape */
+                        cu_op_att_decode_stage(k == 5);
                         assert_int_equal(cu_op_attention_bench(S, C, shapes[si].nh,
                                                                shapes[si].nkv, shapes[si].hd, 16,
                                                                split_ctx[pi], k ? 1 : 0,
@@ -271,12 +275,14 @@ static void test_attention_kernels(void **state) {
                     }
                     cu_op_att_decode_fp8_wide(-1);
                     cu_op_att_decode_lat(1);
+                    cu_op_att_decode_stage(0);
                     const double bytes = 2.0 * S * C * shapes[si].nkv * shapes[si].hd * 2;
                     printf("  %-15s %5d %5d %-6s %6d %10.1f %10.1f %6.2fx %9.0f %10.1f %10.1f "
-                           "%9.0f %10.1f %9.0f\n",
+                           "%9.0f %10.1f %9.0f %10.1f %9.0f\n",
                            shapes[si].name, S, C, split_ctx[pi] ? "graph" : "auto", sp[1], us[0],
                            us[1], us[0] / us[1], bytes / (us[1] * 1e3), us[4], us[2],
-                           bytes / 2 / (us[2] * 1e3), us[3], bytes / 2 / (us[3] * 1e3));
+                           bytes / 2 / (us[2] * 1e3), us[3], bytes / 2 / (us[3] * 1e3), us[5],
+                           bytes / (us[5] * 1e3));
                 }
 #endif
 }

@@ -115,6 +115,11 @@ typedef struct eng_backend_config {
     int no_att_lat;               /* CUDA: 1 = decode attention in its throughput shape only
                                    * (no fine key chunks for short contexts of small
                                    * batches; A/B measurements); 0 default */
+    int att_stage;                /* CUDA: 1 = decode attention's coarse key chunks staged
+                                   * in shared memory by cp.async instead of register loads
+                                   * (the same math: bit-identical; measured faster on the
+                                   * H200 in the kernel benchmarks, opt-in until verified
+                                   * end to end, docs/cuda.md); 0 default */
     int persist;                  /* CUDA: 1 = one-sequence decode steps of up to 512 keys
                                    * through the persistent decode kernel (experimental:
                                    * faster decode steps, not yet a faster bench; see
@@ -249,6 +254,7 @@ const char *eng_quant_name(eng_quant q);
  *   NI_CUDA_PDL=0|1              no_pdl = 1 for "0", when 0;
  *   NI_CUDA_FUSE_ROPE=0|1        no_fuse_rope = 1 for "0", when 0;
  *   NI_CUDA_ATT_LAT=0|1          no_att_lat = 1 for "0", when 0;
+ *   NI_CUDA_ATT_STAGE=0|1        att_stage = 1 for "1", when 0;
  *   NI_CUDA_PERSIST=0|1          persist = 1 for "1", when 0;
  *   NI_CUDA_PROFILE=<v>          profile = 1 for any non-empty v but "0", when 0.
  * An unset or empty variable changes nothing. Returns 0, or NI_EINVAL with a
