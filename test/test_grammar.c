@@ -320,6 +320,27 @@ static const char *const k_schemas[] = {
     "{\"type\":\"object\",\"properties\":{\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\"]},\"maxItems\":0}},\"required\":[\"tags\"],\"additionalProperties\":false}",
 };
 
+/* Rewrites every \u0000 escape inside a JSON string of buf to \u0001, in
+ * place (same length): JSON allows U+0000 in object keys, jansson refuses
+ * it there even with JSON_ALLOW_NUL ("NUL byte in object key not
+ * supported", NI_TEST_SEED=141: an additionalProperties key). No schema
+ * of k_schemas names a key or pattern with U+0000 or U+0001, so the checks
+ * see the same structure, lengths and matches. An escaped backslash before "u0000"
+ * is left alone. */
+static void nul_to_soh(char *buf) {
+    int in_str = 0;
+    for (char *p = buf; *p; p++) {
+        if (!in_str) {
+            in_str = *p == '"';
+        } else if (*p == '"') {
+            in_str = 0;
+        } else if (*p == '\\' && p[1]) {
+            if (!strncmp(p + 1, "u0000", 5)) p[5] = '1';
+            p++; /* the escaped character (for \u, the 'u'; its hex digits are plain) */
+        }
+    }
+}
+
 static void test_schema_walks(void **state) {
     (void)state;
     gr_vocab *v = tu_byte_vocab();
@@ -339,6 +360,7 @@ static void test_schema_walks(void **state) {
             if (n < 0) continue;
             done++;
             buf[n] = 0;
+            nul_to_soh(buf);
             json_t *x = json_loads(buf, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
             if (!x) fail_msg("schema %s: walk \"%s\" is not JSON: %s", k_schemas[i], buf, je.text);
             if (!check(s, x, s, why, sizeof why))

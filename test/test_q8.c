@@ -107,7 +107,7 @@ static void test_quantize_weights(void **state) {
                         lo = fmin(lo, x), hi = fmax(hi, x), amax = fmax(amax, fabs(x));
                     }
                     const double d = qnt_f16_to_f32(m.d[(size_t)r * m.nb + b]);
-                    double bound;
+                    double bound, mabs = 0; /* |m| of a 4-bit block: w - m is rounded */
                     if (bits == 8) {
                         /* FP16 scale = amax/127 rounded to nearest: within half an ulp,
                          * 2^-11 relative for normal halves and 2^-25 absolute below
@@ -125,6 +125,7 @@ static void test_quantize_weights(void **state) {
                         /* FP16 m = min and d = (max - m)/15, each to 11 bits; half a step,
                          * or clamped at the rounded ends of the grid */
                         const double mv = qnt_f16_to_f32(m.m[(size_t)r * m.nb + b]);
+                        mabs = fabs(mv);
                         const double dd = fmax(0, (hi - mv) / 15);
                         assert_true(fabs(mv - lo) <= fabs(lo) * 1e-3 + 1e-7);
                         assert_true(fabs(d - dd) <= dd * 1e-3 + 1e-7);
@@ -133,7 +134,12 @@ static void test_quantize_weights(void **state) {
                     bound = bound * (1 + 1e-6) + 1e-30;
                     for (int i = b * 32; i < NI_MIN(cols, b * 32 + 32); i++) {
                         const double x = w[(size_t)r * cols + i];
-                        if (fabs(back[i] - x) > bound)
+                        /* plus the FP32 rounding of (w - m) * (1 / d) and of q * d + m: an x
+                         * within a few ulp of a half-way point may round to the far side
+                         * (NI_TEST_SEED=186: 8-bit, 0.781952 -> 0.785522 at d 0.00714111;
+                         * 313: 4-bit, -0.416993 -> 0.0273438 at d 0.888672) */
+                        const double slack = 4 * FLT_EPSILON * (fabs(x) + fabs(back[i]) + mabs);
+                        if (fabs(back[i] - x) > bound + slack)
                             fail_msg("bits %d cols %d row %d elem %d: %g -> %g (d %g)", bits, cols,
                                      r, i, x, back[i], d);
                     }
