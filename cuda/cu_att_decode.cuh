@@ -214,7 +214,7 @@ __device__ __forceinline__ void ad_unit(const cu_att_args &a, int bx, int by, in
      * reads back only what it copied itself, so its own wait_group orders it:
      * no warp barrier. */
     static_assert(NS == 0 || (NS == 1 && sizeof(L) == 16), "staged chunks: 16-byte loads");
-    constexpr int SL = (NK + NV) * 32; /* loads of one warp's stage */
+    constexpr int SL = (int)(ad_stage<C, HD, 1, CK, 1>::BYTES / 16); /* one warp's loads */
     uint4 *wst = NS ? stg + (size_t)w * SL : nullptr;
     auto issue = [&]() { /* the chunk at c0 (lane slot: slot) into the stage */
         const uint4 *k4 = (const uint4 *)(kc + (size_t)slot * kvd) + kp * NK;

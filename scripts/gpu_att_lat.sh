@@ -30,17 +30,13 @@ gpu_bins "$TESTS test_cuda test_cuda_sample test_cuda_quant"
 
 TL=$OUT/tests.log PL=$OUT/perf.log BL=$OUT/bench.log
 if [ "$SKIP_TESTS" = 0 ]; then
-  step "ops" "$TL" 150 $BIN/test_cuda_ops
-  step "backend" "$TL" 150 $BIN/test_cuda_backend
-  step "graph" "$TL" 120 $BIN/test_cuda_graph
+  core_tests "$TL"
   for seed in 1 2 3 4 5; do
     step "graph seed $seed" "$TL" 60 env NI_TEST_SEED=$seed $BIN/test_cuda_graph
   done
   for t in test_cuda test_cuda_sample test_cuda_quant; do
     [ -x $BIN/$t ] && step "$t" "$TL" 120 $BIN/$t
   done
-  step "memcheck: attention decode" "$TL" 120 env NI_TEST_FILTER=test_attention_decode \
-    compute-sanitizer --tool memcheck --error-exitcode 7 $BIN/test_cuda_ops
   step "memcheck: persistent kernel" "$TL" 120 env NI_TEST_FILTER=test_persist \
     compute-sanitizer --tool memcheck --error-exitcode 7 $BIN/test_cuda_graph
 fi
@@ -50,10 +46,7 @@ step "build random models" "$OUT/model.log" 150 env PYTHONUNBUFFERED=1 python3 s
 
 bench() { # label env... -- args...
   local label=$1; shift
-  bench_json "$label" "$BL" 90 30 "$@" || return
-  local tp ot hm
-  tp=$(json_field tpot_p50_ms); ot=$(json_field output_tokens_per_s); hm=$(json_field step_host_ms)
-  note "$(printf '%-30s TPOT p50 %s ms  %s out tok/s  host %s ms/step' "$label" "${tp:-FAILED}" "${ot:-?}" "${hm:-?}")"
+  bench_json "$label" "$BL" 90 30 "$@" && bench_line "$label"
 }
 for r in $(seq 1 "$ROUNDS"); do
   for lat in 1 0; do

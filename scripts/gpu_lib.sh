@@ -4,7 +4,8 @@
 # and bounded command, and the binaries to run (gpu_bins).
 # Before sourcing: OUT (log folder, default ./gpu_logs), BUDGET_S (seconds,
 # default 560). Defines: sum (summary.txt), T0, left, note, step, status
-# (1 once a step failed), bench_json / json_field, gpu_bins.
+# (1 once a step failed), bench_json / json_field / bench_line, core_tests,
+# gpu_bins.
 OUT=${OUT:-$PWD/gpu_logs}
 mkdir -p "$OUT"
 # shellcheck disable=SC1091
@@ -54,6 +55,24 @@ bench_json() {
   echo "$BENCH_J" >> "$log"
 }
 json_field() { echo "$BENCH_J" | grep -o "\"$1\":[0-9.]*" | cut -d: -f2; }
+# bench_line label: the summary line of the last bench_json (TPOT p50, output
+# and total tok/s, host / backend ms per step; FAILED when it gave nothing).
+bench_line() {
+  note "$(printf '%-30s TPOT p50 %s ms  %s out tok/s  %s tok/s  host %s / backend %s ms/step' \
+    "$1" "$(json_field tpot_p50_ms)" "$(json_field output_tokens_per_s)" \
+    "$(json_field total_tokens_per_s)" "$(json_field step_host_ms)" "$(json_field step_backend_ms)")"
+  [ -n "$BENCH_J" ] || note "$(printf '%-30s FAILED' "$1")"
+}
+
+# core_tests log: test_cuda_ops, test_cuda_backend, test_cuda_graph and
+# memcheck of the decode attention op test, each a step logged to log.
+core_tests() {
+  step "ops" "$1" 150 $BIN/test_cuda_ops
+  step "backend" "$1" 150 $BIN/test_cuda_backend
+  step "graph" "$1" 120 $BIN/test_cuda_graph
+  step "memcheck: attention decode" "$1" 150 env NI_TEST_FILTER=test_attention_decode \
+    compute-sanitizer --tool memcheck --error-exitcode 7 $BIN/test_cuda_ops
+}
 
 # gpu_bins "test programs...": sets BIN to a folder holding nanoinfer and
 # them: .gpu/bin when its binaries run here (built on the development

@@ -43,11 +43,7 @@ gpu_bins "test_cuda_ops test_cuda_backend test_cuda_graph test_cuda_perf"
 
 TL=$OUT/tests.log PL=$OUT/perf.log BL=$OUT/bench.log
 if [ "$TESTS" = 1 ]; then
-  step "ops" "$TL" 150 $BIN/test_cuda_ops
-  step "backend" "$TL" 150 $BIN/test_cuda_backend
-  step "graph" "$TL" 120 $BIN/test_cuda_graph
-  step "memcheck: attention decode" "$TL" 150 env NI_TEST_FILTER=test_attention_decode \
-    compute-sanitizer --tool memcheck --error-exitcode 7 $BIN/test_cuda_ops
+  core_tests "$TL"
 fi
 step "build random models" "$OUT/model.log" 150 env PYTHONUNBUFFERED=1 python3 scripts/gpu_models.py
 [ "$HTTP" = 1 ] && step "random TinyLlama GGUF" "$OUT/model.log" 120 python3 scripts/gen_gguf_random.py \
@@ -55,10 +51,7 @@ step "build random models" "$OUT/model.log" 150 env PYTHONUNBUFFERED=1 python3 s
 
 bench() { # label env... -- args...
   local label=$1; shift
-  bench_json "$label" "$BL" 120 30 "$@" || return
-  note "$(printf '%-30s TPOT p50 %s ms  %s out tok/s  %s tok/s  host %s / backend %s ms/step' \
-    "$label" "$(json_field tpot_p50_ms)" "$(json_field output_tokens_per_s)" \
-    "$(json_field total_tokens_per_s)" "$(json_field step_host_ms)" "$(json_field step_backend_ms)")"
+  bench_json "$label" "$BL" 120 30 "$@" && bench_line "$label"
 }
 step "perf smol S=1" "$PL" 60 env NI_PERF_MODEL=/tmp/smol NI_PERF_SEQS=1 NI_PERF_STEPS=128 NI_PERF_PROMPT=256 $BIN/test_cuda_perf
 step "perf 1B S=1" "$PL" 60 env NI_PERF_MODEL=/tmp/l1b NI_PERF_SEQS=1 NI_PERF_STEPS=128 NI_PERF_PROMPT=256 $BIN/test_cuda_perf

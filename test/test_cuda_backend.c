@@ -769,6 +769,30 @@ static void test_invalid(void **state) {
 /* ---- decode attention's staged chunks (NI_CUDA_ATT_STAGE) -------------------------- */
 
 #ifdef NI_USE_CUDA
+/* drive() on a fresh CUDA backend for m whose config is be_config(dtype)
+ * plus the n_env "NAME=VALUE" settings of env, read by eng_backend_config_env
+ * (set for that call only); the config used goes to *cf for the caller's
+ * checks. The A/B runs of the decode attention variables below. */
+static void drive_env(const mdl_model *m, int dtype, const char *const *env, int n_env,
+                      eng_backend_config *cf, const int32_t *prompt, int n_prompt, int n_steps,
+                      const int32_t *forced, const int32_t *perm, int32_t *toks, float *logits) {
+    char err[256] = "", name[4][64];
+    assert_true(n_env <= 4);
+    *cf = be_config(dtype);
+    for (int i = 0; i < n_env; i++) {
+        const char *eq = strchr(env[i], '=');
+        assert_non_null(eq);
+        snprintf(name[i], sizeof name[i], "%.*s", (int)(eq - env[i]), env[i]);
+        setenv(name[i], eq + 1, 1);
+    }
+    assert_int_equal(eng_backend_config_env(cf, &eng_backend_cuda, err, sizeof err), 0);
+    for (int i = 0; i < n_env; i++) unsetenv(name[i]);
+    void *g = be_init(&eng_backend_cuda, m, cf);
+    drive(&eng_backend_cuda, g, m->cfg.vocab_size, prompt, n_prompt, 128, n_steps, forced, perm,
+          toks, logits);
+    eng_backend_cuda.free(g);
+}
+
 /* var=val must make eng_backend_config_env fail with NI_EINVAL (and say why). */
 static void bad_env(const char *var, const char *val) {
     char err[256] = "";
@@ -799,22 +823,14 @@ static void test_att_stage(void **state) {
     tu_permutation(&g_rng, perm, N_BLOCKS);
     float *la = malloc(sizeof(float) * n_steps * V), *lb = malloc(sizeof(float) * n_steps * V);
     const int dts[2] = {CU_DTYPE_FP32, CU_DTYPE_BF16};
+    static const char *const env[3] = {"NI_CUDA_ATT_LAT=0", "NI_CUDA_ATT_SPLITS=1",
+                                       "NI_CUDA_ATT_STAGE=1"};
     for (int d = 0; d < 2; d++)
         for (int k = 0; k < 2; k++) { /* k = 0: register loads, the reference */
-            char err[256] = "";
-            eng_backend_config cf = be_config(dts[d]);
-            setenv("NI_CUDA_ATT_LAT", "0", 1);
-            setenv("NI_CUDA_ATT_SPLITS", "1", 1);
-            if (k) setenv("NI_CUDA_ATT_STAGE", "1", 1);
-            assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), 0);
-            unsetenv("NI_CUDA_ATT_LAT");
-            unsetenv("NI_CUDA_ATT_SPLITS");
-            unsetenv("NI_CUDA_ATT_STAGE");
+            eng_backend_config cf;
+            drive_env(&m, dts[d], env, 2 + k, &cf, prompt, n_prompt, n_steps, k ? ts : NULL, perm,
+                      k ? tk : ts, k ? lb : la);
             assert_int_equal(cf.att_stage, k);
-            void *g = be_init(&eng_backend_cuda, &m, &cf);
-            drive(&eng_backend_cuda, g, V, prompt, n_prompt, 128, n_steps, k ? ts : NULL, perm,
-                  k ? tk : ts, k ? lb : la);
-            eng_backend_cuda.free(g);
             if (!k) continue;
             long differ = 0;
             for (size_t i = 0; i < (size_t)n_steps * V; i++) differ += la[i] != lb[i];
@@ -853,18 +869,13 @@ static void test_att_lat(void **state) {
     float *la = malloc(sizeof(float) * n_steps * V), *lb = malloc(sizeof(float) * n_steps * V);
     const int dts[2] = {CU_DTYPE_FP32, CU_DTYPE_BF16};
     const char *vals[2] = {NULL, "0"}; /* no_att_lat 0, 1 */
+    static const char *const env[1] = {"NI_CUDA_ATT_LAT=0"};
     for (int d = 0; d < 2; d++)
         for (int k = 0; k < 2; k++) { /* k = 0: the default, the reference */
-            char err[256] = "";
-            eng_backend_config cf = be_config(dts[d]);
-            if (k) setenv("NI_CUDA_ATT_LAT", vals[k], 1);
-            assert_int_equal(eng_backend_config_env(&cf, &eng_backend_cuda, err, sizeof err), 0);
-            unsetenv("NI_CUDA_ATT_LAT");
+            eng_backend_config cf;
+            drive_env(&m, dts[d], env, k, &cf, prompt, n_prompt, n_steps, k ? ts : NULL, perm,
+                      k ? tk : ts, k ? lb : la);
             assert_int_equal(cf.no_att_lat, k);
-            void *g = be_init(&eng_backend_cuda, &m, &cf);
-            drive(&eng_backend_cuda, g, V, prompt, n_prompt, 128, n_steps, k ? ts : NULL, perm,
-                  k ? tk : ts, k ? lb : la);
-            eng_backend_cuda.free(g);
             if (!k) continue;
             double worst = 0;
             for (int st = 0; st < n_steps; st++) {
